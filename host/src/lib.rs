@@ -1,0 +1,10 @@
+//! iotrules: takes device events from IoT clouds (Tuya, Alibaba, Huawei) and MQTT, verifies
+//! and decrypts them, normalizes each into one [`event::Event`], and runs it through rules.
+//!
+//! Today the crate holds the normalized model ([`event`]) and the vendor dialects
+//! ([`vendor`]): pure, tested code for every credential, signature, envelope and payload the
+//! clouds use. Connectors, the plugin runtime and the rule engine build on them.
+
+pub mod event;
+pub mod time;
+pub mod vendor;

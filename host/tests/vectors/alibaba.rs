@@ -1,0 +1,1 @@
+//! Checks of the alibaba vector files (filled in with the alibaba dialect).

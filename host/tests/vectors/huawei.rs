@@ -1,0 +1,1 @@
+//! Checks of the huawei vector files (filled in with the huawei dialect).

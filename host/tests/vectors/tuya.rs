@@ -1,0 +1,1 @@
+//! Checks of the tuya vector files (filled in with the tuya dialect).

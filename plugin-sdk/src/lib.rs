@@ -1,0 +1,1 @@
+//! Placeholder: the plugin SDK arrives with the WebAssembly plugin issue.

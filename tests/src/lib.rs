@@ -1,0 +1,1 @@
+//! Shared harness for integration tests against real peers (brokers, HTTP servers).
