@@ -127,10 +127,8 @@ impl std::fmt::Display for ErrorKind {
 /// none contains key material.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error(
-        "signature mismatch: `{field}` does not match the envelope signed with the configured access key (wrong key, or the message was altered)"
-    )]
-    Signature { field: &'static str },
+    #[error("signature check failed: {problem}")]
+    Signature { problem: &'static str },
     #[error("`{field}` is not valid base64: {source}")]
     Base64 {
         field: &'static str,

@@ -1,0 +1,309 @@
+//! Tuya's message envelopes: signature verification and decryption.
+//!
+//! Two envelopes travel over the same Pulsar service:
+//! - IoT Core: `{"data","protocol","pv","sign","t"}`, encryption mode in the Pulsar message
+//!   property `em` (`aes_gcm`; absent or `aes_ecb` means ECB), never in the JSON;
+//! - Smart Business: `{"encryptPayload","encryptType","v","t","sign"}`, mode in `encryptType`.
+//!
+//! Both are signed the same way: every key but `sign`, empty values skipped, sorted, written
+//! `k=v` joined by `||`, then `||` and the access key; `sign` is the lower-hex MD5 of that.
+//! Values are taken exactly as written in the message (numbers as their JSON text), which is
+//! why the envelope is read as raw JSON rather than through a typed struct.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::Keys;
+use crate::vendor::crypto::{CipherError, Md5Stream};
+use crate::vendor::{DecodeError, SignMode, base64_field, clip};
+
+/// The JSON key of the signature.
+const SIGN: &str = "sign";
+/// The Pulsar message property that names the IoT Core encryption mode.
+pub const ENCRYPTION_PROPERTY: &str = "em";
+
+/// Which cipher mode sealed the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// AES-128-ECB with PKCS#7 padding.
+    Ecb,
+    /// AES-128-GCM, `nonce(12) || ciphertext || tag(16)`, no associated data.
+    Gcm,
+}
+
+impl Mode {
+    /// Reads a mode name as Tuya writes it; `None` (absent) means ECB.
+    pub fn parse(name: Option<&str>, what: &'static str) -> Result<Mode, DecodeError> {
+        match name {
+            None | Some("aes_ecb") => Ok(Mode::Ecb),
+            Some("aes_gcm") => Ok(Mode::Gcm),
+            Some(other) => Err(DecodeError::unsupported(what, other)),
+        }
+    }
+
+    /// The name as Tuya writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Ecb => "aes_ecb",
+            Mode::Gcm => "aes_gcm",
+        }
+    }
+}
+
+/// What the signature check concluded, recorded on the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureCheck {
+    /// The signature matches.
+    Verified,
+    /// It does not match (or is missing), and warn mode let the message through.
+    Mismatch,
+    /// Not checked (mode off).
+    Unchecked,
+}
+
+impl SignatureCheck {
+    /// The value of the event's `signature` attribute.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureCheck::Verified => "verified",
+            SignatureCheck::Mismatch => "mismatch",
+            SignatureCheck::Unchecked => "unchecked",
+        }
+    }
+}
+
+/// The envelope fields that normalization needs after decryption.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// `protocol` (IoT Core only): selects how the body is read.
+    pub protocol: Option<u64>,
+    /// `t`: when Tuya sent the message, Unix ms.
+    pub time_ms: Option<u64>,
+    /// `sign`, lower-cased: unique per message, so it doubles as a de-duplication id.
+    pub sign: String,
+    /// The outcome of the signature check.
+    pub signature: SignatureCheck,
+}
+
+/// An envelope's top-level fields in message order, each value as its raw JSON text.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(6));
+                while let Some(entry) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    fields.push(entry);
+                }
+                Ok(Fields(fields))
+            }
+        }
+
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+impl<'a> Fields<'a> {
+    fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        serde_json::from_slice(payload).map_err(|source| DecodeError::Json {
+            what: "Tuya envelope",
+            source,
+        })
+    }
+
+    fn raw(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// A string field, unescaped (base64 may arrive with `\/`).
+    fn text(&self, key: &'static str) -> Result<Option<Cow<'a, str>>, DecodeError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(raw) => serde_json::from_str::<Cow<'a, str>>(raw.get())
+                .map(Some)
+                .map_err(|_| {
+                    DecodeError::shape("Tuya envelope", format!("`{key}` is not a string"))
+                }),
+        }
+    }
+
+    fn number(&self, key: &'static str) -> Result<Option<u64>, DecodeError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(raw) => serde_json::from_str::<crate::vendor::LenientU64>(raw.get())
+                .ok()
+                .and_then(|n| n.0)
+                .map(Some)
+                .ok_or_else(|| {
+                    DecodeError::shape("Tuya envelope", format!("`{key}` is not a whole number"))
+                }),
+        }
+    }
+
+    /// Checks `sign` per `mode`; an error only in enforce mode.
+    fn check_signature(
+        &self,
+        access_key: &str,
+        mode: SignMode,
+    ) -> Result<(String, SignatureCheck), DecodeError> {
+        let sign = self
+            .text(SIGN)?
+            .map(|s| s.to_ascii_lowercase())
+            .unwrap_or_default();
+        if mode == SignMode::Off {
+            return Ok((sign, SignatureCheck::Unchecked));
+        }
+        let problem = if sign.is_empty() {
+            Some("the envelope has no `sign`")
+        } else if hex::encode(self.signature_digest(access_key)?) != sign {
+            Some(
+                "`sign` does not match the envelope signed with the configured access key (wrong key, or the message was altered)",
+            )
+        } else {
+            None
+        };
+        match (problem, mode) {
+            (None, _) => Ok((sign, SignatureCheck::Verified)),
+            (Some(problem), SignMode::Enforce) => Err(DecodeError::Signature { problem }),
+            (Some(_), _) => Ok((sign, SignatureCheck::Mismatch)),
+        }
+    }
+
+    /// MD5 of `k=v||…||k=v||accessKey` over the sorted, non-empty fields other than `sign`.
+    fn signature_digest(&self, access_key: &str) -> Result<[u8; 16], DecodeError> {
+        let mut signed: Vec<(&str, Cow<'a, str>)> = Vec::with_capacity(self.0.len());
+        for (key, raw) in &self.0 {
+            if key == SIGN {
+                continue;
+            }
+            let text = raw.get();
+            let value: Cow<'a, str> = if text.starts_with('"') {
+                serde_json::from_str(text).map_err(|_| {
+                    DecodeError::shape(
+                        "Tuya envelope",
+                        format!("`{}` is not a valid string", clip(key)),
+                    )
+                })?
+            } else if text == "null" {
+                continue;
+            } else {
+                Cow::Borrowed(text)
+            };
+            if !value.is_empty() {
+                signed.push((key, value));
+            }
+        }
+        signed.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut md5 = Md5Stream::default();
+        for (key, value) in &signed {
+            md5.update(key.as_bytes());
+            md5.update(b"=");
+            md5.update(value.as_bytes());
+            md5.update(b"||");
+        }
+        md5.update(access_key.as_bytes());
+        Ok(md5.finish())
+    }
+}
+
+/// Base64-decodes and decrypts a sealed field.
+fn open(
+    keys: &Keys,
+    field: &'static str,
+    sealed: &str,
+    mode: Mode,
+) -> Result<Vec<u8>, DecodeError> {
+    let mut bytes = base64_field(field, sealed)?;
+    let failed = |source: CipherError| DecodeError::Decrypt {
+        field,
+        mode: mode.as_str(),
+        source,
+    };
+    match mode {
+        Mode::Ecb => {
+            let len = keys.cipher.decrypt_ecb_pkcs7(&mut bytes).map_err(failed)?;
+            bytes.truncate(len);
+            Ok(bytes)
+        }
+        Mode::Gcm => keys.cipher.decrypt_gcm(&bytes).map_err(failed),
+    }
+}
+
+/// Verifies and decrypts an IoT Core envelope; `em` is the message's encryption property.
+pub fn open_iot_core(
+    keys: &Keys,
+    sign_mode: SignMode,
+    payload: &[u8],
+    em: Option<&str>,
+) -> Result<(Envelope, Vec<u8>), DecodeError> {
+    let fields = Fields::parse(payload)?;
+    let (sign, signature) = fields.check_signature(keys.access_key(), sign_mode)?;
+    let mode = Mode::parse(em, "encryption mode (Pulsar property `em`)")?;
+    let data = fields
+        .text("data")?
+        .ok_or_else(|| DecodeError::shape("Tuya envelope", "missing `data`"))?;
+    let body = open(keys, "data", &data, mode)?;
+    let envelope = Envelope {
+        protocol: fields.number("protocol")?,
+        time_ms: fields.number("t")?,
+        sign,
+        signature,
+    };
+    Ok((envelope, body))
+}
+
+/// Verifies and decrypts a Smart Business envelope.
+pub fn open_business(
+    keys: &Keys,
+    sign_mode: SignMode,
+    payload: &[u8],
+) -> Result<(Envelope, Vec<u8>), DecodeError> {
+    let fields = Fields::parse(payload)?;
+    let (sign, signature) = fields.check_signature(keys.access_key(), sign_mode)?;
+    let mode = Mode::parse(
+        fields.text("encryptType")?.as_deref(),
+        "encryption type (`encryptType`)",
+    )?;
+    let sealed = fields
+        .text("encryptPayload")?
+        .ok_or_else(|| DecodeError::shape("Tuya business envelope", "missing `encryptPayload`"))?;
+    let body = open(keys, "encryptPayload", &sealed, mode)?;
+    let envelope = Envelope {
+        protocol: None,
+        time_ms: fields.number("t")?,
+        sign,
+        signature,
+    };
+    Ok((envelope, body))
+}
+
+/// Computes the `sign` for envelope fields given as `(key, raw JSON value)` pairs: used to
+/// seal demo and test messages exactly as Tuya does.
+pub fn sign_fields(access_key: &str, fields: &[(&str, &str)]) -> Result<String, DecodeError> {
+    let raws: Vec<(Cow<'_, str>, Box<RawValue>)> = fields
+        .iter()
+        .map(|(k, v)| {
+            RawValue::from_string((*v).to_owned())
+                .map(|raw| (Cow::Borrowed(*k), raw))
+                .map_err(|source| DecodeError::Json {
+                    what: "envelope field",
+                    source,
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let borrowed = Fields(raws.iter().map(|(k, v)| (k.clone(), v.as_ref())).collect());
+    Ok(hex::encode(borrowed.signature_digest(access_key)?))
+}

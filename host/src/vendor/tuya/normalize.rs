@@ -1,0 +1,611 @@
+//! Decrypted Tuya bodies → [`Event`].
+//!
+//! Protocol 4 (device status) is by far the most frequent message, so it is read through
+//! borrowed, typed structs; everything else through a JSON tree, leniently, because Tuya adds
+//! keys and business codes at any time. Unknown business codes become [`Kind::Other`], never
+//! errors, and the body is always kept verbatim in the payload.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::{Map, Value as Tree};
+
+use super::Envelope;
+use crate::event::{ATTR_BIZ_CODE, Device, Event, Json, Kind, Property, Value, Vendor};
+use crate::vendor::{DecodeError, LenientU64, digest_id, parse_json};
+
+const BODY: &str = "Tuya message body";
+
+/// Normalizes an IoT Core body according to the envelope's `protocol`.
+pub fn iot_core(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event, DecodeError> {
+    match envelope.protocol {
+        Some(4) => status(source, envelope, body),
+        Some(_) => biz_message(source, envelope, body),
+        // Without a protocol number, the body's own keys tell which shape it is.
+        None if memchr_bizcode(&body) => biz_message(source, envelope, body),
+        None => status(source, envelope, body),
+    }
+}
+
+fn memchr_bizcode(body: &[u8]) -> bool {
+    body.windows(9).any(|w| w == b"\"bizCode\"")
+}
+
+/// The protocol 4 body: `{"dataId","devId","productKey","status":[…]}`.
+#[derive(Deserialize)]
+struct StatusBody<'a> {
+    #[serde(rename = "dataId", borrow, default)]
+    data_id: Option<Cow<'a, str>>,
+    #[serde(rename = "devId", borrow, default)]
+    dev_id: Option<Cow<'a, str>>,
+    #[serde(rename = "productKey", borrow, default)]
+    product_key: Option<Cow<'a, str>>,
+    #[serde(default)]
+    status: Vec<StatusItem>,
+}
+
+/// One entry of `status`: `{"code","value","t","<dpId>":"<value as text>"}`.
+#[derive(Default)]
+struct StatusItem {
+    code: Option<String>,
+    value: Option<Value>,
+    time_ms: Option<u64>,
+    /// The dp id and its value as text, for devices that send no `code`.
+    dp: Option<(String, Option<String>)>,
+}
+
+impl<'de> Deserialize<'de> for StatusItem {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ItemVisitor;
+
+        impl<'de> Visitor<'de> for ItemVisitor {
+            type Value = StatusItem;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a status entry object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StatusItem, A::Error> {
+                let mut item = StatusItem::default();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "code" => item.code = Some(map.next_value()?),
+                        "value" => item.value = Some(map.next_value()?),
+                        "t" | "time" => item.time_ms = map.next_value::<LenientU64>()?.0,
+                        dp if !dp.is_empty() && dp.bytes().all(|b| b.is_ascii_digit()) => {
+                            let text = match map.next_value::<Value>()? {
+                                Value::Text(text) => Some(text),
+                                _ => None,
+                            };
+                            item.dp = Some((dp.to_owned(), text));
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(item)
+            }
+        }
+
+        deserializer.deserialize_map(ItemVisitor)
+    }
+}
+
+impl StatusItem {
+    fn into_property(self) -> Option<Property> {
+        let (dp_id, dp_text) = self.dp.unzip();
+        let value = match (self.value, dp_text.flatten()) {
+            (Some(value), _) => value,
+            (None, Some(text)) => Value::from_lenient_text(&text),
+            (None, None) => Value::Null,
+        };
+        Some(Property {
+            code: self.code.or(dp_id)?,
+            value,
+            time_ms: self.time_ms,
+            service: None,
+        })
+    }
+}
+
+fn status(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event, DecodeError> {
+    let parsed: StatusBody<'_> = parse_json(BODY, &body)?;
+    let dev_id = parsed
+        .dev_id
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| DecodeError::shape(BODY, "protocol 4 status without `devId`"))?;
+    let properties: Vec<Property> = parsed
+        .status
+        .into_iter()
+        .filter_map(StatusItem::into_property)
+        .collect();
+    let time_ms = properties
+        .iter()
+        .filter_map(|p| p.time_ms)
+        .max()
+        .or(envelope.time_ms)
+        .unwrap_or(0);
+    let id = match parsed.data_id {
+        Some(id) if !id.is_empty() => id.into_owned(),
+        _ => fallback_id(envelope, &body),
+    };
+    let device = Device {
+        id: dev_id.into_owned(),
+        product: parsed.product_key.map(Cow::into_owned),
+        name: None,
+    };
+    Ok(Event {
+        id,
+        source: source.to_owned(),
+        vendor: Vendor::Tuya,
+        kind: Kind::Properties,
+        action: "status".to_owned(),
+        device,
+        time_ms,
+        properties,
+        payload: payload(body)?,
+        attributes: BTreeMap::new(),
+    })
+}
+
+/// Protocol 20 (`{"bizCode","bizData","devId","productKey","ts","uuid"}`) and the 1000 series.
+fn biz_message(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event, DecodeError> {
+    let tree: Tree = parse_json(BODY, &body)?;
+    let root = tree
+        .as_object()
+        .ok_or_else(|| DecodeError::shape(BODY, "not a JSON object"))?;
+    let biz_code = text(root, "bizCode").unwrap_or_default();
+    let empty = Map::new();
+    let biz_data = ["bizData", "data"]
+        .iter()
+        .find_map(|k| root.get(*k).and_then(Tree::as_object))
+        .unwrap_or(&empty);
+    let protocol = envelope.protocol.unwrap_or(0);
+    let kind = biz_kind(protocol, biz_code);
+
+    let dev_id = text(root, "devId")
+        .or_else(|| text(biz_data, "devId"))
+        .unwrap_or_default();
+    let product = ["productKey", "productId"]
+        .iter()
+        .find_map(|k| text(root, k).or_else(|| text(biz_data, k)))
+        .map(str::to_owned);
+    let name = match biz_code {
+        "nameUpdate" => text(biz_data, "name").map(str::to_owned),
+        _ => None,
+    };
+    let properties = match biz_code {
+        "deviceSignal" => signal_properties(biz_data),
+        "deviceDpCommand" => dp_command_properties(biz_data),
+        _ => ["properties", "status"]
+            .iter()
+            .find_map(|k| biz_data.get(*k).or_else(|| root.get(*k)))
+            .map(items_to_properties)
+            .unwrap_or_default(),
+    };
+    let time_ms = number(root, "ts")
+        .or_else(|| number(biz_data, "time"))
+        .or_else(|| properties.iter().filter_map(|p| p.time_ms).max())
+        .or(envelope.time_ms)
+        .unwrap_or(0);
+    let id = text(root, "dataId")
+        .or_else(|| text(biz_data, "dataId"))
+        .map_or_else(|| fallback_id(envelope, &body), str::to_owned);
+    let action = if biz_code.is_empty() {
+        format!("protocol-{protocol}")
+    } else {
+        biz_code.to_owned()
+    };
+
+    let mut attributes = BTreeMap::new();
+    attributes.insert(ATTR_BIZ_CODE.to_owned(), biz_code.to_owned());
+    Ok(Event {
+        id,
+        source: source.to_owned(),
+        vendor: Vendor::Tuya,
+        kind,
+        action,
+        device: Device {
+            id: dev_id.to_owned(),
+            product,
+            name,
+        },
+        time_ms,
+        properties,
+        payload: payload_from_tree(&body, tree)?,
+        attributes,
+    })
+}
+
+/// What a protocol 20 or 1000-series business code is about.
+fn biz_kind(protocol: u64, biz_code: &str) -> Kind {
+    match biz_code {
+        "online" | "deviceOnline" => Kind::Online,
+        "offline" | "deviceOffline" => Kind::Offline,
+        "nameUpdate" | "dpNameUpdate" | "delete" | "bindUser" | "upgradeStatus" | "share" => {
+            Kind::Lifecycle
+        }
+        "deviceSignal" | "devicePropertyMessage" | "deviceStatusMessage" => Kind::Properties,
+        "deviceDpCommand" => Kind::Command,
+        "deviceEventMessage" => Kind::DeviceEvent,
+        _ => match protocol {
+            1001 | 1002 => Kind::Lifecycle,
+            _ => Kind::Other,
+        },
+    }
+}
+
+/// `deviceSignal`: `reportData[{memory, rssi, t}]` → one property per measurement.
+fn signal_properties(biz_data: &Map<String, Tree>) -> Vec<Property> {
+    let Some(reports) = biz_data.get("reportData").and_then(Tree::as_array) else {
+        return Vec::new();
+    };
+    reports
+        .iter()
+        .filter_map(Tree::as_object)
+        .flat_map(|report| {
+            let time_ms = number(report, "t");
+            report
+                .iter()
+                .filter(|(k, _)| k.as_str() != "t")
+                .map(move |(code, value)| Property {
+                    code: code.clone(),
+                    value: Value::from(value.clone()),
+                    time_ms,
+                    service: None,
+                })
+        })
+        .collect()
+}
+
+/// `deviceDpCommand`: `command[{dpId, value}]` → one property per datapoint commanded.
+fn dp_command_properties(biz_data: &Map<String, Tree>) -> Vec<Property> {
+    let Some(commands) = biz_data.get("command").and_then(Tree::as_array) else {
+        return Vec::new();
+    };
+    commands
+        .iter()
+        .filter_map(Tree::as_object)
+        .filter_map(|c| {
+            let code = match c.get("dpId").or_else(|| c.get("code"))? {
+                Tree::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            Some(Property::new(
+                code,
+                c.get("value").cloned().map_or(Value::Null, Value::from),
+            ))
+        })
+        .collect()
+}
+
+/// A list of `{code|dpId, value, t|time}` objects → properties; string values are typed
+/// leniently (the Smart Business platform writes `"true"`).
+fn items_to_properties(items: &Tree) -> Vec<Property> {
+    let Some(items) = items.as_array() else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(Tree::as_object)
+        .filter_map(|item| {
+            let code =
+                text(item, "code")
+                    .map(str::to_owned)
+                    .or_else(|| match item.get("dpId")? {
+                        Tree::String(s) => Some(s.clone()),
+                        Tree::Number(n) => Some(n.to_string()),
+                        _ => None,
+                    })?;
+            let value = match item.get("value") {
+                Some(Tree::String(s)) => Value::from_lenient_text(s),
+                Some(other) => Value::from(other.clone()),
+                None => Value::Null,
+            };
+            let time_ms = number(item, "time").or_else(|| number(item, "t"));
+            Some(Property {
+                code,
+                value,
+                time_ms,
+                service: None,
+            })
+        })
+        .collect()
+}
+
+/// The Smart Business body `{"bizCode","eventType","data"}`.
+pub fn business(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event, DecodeError> {
+    let tree: Tree = parse_json(BODY, &body)?;
+    let root = tree
+        .as_object()
+        .ok_or_else(|| DecodeError::shape(BODY, "not a JSON object"))?;
+    let biz_code =
+        text(root, "bizCode").ok_or_else(|| DecodeError::shape(BODY, "missing `bizCode`"))?;
+    let event_type = text(root, "eventType").unwrap_or_default();
+    let empty = Map::new();
+    let data = root.get("data").and_then(Tree::as_object).unwrap_or(&empty);
+
+    let kind = match (biz_code, event_type) {
+        ("device", "online") => Kind::Online,
+        ("device", "offline") => Kind::Offline,
+        ("device", "dp_report") => Kind::Properties,
+        ("device", "bind" | "unbind" | "reset" | "name_update") => Kind::Lifecycle,
+        ("voice", "voice_nlu") => Kind::Message,
+        _ => Kind::Other,
+    };
+    let properties = if kind == Kind::Properties {
+        data.get("status")
+            .map(items_to_properties)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let device = Device {
+        id: text(data, "devId").unwrap_or_default().to_owned(),
+        product: text(data, "productId").map(str::to_owned),
+        name: text(data, "deviceName").map(str::to_owned),
+    };
+    let time_ms = number(data, "time")
+        .or_else(|| properties.iter().filter_map(|p| p.time_ms).max())
+        .or(envelope.time_ms)
+        .unwrap_or(0);
+    let id = text(data, "dataId").map_or_else(|| fallback_id(envelope, &body), str::to_owned);
+
+    let mut attributes = BTreeMap::new();
+    attributes.insert(ATTR_BIZ_CODE.to_owned(), biz_code.to_owned());
+    if let Some(namespace) = text(data, "namespace") {
+        attributes.insert("namespace".to_owned(), namespace.to_owned());
+    }
+    Ok(Event {
+        id,
+        source: source.to_owned(),
+        vendor: Vendor::Tuya,
+        kind,
+        action: event_type.to_owned(),
+        device,
+        time_ms,
+        properties,
+        payload: payload_from_tree(&body, tree)?,
+        attributes,
+    })
+}
+
+fn text<'a>(map: &'a Map<String, Tree>, key: &str) -> Option<&'a str> {
+    map.get(key).and_then(Tree::as_str)
+}
+
+fn number(map: &Map<String, Tree>, key: &str) -> Option<u64> {
+    match map.get(key)? {
+        Tree::Number(n) => n.as_u64(),
+        Tree::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The envelope's signature is unique per message and stable across redeliveries; without
+/// one, a digest of the body.
+fn fallback_id(envelope: &Envelope, body: &[u8]) -> String {
+    if envelope.sign.is_empty() {
+        digest_id(body)
+    } else {
+        envelope.sign.clone()
+    }
+}
+
+/// The body as the payload. It was just parsed, so it is valid JSON and UTF-8.
+fn payload(body: Vec<u8>) -> Result<Json, DecodeError> {
+    let text = String::from_utf8(body).map_err(|_| DecodeError::shape(BODY, "not UTF-8"))?;
+    Json::from_text(text).map_err(|source| DecodeError::Json { what: BODY, source })
+}
+
+fn payload_from_tree(body: &[u8], tree: Tree) -> Result<Json, DecodeError> {
+    match std::str::from_utf8(body) {
+        Ok(text) => Json::from_text(text.to_owned())
+            .map_err(|source| DecodeError::Json { what: BODY, source }),
+        Err(_) => Ok(Json::from(tree)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vendor::tuya::SignatureCheck;
+
+    fn envelope(protocol: u64) -> Envelope {
+        Envelope {
+            protocol: Some(protocol),
+            time_ms: Some(1_000),
+            sign: "abc".into(),
+            signature: SignatureCheck::Verified,
+        }
+    }
+
+    fn core(protocol: u64, body: &str) -> Event {
+        iot_core("src", &envelope(protocol), body.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn status_entries_become_typed_properties_with_their_times() {
+        let e = core(
+            4,
+            r#"{"dataId":"D1","devId":"dev","productKey":"pk","status":[{"code":"bright_value_v2","value":764,"t":"1700","3":"764"},{"code":"temp","value":23.5,"t":1800}]}"#,
+        );
+        assert_eq!(e.id, "D1");
+        assert_eq!(e.device.product.as_deref(), Some("pk"));
+        assert_eq!(
+            e.properties[0],
+            Property {
+                code: "bright_value_v2".into(),
+                value: Value::Integer(764),
+                time_ms: Some(1700),
+                service: None
+            }
+        );
+        assert_eq!(e.properties[1].value, Value::Float(23.5));
+        assert_eq!(e.time_ms, 1800, "the latest datapoint time");
+    }
+
+    #[test]
+    fn status_entry_without_code_falls_back_to_its_dp_id() {
+        let e = core(4, r#"{"devId":"dev","status":[{"5":"true","t":1}]}"#);
+        assert_eq!(
+            e.properties,
+            vec![Property {
+                code: "5".into(),
+                value: Value::Boolean(true),
+                time_ms: Some(1),
+                service: None
+            }]
+        );
+        assert_eq!(e.id, "abc", "no dataId: the envelope signature");
+    }
+
+    #[test]
+    fn status_without_device_is_a_json_error_naming_the_field() {
+        let err = iot_core("s", &envelope(4), br#"{"status":[]}"#.to_vec()).unwrap_err();
+        assert_eq!(err.kind(), crate::vendor::ErrorKind::Json);
+        assert!(err.to_string().contains("devId"));
+        let err = iot_core(
+            "s",
+            &envelope(4),
+            br#"{"devId":"d","status":{"code":1}}"#.to_vec(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), crate::vendor::ErrorKind::Json);
+    }
+
+    #[test]
+    fn online_offline_and_rename_map_to_their_kinds() {
+        let on = core(
+            20,
+            r#"{"bizCode":"online","bizData":{"time":55,"uid":"u"},"devId":"d","productKey":"p","ts":66}"#,
+        );
+        assert_eq!(
+            (on.kind, on.action.as_str(), on.time_ms),
+            (Kind::Online, "online", 66)
+        );
+        let off = core(
+            20,
+            r#"{"bizCode":"offline","bizData":{"time":55},"devId":"d"}"#,
+        );
+        assert_eq!((off.kind, off.time_ms), (Kind::Offline, 55));
+        let renamed = core(
+            20,
+            r#"{"bizCode":"nameUpdate","bizData":{"devId":"d","name":"Küche"},"devId":"d","ts":1}"#,
+        );
+        assert_eq!(renamed.kind, Kind::Lifecycle);
+        assert_eq!(renamed.device.name.as_deref(), Some("Küche"));
+        assert_eq!(renamed.attribute(ATTR_BIZ_CODE), Some("nameUpdate"));
+    }
+
+    #[test]
+    fn device_signal_reports_become_properties() {
+        let e = core(
+            20,
+            r#"{"bizCode":"deviceSignal","bizData":{"reportData":[{"memory":1024,"rssi":-61,"t":9}]},"devId":"d","ts":1}"#,
+        );
+        assert_eq!(e.kind, Kind::Properties);
+        let codes: Vec<_> = e
+            .properties
+            .iter()
+            .map(|p| (p.code.as_str(), p.value.clone(), p.time_ms))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                ("memory", Value::Integer(1024), Some(9)),
+                ("rssi", Value::Integer(-61), Some(9))
+            ]
+        );
+    }
+
+    #[test]
+    fn dp_command_lists_the_commanded_datapoints() {
+        let e = core(
+            20,
+            r#"{"bizCode":"deviceDpCommand","bizData":{"command":[{"dpId":1,"value":true}]},"devId":"d","ts":1}"#,
+        );
+        assert_eq!(e.kind, Kind::Command);
+        assert_eq!(e.properties, vec![Property::new("1", Value::Boolean(true))]);
+    }
+
+    #[test]
+    fn unknown_business_codes_are_kept_as_other() {
+        let e = core(
+            20,
+            r#"{"bizCode":"homeCreate","bizData":{"homeId":7,"novel":[1]},"ts":3}"#,
+        );
+        assert_eq!((e.kind, e.device.id.as_str()), (Kind::Other, ""));
+        assert!(e.payload.as_str().contains("novel"));
+    }
+
+    #[test]
+    fn iot_core_1000_series_is_read_leniently() {
+        let e = core(
+            1000,
+            r#"{"bizCode":"devicePropertyMessage","bizData":{"devId":"d9","productId":"p9","properties":[{"code":"temp","value":21,"time":77,"dpId":4}],"extra":1},"ts":78}"#,
+        );
+        assert_eq!(
+            (e.kind, e.device.id.as_str(), e.device.product.as_deref()),
+            (Kind::Properties, "d9", Some("p9"))
+        );
+        assert_eq!(
+            e.properties,
+            vec![Property {
+                code: "temp".into(),
+                value: Value::Integer(21),
+                time_ms: Some(77),
+                service: None
+            }]
+        );
+        let ota = core(1002, r#"{"bizCode":"otaProgress","bizData":{"devId":"d"}}"#);
+        assert_eq!(ota.kind, Kind::Lifecycle);
+        assert_eq!(ota.time_ms, 1000, "falls back to the envelope time");
+    }
+
+    #[test]
+    fn business_dp_report_types_string_values() {
+        let e = business(
+            "b",
+            &envelope(0),
+            br#"{"bizCode":"device","eventType":"dp_report","data":{"devId":"d","productId":"p","dataId":"x1","namespace":"n","status":[{"code":"switch_1","value":"true","time":5},{"code":"pin","value":"0123","time":4}]}}"#.to_vec(),
+        )
+        .unwrap();
+        assert_eq!(
+            (e.kind, e.id.as_str(), e.time_ms),
+            (Kind::Properties, "x1", 5)
+        );
+        assert_eq!(e.properties[0].value, Value::Boolean(true));
+        assert_eq!(e.properties[1].value, Value::Text("0123".into()));
+        assert_eq!(e.attribute("namespace"), Some("n"));
+    }
+
+    #[test]
+    fn business_bind_carries_the_device_name_and_product() {
+        let e = business(
+            "b",
+            &envelope(0),
+            br#"{"bizCode":"device","eventType":"bind","data":{"devId":"d","deviceName":"socket","productId":"p","location":{"id":"1"}}}"#.to_vec(),
+        )
+        .unwrap();
+        assert_eq!((e.kind, e.action.as_str()), (Kind::Lifecycle, "bind"));
+        assert_eq!(
+            e.device,
+            Device {
+                id: "d".into(),
+                product: Some("p".into()),
+                name: Some("socket".into())
+            }
+        );
+    }
+
+    #[test]
+    fn business_body_without_biz_code_is_refused() {
+        let err = business("b", &envelope(0), br#"{"eventType":"x"}"#.to_vec()).unwrap_err();
+        assert!(err.to_string().contains("bizCode"));
+    }
+}
