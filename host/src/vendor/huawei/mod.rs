@@ -8,6 +8,10 @@ use crate::vendor::{DecodeError, RawMessage};
 pub struct Decoder;
 
 impl Decoder {
+    pub fn new() -> Self {
+        Decoder
+    }
+
     pub fn decode(&self, _message: &RawMessage<'_>) -> Result<Event, DecodeError> {
         Err(DecodeError::unsupported("vendor", "huawei"))
     }
