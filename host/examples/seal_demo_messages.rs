@@ -27,11 +27,15 @@ fn main() -> std::io::Result<()> {
     std::fs::write(dir.join("tuya-status-gcm.json"), payload)?;
 
     let online = r#"{"bizCode":"online","bizData":{"time":1763884800200,"uid":"demo-user"},"devId":"vdevo-hallway-pir","productKey":"keyPir001","ts":1763884800200,"uuid":"demo-uuid-pir"}"#;
-    let (payload, _) = keys.seal_iot_core(20, t + 200, online.as_bytes(), Mode::Gcm, *b"demo-nonce-2");
+    let (payload, _) =
+        keys.seal_iot_core(20, t + 200, online.as_bytes(), Mode::Gcm, *b"demo-nonce-2");
     std::fs::write(dir.join("tuya-online-gcm.json"), payload)?;
 
     let business = r#"{"bizCode":"device","eventType":"dp_report","data":{"devId":"demo-socket-1","productId":"demoSocketProduct","dataId":"demo-0003","namespace":"demo-namespace","status":[{"code":"switch_1","value":"true","time":1763884800300}]}}"#;
-    std::fs::write(dir.join("tuya-business-dp-report.json"), keys.seal_business(t + 300, business.as_bytes()))?;
+    std::fs::write(
+        dir.join("tuya-business-dp-report.json"),
+        keys.seal_business(t + 300, business.as_bytes()),
+    )?;
 
     std::fs::write(
         dir.join("alibaba-property-post.json"),

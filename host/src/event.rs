@@ -41,14 +41,23 @@ pub const ATTR_GATEWAY: &str = "gateway";
 /// A JSON document kept as its exact text.
 ///
 /// Used for the event payload and for structured values, so a body is never re-encoded (key
-/// order, number formatting and unknown fields survive) and costs nothing to keep.
+/// order, number formatting and unknown fields survive) and costs nothing to keep. The text
+/// is always one well-formed JSON value: every constructor checks it, except
+/// [`Json::from_parsed`], which the decoders use for a body they have just parsed in full.
 #[derive(Clone)]
-pub struct Json(Box<RawValue>);
+pub struct Json(String);
 
 impl Json {
     /// Takes a JSON text, checking that it is one well-formed JSON value.
     pub fn from_text(text: String) -> Result<Self, serde_json::Error> {
-        RawValue::from_string(text).map(Json)
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)?;
+        Ok(Json(text))
+    }
+
+    /// Takes a text that the caller has already parsed successfully as one complete JSON
+    /// value, so it is not scanned a second time on the per-event path.
+    pub(crate) fn from_parsed(text: String) -> Self {
+        Json(text)
     }
 
     /// A JSON string holding `text`.
@@ -58,20 +67,17 @@ impl Json {
 
     /// The JSON `null`.
     pub fn null() -> Self {
-        Self::from_text("null".to_owned()).unwrap_or_else(|_| unreachable!("null is valid JSON"))
+        Json("null".to_owned())
     }
 
     /// Serializes any value; serialization of plain data cannot fail, so this does not either.
     pub fn from_serializable<T: Serialize + ?Sized>(value: &T) -> Self {
-        match serde_json::value::to_raw_value(value) {
-            Ok(raw) => Json(raw),
-            Err(_) => Self::null(),
-        }
+        serde_json::to_string(value).map_or_else(|_| Self::null(), Json)
     }
 
     /// The JSON text, exactly as it was given.
     pub fn as_str(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 
     /// Parses the text into a tree, for code that needs to look inside.
@@ -111,8 +117,11 @@ impl From<serde_json::Value> for Json {
 }
 
 impl Serialize for Json {
+    /// Writes the text inline (not as a string), through `RawValue` so JSON serializers
+    /// embed it verbatim.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
     }
 }
 

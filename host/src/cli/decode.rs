@@ -96,7 +96,9 @@ fn dialect(args: &DecodeArgs) -> anyhow::Result<Dialect> {
     };
     Ok(match args.vendor {
         VendorArg::Tuya => Dialect::Tuya(tuya::Decoder::new(tuya_keys()?, args.sign.into())),
-        VendorArg::TuyaBusiness => Dialect::TuyaBusiness(tuya::BusinessDecoder::new(tuya_keys()?, args.sign.into())),
+        VendorArg::TuyaBusiness => {
+            Dialect::TuyaBusiness(tuya::BusinessDecoder::new(tuya_keys()?, args.sign.into()))
+        }
         VendorArg::Alibaba => Dialect::Alibaba(alibaba::Decoder::new(args.body_base64)),
         VendorArg::Huawei => Dialect::Huawei(huawei::Decoder::new()),
     })
@@ -106,10 +108,13 @@ fn read_input(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     match file {
         Some(path) if path.as_os_str() != "-" => {
-            bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         }
         _ => {
-            std::io::stdin().read_to_end(&mut bytes).context("cannot read standard input")?;
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("cannot read standard input")?;
         }
     }
     Ok(bytes)
@@ -123,7 +128,8 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<ExitCode> {
         .file
         .as_ref()
         .map_or_else(|| "standard input".to_owned(), |p| p.display().to_string());
-    let refused = |e: iotrules::vendor::DecodeError| anyhow::anyhow!("{origin}: {} error: {e}", e.kind());
+    let refused =
+        |e: iotrules::vendor::DecodeError| anyhow::anyhow!("{origin}: {} error: {e}", e.kind());
 
     let mut out = std::io::stdout().lock();
     if args.raw {
@@ -136,7 +142,9 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<ExitCode> {
     }
     let event = dialect.decode(&message).map_err(refused)?;
     if event.attribute(ATTR_SIGNATURE) == Some("mismatch") {
-        eprintln!("iotrules: warning: {origin}: signature does not match; accepted because of --sign warn");
+        eprintln!(
+            "iotrules: warning: {origin}: signature does not match; accepted because of --sign warn"
+        );
     }
     serde_json::to_writer_pretty(&mut out, &event)?;
     out.write_all(b"\n")?;

@@ -124,19 +124,9 @@ pub fn md5_hex(parts: &[&[u8]]) -> String {
     hex::encode(md5.finalize())
 }
 
-/// An MD5 digest fed piece by piece, for signatures built from many fields.
-#[derive(Default)]
-pub struct Md5Stream(Md5);
-
-impl Md5Stream {
-    pub fn update(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
-    }
-
-    /// The 16-byte digest.
-    pub fn finish(self) -> [u8; 16] {
-        self.0.finalize().into()
-    }
+/// The 16-byte MD5 digest of `bytes`.
+pub fn md5_digest(bytes: &[u8]) -> [u8; 16] {
+    Md5::digest(bytes).into()
 }
 
 /// The HMAC variants the vendors let a client choose (`signMethod`, `signmethod`).

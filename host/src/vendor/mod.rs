@@ -246,27 +246,96 @@ pub(crate) fn digest_id(bytes: &[u8]) -> String {
     crypto::md5_hex(&[bytes])
 }
 
+/// A JSON string borrowed from the input when it has no escapes. (serde's own `Cow<str>`
+/// always allocates unless a derive marks the field `borrow`, which hand-written visitors
+/// cannot.)
+pub(crate) struct CowStr<'a>(pub Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct CowVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for CowVisitor {
+            type Value = CowStr<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(s)))
+            }
+        }
+
+        d.deserialize_str(CowVisitor)
+    }
+}
+
 /// A number that a vendor writes either as a JSON number or as a string of digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct LenientU64(pub Option<u64>);
 
 impl<'de> serde::Deserialize<'de> for LenientU64 {
+    /// A visitor, not an untagged enum: untagged enums buffer their input, and this runs for
+    /// every datapoint time.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw<'a> {
-            Int(u64),
-            Float(f64),
-            #[serde(borrow)]
-            Text(Cow<'a, str>),
-            Other(serde::de::IgnoredAny),
+        struct NumberVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for NumberVisitor {
+            type Value = LenientU64;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number or a string of digits")
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<LenientU64, E> {
+                Ok(LenientU64(Some(n)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<LenientU64, E> {
+                Ok(LenientU64(u64::try_from(n).ok()))
+            }
+            fn visit_f64<E>(self, f: f64) -> Result<LenientU64, E> {
+                Ok(LenientU64((f.is_finite() && f >= 0.0).then_some(f as u64)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<LenientU64, E> {
+                Ok(LenientU64(s.trim().parse().ok()))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<LenientU64, E> {
+                Ok(LenientU64(None))
+            }
+            fn visit_unit<E>(self) -> Result<LenientU64, E> {
+                Ok(LenientU64(None))
+            }
+            fn visit_none<E>(self) -> Result<LenientU64, E> {
+                Ok(LenientU64(None))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<LenientU64, D::Error> {
+                <LenientU64 as serde::Deserialize>::deserialize(d)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<LenientU64, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(LenientU64(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<LenientU64, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(LenientU64(None))
+            }
         }
-        Ok(LenientU64(match Raw::deserialize(d)? {
-            Raw::Int(n) => Some(n),
-            Raw::Float(f) if f.is_finite() && f >= 0.0 => Some(f as u64),
-            Raw::Text(t) => t.trim().parse().ok(),
-            _ => None,
-        }))
+
+        d.deserialize_any(NumberVisitor)
     }
 }
 

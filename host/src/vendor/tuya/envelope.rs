@@ -18,8 +18,8 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::Keys;
-use crate::vendor::crypto::{CipherError, Md5Stream};
-use crate::vendor::{DecodeError, SignMode, base64_field, clip};
+use crate::vendor::crypto::{CipherError, md5_digest};
+use crate::vendor::{CowStr, DecodeError, SignMode, base64_field, clip};
 
 /// The JSON key of the signature.
 const SIGN: &str = "sign";
@@ -105,8 +105,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(6));
-                while let Some(entry) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                    fields.push(entry);
+                while let Some((key, value)) = map.next_entry::<CowStr<'de>, &'de RawValue>()? {
+                    fields.push((key.0, value));
                 }
                 Ok(Fields(fields))
             }
@@ -130,14 +130,13 @@ impl<'a> Fields<'a> {
 
     /// A string field, unescaped (base64 may arrive with `\/`).
     fn text(&self, key: &'static str) -> Result<Option<Cow<'a, str>>, DecodeError> {
-        match self.raw(key) {
-            None => Ok(None),
-            Some(raw) => serde_json::from_str::<Cow<'a, str>>(raw.get())
-                .map(Some)
-                .map_err(|_| {
+        self.raw(key)
+            .map(|raw| {
+                unquote(raw).ok_or_else(|| {
                     DecodeError::shape("Tuya envelope", format!("`{key}` is not a string"))
-                }),
-        }
+                })
+            })
+            .transpose()
     }
 
     fn number(&self, key: &'static str) -> Result<Option<u64>, DecodeError> {
@@ -166,9 +165,12 @@ impl<'a> Fields<'a> {
         if mode == SignMode::Off {
             return Ok((sign, SignatureCheck::Unchecked));
         }
+        let mut received = [0u8; 16];
         let problem = if sign.is_empty() {
             Some("the envelope has no `sign`")
-        } else if hex::encode(self.signature_digest(access_key)?) != sign {
+        } else if hex::decode_to_slice(&sign, &mut received).is_err()
+            || self.signature_digest(access_key)? != received
+        {
             Some(
                 "`sign` does not match the envelope signed with the configured access key (wrong key, or the message was altered)",
             )
@@ -191,7 +193,7 @@ impl<'a> Fields<'a> {
             }
             let text = raw.get();
             let value: Cow<'a, str> = if text.starts_with('"') {
-                serde_json::from_str(text).map_err(|_| {
+                unquote(raw).ok_or_else(|| {
                     DecodeError::shape(
                         "Tuya envelope",
                         format!("`{}` is not a valid string", clip(key)),
@@ -207,15 +209,34 @@ impl<'a> Fields<'a> {
             }
         }
         signed.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut md5 = Md5Stream::default();
+        // One buffer and one digest call: feeding MD5 twenty small pieces costs more than
+        // the copy.
+        let len = signed
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 3)
+            .sum::<usize>()
+            + access_key.len();
+        let mut text = Vec::with_capacity(len);
         for (key, value) in &signed {
-            md5.update(key.as_bytes());
-            md5.update(b"=");
-            md5.update(value.as_bytes());
-            md5.update(b"||");
+            text.extend_from_slice(key.as_bytes());
+            text.push(b'=');
+            text.extend_from_slice(value.as_bytes());
+            text.extend_from_slice(b"||");
         }
-        md5.update(access_key.as_bytes());
-        Ok(md5.finish())
+        text.extend_from_slice(access_key.as_bytes());
+        Ok(md5_digest(&text))
+    }
+}
+
+/// The text of a JSON string value. The envelope parse already checked it, so a string
+/// without escapes (the usual case, even for long base64) is sliced, not parsed again.
+fn unquote(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str(text).ok()
+    } else {
+        Some(Cow::Borrowed(inner))
     }
 }
 

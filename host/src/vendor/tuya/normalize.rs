@@ -11,11 +11,12 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value as Tree};
 
 use super::Envelope;
 use crate::event::{ATTR_BIZ_CODE, Device, Event, Json, Kind, Property, Value, Vendor};
-use crate::vendor::{DecodeError, LenientU64, digest_id, parse_json};
+use crate::vendor::{CowStr, DecodeError, LenientU64, digest_id, parse_json};
 
 const BODY: &str = "Tuya message body";
 
@@ -43,44 +44,41 @@ struct StatusBody<'a> {
     dev_id: Option<Cow<'a, str>>,
     #[serde(rename = "productKey", borrow, default)]
     product_key: Option<Cow<'a, str>>,
-    #[serde(default)]
-    status: Vec<StatusItem>,
+    #[serde(borrow, default)]
+    status: Vec<StatusItem<'a>>,
 }
 
 /// One entry of `status`: `{"code","value","t","<dpId>":"<value as text>"}`.
 #[derive(Default)]
-struct StatusItem {
+struct StatusItem<'a> {
     code: Option<String>,
     value: Option<Value>,
     time_ms: Option<u64>,
-    /// The dp id and its value as text, for devices that send no `code`.
-    dp: Option<(String, Option<String>)>,
+    /// The dp id and its raw value, for devices that send no `code`; borrowed, since it is
+    /// rarely needed.
+    dp: Option<(Cow<'a, str>, &'a RawValue)>,
 }
 
-impl<'de> Deserialize<'de> for StatusItem {
+impl<'de: 'a, 'a> Deserialize<'de> for StatusItem<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct ItemVisitor;
 
         impl<'de> Visitor<'de> for ItemVisitor {
-            type Value = StatusItem;
+            type Value = StatusItem<'de>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a status entry object")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StatusItem, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StatusItem<'de>, A::Error> {
                 let mut item = StatusItem::default();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(CowStr(key)) = map.next_key::<CowStr<'de>>()? {
                     match key.as_ref() {
                         "code" => item.code = Some(map.next_value()?),
                         "value" => item.value = Some(map.next_value()?),
                         "t" | "time" => item.time_ms = map.next_value::<LenientU64>()?.0,
                         dp if !dp.is_empty() && dp.bytes().all(|b| b.is_ascii_digit()) => {
-                            let text = match map.next_value::<Value>()? {
-                                Value::Text(text) => Some(text),
-                                _ => None,
-                            };
-                            item.dp = Some((dp.to_owned(), text));
+                            item.dp = Some((key, map.next_value()?));
                         }
                         _ => {
                             map.next_value::<IgnoredAny>()?;
@@ -95,16 +93,21 @@ impl<'de> Deserialize<'de> for StatusItem {
     }
 }
 
-impl StatusItem {
+impl StatusItem<'_> {
     fn into_property(self) -> Option<Property> {
-        let (dp_id, dp_text) = self.dp.unzip();
-        let value = match (self.value, dp_text.flatten()) {
+        let (dp_id, dp_raw) = self.dp.unzip();
+        let value = match (self.value, dp_raw) {
             (Some(value), _) => value,
-            (None, Some(text)) => Value::from_lenient_text(&text),
+            // The dp form writes the value as text: `"1":"true"`.
+            (None, Some(raw)) => match serde_json::from_str::<Value>(raw.get()) {
+                Ok(Value::Text(text)) => Value::from_lenient_text(&text),
+                Ok(other) => other,
+                Err(_) => Value::Null,
+            },
             (None, None) => Value::Null,
         };
         Some(Property {
-            code: self.code.or(dp_id)?,
+            code: self.code.or_else(|| dp_id.map(Cow::into_owned))?,
             value,
             time_ms: self.time_ms,
             service: None,
@@ -216,7 +219,7 @@ fn biz_message(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event
         },
         time_ms,
         properties,
-        payload: payload_from_tree(&body, tree)?,
+        payload: payload(body)?,
         attributes,
     })
 }
@@ -369,7 +372,7 @@ pub fn business(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Even
         device,
         time_ms,
         properties,
-        payload: payload_from_tree(&body, tree)?,
+        payload: payload(body)?,
         attributes,
     })
 }
@@ -396,18 +399,12 @@ fn fallback_id(envelope: &Envelope, body: &[u8]) -> String {
     }
 }
 
-/// The body as the payload. It was just parsed, so it is valid JSON and UTF-8.
+/// The body as the payload. The caller has just parsed all of it as JSON, so it is only
+/// checked for UTF-8 (bytes outside strings were already checked by the parse).
 fn payload(body: Vec<u8>) -> Result<Json, DecodeError> {
-    let text = String::from_utf8(body).map_err(|_| DecodeError::shape(BODY, "not UTF-8"))?;
-    Json::from_text(text).map_err(|source| DecodeError::Json { what: BODY, source })
-}
-
-fn payload_from_tree(body: &[u8], tree: Tree) -> Result<Json, DecodeError> {
-    match std::str::from_utf8(body) {
-        Ok(text) => Json::from_text(text.to_owned())
-            .map_err(|source| DecodeError::Json { what: BODY, source }),
-        Err(_) => Ok(Json::from(tree)),
-    }
+    String::from_utf8(body)
+        .map(Json::from_parsed)
+        .map_err(|_| DecodeError::shape(BODY, "not UTF-8"))
 }
 
 #[cfg(test)]
