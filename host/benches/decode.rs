@@ -8,6 +8,10 @@ use iotrules::vendor::tuya::{BusinessDecoder, Decoder, Keys, Mode};
 use iotrules::vendor::{Dialect, RawMessage, SignMode, alibaba, huawei};
 use std::hint::black_box;
 
+/// The allocator of the `iotrules` binary, so the figures are the service's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ACCESS_KEY: &str = "benchKEY0123456789abcdefghijklmn";
 
 /// A typical protocol-4 status: three datapoints, like the vendor's own examples.

@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 
 use super::Keys;
 use crate::vendor::crypto::{CipherError, md5_digest};
-use crate::vendor::{CowStr, DecodeError, SignMode, base64_field, clip};
+use crate::vendor::{CowStr, DecodeError, SignMode, base64_field, clip, utf8};
 
 /// The JSON key of the signature.
 const SIGN: &str = "sign";
@@ -118,7 +118,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
-        serde_json::from_slice(payload).map_err(|source| DecodeError::Json {
+        let text = utf8("Tuya envelope", payload)?;
+        serde_json::from_str(text).map_err(|source| DecodeError::Json {
             what: "Tuya envelope",
             source,
         })
@@ -140,16 +141,19 @@ impl<'a> Fields<'a> {
     }
 
     fn number(&self, key: &'static str) -> Result<Option<u64>, DecodeError> {
-        match self.raw(key) {
-            None => Ok(None),
-            Some(raw) => serde_json::from_str::<crate::vendor::LenientU64>(raw.get())
+        let Some(raw) = self.raw(key) else {
+            return Ok(None);
+        };
+        // Plain digits (the normal case) parse directly; anything else (a quoted number,
+        // a float) goes through the lenient reader.
+        let parsed = raw.get().parse::<u64>().ok().or_else(|| {
+            serde_json::from_str::<crate::vendor::LenientU64>(raw.get())
                 .ok()
                 .and_then(|n| n.0)
-                .map(Some)
-                .ok_or_else(|| {
-                    DecodeError::shape("Tuya envelope", format!("`{key}` is not a whole number"))
-                }),
-        }
+        });
+        parsed.map(Some).ok_or_else(|| {
+            DecodeError::shape("Tuya envelope", format!("`{key}` is not a whole number"))
+        })
     }
 
     /// Checks `sign` per `mode`; an error only in enforce mode.
@@ -233,7 +237,7 @@ impl<'a> Fields<'a> {
 fn unquote(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
-    if inner.contains('\\') {
+    if memchr::memchr(b'\\', inner.as_bytes()).is_some() {
         serde_json::from_str(text).ok()
     } else {
         Some(Cow::Borrowed(inner))

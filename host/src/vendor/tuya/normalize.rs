@@ -16,17 +16,18 @@ use serde_json::{Map, Value as Tree};
 
 use super::Envelope;
 use crate::event::{ATTR_BIZ_CODE, Device, Event, Json, Kind, Property, Value, Vendor};
-use crate::vendor::{CowStr, DecodeError, LenientU64, digest_id, parse_json};
+use crate::vendor::{CowStr, DecodeError, LenientU64, digest_id, parse_json_str};
 
 const BODY: &str = "Tuya message body";
 
 /// Normalizes an IoT Core body according to the envelope's `protocol`.
 pub fn iot_core(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event, DecodeError> {
+    let body = into_text(body)?;
     match envelope.protocol {
         Some(4) => status(source, envelope, body),
         Some(_) => biz_message(source, envelope, body),
         // Without a protocol number, the body's own keys tell which shape it is.
-        None if memchr_bizcode(&body) => biz_message(source, envelope, body),
+        None if memchr_bizcode(body.as_bytes()) => biz_message(source, envelope, body),
         None => status(source, envelope, body),
     }
 }
@@ -115,8 +116,8 @@ impl StatusItem<'_> {
     }
 }
 
-fn status(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event, DecodeError> {
-    let parsed: StatusBody<'_> = parse_json(BODY, &body)?;
+fn status(source: &str, envelope: &Envelope, body: String) -> Result<Event, DecodeError> {
+    let parsed: StatusBody<'_> = parse_json_str(BODY, &body)?;
     let dev_id = parsed
         .dev_id
         .filter(|d| !d.is_empty())
@@ -134,7 +135,7 @@ fn status(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event, Dec
         .unwrap_or(0);
     let id = match parsed.data_id {
         Some(id) if !id.is_empty() => id.into_owned(),
-        _ => fallback_id(envelope, &body),
+        _ => fallback_id(envelope, body.as_bytes()),
     };
     let device = Device {
         id: dev_id.into_owned(),
@@ -150,14 +151,14 @@ fn status(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event, Dec
         device,
         time_ms,
         properties,
-        payload: payload(body)?,
+        payload: Json::from_parsed(body),
         attributes: BTreeMap::new(),
     })
 }
 
 /// Protocol 20 (`{"bizCode","bizData","devId","productKey","ts","uuid"}`) and the 1000 series.
-fn biz_message(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event, DecodeError> {
-    let tree: Tree = parse_json(BODY, &body)?;
+fn biz_message(source: &str, envelope: &Envelope, body: String) -> Result<Event, DecodeError> {
+    let tree: Tree = parse_json_str(BODY, &body)?;
     let root = tree
         .as_object()
         .ok_or_else(|| DecodeError::shape(BODY, "not a JSON object"))?;
@@ -197,7 +198,7 @@ fn biz_message(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event
         .unwrap_or(0);
     let id = text(root, "dataId")
         .or_else(|| text(biz_data, "dataId"))
-        .map_or_else(|| fallback_id(envelope, &body), str::to_owned);
+        .map_or_else(|| fallback_id(envelope, body.as_bytes()), str::to_owned);
     let action = if biz_code.is_empty() {
         format!("protocol-{protocol}")
     } else {
@@ -219,7 +220,7 @@ fn biz_message(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event
         },
         time_ms,
         properties,
-        payload: payload(body)?,
+        payload: Json::from_parsed(body),
         attributes,
     })
 }
@@ -322,7 +323,8 @@ fn items_to_properties(items: &Tree) -> Vec<Property> {
 
 /// The Smart Business body `{"bizCode","eventType","data"}`.
 pub fn business(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event, DecodeError> {
-    let tree: Tree = parse_json(BODY, &body)?;
+    let body = into_text(body)?;
+    let tree: Tree = parse_json_str(BODY, &body)?;
     let root = tree
         .as_object()
         .ok_or_else(|| DecodeError::shape(BODY, "not a JSON object"))?;
@@ -356,7 +358,8 @@ pub fn business(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Even
         .or_else(|| properties.iter().filter_map(|p| p.time_ms).max())
         .or(envelope.time_ms)
         .unwrap_or(0);
-    let id = text(data, "dataId").map_or_else(|| fallback_id(envelope, &body), str::to_owned);
+    let id =
+        text(data, "dataId").map_or_else(|| fallback_id(envelope, body.as_bytes()), str::to_owned);
 
     let mut attributes = BTreeMap::new();
     attributes.insert(ATTR_BIZ_CODE.to_owned(), biz_code.to_owned());
@@ -372,7 +375,7 @@ pub fn business(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Even
         device,
         time_ms,
         properties,
-        payload: payload(body)?,
+        payload: Json::from_parsed(body),
         attributes,
     })
 }
@@ -399,12 +402,16 @@ fn fallback_id(envelope: &Envelope, body: &[u8]) -> String {
     }
 }
 
-/// The body as the payload. The caller has just parsed all of it as JSON, so it is only
-/// checked for UTF-8 (bytes outside strings were already checked by the parse).
-fn payload(body: Vec<u8>) -> Result<Json, DecodeError> {
-    String::from_utf8(body)
-        .map(Json::from_parsed)
-        .map_err(|_| DecodeError::shape(BODY, "not UTF-8"))
+/// The decrypted body as text. Checked once here, it is then parsed as `str` (serde_json
+/// skips re-checking every string) and kept as the payload once the parse has succeeded.
+fn into_text(body: Vec<u8>) -> Result<String, DecodeError> {
+    String::from_utf8(body).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        DecodeError::shape(
+            BODY,
+            format!("not UTF-8 text (invalid byte at offset {offset})"),
+        )
+    })
 }
 
 #[cfg(test)]
