@@ -1,9 +1,20 @@
-//! Placeholder, replaced by the huawei dialect.
+//! Huawei Cloud IoTDA: server-side AMQP push and device-side MQTT.
+//!
+//! - [`mqtt`]: a device's connection credentials (client id, username, hour-stamped password)
+//!   and its topics, legacy v1 (`/huawei/v1/devices/...`) and IoTDA (`$oc/devices/...`).
+//! - [`amqp`]: an application's credentials for the AMQP push endpoint.
+//! - [`Decoder`]: not yet implemented.
+
+pub mod amqp;
+pub mod mqtt;
 
 use crate::event::Event;
 use crate::vendor::{DecodeError, RawMessage};
 
-/// Decodes huawei messages.
+pub use amqp::AmqpCredentials;
+pub use mqtt::{DeviceCredentials, HourStampError, SignType};
+
+/// Decodes huawei messages (not yet: every message is refused as unsupported).
 #[derive(Debug, Clone, Default)]
 pub struct Decoder;
 
