@@ -15,9 +15,12 @@
 //! - `time_ms`: a push's `event_time_ms`, else its `event_time`; then (and for MQTT) the
 //!   latest service `event_time`; else 0, since a decoder reads no clock and a made-up time
 //!   would look real.
-//! - `id`: the push's or topic's request id; else an MD5 digest of the body (of the topic and
-//!   body for MQTT, so equal bodies from two devices differ). Legacy `mid`s repeat every
-//!   65 535 commands, so they are an attribute, not the id.
+//! - `id`: a push's `request_id` (IoTDA's message id), else an MD5 digest of the body. For
+//!   MQTT always an MD5 digest of the topic and payload, never the topic's request id: a
+//!   command and its response share that id, so de-duplicating on it would drop the response.
+//!   The digest still gives a redelivered (MQTT `DUP`) message the same id, and equal bodies
+//!   from two devices differ by topic. Request ids and legacy `mid`s (which repeat every
+//!   65 535 commands) are attributes, for correlating a reply.
 //! - Device events whose services are all `$ota` (firmware and software upgrade) are
 //!   [`Kind::Lifecycle`]; other device events are [`Kind::DeviceEvent`].
 //! - Device status `ONLINE`/`OFFLINE` are online/offline; `ABNORMAL`, `INACTIVE` and `FROZEN`
@@ -349,10 +352,7 @@ pub(crate) fn mqtt(
     }
     let payload = message.payload;
     let mut event = Event {
-        id: topic.request_id.map_or_else(
-            || crypto::md5_hex(&[topic_text.as_bytes(), b"\n", payload]),
-            str::to_owned,
-        ),
+        id: crypto::md5_hex(&[topic_text.as_bytes(), b"\n", payload]),
         source: message.source.to_owned(),
         vendor: Vendor::Huawei,
         kind: Kind::Other,
@@ -814,7 +814,7 @@ mod tests {
         let event = decode(Some("$oc/devices/dev1/sys/commands/request_id=rq-5"), body).unwrap();
         assert_eq!(event.kind, Kind::Command);
         assert_eq!(event.action, "SET_LEVEL");
-        assert_eq!(event.id, "rq-5");
+        assert_eq!(event.id.len(), 32, "digest id, not the request id");
         assert_eq!(event.attribute("request-id"), Some("rq-5"));
         assert_eq!(event.attribute("service-id"), Some("Light"));
         assert_eq!(event.attribute("gateway"), None);
@@ -856,6 +856,21 @@ mod tests {
         assert_eq!(event.property("t").unwrap().value, Value::Float(21.5));
         assert_eq!(event.attribute("request-id"), None);
         assert_eq!(event.id.len(), 32, "digest id");
+    }
+
+    #[test]
+    fn command_and_its_response_get_different_ids_but_a_redelivery_keeps_its_id() {
+        let command = r#"{"service_id":"S","command_name":"C","paras":{}}"#;
+        let first = decode(Some("$oc/devices/d/sys/commands/request_id=r1"), command).unwrap();
+        let again = decode(Some("$oc/devices/d/sys/commands/request_id=r1"), command).unwrap();
+        let reply = decode(
+            Some("$oc/devices/d/sys/commands/response/request_id=r1"),
+            r#"{"result_code":0}"#,
+        )
+        .unwrap();
+        assert_eq!(first.id, again.id);
+        assert_ne!(first.id, reply.id);
+        assert_eq!(first.attribute("request-id"), reply.attribute("request-id"));
     }
 
     #[test]
