@@ -67,8 +67,13 @@ fn huawei_mqtt_credentials_derive_from_device_secret_and_hour_stamp() {
         let password = creds.password(stamp).map_err(|e| e.to_string())?;
         expect_eq("password", password.as_str(), str_of(expect, "password")?)?;
 
-        // The clock-based builders agree for any instant within that hour.
-        let ms = stamp_ms(stamp)? + 59 * 60_000;
+        // The clock-based builders agree for any instant within that hour. A stamp that is 10
+        // digits but no real UTC hour (hour 24) has no such instant, so there is nothing more
+        // to compare.
+        let Ok(start) = stamp_ms(stamp) else {
+            return Ok(());
+        };
+        let ms = start + 59 * 60_000;
         expect_eq(
             "client_id_at",
             creds.client_id_at(ms).as_str(),

@@ -38,6 +38,7 @@ const TOPIC_PROPERTY: &str = "topic";
 pub struct Decoder;
 
 impl Decoder {
+    /// A decoder; there is nothing to configure, since Huawei neither signs nor encrypts.
     pub fn new() -> Self {
         Decoder
     }
