@@ -176,7 +176,7 @@ fn demo(name: &str) -> PathBuf {
 
 #[test]
 fn bundled_demo_messages_decode_with_the_demo_key() {
-    let cases: [(&str, &[&str], &str); 4] = [
+    let cases: [(&str, &[&str], &str); 8] = [
         ("tuya-status-ecb.json", &["--vendor", "tuya"], "properties"),
         (
             "tuya-status-gcm.json",
@@ -192,6 +192,41 @@ fn bundled_demo_messages_decode_with_the_demo_key() {
             "tuya-business-dp-report.json",
             &["--vendor", "tuya-business"],
             "properties",
+        ),
+        (
+            "alibaba-property-post.json",
+            &[
+                "--vendor",
+                "alibaba",
+                "--property",
+                "topic=/a1DemoPk/thermostat-1/thing/event/property/post",
+            ],
+            "properties",
+        ),
+        (
+            "alibaba-status.json",
+            &[
+                "--vendor",
+                "alibaba",
+                "--property",
+                "topic=/as/mqtt/status/a1DemoPk/thermostat-1",
+            ],
+            "offline",
+        ),
+        (
+            "huawei-property-report.json",
+            &["--vendor", "huawei"],
+            "properties",
+        ),
+        (
+            "huawei-legacy-command.json",
+            &[
+                "--vendor",
+                "huawei",
+                "--property",
+                "topic=/huawei/v1/devices/demo_product_meter-1/command/json",
+            ],
+            "command",
         ),
     ];
     for (file, args, kind) in cases {
