@@ -45,7 +45,7 @@ use crate::event::{
 };
 use crate::time;
 use crate::vendor::{
-    DecodeError, LenientU64, RawMessage, body_as_payload, crypto, parse_json_str, utf8,
+    CowStr, DecodeError, LenientU64, RawMessage, body_as_payload, crypto, parse_json_str, utf8,
 };
 
 const TOPIC: &str = "Alibaba topic";
@@ -219,31 +219,119 @@ impl<'de> Deserialize<'de> for Params {
 }
 
 impl<'de> Deserialize<'de> for Item {
+    /// One pass: scalars and arrays are the value itself; an object is read key by key as the
+    /// long form until a key other than `value` or `time` shows it is a struct value, which is
+    /// then kept whole as JSON.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = Value::deserialize(d)?;
-        let Value::Json(json) = &value else {
-            return Ok(Item {
-                value,
-                time_ms: None,
-            });
-        };
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Long {
-            value: Value,
-            #[serde(default)]
-            time: LenientU64,
+        struct ItemVisitor;
+
+        impl<'de> Visitor<'de> for ItemVisitor {
+            type Value = Item;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a value, or {\"value\": v, \"time\": ms}")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Item, A::Error> {
+                let mut value: Option<Value> = None;
+                let mut time: Option<serde_json::Value> = None;
+                while let Some(key) = map.next_key::<CowStr<'de>>()? {
+                    match key.0.as_ref() {
+                        "value" if value.is_none() => value = Some(map.next_value()?),
+                        "time" if time.is_none() => time = Some(map.next_value()?),
+                        _ => {
+                            // A struct value: put back what was read, then take the rest.
+                            let mut object = serde_json::Map::new();
+                            if let Some(value) = value {
+                                let value =
+                                    serde_json::to_value(&value).unwrap_or(serde_json::Value::Null);
+                                object.insert("value".to_owned(), value);
+                            }
+                            if let Some(time) = time {
+                                object.insert("time".to_owned(), time);
+                            }
+                            object.insert(key.0.into_owned(), map.next_value()?);
+                            while let Some((k, v)) = map.next_entry()? {
+                                object.insert(k, v);
+                            }
+                            return Ok(Item::whole(serde_json::Value::Object(object)));
+                        }
+                    }
+                }
+                Ok(match value {
+                    Some(value) => Item {
+                        value,
+                        time_ms: time.as_ref().and_then(lenient_ms),
+                    },
+                    // `{}` or `{"time": …}` alone: a struct value, not the long form.
+                    None => {
+                        let mut object = serde_json::Map::new();
+                        if let Some(time) = time {
+                            object.insert("time".to_owned(), time);
+                        }
+                        Item::whole(serde_json::Value::Object(object))
+                    }
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Item, A::Error> {
+                let tree = serde_json::Value::deserialize(
+                    serde::de::value::SeqAccessDeserializer::new(seq),
+                )?;
+                Ok(Item::whole(tree))
+            }
+            fn visit_unit<E>(self) -> Result<Item, E> {
+                Ok(Item::scalar(Value::Null))
+            }
+            fn visit_none<E>(self) -> Result<Item, E> {
+                Ok(Item::scalar(Value::Null))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Item, D::Error> {
+                Item::deserialize(d)
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Item, E> {
+                Ok(Item::scalar(Value::Boolean(b)))
+            }
+            fn visit_i64<E>(self, i: i64) -> Result<Item, E> {
+                Ok(Item::scalar(Value::Integer(i)))
+            }
+            fn visit_u64<E>(self, u: u64) -> Result<Item, E> {
+                Ok(Item::scalar(
+                    i64::try_from(u).map_or(Value::Float(u as f64), Value::Integer),
+                ))
+            }
+            fn visit_f64<E>(self, f: f64) -> Result<Item, E> {
+                Ok(Item::scalar(Value::Float(f)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Item, E> {
+                Ok(Item::scalar(Value::Text(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Item, E> {
+                Ok(Item::scalar(Value::Text(s)))
+            }
         }
-        Ok(match serde_json::from_str::<Long>(json.as_str()) {
-            Ok(long) => Item {
-                value: long.value,
-                time_ms: long.time.0,
-            },
-            Err(_) => Item {
-                value,
-                time_ms: None,
-            },
-        })
+
+        d.deserialize_any(ItemVisitor)
+    }
+}
+
+impl Item {
+    fn scalar(value: Value) -> Self {
+        Item {
+            value,
+            time_ms: None,
+        }
+    }
+
+    fn whole(tree: serde_json::Value) -> Self {
+        Item::scalar(Value::Json(Json::from(tree)))
+    }
+}
+
+/// A time in ms written as a number or a string of digits.
+fn lenient_ms(time: &serde_json::Value) -> Option<u64> {
+    match time {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
     }
 }
 
@@ -262,62 +350,55 @@ impl Params {
 }
 
 /// The device fields every cloud-written body may carry.
+#[derive(Debug, Default)]
+struct Common {
+    iot_id: Option<String>,
+    product_key: Option<String>,
+    device_name: Option<String>,
+    request_id: Option<AlinkId>,
+}
+
+/// Every cloud-written body (property post, event, status, lifecycle, downlink reply) in one
+/// struct: one pass, no buffering (`#[serde(flatten)]` would buffer the whole body first).
+/// Each route reads the fields its body documents; unknown fields stay in the payload.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-struct Common {
+struct Body<'a> {
     iot_id: Option<String>,
     product_key: Option<String>,
     device_name: Option<String>,
     request_id: Option<AlinkId>,
     gmt_create: LenientU64,
     message_create_time: LenientU64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct PropertyBody {
-    #[serde(flatten)]
-    common: Common,
+    /// A property post's values.
     items: Option<Params>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct EventBody {
-    #[serde(flatten)]
-    common: Common,
+    /// An event's identifier and values.
     identifier: Option<String>,
     value: Params,
+    /// An event's time in ms (a status's `time` is local text, and reads as none).
     time: LenientU64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct StatusBody {
-    #[serde(flatten)]
-    common: Common,
+    /// A status.
     status: Option<String>,
     utc_time: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct LifecycleBody {
-    #[serde(flatten)]
-    common: Common,
+    /// A lifecycle change, and the gateway of a topology change.
     action: Option<String>,
     gw_iot_id: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct ReplyBody<'a> {
-    #[serde(flatten)]
-    common: Common,
+    /// A downlink reply.
     code: Option<i64>,
     topic: Option<String>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
+}
+
+impl Body<'_> {
+    fn take_common(&mut self) -> Common {
+        Common {
+            iot_id: self.iot_id.take(),
+            product_key: self.product_key.take(),
+            device_name: self.device_name.take(),
+            request_id: self.request_id.take(),
+        }
+    }
 }
 
 /// An Alink request, read leniently: only the parts an event needs.
@@ -476,101 +557,73 @@ pub(crate) fn decode(message: &RawMessage<'_>) -> Result<Event, DecodeError> {
 
 /// Reads the JSON body of a structured topic.
 fn read_json(route: Route<'_>, text: &str) -> Result<Reading, DecodeError> {
-    Ok(match route {
-        Route::PropertyPost => {
-            let body: PropertyBody = parse_json_str(BODY, text)?;
-            let items = body
-                .items
-                .ok_or_else(|| DecodeError::shape(BODY, "a property post has no `items`"))?;
-            Reading {
-                kind: Some(Kind::Properties),
-                properties: items.into_properties(None),
-                time_ms: body.common.gmt_create.0,
-                common: body.common,
-                ..Reading::default()
-            }
-        }
-        Route::EventPost(identifier) => {
-            let body: EventBody = parse_json_str(BODY, text)?;
-            let time_ms = body.time.0.or(body.common.gmt_create.0);
-            Reading {
-                kind: Some(Kind::DeviceEvent),
-                action: Some(body.identifier.unwrap_or_else(|| identifier.to_owned())),
-                properties: body.value.into_properties(time_ms),
-                time_ms,
-                common: body.common,
-                ..Reading::default()
-            }
-        }
-        Route::Status => {
-            let body: StatusBody = parse_json_str(BODY, text)?;
-            let status = body
-                .status
-                .ok_or_else(|| DecodeError::shape(BODY, "a status has no `status`"))?;
-            let kind = match status.as_str() {
-                "online" => Kind::Online,
-                "offline" => Kind::Offline,
-                _ => Kind::Other,
-            };
-            Reading {
-                kind: Some(kind),
-                action: Some(status),
-                time_ms: body.utc_time.as_deref().and_then(time::parse_iso),
-                common: body.common,
-                ..Reading::default()
-            }
-        }
-        Route::Lifecycle | Route::TopoLifecycle => {
-            let body: LifecycleBody = parse_json_str(BODY, text)?;
-            let action = body
-                .action
-                .ok_or_else(|| DecodeError::shape(BODY, "a lifecycle message has no `action`"))?;
-            Reading {
-                kind: Some(Kind::Lifecycle),
-                action: Some(action),
-                time_ms: body
-                    .common
-                    .message_create_time
-                    .0
-                    .or(body.common.gmt_create.0),
-                gateway: body.gw_iot_id,
-                common: body.common,
-                ..Reading::default()
-            }
-        }
-        Route::DownlinkReply => {
-            let body: ReplyBody<'_> = parse_json_str(BODY, text)?;
-            Reading {
-                kind: Some(Kind::CommandReply),
-                // The action is the request's topic as an Alink method, matching the
-                // reply's own topic on the device side.
-                action: body
-                    .topic
-                    .as_deref()
-                    .and_then(|t| Topic::parse(t).ok())
-                    .map(|t| t.action),
-                properties: object_properties(body.data),
-                code: body.code,
-                time_ms: body.common.gmt_create.0,
-                common: body.common,
-                ..Reading::default()
-            }
-        }
-        Route::Ota => {
-            let body: Common = parse_json_str(BODY, text).unwrap_or_default();
-            Reading {
-                kind: Some(Kind::Lifecycle),
-                common: body,
-                ..Reading::default()
-            }
-        }
+    let mut body: Body<'_> = match route {
         Route::AlinkPropertyPost
         | Route::AlinkEventPost(_)
         | Route::PropertySet
         | Route::Service(_)
-        | Route::Reply => read_alink(route, text)?,
-        Route::User(_) | Route::Rrpc(_) | Route::Other => Reading::default(),
-    })
+        | Route::Reply => return read_alink(route, text),
+        Route::User(_) | Route::Rrpc(_) | Route::Other => return Ok(Reading::default()),
+        // Firmware bodies vary by step; only the device fields are read, leniently.
+        Route::Ota => parse_json_str(BODY, text).unwrap_or_default(),
+        _ => parse_json_str(BODY, text)?,
+    };
+    let mut reading = Reading {
+        common: body.take_common(),
+        time_ms: body.gmt_create.0,
+        ..Reading::default()
+    };
+    match route {
+        Route::PropertyPost => {
+            let items = body
+                .items
+                .ok_or_else(|| DecodeError::shape(BODY, "a property post has no `items`"))?;
+            reading.kind = Some(Kind::Properties);
+            reading.properties = items.into_properties(None);
+        }
+        Route::EventPost(identifier) => {
+            let time_ms = body.time.0.or(body.gmt_create.0);
+            reading.kind = Some(Kind::DeviceEvent);
+            reading.action = Some(body.identifier.unwrap_or_else(|| identifier.to_owned()));
+            reading.properties = body.value.into_properties(time_ms);
+            reading.time_ms = time_ms;
+        }
+        Route::Status => {
+            let status = body
+                .status
+                .ok_or_else(|| DecodeError::shape(BODY, "a status has no `status`"))?;
+            reading.kind = Some(match status.as_str() {
+                "online" => Kind::Online,
+                "offline" => Kind::Offline,
+                _ => Kind::Other,
+            });
+            reading.action = Some(status);
+            reading.time_ms = body.utc_time.as_deref().and_then(time::parse_iso);
+        }
+        Route::Lifecycle | Route::TopoLifecycle => {
+            let action = body
+                .action
+                .ok_or_else(|| DecodeError::shape(BODY, "a lifecycle message has no `action`"))?;
+            reading.kind = Some(Kind::Lifecycle);
+            reading.action = Some(action);
+            reading.time_ms = body.message_create_time.0.or(body.gmt_create.0);
+            reading.gateway = body.gw_iot_id;
+        }
+        Route::DownlinkReply => {
+            reading.kind = Some(Kind::CommandReply);
+            // The action is the request's topic as an Alink method, matching the reply's own
+            // topic on the device side.
+            reading.action = body
+                .topic
+                .as_deref()
+                .and_then(|t| Topic::parse(t).ok())
+                .map(|t| t.action);
+            reading.properties = object_properties(body.data);
+            reading.code = body.code;
+        }
+        _ => reading.kind = Some(Kind::Lifecycle),
+    }
+    Ok(reading)
 }
 
 /// Reads an Alink request or reply on a `/sys/` topic.
@@ -774,7 +827,7 @@ mod tests {
 
     #[test]
     fn alink_property_post_reads_long_and_short_forms() {
-        let body = r#"{"id":"7","version":"1.0","params":{"Power":{"value":"on","time":1524448722000},"Temp":21,"Pos":{"lat":1,"value":2}},"method":"thing.event.property.post"}"#;
+        let body = r#"{"id":"7","version":"1.0","params":{"Power":{"value":"on","time":1524448722000},"Temp":21,"Pos":{"lat":1,"value":2},"Range":{"value":2,"time":"7","max":3}},"method":"thing.event.property.post"}"#;
         let event = decode_on("/sys/a1Pk/lamp/thing/event/property/post", body).unwrap();
         assert_eq!(event.kind, Kind::Properties);
         assert_eq!(event.attribute("envelope"), Some(ENVELOPE_MQTT));
