@@ -220,14 +220,16 @@ impl fmt::Display for Kind {
 /// The device an event is about, or a command is for.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Device {
-    /// The vendor's device identifier: Tuya `devId`, Alibaba `deviceName` (unique within its
-    /// product), Huawei `device_id`.
+    /// The vendor's device identifier: Tuya `devId`, Huawei `device_id`, and for Alibaba
+    /// `${productKey}.${deviceName}` (a `deviceName` is unique only within its product; the
+    /// Link SDK's client id has the same form).
     pub id: String,
     /// The product (model) the device belongs to: Tuya `productKey`/`productId`, Alibaba
     /// `productKey`, Huawei `product_id`. `None` when the message does not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub product: Option<String>,
-    /// The device's display name, when the message carries one.
+    /// The device's name, when the message carries one: a display name, or for Alibaba the
+    /// `deviceName` that, with `product`, addresses the device in commands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
