@@ -6,5 +6,6 @@
 //! clouds use. Connectors, the plugin runtime and the rule engine build on them.
 
 pub mod event;
+pub mod plugin;
 pub mod time;
 pub mod vendor;

@@ -1,1 +1,4 @@
-//! Shared harness for integration tests against real peers (brokers, HTTP servers).
+//! Shared harness for integration tests against real peers (brokers, HTTP servers) and real
+//! plugin components.
+
+pub mod plugins;

@@ -1,0 +1,225 @@
+//! The host's event model ↔ the WIT types. Everything coming back from a guest is checked:
+//! JSON text must be JSON, the vendor must be known.
+
+use super::bindings::iotrules::plugin::types as wit;
+use super::{Outcome, Verdict};
+use crate::event::{Command, Device, Event, Json, Kind, Property, Value, Vendor};
+
+pub(crate) fn event_to_wit(event: &Event) -> wit::Event {
+    wit::Event {
+        id: event.id.clone(),
+        source: event.source.clone(),
+        vendor: event.vendor.as_str().to_owned(),
+        kind: kind_to_wit(event.kind),
+        action: event.action.clone(),
+        device: device_to_wit(&event.device),
+        time_ms: event.time_ms,
+        properties: event.properties.iter().map(property_to_wit).collect(),
+        payload: event.payload.as_str().to_owned(),
+        attributes: event
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn kind_to_wit(kind: Kind) -> wit::Kind {
+    match kind {
+        Kind::Properties => wit::Kind::Properties,
+        Kind::Online => wit::Kind::Online,
+        Kind::Offline => wit::Kind::Offline,
+        Kind::Lifecycle => wit::Kind::Lifecycle,
+        Kind::DeviceEvent => wit::Kind::DeviceEvent,
+        Kind::Command => wit::Kind::Command,
+        Kind::CommandReply => wit::Kind::CommandReply,
+        Kind::Message => wit::Kind::Message,
+        Kind::Other => wit::Kind::Other,
+    }
+}
+
+fn kind_from_wit(kind: wit::Kind) -> Kind {
+    match kind {
+        wit::Kind::Properties => Kind::Properties,
+        wit::Kind::Online => Kind::Online,
+        wit::Kind::Offline => Kind::Offline,
+        wit::Kind::Lifecycle => Kind::Lifecycle,
+        wit::Kind::DeviceEvent => Kind::DeviceEvent,
+        wit::Kind::Command => Kind::Command,
+        wit::Kind::CommandReply => Kind::CommandReply,
+        wit::Kind::Message => Kind::Message,
+        wit::Kind::Other => Kind::Other,
+    }
+}
+
+fn device_to_wit(device: &Device) -> wit::Device {
+    wit::Device {
+        id: device.id.clone(),
+        product: device.product.clone(),
+        name: device.name.clone(),
+    }
+}
+
+fn device_from_wit(device: wit::Device) -> Device {
+    Device {
+        id: device.id,
+        product: device.product,
+        name: device.name,
+    }
+}
+
+fn property_to_wit(property: &Property) -> wit::Property {
+    wit::Property {
+        code: property.code.clone(),
+        value: match &property.value {
+            Value::Null => wit::Value::Null,
+            Value::Boolean(b) => wit::Value::Boolean(*b),
+            Value::Integer(i) => wit::Value::Integer(*i),
+            Value::Float(f) => wit::Value::Float(*f),
+            Value::Text(s) => wit::Value::Text(s.clone()),
+            Value::Json(json) => wit::Value::Json(json.as_str().to_owned()),
+        },
+        time_ms: property.time_ms,
+        service: property.service.clone(),
+    }
+}
+
+fn property_from_wit(property: wit::Property) -> Result<Property, String> {
+    let value = match property.value {
+        wit::Value::Null => Value::Null,
+        wit::Value::Boolean(b) => Value::Boolean(b),
+        wit::Value::Integer(i) => Value::Integer(i),
+        wit::Value::Float(f) => Value::Float(f),
+        wit::Value::Text(s) => Value::Text(s),
+        wit::Value::Json(text) => {
+            Value::Json(json(&format!("property `{}`", property.code), text)?)
+        }
+    };
+    Ok(Property {
+        code: property.code,
+        value,
+        time_ms: property.time_ms,
+        service: property.service,
+    })
+}
+
+fn json(what: &str, text: String) -> Result<Json, String> {
+    Json::from_text(text).map_err(|e| format!("{what} is not JSON: {e}"))
+}
+
+fn event_from_wit(event: wit::Event) -> Result<Event, String> {
+    let vendor = match event.vendor.as_str() {
+        "tuya" => Vendor::Tuya,
+        "alibaba" => Vendor::Alibaba,
+        "huawei" => Vendor::Huawei,
+        "mqtt" => Vendor::Mqtt,
+        other => {
+            return Err(format!(
+                "replacement event has unknown vendor `{}`",
+                crate::vendor::clip(other)
+            ));
+        }
+    };
+    Ok(Event {
+        id: event.id,
+        source: event.source,
+        vendor,
+        kind: kind_from_wit(event.kind),
+        action: event.action,
+        device: device_from_wit(event.device),
+        time_ms: event.time_ms,
+        properties: event
+            .properties
+            .into_iter()
+            .map(property_from_wit)
+            .collect::<Result<_, _>>()?,
+        payload: json("replacement event payload", event.payload)?,
+        attributes: event.attributes.into_iter().collect(),
+    })
+}
+
+fn command_from_wit(command: wit::Command) -> Result<Command, String> {
+    Ok(Command {
+        params: json(
+            &format!("params of command `{}`", command.name),
+            command.params,
+        )?,
+        via: command.via,
+        device: device_from_wit(command.device),
+        name: command.name,
+        reply_to: command.reply_to,
+    })
+}
+
+pub(crate) fn outcome_from_wit(outcome: wit::Outcome) -> Result<Outcome, String> {
+    let verdict = match outcome.verdict {
+        wit::Verdict::Keep => Verdict::Keep,
+        wit::Verdict::Drop => Verdict::Drop,
+        wit::Verdict::Replace(event) => Verdict::Replace(Box::new(event_from_wit(event)?)),
+    };
+    let commands = outcome
+        .commands
+        .into_iter()
+        .map(command_from_wit)
+        .collect::<Result<_, _>>()?;
+    Ok(Outcome { verdict, commands })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Event {
+        let mut event = Event {
+            id: "e1".into(),
+            source: "demo".into(),
+            vendor: Vendor::Huawei,
+            kind: Kind::DeviceEvent,
+            action: "alarm".into(),
+            device: Device {
+                id: "d1".into(),
+                product: Some("p".into()),
+                name: None,
+            },
+            time_ms: 42,
+            properties: vec![
+                Property::new("on", Value::Boolean(true)),
+                Property::new("pos", Value::Json(Json::from_text("[1,2]".into()).unwrap())),
+            ],
+            payload: Json::from_text(r#"{"x":1}"#.into()).unwrap(),
+            attributes: Default::default(),
+        };
+        event.properties[0].service = Some("svc".into());
+        event.properties[0].time_ms = Some(7);
+        event.attributes.insert("topic".into(), "t".into());
+        event
+    }
+
+    #[test]
+    fn an_event_survives_the_round_trip_through_the_wit_types() {
+        let event = sample();
+        let back = event_from_wit(event_to_wit(&event)).unwrap();
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn malformed_guest_output_is_refused_with_what_was_wrong() {
+        let mut wit_event = event_to_wit(&sample());
+        wit_event.vendor = "acme".into();
+        assert!(event_from_wit(wit_event).unwrap_err().contains("acme"));
+
+        let command = wit::Command {
+            via: None,
+            device: device_to_wit(&Device::new("d")),
+            name: "switch".into(),
+            params: "{not json".into(),
+            reply_to: None,
+        };
+        let outcome = wit::Outcome {
+            verdict: wit::Verdict::Keep,
+            commands: vec![command],
+        };
+        let error = outcome_from_wit(outcome).unwrap_err();
+        assert!(error.contains("params of command `switch`"), "{error}");
+    }
+}

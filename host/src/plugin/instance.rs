@@ -1,0 +1,400 @@
+//! One live plugin instance: its store (memory cap, deadline, WASI context granting only what
+//! the rule grants), the host functions it imports, and the calls into it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::iotrules::plugin::host::{self, Level};
+use super::bindings::{Plugin, PluginPre};
+use super::runtime::Runtime;
+use super::state::{PendingWrites, StateStore};
+use super::{Chain, Outcome, PluginError, convert};
+use crate::event::Event;
+
+/// Per-step limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long one `init` or `handle` call may run.
+    pub deadline: Duration,
+    /// The most linear memory the instance may have.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline: Duration::from_millis(50),
+            memory_bytes: 32 << 20,
+        }
+    }
+}
+
+/// What a rule grants a plugin beyond computing. Nothing by default: no environment
+/// variables, no files, no network (WASI sockets are always refused).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Environment variables the plugin may read, with the values the host had at load.
+    pub env: Vec<String>,
+    /// Host directories mounted read-only at the same path inside the guest.
+    pub read_dirs: Vec<PathBuf>,
+}
+
+/// The most a state key or value may hold.
+const MAX_STATE_KEY: usize = 1024;
+const MAX_STATE_VALUE: usize = 64 << 10;
+/// How much of the guest's stderr is kept, to report a panic message.
+const STDERR_CAPACITY: usize = 4096;
+
+/// The store's data: WASI, the memory cap, the host functions' context.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryCap,
+    plugin: Arc<str>,
+    state: Arc<dyn StateStore>,
+    namespace: Arc<str>,
+    pending: PendingWrites,
+    clock: fn() -> u64,
+    stderr: MemoryOutputPipe,
+    /// The last panic report the guest logged during the current call (the SDK's panic hook
+    /// logs one before the panic traps).
+    panic: Option<String>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        if matches!(level, Level::Error) && message.contains("panicked at ") {
+            self.panic = Some(message.clone());
+        }
+        let plugin = &*self.plugin;
+        let namespace = &*self.namespace;
+        match level {
+            Level::Trace => tracing::trace!(plugin, step = namespace, "{message}"),
+            Level::Debug => tracing::debug!(plugin, step = namespace, "{message}"),
+            Level::Info => tracing::info!(plugin, step = namespace, "{message}"),
+            Level::Warn => tracing::warn!(plugin, step = namespace, "{message}"),
+            Level::Error => tracing::error!(plugin, step = namespace, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        Ok((self.clock)())
+    }
+
+    fn state_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        if let Some(pending) = self.pending.get(&key) {
+            return Ok(pending.map(<[u8]>::to_vec));
+        }
+        Ok(self.state.get(&self.namespace, &key))
+    }
+
+    fn state_set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        if key.len() > MAX_STATE_KEY {
+            return Ok(Err(format!(
+                "state key of {} bytes is over the {MAX_STATE_KEY}-byte limit",
+                key.len()
+            )));
+        }
+        if value.len() > MAX_STATE_VALUE {
+            return Ok(Err(format!(
+                "state value of {} bytes under `{}` is over the {MAX_STATE_VALUE}-byte limit",
+                value.len(),
+                crate::vendor::clip(&key)
+            )));
+        }
+        self.pending.set(key, Some(value));
+        Ok(Ok(()))
+    }
+
+    fn state_delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.pending.set(key, None);
+        Ok(())
+    }
+}
+
+impl super::bindings::iotrules::plugin::types::Host for HostState {}
+
+/// Caps linear memory, remembering a refused growth so the trap can be named.
+struct MemoryCap {
+    cap: usize,
+    refused: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.refused = Some(desired);
+            // An error (not `Ok(false)`) traps at once: a guest allocator that gets `-1`
+            // from `memory.grow` would abort with a less clear message.
+            wasmtime::bail!("memory cap of {} bytes reached", self.cap);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// A live instance of one plugin version, configured for one rule step.
+pub struct Instance {
+    store: Store<HostState>,
+    bindings: Plugin,
+    runtime: Arc<Runtime>,
+    limits: Limits,
+}
+
+impl Instance {
+    /// Instantiates `pre` in a fresh store and calls `init(config)` (with no config, only
+    /// instantiates: enough to prove the component links and starts).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start(
+        runtime: &Arc<Runtime>,
+        pre: &PluginPre<HostState>,
+        plugin: &Arc<str>,
+        config: Option<&str>,
+        limits: Limits,
+        grants: &Grants,
+        state: Arc<dyn StateStore>,
+        namespace: &Arc<str>,
+    ) -> Result<Self, PluginError> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let wasi = wasi_context(grants, stderr.clone()).map_err(|error| PluginError::Init {
+            plugin: plugin.to_string(),
+            reason: format!("cannot grant what the rule asks: {}", Chain(&error)),
+        })?;
+        let data = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryCap {
+                cap: limits.memory_bytes,
+                refused: None,
+            },
+            plugin: plugin.clone(),
+            state,
+            namespace: namespace.clone(),
+            pending: PendingWrites::default(),
+            clock: crate::time::now_ms,
+            stderr,
+            panic: None,
+        };
+        let mut store = Store::new(runtime.engine(), data);
+        store.limiter(|data| &mut data.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(runtime.deadline_ticks(limits.deadline));
+        let bindings = pre
+            .instantiate(&mut store)
+            .map_err(|error| classify(&store, plugin, limits, &error))?;
+        let mut instance = Instance {
+            store,
+            bindings,
+            runtime: runtime.clone(),
+            limits,
+        };
+        if let Some(config) = config {
+            instance.init(config)?;
+        }
+        Ok(instance)
+    }
+
+    /// Replaces the clock the `now-ms` import reads (rule tests pin it).
+    pub fn set_clock(&mut self, clock: fn() -> u64) {
+        self.store.data_mut().clock = clock;
+    }
+
+    fn init(&mut self, config: &str) -> Result<(), PluginError> {
+        let plugin = self.store.data().plugin.clone();
+        self.arm();
+        let result = self.bindings.call_init(&mut self.store, config);
+        match result {
+            Ok(Ok(())) => {
+                self.commit();
+                Ok(())
+            }
+            Ok(Err(reason)) => {
+                self.rollback();
+                Err(PluginError::Init {
+                    plugin: plugin.to_string(),
+                    reason,
+                })
+            }
+            Err(error) => {
+                self.rollback();
+                Err(classify(&self.store, &plugin, self.limits, &error))
+            }
+        }
+    }
+
+    /// Runs `handle` on one event. After an `Err` other than [`PluginError::Failed`] the
+    /// instance is spent (a trapped component cannot be entered again): drop it.
+    pub fn handle(&mut self, event: &Event) -> Result<Outcome, PluginError> {
+        let plugin = self.store.data().plugin.clone();
+        let input = convert::event_to_wit(event);
+        self.arm();
+        let result = self.bindings.call_handle(&mut self.store, &input);
+        match result {
+            Ok(Ok(outcome)) => match convert::outcome_from_wit(outcome) {
+                Ok(outcome) => {
+                    self.commit();
+                    Ok(outcome)
+                }
+                Err(reason) => {
+                    self.rollback();
+                    Err(PluginError::Output {
+                        plugin: plugin.to_string(),
+                        reason,
+                    })
+                }
+            },
+            Ok(Err(reason)) => {
+                self.rollback();
+                Err(PluginError::Failed {
+                    plugin: plugin.to_string(),
+                    reason,
+                })
+            }
+            Err(error) => {
+                self.rollback();
+                Err(classify(&self.store, &plugin, self.limits, &error))
+            }
+        }
+    }
+
+    /// Starts the deadline for the next call.
+    fn arm(&mut self) {
+        self.store.data_mut().panic = None;
+        let ticks = self.runtime.deadline_ticks(self.limits.deadline);
+        self.store.set_epoch_deadline(ticks);
+    }
+
+    fn commit(&mut self) {
+        let data = self.store.data_mut();
+        let writes = data.pending.take();
+        if !writes.is_empty() {
+            data.state.apply(&data.namespace, writes);
+        }
+    }
+
+    fn rollback(&mut self) {
+        self.store.data_mut().pending.take();
+    }
+}
+
+/// A WASI context with nothing granted but what the rule lists, and stderr captured (to
+/// report a panic's message) instead of inherited.
+fn wasi_context(grants: &Grants, stderr: MemoryOutputPipe) -> wasmtime::Result<WasiCtx> {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .stderr(stderr)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }));
+    for name in &grants.env {
+        if let Ok(value) = std::env::var(name) {
+            builder.env(name, value);
+        }
+    }
+    for dir in &grants.read_dirs {
+        let guest = dir.to_string_lossy();
+        builder.preopened_dir(dir, guest.as_ref(), FsPerms::ReadOnly)?;
+    }
+    Ok(builder.build())
+}
+
+/// Names what went wrong in a call that returned a wasmtime error.
+fn classify(
+    store: &Store<HostState>,
+    plugin: &str,
+    limits: Limits,
+    error: &wasmtime::Error,
+) -> PluginError {
+    let plugin = plugin.to_owned();
+    let data = store.data();
+    if let Some(asked) = data.limiter.refused {
+        return PluginError::Memory {
+            plugin,
+            cap: limits.memory_bytes,
+            asked,
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => PluginError::Deadline {
+            plugin,
+            deadline: limits.deadline,
+        },
+        Some(Trap::UnreachableCodeReached) => match data
+            .panic
+            .as_deref()
+            .and_then(|logged| panic_message(logged.as_bytes()))
+            .or_else(|| panic_message(&data.stderr.contents()))
+        {
+            Some(message) => PluginError::Panic { plugin, message },
+            None => PluginError::Trap {
+                plugin,
+                reason: Chain(error).to_string(),
+            },
+        },
+        _ => PluginError::Trap {
+            plugin,
+            reason: Chain(error).to_string(),
+        },
+    }
+}
+
+/// The message of the last Rust panic the guest printed (`thread '…' panicked at …:\nMSG`).
+fn panic_message(stderr: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let start = text.rfind("panicked at ")?;
+    let rest = &text[start + "panicked at ".len()..];
+    let mut lines = rest.lines();
+    let location = lines.next()?.trim_end_matches(':');
+    let message = lines.next().unwrap_or_default().trim();
+    let mut text = format!("{message} (at {location})");
+    if let Some((cut, _)) = text.char_indices().nth(300) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_message_reads_rusts_panic_output() {
+        let stderr = b"\nthread '<unnamed>' panicked at src/lib.rs:12:9:\nsensor exploded\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(
+            panic_message(stderr).as_deref(),
+            Some("sensor exploded (at src/lib.rs:12:9)")
+        );
+        assert_eq!(panic_message(b"no panic here"), None);
+    }
+}

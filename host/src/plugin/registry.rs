@@ -1,0 +1,550 @@
+//! The plugins of a directory, by name, with atomic version swaps and quarantine.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+
+use super::bindings::PluginPre;
+use super::instance::{Grants, HostState, Instance, Limits};
+use super::runtime::Runtime;
+use super::state::{MemoryStateStore, StateStore};
+use super::{Outcome, PluginError};
+use crate::event::Event;
+
+/// How many failures in a row quarantine a version, unless configured otherwise.
+pub const DEFAULT_QUARANTINE_AFTER: u32 = 5;
+
+/// One loaded, type-checked plugin file.
+pub struct Version {
+    /// The plugin's name: its file name without `.wasm`.
+    pub plugin: Arc<str>,
+    /// 1 for the first version loaded in this process, then counting up per plugin.
+    pub number: u64,
+    /// Hex SHA-256 of the file.
+    pub sha256: String,
+    pub path: PathBuf,
+    pre: PluginPre<HostState>,
+    /// Failures in a row, across every step running this version.
+    failures: AtomicU32,
+    /// Set once the version is quarantined: the error that tipped it.
+    quarantined: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Version")
+            .field("plugin", &self.plugin)
+            .field("number", &self.number)
+            .field("sha256", &self.sha256)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Version {
+    /// The error that quarantined this version, if it is quarantined.
+    pub fn quarantined(&self) -> Option<String> {
+        lock(&self.quarantined).clone()
+    }
+}
+
+/// A plugin name's current version, swapped atomically on reload.
+pub struct Slot {
+    name: Arc<str>,
+    current: ArcSwap<Version>,
+    /// The configs of the steps using this plugin (with how many steps use each): a new
+    /// version must `init` with every one of them before it is swapped in.
+    configs: Mutex<HashMap<Arc<str>, usize>>,
+}
+
+impl Slot {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The version new events run on.
+    pub fn current(&self) -> Arc<Version> {
+        self.current.load_full()
+    }
+
+    fn register(&self, config: &Arc<str>) {
+        *lock(&self.configs).entry(config.clone()).or_insert(0) += 1;
+    }
+
+    fn unregister(&self, config: &Arc<str>) {
+        let mut configs = lock(&self.configs);
+        if let Some(count) = configs.get_mut(config) {
+            *count -= 1;
+            if *count == 0 {
+                configs.remove(config);
+            }
+        }
+    }
+}
+
+/// What happened to a plugin file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReloadReport {
+    /// A new version now serves new events.
+    Loaded {
+        plugin: String,
+        version: u64,
+        sha256: String,
+        /// From reading the file to the swap: compile (or cache load), instantiate, init.
+        took: Duration,
+    },
+    /// The file was refused; the previous version, if any, keeps serving.
+    Rejected { plugin: String, error: PluginError },
+    /// The file's bytes are those already serving.
+    Unchanged { plugin: String },
+    /// The file was removed; the last version keeps serving until the rules stop using it.
+    Removed { plugin: String },
+    /// A version failed too often in a row and is no longer called.
+    Quarantined {
+        plugin: String,
+        version: u64,
+        error: PluginError,
+    },
+}
+
+/// The plugins of one directory.
+pub struct Registry {
+    runtime: Arc<Runtime>,
+    dir: PathBuf,
+    state: Arc<dyn StateStore>,
+    slots: RwLock<HashMap<String, Arc<Slot>>>,
+    quarantine_after: u32,
+    next_version: AtomicU64,
+    subscribers: Arc<Mutex<Vec<mpsc::Sender<ReloadReport>>>>,
+    /// Serializes loads, so two reloads of one file cannot swap out of order.
+    loading: Mutex<()>,
+}
+
+impl Registry {
+    /// A registry for `dir`, with plugin state kept in `state`. Nothing is loaded yet.
+    pub fn new(runtime: Arc<Runtime>, dir: impl Into<PathBuf>, state: Arc<dyn StateStore>) -> Self {
+        Registry {
+            runtime,
+            dir: dir.into(),
+            state,
+            slots: RwLock::new(HashMap::new()),
+            quarantine_after: DEFAULT_QUARANTINE_AFTER,
+            next_version: AtomicU64::new(1),
+            subscribers: Arc::default(),
+            loading: Mutex::new(()),
+        }
+    }
+
+    /// Quarantine a version after `failures` failures in a row (at least 1).
+    pub fn with_quarantine_after(mut self, failures: u32) -> Self {
+        self.quarantine_after = failures.max(1);
+        self
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Reports of every later load, reject, removal and quarantine.
+    pub fn subscribe(&self) -> mpsc::Receiver<ReloadReport> {
+        let (sender, receiver) = mpsc::channel();
+        lock(&self.subscribers).push(sender);
+        receiver
+    }
+
+    /// Loads every `*.wasm` file directly in the directory.
+    pub fn load_all(&self) -> std::io::Result<Vec<ReloadReport>> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| plugin_name(path).is_some())
+            .collect();
+        paths.sort();
+        Ok(paths.iter().map(|path| self.load_file(path)).collect())
+    }
+
+    /// The plugin names loaded.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = read(&self.slots).keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    pub fn slot(&self, plugin: &str) -> Option<Arc<Slot>> {
+        read(&self.slots).get(plugin).cloned()
+    }
+
+    /// Loads (or reloads) one file: compile off the hot path, type-check, instantiate and
+    /// `init` with every config in use; only then swap it in. Anything else leaves the
+    /// serving version in place.
+    pub fn load_file(&self, path: &Path) -> ReloadReport {
+        let Some(plugin) = plugin_name(path) else {
+            return ReloadReport::Rejected {
+                plugin: path.display().to_string(),
+                error: PluginError::Read {
+                    plugin: path.display().to_string(),
+                    path: path.display().to_string(),
+                    reason: "a plugin file is named NAME.wasm, NAME of letters, digits, - and _"
+                        .into(),
+                },
+            };
+        };
+        let _loading = lock(&self.loading);
+        let started = Instant::now();
+        let report = self.load(&plugin, path, started);
+        match &report {
+            ReloadReport::Loaded { version, took, .. } => tracing::info!(
+                plugin,
+                version,
+                took_ms = took.as_millis() as u64,
+                "plugin loaded"
+            ),
+            ReloadReport::Rejected { error, .. } => {
+                tracing::error!(
+                    plugin,
+                    "plugin file refused, previous version kept: {error}"
+                )
+            }
+            ReloadReport::Removed { .. } => tracing::warn!(
+                plugin,
+                "plugin file removed; its last version keeps serving the rules that use it"
+            ),
+            ReloadReport::Unchanged { .. } | ReloadReport::Quarantined { .. } => {}
+        }
+        self.publish(&report);
+        report
+    }
+
+    fn load(&self, plugin: &str, path: &Path, started: Instant) -> ReloadReport {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return ReloadReport::Removed {
+                    plugin: plugin.to_owned(),
+                };
+            }
+            Err(e) => {
+                return rejected(PluginError::Read {
+                    plugin: plugin.to_owned(),
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let slot = self.slot(plugin);
+        if let Some(slot) = &slot
+            && slot.current().sha256 == sha256
+        {
+            return ReloadReport::Unchanged {
+                plugin: plugin.to_owned(),
+            };
+        }
+        let pre = match self.runtime.prepare(plugin, &bytes) {
+            Ok(pre) => pre,
+            Err(error) => return rejected(error),
+        };
+        let name: Arc<str> = Arc::from(plugin);
+        if let Err(error) = self.trial(&name, &pre, slot.as_deref()) {
+            return rejected(error);
+        }
+        let version = Arc::new(Version {
+            plugin: name.clone(),
+            number: self.next_version.fetch_add(1, Ordering::Relaxed),
+            sha256: sha256.clone(),
+            path: path.to_owned(),
+            pre,
+            failures: AtomicU32::new(0),
+            quarantined: Mutex::new(None),
+        });
+        let number = version.number;
+        match slot {
+            Some(slot) => slot.current.store(version),
+            None => {
+                let slot = Arc::new(Slot {
+                    name,
+                    current: ArcSwap::from(version),
+                    configs: Mutex::new(HashMap::new()),
+                });
+                write(&self.slots).insert(plugin.to_owned(), slot);
+            }
+        }
+        ReloadReport::Loaded {
+            plugin: plugin.to_owned(),
+            version: number,
+            sha256,
+            took: started.elapsed(),
+        }
+    }
+
+    /// Instantiates the candidate and runs `init` with each config in use, against scratch
+    /// state so a trial leaves nothing behind.
+    fn trial(
+        &self,
+        plugin: &Arc<str>,
+        pre: &PluginPre<HostState>,
+        slot: Option<&Slot>,
+    ) -> Result<(), PluginError> {
+        let configs: Vec<Arc<str>> = slot
+            .map(|slot| lock(&slot.configs).keys().cloned().collect())
+            .unwrap_or_default();
+        let scratch: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
+        let namespace: Arc<str> = Arc::from("trial");
+        let limits = Limits::default();
+        if configs.is_empty() {
+            Instance::start(
+                &self.runtime,
+                pre,
+                plugin,
+                None,
+                limits,
+                &Grants::default(),
+                scratch,
+                &namespace,
+            )?;
+            return Ok(());
+        }
+        for config in configs {
+            Instance::start(
+                &self.runtime,
+                pre,
+                plugin,
+                Some(&config),
+                limits,
+                &Grants::default(),
+                scratch.clone(),
+                &namespace,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A rule step running `plugin` with `config` (JSON text). The instance is started now,
+    /// so a config the plugin refuses is reported when the rule loads, not on its first event.
+    /// `namespace` scopes the step's state (e.g. `rule-name/step-index`).
+    pub fn step(
+        &self,
+        plugin: &str,
+        config: &str,
+        limits: Limits,
+        grants: Grants,
+        namespace: &str,
+    ) -> Result<Step, PluginError> {
+        if limits.memory_bytes > self.runtime.config().max_memory_bytes {
+            return Err(PluginError::Init {
+                plugin: plugin.to_owned(),
+                reason: format!(
+                    "memory cap {} bytes is over the runtime's maximum of {}",
+                    limits.memory_bytes,
+                    self.runtime.config().max_memory_bytes
+                ),
+            });
+        }
+        let slot = self.slot(plugin).ok_or_else(|| PluginError::Missing {
+            plugin: plugin.to_owned(),
+        })?;
+        let mut step = Step {
+            runtime: self.runtime.clone(),
+            slot,
+            config: Arc::from(config),
+            limits,
+            grants,
+            state: self.state.clone(),
+            namespace: Arc::from(namespace),
+            instance: None,
+            quarantine_after: self.quarantine_after,
+            subscribers: self.subscribers.clone(),
+        };
+        let version = step.slot.current();
+        step.instance = Some((version.clone(), step.start(&version)?));
+        step.slot.register(&step.config);
+        Ok(step)
+    }
+
+    fn publish(&self, report: &ReloadReport) {
+        lock(&self.subscribers).retain(|s| s.send(report.clone()).is_ok());
+    }
+}
+
+fn rejected(error: PluginError) -> ReloadReport {
+    ReloadReport::Rejected {
+        plugin: error.plugin().to_owned(),
+        error,
+    }
+}
+
+/// `NAME` of `DIR/NAME.wasm`, if NAME is a valid plugin name.
+pub(crate) fn plugin_name(path: &Path) -> Option<String> {
+    if path.extension()? != "wasm" {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    let valid = !stem.is_empty()
+        && stem
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    valid.then(|| stem.to_owned())
+}
+
+/// What a step returned for one event, and which version produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutcome {
+    pub outcome: Outcome,
+    /// The [`Version::number`] that handled the event.
+    pub version: u64,
+}
+
+/// One rule step: a plugin, its config, limits and grants, and the instance it runs on.
+///
+/// A step handles one event at a time (`&mut self`), so an event always finishes on the
+/// version it started on; the next event picks up a newer version if one was swapped in.
+pub struct Step {
+    runtime: Arc<Runtime>,
+    slot: Arc<Slot>,
+    config: Arc<str>,
+    limits: Limits,
+    grants: Grants,
+    state: Arc<dyn StateStore>,
+    namespace: Arc<str>,
+    instance: Option<(Arc<Version>, Instance)>,
+    quarantine_after: u32,
+    subscribers: Arc<Mutex<Vec<mpsc::Sender<ReloadReport>>>>,
+}
+
+impl Step {
+    pub fn plugin(&self) -> &str {
+        self.slot.name()
+    }
+
+    /// The version number of the instance this step runs, if it has one.
+    pub fn version(&self) -> Option<u64> {
+        self.instance.as_ref().map(|(version, _)| version.number)
+    }
+
+    /// Runs the plugin on `event`. A failure (an error, trap, deadline or memory cap) fails
+    /// only this call; the next call starts a fresh instance if this one trapped. After
+    /// `quarantine_after` failures in a row the version is quarantined until its file changes.
+    pub fn handle(&mut self, event: &Event) -> Result<StepOutcome, PluginError> {
+        let version = self.slot.current.load_full();
+        if let Some(last) = version.quarantined() {
+            return Err(PluginError::Quarantined {
+                plugin: self.slot.name().to_owned(),
+                failures: version.failures.load(Ordering::Relaxed),
+                last,
+            });
+        }
+        let stale = !matches!(&self.instance, Some((running, _)) if Arc::ptr_eq(running, &version));
+        if stale {
+            self.instance = None;
+            match self.start(&version) {
+                Ok(instance) => self.instance = Some((version.clone(), instance)),
+                Err(error) => return Err(self.failed(&version, error)),
+            }
+        }
+        let Some((_, instance)) = self.instance.as_mut() else {
+            unreachable!("an instance was just started");
+        };
+        match instance.handle(event) {
+            Ok(outcome) => {
+                version.failures.store(0, Ordering::Relaxed);
+                Ok(StepOutcome {
+                    outcome,
+                    version: version.number,
+                })
+            }
+            Err(error) => {
+                if !matches!(
+                    error,
+                    PluginError::Failed { .. } | PluginError::Output { .. }
+                ) {
+                    // A trapped instance cannot be entered again.
+                    self.instance = None;
+                }
+                Err(self.failed(&version, error))
+            }
+        }
+    }
+
+    fn start(&self, version: &Version) -> Result<Instance, PluginError> {
+        Instance::start(
+            &self.runtime,
+            &version.pre,
+            &version.plugin,
+            Some(&self.config),
+            self.limits,
+            &self.grants,
+            self.state.clone(),
+            &self.namespace,
+        )
+    }
+
+    /// Counts a failure and quarantines the version when it has failed too often in a row.
+    fn failed(&self, version: &Version, error: PluginError) -> PluginError {
+        let failures = version.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.quarantine_after {
+            let mut quarantined = lock(&version.quarantined);
+            if quarantined.is_none() {
+                *quarantined = Some(error.to_string());
+                tracing::error!(
+                    plugin = &*version.plugin,
+                    version = version.number,
+                    "plugin quarantined after {failures} failures in a row: {error}"
+                );
+                let report = ReloadReport::Quarantined {
+                    plugin: version.plugin.to_string(),
+                    version: version.number,
+                    error: error.clone(),
+                };
+                lock(&self.subscribers).retain(|s| s.send(report.clone()).is_ok());
+            }
+        }
+        error
+    }
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        self.slot.unregister(&self.config);
+    }
+}
+
+/// Locks, using the data of a poisoned lock as is: every critical section here leaves its
+/// data consistent at each step.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_names_come_from_file_names() {
+        assert_eq!(
+            plugin_name(Path::new("/p/dead-band_2.wasm")).as_deref(),
+            Some("dead-band_2")
+        );
+        assert_eq!(plugin_name(Path::new("/p/x.wat")), None);
+        assert_eq!(plugin_name(Path::new("/p/.wasm")), None);
+        assert_eq!(plugin_name(Path::new("/p/a b.wasm")), None);
+    }
+}

@@ -1,0 +1,393 @@
+//! The plugin runtime against real components: the example plugins doing their jobs, and
+//! purpose-built bad plugins failing in every way a plugin can, each time followed by an event
+//! that must still be processed.
+
+use std::time::{Duration, Instant};
+
+use iotrules::event::{Property, Value};
+use iotrules::plugin::{Grants, Limits, PluginError, ReloadReport, Step, Verdict};
+use iotrules_tests::plugins::{Harness, built, event, install, retagged, six_properties};
+
+fn loaded(report: &ReloadReport) {
+    assert!(
+        matches!(report, ReloadReport::Loaded { .. }),
+        "expected the plugin to load, got {report:?}"
+    );
+}
+
+fn step(harness: &Harness, plugin: &str, config: &str, limits: Limits) -> Step {
+    harness
+        .registry
+        .step(plugin, config, limits, Grants::default(), plugin)
+        .unwrap_or_else(|e| panic!("step {plugin}: {e}"))
+}
+
+/// The healthy plugin that runs after every failure, to prove the service goes on.
+fn healthy(harness: &Harness) -> Step {
+    loaded(&harness.load("sequence", "testing/sequence"));
+    step(harness, "sequence", "{}", Limits::default())
+}
+
+fn assert_still_serving(step: &mut Step, seq: u64) {
+    let handled = step
+        .handle(&six_properties("after-failure", seq))
+        .expect("the next event is processed after a failure");
+    let Verdict::Replace(event) = handled.outcome.verdict else {
+        panic!("sequence replaces every event");
+    };
+    assert_eq!(event.attribute("seq"), Some(seq.to_string().as_str()));
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_at_the_deadline() {
+    let harness = Harness::new();
+    loaded(&harness.load("spin", "testing/spin"));
+    let mut next = healthy(&harness);
+    let limits = Limits {
+        deadline: Duration::from_millis(20),
+        ..Limits::default()
+    };
+    let mut spin = step(&harness, "spin", "{}", limits);
+    for seq in 0..2 {
+        let started = Instant::now();
+        let error = spin.handle(&six_properties("d", seq)).unwrap_err();
+        assert!(
+            matches!(&error, PluginError::Deadline { plugin, deadline } if plugin == "spin" && *deadline == limits.deadline),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("20-ms deadline"), "{error}");
+        // Stopped near the deadline, not left running: a generous bound against a loaded CI
+        // machine, far below "never".
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_still_serving(&mut next, seq);
+    }
+}
+
+#[test]
+fn a_memory_bomb_hits_the_cap() {
+    let harness = Harness::new();
+    loaded(&harness.load("membomb", "testing/membomb"));
+    let mut next = healthy(&harness);
+    let limits = Limits {
+        memory_bytes: 8 << 20,
+        ..Limits::default()
+    };
+    let mut bomb = step(&harness, "membomb", "{}", limits);
+    let error = bomb.handle(&six_properties("d", 1)).unwrap_err();
+    match &error {
+        PluginError::Memory { plugin, cap, asked } => {
+            assert_eq!(plugin, "membomb");
+            assert_eq!(*cap, 8 << 20);
+            assert!(*asked > *cap);
+        }
+        other => panic!("expected a memory error, got {other:?}"),
+    }
+    assert!(
+        error.to_string().contains("memory cap of 8388608 bytes"),
+        "{error}"
+    );
+    assert_still_serving(&mut next, 1);
+}
+
+#[test]
+fn a_guest_panic_is_reported_with_its_message() {
+    let harness = Harness::new();
+    loaded(&harness.load("panic", "testing/panic"));
+    let mut next = healthy(&harness);
+    let mut panicking = step(&harness, "panic", "{}", Limits::default());
+    for seq in 0..2 {
+        let error = panicking.handle(&six_properties("d", seq)).unwrap_err();
+        let PluginError::Panic { plugin, message } = &error else {
+            panic!("expected a panic error, got {error:?}");
+        };
+        assert_eq!(plugin, "panic");
+        assert!(
+            message.contains(&format!("testing-panic: refusing event d-{seq}")),
+            "{message}"
+        );
+        assert_still_serving(&mut next, seq);
+    }
+}
+
+#[test]
+fn a_config_refused_by_init_fails_the_step_with_the_plugins_reason() {
+    let harness = Harness::new();
+    loaded(&harness.load("bad-init", "testing/bad-init"));
+    let error = harness
+        .registry
+        .step(
+            "bad-init",
+            "{}",
+            Limits::default(),
+            Grants::default(),
+            "r/0",
+        )
+        .err()
+        .expect("init refuses");
+    assert!(
+        matches!(&error, PluginError::Init { plugin, .. } if plugin == "bad-init"),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("init refused the config"),
+        "{error}"
+    );
+
+    // A real plugin refusing a real mistake names the field.
+    loaded(&harness.load("deadband", "deadband"));
+    let error = harness
+        .registry
+        .step(
+            "deadband",
+            r#"{"datapoints":["t"]}"#,
+            Limits::default(),
+            Grants::default(),
+            "r/1",
+        )
+        .err()
+        .expect("threshold is required");
+    assert!(error.to_string().contains("threshold"), "{error}");
+    let mut next = healthy(&harness);
+    assert_still_serving(&mut next, 1);
+}
+
+#[test]
+fn a_component_of_another_world_or_no_component_at_all_is_refused_at_load() {
+    let harness = Harness::new();
+    let report = harness.load("wrong-world", "testing/wrong-world");
+    let ReloadReport::Rejected { error, .. } = &report else {
+        panic!("expected a rejection, got {report:?}");
+    };
+    assert!(
+        matches!(error, PluginError::WrongWorld { plugin, .. } if plugin == "wrong-world"),
+        "{error:?}"
+    );
+    assert!(harness.registry.slot("wrong-world").is_none());
+
+    for (name, bytes) in [
+        ("garbage", b"definitely not wasm".to_vec()),
+        ("truncated", built("testing/sequence")[..4096].to_vec()),
+        ("empty", Vec::new()),
+    ] {
+        let path = install(harness.dir.path(), name, &bytes);
+        let report = harness.registry.load_file(&path);
+        let ReloadReport::Rejected { error, .. } = &report else {
+            panic!("{name}: expected a rejection, got {report:?}");
+        };
+        assert!(
+            matches!(error, PluginError::Compile { .. }),
+            "{name}: {error:?}"
+        );
+        assert!(error.to_string().contains(name), "{name}: {error}");
+    }
+    let error = harness
+        .registry
+        .step("garbage", "{}", Limits::default(), Grants::default(), "r")
+        .err()
+        .expect("never loaded");
+    assert!(matches!(error, PluginError::Missing { .. }), "{error:?}");
+}
+
+#[test]
+fn a_plugin_failing_in_a_row_is_quarantined_until_its_file_changes() {
+    let harness = Harness::with_quarantine_after(3);
+    loaded(&harness.load("panic", "testing/panic"));
+    let mut next = healthy(&harness);
+    let updates = harness.registry.subscribe();
+    let mut failing = step(&harness, "panic", "{}", Limits::default());
+    for seq in 0..3 {
+        let error = failing.handle(&six_properties("d", seq)).unwrap_err();
+        assert!(matches!(error, PluginError::Panic { .. }), "{error:?}");
+    }
+    let error = failing.handle(&six_properties("d", 3)).unwrap_err();
+    let PluginError::Quarantined { failures, last, .. } = &error else {
+        panic!("expected quarantine, got {error:?}");
+    };
+    assert_eq!(*failures, 3);
+    assert!(last.contains("testing-panic"), "{last}");
+    let report = updates
+        .recv_timeout(Duration::from_secs(5))
+        .expect("quarantine is reported");
+    assert!(
+        matches!(report, ReloadReport::Quarantined { ref plugin, .. } if plugin == "panic"),
+        "{report:?}"
+    );
+    assert_still_serving(&mut next, 3);
+
+    // The same bytes again do not lift it; a changed file does (and then fails afresh).
+    let path = install(harness.dir.path(), "panic", &built("testing/panic"));
+    assert!(matches!(
+        harness.registry.load_file(&path),
+        ReloadReport::Unchanged { .. }
+    ));
+    assert!(matches!(
+        failing.handle(&six_properties("d", 4)),
+        Err(PluginError::Quarantined { .. })
+    ));
+    let path = install(
+        harness.dir.path(),
+        "panic",
+        &retagged(&built("testing/panic"), "2"),
+    );
+    loaded(&harness.registry.load_file(&path));
+    assert!(matches!(
+        failing.handle(&six_properties("d", 5)),
+        Err(PluginError::Panic { .. })
+    ));
+}
+
+#[test]
+fn state_is_held_by_the_host_across_instances_and_versions() {
+    let harness = Harness::new();
+    let mut sequence = healthy(&harness);
+    let attribute = |step: &mut Step, seq: u64, name: &str| -> String {
+        let handled = step
+            .handle(&six_properties("d", seq))
+            .expect("sequence handles");
+        let Verdict::Replace(event) = handled.outcome.verdict else {
+            panic!("sequence replaces");
+        };
+        event.attribute(name).expect("attribute set").to_owned()
+    };
+    for seq in 1..=3 {
+        assert_eq!(
+            attribute(&mut sequence, seq, "plugin-total"),
+            seq.to_string()
+        );
+    }
+    // A new version means a new instance (its own count restarts) but the same state.
+    let path = install(
+        harness.dir.path(),
+        "sequence",
+        &retagged(&built("testing/sequence"), "v2"),
+    );
+    loaded(&harness.registry.load_file(&path));
+    assert_eq!(attribute(&mut sequence, 4, "plugin-sequence"), "1");
+    assert_eq!(attribute(&mut sequence, 5, "plugin-total"), "5");
+}
+
+#[test]
+fn example_plugins_do_their_jobs_inside_the_host() {
+    let harness = Harness::new();
+    loaded(&harness.load("deadband", "deadband"));
+    loaded(&harness.load("normalize-units", "normalize-units"));
+    loaded(&harness.load("motion-light", "motion-light"));
+
+    // deadband: the first report is kept, a small move dropped, a big move kept.
+    let mut deadband = step(
+        &harness,
+        "deadband",
+        r#"{"datapoints":["temp_current"],"threshold":5}"#,
+        Limits::default(),
+    );
+    let temp = |seq, value| {
+        event(
+            "t1",
+            seq,
+            vec![Property::new("temp_current", Value::Integer(value))],
+        )
+    };
+    let verdicts: Vec<Verdict> = [(1, 200), (2, 203), (3, 210)]
+        .into_iter()
+        .map(|(seq, value)| {
+            deadband
+                .handle(&temp(seq, value))
+                .expect("deadband")
+                .outcome
+                .verdict
+        })
+        .collect();
+    assert_eq!(verdicts, [Verdict::Keep, Verdict::Drop, Verdict::Keep]);
+
+    // normalize-units: Tuya's 10–1000 brightness becomes a percentage under a new name.
+    let mut normalize = step(
+        &harness,
+        "normalize-units",
+        r#"{"mappings":[{"from":"bright_value_v2","to":"brightness","range":{"from":[10,1000],"to":[0,100]},"round":0}]}"#,
+        Limits::default(),
+    );
+    let handled = normalize
+        .handle(&six_properties("lamp", 1))
+        .expect("normalize");
+    let Verdict::Replace(normalized) = handled.outcome.verdict else {
+        panic!("normalize-units replaces a converted event");
+    };
+    assert_eq!(
+        normalized.property("brightness").map(|p| &p.value),
+        Some(&Value::Integer(49))
+    );
+    assert!(normalized.property("bright_value_v2").is_none());
+
+    // motion-light: presence switches the light on, absence off again.
+    let mut motion = step(
+        &harness,
+        "motion-light",
+        r#"{"sensors":["pir-1"],"lights":["light-1"],"via":"log"}"#,
+        Limits::default(),
+    );
+    let pir = |seq, value: &str| {
+        event(
+            "pir-1",
+            seq,
+            vec![Property::new("pir", Value::Text(value.into()))],
+        )
+    };
+    let on = motion
+        .handle(&pir(1, "pir"))
+        .expect("motion")
+        .outcome
+        .commands;
+    assert_eq!(on.len(), 1, "{on:?}");
+    assert_eq!(on[0].device.id, "light-1");
+    assert_eq!(on[0].name, "switch_led");
+    assert_eq!(on[0].params.as_str(), "true");
+    assert_eq!(on[0].via.as_deref(), Some("log"));
+    let off = motion
+        .handle(&pir(2, "none"))
+        .expect("motion")
+        .outcome
+        .commands;
+    assert_eq!(off.len(), 1, "{off:?}");
+    assert_eq!(off[0].params.as_str(), "false");
+}
+
+#[test]
+fn compiled_components_are_cached_for_the_next_start() {
+    let harness = Harness::new();
+    loaded(&harness.load("deadband", "deadband"));
+    let cached: Vec<_> = std::fs::read_dir(harness.cache.path())
+        .expect("cache dir")
+        .filter_map(|e| e.ok())
+        .collect();
+    assert_eq!(cached.len(), 1, "one compiled component in the cache");
+    let name = cached[0].file_name().to_string_lossy().into_owned();
+    assert!(name.ends_with(".cwasm"), "{name}");
+
+    // A second runtime over the same cache loads it instead of compiling, and it runs.
+    let runtime = iotrules::plugin::Runtime::new(iotrules::plugin::RuntimeConfig {
+        cache_dir: Some(harness.cache.path().to_owned()),
+        ..Default::default()
+    })
+    .expect("runtime");
+    let registry = iotrules::plugin::Registry::new(
+        runtime,
+        harness.dir.path(),
+        std::sync::Arc::new(iotrules::plugin::MemoryStateStore::new()),
+    );
+    let started = Instant::now();
+    for report in registry.load_all().expect("load dir") {
+        loaded(&report);
+    }
+    let from_cache = started.elapsed();
+    let mut step = registry
+        .step(
+            "deadband",
+            r#"{"datapoints":["temp_current"],"threshold":5}"#,
+            Limits::default(),
+            Grants::default(),
+            "r",
+        )
+        .expect("step");
+    assert!(step.handle(&six_properties("d", 1)).is_ok());
+    eprintln!("load from cache took {from_cache:?}");
+}
