@@ -29,10 +29,10 @@
 //! - `keep_original`: add the converted property and keep the original too (default: replace).
 //!
 //! The first mapping that fits a property applies. A converted property keeps its position,
-//! time and service, and replaces any property of the target code the event already had. A
-//! property whose value is not a number is left as it is when its mapping converts (a rename
-//! alone applies to any value). The vendor payload is never touched. The event is replaced
-//! when something changed, and kept as it is otherwise.
+//! time and service, and replaces any property of the target code (in the same service) the
+//! event already had. A property whose value is not a number is left as it is when its
+//! mapping converts (a rename alone applies to any value). The vendor payload is never
+//! touched. The event is replaced when something changed, and kept as it is otherwise.
 
 use iotrules_plugin_sdk::prelude::*;
 use serde::Deserialize;
@@ -244,18 +244,25 @@ impl Plugin for NormalizeUnits {
         }
         properties.extend(added);
 
-        let targets: Vec<String> = properties
+        // A property is named by its code within its service (Huawei), so a converted one
+        // displaces only a property of the same code in the same service.
+        let targets: Vec<(String, Option<String>)> = properties
             .iter()
             .filter(|(_, converted)| *converted)
-            .map(|(p, _)| p.code.clone())
+            .map(|(p, _)| (p.code.clone(), p.service.clone()))
             .collect();
         if targets.is_empty() {
             return Ok(Outcome::keep());
         }
+        let displaced = |p: &Property| {
+            targets
+                .iter()
+                .any(|(code, service)| *code == p.code && *service == p.service)
+        };
         let mut normalized = event.clone();
         normalized.properties = properties
             .into_iter()
-            .filter(|(p, converted)| *converted || !targets.contains(&p.code))
+            .filter(|(p, converted)| *converted || !displaced(p))
             .map(|(p, _)| p)
             .collect();
         Ok(Outcome::replace(normalized))
@@ -425,6 +432,22 @@ mod tests {
         let out = normalized(&ev);
         assert_eq!(out.properties.len(), 1);
         assert_eq!(out.property_f64("temperature"), Some(20.0));
+    }
+
+    #[test]
+    fn a_property_of_the_same_code_in_another_service_stays() {
+        let config =
+            r#"{"mappings": [{"from": "temp", "service": "Sensor", "scale": 0.1, "round": 1}]}"#;
+        let ev = event("d")
+            .vendor("huawei")
+            .service_property("Sensor", "temp", 215)
+            .service_property("Meter", "temp", 40)
+            .build();
+        let out = run(config, &ev);
+        let props = &out.replacement().unwrap().properties;
+        assert_eq!(props.len(), 2);
+        assert_eq!(props[0].value, Value::Float(21.5));
+        assert_eq!(props[1], ev.properties[1]);
     }
 
     #[test]
