@@ -1,9 +1,10 @@
 //! Write iotrules plugins in Rust: one struct, one `impl Plugin`, one macro.
 //!
 //! A plugin is a WebAssembly component implementing the `plugin` world of `wit/plugin.wit`
-//! (shipped with this crate; the WIT is the contract and documents every type): one step of a rule's chain that sees each event the rule passes it and answers keep, drop
-//! or replace, plus commands to send. This crate generates the guest bindings for that world
-//! and adds what a plugin needs around them:
+//! (shipped with this crate; the WIT is the contract and documents every type): one step of
+//! a rule's chain that sees each event the rule passes it and answers keep, drop or replace,
+//! plus commands to send. This crate generates the guest bindings for that world and adds
+//! what a plugin needs around them:
 //!
 //! - [`Plugin`], the trait a plugin implements, and [`export_plugin!`], which exports it. The
 //!   instance made by `init` lives between calls, so a plugin can keep caches in `self`.
