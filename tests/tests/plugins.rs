@@ -391,3 +391,50 @@ fn compiled_components_are_cached_for_the_next_start() {
     assert!(step.handle(&six_properties("d", 1)).is_ok());
     eprintln!("load from cache took {from_cache:?}");
 }
+
+#[test]
+fn plugins_get_no_environment_files_or_network_unless_granted() {
+    let harness = Harness::new();
+    loaded(&harness.load("snoop", "testing/snoop"));
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let file = secrets.path().join("secret.txt");
+    std::fs::write(&file, "s3cret").expect("write");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    // A variable every process has, so the test sets none (setting one races other threads).
+    let path = std::env::var("PATH").expect("PATH is set");
+    let config = format!(
+        r#"{{"env":"PATH","file":"{}","connect":"{}"}}"#,
+        file.display(),
+        listener.local_addr().expect("address")
+    );
+    let snoop = |grants: Grants| -> iotrules::event::Event {
+        let mut step = harness
+            .registry
+            .step("snoop", &config, Limits::default(), grants, "snoop")
+            .expect("step");
+        let handled = step.handle(&six_properties("d", 1)).expect("snoop handles");
+        let Verdict::Replace(event) = handled.outcome.verdict else {
+            panic!("snoop replaces");
+        };
+        *event
+    };
+
+    let denied = snoop(Grants::default());
+    assert_eq!(denied.attribute("snoop-env"), Some("denied"));
+    let file_result = denied.attribute("snoop-file").expect("reported");
+    assert!(file_result.starts_with("error"), "{file_result}");
+    let net_result = denied.attribute("snoop-net").expect("reported");
+    assert!(net_result.starts_with("error"), "{net_result}");
+
+    let granted = snoop(Grants {
+        env: vec!["PATH".into()],
+        read_dirs: vec![secrets.path().to_owned()],
+    });
+    assert_eq!(granted.attribute("snoop-env"), Some(path.as_str()));
+    assert_eq!(granted.attribute("snoop-file"), Some("read 6 bytes"));
+    let net_result = granted.attribute("snoop-net").expect("reported");
+    assert!(
+        net_result.starts_with("error"),
+        "the network is never granted: {net_result}"
+    );
+}

@@ -1,0 +1,156 @@
+//! What a plugin can ask of the host: logging, the clock and its state.
+//!
+//! Plugins never call the WIT imports directly. They get a [`Ctx`], which goes through the
+//! [`Host`] trait: inside the component that is [`crate::guest`]'s implementation over the
+//! imports; in native unit tests it is [`crate::testing::TestHost`]. So a plugin's tests run
+//! with plain `cargo test`, and the import stubs `wit-bindgen` generates for non-wasm targets
+//! (which panic) are never reached.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Level;
+
+/// The host functions of the WIT `host` interface, one method each.
+///
+/// Implemented by the SDK for the real host and by [`crate::testing::TestHost`]; a plugin
+/// only needs it to write its own fake.
+pub trait Host {
+    /// Writes a line to the host's log.
+    fn log(&mut self, level: Level, message: &str);
+
+    /// The host's clock, Unix ms.
+    fn now_ms(&self) -> u64;
+
+    /// Reads the state stored under `key`.
+    fn state_get(&self, key: &str) -> Option<Vec<u8>>;
+
+    /// Stores `value` under `key`; the host may refuse (a size limit), with a reason.
+    fn state_set(&mut self, key: &str, value: &[u8]) -> Result<(), String>;
+
+    /// Removes the state stored under `key`.
+    fn state_delete(&mut self, key: &str);
+}
+
+/// A plugin's access to the host during one `handle` call.
+///
+/// State is host-held and belongs to this rule step: it survives instance restarts and plugin
+/// reloads, and a call that returns an error leaves none of its writes behind. The typed
+/// helpers store JSON, so state stays readable with `iotrules` tools and survives adding a
+/// field with `#[serde(default)]`.
+pub struct Ctx<'h> {
+    host: &'h mut dyn Host,
+}
+
+impl<'h> Ctx<'h> {
+    /// A context over any host; the SDK makes these for you.
+    pub fn new(host: &'h mut dyn Host) -> Self {
+        Ctx { host }
+    }
+
+    /// The host's clock, Unix ms. Use this rather than the system clock: rule tests set it.
+    pub fn now_ms(&self) -> u64 {
+        self.host.now_ms()
+    }
+
+    /// Writes a log line at `level`. Per-event lines belong at [`Level::Debug`] or below.
+    pub fn log(&mut self, level: Level, message: &str) {
+        self.host.log(level, message);
+    }
+
+    /// Writes a [`Level::Trace`] line.
+    pub fn trace(&mut self, message: &str) {
+        self.log(Level::Trace, message);
+    }
+
+    /// Writes a [`Level::Debug`] line: the right level for something that happens per event.
+    pub fn debug(&mut self, message: &str) {
+        self.log(Level::Debug, message);
+    }
+
+    /// Writes an [`Level::Info`] line.
+    pub fn info(&mut self, message: &str) {
+        self.log(Level::Info, message);
+    }
+
+    /// Writes a [`Level::Warn`] line.
+    pub fn warn(&mut self, message: &str) {
+        self.log(Level::Warn, message);
+    }
+
+    /// Writes an [`Level::Error`] line.
+    pub fn error(&mut self, message: &str) {
+        self.log(Level::Error, message);
+    }
+
+    /// Reads JSON state stored under `key` by [`Ctx::set_state`]. `Ok(None)` when there is
+    /// none; an error naming the key when what is stored does not parse as `T` (for example
+    /// after an incompatible change to the plugin's state type).
+    pub fn get_state<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
+        match self.host.state_get(key) {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("state `{key}`: {e}")),
+        }
+    }
+
+    /// Stores `value` as JSON under `key`.
+    pub fn set_state<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), String> {
+        let bytes = serde_json::to_vec(value).map_err(|e| format!("state `{key}`: {e}"))?;
+        self.set_state_bytes(key, &bytes)
+    }
+
+    /// Removes the state stored under `key`.
+    pub fn delete_state(&mut self, key: &str) {
+        self.host.state_delete(key);
+    }
+
+    /// Reads the raw bytes stored under `key`.
+    pub fn get_state_bytes(&self, key: &str) -> Option<Vec<u8>> {
+        self.host.state_get(key)
+    }
+
+    /// Stores raw bytes under `key`.
+    pub fn set_state_bytes(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.host
+            .state_set(key, value)
+            .map_err(|reason| format!("state `{key}`: the host refused the write: {reason}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::TestHost;
+
+    #[test]
+    fn typed_state_round_trips_as_json() {
+        let mut host = TestHost::new();
+        let mut ctx = host.ctx();
+        assert_eq!(ctx.get_state::<Vec<u32>>("k"), Ok(None));
+        ctx.set_state("k", &vec![1u32, 2]).unwrap();
+        assert_eq!(ctx.get_state::<Vec<u32>>("k"), Ok(Some(vec![1, 2])));
+        ctx.delete_state("k");
+        assert_eq!(ctx.get_state::<Vec<u32>>("k"), Ok(None));
+    }
+
+    #[test]
+    fn state_of_the_wrong_shape_is_an_error_naming_the_key() {
+        let mut host = TestHost::new();
+        let mut ctx = host.ctx();
+        ctx.set_state_bytes("last", b"{\"v\":1}").unwrap();
+        let err = ctx.get_state::<u32>("last").unwrap_err();
+        assert!(err.starts_with("state `last`: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn refused_writes_say_so() {
+        let mut host = TestHost::new();
+        host.refuse_state_writes("over the 64 KiB limit");
+        let err = host.ctx().set_state("k", &1).unwrap_err();
+        assert_eq!(
+            err,
+            "state `k`: the host refused the write: over the 64 KiB limit"
+        );
+    }
+}
