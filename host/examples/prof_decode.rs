@@ -1,3 +1,11 @@
+//! A profiling harness for the Tuya decode hot path: decodes one sealed AES-ECB status message
+//! N times (default 20 000), for `valgrind --tool=callgrind` or `perf`:
+//!
+//!     cargo build --release -p iotrules --example prof_decode
+//!     valgrind --tool=callgrind target/release/examples/prof_decode 20000
+//!
+//! (The criterion bench `decode` gives the time; this gives where it goes.)
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use iotrules::vendor::tuya::{Decoder, Keys, Mode};

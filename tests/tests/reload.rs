@@ -83,7 +83,7 @@ fn fifty_replacements_under_load_serve_every_event_once_in_order_by_good_version
                     })
                     .expect("collector alive");
                 // A steady stream, not a spin: leaves the reload thread its share of the CPU.
-                if sent % 64 == 0 {
+                if sent.is_multiple_of(64) {
                     thread::sleep(Duration::from_millis(1));
                 }
             }
