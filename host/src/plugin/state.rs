@@ -45,7 +45,12 @@ impl StateStore for MemoryStateStore {
 
     fn apply(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) {
         let mut entries = self.lock();
-        let space = entries.entry(namespace.to_owned()).or_default();
+        if !entries.contains_key(namespace) {
+            entries.insert(namespace.to_owned(), HashMap::new());
+        }
+        let Some(space) = entries.get_mut(namespace) else {
+            return;
+        };
         for (key, value) in writes {
             match value {
                 Some(value) => space.insert(key, value),
