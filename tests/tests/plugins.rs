@@ -186,6 +186,8 @@ fn a_component_of_another_world_or_no_component_at_all_is_refused_at_load() {
         .err()
         .expect("never loaded");
     assert!(matches!(error, PluginError::Missing { .. }), "{error:?}");
+    let mut next = healthy(&harness);
+    assert_still_serving(&mut next, 1);
 }
 
 #[test]
