@@ -18,6 +18,10 @@ impl Host for WasmHost {
         imports::log(level, message);
     }
 
+    fn log_enabled(&self, level: Level) -> bool {
+        imports::log_enabled(level)
+    }
+
     fn now_ms(&self) -> u64 {
         imports::now_ms()
     }

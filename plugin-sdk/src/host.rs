@@ -19,6 +19,12 @@ pub trait Host {
     /// Writes a line to the host's log.
     fn log(&mut self, level: Level, message: &str);
 
+    /// Whether a line at `level` would be written. Hosts that cannot tell say yes.
+    fn log_enabled(&self, level: Level) -> bool {
+        let _ = level;
+        true
+    }
+
     /// The host's clock, Unix ms.
     fn now_ms(&self) -> u64;
 
@@ -53,33 +59,45 @@ impl<'h> Ctx<'h> {
         self.host.now_ms()
     }
 
-    /// Writes a log line at `level`. Per-event lines belong at [`Level::Debug`] or below.
-    pub fn log(&mut self, level: Level, message: &str) {
-        self.host.log(level, message);
+    /// Writes a log line at `level`, if the host would write it. Per-event lines belong at
+    /// [`Level::Debug`] or below.
+    ///
+    /// `message` is anything displayable, and is only formatted when the level is enabled:
+    /// pass `format_args!("…{x}…")` rather than `&format!(…)` on the per-event path, so a
+    /// disabled debug line costs one host call and no formatting.
+    pub fn log(&mut self, level: Level, message: impl std::fmt::Display) {
+        if self.host.log_enabled(level) {
+            self.host.log(level, &message.to_string());
+        }
+    }
+
+    /// Whether a line at `level` would be written (to skip work that only feeds a log line).
+    pub fn log_enabled(&self, level: Level) -> bool {
+        self.host.log_enabled(level)
     }
 
     /// Writes a [`Level::Trace`] line.
-    pub fn trace(&mut self, message: &str) {
+    pub fn trace(&mut self, message: impl std::fmt::Display) {
         self.log(Level::Trace, message);
     }
 
     /// Writes a [`Level::Debug`] line: the right level for something that happens per event.
-    pub fn debug(&mut self, message: &str) {
+    pub fn debug(&mut self, message: impl std::fmt::Display) {
         self.log(Level::Debug, message);
     }
 
     /// Writes an [`Level::Info`] line.
-    pub fn info(&mut self, message: &str) {
+    pub fn info(&mut self, message: impl std::fmt::Display) {
         self.log(Level::Info, message);
     }
 
     /// Writes a [`Level::Warn`] line.
-    pub fn warn(&mut self, message: &str) {
+    pub fn warn(&mut self, message: impl std::fmt::Display) {
         self.log(Level::Warn, message);
     }
 
     /// Writes an [`Level::Error`] line.
-    pub fn error(&mut self, message: &str) {
+    pub fn error(&mut self, message: impl std::fmt::Display) {
         self.log(Level::Error, message);
     }
 
@@ -122,6 +140,50 @@ impl<'h> Ctx<'h> {
 #[cfg(test)]
 mod tests {
     use crate::testing::TestHost;
+
+    /// A host that writes nothing below warn, counting what reaches it.
+    struct Quiet {
+        lines: Vec<String>,
+    }
+
+    impl super::Host for Quiet {
+        fn log(&mut self, _: super::Level, message: &str) {
+            self.lines.push(message.to_owned());
+        }
+        fn log_enabled(&self, level: super::Level) -> bool {
+            matches!(level, super::Level::Warn | super::Level::Error)
+        }
+        fn now_ms(&self) -> u64 {
+            0
+        }
+        fn state_get(&self, _: &str) -> Option<Vec<u8>> {
+            None
+        }
+        fn state_set(&mut self, _: &str, _: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+        fn state_delete(&mut self, _: &str) {}
+    }
+
+    /// Displays by panicking: proves a message was never formatted.
+    struct NeverFormat;
+
+    impl std::fmt::Display for NeverFormat {
+        fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            panic!("a disabled log line was formatted");
+        }
+    }
+
+    #[test]
+    fn disabled_levels_are_neither_formatted_nor_sent() {
+        let mut host = Quiet { lines: Vec::new() };
+        let mut ctx = super::Ctx::new(&mut host);
+        ctx.debug(NeverFormat);
+        ctx.trace(NeverFormat);
+        ctx.warn(format_args!("kept {}", 1));
+        assert!(!ctx.log_enabled(super::Level::Info));
+        assert_eq!(host.lines, ["kept 1"]);
+    }
 
     #[test]
     fn typed_state_round_trips_as_json() {

@@ -38,7 +38,7 @@
 //!     fn handle(&mut self, event: &Event, ctx: &mut Ctx) -> Result<Outcome, String> {
 //!         let Some(t) = event.property_f64("temperature") else { return Ok(Outcome::keep()) };
 //!         if t < self.settings.ignore_below {
-//!             ctx.debug(&format!("{}: {t} °C is below the floor", event.device.id));
+//!             ctx.debug(format_args!("{}: {t} °C is below the floor", event.device.id));
 //!             return Ok(Outcome::drop());
 //!         }
 //!         let mut outcome = Outcome::keep();

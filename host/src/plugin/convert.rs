@@ -107,7 +107,9 @@ fn json(what: &str, text: String) -> Result<Json, String> {
     Json::from_text(text).map_err(|e| format!("{what} is not JSON: {e}"))
 }
 
-fn event_from_wit(event: wit::Event) -> Result<Event, String> {
+/// `original` is the event the plugin was given: a payload it passed back unchanged (the
+/// common case) is not parsed again.
+fn event_from_wit(event: wit::Event, original: Option<&Event>) -> Result<Event, String> {
     let vendor = match event.vendor.as_str() {
         "tuya" => Vendor::Tuya,
         "alibaba" => Vendor::Alibaba,
@@ -133,7 +135,12 @@ fn event_from_wit(event: wit::Event) -> Result<Event, String> {
             .into_iter()
             .map(property_from_wit)
             .collect::<Result<_, _>>()?,
-        payload: json("replacement event payload", event.payload)?,
+        payload: match original {
+            Some(original) if original.payload.as_str() == event.payload => {
+                original.payload.clone()
+            }
+            _ => json("replacement event payload", event.payload)?,
+        },
         attributes: event.attributes.into_iter().collect(),
     })
 }
@@ -151,11 +158,13 @@ fn command_from_wit(command: wit::Command) -> Result<Command, String> {
     })
 }
 
-pub(crate) fn outcome_from_wit(outcome: wit::Outcome) -> Result<Outcome, String> {
+pub(crate) fn outcome_from_wit(outcome: wit::Outcome, original: &Event) -> Result<Outcome, String> {
     let verdict = match outcome.verdict {
         wit::Verdict::Keep => Verdict::Keep,
         wit::Verdict::Drop => Verdict::Drop,
-        wit::Verdict::Replace(event) => Verdict::Replace(Box::new(event_from_wit(event)?)),
+        wit::Verdict::Replace(event) => {
+            Verdict::Replace(Box::new(event_from_wit(event, Some(original))?))
+        }
     };
     let commands = outcome
         .commands
@@ -198,7 +207,9 @@ mod tests {
     #[test]
     fn an_event_survives_the_round_trip_through_the_wit_types() {
         let event = sample();
-        let back = event_from_wit(event_to_wit(&event)).unwrap();
+        let back = event_from_wit(event_to_wit(&event), None).unwrap();
+        assert_eq!(back, event);
+        let back = event_from_wit(event_to_wit(&event), Some(&event)).unwrap();
         assert_eq!(back, event);
     }
 
@@ -206,7 +217,18 @@ mod tests {
     fn malformed_guest_output_is_refused_with_what_was_wrong() {
         let mut wit_event = event_to_wit(&sample());
         wit_event.vendor = "acme".into();
-        assert!(event_from_wit(wit_event).unwrap_err().contains("acme"));
+        assert!(
+            event_from_wit(wit_event, None)
+                .unwrap_err()
+                .contains("acme")
+        );
+
+        // A changed payload is checked even when the original was JSON.
+        let original = sample();
+        let mut wit_event = event_to_wit(&original);
+        wit_event.payload = "{broken".into();
+        let error = event_from_wit(wit_event, Some(&original)).unwrap_err();
+        assert!(error.contains("payload is not JSON"), "{error}");
 
         let command = wit::Command {
             via: None,
@@ -219,7 +241,7 @@ mod tests {
             verdict: wit::Verdict::Keep,
             commands: vec![command],
         };
-        let error = outcome_from_wit(outcome).unwrap_err();
+        let error = outcome_from_wit(outcome, &sample()).unwrap_err();
         assert!(error.contains("params of command `switch`"), "{error}");
     }
 }

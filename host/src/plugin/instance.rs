@@ -45,6 +45,9 @@ pub struct Grants {
     pub read_dirs: Vec<PathBuf>,
 }
 
+/// The `tracing` target of plugin log lines (filter with `RUST_LOG=iotrules::plugin=debug`).
+const LOG_TARGET: &str = "iotrules::plugin";
+
 /// The most a state key or value may hold.
 const MAX_STATE_KEY: usize = 1024;
 const MAX_STATE_VALUE: usize = 64 << 10;
@@ -84,13 +87,34 @@ impl host::Host for HostState {
         let plugin = &*self.plugin;
         let namespace = &*self.namespace;
         match level {
-            Level::Trace => tracing::trace!(plugin, step = namespace, "{message}"),
-            Level::Debug => tracing::debug!(plugin, step = namespace, "{message}"),
-            Level::Info => tracing::info!(plugin, step = namespace, "{message}"),
-            Level::Warn => tracing::warn!(plugin, step = namespace, "{message}"),
-            Level::Error => tracing::error!(plugin, step = namespace, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: LOG_TARGET, plugin, step = namespace, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: LOG_TARGET, plugin, step = namespace, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: LOG_TARGET, plugin, step = namespace, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: LOG_TARGET, plugin, step = namespace, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: LOG_TARGET, plugin, step = namespace, "{message}")
+            }
         }
         Ok(())
+    }
+
+    fn log_enabled(&mut self, level: Level) -> wasmtime::Result<bool> {
+        Ok(match level {
+            Level::Trace => tracing::enabled!(target: LOG_TARGET, tracing::Level::TRACE),
+            Level::Debug => tracing::enabled!(target: LOG_TARGET, tracing::Level::DEBUG),
+            Level::Info => tracing::enabled!(target: LOG_TARGET, tracing::Level::INFO),
+            Level::Warn => tracing::enabled!(target: LOG_TARGET, tracing::Level::WARN),
+            // Errors are always written: the panic report rides on them.
+            Level::Error => true,
+        })
     }
 
     fn now_ms(&mut self) -> wasmtime::Result<u64> {
@@ -259,7 +283,7 @@ impl Instance {
         self.arm();
         let result = self.bindings.call_handle(&mut self.store, &input);
         match result {
-            Ok(Ok(outcome)) => match convert::outcome_from_wit(outcome) {
+            Ok(Ok(outcome)) => match convert::outcome_from_wit(outcome, event) {
                 Ok(outcome) => {
                     self.commit();
                     Ok(outcome)

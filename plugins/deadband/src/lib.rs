@@ -162,13 +162,13 @@ impl Plugin for Deadband {
             self.reason_to_keep(&readings, &last, now_ms)
         };
         let Some(reason) = reason else {
-            ctx.debug(&format!(
+            ctx.debug(format_args!(
                 "deadband: {device}: dropped, no change beyond the threshold"
             ));
             return Ok(Outcome::drop());
         };
 
-        ctx.debug(&format!("deadband: {device}: kept, {reason}"));
+        ctx.debug(format_args!("deadband: {device}: kept, {reason}"));
         last.at_ms = now_ms;
         for (code, value) in readings {
             last.values.insert(code.to_owned(), value);

@@ -320,14 +320,14 @@ impl Plugin for MotionLight {
             match self.presence(value) {
                 Some(Presence::Someone) => commands = self.someone(sensor, &mut memory),
                 Some(Presence::NoOne) => commands = self.no_one(&sensor, &mut memory),
-                None => ctx.debug(&format!(
+                None => ctx.debug(format_args!(
                     "motion-light: {sensor}: `{}` = {value} means neither presence nor absence; ignored",
                     self.settings.datapoint
                 )),
             }
         }
         if !commands.is_empty() {
-            ctx.debug(&format!(
+            ctx.debug(format_args!(
                 "motion-light: {}: sending {} command(s)",
                 event.device.id,
                 commands.len()

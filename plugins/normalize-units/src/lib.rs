@@ -225,7 +225,7 @@ impl Plugin for NormalizeUnits {
         for (index, mapping) in plan {
             let original = &event.properties[index];
             let Some(value) = mapping.convert(&original.value) else {
-                ctx.debug(&format!(
+                ctx.debug(format_args!(
                     "normalize-units: {}: `{}` is {}, not a number; left as it is",
                     event.device.id, original.code, original.value
                 ));
