@@ -7,5 +7,6 @@
 
 pub mod event;
 pub mod plugin;
+pub mod rules;
 pub mod time;
 pub mod vendor;
