@@ -29,6 +29,9 @@ const KINDS: [Kind; 9] = [
 #[derive(Debug, Clone)]
 pub(crate) struct Patterns {
     exact: Vec<String>,
+    /// `prefix*` patterns, the common glob in rules (`tuya-*`, `vdevo-hall*`), compared
+    /// without the glob machinery.
+    prefixes: Vec<String>,
     globs: Option<GlobSet>,
 }
 
@@ -37,11 +40,19 @@ impl Patterns {
     /// `{a,b}` alternatives. Fails on a malformed pattern, naming it.
     pub(crate) fn new(patterns: &[String]) -> Result<Self, String> {
         let mut exact = Vec::new();
+        let mut prefixes = Vec::new();
         let mut globs = GlobSetBuilder::new();
         let mut any_glob = false;
         for pattern in patterns {
-            if !pattern.contains(['*', '?', '[', ']', '{', '}', '\\']) {
+            const META: [char; 7] = ['*', '?', '[', ']', '{', '}', '\\'];
+            if !pattern.contains(META) {
                 exact.push(pattern.clone());
+                continue;
+            }
+            if let Some(prefix) = pattern.strip_suffix('*')
+                && !prefix.contains(META)
+            {
+                prefixes.push(prefix.to_owned());
                 continue;
             }
             let glob = GlobBuilder::new(pattern)
@@ -57,11 +68,19 @@ impl Patterns {
         } else {
             None
         };
-        Ok(Patterns { exact, globs })
+        Ok(Patterns {
+            exact,
+            prefixes,
+            globs,
+        })
     }
 
     fn matches(&self, value: &str) -> bool {
         self.exact.iter().any(|exact| exact == value)
+            || self
+                .prefixes
+                .iter()
+                .any(|prefix| value.starts_with(prefix.as_str()))
             || self
                 .globs
                 .as_ref()
@@ -192,6 +211,19 @@ mod tests {
             ..When::default()
         };
         assert!(!when.matches(&event()));
+    }
+
+    #[test]
+    fn prefix_patterns_match_by_prefix_only() {
+        let prefix = patterns(&["vdevo-*"]);
+        assert_eq!(prefix.prefixes, ["vdevo-"], "compared without a glob");
+        assert!(prefix.globs.is_none());
+        assert!(prefix.matches("vdevo-"));
+        assert!(prefix.matches("vdevo-hallway-pir"));
+        assert!(!prefix.matches("xvdevo-1"));
+        assert!(!prefix.matches("vdevo"));
+        let star = patterns(&["*"]);
+        assert!(star.matches("") && star.matches("anything"));
     }
 
     #[test]
