@@ -26,7 +26,11 @@
 //!   `[…]`, `{a,b}`). Checked first, on every event; cheap.
 //! - `if` is a CEL expression over `event`, `props` and `payload` (see [`condition`]),
 //!   compiled at load.
-//! - A rule needs at least one step. Unknown keys are errors.
+//! - A rule needs at least one step. Unknown keys are errors. Steps are numbered from 1 in
+//!   errors and results; a step's plugin state lives under the namespace `{rule}/{step}`,
+//!   so it survives reloads as long as the rule keeps its name and the step its place.
+//! - `enabled = false` keeps a rule checked (format, patterns, expression) but off; its
+//!   plugins are neither checked nor started.
 //! - The loader reads `*.toml` directly in the directory, skipping `*.test.toml` files and
 //!   subdirectories, which belong to `iotrules test`.
 //!

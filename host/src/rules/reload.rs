@@ -19,9 +19,13 @@ use crate::plugin::Registry;
 pub struct ReloadSummary {
     /// Counts the sets served since start: the first is 1.
     pub generation: u64,
+    /// Rules new in this set.
     pub added: Vec<String>,
+    /// Rules the previous set had and this one does not.
     pub removed: Vec<String>,
+    /// Rules whose definition changed (anything in their table, `description` included).
     pub changed: Vec<String>,
+    /// How many rules are as they were.
     pub unchanged: usize,
 }
 
@@ -62,6 +66,7 @@ impl Rules {
         *lock(&self.generation)
     }
 
+    /// The rules directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -60,11 +60,14 @@ impl Rule {
         &self.name
     }
 
+    /// What the rule is for, as its author wrote it.
     pub fn description(&self) -> Option<&str> {
         self.description.as_deref()
     }
 
-    /// A disabled rule is checked like the others but matches no event and starts no plugin.
+    /// A disabled rule matches no event. Its format, patterns and expression are checked like
+    /// the others', its plugins are not: a rule can wait, disabled, for its plugin to be
+    /// deployed.
     pub fn enabled(&self) -> bool {
         self.enabled
     }
@@ -79,6 +82,7 @@ impl Rule {
         self.position
     }
 
+    /// What a failing step does to the event.
     pub fn on_error(&self) -> OnError {
         self.on_error
     }
@@ -126,7 +130,9 @@ impl Rule {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("rule \"{rule}\": if: {reason}")]
 pub struct ConditionError {
+    /// The rule whose `if` failed.
     pub rule: Arc<str>,
+    /// The evaluation error, on one line.
     pub reason: String,
 }
 

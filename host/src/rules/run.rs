@@ -25,7 +25,8 @@ pub enum RuleOutcome<'e> {
     /// Every step passed the event on: this is the event as the last step left it (borrowed
     /// when no step replaced it).
     Passed(Cow<'e, Event>),
-    /// A step's plugin dropped the event.
+    /// A step's plugin dropped the event. The commands of the steps that ran, the dropping
+    /// one's included, are kept: a filter may act on what it filters out.
     Dropped {
         /// The step that dropped it, from 1.
         step: usize,
@@ -42,7 +43,9 @@ pub enum RuleOutcome<'e> {
 pub struct StepError {
     /// The step, from 1.
     pub step: usize,
+    /// The step's plugin.
     pub plugin: Arc<str>,
+    /// What went wrong, as the plugin host reports it.
     pub error: PluginError,
 }
 
@@ -64,6 +67,7 @@ impl std::fmt::Display for StepError {
 pub struct StepVersion {
     /// The step, from 1.
     pub step: usize,
+    /// The step's plugin.
     pub plugin: Arc<str>,
     /// `None` when the step failed before an instance of any version was running.
     pub version: Option<u64>,
@@ -72,7 +76,9 @@ pub struct StepVersion {
 /// What a rule made of an event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleResult<'e> {
+    /// The rule's name.
     pub rule: Arc<str>,
+    /// How the run ended, with the event to pass on if it did not stop.
     pub outcome: RuleOutcome<'e>,
     /// The commands to send, every one with its command path set where the plugin, the step
     /// or the rule names one. Empty when the outcome is an error (dead letter or drop).
