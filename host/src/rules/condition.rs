@@ -32,6 +32,15 @@ use crate::event::{Event, Value};
 /// The variables an expression may use.
 pub const VARIABLES: [&str; 3] = ["event", "props", "payload"];
 
+/// How deep an expression's syntax tree may nest (`a && b && c` is two levels, each
+/// parenthesized call one more): far beyond hand-written conditions, far below what
+/// overflows a worker thread's stack when evaluated.
+pub const MAX_DEPTH: usize = 64;
+
+/// The stack of the thread that parses expressions: the parser recurses on nesting before
+/// [`MAX_DEPTH`] can be checked.
+const COMPILE_STACK: usize = 256 << 20;
+
 /// CEL's type names, which are identifiers too (`type(x) == string`).
 const TYPE_NAMES: [&str; 11] = [
     "bool",
@@ -73,7 +82,32 @@ pub(crate) struct CompileError {
 impl Condition {
     /// Parses `source` and checks that it only uses [`VARIABLES`] (besides the variables its
     /// own macros bind, such as `p` in `event.properties.exists(p, …)`).
+    ///
+    /// The parser and the evaluator recurse on the expression's nesting, so an expression
+    /// nested deeper than [`MAX_DEPTH`] is refused: it would overflow a worker's stack on the
+    /// first event. Parsing itself runs on a thread with a large stack, so that even an absurd
+    /// expression is refused rather than aborting the service on reload.
     pub(crate) fn compile(source: &str) -> Result<Self, CompileError> {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("iotrules-cel-compile".into())
+                .stack_size(COMPILE_STACK)
+                .spawn_scoped(scope, || Self::compile_here(source))
+                .map_err(|e| CompileError {
+                    offset: None,
+                    reason: format!("cannot start the expression compiler: {e}"),
+                })?
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(CompileError {
+                        offset: None,
+                        reason: "the expression compiler failed on this expression".into(),
+                    })
+                })
+        })
+    }
+
+    fn compile_here(source: &str) -> Result<Self, CompileError> {
         let program = ENV.compile(source).map_err(|errors| {
             let first = errors.errors.first();
             CompileError {
@@ -87,6 +121,15 @@ impl Condition {
                 },
             }
         })?;
+        let depth = depth(program.expression());
+        if depth > MAX_DEPTH {
+            return Err(CompileError {
+                offset: None,
+                reason: format!(
+                    "the expression nests {depth} levels deep, more than the {MAX_DEPTH} allowed"
+                ),
+            });
+        }
         let mut free = Vec::new();
         let mut calls = Vec::new();
         free_variables(program.expression(), &mut Vec::new(), &mut free, &mut calls);
@@ -145,6 +188,45 @@ impl Condition {
                 .join(" ")),
         }
     }
+}
+
+/// The depth of the syntax tree.
+fn depth(expr: &IdedExpr) -> usize {
+    let children: Vec<&IdedExpr> = match &expr.expr {
+        Expr::Call(call) => call
+            .target
+            .as_deref()
+            .into_iter()
+            .chain(&call.args)
+            .collect(),
+        Expr::Comprehension(comp) => vec![
+            &comp.iter_range,
+            &comp.accu_init,
+            &comp.loop_cond,
+            &comp.loop_step,
+            &comp.result,
+        ],
+        Expr::List(list) => list.elements.iter().collect(),
+        Expr::Map(map) => map
+            .entries
+            .iter()
+            .flat_map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(entry) => vec![&entry.key, &entry.value],
+                EntryExpr::StructField(field) => vec![&field.value],
+            })
+            .collect(),
+        Expr::Struct(object) => object
+            .entries
+            .iter()
+            .flat_map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(entry) => vec![&entry.key, &entry.value],
+                EntryExpr::StructField(field) => vec![&field.value],
+            })
+            .collect(),
+        Expr::Select(select) => vec![&*select.operand],
+        _ => Vec::new(),
+    };
+    1 + children.into_iter().map(depth).max().unwrap_or(0)
 }
 
 /// Whether `name` is a function of the environment, or an operator (`_==_`, `@in`, `!_`, …;

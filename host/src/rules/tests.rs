@@ -602,3 +602,43 @@ fn the_watcher_reloads_when_a_rule_file_changes() {
     }
     assert!(rules.current().rule("new").is_some());
 }
+
+#[test]
+fn odd_expressions_are_refused_with_a_reason_not_a_panic() {
+    let parens = format!("{}true{}", "(".repeat(2000), ")".repeat(2000));
+    let calls = format!("{}true{}", "!(".repeat(200), ")".repeat(200));
+    for expr in [
+        "",
+        " ",
+        "((((",
+        "\u{0}",
+        "event.",
+        "event[",
+        "1 +",
+        "\"unterminated",
+        &parens,
+        &calls,
+    ] {
+        let text = format!(
+            "[[rule]]\nname = \"r\"\nif = {}\n{STEP}",
+            toml::Value::String(expr.to_owned())
+        );
+        let errors = errors(&text);
+        assert_eq!(errors.len(), 1, "{expr:?}: {errors:#?}");
+        assert!(
+            errors[0].starts_with("rules/t.toml:3:"),
+            "{expr:?}: {errors:#?}"
+        );
+        assert!(
+            errors[0].contains("rule \"r\": if: "),
+            "{expr:?}: {errors:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_long_flat_chain_of_conditions_is_not_deep() {
+    // The parser balances `&&` chains, so 300 terms nest about nine levels.
+    let chain = vec![r#"props.pir == "pir""#; 300].join(" && ");
+    assert!(condition(&chain).unwrap());
+}
