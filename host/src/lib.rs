@@ -3,9 +3,12 @@
 //!
 //! Today the crate holds the normalized model ([`event`]) and the vendor dialects
 //! ([`vendor`]): pure, tested code for every credential, signature, envelope and payload the
-//! clouds use. Connectors, the plugin runtime and the rule engine build on them.
+//! clouds use. On top of them: the WebAssembly plugin host ([`plugin`]) and the rule files
+//! that select events and run them through plugin chains ([`rules`]). Connectors and the
+//! pipeline build on these.
 
 pub mod event;
 pub mod plugin;
+pub mod rules;
 pub mod time;
 pub mod vendor;

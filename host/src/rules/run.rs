@@ -1,0 +1,179 @@
+//! Running one rule's plugin chain on one event: no I/O, only the plugins.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use super::format::OnError;
+use super::rule::Rule;
+use crate::event::{Command, Event};
+use crate::plugin::{PluginError, Step, StepOutcome, Verdict};
+
+/// A rule with its steps instantiated: one per worker, since a plugin instance handles one
+/// event at a time.
+pub struct RuleRuntime {
+    rule: Arc<Rule>,
+    steps: Vec<Step>,
+}
+
+/// How a rule's run on an event ended.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per rule run, moved and not stored; boxing would allocate on every run"
+)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuleOutcome<'e> {
+    /// Every step passed the event on: this is the event as the last step left it (borrowed
+    /// when no step replaced it).
+    Passed(Cow<'e, Event>),
+    /// A step's plugin dropped the event. The commands of the steps that ran, the dropping
+    /// one's included, are kept: a filter may act on what it filters out.
+    Dropped {
+        /// The step that dropped it, from 1.
+        step: usize,
+    },
+    /// A step failed and the rule's policy is `dead-letter`: the event goes to the
+    /// dead-letter store with the error (the last of [`RuleResult::errors`]).
+    DeadLetter,
+    /// A step failed and the rule's policy is `drop`.
+    DroppedOnError,
+}
+
+/// A failed step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepError {
+    /// The step, from 1.
+    pub step: usize,
+    /// The step's plugin.
+    pub plugin: Arc<str>,
+    /// What went wrong, as the plugin host reports it.
+    pub error: PluginError,
+}
+
+impl StepError {
+    /// The error's kind, for metrics and dead letters (`deadline`, `panic`, …).
+    pub fn kind(&self) -> &'static str {
+        self.error.kind()
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step {}: {}", self.step, self.error)
+    }
+}
+
+/// Which version of its plugin a step ran.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepVersion {
+    /// The step, from 1.
+    pub step: usize,
+    /// The step's plugin.
+    pub plugin: Arc<str>,
+    /// `None` when the step failed before an instance of any version was running.
+    pub version: Option<u64>,
+}
+
+/// What a rule made of an event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleResult<'e> {
+    /// The rule's name.
+    pub rule: Arc<str>,
+    /// How the run ended, with the event to pass on if it did not stop.
+    pub outcome: RuleOutcome<'e>,
+    /// The commands to send, every one with its command path set where the plugin, the step
+    /// or the rule names one. Empty when the outcome is an error (dead letter or drop).
+    pub commands: Vec<Command>,
+    /// The steps that failed, in order (with `skip-step`, possibly several).
+    pub errors: Vec<StepError>,
+    /// The steps that ran and the plugin version each ran on.
+    pub versions: Vec<StepVersion>,
+}
+
+impl RuleResult<'_> {
+    /// The event to pass on, unless the rule stopped it.
+    pub fn event(&self) -> Option<&Event> {
+        match &self.outcome {
+            RuleOutcome::Passed(event) => Some(event),
+            _ => None,
+        }
+    }
+}
+
+impl RuleRuntime {
+    pub(crate) fn new(rule: Arc<Rule>, steps: Vec<Step>) -> Self {
+        RuleRuntime { rule, steps }
+    }
+
+    /// The rule this runs.
+    pub fn rule(&self) -> &Arc<Rule> {
+        &self.rule
+    }
+
+    /// Runs the steps on `event` in order. Each step sees the event as the previous one left
+    /// it; a `drop` verdict ends the run; commands accumulate. A failing step is handled by
+    /// the rule's [`OnError`] policy.
+    pub fn run<'e>(&mut self, event: &'e Event) -> RuleResult<'e> {
+        let rule = &self.rule;
+        let mut current = Cow::Borrowed(event);
+        let mut commands = Vec::new();
+        let mut errors = Vec::new();
+        let mut versions = Vec::with_capacity(self.steps.len());
+        let finish = |outcome, commands, errors, versions| RuleResult {
+            rule: rule.name.clone(),
+            outcome,
+            commands,
+            errors,
+            versions,
+        };
+        for (index, (step, spec)) in self.steps.iter_mut().zip(&rule.steps).enumerate() {
+            let number = index + 1;
+            match step.handle(&current) {
+                Ok(StepOutcome { outcome, version }) => {
+                    versions.push(StepVersion {
+                        step: number,
+                        plugin: spec.plugin.clone(),
+                        version: Some(version),
+                    });
+                    let via = spec.via.as_ref().or(rule.via.as_ref());
+                    commands.extend(outcome.commands.into_iter().map(|mut command| {
+                        if command.via.is_none() {
+                            command.via = via.cloned();
+                        }
+                        command
+                    }));
+                    match outcome.verdict {
+                        Verdict::Keep => {}
+                        Verdict::Replace(replacement) => current = Cow::Owned(*replacement),
+                        Verdict::Drop => {
+                            return finish(
+                                RuleOutcome::Dropped { step: number },
+                                commands,
+                                errors,
+                                versions,
+                            );
+                        }
+                    }
+                }
+                Err(error) => {
+                    versions.push(StepVersion {
+                        step: number,
+                        plugin: spec.plugin.clone(),
+                        version: step.version(),
+                    });
+                    errors.push(StepError {
+                        step: number,
+                        plugin: spec.plugin.clone(),
+                        error,
+                    });
+                    let outcome = match rule.on_error {
+                        OnError::SkipStep => continue,
+                        OnError::DeadLetter => RuleOutcome::DeadLetter,
+                        OnError::Drop => RuleOutcome::DroppedOnError,
+                    };
+                    return finish(outcome, Vec::new(), errors, versions);
+                }
+            }
+        }
+        finish(RuleOutcome::Passed(current), commands, errors, versions)
+    }
+}
