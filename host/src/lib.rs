@@ -7,8 +7,16 @@
 //! that select events and run them through plugin chains ([`rules`]). Connectors and the
 //! pipeline build on these.
 
+pub mod admin;
+pub mod command;
+pub mod config;
+pub mod connector;
 pub mod event;
+pub mod metrics;
+pub mod pipeline;
 pub mod plugin;
 pub mod rules;
+pub mod service;
+pub mod status;
 pub mod time;
 pub mod vendor;

@@ -1,6 +1,8 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod check;
 mod decode;
+mod run;
 
 use std::process::ExitCode;
 
@@ -34,11 +36,61 @@ enum Command {
     /// need not appear in shell history. Exits non-zero with a one-line reason when the
     /// message is refused (signature, base64, decrypt, json, unsupported).
     Decode(decode::DecodeArgs),
+
+    /// Run the service: connectors, rules, plugins, command paths, admin API.
+    ///
+    /// Rule files and plugins reload while it runs. It stops when every connector has
+    /// finished (a replay at the end of its file), or on SIGINT/SIGTERM after the events in
+    /// flight are done, and prints a summary.
+    ///
+    /// Example (the embedded demo, no network):
+    ///
+    ///   iotrules run --config examples/demo.toml --verbose
+    Run(run::RunArgs),
+
+    /// Check a configuration, its plugins and its rules, and exit non-zero on any problem.
+    ///
+    /// Every problem is printed on its own line with its file, line and column.
+    Check(check::CheckArgs),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Decode(args) => decode::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Check(args) => check::run(args),
     }
+}
+
+/// Logs to standard error: `filter` (or RUST_LOG, or `info`), plus every event's trace with
+/// `verbose`.
+fn init_logging(filter: Option<&str>, verbose: bool) {
+    use tracing_subscriber::EnvFilter;
+    let mut filter = match filter {
+        Some(filter) => EnvFilter::new(filter),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    if verbose && let Ok(directive) = "iotrules::event=debug".parse() {
+        filter = filter.add_directive(directive);
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The dead-letter store and the plugin state store of `config`.
+fn open_store(
+    _config: &iotrules::config::Config,
+) -> anyhow::Result<(
+    std::sync::Arc<dyn iotrules::pipeline::DeadLetterSink>,
+    std::sync::Arc<dyn iotrules::plugin::StateStore>,
+)> {
+    // SQLite arrives with the store module; until then both live in memory.
+    Ok((
+        std::sync::Arc::new(iotrules::pipeline::MemoryDeadLetters::default()),
+        std::sync::Arc::new(iotrules::plugin::MemoryStateStore::new()),
+    ))
 }

@@ -61,6 +61,12 @@ impl Rules {
         self.current.load_full()
     }
 
+    /// Whether `set` is the set new events run on (cheaper than [`Rules::current`]: no
+    /// reference count is touched).
+    pub fn is_current(&self, set: &Arc<RuleSet>) -> bool {
+        Arc::ptr_eq(&self.current.load(), set)
+    }
+
     /// The generation of [`Rules::current`]; workers compare it to rebuild their runtimes.
     pub fn generation(&self) -> u64 {
         *lock(&self.generation)

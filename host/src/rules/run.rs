@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::format::OnError;
 use super::rule::Rule;
@@ -71,6 +72,8 @@ pub struct StepVersion {
     pub plugin: Arc<str>,
     /// `None` when the step failed before an instance of any version was running.
     pub version: Option<u64>,
+    /// How long the plugin call took (instantiation included when it had to start one).
+    pub elapsed: Duration,
 }
 
 /// What a rule made of an event.
@@ -127,12 +130,16 @@ impl RuleRuntime {
         };
         for (index, (step, spec)) in self.steps.iter_mut().zip(&rule.steps).enumerate() {
             let number = index + 1;
-            match step.handle(&current) {
+            let started = Instant::now();
+            let handled = step.handle(&current);
+            let elapsed = started.elapsed();
+            match handled {
                 Ok(StepOutcome { outcome, version }) => {
                     versions.push(StepVersion {
                         step: number,
                         plugin: spec.plugin.clone(),
                         version: Some(version),
+                        elapsed,
                     });
                     let via = spec.via.as_ref().or(rule.via.as_ref());
                     commands.extend(outcome.commands.into_iter().map(|mut command| {
@@ -159,6 +166,7 @@ impl RuleRuntime {
                         step: number,
                         plugin: spec.plugin.clone(),
                         version: step.version(),
+                        elapsed,
                     });
                     errors.push(StepError {
                         step: number,

@@ -1,0 +1,204 @@
+//! The admin HTTP server: `/metrics` (Prometheus), `/healthz`, `/status` (JSON).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::connector::ConnectorState;
+use crate::service::Observed;
+use crate::status::{ConnectorStatus, RecentError};
+
+/// A running admin server.
+pub struct AdminServer {
+    address: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// The address it listens on (the port is the real one when the config asked for 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops serving, letting requests in progress finish.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `address` and serves the admin routes for `observed`.
+pub async fn serve(address: SocketAddr, observed: Arc<Observed>) -> std::io::Result<AdminServer> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let address = listener.local_addr()?;
+    let app = router(observed);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+        if let Err(error) = served {
+            tracing::error!("The admin server stopped: {error}");
+        }
+    });
+    tracing::info!("Admin API on http://{address} (/metrics, /healthz, /status)");
+    Ok(AdminServer {
+        address,
+        stop,
+        task,
+    })
+}
+
+/// The routes, for serving or for calling in tests.
+pub fn router(observed: Arc<Observed>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/status", get(status))
+        .with_state(observed)
+}
+
+async fn metrics(State(observed): State<Arc<Observed>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        observed.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    failed_connectors: Vec<String>,
+}
+
+/// 200 while every connector is running or done; 503 naming the ones that failed.
+async fn healthz(State(observed): State<Arc<Observed>>) -> Response {
+    let failed: Vec<String> = observed
+        .connectors
+        .all()
+        .into_iter()
+        .filter(|c| c.state == ConnectorState::Failed)
+        .map(|c| c.name)
+        .collect();
+    if failed.is_empty() {
+        (
+            StatusCode::OK,
+            Json(Health {
+                status: "ok",
+                failed_connectors: failed,
+            }),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "failing",
+                failed_connectors: failed,
+            }),
+        )
+            .into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct Status {
+    uptime_s: u64,
+    in_flight: u64,
+    connectors: Vec<ConnectorStatus>,
+    rules: RulesStatus,
+    plugins: Vec<PluginStatus>,
+    last_errors: Vec<RecentError>,
+}
+
+#[derive(Serialize)]
+struct RulesStatus {
+    directory: String,
+    generation: u64,
+    rules: Vec<RuleStatus>,
+}
+
+#[derive(Serialize)]
+struct RuleStatus {
+    name: String,
+    file: String,
+    enabled: bool,
+    plugins: Vec<String>,
+    matches: u64,
+    errors: u64,
+}
+
+#[derive(Serialize)]
+struct PluginStatus {
+    name: String,
+    version: u64,
+    sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quarantined: Option<String>,
+}
+
+async fn status(State(observed): State<Arc<Observed>>) -> Json<serde_json::Value> {
+    let metrics = &observed.metrics;
+    let set = observed.rules.current();
+    let errors = metrics.rule_errors.members();
+    let rules = set
+        .rules()
+        .iter()
+        .map(|rule| RuleStatus {
+            name: rule.name().to_owned(),
+            file: rule.file().display().to_string(),
+            enabled: rule.enabled(),
+            plugins: rule.plugins().map(str::to_owned).collect(),
+            matches: metrics.rule_matches.with(&[rule.name()]).get(),
+            errors: errors
+                .iter()
+                .filter(|(labels, _)| labels[0] == rule.name())
+                .map(|(_, c)| c.get())
+                .sum(),
+        })
+        .collect();
+    let plugins = observed
+        .registry
+        .names()
+        .into_iter()
+        .filter_map(|name| {
+            let slot = observed.registry.slot(&name)?;
+            let version = slot.current();
+            Some(PluginStatus {
+                name,
+                version: version.number,
+                sha256: version.sha256.clone(),
+                quarantined: version.quarantined(),
+            })
+        })
+        .collect();
+    let status = Status {
+        uptime_s: observed.started.elapsed().as_secs(),
+        in_flight: metrics.in_flight.get(),
+        connectors: observed.connectors.all(),
+        rules: RulesStatus {
+            directory: observed.rules.dir().display().to_string(),
+            generation: observed.rules.generation(),
+            rules,
+        },
+        plugins,
+        last_errors: observed.errors.recent(),
+    };
+    // Plain data: serializing cannot fail.
+    Json(serde_json::to_value(status).unwrap_or_default())
+}

@@ -1,0 +1,75 @@
+//! `iotrules check`: the config, the plugins and the rules, without starting anything.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use iotrules::config::Config;
+use iotrules::pipeline::MemoryDeadLetters;
+use iotrules::plugin::MemoryStateStore;
+use iotrules::service;
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The service configuration.
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+}
+
+pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    super::init_logging(Some("error"), false);
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            println!("{error}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    // The plugins run their `init` against scratch state: a check changes nothing the
+    // service keeps.
+    let core = service::load_core(
+        &config,
+        Arc::new(MemoryDeadLetters::default()),
+        Arc::new(MemoryStateStore::new()),
+    );
+    let mut problems = Vec::new();
+    let core = match core {
+        Ok(core) => Some(core),
+        Err(error) => {
+            problems.extend(format!("{error:#}").lines().map(str::to_owned));
+            None
+        }
+    };
+    if let Some(core) = &core {
+        problems.extend(core.plugin_errors.iter().cloned());
+        let paths: Vec<String> = config
+            .command_paths
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        problems.extend(service::unknown_paths(&core.rules.current(), &paths));
+    }
+    problems.retain(|p| p != "the rules were refused:");
+    if problems.is_empty() {
+        let (rules, plugins) = core.as_ref().map_or((0, 0), |core| {
+            (
+                core.rules.current().rules().len(),
+                core.registry.names().len(),
+            )
+        });
+        println!(
+            "{}: ok ({} connector(s), {} command path(s), {plugins} plugin(s), {rules} rule(s))",
+            config.file.display(),
+            config.connectors.len(),
+            config.command_paths.len(),
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for problem in &problems {
+            println!("{problem}");
+        }
+        println!("{}: {} problem(s)", config.file.display(), problems.len());
+        Ok(ExitCode::FAILURE)
+    }
+}

@@ -1,0 +1,111 @@
+//! `iotrules run`: the service.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use iotrules::config::Config;
+use iotrules::pipeline::DeadLetterSink;
+use iotrules::plugin::StateStore;
+use iotrules::service::{self, Ending};
+use tokio::sync::watch;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The service configuration (see examples/demo.toml).
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+
+    /// Log every event with what each rule made of it (the `iotrules::event` target at
+    /// debug level).
+    #[arg(long, short)]
+    verbose: bool,
+
+    /// Log filter, as in RUST_LOG (`info`, `iotrules=debug`, `iotrules::plugin=trace`, …).
+    /// RUST_LOG is used when this is not given; the default is `info`.
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+
+    /// Worker threads of the async runtime (connectors, command paths, admin API).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    io_threads: usize,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    super::init_logging(args.log.as_deref(), args.verbose);
+    let config = Config::load(&args.config)?;
+    let (dead_letters, state) = super::open_store(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.io_threads.max(1))
+        .thread_name("iotrules-io")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, dead_letters, state))
+}
+
+async fn serve(
+    config: Config,
+    dead_letters: Arc<dyn DeadLetterSink>,
+    state: Arc<dyn StateStore>,
+) -> anyhow::Result<ExitCode> {
+    let core = service::load_core(&config, dead_letters, state)?;
+    for problem in service::unknown_paths(&core.rules.current(), &path_names(&config)) {
+        tracing::warn!("{problem}");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+        // A second signal stops at once; what is in flight is delivered again later.
+        wait_for_signal().await;
+        tracing::warn!("Second signal: exiting without waiting for the events in flight");
+        std::process::exit(130);
+    });
+    let rules = core.rules.current().rules().len();
+    let (ending, observed) = service::run(&config, core, stop_rx, |_| {
+        tracing::info!(
+            connectors = config.connectors.len(),
+            rules,
+            "iotrules is running (config {})",
+            config.file.display()
+        );
+    })
+    .await?;
+    eprint!("{}", service::summary(&observed));
+    Ok(match ending {
+        Ending::Finished | Ending::Stopped => ExitCode::SUCCESS,
+    })
+}
+
+fn path_names(config: &Config) -> Vec<String> {
+    config
+        .command_paths
+        .iter()
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

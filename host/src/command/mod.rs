@@ -1,0 +1,231 @@
+//! Command paths: where the commands rules and plugins emit go, and how each is confirmed.
+//!
+//! A path is named in the config (`[[command_path]]`) and chosen by a command's `via` (or
+//! its rule's or step's default). Workers [`CommandPath::enqueue`] commands in the order the
+//! rules emitted them; a path sends the commands for one device in that order (each device
+//! keeps to one lane), retries a failed attempt with backoff, and reports through the
+//! returned [`Confirmation`] whether the command was delivered (printed, a 2xx answer, a
+//! PUBACK). The pipeline acknowledges an event only when every one of its commands is
+//! confirmed. A full lane makes `enqueue` wait, which holds the worker and, through the
+//! pipeline's bounded queues, the connector: a slow path slows intake rather than growing
+//! memory.
+
+mod log;
+mod webhook;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use self::log::LogTransport;
+pub use self::webhook::WebhookTransport;
+use crate::config::{CommandPathConfig, CommandPathKind};
+use crate::event::Command;
+
+/// Why a command was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("command path \"{path}\": {reason}")]
+pub struct CommandError {
+    /// The path.
+    pub path: String,
+    /// What went wrong (the last attempt's error).
+    pub reason: String,
+}
+
+/// Resolves when the path has delivered the command, or given up on it.
+pub type Confirmation = oneshot::Receiver<Result<(), CommandError>>;
+
+/// A configured destination for commands.
+pub trait CommandPath: Send + Sync {
+    /// Its name.
+    fn name(&self) -> &str;
+
+    /// Queues `command` behind the earlier commands for its device; waits while the lane is
+    /// full. Call from a worker thread, not from async code.
+    fn enqueue(&self, command: Command) -> Confirmation;
+}
+
+/// One way of delivering a command: the protocol part of a path.
+pub trait Transport: Send + Sync + 'static {
+    /// One attempt at delivering `command`.
+    fn deliver(&self, command: &Command) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Settings shared by every path.
+#[derive(Debug, Clone, Copy)]
+pub struct PathSettings {
+    /// Lanes sending in parallel.
+    pub lanes: usize,
+    /// Commands waiting per lane.
+    pub queue: usize,
+    /// Limit of one attempt.
+    pub timeout: Duration,
+    /// Further attempts after a failure.
+    pub retries: u32,
+}
+
+impl From<&CommandPathConfig> for PathSettings {
+    fn from(config: &CommandPathConfig) -> Self {
+        PathSettings {
+            lanes: config.lanes,
+            queue: config.queue,
+            timeout: Duration::from_millis(config.timeout_ms),
+            retries: config.retries,
+        }
+    }
+}
+
+struct Job {
+    command: Command,
+    done: oneshot::Sender<Result<(), CommandError>>,
+}
+
+/// A path over a [`Transport`]: lanes of ordered delivery with retries.
+pub struct Lanes {
+    name: String,
+    lanes: Vec<mpsc::Sender<Job>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Lanes {
+    /// Starts the lanes' tasks on `runtime`.
+    pub fn start<T: Transport>(
+        name: &str,
+        transport: T,
+        settings: PathSettings,
+        runtime: &tokio::runtime::Handle,
+    ) -> Arc<Self> {
+        let transport = Arc::new(transport);
+        let lanes = (0..settings.lanes.max(1))
+            .map(|_| {
+                let (sender, receiver) = mpsc::channel(settings.queue.max(1));
+                runtime.spawn(lane(name.to_owned(), transport.clone(), settings, receiver));
+                sender
+            })
+            .collect();
+        Arc::new(Lanes {
+            name: name.to_owned(),
+            lanes,
+            hasher: Default::default(),
+        })
+    }
+}
+
+impl CommandPath for Lanes {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn enqueue(&self, command: Command) -> Confirmation {
+        let lane = (self.hasher.hash_one(&command.device.id) % self.lanes.len() as u64) as usize;
+        let (done, confirmation) = oneshot::channel();
+        if let Err(mpsc::error::SendError(job)) =
+            self.lanes[lane].blocking_send(Job { command, done })
+        {
+            let _ = job.done.send(Err(CommandError {
+                path: self.name.clone(),
+                reason: "the path has stopped".into(),
+            }));
+        }
+        confirmation
+    }
+}
+
+async fn lane<T: Transport>(
+    name: String,
+    transport: Arc<T>,
+    settings: PathSettings,
+    mut jobs: mpsc::Receiver<Job>,
+) {
+    while let Some(job) = jobs.recv().await {
+        let mut attempt = 0;
+        let mut backoff = Duration::from_millis(50);
+        let result = loop {
+            let reason =
+                match tokio::time::timeout(settings.timeout, transport.deliver(&job.command)).await
+                {
+                    Ok(Ok(())) => break Ok(()),
+                    Ok(Err(reason)) => reason,
+                    Err(_) => format!("no confirmation within {} ms", settings.timeout.as_millis()),
+                };
+            if attempt >= settings.retries {
+                let attempts = attempt + 1;
+                break Err(CommandError {
+                    path: name.clone(),
+                    reason: format!(
+                        "{reason} (after {attempts} attempt{})",
+                        if attempts == 1 { "" } else { "s" }
+                    ),
+                });
+            }
+            tracing::warn!(
+                path = %name,
+                device = %job.command.device.id,
+                command = %job.command.name,
+                "Command attempt {} failed, retrying in {} ms: {reason}",
+                attempt + 1,
+                backoff.as_millis()
+            );
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            attempt += 1;
+        };
+        let _ = job.done.send(result);
+    }
+}
+
+/// The configured paths by name.
+#[derive(Clone, Default)]
+pub struct CommandPaths {
+    paths: HashMap<String, Arc<dyn CommandPath>>,
+}
+
+impl CommandPaths {
+    /// Starts every configured path on `runtime`.
+    pub fn start(
+        configs: &[CommandPathConfig],
+        runtime: &tokio::runtime::Handle,
+    ) -> anyhow::Result<Self> {
+        let mut paths = CommandPaths::default();
+        for config in configs {
+            let settings = PathSettings::from(config);
+            let path: Arc<dyn CommandPath> = match config.kind {
+                CommandPathKind::Log => Lanes::start(
+                    &config.name,
+                    LogTransport::stdout(&config.name),
+                    settings,
+                    runtime,
+                ),
+                CommandPathKind::Webhook => Lanes::start(
+                    &config.name,
+                    WebhookTransport::new(config)?,
+                    settings,
+                    runtime,
+                ),
+            };
+            paths.insert(path);
+        }
+        Ok(paths)
+    }
+
+    /// Adds a path (replacing one of the same name).
+    pub fn insert(&mut self, path: Arc<dyn CommandPath>) {
+        self.paths.insert(path.name().to_owned(), path);
+    }
+
+    /// A path by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn CommandPath>> {
+        self.paths.get(name)
+    }
+
+    /// The names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.paths.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}

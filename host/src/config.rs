@@ -1,0 +1,739 @@
+//! The service configuration, `iotrules.toml`.
+//!
+//! ```toml
+//! rules = "rules"                  # rule files; relative paths are relative to this file
+//! plugins = "plugins/dist"         # plugin components, NAME.wasm
+//! store = "iotrules.db"            # SQLite: dead letters and plugin state
+//! cache = "plugin-cache"           # compiled plugins (default: beside the store)
+//!
+//! [admin]
+//! listen = "127.0.0.1:9464"        # /metrics, /healthz, /status; omit the table to disable
+//!
+//! [pipeline]
+//! workers = 2                      # threads running rules; events of a device stay on one
+//! queue = 256                      # events waiting per worker
+//! max_in_flight = 4096             # events received and not yet acknowledged, in all
+//! dedup_window_s = 600             # an event id seen within this long is a duplicate
+//! dedup_capacity = 100000          # ids remembered at most
+//! shutdown_timeout_s = 30          # how long SIGINT/SIGTERM waits for events in flight
+//!
+//! [[connector]]
+//! name = "tuya-eu"
+//! kind = "replay"                  # more kinds arrive with the connector milestones
+//! dialect = "tuya"                 # tuya | tuya-business | alibaba | huawei
+//! access_id = "…"
+//! access_key = "${TUYA_ACCESS_KEY}"
+//! file = "recorded/tuya.jsonl"
+//!
+//! [[command_path]]
+//! name = "tuya-openapi"
+//! kind = "log"                     # prints commands; or "webhook" (POST as JSON)
+//! ```
+//!
+//! Any string value may reference the environment: `${NAME}` is the variable's value (an
+//! error if it is unset), `${NAME:-default}` falls back to `default`, `$$` is a literal `$`.
+//! Secrets (`access_key`, …) are held as [`Secret`], whose `Debug` prints `***`, so a
+//! logged config never shows them.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::vendor::{Dialect, SignMode, alibaba, huawei, tuya};
+
+/// A configuration file, read and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The rules directory.
+    pub rules: PathBuf,
+    /// The plugins directory.
+    pub plugins: PathBuf,
+    /// The SQLite store.
+    pub store: PathBuf,
+    /// Where compiled plugins are cached between runs.
+    pub cache: PathBuf,
+    /// The admin HTTP server, if enabled.
+    pub admin: Option<AdminConfig>,
+    /// Pipeline sizing.
+    pub pipeline: PipelineConfig,
+    /// Where events come from.
+    pub connectors: Vec<ConnectorConfig>,
+    /// Where commands go.
+    pub command_paths: Vec<CommandPathConfig>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on (port 0: any free port, logged at start).
+    #[serde(deserialize_with = "expanded_address")]
+    pub listen: SocketAddr,
+}
+
+fn expanded_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = Expanded::deserialize(deserializer)?;
+    text.as_str().parse().map_err(|e| {
+        serde::de::Error::custom(format!(
+            "\"{}\" is not an address and port: {e}",
+            text.as_str()
+        ))
+    })
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Worker threads running rules.
+    pub workers: usize,
+    /// Events waiting per worker.
+    pub queue: usize,
+    /// Events received and not yet acknowledged, across all connectors.
+    pub max_in_flight: usize,
+    /// How long an event id is remembered for de-duplication, in seconds (0 disables it).
+    pub dedup_window_s: u64,
+    /// How many event ids are remembered at most.
+    pub dedup_capacity: usize,
+    /// How long a shutdown waits for events in flight, in seconds.
+    pub shutdown_timeout_s: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            queue: 256,
+            max_in_flight: 4096,
+            dedup_window_s: 600,
+            dedup_capacity: 100_000,
+            shutdown_timeout_s: 30,
+        }
+    }
+}
+
+/// A `[[connector]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Its name, in events (`source`), metrics, dead letters and `/status`.
+    pub name: String,
+    /// The transport.
+    pub kind: ConnectorKind,
+    /// The vendor dialect its messages are in.
+    pub dialect: DialectName,
+    /// Tuya: the project's access id.
+    #[serde(default)]
+    pub access_id: Option<Expanded>,
+    /// Tuya: the project's access key (the decryption key).
+    #[serde(default)]
+    pub access_key: Option<Secret>,
+    /// Tuya: what to do with a message whose signature does not match.
+    #[serde(default)]
+    pub sign: SignName,
+    /// Alibaba: bodies arrive base64-encoded (a console option).
+    #[serde(default)]
+    pub body_base64: bool,
+    /// `replay`: the recorded messages, JSON lines.
+    #[serde(default)]
+    pub file: Option<Expanded>,
+    /// `replay`: messages per second; 0 (the default) is as fast as the pipeline takes them.
+    #[serde(default)]
+    pub rate: f64,
+    /// `replay`: start again at the first line after the last; otherwise stop.
+    #[serde(default, rename = "loop")]
+    pub repeat: bool,
+    /// `replay`: where to keep the position of the first unacknowledged line, so that a
+    /// restart resumes there (and redelivers what was not acknowledged).
+    #[serde(default)]
+    pub offset_file: Option<Expanded>,
+}
+
+/// Connector transports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectorKind {
+    /// Recorded messages from a file.
+    Replay,
+}
+
+impl ConnectorKind {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectorKind::Replay => "replay",
+        }
+    }
+}
+
+/// Vendor dialects, as named in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DialectName {
+    /// Tuya message service (Pulsar), IoT Core envelope.
+    Tuya,
+    /// Tuya Smart Business Platform envelope.
+    TuyaBusiness,
+    /// Alibaba Cloud IoT.
+    Alibaba,
+    /// Huawei Cloud IoTDA.
+    Huawei,
+}
+
+impl DialectName {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialectName::Tuya => "tuya",
+            DialectName::TuyaBusiness => "tuya-business",
+            DialectName::Alibaba => "alibaba",
+            DialectName::Huawei => "huawei",
+        }
+    }
+}
+
+/// Tuya signature policy, as named in the config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignName {
+    /// Refuse a message whose signature does not match (the default).
+    #[default]
+    Enforce,
+    /// Accept it, marked `signature=mismatch`.
+    Warn,
+    /// Do not check.
+    Off,
+}
+
+impl From<SignName> for SignMode {
+    fn from(name: SignName) -> Self {
+        match name {
+            SignName::Enforce => SignMode::Enforce,
+            SignName::Warn => SignMode::Warn,
+            SignName::Off => SignMode::Off,
+        }
+    }
+}
+
+impl ConnectorConfig {
+    /// The decoder for this connector's messages.
+    pub fn dialect(&self) -> Result<Dialect, ConfigError> {
+        let tuya_keys = || -> Result<tuya::Keys, ConfigError> {
+            let key = self.access_key.as_ref().ok_or_else(|| {
+                self.invalid("access_key is required for the Tuya dialects (the decryption key)")
+            })?;
+            let id = self.access_id.as_ref().map_or("", |id| id.as_str());
+            tuya::Keys::new(id.to_owned(), key.expose())
+                .map_err(|e| self.invalid(format!("access_key: {e}")))
+        };
+        Ok(match self.dialect {
+            DialectName::Tuya => Dialect::Tuya(tuya::Decoder::new(tuya_keys()?, self.sign.into())),
+            DialectName::TuyaBusiness => {
+                Dialect::TuyaBusiness(tuya::BusinessDecoder::new(tuya_keys()?, self.sign.into()))
+            }
+            DialectName::Alibaba => Dialect::Alibaba(alibaba::Decoder::new(self.body_base64)),
+            DialectName::Huawei => Dialect::Huawei(huawei::Decoder::new()),
+        })
+    }
+
+    fn invalid(&self, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            place: format!("connector \"{}\"", self.name),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A `[[command_path]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandPathConfig {
+    /// Its name, as rules and plugins give it in `via`.
+    pub name: String,
+    /// How commands travel.
+    pub kind: CommandPathKind,
+    /// `webhook`: the URL commands are POSTed to (`http://` only).
+    #[serde(default)]
+    pub url: Option<Expanded>,
+    /// `webhook`: an `Authorization` header value.
+    #[serde(default)]
+    pub authorization: Option<Secret>,
+    /// How long one delivery attempt may take, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Further attempts after a failed one (with backoff), before the command fails.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Commands waiting to be sent, per lane, before the workers wait.
+    #[serde(default = "default_path_queue")]
+    pub queue: usize,
+    /// Lanes sending in parallel; commands for one device always take the same lane, in order.
+    #[serde(default = "default_lanes")]
+    pub lanes: usize,
+}
+
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_path_queue() -> usize {
+    256
+}
+fn default_lanes() -> usize {
+    4
+}
+
+/// Command path kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommandPathKind {
+    /// Prints each command as a line of JSON on standard output.
+    Log,
+    /// POSTs each command as JSON to a URL; a 2xx answer confirms it.
+    Webhook,
+}
+
+/// A string from the config with its environment references expanded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Expanded(String);
+
+impl Expanded {
+    /// The value.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Expanded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Expanded {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        expand_env(&text, |name| std::env::var(name).ok())
+            .map(Expanded)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A secret from the config (after `${ENV}` expansion). It prints as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the code that needs it (a key derivation, a header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Expanded::deserialize(deserializer).map(|e| Secret(e.0))
+    }
+}
+
+/// Expands `${NAME}`, `${NAME:-default}` and `$$` in `text`, looking names up with `lookup`.
+/// The error names the variable; it never contains a value.
+pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let Some(end) = body.find('}') else {
+                return Err(format!(
+                    "`${{` without a closing `}}` in \"{}\"",
+                    clip(text)
+                ));
+            };
+            let reference = &body[..end];
+            let (name, default) = match reference.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (reference, None),
+            };
+            let valid = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !name.as_bytes()[0].is_ascii_digit();
+            if !valid {
+                return Err(format!(
+                    "`${{{}}}` is not an environment reference (`${{NAME}}` or `${{NAME:-default}}`)",
+                    clip(reference)
+                ));
+            }
+            match (lookup(name), default) {
+                (Some(value), _) => out.push_str(&value),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) => {
+                    return Err(format!("environment variable {name} is not set"));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn clip(text: &str) -> &str {
+    match text.char_indices().nth(60) {
+        Some((at, _)) => &text[..at],
+        None => text,
+    }
+}
+
+/// Why a config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {file}: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape (message with line and column).
+    #[error("{file}: {message}")]
+    Parse {
+        /// The file.
+        file: PathBuf,
+        /// toml's message, with the place.
+        message: String,
+    },
+    /// A value is wrong given the others.
+    #[error("{place}: {reason}")]
+    Invalid {
+        /// Which table or value.
+        place: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default = "default_rules")]
+    rules: Expanded,
+    #[serde(default = "default_plugins")]
+    plugins: Expanded,
+    #[serde(default = "default_store")]
+    store: Expanded,
+    #[serde(default)]
+    cache: Option<Expanded>,
+    #[serde(default)]
+    admin: Option<AdminConfig>,
+    #[serde(default)]
+    pipeline: PipelineConfig,
+    #[serde(default, rename = "connector")]
+    connectors: Vec<ConnectorConfig>,
+    #[serde(default, rename = "command_path")]
+    command_paths: Vec<CommandPathConfig>,
+}
+
+fn default_rules() -> Expanded {
+    Expanded("rules".into())
+}
+fn default_plugins() -> Expanded {
+    Expanded("plugins".into())
+}
+fn default_store() -> Expanded {
+    Expanded("iotrules.db".into())
+}
+
+impl Config {
+    /// Reads and checks `file`.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Config::parse(file, &text)
+    }
+
+    /// Parses and checks `text`, read from `file` (relative paths in it are taken from the
+    /// file's directory).
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_owned(),
+            message: one_line(&e),
+        })?;
+        let base = file.parent().unwrap_or(Path::new(""));
+        let resolve = |path: &Expanded| base.join(path.as_str());
+        let mut connectors = raw.connectors;
+        for connector in &mut connectors {
+            if let Some(path) = &connector.file {
+                connector.file = Some(Expanded(resolve(path).display().to_string()));
+            }
+            if let Some(path) = &connector.offset_file {
+                connector.offset_file = Some(Expanded(resolve(path).display().to_string()));
+            }
+        }
+        let config = Config {
+            file: file.to_owned(),
+            rules: resolve(&raw.rules),
+            plugins: resolve(&raw.plugins),
+            cache: match &raw.cache {
+                Some(cache) => resolve(cache),
+                None => resolve(&raw.store).with_file_name("plugin-cache"),
+            },
+            store: resolve(&raw.store),
+            admin: raw.admin,
+            pipeline: raw.pipeline,
+            connectors,
+            command_paths: raw.command_paths,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |place: String, reason: String| Err(ConfigError::Invalid { place, reason });
+        let p = &self.pipeline;
+        for (name, value) in [
+            ("workers", p.workers),
+            ("queue", p.queue),
+            ("max_in_flight", p.max_in_flight),
+        ] {
+            if value == 0 {
+                return invalid(format!("[pipeline] {name}"), "must be at least 1".into());
+            }
+        }
+        let mut names = HashSet::new();
+        for connector in &self.connectors {
+            let place = format!("connector \"{}\"", connector.name);
+            check_name(&connector.name, "connector")?;
+            if !names.insert(connector.name.as_str()) {
+                return invalid(place, "another connector has this name".into());
+            }
+            connector.dialect()?;
+            match connector.kind {
+                ConnectorKind::Replay => {
+                    if connector.file.is_none() {
+                        return invalid(place, "a replay connector needs `file`".into());
+                    }
+                    if !(connector.rate.is_finite() && connector.rate >= 0.0) {
+                        return invalid(place, "rate must be 0 (unlimited) or more".into());
+                    }
+                    if connector.repeat && connector.offset_file.is_some() {
+                        return invalid(
+                            place,
+                            "`loop` and `offset_file` do not go together: a looping replay \
+                             has no position to resume"
+                                .into(),
+                        );
+                    }
+                }
+            }
+        }
+        let mut names = HashSet::new();
+        for path in &self.command_paths {
+            let place = format!("command_path \"{}\"", path.name);
+            check_name(&path.name, "command_path")?;
+            if !names.insert(path.name.as_str()) {
+                return invalid(place, "another command path has this name".into());
+            }
+            if path.lanes == 0 || path.queue == 0 {
+                return invalid(place, "lanes and queue must be at least 1".into());
+            }
+            match path.kind {
+                CommandPathKind::Log => {}
+                CommandPathKind::Webhook => match &path.url {
+                    None => return invalid(place, "a webhook needs `url`".into()),
+                    Some(url) if !url.as_str().starts_with("http://") => {
+                        return invalid(
+                            place,
+                            format!(
+                                "url \"{}\": only http:// URLs are supported by this build",
+                                url.as_str()
+                            ),
+                        );
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// A config for running rules without connectors (tests, `iotrules test`): the rules and
+    /// plugins directories given, defaults for the rest.
+    pub fn for_dirs(rules: PathBuf, plugins: PathBuf) -> Config {
+        Config {
+            file: PathBuf::new(),
+            rules,
+            plugins,
+            store: PathBuf::from("iotrules.db"),
+            cache: PathBuf::from("plugin-cache"),
+            admin: None,
+            pipeline: PipelineConfig::default(),
+            connectors: Vec::new(),
+            command_paths: Vec::new(),
+        }
+    }
+}
+
+fn check_name(name: &str, what: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            place: format!("{what} \"{name}\""),
+            reason: "a name is letters, digits, `-`, `_` and `.`".into(),
+        })
+    }
+}
+
+/// toml's multi-line message (with a source excerpt) as one line: `line L, column C: reason`.
+fn one_line(error: &toml::de::Error) -> String {
+    let message = error.message().trim();
+    match error.span() {
+        Some(_) => {
+            let text = error.to_string();
+            // The Display form starts with "TOML parse error at line L, column C".
+            let place = text
+                .lines()
+                .next()
+                .and_then(|first| first.strip_prefix("TOML parse error at "))
+                .unwrap_or("");
+            if place.is_empty() {
+                message.to_owned()
+            } else {
+                format!("{place}: {message}")
+            }
+        }
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "KEY" => Some("s3cret".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn references_expand_with_defaults_and_escapes() {
+        assert_eq!(expand_env("a${KEY}b", env).unwrap(), "as3cretb");
+        assert_eq!(expand_env("${MISSING:-dflt}", env).unwrap(), "dflt");
+        assert_eq!(expand_env("${EMPTY:-dflt}", env).unwrap(), "");
+        assert_eq!(expand_env("$$HOME $x", env).unwrap(), "$HOME $x");
+        assert_eq!(expand_env("plain", env).unwrap(), "plain");
+    }
+
+    #[test]
+    fn bad_references_name_the_variable_not_a_value() {
+        let error = expand_env("${MISSING}", env).unwrap_err();
+        assert_eq!(error, "environment variable MISSING is not set");
+        assert!(expand_env("${KEY", env).unwrap_err().contains("closing"));
+        assert!(
+            expand_env("${1A}", env)
+                .unwrap_err()
+                .contains("not an environment reference")
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let secret = Secret("s3cret".into());
+        assert_eq!(format!("{secret:?}"), "***");
+    }
+
+    const MINIMAL: &str = r#"
+        rules = "r"
+        plugins = "p"
+        [[connector]]
+        name = "a"
+        kind = "replay"
+        dialect = "huawei"
+        file = "a.jsonl"
+        [[command_path]]
+        name = "out"
+        kind = "log"
+    "#;
+
+    #[test]
+    fn paths_resolve_from_the_config_file() {
+        let config = Config::parse(Path::new("/etc/iot/iotrules.toml"), MINIMAL).unwrap();
+        assert_eq!(config.rules, Path::new("/etc/iot/r"));
+        assert_eq!(config.plugins, Path::new("/etc/iot/p"));
+        assert_eq!(config.store, Path::new("/etc/iot/iotrules.db"));
+        assert_eq!(
+            config.connectors[0].file.as_ref().unwrap().as_str(),
+            "/etc/iot/a.jsonl"
+        );
+        assert_eq!(config.command_paths[0].lanes, 4);
+    }
+
+    #[test]
+    fn errors_name_the_place() {
+        let file = Path::new("c.toml");
+        let unknown = Config::parse(file, "rulez = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.starts_with("c.toml: line 1, column 1"), "{unknown}");
+        assert!(unknown.contains("rulez"), "{unknown}");
+
+        let kind = MINIMAL.replace("kind = \"replay\"", "kind = \"carrier-pigeon\"");
+        let error = Config::parse(file, &kind).unwrap_err().to_string();
+        assert!(
+            error.contains("line 6") && error.contains("carrier-pigeon"),
+            "{error}"
+        );
+
+        let tuya = MINIMAL.replace("\"huawei\"", "\"tuya\"");
+        let error = Config::parse(file, &tuya).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "connector \"a\": access_key is required for the Tuya dialects (the decryption key)"
+        );
+
+        let twice = format!("{MINIMAL}\n[[command_path]]\nname = \"out\"\nkind = \"log\"\n");
+        let error = Config::parse(file, &twice).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "command_path \"out\": another command path has this name"
+        );
+
+        let missing = MINIMAL.replace("file = \"a.jsonl\"", "file = \"${NO_SUCH_VAR_X}\"");
+        let error = Config::parse(file, &missing).unwrap_err().to_string();
+        assert!(
+            error.contains("line 8") && error.contains("NO_SUCH_VAR_X is not set"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,806 @@
+//! The event pipeline: delivery → decode → de-duplicate → rules → commands → acknowledge.
+//!
+//! - **Intake** ([`Ingest::submit`], called by a connector): takes a slot of the in-flight
+//!   budget (waiting while the pipeline is full: backpressure), decodes the delivery with the
+//!   connector's dialect, drops a duplicate event id, and queues the event on the worker that
+//!   owns its device. A message that does not decode goes to the dead letters, then is acked.
+//! - **Workers** (threads, `workers` of them): each owns an instance of every rule's plugin
+//!   chain and takes the events of its devices in arrival order, so events of one device are
+//!   handled one after another, in order, while devices spread over the workers. Every rule
+//!   whose `when` and `if` take the event runs, independently of the others. Commands are
+//!   queued on their paths in the order the rules emitted them.
+//! - **Completion**: the delivery is acknowledged only when every matching rule has finished,
+//!   every command has been confirmed by its path, and every dead letter is stored. A command
+//!   its path gives up on becomes a dead letter (kind `command`); a dead letter that cannot be
+//!   stored makes the delivery go back for another try rather than be lost.
+//! - **Shutdown** ([`Pipeline::drain`]): once the connectors stop submitting, the workers
+//!   finish their queues and the pipeline waits for the last acknowledgement.
+
+mod dedup;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+pub use self::dedup::Dedup;
+use crate::command::{CommandPaths, Confirmation};
+use crate::config::PipelineConfig;
+use crate::connector::{Acker, Delivery, Settle};
+use crate::event::{Command, Event};
+use crate::metrics::{Counter, Histogram, Metrics};
+use crate::plugin::Registry;
+use crate::rules::{EventScope, OnError, RuleOutcome, RuleRuntime, RuleSet, Rules};
+use crate::status::LastErrors;
+use crate::vendor::{Dialect, RawMessage};
+
+/// A message the service could not process, as it goes to the dead-letter store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterRecord {
+    /// The connector that received it.
+    pub connector: Arc<str>,
+    /// Its dialect.
+    pub vendor: &'static str,
+    /// Its transport properties.
+    pub properties: Vec<(String, String)>,
+    /// The message exactly as received.
+    pub payload: Vec<u8>,
+    /// The error kind: a decode kind (`signature`, `decrypt`, …), `plugin:KIND`
+    /// (`plugin:deadline`, …), `condition` or `command`.
+    pub kind: String,
+    /// The whole error message.
+    pub message: String,
+    /// The rule that failed on it.
+    pub rule: Option<String>,
+    /// The failed step, from 1.
+    pub step: Option<u32>,
+    /// The event's id, when it decoded.
+    pub event_id: Option<String>,
+    /// When it was stored, Unix ms.
+    pub time_ms: u64,
+}
+
+/// Where dead letters are kept. `store` is called off the async threads and may block.
+pub trait DeadLetterSink: Send + Sync {
+    /// Stores one; an error means it is not stored (the delivery is retried).
+    fn store(&self, letter: &DeadLetterRecord) -> Result<(), String>;
+}
+
+/// Dead letters kept in memory (tests, benches, `iotrules test`).
+#[derive(Debug, Default)]
+pub struct MemoryDeadLetters(Mutex<Vec<DeadLetterRecord>>);
+
+impl MemoryDeadLetters {
+    /// What was stored so far.
+    pub fn letters(&self) -> Vec<DeadLetterRecord> {
+        lock(&self.0).clone()
+    }
+}
+
+impl DeadLetterSink for MemoryDeadLetters {
+    fn store(&self, letter: &DeadLetterRecord) -> Result<(), String> {
+        lock(&self.0).push(letter.clone());
+        Ok(())
+    }
+}
+
+/// The pipeline stopped taking deliveries (shutdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the pipeline has shut down")]
+pub struct Closed;
+
+struct Shared {
+    rules: Arc<Rules>,
+    registry: Arc<Registry>,
+    paths: CommandPaths,
+    dead_letters: Arc<dyn DeadLetterSink>,
+    metrics: Arc<Metrics>,
+    errors: Arc<LastErrors>,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: u32,
+    dedup: Mutex<Dedup>,
+    runtime: tokio::runtime::Handle,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// The running pipeline: its workers and the way in.
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    senders: Vec<mpsc::Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// What a pipeline needs besides its settings.
+pub struct Parts {
+    /// The rules in service.
+    pub rules: Arc<Rules>,
+    /// The plugins they use.
+    pub registry: Arc<Registry>,
+    /// Where commands go.
+    pub paths: CommandPaths,
+    /// Where dead letters go.
+    pub dead_letters: Arc<dyn DeadLetterSink>,
+    /// The service's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The service's recent errors, for `/status`.
+    pub errors: Arc<LastErrors>,
+}
+
+/// A connector's resolved counters.
+struct ConnectorCounters {
+    events_in: Arc<Counter>,
+    events_out: Arc<Counter>,
+    refused: Arc<Counter>,
+    duplicate: Arc<Counter>,
+    no_rule: Arc<Counter>,
+    dropped_by_rules: Arc<Counter>,
+}
+
+impl ConnectorCounters {
+    fn new(metrics: &Metrics, connector: &str) -> Self {
+        let dropped = |reason| metrics.events_dropped.with(&[connector, reason]);
+        ConnectorCounters {
+            events_in: metrics.events_in.with(&[connector]),
+            events_out: metrics.events_out.with(&[connector]),
+            refused: dropped("refused"),
+            duplicate: dropped("duplicate"),
+            no_rule: dropped("no-rule"),
+            dropped_by_rules: dropped("rules"),
+        }
+    }
+}
+
+/// Where a delivery came from, kept with its event for dead letters.
+struct Origin {
+    connector: Arc<str>,
+    vendor: &'static str,
+    payload: Vec<u8>,
+    properties: Vec<(String, String)>,
+    counters: Arc<ConnectorCounters>,
+}
+
+/// The acknowledgement side of a delivery in flight: settling it returns its in-flight slot.
+struct Pending {
+    acker: Acker,
+    _permit: OwnedSemaphorePermit,
+    received: Instant,
+    dedup_id: Option<String>,
+}
+
+struct Job {
+    event: Event,
+    origin: Origin,
+    pending: Pending,
+}
+
+impl Pipeline {
+    /// Starts the workers. Commands and dead-letter writes run on `runtime`.
+    pub fn start(
+        settings: &PipelineConfig,
+        parts: Parts,
+        runtime: tokio::runtime::Handle,
+    ) -> std::io::Result<Pipeline> {
+        let max_in_flight = u32::try_from(settings.max_in_flight)
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32);
+        let shared = Arc::new(Shared {
+            rules: parts.rules,
+            registry: parts.registry,
+            paths: parts.paths,
+            dead_letters: parts.dead_letters,
+            metrics: parts.metrics,
+            errors: parts.errors,
+            in_flight: Arc::new(Semaphore::new(max_in_flight as usize)),
+            max_in_flight,
+            dedup: Mutex::new(Dedup::new(
+                Duration::from_secs(settings.dedup_window_s),
+                settings.dedup_capacity,
+            )),
+            runtime,
+            hasher: Default::default(),
+        });
+        let mut senders = Vec::new();
+        let mut workers = Vec::new();
+        for index in 0..settings.workers.max(1) {
+            let (sender, receiver) = mpsc::channel(settings.queue.max(1));
+            let shared = shared.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("iotrules-worker-{index}"))
+                    .spawn(move || Worker::new(shared).run(receiver))?,
+            );
+            senders.push(sender);
+        }
+        Ok(Pipeline {
+            shared,
+            senders,
+            workers,
+        })
+    }
+
+    /// The way in for a connector named `connector`, decoding with `dialect`.
+    pub fn ingest(&self, connector: &str, dialect: Dialect) -> Ingest {
+        let vendor = match &dialect {
+            Dialect::Tuya(_) => "tuya",
+            Dialect::TuyaBusiness(_) => "tuya-business",
+            Dialect::Alibaba(_) => "alibaba",
+            Dialect::Huawei(_) => "huawei",
+        };
+        Ingest {
+            shared: self.shared.clone(),
+            senders: self.senders.clone(),
+            connector: Arc::from(connector),
+            vendor,
+            dialect: Arc::new(dialect),
+            counters: Arc::new(ConnectorCounters::new(&self.shared.metrics, connector)),
+        }
+    }
+
+    /// Events received and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.shared.max_in_flight as usize - self.shared.in_flight.available_permits()
+    }
+
+    /// Stops taking events once every [`Ingest`] is dropped, lets the workers finish what
+    /// is queued, and waits up to `timeout` for the last acknowledgement. True when
+    /// everything in flight was settled; false when the timeout cut it short (what was not
+    /// acknowledged is delivered again by its transport).
+    pub async fn drain(self, timeout: Duration) -> bool {
+        let Pipeline {
+            shared,
+            senders,
+            workers,
+        } = self;
+        drop(senders);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let joined = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        });
+        if tokio::time::timeout_at(deadline, joined).await.is_err() {
+            return false;
+        }
+        let all = shared.in_flight.clone();
+        matches!(
+            tokio::time::timeout_at(deadline, all.acquire_many_owned(shared.max_in_flight)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+/// A connector's way into the pipeline. Cheap to clone; the pipeline stops when every clone
+/// is dropped and [`Pipeline::drain`] is called.
+#[derive(Clone)]
+pub struct Ingest {
+    shared: Arc<Shared>,
+    senders: Vec<mpsc::Sender<Job>>,
+    connector: Arc<str>,
+    vendor: &'static str,
+    dialect: Arc<Dialect>,
+    counters: Arc<ConnectorCounters>,
+}
+
+impl Ingest {
+    /// The connector's name.
+    pub fn connector(&self) -> &str {
+        &self.connector
+    }
+
+    /// Takes one delivery; waits while the pipeline is full. The delivery is settled later,
+    /// through its acker, when the pipeline is done with it.
+    pub async fn submit(&self, delivery: Delivery) -> Result<(), Closed> {
+        let permit = self
+            .shared
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Closed)?;
+        self.submit_with(delivery, permit).await
+    }
+
+    async fn submit_with(
+        &self,
+        delivery: Delivery,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), Closed> {
+        let shared = &self.shared;
+        shared.metrics.in_flight.inc();
+        self.counters.events_in.inc();
+        let Delivery {
+            payload,
+            properties,
+            acker,
+        } = delivery;
+        let mut pending = Pending {
+            acker,
+            _permit: permit,
+            received: Instant::now(),
+            dedup_id: None,
+        };
+        let decoded = self
+            .dialect
+            .decode(&RawMessage::new(&self.connector, &payload).with_properties(&properties));
+        let origin = Origin {
+            connector: self.connector.clone(),
+            vendor: self.vendor,
+            payload,
+            properties,
+            counters: self.counters.clone(),
+        };
+        let event = match decoded {
+            Ok(event) => event,
+            Err(error) => {
+                self.counters.refused.inc();
+                let message = error.to_string();
+                tracing::warn!(
+                    connector = &*self.connector,
+                    kind = error.kind().as_str(),
+                    "Message refused, stored as a dead letter: {message}"
+                );
+                shared
+                    .errors
+                    .push(format!("connector \"{}\"", self.connector), &message);
+                let letter = letter(&origin, error.kind().as_str(), message, None);
+                let shared = shared.clone();
+                shared.runtime.clone().spawn(async move {
+                    let stored = store_letters(&shared, vec![letter]).await;
+                    finish(&shared, pending, stored);
+                });
+                return Ok(());
+            }
+        };
+        let first_time = lock(&shared.dedup).first_time(&event.id, pending.received);
+        if !first_time {
+            self.counters.duplicate.inc();
+            tracing::debug!(
+                target: "iotrules::event",
+                connector = &*self.connector,
+                id = %event.id,
+                "Duplicate event dropped"
+            );
+            finish(shared, pending, Ok(()));
+            return Ok(());
+        }
+        pending.dedup_id = Some(event.id.clone());
+        let worker = self.worker_for(&event.device.id);
+        self.senders[worker]
+            .send(Job {
+                event,
+                origin,
+                pending,
+            })
+            .await
+            .map_err(|_| Closed)
+    }
+
+    fn worker_for(&self, device: &str) -> usize {
+        (self.shared.hasher.hash_one(device) % self.senders.len() as u64) as usize
+    }
+}
+
+/// Settles a delivery: acked when `done` is ok, sent back for a retry otherwise (its id is
+/// then forgotten by the de-duplication, so the redelivery is not taken for a duplicate).
+fn finish(shared: &Shared, pending: Pending, done: Result<(), ()>) {
+    let Pending {
+        acker,
+        _permit,
+        received,
+        dedup_id,
+    } = pending;
+    let how = match done {
+        Ok(()) => Settle::Ack,
+        Err(()) => {
+            if let Some(id) = &dedup_id {
+                lock(&shared.dedup).forget(id);
+            }
+            Settle::Retry
+        }
+    };
+    acker.settle(how);
+    shared.metrics.event_latency.observe(received.elapsed());
+    shared.metrics.in_flight.dec();
+}
+
+fn letter(
+    origin: &Origin,
+    kind: &str,
+    message: String,
+    event_id: Option<&str>,
+) -> DeadLetterRecord {
+    DeadLetterRecord {
+        connector: origin.connector.clone(),
+        vendor: origin.vendor,
+        properties: origin.properties.clone(),
+        payload: origin.payload.clone(),
+        kind: kind.to_owned(),
+        message,
+        rule: None,
+        step: None,
+        event_id: event_id.map(str::to_owned),
+        time_ms: crate::time::now_ms(),
+    }
+}
+
+/// Stores `letters`; Err when any could not be stored.
+async fn store_letters(shared: &Arc<Shared>, letters: Vec<DeadLetterRecord>) -> Result<(), ()> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let sink = shared.dead_letters.clone();
+    let metrics = shared.metrics.clone();
+    let errors = shared.errors.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        let mut ok = true;
+        for letter in &letters {
+            match sink.store(letter) {
+                Ok(()) => metrics
+                    .dead_letters
+                    .with(&[&letter.connector, &letter.kind])
+                    .inc(),
+                Err(reason) => {
+                    ok = false;
+                    tracing::error!(
+                        connector = &*letter.connector,
+                        "Cannot store a dead letter; the message goes back to its connector \
+                         for another try: {reason}"
+                    );
+                    errors.push("dead-letter store".into(), &reason);
+                }
+            }
+        }
+        ok
+    })
+    .await;
+    match stored {
+        Ok(true) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// A command queued on its path, waiting for confirmation.
+struct Queued {
+    path: String,
+    /// The command's device and name, for the error message.
+    command: Command,
+    confirmation: Confirmation,
+    sent: Arc<Counter>,
+    failed: Arc<Counter>,
+}
+
+/// Resolved per-rule counters.
+struct RuleCounters {
+    matches: Arc<Counter>,
+    passed: Arc<Counter>,
+    dropped: Arc<Counter>,
+    dead_letter: Arc<Counter>,
+    dropped_on_error: Arc<Counter>,
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    set: Option<Arc<RuleSet>>,
+    runtimes: Vec<RuleRuntime>,
+    retry_instantiate_at: Option<Instant>,
+    rule_counters: HashMap<Arc<str>, RuleCounters>,
+    plugin_calls: HashMap<Arc<str>, Arc<Histogram>>,
+    commands_sent: HashMap<String, (Arc<Counter>, Arc<Counter>)>,
+}
+
+impl Worker {
+    fn new(shared: Arc<Shared>) -> Self {
+        Worker {
+            shared,
+            set: None,
+            runtimes: Vec::new(),
+            retry_instantiate_at: None,
+            rule_counters: HashMap::new(),
+            plugin_calls: HashMap::new(),
+            commands_sent: HashMap::new(),
+        }
+    }
+
+    fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(job) = jobs.blocking_recv() {
+            self.refresh();
+            self.handle(job);
+        }
+    }
+
+    /// Starts the rules' plugin instances for the set in service when it changed. If that
+    /// fails (a plugin refusing now what it accepted at load), the worker keeps running the
+    /// set it has and tries again a second later.
+    fn refresh(&mut self) {
+        let rules = &self.shared.rules;
+        if let Some(set) = &self.set
+            && rules.is_current(set)
+        {
+            return;
+        }
+        if let Some(at) = self.retry_instantiate_at
+            && Instant::now() < at
+        {
+            return;
+        }
+        let set = rules.current();
+        match set.instantiate(&self.shared.registry) {
+            Ok(runtimes) => {
+                self.runtimes = runtimes;
+                self.set = Some(set);
+                self.retry_instantiate_at = None;
+            }
+            Err(errors) => {
+                for error in &errors {
+                    tracing::error!(
+                        "Cannot start the new rules on a worker, keeping the previous ones: {error}"
+                    );
+                    self.shared.errors.push("rules".into(), &error.to_string());
+                }
+                self.retry_instantiate_at = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+
+    fn handle(&mut self, job: Job) {
+        let Job {
+            event,
+            origin,
+            pending,
+        } = job;
+        let scope = EventScope::new(&event);
+        let mut commands: Vec<Command> = Vec::new();
+        let mut letters = Vec::new();
+        let mut matched = 0;
+        let mut passed = false;
+        let mut trace = String::new();
+        let trace_on = tracing::enabled!(target: "iotrules::event", tracing::Level::DEBUG);
+        for runtime in &mut self.runtimes {
+            let rule = runtime.rule().clone();
+            let counters = self
+                .rule_counters
+                .entry(rule.name.clone())
+                .or_insert_with(|| rule_counters(&self.shared.metrics, &rule.name));
+            let takes = match rule.matches(&scope) {
+                Ok(takes) => takes,
+                Err(error) => {
+                    let message = error.to_string();
+                    self.shared
+                        .metrics
+                        .rule_errors
+                        .with(&[&rule.name, "condition"])
+                        .inc();
+                    self.shared
+                        .errors
+                        .push(format!("rule \"{}\"", rule.name), &message);
+                    if rule.on_error() == OnError::DeadLetter {
+                        let mut letter = letter(&origin, "condition", message, Some(&event.id));
+                        letter.rule = Some(rule.name.to_string());
+                        letters.push(letter);
+                        counters.dead_letter.inc();
+                    }
+                    continue;
+                }
+            };
+            if !takes {
+                continue;
+            }
+            matched += 1;
+            counters.matches.inc();
+            let result = runtime.run(&event);
+            for version in &result.versions {
+                self.plugin_calls
+                    .entry(version.plugin.clone())
+                    .or_insert_with(|| self.shared.metrics.plugin_calls.with(&[&version.plugin]))
+                    .observe(version.elapsed);
+            }
+            for error in &result.errors {
+                self.shared
+                    .metrics
+                    .rule_errors
+                    .with(&[&rule.name, error.kind()])
+                    .inc();
+                let message = error.to_string();
+                tracing::warn!(rule = &*rule.name, device = %event.device.id, "{message}");
+                self.shared
+                    .errors
+                    .push(format!("rule \"{}\"", rule.name), &message);
+            }
+            let outcome = match &result.outcome {
+                RuleOutcome::Passed(output) => {
+                    passed = true;
+                    counters.passed.inc();
+                    if matches!(output, Cow::Owned(_)) {
+                        "passed (replaced)"
+                    } else {
+                        "passed"
+                    }
+                }
+                RuleOutcome::Dropped { .. } => {
+                    counters.dropped.inc();
+                    "dropped"
+                }
+                RuleOutcome::DeadLetter => {
+                    counters.dead_letter.inc();
+                    if let Some(error) = result.errors.last() {
+                        let mut letter = letter(
+                            &origin,
+                            &format!("plugin:{}", error.kind()),
+                            format!("rule \"{}\" {error}", rule.name),
+                            Some(&event.id),
+                        );
+                        letter.rule = Some(rule.name.to_string());
+                        letter.step = u32::try_from(error.step).ok();
+                        letters.push(letter);
+                    }
+                    "dead-letter"
+                }
+                RuleOutcome::DroppedOnError => {
+                    counters.dropped_on_error.inc();
+                    "dropped on error"
+                }
+            };
+            if trace_on {
+                let _ = write!(trace, "; rule {}: {outcome}", rule.name);
+                if !result.commands.is_empty() {
+                    let _ = write!(trace, ", {} command(s)", result.commands.len());
+                }
+            }
+            commands.extend(result.commands);
+        }
+        if trace_on {
+            tracing::debug!(
+                target: "iotrules::event",
+                "{} {} {}{}{}{}",
+                origin.connector,
+                event.kind.as_str(),
+                event.device.id,
+                properties_text(&event),
+                if matched == 0 { "; no rule" } else { "" },
+                trace
+            );
+        }
+        if passed {
+            origin.counters.events_out.inc();
+        } else if matched == 0 {
+            origin.counters.no_rule.inc();
+        } else {
+            origin.counters.dropped_by_rules.inc();
+        }
+        if commands.is_empty() && letters.is_empty() {
+            finish(&self.shared, pending, Ok(()));
+            return;
+        }
+        let confirmations = self.enqueue(commands, &origin, &event, &mut letters);
+        drop(scope);
+        let shared = self.shared.clone();
+        let event_id = event.id;
+        self.shared.runtime.spawn(async move {
+            for Queued {
+                path,
+                command,
+                confirmation,
+                sent,
+                failed,
+            } in confirmations
+            {
+                let result = match confirmation.await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("command path \"{path}\" stopped before confirming")),
+                };
+                if result.is_ok() {
+                    sent.inc();
+                }
+                if let Err(reason) = result {
+                    failed.inc();
+                    let message = format!(
+                        "command {} for device {} not delivered: {reason}",
+                        command.name, command.device.id
+                    );
+                    tracing::error!("{message}");
+                    shared
+                        .errors
+                        .push(format!("command path \"{path}\""), &message);
+                    letters.push(letter(&origin, "command", message, Some(&event_id)));
+                }
+            }
+            let stored = store_letters(&shared, letters).await;
+            finish(&shared, pending, stored);
+        });
+    }
+
+    /// Queues each command on its path, in order. A command without a known path fails at
+    /// once, as a dead letter.
+    fn enqueue(
+        &mut self,
+        commands: Vec<Command>,
+        origin: &Origin,
+        event: &Event,
+        letters: &mut Vec<DeadLetterRecord>,
+    ) -> Vec<Queued> {
+        let mut confirmations = Vec::with_capacity(commands.len());
+        for command in commands {
+            let Some(via) = command.via.clone() else {
+                let message = format!(
+                    "command {} for device {} names no command path: set `commands.via` on the \
+                     rule or step",
+                    command.name, command.device.id
+                );
+                tracing::error!("{message}");
+                letters.push(letter(origin, "command", message, Some(&event.id)));
+                continue;
+            };
+            let Some(path) = self.shared.paths.get(&via) else {
+                let message = format!(
+                    "command {} for device {}: no command path named \"{via}\" (configured: {})",
+                    command.name,
+                    command.device.id,
+                    self.shared.paths.names().join(", ")
+                );
+                tracing::error!("{message}");
+                letters.push(letter(origin, "command", message, Some(&event.id)));
+                continue;
+            };
+            let (sent, failed) = self
+                .commands_sent
+                .entry(via.clone())
+                .or_insert_with(|| {
+                    (
+                        self.shared.metrics.commands.with(&[&via, "sent"]),
+                        self.shared.metrics.commands.with(&[&via, "failed"]),
+                    )
+                })
+                .clone();
+            let summary = Command {
+                via: None,
+                device: command.device.clone(),
+                name: command.name.clone(),
+                params: crate::event::Json::null(),
+                reply_to: None,
+            };
+            confirmations.push(Queued {
+                confirmation: path.enqueue(command),
+                path: via,
+                command: summary,
+                sent,
+                failed,
+            });
+        }
+        confirmations
+    }
+}
+
+fn rule_counters(metrics: &Metrics, rule: &str) -> RuleCounters {
+    let outcome = |outcome| metrics.rule_outcomes.with(&[rule, outcome]);
+    RuleCounters {
+        matches: metrics.rule_matches.with(&[rule]),
+        passed: outcome("passed"),
+        dropped: outcome("dropped"),
+        dead_letter: outcome("dead-letter"),
+        dropped_on_error: outcome("dropped-on-error"),
+    }
+}
+
+/// `code=value …` of an event, for the event trace.
+fn properties_text(event: &Event) -> String {
+    let mut text = String::new();
+    for property in event.properties.iter().take(8) {
+        let value = serde_json::to_string(&property.value).unwrap_or_default();
+        let _ = write!(text, " {}={value}", property.code);
+    }
+    if event.properties.len() > 8 {
+        let _ = write!(text, " …(+{})", event.properties.len() - 8);
+    }
+    text
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,398 @@
+//! The running service: everything `iotrules run` starts, from a [`Config`].
+//!
+//! Start-up order: the store, the plugin runtime and registry (every `NAME.wasm`), the rules
+//! (refused as a whole if any file has an error: there is no previous set to fall back on
+//! at start), the watchers that reload both, the command paths, the pipeline, the admin
+//! server, and last the connectors. The service stops when every connector has finished
+//! (a replay at the end of its file) or on SIGINT/SIGTERM; either way the pipeline drains
+//! what is in flight before it returns.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::command::CommandPaths;
+use crate::config::{Config, ConnectorKind};
+use crate::connector::ConnectorState;
+use crate::connector::replay::{self, ReplaySettings};
+use crate::metrics::Metrics;
+use crate::pipeline::{DeadLetterSink, Parts, Pipeline};
+use crate::plugin::{Registry, ReloadReport, Runtime, RuntimeConfig, StateStore, Watcher};
+use crate::rules::{Rules, RulesWatcher};
+use crate::status::{ConnectorStatus, Connectors, LastErrors};
+
+/// What the admin server and the summary read.
+pub struct Observed {
+    /// The counters.
+    pub metrics: Arc<Metrics>,
+    /// Recent errors.
+    pub errors: Arc<LastErrors>,
+    /// Connector states.
+    pub connectors: Arc<Connectors>,
+    /// The rules in service.
+    pub rules: Arc<Rules>,
+    /// The plugins.
+    pub registry: Arc<Registry>,
+    /// When the service started.
+    pub started: Instant,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Every connector finished.
+    Finished,
+    /// A signal (or the caller) asked it to stop.
+    Stopped,
+}
+
+/// The storage and plugin parts, shared by `run`, `check` and `dead-letters replay`.
+pub struct Core {
+    /// The plugins.
+    pub registry: Arc<Registry>,
+    /// The rules.
+    pub rules: Arc<Rules>,
+    /// Dead letters.
+    pub dead_letters: Arc<dyn DeadLetterSink>,
+    /// Problems found loading plugins (each file refused with its reason).
+    pub plugin_errors: Vec<String>,
+}
+
+/// Opens the store and loads plugins and rules. Rule errors are returned as one error with
+/// every problem on its own line.
+pub fn load_core(
+    config: &Config,
+    dead_letters: Arc<dyn DeadLetterSink>,
+    state: Arc<dyn StateStore>,
+) -> anyhow::Result<Core> {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(config.cache.clone()),
+        ..RuntimeConfig::default()
+    })
+    .context("cannot start the plugin runtime")?;
+    let registry = Arc::new(Registry::new(runtime, &config.plugins, state));
+    let reports = registry.load_all().with_context(|| {
+        format!(
+            "cannot read the plugins directory {}",
+            config.plugins.display()
+        )
+    })?;
+    let mut plugin_errors = Vec::new();
+    for report in reports {
+        if let ReloadReport::Rejected { error, .. } = report {
+            plugin_errors.push(error.to_string());
+        }
+    }
+    let rules = Rules::load(&config.rules, registry.clone()).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("the rules were refused:\n{}", lines.join("\n"))
+    })?;
+    Ok(Core {
+        registry,
+        rules: Arc::new(rules),
+        dead_letters,
+        plugin_errors,
+    })
+}
+
+/// Runs the service until its connectors finish or `stop` turns true.
+pub async fn run(
+    config: &Config,
+    core: Core,
+    stop: watch::Receiver<bool>,
+    on_start: impl FnOnce(&Arc<Observed>),
+) -> anyhow::Result<(Ending, Arc<Observed>)> {
+    let Core {
+        registry,
+        rules,
+        dead_letters,
+        plugin_errors,
+    } = core;
+    let metrics = Arc::new(Metrics::default());
+    let errors = Arc::new(LastErrors::default());
+    for error in &plugin_errors {
+        tracing::error!("Plugin refused: {error}");
+        errors.push("plugins".into(), error);
+    }
+    let observed = Arc::new(Observed {
+        metrics: metrics.clone(),
+        errors: errors.clone(),
+        connectors: Arc::new(Connectors::default()),
+        rules: rules.clone(),
+        registry: registry.clone(),
+        started: Instant::now(),
+    });
+    let _plugin_watcher = Watcher::start(registry.clone(), crate::plugin::DEFAULT_DEBOUNCE)
+        .context("cannot watch the plugins directory")?;
+    let _rules_watcher = RulesWatcher::start(rules.clone(), crate::rules::DEFAULT_DEBOUNCE)
+        .context("cannot watch the rules directory")?;
+    count_reloads(&observed);
+
+    let runtime = tokio::runtime::Handle::current();
+    let paths = CommandPaths::start(&config.command_paths, &runtime)?;
+    let pipeline = Pipeline::start(
+        &config.pipeline,
+        Parts {
+            rules: rules.clone(),
+            registry: registry.clone(),
+            paths,
+            dead_letters,
+            metrics: metrics.clone(),
+            errors: errors.clone(),
+        },
+        runtime.clone(),
+    )
+    .context("cannot start the pipeline workers")?;
+
+    let admin = match &config.admin {
+        Some(admin) => Some(
+            crate::admin::serve(admin.listen, observed.clone())
+                .await
+                .with_context(|| format!("cannot serve the admin API on {}", admin.listen))?,
+        ),
+        None => None,
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut connectors = tokio::task::JoinSet::new();
+    for connector in &config.connectors {
+        let dialect = connector.dialect()?;
+        let ingest = pipeline.ingest(&connector.name, dialect);
+        match connector.kind {
+            ConnectorKind::Replay => {
+                let file = connector
+                    .file
+                    .as_ref()
+                    .map(|f| f.as_str())
+                    .unwrap_or_default();
+                let status = observed.connectors.add(ConnectorStatus {
+                    name: connector.name.clone(),
+                    kind: connector.kind.as_str(),
+                    dialect: connector.dialect.as_str(),
+                    identity: vec![("file".into(), file.to_owned())],
+                    state: ConnectorState::Starting,
+                    error: None,
+                });
+                let settings = ReplaySettings {
+                    file: file.into(),
+                    rate: connector.rate,
+                    repeat: connector.repeat,
+                    offset_file: connector.offset_file.as_ref().map(|f| f.as_str().into()),
+                };
+                let errors = errors.clone();
+                let shutdown = shutdown_rx.clone();
+                let name = connector.name.clone();
+                connectors.spawn(async move {
+                    let result = replay::run(settings, ingest, status, errors, shutdown).await;
+                    (name, result.map(|summary| summary.bad_lines))
+                });
+            }
+        }
+    }
+    on_start(&observed);
+
+    let mut stop = stop;
+    let ending = loop {
+        tokio::select! {
+            joined = connectors.join_next() => match joined {
+                None => break Ending::Finished,
+                Some(Ok((name, Ok(_)))) => tracing::info!(connector = %name, "Connector finished"),
+                Some(Ok((name, Err(error)))) => {
+                    tracing::error!(connector = %name, "Connector failed: {error}");
+                }
+                Some(Err(panic)) => tracing::error!("A connector task failed: {panic}"),
+            },
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    tracing::info!("Stopping: finishing the events in flight");
+                    break Ending::Stopped;
+                }
+            }
+        }
+    };
+    let _ = shutdown_tx.send(true);
+    while connectors.join_next().await.is_some() {}
+    let timeout = Duration::from_secs(config.pipeline.shutdown_timeout_s);
+    if !pipeline.drain(timeout).await {
+        tracing::warn!(
+            "Stopped after {} s with events still in flight; their connectors deliver them again",
+            timeout.as_secs()
+        );
+    }
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
+    Ok((ending, observed))
+}
+
+/// Counts plugin and rule reloads into the metrics and records refusals as errors.
+fn count_reloads(observed: &Arc<Observed>) {
+    // The threads hold the counters, not the registry or the rules: they end when those are
+    // dropped and their subscriptions close.
+    let plugins = observed.registry.subscribe();
+    let seen = (observed.metrics.clone(), observed.errors.clone());
+    let _ = std::thread::Builder::new()
+        .name("iotrules-plugin-reloads".into())
+        .spawn(move || {
+            for report in plugins {
+                let result = match &report {
+                    ReloadReport::Loaded { .. } => "ok",
+                    ReloadReport::Rejected { error, .. }
+                    | ReloadReport::Quarantined { error, .. } => {
+                        seen.1.push("plugins".into(), &error.to_string());
+                        "refused"
+                    }
+                    ReloadReport::Unchanged { .. } | ReloadReport::Removed { .. } => continue,
+                };
+                seen.0.reloads.with(&["plugin", result]).inc();
+            }
+        });
+    let rules = observed.rules.subscribe();
+    let seen = (observed.metrics.clone(), observed.errors.clone());
+    let _ = std::thread::Builder::new()
+        .name("iotrules-rule-reloads".into())
+        .spawn(move || {
+            for result in rules {
+                let result = match result {
+                    Ok(_) => "ok",
+                    Err(errors) => {
+                        for error in errors {
+                            seen.1.push("rules".into(), &error.to_string());
+                        }
+                        "refused"
+                    }
+                };
+                seen.0.reloads.with(&["rules", result]).inc();
+            }
+        });
+}
+
+/// The end-of-run summary: per connector, per rule, per command path.
+pub fn summary(observed: &Observed) -> String {
+    use std::fmt::Write as _;
+    let metrics = &observed.metrics;
+    let mut out = String::new();
+    let elapsed = observed.started.elapsed().as_secs_f64();
+    let _ = writeln!(out, "Summary after {elapsed:.1} s");
+    let dropped = metrics.events_dropped.members();
+    let out_counts = metrics.events_out.members();
+    for (labels, counter) in metrics.events_in.members() {
+        let connector = &labels[0];
+        let reason = |reason: &str| {
+            dropped
+                .iter()
+                .find(|(l, _)| &l[0] == connector && l[1] == reason)
+                .map_or(0, |(_, c)| c.get())
+        };
+        let passed = out_counts
+            .iter()
+            .find(|(l, _)| &l[0] == connector)
+            .map_or(0, |(_, c)| c.get());
+        let _ = writeln!(
+            out,
+            "  connector {connector}: {} received, {} refused, {} duplicates, {} taken by no rule, \
+             {} dropped by rules, {} passed on",
+            counter.get(),
+            reason("refused"),
+            reason("duplicate"),
+            reason("no-rule"),
+            reason("rules"),
+            passed
+        );
+    }
+    let outcomes = metrics.rule_outcomes.members();
+    let errors = metrics.rule_errors.members();
+    for rule in observed.rules.current().rules() {
+        let name = rule.name();
+        let matches = metrics.rule_matches.with(&[name]).get();
+        let count = |outcome: &str| {
+            outcomes
+                .iter()
+                .find(|(l, _)| l[0] == name && l[1] == outcome)
+                .map_or(0, |(_, c)| c.get())
+        };
+        let failed: u64 = errors
+            .iter()
+            .filter(|(l, _)| l[0] == name)
+            .map(|(_, c)| c.get())
+            .sum();
+        let _ = writeln!(
+            out,
+            "  rule {name}: {matches} matched, {} passed, {} dropped, {} dead-lettered, {} \
+             dropped on error, {failed} errors",
+            count("passed"),
+            count("dropped"),
+            count("dead-letter"),
+            count("dropped-on-error"),
+        );
+    }
+    let commands = metrics.commands.members();
+    let mut paths: Vec<&str> = commands.iter().map(|(l, _)| l[0].as_str()).collect();
+    paths.dedup();
+    for path in paths {
+        let count = |result: &str| {
+            commands
+                .iter()
+                .find(|(l, _)| l[0] == path && l[1] == result)
+                .map_or(0, |(_, c)| c.get())
+        };
+        let _ = writeln!(
+            out,
+            "  command path {path}: {} sent, {} failed",
+            count("sent"),
+            count("failed")
+        );
+    }
+    let letters: u64 = metrics
+        .dead_letters
+        .members()
+        .iter()
+        .map(|(_, c)| c.get())
+        .sum();
+    let _ = writeln!(out, "  dead letters stored: {letters}");
+    out
+}
+
+/// Rules whose `commands.via` (on the rule or a step) names no configured command path,
+/// each as `file:line:col: rule "name": …`.
+pub fn unknown_paths(set: &crate::rules::RuleSet, known: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let configured = if known.is_empty() {
+        "none are configured".to_owned()
+    } else {
+        format!("configured: {}", known.join(", "))
+    };
+    for rule in set.rules() {
+        let named = rule
+            .via
+            .iter()
+            .map(|via| (via, rule.position, "commands.via".to_owned()))
+            .chain(rule.steps.iter().enumerate().filter_map(|(index, step)| {
+                step.via.as_ref().map(|via| {
+                    (
+                        via,
+                        step.position,
+                        format!("step {}: commands.via", index + 1),
+                    )
+                })
+            }));
+        for (via, position, what) in named {
+            if !known.iter().any(|name| name == via) {
+                problems.push(
+                    crate::rules::RuleError::new(
+                        &rule.file,
+                        Some(position),
+                        Some(&rule.name),
+                        format!(
+                            "{what} names \"{via}\", which is not a command path ({configured})"
+                        ),
+                    )
+                    .to_string(),
+                );
+            }
+        }
+    }
+    problems
+}

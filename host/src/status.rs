@@ -1,0 +1,128 @@
+//! What `/status` reports beyond the counters: recent errors and each connector's state.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+
+use crate::connector::ConnectorState;
+
+/// How many recent errors are kept.
+pub const KEPT_ERRORS: usize = 32;
+
+/// One recent error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecentError {
+    /// When, Unix ms.
+    pub time_ms: u64,
+    /// Where: `connector "tuya-eu"`, `rule "hallway"`, `command path "tuya-openapi"`, …
+    pub place: String,
+    /// The message (never a secret: messages are built to name, not show, credentials).
+    pub message: String,
+}
+
+/// The last [`KEPT_ERRORS`] errors, newest last.
+#[derive(Debug, Default)]
+pub struct LastErrors(Mutex<VecDeque<RecentError>>);
+
+impl LastErrors {
+    /// Records an error.
+    pub fn push(&self, place: String, message: &str) {
+        let mut errors = lock(&self.0);
+        if errors.len() == KEPT_ERRORS {
+            errors.pop_front();
+        }
+        errors.push_back(RecentError {
+            time_ms: crate::time::now_ms(),
+            place,
+            message: message.to_owned(),
+        });
+    }
+
+    /// The errors kept, oldest first.
+    pub fn recent(&self) -> Vec<RecentError> {
+        lock(&self.0).iter().cloned().collect()
+    }
+}
+
+/// A connector as `/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectorStatus {
+    /// Its configured name.
+    pub name: String,
+    /// Its transport.
+    pub kind: &'static str,
+    /// Its dialect.
+    pub dialect: &'static str,
+    /// What identifies it to its peer, without secrets: a file, topic and subscription,
+    /// username, …
+    pub identity: Vec<(String, String)>,
+    /// What it is doing.
+    pub state: ConnectorState,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Every connector's status, updated by the connectors.
+#[derive(Debug, Default)]
+pub struct Connectors(Mutex<Vec<ConnectorStatus>>);
+
+impl Connectors {
+    /// Adds a connector and returns the handle it updates its state through.
+    pub fn add(self: &Arc<Self>, status: ConnectorStatus) -> ConnectorHandle {
+        let mut all = lock(&self.0);
+        all.push(status);
+        ConnectorHandle {
+            all: self.clone(),
+            index: all.len() - 1,
+        }
+    }
+
+    /// A snapshot.
+    pub fn all(&self) -> Vec<ConnectorStatus> {
+        lock(&self.0).clone()
+    }
+}
+
+/// One connector's way to report its state.
+#[derive(Debug, Clone)]
+pub struct ConnectorHandle {
+    all: Arc<Connectors>,
+    index: usize,
+}
+
+impl ConnectorHandle {
+    /// Sets the state (and clears the error unless failing).
+    pub fn set(&self, state: ConnectorState, error: Option<String>) {
+        if let Some(status) = lock(&self.all.0).get_mut(self.index) {
+            status.state = state;
+            status.error = error;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_newest_errors_are_kept() {
+        let errors = LastErrors::default();
+        for n in 0..KEPT_ERRORS + 3 {
+            errors.push("here".into(), &n.to_string());
+        }
+        let recent = errors.recent();
+        assert_eq!(recent.len(), KEPT_ERRORS);
+        assert_eq!(recent[0].message, "3");
+        assert_eq!(
+            recent[KEPT_ERRORS - 1].message,
+            (KEPT_ERRORS + 2).to_string()
+        );
+    }
+}
