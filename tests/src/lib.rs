@@ -1,4 +1,5 @@
 //! Shared harness for integration tests against real peers (brokers, HTTP servers) and real
 //! plugin components.
 
+pub mod pipeline;
 pub mod plugins;

@@ -1,0 +1,286 @@
+//! Pieces for pipeline tests: numbered vendor messages, a pipeline over real plugins and rule
+//! files, a command path that records (and can hold) what it is given, a local HTTP server
+//! for the webhook path, and the `iotrules` binary.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use iotrules::command::{CommandError, CommandPath, CommandPaths, Confirmation};
+use iotrules::config::PipelineConfig;
+use iotrules::connector::{Acker, Delivery, Settle};
+use iotrules::event::Command;
+use iotrules::metrics::Metrics;
+use iotrules::pipeline::{MemoryDeadLetters, Parts, Pipeline};
+use iotrules::rules::Rules;
+use iotrules::status::LastErrors;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::oneshot;
+
+use crate::plugins::{Harness, built, install};
+
+/// A Huawei IoTDA push body (property report) for `device`, numbered `seq` (property `seq`,
+/// request id `{device}-{seq}`).
+pub fn huawei_body(device: &str, seq: u64) -> String {
+    format!(
+        r#"{{"resource":"device.property","event":"report","event_time":"20251123T080000Z","request_id":"{device}-{seq}","notify_data":{{"header":{{"app_id":"app","device_id":"{device}","node_id":"n","product_id":"p","gateway_id":"{device}"}},"body":{{"services":[{{"service_id":"S","properties":{{"seq":{seq}}},"event_time":"20251123T080000Z"}}]}}}}}}"#
+    )
+}
+
+/// The `iotrules` binary `cargo test` built beside this test.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let binary = dir.join(format!("iotrules{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (scripts/test), which builds it",
+        binary.display()
+    );
+    binary
+}
+
+/// What a [`Capture`] path received: the device and the `seq` param of each command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    pub device: String,
+    pub name: String,
+    pub seq: Option<u64>,
+}
+
+/// A command path that records every command and confirms it, or holds the confirmations
+/// while closed.
+#[derive(Default)]
+pub struct Capture {
+    name: String,
+    received: Mutex<Vec<Captured>>,
+    held: Mutex<Option<Vec<oneshot::Sender<Result<(), CommandError>>>>>,
+}
+
+impl Capture {
+    /// A path that confirms at once.
+    pub fn open(name: &str) -> Arc<Self> {
+        Arc::new(Capture {
+            name: name.to_owned(),
+            ..Capture::default()
+        })
+    }
+
+    /// A path that holds every confirmation until [`Capture::release`].
+    pub fn closed(name: &str) -> Arc<Self> {
+        Arc::new(Capture {
+            name: name.to_owned(),
+            held: Mutex::new(Some(Vec::new())),
+            ..Capture::default()
+        })
+    }
+
+    /// Confirms what was held and everything after.
+    pub fn release(&self) {
+        if let Some(held) = self.held.lock().unwrap().take() {
+            for done in held {
+                let _ = done.send(Ok(()));
+            }
+        }
+    }
+
+    /// The commands so far.
+    pub fn received(&self) -> Vec<Captured> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl CommandPath for Capture {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn enqueue(&self, command: Command) -> Confirmation {
+        let params: serde_json::Value =
+            serde_json::from_str(command.params.as_str()).expect("params are JSON");
+        self.received.lock().unwrap().push(Captured {
+            device: command.device.id.clone(),
+            name: command.name.clone(),
+            seq: params.get("seq").and_then(serde_json::Value::as_u64),
+        });
+        let (done, confirmation) = oneshot::channel();
+        match self.held.lock().unwrap().as_mut() {
+            Some(held) => held.push(done),
+            None => {
+                let _ = done.send(Ok(()));
+            }
+        }
+        confirmation
+    }
+}
+
+/// A pipeline over real plugins and a rules directory, with one capturing command path.
+pub struct TestPipeline {
+    pub harness: Harness,
+    pub rules_dir: tempfile::TempDir,
+    pub rules: Arc<Rules>,
+    pub metrics: Arc<Metrics>,
+    pub dead_letters: Arc<MemoryDeadLetters>,
+    pub pipeline: Option<Pipeline>,
+}
+
+impl TestPipeline {
+    /// Loads `plugins` (names in `plugins/dist`, e.g. `testing/echo`, installed under their
+    /// last path part) and the rule file `rules`, and starts a pipeline on `runtime`.
+    pub fn start(
+        plugins: &[&str],
+        rules: &str,
+        settings: PipelineConfig,
+        path: Arc<dyn CommandPath>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Self {
+        let harness = Harness::new();
+        for plugin in plugins {
+            let name = plugin.rsplit('/').next().unwrap_or(plugin);
+            let path = install(harness.dir.path(), name, &built(plugin));
+            harness.registry.load_file(&path);
+        }
+        let rules_dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(rules_dir.path().join("rules.toml"), rules).expect("write rules");
+        let rules = Arc::new(
+            Rules::load(rules_dir.path(), harness.registry.clone())
+                .unwrap_or_else(|errors| panic!("rules refused: {errors:#?}")),
+        );
+        let metrics = Arc::new(Metrics::default());
+        let dead_letters = Arc::new(MemoryDeadLetters::default());
+        let mut paths = CommandPaths::default();
+        paths.insert(path);
+        let pipeline = Pipeline::start(
+            &settings,
+            Parts {
+                rules: rules.clone(),
+                registry: harness.registry.clone(),
+                paths,
+                dead_letters: dead_letters.clone(),
+                metrics: metrics.clone(),
+                errors: Arc::new(LastErrors::default()),
+            },
+            runtime.clone(),
+        )
+        .expect("pipeline");
+        TestPipeline {
+            harness,
+            rules_dir,
+            rules,
+            metrics,
+            dead_letters,
+            pipeline: Some(pipeline),
+        }
+    }
+
+    /// The pipeline.
+    pub fn pipeline(&self) -> &Pipeline {
+        self.pipeline.as_ref().expect("not drained")
+    }
+}
+
+/// Counts acknowledgements (and retries) of deliveries.
+#[derive(Debug, Default)]
+pub struct Acks {
+    pub acked: AtomicUsize,
+    pub retried: AtomicUsize,
+}
+
+impl Acks {
+    /// A delivery of `payload` whose settlement is counted here.
+    pub fn delivery(self: &Arc<Self>, payload: String) -> Delivery {
+        let acks = self.clone();
+        Delivery {
+            payload: payload.into_bytes(),
+            properties: Vec::new(),
+            acker: Acker::new(move |how| {
+                let counter = match how {
+                    Settle::Ack => &acks.acked,
+                    Settle::Retry => &acks.retried,
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+            }),
+        }
+    }
+
+    pub fn acked(&self) -> usize {
+        self.acked.load(Ordering::SeqCst)
+    }
+}
+
+/// A local HTTP/1.1 server for the webhook path: records each request body and answers 200,
+/// or, while holding, reads requests and never answers.
+pub struct HttpServer {
+    pub address: std::net::SocketAddr,
+    bodies: Arc<Mutex<Vec<String>>>,
+}
+
+impl HttpServer {
+    /// Serves on a free port of 127.0.0.1 from `runtime`.
+    pub fn start(runtime: &tokio::runtime::Handle, answer: bool) -> Self {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let recorded = bodies.clone();
+        runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let _ = serve_connection(stream, recorded, answer).await;
+                });
+            }
+        });
+        HttpServer { address, bodies }
+    }
+
+    /// The request bodies received so far.
+    pub fn bodies(&self) -> Vec<String> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    bodies: Arc<Mutex<Vec<String>>>,
+    answer: bool,
+) -> std::io::Result<()> {
+    let mut stream = BufReader::new(stream);
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if stream.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await?;
+        bodies
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&body).into_owned());
+        if !answer {
+            // Hold the connection open without answering.
+            std::future::pending::<()>().await;
+        }
+        stream
+            .get_mut()
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+    }
+}

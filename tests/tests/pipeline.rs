@@ -1,0 +1,543 @@
+//! The pipeline against real plugin components: per-device order over parallel workers,
+//! backpressure and acknowledgement after command confirmation, de-duplication, dead
+//! letters, rule reloads that refuse bad files; and the `iotrules` binary: a crash before
+//! the acknowledgement, the webhook path against a local HTTP server, `check`.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use iotrules::config::PipelineConfig;
+use iotrules_tests::pipeline::{Acks, Capture, HttpServer, TestPipeline, binary, huawei_body};
+
+const ECHO_RULE: &str = r#"
+[[rule]]
+name = "echo-all"
+commands.via = "out"
+
+[[rule.step]]
+plugin = "echo"
+"#;
+
+fn settings(workers: usize, queue: usize, max_in_flight: usize) -> PipelineConfig {
+    PipelineConfig {
+        workers,
+        queue,
+        max_in_flight,
+        ..PipelineConfig::default()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn ingest(test: &TestPipeline) -> iotrules::pipeline::Ingest {
+    let dialect = iotrules::vendor::Dialect::Huawei(iotrules::vendor::huawei::Decoder::new());
+    test.pipeline().ingest("test", dialect)
+}
+
+/// Waits up to 20 s for `done`.
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn events_of_a_device_stay_in_order_across_workers() {
+    let runtime = runtime();
+    let capture = Capture::open("out");
+    let mut test = TestPipeline::start(
+        &["testing/echo"],
+        ECHO_RULE,
+        settings(4, 8, 64),
+        capture.clone(),
+        runtime.handle(),
+    );
+    let ingest = ingest(&test);
+    let acks = Arc::new(Acks::default());
+    const DEVICES: u64 = 8;
+    const EACH: u64 = 200;
+    runtime.block_on(async {
+        for seq in 0..EACH {
+            for device in 0..DEVICES {
+                let body = huawei_body(&format!("dev-{device}"), seq);
+                ingest.submit(acks.delivery(body)).await.expect("submit");
+            }
+        }
+    });
+    drop(ingest);
+    let pipeline = test.pipeline.take().unwrap();
+    assert!(runtime.block_on(pipeline.drain(Duration::from_secs(20))));
+
+    assert_eq!(acks.acked(), (DEVICES * EACH) as usize);
+    let mut per_device: HashMap<String, Vec<u64>> = HashMap::new();
+    for command in capture.received() {
+        per_device
+            .entry(command.device)
+            .or_default()
+            .push(command.seq.expect("seq"));
+    }
+    assert_eq!(per_device.len(), DEVICES as usize);
+    for (device, seqs) in per_device {
+        assert_eq!(seqs, (0..EACH).collect::<Vec<_>>(), "{device}");
+    }
+}
+
+#[test]
+fn no_event_is_acked_before_its_commands_are_confirmed_and_intake_waits_when_full() {
+    let runtime = runtime();
+    let capture = Capture::closed("out");
+    const MAX_IN_FLIGHT: usize = 32;
+    let mut test = TestPipeline::start(
+        &["testing/echo"],
+        ECHO_RULE,
+        settings(2, 4, MAX_IN_FLIGHT),
+        capture.clone(),
+        runtime.handle(),
+    );
+    let ingest = ingest(&test);
+    let acks = Arc::new(Acks::default());
+    let submitted = Arc::new(AtomicUsize::new(0));
+    const EVENTS: u64 = 500;
+    let producer = {
+        let (acks, submitted) = (acks.clone(), submitted.clone());
+        runtime.spawn(async move {
+            for seq in 0..EVENTS {
+                let body = huawei_body(&format!("dev-{}", seq % 5), seq);
+                ingest.submit(acks.delivery(body)).await.expect("submit");
+                submitted.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    // The path holds every confirmation: intake stops at the in-flight limit.
+    wait_for("the in-flight limit", || {
+        capture.received().len() == MAX_IN_FLIGHT
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(submitted.load(Ordering::SeqCst), MAX_IN_FLIGHT);
+    assert_eq!(test.pipeline().in_flight(), MAX_IN_FLIGHT);
+    assert_eq!(test.metrics.in_flight.get(), MAX_IN_FLIGHT as u64);
+    assert_eq!(capture.received().len(), MAX_IN_FLIGHT);
+    assert_eq!(acks.acked(), 0, "acked before the commands were confirmed");
+
+    capture.release();
+    runtime.block_on(producer).expect("producer");
+    let pipeline = test.pipeline.take().unwrap();
+    assert!(runtime.block_on(pipeline.drain(Duration::from_secs(20))));
+    assert_eq!(acks.acked(), EVENTS as usize);
+    assert_eq!(capture.received().len(), EVENTS as usize);
+    assert_eq!(test.metrics.in_flight.get(), 0);
+}
+
+#[test]
+fn a_duplicate_is_acked_without_running_rules_and_garbage_becomes_a_dead_letter() {
+    let runtime = runtime();
+    let capture = Capture::open("out");
+    let mut test = TestPipeline::start(
+        &["testing/echo"],
+        ECHO_RULE,
+        settings(2, 8, 64),
+        capture.clone(),
+        runtime.handle(),
+    );
+    let ingest = ingest(&test);
+    let acks = Arc::new(Acks::default());
+    runtime.block_on(async {
+        for body in [
+            huawei_body("dev-a", 1),
+            huawei_body("dev-a", 1),
+            "{\"resource\": 7".to_owned(),
+        ] {
+            ingest.submit(acks.delivery(body)).await.expect("submit");
+        }
+    });
+    drop(ingest);
+    let pipeline = test.pipeline.take().unwrap();
+    assert!(runtime.block_on(pipeline.drain(Duration::from_secs(20))));
+
+    assert_eq!(acks.acked(), 3);
+    assert_eq!(capture.received().len(), 1);
+    let dropped = test
+        .metrics
+        .events_dropped
+        .with(&["test", "duplicate"])
+        .get();
+    assert_eq!(dropped, 1);
+    let letters = test.dead_letters.letters();
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0].kind, "json");
+    assert_eq!(letters[0].connector.as_ref(), "test");
+    assert_eq!(letters[0].payload, b"{\"resource\": 7");
+    assert!(
+        letters[0].message.contains("line 1"),
+        "{}",
+        letters[0].message
+    );
+}
+
+#[test]
+fn a_plugin_failure_dead_letters_the_raw_message_under_the_rules_policy() {
+    let runtime = runtime();
+    let capture = Capture::open("out");
+    let rules = r#"
+[[rule]]
+name = "panics"
+on_error = "dead-letter"
+
+[[rule.step]]
+plugin = "panic"
+
+[[rule]]
+name = "echo-all"
+commands.via = "out"
+
+[[rule.step]]
+plugin = "echo"
+"#;
+    let mut test = TestPipeline::start(
+        &["testing/echo", "testing/panic"],
+        rules,
+        settings(2, 8, 64),
+        capture.clone(),
+        runtime.handle(),
+    );
+    let ingest = ingest(&test);
+    let acks = Arc::new(Acks::default());
+    let body = huawei_body("dev-a", 1);
+    runtime
+        .block_on(ingest.submit(acks.delivery(body.clone())))
+        .expect("submit");
+    drop(ingest);
+    let pipeline = test.pipeline.take().unwrap();
+    assert!(runtime.block_on(pipeline.drain(Duration::from_secs(20))));
+
+    assert_eq!(acks.acked(), 1);
+    // The other rule ran independently.
+    assert_eq!(capture.received().len(), 1);
+    let letters = test.dead_letters.letters();
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0].kind, "plugin:panic");
+    assert_eq!(letters[0].rule.as_deref(), Some("panics"));
+    assert_eq!(letters[0].step, Some(1));
+    assert_eq!(letters[0].payload, body.as_bytes());
+    assert_eq!(letters[0].event_id.as_deref(), Some("dev-a-1"));
+}
+
+#[test]
+fn bad_rule_files_are_refused_with_their_reason_while_the_old_rules_keep_serving() {
+    let runtime = runtime();
+    let capture = Capture::open("out");
+    let mut test = TestPipeline::start(
+        &["testing/echo"],
+        ECHO_RULE,
+        settings(2, 8, 64),
+        capture.clone(),
+        runtime.handle(),
+    );
+    let ingest = ingest(&test);
+    let acks = Arc::new(Acks::default());
+    let file = test.rules_dir.path().join("rules.toml");
+    let renamed = ECHO_RULE.replace(
+        "plugin = \"echo\"",
+        "plugin = \"echo\"\nconfig = { command = \"echo-v2\" }",
+    );
+    let bad: [(&str, String, &str); 6] = [
+        (
+            "TOML syntax",
+            "[[rule]\nname = \"x\"".into(),
+            "rules.toml:1:",
+        ),
+        (
+            "missing plugin",
+            ECHO_RULE.replace("\"echo\"", "\"no-such-plugin\""),
+            "unknown plugin \"no-such-plugin\"",
+        ),
+        (
+            "config refused by init",
+            ECHO_RULE.replace(
+                "plugin = \"echo\"",
+                "plugin = \"echo\"\nconfig = { colour = 1 }",
+            ),
+            "init refused the config",
+        ),
+        (
+            "bad expression",
+            ECHO_RULE.replace("commands.via", "if = 'event.'\ncommands.via"),
+            "rule \"echo-all\": if: ",
+        ),
+        (
+            "unknown key",
+            ECHO_RULE.replace("commands.via", "priority = 1\ncommands.via"),
+            "priority",
+        ),
+        (
+            "duplicate rule name",
+            format!("{ECHO_RULE}\n{ECHO_RULE}"),
+            "echo-all",
+        ),
+    ];
+    let mut seq = 0;
+    let mut send_one = |expected_command: &str| {
+        seq += 1;
+        let before = capture.received().len();
+        runtime
+            .block_on(ingest.submit(acks.delivery(huawei_body("dev-a", seq))))
+            .expect("submit");
+        wait_for("the command", || capture.received().len() == before + 1);
+        let last = capture.received().pop().unwrap();
+        assert_eq!(last.name, expected_command);
+        assert_eq!(last.seq, Some(seq));
+    };
+    send_one("echo");
+    for (what, text, reason) in &bad {
+        std::fs::write(&file, text).unwrap();
+        let errors = test.rules.reload().expect_err(what);
+        let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            all.iter()
+                .any(|e| e.contains("rules.toml") && e.contains(reason)),
+            "{what}: {all:#?}"
+        );
+        send_one("echo");
+    }
+    std::fs::write(&file, &renamed).unwrap();
+    test.rules.reload().expect("a good file loads");
+    send_one("echo-v2");
+    drop(ingest);
+    let pipeline = test.pipeline.take().unwrap();
+    assert!(runtime.block_on(pipeline.drain(Duration::from_secs(20))));
+    assert_eq!(acks.acked(), bad.len() + 2);
+}
+
+/// A service directory: the echo plugin, one rule sending to path `out`, `lines` Huawei
+/// messages to replay with an offset file, and a config whose `out` path is `path`.
+struct ServiceDir {
+    dir: tempfile::TempDir,
+}
+
+impl ServiceDir {
+    fn new(lines: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins");
+        let rules = dir.path().join("rules");
+        std::fs::create_dir_all(&plugins).unwrap();
+        std::fs::create_dir_all(&rules).unwrap();
+        iotrules_tests::plugins::install(
+            &plugins,
+            "echo",
+            &iotrules_tests::plugins::built("testing/echo"),
+        );
+        std::fs::write(rules.join("echo.toml"), ECHO_RULE).unwrap();
+        let recorded: Vec<String> = (1..=lines)
+            .map(|seq| {
+                serde_json::json!({ "payload": huawei_body(&format!("dev-{}", seq % 3), seq) })
+                    .to_string()
+            })
+            .collect();
+        std::fs::write(dir.path().join("huawei.jsonl"), recorded.join("\n") + "\n").unwrap();
+        ServiceDir { dir }
+    }
+
+    fn config(&self, path: &str) -> std::path::PathBuf {
+        let config = self.dir.path().join("iotrules.toml");
+        let text = format!(
+            r#"
+rules = "rules"
+plugins = "plugins"
+store = "state/iotrules.db"
+
+[pipeline]
+workers = 2
+
+[[connector]]
+name = "replayed"
+kind = "replay"
+dialect = "huawei"
+file = "huawei.jsonl"
+offset_file = "state/offset.json"
+
+[[command_path]]
+name = "out"
+{path}
+"#
+        );
+        std::fs::create_dir_all(self.dir.path().join("state")).unwrap();
+        std::fs::write(&config, text).unwrap();
+        config
+    }
+
+    fn offset(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("state/offset.json")).ok()
+    }
+}
+
+fn seqs_in(stdout: &str) -> Vec<u64> {
+    let mut seqs: Vec<u64> = stdout
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect(line);
+            value["params"]["seq"].as_u64().expect(line)
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+#[test]
+fn a_crash_before_the_ack_redelivers_on_the_next_start_and_nothing_after_it() {
+    let runtime = runtime();
+    let service = ServiceDir::new(20);
+    // First run: the webhook never answers, so nothing is confirmed, so nothing is acked.
+    let silent = HttpServer::start(runtime.handle(), false);
+    let config = service.config(&format!(
+        "kind = \"webhook\"\nurl = \"http://{}/commands\"\ntimeout_ms = 60000\nretries = 0",
+        silent.address
+    ));
+    let mut child = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start iotrules");
+    wait_for("the first webhook request", || !silent.bodies().is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let body: serde_json::Value = serde_json::from_str(&silent.bodies()[0]).unwrap();
+    assert_eq!(body["name"], "echo");
+    assert!(
+        service
+            .offset()
+            .is_none_or(|o| o.contains("\"next_line\": 1}")),
+        "acked without confirmation: {:?}",
+        service.offset()
+    );
+
+    // Second run: the webhook answers; every message is delivered (again) and acked.
+    let answering = HttpServer::start(runtime.handle(), true);
+    let config = service.config(&format!(
+        "kind = \"webhook\"\nurl = \"http://{}/commands\"",
+        answering.address
+    ));
+    let status = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run iotrules");
+    assert!(status.success());
+    let mut seqs: Vec<u64> = answering
+        .bodies()
+        .iter()
+        .map(|b| {
+            serde_json::from_str::<serde_json::Value>(b).unwrap()["params"]["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    assert_eq!(service.offset().as_deref(), Some("{\"next_line\": 21}\n"));
+
+    // Third run: nothing left to deliver.
+    let config = service.config("kind = \"log\"");
+    let output = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run iotrules");
+    assert!(output.status.success());
+    assert_eq!(
+        seqs_in(&String::from_utf8_lossy(&output.stdout)),
+        Vec::<u64>::new()
+    );
+}
+
+#[test]
+fn the_log_path_prints_every_command_and_the_summary_counts_them() {
+    let service = ServiceDir::new(12);
+    let config = service.config("kind = \"log\"");
+    let output = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run iotrules");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        seqs_in(&String::from_utf8_lossy(&output.stdout)),
+        (1..=12).collect::<Vec<_>>()
+    );
+    assert!(
+        stderr.contains("connector replayed: 12 received"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("rule echo-all: 12 matched, 12 passed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("command path out: 12 sent, 0 failed"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_reports_every_problem_with_its_place_and_fails() {
+    let service = ServiceDir::new(1);
+    let config = service.config("kind = \"log\"");
+    let ok = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run iotrules check");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+
+    let rules = service.dir.path().join("rules");
+    std::fs::write(
+        rules.join("more.toml"),
+        "[[rule]]\nname = \"other\"\ncommands.via = \"nowhere\"\n\n[[rule.step]]\nplugin = \"echo\"\n",
+    )
+    .unwrap();
+    std::fs::write(rules.join("broken.toml"), "[[rule]]\nname = 3\n").unwrap();
+    let bad = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run iotrules check");
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("broken.toml:2:"), "{stdout}");
+
+    std::fs::remove_file(rules.join("broken.toml")).unwrap();
+    let bad = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run iotrules check");
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("more.toml:1:1: rule \"other\": commands.via names \"nowhere\""),
+        "{stdout}"
+    );
+}
