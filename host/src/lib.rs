@@ -10,5 +10,6 @@
 pub mod event;
 pub mod plugin;
 pub mod rules;
+pub mod ruletest;
 pub mod time;
 pub mod vendor;
