@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod decode;
+mod test;
 
 use std::process::ExitCode;
 
@@ -34,11 +35,37 @@ enum Command {
     /// need not appear in shell history. Exits non-zero with a one-line reason when the
     /// message is refused (signature, base64, decrypt, json, unsupported).
     Decode(decode::DecodeArgs),
+
+    /// Run the rule tests: events through the rules and the real plugins, checked against
+    /// the verdicts and commands the tests expect.
+    ///
+    /// Tests are `[[test]]` tables in the rules directory's `*.test.toml` files and in the
+    /// `*.toml` files of its `tests/` subdirectory (the service skips both). Each test starts
+    /// with empty plugin state and a clock at 2025-11-23T08:00:00Z that moves only by its
+    /// inputs' `after_s`:
+    ///
+    ///   [[test]]
+    ///   name = "motion switches the hallway lamp on"
+    ///   [[test.input]]
+    ///   vendor = "tuya"
+    ///   device = "vdevo-hallway-pir"
+    ///   properties = { pir = "pir" }
+    ///   [[test.input.expect]]
+    ///   rule = "hallway-motion-light"
+    ///   verdict = "keep"        # replace, pass, drop, dead-letter, drop-on-error, no-match, if-error
+    ///   commands = [{ device = "vdevo-hallway-lamp", name = "switch_led", params = true }]
+    ///
+    /// An expectation checks only the fields it gives. The format is documented in
+    /// rules/README.md. Prints one line per test, a diff (- expected, + actual) per failed
+    /// expectation, and a summary; exits non-zero when a test fails or a file has a problem.
+    #[command(verbatim_doc_comment)]
+    Test(test::TestArgs),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Decode(args) => decode::run(args),
+        Command::Test(args) => test::run(args),
     }
 }
