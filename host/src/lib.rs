@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod rules;
+pub mod ruletest;
 pub mod service;
 pub mod status;
 pub mod time;

@@ -51,13 +51,16 @@ pub struct Captured {
     pub seq: Option<u64>,
 }
 
+/// The sending half of a [`Confirmation`].
+type Confirmer = oneshot::Sender<Result<(), CommandError>>;
+
 /// A command path that records every command and confirms it, or holds the confirmations
 /// while closed.
 #[derive(Default)]
 pub struct Capture {
     name: String,
     received: Mutex<Vec<Captured>>,
-    held: Mutex<Option<Vec<oneshot::Sender<Result<(), CommandError>>>>>,
+    held: Mutex<Option<Vec<Confirmer>>>,
 }
 
 impl Capture {

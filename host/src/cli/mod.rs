@@ -3,6 +3,7 @@
 mod check;
 mod decode;
 mod run;
+mod test;
 
 use std::process::ExitCode;
 
@@ -52,6 +53,30 @@ enum Command {
     ///
     /// Every problem is printed on its own line with its file, line and column.
     Check(check::CheckArgs),
+    /// Run the rule tests: events through the rules and the real plugins, checked against
+    /// the verdicts and commands the tests expect.
+    ///
+    /// Tests are `[[test]]` tables in the rules directory's `*.test.toml` files and in the
+    /// `*.toml` files of its `tests/` subdirectory (the service skips both). Each test starts
+    /// with empty plugin state and a clock at 2025-11-23T08:00:00Z that moves only by its
+    /// inputs' `after_s`:
+    ///
+    ///   [[test]]
+    ///   name = "motion switches the hallway lamp on"
+    ///   [[test.input]]
+    ///   vendor = "tuya"
+    ///   device = "vdevo-hallway-pir"
+    ///   properties = { pir = "pir" }
+    ///   [[test.input.expect]]
+    ///   rule = "hallway-motion-light"
+    ///   verdict = "keep"        # replace, pass, drop, dead-letter, drop-on-error, no-match, if-error
+    ///   commands = [{ device = "vdevo-hallway-lamp", name = "switch_led", params = true }]
+    ///
+    /// An expectation checks only the fields it gives. The format is documented in
+    /// rules/README.md. Prints one line per test, a diff (- expected, + actual) per failed
+    /// expectation, and a summary; exits non-zero when a test fails or a file has a problem.
+    #[command(verbatim_doc_comment)]
+    Test(test::TestArgs),
 }
 
 /// Runs the parsed command.
@@ -60,6 +85,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Decode(args) => decode::run(args),
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::run(args),
+        Command::Test(args) => test::run(args),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
@@ -45,6 +46,27 @@ pub struct Grants {
     pub read_dirs: Vec<PathBuf>,
 }
 
+/// What a plugin's `now-ms` import reads.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    /// The host's system clock, as the service runs.
+    #[default]
+    System,
+    /// The time its owner last stored, in Unix ms: rule tests (`iotrules test`) pin the
+    /// clock so a plugin that reads the time behaves the same on every run.
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    /// The time now, in Unix ms.
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Clock::System => crate::time::now_ms(),
+            Clock::Manual(time) => time.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The `tracing` target of plugin log lines (filter with `RUST_LOG=iotrules::plugin=debug`).
 const LOG_TARGET: &str = "iotrules::plugin";
 
@@ -63,7 +85,7 @@ pub struct HostState {
     state: Arc<dyn StateStore>,
     namespace: Arc<str>,
     pending: PendingWrites,
-    clock: fn() -> u64,
+    clock: Clock,
     stderr: MemoryOutputPipe,
     /// The last panic report the guest logged during the current call (the SDK's panic hook
     /// logs one before the panic traps).
@@ -118,7 +140,7 @@ impl host::Host for HostState {
     }
 
     fn now_ms(&mut self) -> wasmtime::Result<u64> {
-        Ok((self.clock)())
+        Ok(self.clock.now_ms())
     }
 
     fn state_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
@@ -207,6 +229,7 @@ impl Instance {
         grants: &Grants,
         state: Arc<dyn StateStore>,
         namespace: &Arc<str>,
+        clock: Clock,
     ) -> Result<Self, PluginError> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = wasi_context(grants, stderr.clone()).map_err(|error| PluginError::Init {
@@ -224,7 +247,7 @@ impl Instance {
             state,
             namespace: namespace.clone(),
             pending: PendingWrites::default(),
-            clock: crate::time::now_ms,
+            clock,
             stderr,
             panic: None,
         };
@@ -247,8 +270,8 @@ impl Instance {
         Ok(instance)
     }
 
-    /// Replaces the clock the `now-ms` import reads (rule tests pin it).
-    pub fn set_clock(&mut self, clock: fn() -> u64) {
+    /// Replaces the clock the `now-ms` import reads.
+    pub fn set_clock(&mut self, clock: Clock) {
         self.store.data_mut().clock = clock;
     }
 

@@ -21,7 +21,7 @@ mod runtime;
 mod state;
 mod watch;
 
-pub use instance::{Grants, Instance, Limits};
+pub use instance::{Clock, Grants, Instance, Limits};
 pub use registry::{
     DEFAULT_QUARANTINE_AFTER, Registry, ReloadReport, Slot, Step, StepOutcome, Version,
 };

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
 use super::bindings::PluginPre;
-use super::instance::{Grants, HostState, Instance, Limits};
+use super::instance::{Clock, Grants, HostState, Instance, Limits};
 use super::runtime::Runtime;
 use super::state::{MemoryStateStore, StateStore};
 use super::{Outcome, PluginError};
@@ -119,6 +119,7 @@ pub struct Registry {
     state: Arc<dyn StateStore>,
     slots: RwLock<HashMap<String, Arc<Slot>>>,
     quarantine_after: u32,
+    clock: Clock,
     next_version: AtomicU64,
     subscribers: Arc<Mutex<Vec<mpsc::Sender<ReloadReport>>>>,
     /// Serializes loads, so two reloads of one file cannot swap out of order.
@@ -134,6 +135,7 @@ impl Registry {
             state,
             slots: RwLock::new(HashMap::new()),
             quarantine_after: DEFAULT_QUARANTINE_AFTER,
+            clock: Clock::System,
             next_version: AtomicU64::new(1),
             subscribers: Arc::default(),
             loading: Mutex::new(()),
@@ -143,6 +145,12 @@ impl Registry {
     /// Quarantine a version after `failures` failures in a row (at least 1).
     pub fn with_quarantine_after(mut self, failures: u32) -> Self {
         self.quarantine_after = failures.max(1);
+        self
+    }
+
+    /// The clock every instance's `now-ms` reads (the system clock unless set).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -309,6 +317,7 @@ impl Registry {
                 &Grants::default(),
                 scratch,
                 &namespace,
+                self.clock.clone(),
             )?;
             return Ok(());
         }
@@ -322,6 +331,7 @@ impl Registry {
                 &Grants::default(),
                 scratch.clone(),
                 &namespace,
+                self.clock.clone(),
             )?;
         }
         Ok(())
@@ -361,6 +371,7 @@ impl Registry {
             namespace: Arc::from(namespace),
             instance: None,
             quarantine_after: self.quarantine_after,
+            clock: self.clock.clone(),
             subscribers: self.subscribers.clone(),
         };
         let version = step.slot.current();
@@ -416,6 +427,7 @@ pub struct Step {
     namespace: Arc<str>,
     instance: Option<(Arc<Version>, Instance)>,
     quarantine_after: u32,
+    clock: Clock,
     subscribers: Arc<Mutex<Vec<mpsc::Sender<ReloadReport>>>>,
 }
 
@@ -483,6 +495,7 @@ impl Step {
             &self.grants,
             self.state.clone(),
             &self.namespace,
+            self.clock.clone(),
         )
     }
 

@@ -24,6 +24,11 @@ impl MemoryStateStore {
         Self::default()
     }
 
+    /// Forgets every key of every namespace: a rule test starts each test from nothing.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     /// How many keys a namespace holds.
     pub fn len(&self, namespace: &str) -> usize {
         self.lock().get(namespace).map_or(0, HashMap::len)
@@ -102,6 +107,16 @@ mod tests {
         assert_eq!(store.get("rule/0", "a").as_deref(), Some(&b"2"[..]));
         assert_eq!(store.get("rule/0", "b"), None);
         assert_eq!(store.get("rule/1", "a"), None, "namespaces are separate");
+    }
+
+    #[test]
+    fn clear_forgets_every_namespace() {
+        let store = MemoryStateStore::new();
+        store.apply("a/1", vec![("k".into(), Some(b"1".to_vec()))]);
+        store.apply("b/1", vec![("k".into(), Some(b"2".to_vec()))]);
+        store.clear();
+        assert_eq!(store.get("a/1", "k"), None);
+        assert_eq!(store.len("b/1"), 0);
     }
 
     #[test]

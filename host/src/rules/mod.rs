@@ -50,6 +50,7 @@ mod when;
 pub use condition::EventScope;
 pub use error::{Position, RuleError};
 pub use format::OnError;
+pub(crate) use format::to_json;
 pub use reload::{DEFAULT_DEBOUNCE, ReloadResult, ReloadSummary, Rules, RulesWatcher};
 pub use rule::{ConditionError, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB, MAX_DEADLINE_MS, Rule};
 pub use run::{RuleOutcome, RuleResult, RuleRuntime, StepError, StepVersion};

@@ -1,0 +1,196 @@
+//! Running a test: fresh plugin state and instances, the test clock, every input through
+//! the rules that take it, and every expectation checked.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::START_MS;
+use super::check::{self, RuleRun};
+use super::load::{RuleTest, Source};
+use crate::event::Event;
+use crate::plugin::{Clock, MemoryStateStore, Registry, Runtime};
+use crate::rules::{Position, RuleResult, RuleSet};
+
+/// Runs tests against the plugins of one directory. Its registry keeps state in memory,
+/// reads the test clock, and never quarantines a plugin (a test that makes a plugin fail
+/// must not change what the next test sees).
+pub struct Runner {
+    registry: Registry,
+    state: Arc<MemoryStateStore>,
+    clock: Arc<AtomicU64>,
+}
+
+impl Runner {
+    /// A runner over the plugins of `plugins`; nothing is loaded yet: call
+    /// `runner.registry().load_all()`, then load the rules against the registry.
+    pub fn new(runtime: Arc<Runtime>, plugins: impl Into<PathBuf>) -> Self {
+        let state = Arc::new(MemoryStateStore::new());
+        let clock = Arc::new(AtomicU64::new(START_MS));
+        let registry = Registry::new(runtime, plugins, state.clone())
+            .with_quarantine_after(u32::MAX)
+            .with_clock(Clock::Manual(clock.clone()));
+        Runner {
+            registry,
+            state,
+            clock,
+        }
+    }
+
+    /// The plugins the tests run.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Runs `test` against `set` (loaded through [`Runner::registry`]): empty state, fresh
+    /// instances, the clock at [`START_MS`]; then each input in order, through every rule
+    /// the test runs that takes it.
+    pub fn run(&self, set: &RuleSet, test: &RuleTest) -> TestReport {
+        let mut report = TestReport {
+            name: test.name.clone(),
+            file: test.file.clone(),
+            position: test.position,
+            failures: Vec::new(),
+        };
+        self.state.clear();
+        let mut now = START_MS;
+        self.clock.store(now, Ordering::Relaxed);
+        let mut runtimes = match set.instantiate(&self.registry) {
+            Ok(runtimes) => runtimes,
+            Err(errors) => {
+                let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                report.failures.push(Failure {
+                    position: test.position,
+                    context: "the rules' plugins would not start".to_owned(),
+                    detail: reasons.join("\n"),
+                });
+                return report;
+            }
+        };
+        runtimes.retain(|runtime| test.runs(runtime.rule().name()));
+
+        for (index, input) in test.inputs.iter().enumerate() {
+            let number = index + 1;
+            now = now.saturating_add(input.after_ms);
+            self.clock.store(now, Ordering::Relaxed);
+            let event = match &input.source {
+                Source::Event { event, timed } => {
+                    let mut event = Event::clone(event);
+                    if !timed {
+                        event.time_ms = now;
+                    }
+                    event
+                }
+                Source::Raw(raw) => match raw.decode() {
+                    Ok(event) => event,
+                    Err(reason) => {
+                        report.failures.push(Failure {
+                            position: input.position,
+                            context: format!("input {number}"),
+                            detail: reason,
+                        });
+                        continue;
+                    }
+                },
+            };
+
+            // Which rules take the event, as the service decides it.
+            let mut matched = Vec::new();
+            let mut if_errors = Vec::new();
+            for outcome in set.evaluate(&event) {
+                match outcome {
+                    Ok(rule) if test.runs(rule.name()) => matched.push(rule.name()),
+                    Err(error) if test.runs(&error.rule) => if_errors.push(error),
+                    _ => {}
+                }
+            }
+            let results: Vec<RuleResult<'_>> = runtimes
+                .iter_mut()
+                .filter(|runtime| matched.contains(&runtime.rule().name()))
+                .map(|runtime| runtime.run(&event))
+                .collect();
+
+            for expectation in &input.expectations {
+                let run = match &expectation.rule {
+                    None => RuleRun::NoMatch,
+                    Some(rule) => {
+                        if let Some(result) = results.iter().find(|r| r.rule == *rule) {
+                            RuleRun::Ran(result)
+                        } else if let Some(error) = if_errors.iter().find(|e| e.rule == *rule) {
+                            RuleRun::IfError(&error.reason)
+                        } else {
+                            RuleRun::NoMatch
+                        }
+                    }
+                };
+                let actual = check::actual(&run, &matched);
+                let Some(mismatch) = check::compare(&expectation.expected, &actual) else {
+                    continue;
+                };
+                let context = match &expectation.rule {
+                    Some(rule) => format!("input {number}, rule \"{rule}\": it {}", run.summary()),
+                    None => format!("input {number}"),
+                };
+                report.failures.push(Failure {
+                    position: expectation.position,
+                    context,
+                    detail: mismatch.diff(),
+                });
+            }
+        }
+        report
+    }
+}
+
+/// How one test went.
+#[derive(Debug, Clone)]
+pub struct TestReport {
+    /// The test's name.
+    pub name: String,
+    /// Its file.
+    pub file: PathBuf,
+    /// Where its `[[test]]` starts.
+    pub position: Position,
+    /// Every expectation that did not hold, in input order.
+    pub failures: Vec<Failure>,
+}
+
+impl TestReport {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// An expectation that did not hold, or an input that could not run.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The expectation (or input) in the test file.
+    pub position: Position,
+    /// Which input and rule, and what the rule really did.
+    pub context: String,
+    /// The diff of expected (`-`) and actual (`+`), one field per line; or why the input
+    /// could not run.
+    pub detail: String,
+}
+
+impl Failure {
+    /// Displays the failure with the test file's path.
+    pub fn display<'a>(&'a self, file: &'a Path) -> impl fmt::Display + 'a {
+        DisplayFailure(self, file)
+    }
+}
+
+struct DisplayFailure<'a>(&'a Failure, &'a Path);
+
+impl fmt::Display for DisplayFailure<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let DisplayFailure(failure, file) = self;
+        let Position { line, column } = failure.position;
+        writeln!(f, "{}:{line}:{column}: {}", file.display(), failure.context)?;
+        for line in failure.detail.lines() {
+            writeln!(f, "    {line}")?;
+        }
+        Ok(())
+    }
+}
