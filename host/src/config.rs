@@ -16,6 +16,7 @@
 //! dedup_window_s = 600             # an event id seen within this long is a duplicate
 //! dedup_capacity = 100000          # ids remembered at most
 //! shutdown_timeout_s = 30          # how long SIGINT/SIGTERM waits for events in flight
+//! order = "device"                 # or "connector": what keeps arrival order (see Order)
 //!
 //! [[connector]]
 //! name = "tuya-eu"
@@ -102,6 +103,21 @@ pub struct PipelineConfig {
     pub dedup_capacity: usize,
     /// How long a shutdown waits for events in flight, in seconds.
     pub shutdown_timeout_s: u64,
+    /// Which events keep their order relative to each other.
+    pub order: Order,
+}
+
+/// Which events are handled one after another, in arrival order (the rest run in parallel).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Order {
+    /// The events of one device (the default): devices spread over the workers.
+    #[default]
+    Device,
+    /// Every event of one connector: for rules whose plugins correlate several devices
+    /// (a motion sensor and the lights it switches), whose state must see the devices'
+    /// events in arrival order. Connectors spread over the workers.
+    Connector,
 }
 
 impl Default for PipelineConfig {
@@ -113,6 +129,7 @@ impl Default for PipelineConfig {
             dedup_window_s: 600,
             dedup_capacity: 100_000,
             shutdown_timeout_s: 30,
+            order: Order::Device,
         }
     }
 }

@@ -30,25 +30,37 @@ pub struct TestArgs {
     /// The directory of the plugin components, NAME.wasm [default: plugins/dist].
     #[arg(long, value_name = "DIR")]
     plugins: Option<PathBuf>,
+
+    /// Take the rules and plugins directories from this service configuration (the flags
+    /// above still win).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 impl TestArgs {
-    /// The directories to use: the flags, else the defaults. (A `--config` file will supply
-    /// the service's directories here, between the two.)
-    fn dirs(&self) -> (PathBuf, PathBuf) {
-        (
-            self.rules
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_RULES)),
-            self.plugins
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_PLUGINS)),
-        )
+    /// The directories to use: the flags, else the config's, else the defaults.
+    fn dirs(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let config = match &self.config {
+            Some(file) => Some(iotrules::config::Config::load(file)?),
+            None => None,
+        };
+        let rules = self
+            .rules
+            .clone()
+            .or_else(|| config.as_ref().map(|c| c.rules.clone()));
+        let plugins = self
+            .plugins
+            .clone()
+            .or_else(|| config.as_ref().map(|c| c.plugins.clone()));
+        Ok((
+            rules.unwrap_or_else(|| PathBuf::from(DEFAULT_RULES)),
+            plugins.unwrap_or_else(|| PathBuf::from(DEFAULT_PLUGINS)),
+        ))
     }
 }
 
 pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
-    let (rules_dir, plugins_dir) = args.dirs();
+    let (rules_dir, plugins_dir) = args.dirs()?;
     let runtime =
         Runtime::new(RuntimeConfig::default()).context("cannot start the plugin runtime")?;
     let runner = Runner::new(runtime, &plugins_dir);

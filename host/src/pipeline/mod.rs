@@ -6,7 +6,8 @@
 //!   owns its device. A message that does not decode goes to the dead letters, then is acked.
 //! - **Workers** (threads, `workers` of them): each owns an instance of every rule's plugin
 //!   chain and takes the events of its devices in arrival order, so events of one device are
-//!   handled one after another, in order, while devices spread over the workers. Every rule
+//!   handled one after another, in order, while devices spread over the workers (with
+//!   `order = "connector"`, a connector's events all stay on one worker, in order). Every rule
 //!   whose `when` and `if` take the event runs, independently of the others. Commands are
 //!   queued on their paths in the order the rules emitted them.
 //! - **Completion**: the delivery is acknowledged only when every matching rule has finished,
@@ -30,7 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 pub use self::dedup::Dedup;
 use crate::command::{CommandPaths, Confirmation};
-use crate::config::PipelineConfig;
+use crate::config::{Order, PipelineConfig};
 use crate::connector::{Acker, Delivery, Settle};
 use crate::event::{Command, Event};
 use crate::metrics::{Counter, Histogram, Metrics};
@@ -106,6 +107,7 @@ struct Shared {
     dedup: Mutex<Dedup>,
     runtime: tokio::runtime::Handle,
     hasher: std::collections::hash_map::RandomState,
+    order: Order,
 }
 
 /// The running pipeline: its workers and the way in.
@@ -203,6 +205,7 @@ impl Pipeline {
             )),
             runtime,
             hasher: Default::default(),
+            order: settings.order,
         });
         let mut senders = Vec::new();
         let mut workers = Vec::new();
@@ -369,7 +372,10 @@ impl Ingest {
             return Ok(());
         }
         pending.dedup_id = Some(event.id.clone());
-        let worker = self.worker_for(&event.device.id);
+        let worker = match self.shared.order {
+            Order::Device => self.worker_for(&event.device.id),
+            Order::Connector => self.worker_for(&self.connector),
+        };
         self.senders[worker]
             .send(Job {
                 event,
@@ -380,8 +386,8 @@ impl Ingest {
             .map_err(|_| Closed)
     }
 
-    fn worker_for(&self, device: &str) -> usize {
-        (self.shared.hasher.hash_one(device) % self.senders.len() as u64) as usize
+    fn worker_for(&self, key: &str) -> usize {
+        (self.shared.hasher.hash_one(key) % self.senders.len() as u64) as usize
     }
 }
 

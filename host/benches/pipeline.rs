@@ -1,0 +1,286 @@
+//! The whole in-process path: the replay connector reads recorded Tuya messages (AES-ECB,
+//! signed) → decode → de-duplication → 2 workers → 3 rules with one plugin each
+//! (`deadband`, `normalize-units`, `echo` which sends a command per event) → the `log`
+//! command path (into a sink) → acknowledgement.
+//!
+//! `scripts/build-plugins && cargo bench -p iotrules --bench pipeline`
+//!
+//! Criterion reports events/s for batches replayed as fast as the pipeline takes them
+//! (every event acknowledged before the batch counts as done). After it, the bench replays
+//! at half that rate and prints the latency percentiles per event, receipt to
+//! acknowledgement.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use iotrules::command::{CommandPaths, Lanes, LogTransport, PathSettings};
+use iotrules::config::PipelineConfig;
+use iotrules::connector::replay::{self, ReplaySettings};
+use iotrules::connector::{Acker, ConnectorState, Delivery, Settle};
+use iotrules::metrics::Metrics;
+use iotrules::pipeline::{Ingest, MemoryDeadLetters, Parts, Pipeline};
+use iotrules::plugin::{MemoryStateStore, Registry, Runtime, RuntimeConfig};
+use iotrules::rules::Rules;
+use iotrules::status::{ConnectorStatus, Connectors, LastErrors};
+use iotrules::vendor::tuya::{Decoder, Keys, Mode};
+use iotrules::vendor::{Dialect, SignMode};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ACCESS_KEY: &str = "benchKEY0123456789abcdefghijklmn";
+const BATCH: u64 = 20_000;
+const DEVICES: u64 = 64;
+
+const RULES: &str = r#"
+[[rule]]
+name = "temperature"
+when = { vendor = "tuya", kind = "properties" }
+[[rule.step]]
+plugin = "deadband"
+config = { datapoints = ["temp_current"], threshold = 0.5 }
+
+[[rule]]
+name = "brightness"
+when = { vendor = "tuya", kind = "properties" }
+[[rule.step]]
+plugin = "normalize-units"
+config.mappings = [{ from = "bright_value_v2", to = "brightness", range = { from = [10, 1000], to = [0, 100] }, round = 0 }]
+
+[[rule]]
+name = "echo"
+when = { vendor = "tuya" }
+commands.via = "log"
+[[rule.step]]
+plugin = "echo"
+"#;
+
+fn dist() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist")
+}
+
+/// A status report of `device`, numbered `seq` (a unique `dataId`, so no duplicates).
+fn message(keys: &Keys, batch: u64, seq: u64) -> String {
+    let device = seq % DEVICES;
+    let body = format!(
+        r#"{{"dataId":"b{batch}-{seq}","devId":"vdev-bench-{device}","productKey":"benchpk","status":[{{"code":"temp_current","t":1631545543536,"value":{}}},{{"code":"bright_value_v2","t":1631545543536,"value":{}}},{{"code":"seq","t":1631545543536,"value":{seq}}}]}}"#,
+        200 + seq % 7,
+        10 + seq % 990
+    );
+    let (payload, _) = keys.seal_iot_core(4, 1631545543537, body.as_bytes(), Mode::Ecb, [0; 12]);
+    serde_json::json!({ "payload": payload }).to_string()
+}
+
+struct Bench {
+    runtime: tokio::runtime::Runtime,
+    pipeline: Pipeline,
+    keys: Keys,
+    dir: tempfile::TempDir,
+    _cache: tempfile::TempDir,
+    _rules: tempfile::TempDir,
+}
+
+impl Bench {
+    fn new() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let plugins = tempfile::tempdir().expect("temp dir");
+        for (name, built) in [
+            ("deadband", "deadband"),
+            ("normalize-units", "normalize-units"),
+            ("echo", "testing/echo"),
+        ] {
+            let from = dist().join(format!("{built}.wasm"));
+            std::fs::copy(&from, plugins.path().join(format!("{name}.wasm"))).unwrap_or_else(|e| {
+                panic!("{}: {e}; run scripts/build-plugins first", from.display())
+            });
+        }
+        let cache = tempfile::tempdir().expect("temp dir");
+        let plugin_runtime = Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache.path().to_owned()),
+            ..RuntimeConfig::default()
+        })
+        .expect("plugin runtime");
+        let registry = Arc::new(Registry::new(
+            plugin_runtime,
+            plugins.path(),
+            Arc::new(MemoryStateStore::new()),
+        ));
+        registry.load_all().expect("plugins");
+        let rules_dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(rules_dir.path().join("bench.toml"), RULES).expect("rules");
+        let rules = Arc::new(
+            Rules::load(rules_dir.path(), registry.clone())
+                .unwrap_or_else(|e| panic!("rules: {e:#?}")),
+        );
+        let mut paths = CommandPaths::default();
+        paths.insert(Lanes::start(
+            "log",
+            LogTransport::to_writer("log", Box::new(tokio::io::sink())),
+            PathSettings {
+                lanes: 4,
+                queue: 256,
+                timeout: Duration::from_secs(5),
+                retries: 0,
+            },
+            runtime.handle(),
+        ));
+        let pipeline = Pipeline::start(
+            &PipelineConfig {
+                workers: 2,
+                ..PipelineConfig::default()
+            },
+            Parts {
+                rules,
+                registry,
+                paths,
+                dead_letters: Arc::new(MemoryDeadLetters::default()),
+                metrics: Arc::new(Metrics::default()),
+                errors: Arc::new(LastErrors::default()),
+            },
+            runtime.handle().clone(),
+        )
+        .expect("pipeline");
+        Bench {
+            runtime,
+            pipeline,
+            keys: Keys::new("benchAccessId", ACCESS_KEY).expect("key"),
+            dir: plugins,
+            _cache: cache,
+            _rules: rules_dir,
+        }
+    }
+
+    fn ingest(&self) -> Ingest {
+        self.pipeline.ingest(
+            "bench",
+            Dialect::Tuya(Decoder::new(self.keys.clone(), SignMode::Enforce)),
+        )
+    }
+
+    /// Writes a recording of `BATCH` messages numbered for `batch`.
+    fn record(&self, batch: u64) -> PathBuf {
+        let lines: Vec<String> = (0..BATCH)
+            .map(|seq| message(&self.keys, batch, seq))
+            .collect();
+        let file = self.dir.path().join("recorded.jsonl");
+        std::fs::write(&file, lines.join("\n")).expect("recording");
+        file
+    }
+
+    /// Replays `file` at `rate` (0: unlimited) until every message is acknowledged.
+    fn replay(&self, file: &Path, rate: f64) -> Duration {
+        let connectors = Arc::new(Connectors::default());
+        let status = connectors.add(ConnectorStatus {
+            name: "bench".into(),
+            kind: "replay",
+            dialect: "tuya",
+            identity: Vec::new(),
+            state: ConnectorState::Starting,
+            error: None,
+        });
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let settings = ReplaySettings {
+            file: file.to_owned(),
+            rate,
+            repeat: false,
+            offset_file: None,
+        };
+        let ingest = self.ingest();
+        let start = Instant::now();
+        let summary = self
+            .runtime
+            .block_on(replay::run(
+                settings,
+                ingest,
+                status,
+                Arc::new(LastErrors::default()),
+                shutdown,
+            ))
+            .expect("replay");
+        assert_eq!(summary.delivered, BATCH);
+        start.elapsed()
+    }
+}
+
+fn throughput(c: &mut Criterion) {
+    let bench = Bench::new();
+    let mut group = c.benchmark_group("pipeline");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(BATCH));
+    let mut batch = 0;
+    group.bench_function("replay-decode-3-rules-log-2-workers", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                batch += 1;
+                let file = bench.record(batch);
+                total += bench.replay(&file, 0.0);
+            }
+            total
+        })
+    });
+    group.finish();
+
+    // Latency at half load: submit at half the measured rate, time each event from
+    // submission to its acknowledgement.
+    batch += 1;
+    let file = bench.record(batch);
+    let full = BATCH as f64 / bench.replay(&file, 0.0).as_secs_f64();
+    let rate = full / 2.0;
+    batch += 1;
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(BATCH as usize)));
+    let ingest = bench.ingest();
+    let messages: Vec<Vec<u8>> = (0..BATCH)
+        .map(|seq| {
+            let line: serde_json::Value =
+                serde_json::from_str(&message(&bench.keys, batch, seq)).expect("line");
+            line["payload"]
+                .as_str()
+                .expect("payload")
+                .as_bytes()
+                .to_vec()
+        })
+        .collect();
+    let period = Duration::from_secs_f64(1.0 / rate);
+    bench.runtime.block_on(async {
+        let mut next = tokio::time::Instant::now();
+        for payload in messages {
+            tokio::time::sleep_until(next).await;
+            next += period;
+            let latencies = latencies.clone();
+            let submitted = Instant::now();
+            let delivery = Delivery {
+                payload,
+                properties: Vec::new(),
+                acker: Acker::new(move |how| {
+                    assert_eq!(how, Settle::Ack);
+                    latencies.lock().unwrap().push(submitted.elapsed());
+                }),
+            };
+            ingest.submit(delivery).await.expect("submit");
+        }
+        while latencies.lock().unwrap().len() < BATCH as usize {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let mut latencies = latencies.lock().unwrap().clone();
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    println!(
+        "pipeline/latency at half load ({rate:.0} events/s of {full:.0}): p50 {:?}, p99 {:?}, \
+         p99.9 {:?}, max {:?}",
+        at(0.5),
+        at(0.99),
+        at(0.999),
+        latencies[latencies.len() - 1]
+    );
+}
+
+criterion_group!(benches, throughput);
+criterion_main!(benches);
