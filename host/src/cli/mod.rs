@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod dead_letters;
 mod decode;
 
 use std::process::ExitCode;
@@ -34,11 +35,23 @@ enum Command {
     /// need not appear in shell history. Exits non-zero with a one-line reason when the
     /// message is refused (signature, base64, decrypt, json, unsupported).
     Decode(decode::DecodeArgs),
+    /// List, show and purge dead letters: deliveries the service could not process, kept
+    /// byte for byte with the reason, in the service's SQLite store.
+    ///
+    /// Examples:
+    ///
+    ///   iotrules dead-letters list --store /var/lib/iotrules/iotrules.db --kind decrypt
+    ///
+    ///   iotrules dead-letters show 42 --raw > message.bin
+    ///
+    ///   iotrules dead-letters purge --before 2024-05-01
+    DeadLetters(dead_letters::DeadLettersArgs),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Decode(args) => decode::run(args),
+        Command::DeadLetters(args) => dead_letters::run(args),
     }
 }
