@@ -1,11 +1,13 @@
 //! iotrules: takes device events from IoT clouds (Tuya, Alibaba, Huawei) and MQTT, verifies
 //! and decrypts them, normalizes each into one [`event::Event`], and runs it through rules.
 //!
-//! Today the crate holds the normalized model ([`event`]) and the vendor dialects
-//! ([`vendor`]): pure, tested code for every credential, signature, envelope and payload the
-//! clouds use. On top of them: the WebAssembly plugin host ([`plugin`]) and the rule files
-//! that select events and run them through plugin chains ([`rules`]). Connectors and the
-//! pipeline build on these.
+//! The normalized model ([`event`]) and the vendor dialects ([`vendor`]) are pure, tested
+//! code for every credential, signature, envelope and payload the clouds use. On top of
+//! them: the WebAssembly plugin host ([`plugin`]), the rule files that select events and run
+//! them through plugin chains ([`rules`], tested with [`ruletest`]), the local SQLite file
+//! for dead letters and plugin state ([`store`]), and the running service: [`config`],
+//! [`connector`]s, the [`pipeline`], [`command`] paths, [`metrics`] and the [`admin`] API,
+//! put together by [`service`].
 
 pub mod admin;
 pub mod command;
@@ -19,5 +21,6 @@ pub mod rules;
 pub mod ruletest;
 pub mod service;
 pub mod status;
+pub mod store;
 pub mod time;
 pub mod vendor;

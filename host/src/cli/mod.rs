@@ -1,7 +1,9 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod check;
+mod dead_letters;
 mod decode;
+mod replay;
 mod run;
 mod test;
 
@@ -77,6 +79,17 @@ enum Command {
     /// expectation, and a summary; exits non-zero when a test fails or a file has a problem.
     #[command(verbatim_doc_comment)]
     Test(test::TestArgs),
+    /// List, show and purge dead letters: deliveries the service could not process, kept
+    /// byte for byte with the reason, in the service's SQLite store.
+    ///
+    /// Examples:
+    ///
+    ///   iotrules dead-letters list --store /var/lib/iotrules/iotrules.db --kind decrypt
+    ///
+    ///   iotrules dead-letters show 42 --raw > message.bin
+    ///
+    ///   iotrules dead-letters purge --before 2024-05-01
+    DeadLetters(dead_letters::DeadLettersArgs),
 }
 
 /// Runs the parsed command.
@@ -86,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::run(args),
         Command::Test(args) => test::run(args),
+        Command::DeadLetters(args) => dead_letters::run(args),
     }
 }
 
@@ -107,16 +121,20 @@ fn init_logging(filter: Option<&str>, verbose: bool) {
         .try_init();
 }
 
-/// The dead-letter store and the plugin state store of `config`.
+/// The dead-letter store and the plugin state store of `config`: one SQLite file, created
+/// (with its directory) if missing.
 fn open_store(
-    _config: &iotrules::config::Config,
+    config: &iotrules::config::Config,
 ) -> anyhow::Result<(
     std::sync::Arc<dyn iotrules::pipeline::DeadLetterSink>,
     std::sync::Arc<dyn iotrules::plugin::StateStore>,
 )> {
-    // SQLite arrives with the store module; until then both live in memory.
-    Ok((
-        std::sync::Arc::new(iotrules::pipeline::MemoryDeadLetters::default()),
-        std::sync::Arc::new(iotrules::plugin::MemoryStateStore::new()),
-    ))
+    use anyhow::Context as _;
+    if let Some(dir) = config.store.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the store's directory {}", dir.display()))?;
+    }
+    let store = std::sync::Arc::new(iotrules::store::Store::open(&config.store)?);
+    let state = iotrules::store::SqliteStateStore::new(store.clone());
+    Ok((store, std::sync::Arc::new(state)))
 }
