@@ -425,7 +425,6 @@ fn ali_properties(topic: String, message_id: &str, t: u64) -> Vec<(&'static str,
 }
 
 /// A property post body; `items` are `(identifier, value as JSON)`.
-#[allow(clippy::too_many_arguments)]
 fn ali_post(
     request_id: &str,
     iot_id: &str,
