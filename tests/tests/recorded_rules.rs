@@ -83,6 +83,8 @@ fn read(file: &str) -> Vec<Recorded> {
 /// What the pipeline makes of the recordings, message by message and in total.
 #[derive(Default)]
 struct Replay {
+    /// Whether a repeated event id is dropped before the rules.
+    dedup: bool,
     /// One line per message: `file:line: what happened`.
     transcript: Vec<String>,
     /// Per rule: (events it passed on, events it dropped).
@@ -106,7 +108,7 @@ impl Replay {
                 RawMessage::new("replay", &recorded.payload).with_properties(&recorded.properties);
             let what = match dialect.decode(&message) {
                 Err(error) => format!("refused: {}", error.kind()),
-                Ok(event) if !seen.insert(event.id.clone()) => {
+                Ok(event) if self.dedup && !seen.insert(event.id.clone()) => {
                     format!("duplicate of {}", event.id)
                 }
                 Ok(event) => self.run(&event, set, runtimes),
@@ -178,8 +180,10 @@ impl Replay {
     }
 }
 
-#[test]
-fn recorded_streams_make_every_demo_rule_act_as_the_readme_says() {
+/// Replays the three recordings, in order, through the demo rules with fresh plugin state.
+/// `sign_mode` is the Tuya dialect's; `dedup` whether repeated event ids are dropped before
+/// the rules, as the pipeline does.
+fn replay(sign_mode: SignMode, dedup: bool) -> Replay {
     let harness = Harness::new();
     for name in ["deadband", "normalize-units", "motion-light"] {
         let report = harness.load(name, name);
@@ -198,12 +202,15 @@ fn recorded_streams_make_every_demo_rule_act_as_the_readme_says() {
         .collect();
 
     let keys = Keys::new(DEMO_ACCESS_ID, DEMO_ACCESS_KEY).expect("demo key");
-    let mut replay = Replay::default();
+    let mut replay = Replay {
+        dedup,
+        ..Replay::default()
+    };
     let started = Instant::now();
     for (file, dialect) in [
         (
             "tuya.jsonl",
-            Dialect::Tuya(tuya::Decoder::new(keys, SignMode::Enforce)),
+            Dialect::Tuya(tuya::Decoder::new(keys, sign_mode)),
         ),
         (
             "alibaba.jsonl",
@@ -216,8 +223,14 @@ fn recorded_streams_make_every_demo_rule_act_as_the_readme_says() {
     let took = started.elapsed();
     assert!(
         took < FAST_REPLAY,
-        "the replay took {took:?}: too slow for the meter's min_interval_s expectations below"
+        "the replay took {took:?}: too slow for the meter's min_interval_s expectations"
     );
+    replay
+}
+
+#[test]
+fn recorded_streams_make_every_demo_rule_act_as_the_readme_says() {
+    let replay = replay(SignMode::Enforce, true);
 
     let light = "hallway-motion-light: passed";
     let on = "hallway-motion-light: passed, command switch_led=true to vdevo-hallway-lamp via tuya-openapi";
@@ -306,4 +319,50 @@ fn recorded_streams_make_every_demo_rule_act_as_the_readme_says() {
     assert_eq!(count("refused"), 1);
     assert_eq!(count("duplicate"), 2);
     assert_eq!(count("no rule"), 11);
+}
+
+#[test]
+fn without_deduplication_the_redeliveries_replay_stale_readings() {
+    let replay = replay(SignMode::Enforce, false);
+    // The 18:01:00 presence, redelivered at 18:03:10, switches the empty hallway's lamp on;
+    // motion-light then counts it as its own and switches it off at 18:08:00, although by
+    // then someone had switched it on by hand.
+    assert_eq!(
+        replay.commands,
+        [
+            "switch_led=true to vdevo-hallway-lamp via tuya-openapi",
+            "switch_led=false to vdevo-hallway-lamp via tuya-openapi",
+            "switch_led=true to vdevo-hallway-lamp via tuya-openapi",
+            "switch_led=false to vdevo-hallway-lamp via tuya-openapi",
+        ]
+    );
+    // The redelivered 21.8 °C is 0.6 from the last kept 21.2: passed on as if current.
+    let stale =
+        "alibaba.jsonl:22: thermostat-temperature: passed as temperature=21.8 PowerSwitch=1";
+    assert!(
+        replay.transcript.iter().any(|line| line == stale),
+        "{:#?}",
+        replay.transcript
+    );
+    assert_eq!(replay.per_rule["thermostat-temperature"], (4, 3));
+    assert_eq!(replay.per_rule["hallway-motion-light"], (9, 0));
+}
+
+#[test]
+fn with_signatures_only_warned_the_tampered_presence_switches_the_lamp() {
+    let replay = replay(SignMode::Warn, true);
+    assert_eq!(
+        replay.transcript[7],
+        "tuya.jsonl:22: hallway-motion-light: passed, \
+         command switch_led=true to vdevo-hallway-lamp via tuya-openapi"
+    );
+    // And, believing it switched the lamp on, motion-light switches it off at 18:08:00,
+    // although someone had switched it on by hand at 18:05:00.
+    assert_eq!(
+        replay.transcript[11],
+        "tuya.jsonl:30: hallway-motion-light: passed, \
+         command switch_led=false to vdevo-hallway-lamp via tuya-openapi"
+    );
+    assert_eq!(replay.commands.len(), 4, "{:#?}", replay.commands);
+    assert_eq!(replay.per_rule["hallway-motion-light"], (9, 0));
 }
