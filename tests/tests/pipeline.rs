@@ -541,3 +541,237 @@ fn check_reports_every_problem_with_its_place_and_fails() {
         "{stdout}"
     );
 }
+
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn the_demo_runs_end_to_end_with_the_counts_its_recording_promises() {
+    let state = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let config = repo().join("examples/demo.toml");
+    let output = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("IOTRULES_DEMO_DIR", state.path())
+        .env("IOTRULES_DEMO_CACHE", cache.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+
+    // The hallway lamp: on when the PIR sees someone, off when it no longer does; nothing
+    // for the lamp switched on by hand.
+    let commands: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect(line))
+        .collect();
+    assert_eq!(commands.len(), 2, "{stdout}");
+    for (command, on) in commands.iter().zip([true, false]) {
+        assert_eq!(command["path"], "tuya-openapi");
+        assert_eq!(command["device"], "vdevo-hallway-lamp");
+        assert_eq!(command["command"], "switch_led");
+        assert_eq!(command["params"], on);
+    }
+
+    // The totals of examples/recorded/README.md (fast replay).
+    for expected in [
+        "connector tuya-demo: 12 received, 1 refused, 1 duplicates, 2 taken by no rule, 0 dropped by rules, 8 passed on",
+        "connector alibaba-demo: 11 received, 0 refused, 1 duplicates, 4 taken by no rule, 3 dropped by rules, 3 passed on",
+        "connector huawei-demo: 10 received, 0 refused, 0 duplicates, 5 taken by no rule, 4 dropped by rules, 1 passed on",
+        "rule hallway-motion-light: 8 matched, 8 passed, 0 dropped",
+        "rule thermostat-temperature: 6 matched, 3 passed, 3 dropped",
+        "rule meter-power: 5 matched, 1 passed, 4 dropped",
+        "command path tuya-openapi: 2 sent, 0 failed",
+        "dead letters stored: 1",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+
+    // The tampered message is in the store, with its reason and raw bytes.
+    let listed = Command::new(binary())
+        .args(["dead-letters", "list", "--json", "--config"])
+        .arg(&config)
+        .env("IOTRULES_DEMO_DIR", state.path())
+        .output()
+        .expect("list dead letters");
+    assert!(listed.status.success());
+    let letters: Vec<serde_json::Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect(line))
+        .collect();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["connector"], "tuya-demo");
+    assert_eq!(letters[0]["kind"], "signature");
+}
+
+fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the admin API");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().expect("status code");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn the_admin_api_reports_metrics_health_and_status_and_sigterm_stops_cleanly() {
+    let service = ServiceDir::new(10);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = service.config(&format!(
+        "kind = \"log\"\n\n[admin]\nlisten = \"{address}\""
+    ));
+    // Replay forever, 200 messages a second, until stopped.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "offset_file = \"state/offset.json\"",
+        "loop = true\nrate = 200.0",
+    );
+    std::fs::write(&config, text).unwrap();
+    let child = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start iotrules");
+    wait_for("the admin API", || {
+        std::net::TcpStream::connect(address).is_ok()
+    });
+    wait_for("events", || {
+        http_get(address, "/metrics")
+            .1
+            .contains("iotrules_rule_matches_total{rule=\"echo-all\"}")
+    });
+
+    let (status, metrics) = http_get(address, "/metrics");
+    assert_eq!(status, 200);
+    for name in [
+        "iotrules_events_in_total{connector=\"replayed\"}",
+        "iotrules_events_out_total{connector=\"replayed\"}",
+        "iotrules_commands_total{path=\"out\",result=\"sent\"}",
+        "iotrules_plugin_call_seconds_bucket{plugin=\"echo\",le=\"+Inf\"}",
+        "# TYPE iotrules_event_seconds histogram",
+        "iotrules_in_flight ",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in:\n{metrics}");
+    }
+    let (status, health) = http_get(address, "/healthz");
+    assert_eq!((status, health.as_str()), (200, "{\"status\":\"ok\"}"));
+    let (status, body) = http_get(address, "/status");
+    assert_eq!(status, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).expect(&body);
+    assert_eq!(status["connectors"][0]["name"], "replayed");
+    assert_eq!(status["connectors"][0]["state"], "running");
+    assert_eq!(status["rules"]["rules"][0]["name"], "echo-all");
+    assert_eq!(status["plugins"][0]["name"], "echo");
+    assert_eq!(status["plugins"][0]["version"], 1);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(killed.success());
+    let output = child.wait_with_output().expect("iotrules stops");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Stopping: finishing the events in flight"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("rule echo-all:"), "no summary:\n{stderr}");
+}
+
+#[test]
+fn commands_a_path_gives_up_on_become_dead_letters_and_replay_once_it_works() {
+    let service = ServiceDir::new(5);
+    // Nothing listens on this port: every command fails, every event becomes a dead letter
+    // (kind `command`), and the deliveries are acknowledged.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = service.config(&format!(
+        "kind = \"webhook\"\nurl = \"http://{closed}/\"\nretries = 1\ntimeout_ms = 2000"
+    ));
+    let output = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run iotrules");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("command path out: 0 sent, 5 failed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("dead letters stored: 5"), "{stderr}");
+    assert_eq!(service.offset().as_deref(), Some("{\"next_line\": 6}\n"));
+
+    let list = |config: &std::path::Path| {
+        let output = Command::new(binary())
+            .args(["dead-letters", "list", "--json", "--config"])
+            .arg(config)
+            .output()
+            .expect("list");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).expect(line))
+            .collect::<Vec<_>>()
+    };
+    let letters = list(&config);
+    assert_eq!(letters.len(), 5);
+    assert!(
+        letters.iter().all(|l| l["kind"] == "command"),
+        "{letters:#?}"
+    );
+    assert!(
+        letters[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{letters:#?}"
+    );
+
+    // The path works now: replaying sends every command and empties the store.
+    let config = service.config("kind = \"log\"");
+    let output = Command::new(binary())
+        .args(["dead-letters", "replay", "--config"])
+        .arg(&config)
+        .output()
+        .expect("replay");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("Replayed 5 dead letter(s): 5 processed and removed"),
+        "{stdout}"
+    );
+    let commands: Vec<u64> = seqs_in(
+        &stdout
+            .lines()
+            .filter(|line| line.starts_with('{'))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    assert_eq!(commands, (1..=5).collect::<Vec<_>>());
+    assert!(list(&config).is_empty());
+}
