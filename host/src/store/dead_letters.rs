@@ -343,6 +343,26 @@ fn ms_from_sql(ms: i64) -> u64 {
     u64::try_from(ms).unwrap_or(0)
 }
 
+/// The pipeline stores its dead letters here.
+impl crate::pipeline::DeadLetterSink for Store {
+    fn store(&self, letter: &crate::pipeline::DeadLetterRecord) -> Result<(), String> {
+        self.add(&NewDeadLetter {
+            connector: &letter.connector,
+            vendor: Some(letter.vendor),
+            properties: &letter.properties,
+            payload: &letter.payload,
+            kind: &letter.kind,
+            message: &letter.message,
+            rule: letter.rule.as_deref(),
+            step: letter.step,
+            event_id: letter.event_id.as_deref(),
+            time_ms: letter.time_ms,
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,25 +621,5 @@ mod tests {
             matches!(error, StoreError::Corrupt { id: bad, field: "properties", .. } if bad == id),
             "{error:?}"
         );
-    }
-}
-
-/// The pipeline stores its dead letters here.
-impl crate::pipeline::DeadLetterSink for Store {
-    fn store(&self, letter: &crate::pipeline::DeadLetterRecord) -> Result<(), String> {
-        self.add(&NewDeadLetter {
-            connector: &letter.connector,
-            vendor: Some(letter.vendor),
-            properties: &letter.properties,
-            payload: &letter.payload,
-            kind: &letter.kind,
-            message: &letter.message,
-            rule: letter.rule.as_deref(),
-            step: letter.step,
-            event_id: letter.event_id.as_deref(),
-            time_ms: letter.time_ms,
-        })
-        .map(|_| ())
-        .map_err(|e| e.to_string())
     }
 }
