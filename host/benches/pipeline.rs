@@ -6,7 +6,8 @@
 //! `scripts/build-plugins && cargo bench -p iotrules --bench pipeline`
 //!
 //! Criterion reports events/s for batches replayed as fast as the pipeline takes them
-//! (every event acknowledged before the batch counts as done). After it, the bench replays
+//! (every event acknowledged before the batch counts as done). Plugin state and dead letters
+//! are in SQLite, as in the service. After it, the bench replays
 //! at half that rate and prints the latency percentiles per event, receipt to
 //! acknowledgement.
 
@@ -20,10 +21,11 @@ use iotrules::config::PipelineConfig;
 use iotrules::connector::replay::{self, ReplaySettings};
 use iotrules::connector::{Acker, ConnectorState, Delivery, Settle};
 use iotrules::metrics::Metrics;
-use iotrules::pipeline::{Ingest, MemoryDeadLetters, Parts, Pipeline};
-use iotrules::plugin::{MemoryStateStore, Registry, Runtime, RuntimeConfig};
+use iotrules::pipeline::{Ingest, Parts, Pipeline};
+use iotrules::plugin::{Registry, Runtime, RuntimeConfig};
 use iotrules::rules::Rules;
 use iotrules::status::{ConnectorStatus, Connectors, LastErrors};
+use iotrules::store::{SqliteStateStore, Store};
 use iotrules::vendor::tuya::{Decoder, Keys, Mode};
 use iotrules::vendor::{Dialect, SignMode};
 
@@ -106,10 +108,12 @@ impl Bench {
             ..RuntimeConfig::default()
         })
         .expect("plugin runtime");
+        // Plugin state in SQLite, as the service keeps it (deadband writes on every kept event).
+        let store = Arc::new(Store::open(cache.path().join("iotrules.db")).expect("store"));
         let registry = Arc::new(Registry::new(
             plugin_runtime,
             plugins.path(),
-            Arc::new(MemoryStateStore::new()),
+            Arc::new(SqliteStateStore::new(store.clone())),
         ));
         registry.load_all().expect("plugins");
         let rules_dir = tempfile::tempdir().expect("temp dir");
@@ -139,7 +143,7 @@ impl Bench {
                 rules,
                 registry,
                 paths,
-                dead_letters: Arc::new(MemoryDeadLetters::default()),
+                dead_letters: store,
                 metrics: Arc::new(Metrics::default()),
                 errors: Arc::new(LastErrors::default()),
             },
