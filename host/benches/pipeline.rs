@@ -7,7 +7,8 @@
 //!
 //! Criterion reports events/s for batches replayed as fast as the pipeline takes them
 //! (every event acknowledged before the batch counts as done). Plugin state and dead letters
-//! are in SQLite, as in the service. After it, the bench replays
+//! are in SQLite, as in the service; `BENCH_STATE=memory` keeps plugin state in memory
+//! instead, to see what the SQLite commits cost. After it, the bench replays
 //! at half that rate and prints the latency percentiles per event, receipt to
 //! acknowledgement.
 
@@ -110,11 +111,14 @@ impl Bench {
         .expect("plugin runtime");
         // Plugin state in SQLite, as the service keeps it (deadband writes on every kept event).
         let store = Arc::new(Store::open(cache.path().join("iotrules.db")).expect("store"));
-        let registry = Arc::new(Registry::new(
-            plugin_runtime,
-            plugins.path(),
-            Arc::new(SqliteStateStore::new(store.clone())),
-        ));
+        // BENCH_STATE=memory: state in memory instead, to see what SQLite costs.
+        let state: Arc<dyn iotrules::plugin::StateStore> =
+            if std::env::var("BENCH_STATE").is_ok_and(|v| v == "memory") {
+                Arc::new(iotrules::plugin::MemoryStateStore::new())
+            } else {
+                Arc::new(SqliteStateStore::new(store.clone()))
+            };
+        let registry = Arc::new(Registry::new(plugin_runtime, plugins.path(), state));
         registry.load_all().expect("plugins");
         let rules_dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(rules_dir.path().join("bench.toml"), RULES).expect("rules");
