@@ -22,5 +22,6 @@ pub mod ruletest;
 pub mod service;
 pub mod status;
 pub mod store;
+mod sync;
 pub mod time;
 pub mod vendor;

@@ -1,11 +1,12 @@
 //! What `/status` reports beyond the counters: recent errors and each connector's state.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
 use crate::connector::ConnectorState;
+use crate::sync::lock;
 
 /// How many recent errors are kept.
 pub const KEPT_ERRORS: usize = 32;
@@ -99,12 +100,6 @@ impl ConnectorHandle {
             status.error = error;
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use super::{Acker, ConnectorState, Delivery, Settle};
 use crate::pipeline::Ingest;
 use crate::status::{ConnectorHandle, LastErrors};
+use crate::sync::lock;
 
 /// A recorded message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,12 +187,6 @@ fn write_offset(file: &Path, offset: usize) -> std::io::Result<()> {
     )?;
     temp.persist(file).map_err(|e| e.error)?;
     Ok(())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Replays `settings.file` into `ingest` until the end (or forever with `repeat`), or until

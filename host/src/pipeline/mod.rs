@@ -23,7 +23,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,7 @@ use crate::metrics::{Counter, Histogram, Metrics};
 use crate::plugin::Registry;
 use crate::rules::{EventScope, OnError, RuleOutcome, RuleRuntime, RuleSet, Rules};
 use crate::status::LastErrors;
+use crate::sync::lock;
 use crate::vendor::{Dialect, RawMessage};
 
 /// A message the service could not process, as it goes to the dead-letter store.
@@ -228,17 +229,10 @@ impl Pipeline {
 
     /// The way in for a connector named `connector`, decoding with `dialect`.
     pub fn ingest(&self, connector: &str, dialect: Dialect) -> Ingest {
-        let vendor = match &dialect {
-            Dialect::Tuya(_) => "tuya",
-            Dialect::TuyaBusiness(_) => "tuya-business",
-            Dialect::Alibaba(_) => "alibaba",
-            Dialect::Huawei(_) => "huawei",
-        };
         Ingest {
             shared: self.shared.clone(),
             senders: self.senders.clone(),
             connector: Arc::from(connector),
-            vendor,
             dialect: Arc::new(dialect),
             counters: Arc::new(ConnectorCounters::new(&self.shared.metrics, connector)),
         }
@@ -284,7 +278,6 @@ pub struct Ingest {
     shared: Arc<Shared>,
     senders: Vec<mpsc::Sender<Job>>,
     connector: Arc<str>,
-    vendor: &'static str,
     dialect: Arc<Dialect>,
     counters: Arc<ConnectorCounters>,
 }
@@ -332,7 +325,7 @@ impl Ingest {
             .decode(&RawMessage::new(&self.connector, &payload).with_properties(&properties));
         let origin = Origin {
             connector: self.connector.clone(),
-            vendor: self.vendor,
+            vendor: self.dialect.name(),
             payload,
             properties,
             counters: self.counters.clone(),
@@ -803,10 +796,4 @@ fn properties_text(event: &Event) -> String {
         let _ = write!(text, " …(+{})", event.properties.len() - 8);
     }
     text
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

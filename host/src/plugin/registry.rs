@@ -15,6 +15,7 @@ use super::runtime::Runtime;
 use super::state::{MemoryStateStore, StateStore};
 use super::{Outcome, PluginError};
 use crate::event::Event;
+use crate::sync::lock;
 
 /// How many failures in a row quarantine a version, unless configured otherwise.
 pub const DEFAULT_QUARANTINE_AFTER: u32 = 5;
@@ -527,14 +528,6 @@ impl Drop for Step {
     fn drop(&mut self) {
         self.slot.unregister(&self.config);
     }
-}
-
-/// Locks, using the data of a poisoned lock as is: every critical section here leaves its
-/// data consistent at each step.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

@@ -13,6 +13,7 @@ use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, ne
 use super::error::RuleError;
 use super::set::{RuleSet, is_rule_file};
 use crate::plugin::Registry;
+use crate::sync::lock;
 
 /// What a successful reload changed, by rule name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -198,10 +199,4 @@ impl RulesWatcher {
             _debouncer: debouncer,
         })
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -17,12 +17,13 @@
 //! other namespaces are not held up by a write.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, params};
 
 use super::Store;
 use crate::plugin::StateStore;
+use crate::sync::lock;
 
 /// One namespace's entries; `None` until first loaded from the file.
 type Space = Option<HashMap<String, Vec<u8>>>;
@@ -147,15 +148,6 @@ fn save(
         }
     }
     tx.commit()
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update under these locks happens after the SQLite commit and cannot panic
-    // halfway in a way that matters (each step is one insert or remove), so a poisoned
-    // lock is used as is.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -387,6 +387,16 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// The dialect's name, as configs, dead letters and `/status` write it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Dialect::Tuya(_) => "tuya",
+            Dialect::TuyaBusiness(_) => "tuya-business",
+            Dialect::Alibaba(_) => "alibaba",
+            Dialect::Huawei(_) => "huawei",
+        }
+    }
+
     /// Verifies, decrypts and normalizes one message.
     pub fn decode(&self, message: &RawMessage<'_>) -> Result<Event, DecodeError> {
         match self {
