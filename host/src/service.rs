@@ -60,8 +60,24 @@ pub struct Core {
     pub plugin_errors: Vec<String>,
 }
 
-/// Opens the store and loads plugins and rules. Rule errors are returned as one error with
-/// every problem on its own line.
+/// Every problem of a rule set refused at start, one per line when displayed.
+#[derive(Debug)]
+pub struct RulesRefused(pub Vec<crate::rules::RuleError>);
+
+impl std::fmt::Display for RulesRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the rules were refused:")?;
+        for error in &self.0 {
+            write!(f, "\n{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RulesRefused {}
+
+/// Loads plugins and rules. A refused rule set is a [`RulesRefused`] error with every
+/// problem.
 pub fn load_core(
     config: &Config,
     dead_letters: Arc<dyn DeadLetterSink>,
@@ -85,10 +101,7 @@ pub fn load_core(
             plugin_errors.push(error.to_string());
         }
     }
-    let rules = Rules::load(&config.rules, registry.clone()).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("the rules were refused:\n{}", lines.join("\n"))
-    })?;
+    let rules = Rules::load(&config.rules, registry.clone()).map_err(RulesRefused)?;
     Ok(Core {
         registry,
         rules: Arc::new(rules),

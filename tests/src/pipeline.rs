@@ -183,6 +183,16 @@ impl TestPipeline {
     pub fn pipeline(&self) -> &Pipeline {
         self.pipeline.as_ref().expect("not drained")
     }
+
+    /// Drains the pipeline (its ingests must be dropped) and asserts everything in flight
+    /// was settled within 20 s.
+    pub fn drain(&mut self, runtime: &tokio::runtime::Runtime) {
+        let pipeline = self.pipeline.take().expect("not drained");
+        assert!(
+            runtime.block_on(pipeline.drain(std::time::Duration::from_secs(20))),
+            "events still in flight after 20 s"
+        );
+    }
 }
 
 /// Counts acknowledgements (and retries) of deliveries.

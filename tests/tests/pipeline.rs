@@ -79,8 +79,7 @@ fn events_of_a_device_stay_in_order_across_workers() {
         }
     });
     drop(ingest);
-    let pipeline = test.pipeline.take().unwrap();
-    assert!(runtime.block_on(pipeline.drain(Duration::from_secs(20))));
+    test.drain(&runtime);
 
     assert_eq!(acks.acked(), (DEVICES * EACH) as usize);
     let mut per_device: HashMap<String, Vec<u64>> = HashMap::new();
@@ -135,8 +134,7 @@ fn no_event_is_acked_before_its_commands_are_confirmed_and_intake_waits_when_ful
 
     capture.release();
     runtime.block_on(producer).expect("producer");
-    let pipeline = test.pipeline.take().unwrap();
-    assert!(runtime.block_on(pipeline.drain(Duration::from_secs(20))));
+    test.drain(&runtime);
     assert_eq!(acks.acked(), EVENTS as usize);
     assert_eq!(capture.received().len(), EVENTS as usize);
     assert_eq!(test.metrics.in_flight.get(), 0);
@@ -165,8 +163,7 @@ fn a_duplicate_is_acked_without_running_rules_and_garbage_becomes_a_dead_letter(
         }
     });
     drop(ingest);
-    let pipeline = test.pipeline.take().unwrap();
-    assert!(runtime.block_on(pipeline.drain(Duration::from_secs(20))));
+    test.drain(&runtime);
 
     assert_eq!(acks.acked(), 3);
     assert_eq!(capture.received().len(), 1);
@@ -221,8 +218,7 @@ plugin = "echo"
         .block_on(ingest.submit(acks.delivery(body.clone())))
         .expect("submit");
     drop(ingest);
-    let pipeline = test.pipeline.take().unwrap();
-    assert!(runtime.block_on(pipeline.drain(Duration::from_secs(20))));
+    test.drain(&runtime);
 
     assert_eq!(acks.acked(), 1);
     // The other rule ran independently.
@@ -317,8 +313,7 @@ fn bad_rule_files_are_refused_with_their_reason_while_the_old_rules_keep_serving
     test.rules.reload().expect("a good file loads");
     send_one("echo-v2");
     drop(ingest);
-    let pipeline = test.pipeline.take().unwrap();
-    assert!(runtime.block_on(pipeline.drain(Duration::from_secs(20))));
+    test.drain(&runtime);
     assert_eq!(acks.acked(), bad.len() + 2);
 }
 

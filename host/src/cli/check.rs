@@ -37,7 +37,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let core = match core {
         Ok(core) => Some(core),
         Err(error) => {
-            problems.extend(format!("{error:#}").lines().map(str::to_owned));
+            match error.downcast_ref::<service::RulesRefused>() {
+                Some(refused) => problems.extend(refused.0.iter().map(ToString::to_string)),
+                None => problems.push(format!("{error:#}")),
+            }
             None
         }
     };
@@ -50,7 +53,6 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             .collect();
         problems.extend(service::unknown_paths(&core.rules.current(), &paths));
     }
-    problems.retain(|p| p != "the rules were refused:");
     if problems.is_empty() {
         let (rules, plugins) = core.as_ref().map_or((0, 0), |core| {
             (

@@ -487,7 +487,8 @@ struct Worker {
     set: Option<Arc<RuleSet>>,
     runtimes: Vec<RuleRuntime>,
     retry_instantiate_at: Option<Instant>,
-    rule_counters: HashMap<Arc<str>, RuleCounters>,
+    /// The counters of `runtimes`' rules, index for index.
+    rule_counters: Vec<RuleCounters>,
     plugin_calls: HashMap<Arc<str>, Arc<Histogram>>,
     commands_sent: HashMap<String, (Arc<Counter>, Arc<Counter>)>,
 }
@@ -499,7 +500,7 @@ impl Worker {
             set: None,
             runtimes: Vec::new(),
             retry_instantiate_at: None,
-            rule_counters: HashMap::new(),
+            rule_counters: Vec::new(),
             plugin_calls: HashMap::new(),
             commands_sent: HashMap::new(),
         }
@@ -530,6 +531,11 @@ impl Worker {
         let set = rules.current();
         match set.instantiate(&self.shared.registry) {
             Ok(runtimes) => {
+                let metrics = &self.shared.metrics;
+                self.rule_counters = runtimes
+                    .iter()
+                    .map(|runtime| rule_counters(metrics, runtime.rule().name()))
+                    .collect();
                 self.runtimes = runtimes;
                 self.set = Some(set);
                 self.retry_instantiate_at = None;
@@ -559,12 +565,8 @@ impl Worker {
         let mut passed = false;
         let mut trace = String::new();
         let trace_on = tracing::enabled!(target: "iotrules::event", tracing::Level::DEBUG);
-        for runtime in &mut self.runtimes {
+        for (runtime, counters) in self.runtimes.iter_mut().zip(&self.rule_counters) {
             let rule = runtime.rule().clone();
-            let counters = self
-                .rule_counters
-                .entry(rule.name.clone())
-                .or_insert_with(|| rule_counters(&self.shared.metrics, &rule.name));
             let takes = match rule.matches(&scope) {
                 Ok(takes) => takes,
                 Err(error) => {
