@@ -43,6 +43,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
+use crate::vendor::crypto::SignMethod;
 use crate::vendor::{Dialect, SignMode, alibaba, huawei, tuya};
 
 /// A configuration file, read and checked.
@@ -66,6 +67,9 @@ pub struct Config {
     pub connectors: Vec<ConnectorConfig>,
     /// Where commands go.
     pub command_paths: Vec<CommandPathConfig>,
+    /// The clock connectors stamp credentials with: the system's, unless a test pins it
+    /// (brokers under test know the passwords a fixed time derives).
+    pub clock: crate::plugin::Clock,
 }
 
 /// `[admin]`.
@@ -142,8 +146,9 @@ pub struct ConnectorConfig {
     pub name: String,
     /// The transport.
     pub kind: ConnectorKind,
-    /// The vendor dialect its messages are in.
-    pub dialect: DialectName,
+    /// The vendor dialect its messages are in; the cloud connectors imply theirs.
+    #[serde(default)]
+    pub dialect: Option<DialectName>,
     /// Tuya: the project's access id.
     #[serde(default)]
     pub access_id: Option<Expanded>,
@@ -169,6 +174,87 @@ pub struct ConnectorConfig {
     /// restart resumes there (and redelivers what was not acknowledged).
     #[serde(default)]
     pub offset_file: Option<Expanded>,
+
+    /// Cloud connectors: the broker URL, overriding the one derived from `region` and the
+    /// like (`pulsar+ssl://host:port`, `pulsar://…`, `amqps://host:port`, `amqp://…`).
+    #[serde(default)]
+    pub url: Option<Expanded>,
+    /// Cloud connectors: a PEM file of CA certificates trusted besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<Expanded>,
+    /// Tuya: the data centre (`cn`, `us`, `us-east`, `eu`, `eu-west`, `in`); Alibaba: the
+    /// region id of a public instance (`cn-shanghai`, …).
+    #[serde(default)]
+    pub region: Option<Expanded>,
+    /// Tuya: the production (`prod`) or test (`test`) message channel.
+    #[serde(default)]
+    pub env: tuya::Env,
+    /// Tuya: the subscription is `{access_id}-{subscription_suffix}`.
+    #[serde(default = "default_subscription_suffix")]
+    pub subscription_suffix: Expanded,
+    /// Tuya: rebuild the consumer when no message arrived for this long, in seconds (0: never).
+    /// Pulsar consumers are known to stop silently after a connection loss; a rebuilt one
+    /// gets the unacknowledged messages again, and duplicates are dropped by event id.
+    #[serde(default = "default_stall_timeout_s")]
+    pub stall_timeout_s: u64,
+    /// Alibaba: the account id (`uid`) of a public instance's host.
+    #[serde(default)]
+    pub uid: Option<Expanded>,
+    /// Alibaba (`iotInstanceId`, empty for the public instance) and Huawei (`instanceId`).
+    #[serde(default)]
+    pub instance_id: Option<Expanded>,
+    /// Alibaba: the AccessKey id (`authId`).
+    #[serde(default)]
+    pub access_key_id: Option<Expanded>,
+    /// Alibaba: the AccessKey secret (the password's HMAC key).
+    #[serde(default)]
+    pub access_key_secret: Option<Secret>,
+    /// Alibaba: the consumer group id; replicas sharing a group share its messages.
+    #[serde(default)]
+    pub consumer_group: Option<Expanded>,
+    /// Alibaba: the client id in the username (default `iotrules-{connector name}`; with
+    /// several connections each gets `-{n}` appended).
+    #[serde(default)]
+    pub client_id: Option<Expanded>,
+    /// Alibaba: the password's HMAC (`hmacmd5`, `hmacsha1`, `hmacsha256`).
+    #[serde(default)]
+    pub sign_method: SignMethod,
+    /// Huawei: the access code (the SASL password) paired with `access_key`.
+    #[serde(default)]
+    pub access_code: Option<Secret>,
+    /// Huawei: the queue to receive from.
+    #[serde(default)]
+    pub queue: Option<Expanded>,
+    /// AMQP: the source address of the receiver link (Alibaba: ignored by the server, empty
+    /// by default; Huawei: the queue).
+    #[serde(default)]
+    pub source: Option<Expanded>,
+    /// AMQP: the idle time-out announced in the open frame, in seconds (30 to 300).
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: u64,
+    /// AMQP: messages the server may send ahead of acknowledgements, per connection.
+    #[serde(default = "default_credit")]
+    pub credit: u32,
+    /// AMQP: connections opened in parallel, each with one receiver (Alibaba: about one per
+    /// 500 messages/s, at most 128 per consumer group).
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+}
+
+fn default_subscription_suffix() -> Expanded {
+    Expanded("sub".into())
+}
+fn default_stall_timeout_s() -> u64 {
+    300
+}
+fn default_idle_timeout_s() -> u64 {
+    60
+}
+fn default_credit() -> u32 {
+    20
+}
+fn default_connections() -> usize {
+    1
 }
 
 /// Connector transports.
@@ -177,6 +263,14 @@ pub struct ConnectorConfig {
 pub enum ConnectorKind {
     /// Recorded messages from a file.
     Replay,
+    /// Tuya's message service (Pulsar), IoT Core envelope (or `dialect = "tuya-business"`).
+    TuyaPulsar,
+    /// Tuya's message service (Pulsar), Smart Business envelope.
+    TuyaBusiness,
+    /// Alibaba Cloud IoT server-side subscription (AMQP 1.0).
+    AlibabaAmqp,
+    /// Huawei Cloud IoTDA server-side push (AMQP 1.0).
+    HuaweiAmqp,
 }
 
 impl ConnectorKind {
@@ -184,6 +278,21 @@ impl ConnectorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ConnectorKind::Replay => "replay",
+            ConnectorKind::TuyaPulsar => "tuya-pulsar",
+            ConnectorKind::TuyaBusiness => "tuya-business",
+            ConnectorKind::AlibabaAmqp => "alibaba-amqp",
+            ConnectorKind::HuaweiAmqp => "huawei-amqp",
+        }
+    }
+
+    /// The dialects its messages can be in, the first being the default.
+    fn dialects(self) -> &'static [DialectName] {
+        match self {
+            ConnectorKind::Replay => &[],
+            ConnectorKind::TuyaPulsar => &[DialectName::Tuya, DialectName::TuyaBusiness],
+            ConnectorKind::TuyaBusiness => &[DialectName::TuyaBusiness],
+            ConnectorKind::AlibabaAmqp => &[DialectName::Alibaba],
+            ConnectorKind::HuaweiAmqp => &[DialectName::Huawei],
         }
     }
 }
@@ -238,6 +347,50 @@ impl From<SignName> for SignMode {
 }
 
 impl ConnectorConfig {
+    /// The dialect's name: as configured, or the one the kind implies.
+    pub fn dialect_name(&self) -> Result<DialectName, ConfigError> {
+        let allowed = self.kind.dialects();
+        match (self.dialect, allowed.first()) {
+            (None, Some(implied)) => Ok(*implied),
+            (None, None) => Err(self.invalid("`dialect` is required for a replay connector")),
+            (Some(name), _) if allowed.is_empty() || allowed.contains(&name) => Ok(name),
+            (Some(name), _) => Err(self.invalid(format!(
+                "a {} connector does not carry dialect \"{}\" (it carries {})",
+                self.kind.as_str(),
+                name.as_str(),
+                allowed
+                    .iter()
+                    .map(|d| format!("\"{}\"", d.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ))),
+        }
+    }
+
+    /// A required string setting, or an error naming it.
+    pub fn required<'a>(
+        &self,
+        value: &'a Option<Expanded>,
+        key: &str,
+    ) -> Result<&'a str, ConfigError> {
+        match value {
+            Some(value) if !value.as_str().is_empty() => Ok(value.as_str()),
+            _ => Err(self.invalid(format!("a {} connector needs `{key}`", self.kind.as_str()))),
+        }
+    }
+
+    /// A required secret, or an error naming it.
+    pub fn required_secret<'a>(
+        &self,
+        value: &'a Option<Secret>,
+        key: &str,
+    ) -> Result<&'a str, ConfigError> {
+        match value {
+            Some(value) if !value.expose().is_empty() => Ok(value.expose()),
+            _ => Err(self.invalid(format!("a {} connector needs `{key}`", self.kind.as_str()))),
+        }
+    }
+
     /// The decoder for this connector's messages.
     pub fn dialect(&self) -> Result<Dialect, ConfigError> {
         let tuya_keys = || -> Result<tuya::Keys, ConfigError> {
@@ -248,7 +401,7 @@ impl ConnectorConfig {
             tuya::Keys::new(id.to_owned(), key.expose())
                 .map_err(|e| self.invalid(format!("access_key: {e}")))
         };
-        Ok(match self.dialect {
+        Ok(match self.dialect_name()? {
             DialectName::Tuya => Dialect::Tuya(tuya::Decoder::new(tuya_keys()?, self.sign.into())),
             DialectName::TuyaBusiness => {
                 Dialect::TuyaBusiness(tuya::BusinessDecoder::new(tuya_keys()?, self.sign.into()))
@@ -258,7 +411,8 @@ impl ConnectorConfig {
         })
     }
 
-    fn invalid(&self, reason: impl Into<String>) -> ConfigError {
+    /// An error in this connector's settings.
+    pub fn invalid(&self, reason: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             place: format!("connector \"{}\"", self.name),
             reason: reason.into(),
@@ -509,6 +663,9 @@ impl Config {
             if let Some(path) = &connector.offset_file {
                 connector.offset_file = Some(Expanded(resolve(path).display().to_string()));
             }
+            if let Some(path) = &connector.ca_file {
+                connector.ca_file = Some(Expanded(resolve(path).display().to_string()));
+            }
         }
         let config = Config {
             file: file.to_owned(),
@@ -523,6 +680,7 @@ impl Config {
             pipeline: raw.pipeline,
             connectors,
             command_paths: raw.command_paths,
+            clock: crate::plugin::Clock::System,
         };
         config.check()?;
         Ok(config)
@@ -564,6 +722,12 @@ impl Config {
                                 .into(),
                         );
                     }
+                }
+                ConnectorKind::TuyaPulsar | ConnectorKind::TuyaBusiness => {
+                    crate::connector::pulsar::PulsarSettings::from_config(connector)?;
+                }
+                ConnectorKind::AlibabaAmqp | ConnectorKind::HuaweiAmqp => {
+                    crate::connector::amqp::AmqpSettings::from_config(connector)?;
                 }
             }
         }
@@ -610,6 +774,7 @@ impl Config {
             pipeline: PipelineConfig::default(),
             connectors: Vec::new(),
             command_paths: Vec::new(),
+            clock: crate::plugin::Clock::System,
         }
     }
 }

@@ -24,4 +24,5 @@ pub mod status;
 pub mod store;
 mod sync;
 pub mod time;
+pub mod tls;
 pub mod vendor;

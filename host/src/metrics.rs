@@ -197,6 +197,11 @@ pub struct Metrics {
     pub dead_letters: Family<Counter>,
     /// Reloads, by what (`rules`, `plugin`) and result (`ok`, `refused`).
     pub reloads: Family<Counter>,
+    /// Connection attempts, by connector and result (`ok`, `failed`: refused, dropped or
+    /// lost after working).
+    pub connects: Family<Counter>,
+    /// 1 while a connector is connected and receiving, by connector.
+    pub connector_up: Family<Gauge>,
     /// Events received and not yet acknowledged.
     pub in_flight: Gauge,
     /// Time from receipt to acknowledgement.
@@ -256,6 +261,16 @@ impl Default for Metrics {
                 "Rule and plugin reloads",
                 &["what", "result"],
             ),
+            connects: Family::new(
+                "iotrules_connector_connects_total",
+                "Connection attempts by result",
+                &["connector", "result"],
+            ),
+            connector_up: Family::new(
+                "iotrules_connector_up",
+                "1 while the connector is connected and receiving",
+                &["connector"],
+            ),
             in_flight: Gauge::default(),
             event_latency: Histogram::default(),
         }
@@ -276,9 +291,11 @@ impl Metrics {
             &self.commands,
             &self.dead_letters,
             &self.reloads,
+            &self.connects,
         ] {
             render_counters(&mut out, family);
         }
+        render_gauges(&mut out, &self.connector_up);
         render_histograms(&mut out, &self.plugin_calls);
         let _ = writeln!(
             out,
@@ -297,18 +314,26 @@ impl Metrics {
 }
 
 fn render_counters(out: &mut String, family: &Family<Counter>) {
+    render_values(out, family, "counter", Counter::get);
+}
+
+fn render_gauges(out: &mut String, family: &Family<Gauge>) {
+    render_values(out, family, "gauge", Gauge::get);
+}
+
+fn render_values<M: Default>(out: &mut String, family: &Family<M>, kind: &str, get: fn(&M) -> u64) {
     let _ = writeln!(
         out,
-        "# HELP {} {}\n# TYPE {} counter",
+        "# HELP {} {}\n# TYPE {} {kind}",
         family.name, family.help, family.name
     );
-    for (values, counter) in family.members() {
+    for (values, member) in family.members() {
         let _ = writeln!(
             out,
             "{}{} {}",
             family.name,
             family.label_text(&values, None),
-            counter.get()
+            get(&member)
         );
     }
 }

@@ -15,8 +15,10 @@ use tokio::sync::watch;
 
 use crate::command::CommandPaths;
 use crate::config::{Config, ConnectorKind};
-use crate::connector::ConnectorState;
+use crate::connector::amqp::{self, AmqpSettings};
+use crate::connector::pulsar::{self, PulsarSettings};
 use crate::connector::replay::{self, ReplaySettings};
+use crate::connector::{ConnectorState, Context};
 use crate::metrics::Metrics;
 use crate::pipeline::{DeadLetterSink, Parts, Pipeline};
 use crate::plugin::{Registry, ReloadReport, Runtime, RuntimeConfig, StateStore, Watcher};
@@ -173,34 +175,72 @@ pub async fn run(
     for connector in &config.connectors {
         let dialect = connector.dialect()?;
         let ingest = pipeline.ingest(&connector.name, dialect);
-        match connector.kind {
-            ConnectorKind::Replay => {
-                let file = connector
+        let identity = match connector.kind {
+            ConnectorKind::Replay => vec![(
+                "file".into(),
+                connector
                     .file
                     .as_ref()
                     .map(|f| f.as_str())
-                    .unwrap_or_default();
-                let status = observed.connectors.add(ConnectorStatus {
-                    name: connector.name.clone(),
-                    kind: connector.kind.as_str(),
-                    dialect: connector.dialect.as_str(),
-                    identity: vec![("file".into(), file.to_owned())],
-                    state: ConnectorState::Starting,
-                    error: None,
-                });
+                    .unwrap_or_default()
+                    .to_owned(),
+            )],
+            ConnectorKind::TuyaPulsar | ConnectorKind::TuyaBusiness => {
+                PulsarSettings::from_config(connector)?.identity()
+            }
+            ConnectorKind::AlibabaAmqp | ConnectorKind::HuaweiAmqp => {
+                AmqpSettings::from_config(connector)?.identity(config.clock.now_ms())
+            }
+        };
+        let status = observed.connectors.add(ConnectorStatus {
+            name: connector.name.clone(),
+            kind: connector.kind.as_str(),
+            dialect: connector.dialect_name()?.as_str(),
+            identity,
+            state: ConnectorState::Starting,
+            error: None,
+        });
+        let context = Context {
+            ingest,
+            status,
+            errors: errors.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown_rx.clone(),
+            clock: config.clock.clone(),
+        };
+        let name = connector.name.clone();
+        match connector.kind {
+            ConnectorKind::Replay => {
                 let settings = ReplaySettings {
-                    file: file.into(),
+                    file: connector
+                        .file
+                        .as_ref()
+                        .map(|f| f.as_str())
+                        .unwrap_or_default()
+                        .into(),
                     rate: connector.rate,
                     repeat: connector.repeat,
                     offset_file: connector.offset_file.as_ref().map(|f| f.as_str().into()),
                 };
-                let errors = errors.clone();
-                let shutdown = shutdown_rx.clone();
-                let name = connector.name.clone();
                 connectors.spawn(async move {
+                    let Context {
+                        ingest,
+                        status,
+                        errors,
+                        shutdown,
+                        ..
+                    } = context;
                     let result = replay::run(settings, ingest, status, errors, shutdown).await;
-                    (name, result.map(|summary| summary.bad_lines))
+                    (name, result.map(|_| ()).map_err(anyhow::Error::msg))
                 });
+            }
+            ConnectorKind::TuyaPulsar | ConnectorKind::TuyaBusiness => {
+                let settings = PulsarSettings::from_config(connector)?;
+                connectors.spawn(async move { (name, pulsar::run(settings, context).await) });
+            }
+            ConnectorKind::AlibabaAmqp | ConnectorKind::HuaweiAmqp => {
+                let settings = AmqpSettings::from_config(connector)?;
+                connectors.spawn(async move { (name, amqp::run(settings, context).await) });
             }
         }
     }
@@ -211,7 +251,7 @@ pub async fn run(
         tokio::select! {
             joined = connectors.join_next() => match joined {
                 None => break Ending::Finished,
-                Some(Ok((name, Ok(_)))) => tracing::info!(connector = %name, "Connector finished"),
+                Some(Ok((name, Ok(())))) => tracing::info!(connector = %name, "Connector finished"),
                 Some(Ok((name, Err(error)))) => {
                     tracing::error!(connector = %name, "Connector failed: {error}");
                 }

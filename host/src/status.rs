@@ -93,6 +93,14 @@ pub struct ConnectorHandle {
 }
 
 impl ConnectorHandle {
+    /// Replaces the identity (a connector whose username carries a timestamp shows the one
+    /// of its latest login).
+    pub fn set_identity(&self, identity: Vec<(String, String)>) {
+        if let Some(status) = lock(&self.all.0).get_mut(self.index) {
+            status.identity = identity;
+        }
+    }
+
     /// Sets the state (and clears the error unless failing).
     pub fn set(&self, state: ConnectorState, error: Option<String>) {
         if let Some(status) = lock(&self.all.0).get_mut(self.index) {
