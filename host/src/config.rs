@@ -918,4 +918,136 @@ mod tests {
             "{error}"
         );
     }
+
+    fn connector(toml: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            Path::new("/etc/iot/iotrules.toml"),
+            &format!("[[connector]]\nname = \"c\"\n{toml}"),
+        )
+    }
+
+    const TUYA: &str = r#"
+        kind = "tuya-pulsar"
+        access_id = "p1234567890abcdef"
+        access_key = "0123456789abcdef0123456789abcdef"
+        region = "eu"
+    "#;
+
+    #[test]
+    fn a_tuya_connector_derives_url_topic_and_subscription() {
+        let config = connector(TUYA).unwrap();
+        let c = &config.connectors[0];
+        assert_eq!(c.dialect_name().unwrap(), DialectName::Tuya);
+        let identity = crate::connector::identity(c, 0).unwrap();
+        let get = |key: &str| &identity.iter().find(|(k, _)| k == key).unwrap().1;
+        assert_eq!(get("url"), "pulsar+ssl://mqe.tuyaeu.com:7285/");
+        assert_eq!(get("topic"), "persistent://p1234567890abcdef/out/event");
+        assert_eq!(get("subscription"), "p1234567890abcdef-sub");
+        assert!(!format!("{identity:?}").contains("0123456789abcdef0123"));
+
+        let test = connector(&format!(
+            "{TUYA}\nenv = \"test\"\nsubscription_suffix = \"b\""
+        ))
+        .unwrap();
+        let identity = crate::connector::identity(&test.connectors[0], 0).unwrap();
+        assert!(identity.contains(&(
+            "topic".into(),
+            "persistent://p1234567890abcdef/out/event-test".into()
+        )));
+        assert!(identity.contains(&("subscription".into(), "p1234567890abcdef-b".into())));
+    }
+
+    #[test]
+    fn cloud_connectors_name_what_is_missing_or_wrong() {
+        let error = |toml: &str| connector(toml).unwrap_err().to_string();
+        assert_eq!(
+            error("kind = \"tuya-pulsar\"\naccess_key = \"0123456789abcdef0123456789\""),
+            "connector \"c\": a tuya-pulsar connector needs `access_id`"
+        );
+        assert!(
+            error(&TUYA.replace("region = \"eu\"", "region = \"mars\""))
+                .contains("unknown Tuya region `mars`")
+        );
+        assert!(
+            error(&format!("{TUYA}\ndialect = \"alibaba\""))
+                .contains("a tuya-pulsar connector does not carry dialect \"alibaba\"")
+        );
+        assert!(error(&format!("{TUYA}\nurl = \"http://x\"")).contains("expected pulsar+ssl://"));
+        assert!(
+            error("kind = \"huawei-amqp\"\naccess_key = \"ak\"\naccess_code = \"c\"")
+                .contains("needs `url`")
+        );
+        assert!(
+            error("kind = \"alibaba-amqp\"\nurl = \"amqps://h:5671\"\nidle_timeout_s = 10")
+                .contains("idle_timeout_s 10 is outside 30..=300")
+        );
+        assert_eq!(
+            error("kind = \"replay\"\nfile = \"x\""),
+            "connector \"c\": `dialect` is required for a replay connector"
+        );
+    }
+
+    #[test]
+    fn alibaba_hosts_derive_and_each_connection_has_its_client_id() {
+        let config = connector(
+            r#"
+            kind = "alibaba-amqp"
+            uid = "1941269044154518"
+            region = "cn-shanghai"
+            access_key_id = "LTAIexample"
+            access_key_secret = "secret-that-must-not-show"
+            consumer_group = "DEFAULT_GROUP"
+            connections = 2
+            ca_file = "ca.pem"
+            "#,
+        )
+        .unwrap();
+        let c = &config.connectors[0];
+        let settings = crate::connector::amqp::AmqpSettings::from_config(c).unwrap();
+        assert_eq!(
+            settings.url,
+            "amqps://1941269044154518.iot-amqp.cn-shanghai.aliyuncs.com:5671"
+        );
+        assert_eq!(
+            settings.ca_file.as_deref(),
+            Some(Path::new("/etc/iot/ca.pem"))
+        );
+        assert_eq!(settings.credit, 20);
+        let usernames: Vec<String> = settings.logins.iter().map(|l| l.username(7)).collect();
+        assert_eq!(
+            usernames,
+            [
+                "iotrules-c-0|authMode=aksign,signMethod=hmacsha256,timestamp=7,authId=LTAIexample,iotInstanceId=,consumerGroupId=DEFAULT_GROUP|",
+                "iotrules-c-1|authMode=aksign,signMethod=hmacsha256,timestamp=7,authId=LTAIexample,iotInstanceId=,consumerGroupId=DEFAULT_GROUP|",
+            ]
+        );
+        let shown = format!(
+            "{settings:?} {:?}",
+            crate::connector::identity(c, 7).unwrap()
+        );
+        assert!(!shown.contains("secret-that-must-not-show"), "{shown}");
+    }
+
+    #[test]
+    fn huawei_receives_from_the_default_queue_on_vhost_default() {
+        let config = connector(
+            r#"
+            kind = "huawei-amqp"
+            url = "amqps://abc.iot-amqps.cn-north-4.myhuaweicloud.com:5671"
+            access_key = "AK12"
+            access_code = "code-that-must-not-show"
+            instance_id = "inst-9"
+            "#,
+        )
+        .unwrap();
+        let settings =
+            crate::connector::amqp::AmqpSettings::from_config(&config.connectors[0]).unwrap();
+        assert_eq!(settings.source, "DefaultQueue");
+        assert_eq!(settings.hostname.as_deref(), Some("default"));
+        assert_eq!(
+            settings.logins[0].username(5),
+            "accessKey=AK12|timestamp=5|instanceId=inst-9"
+        );
+        assert!(!format!("{settings:?}").contains("code-that-must-not-show"));
+    }
 }

@@ -175,23 +175,7 @@ pub async fn run(
     for connector in &config.connectors {
         let dialect = connector.dialect()?;
         let ingest = pipeline.ingest(&connector.name, dialect);
-        let identity = match connector.kind {
-            ConnectorKind::Replay => vec![(
-                "file".into(),
-                connector
-                    .file
-                    .as_ref()
-                    .map(|f| f.as_str())
-                    .unwrap_or_default()
-                    .to_owned(),
-            )],
-            ConnectorKind::TuyaPulsar | ConnectorKind::TuyaBusiness => {
-                PulsarSettings::from_config(connector)?.identity()
-            }
-            ConnectorKind::AlibabaAmqp | ConnectorKind::HuaweiAmqp => {
-                AmqpSettings::from_config(connector)?.identity(config.clock.now_ms())
-            }
-        };
+        let identity = crate::connector::identity(connector, config.clock.now_ms())?;
         let status = observed.connectors.add(ConnectorStatus {
             name: connector.name.clone(),
             kind: connector.kind.as_str(),

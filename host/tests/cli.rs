@@ -241,3 +241,57 @@ fn bundled_demo_messages_decode_with_the_demo_key() {
         assert_eq!(event["kind"], kind, "{file}");
     }
 }
+
+#[test]
+fn decode_as_a_configured_connector_shows_its_identity_without_the_secret() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("iotrules.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            [[connector]]
+            name = "tuya-eu"
+            kind = "tuya-pulsar"
+            access_id = "cliAccessId"
+            access_key = "{ACCESS_KEY}"
+            region = "eu"
+            env = "test"
+            "#
+        ),
+    )
+    .expect("write config");
+    let config = config.to_str().expect("utf-8 path");
+    let (payload, em) = sealed_status(Mode::Gcm);
+    let output = decode(
+        &[
+            "--config",
+            config,
+            "--connector",
+            "tuya-eu",
+            "--property",
+            &format!("em={em}"),
+        ],
+        payload.as_bytes(),
+        None,
+    );
+    let event = stdout_json(&output);
+    assert_eq!(event["source"], "tuya-eu");
+    assert_eq!(event["device"]["id"], "lamp");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("topic=persistent://cliAccessId/out/event-test")
+            && stderr.contains("subscription=cliAccessId-sub")
+            && stderr.contains("url=pulsar+ssl://mqe.tuyaeu.com:7285/"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(ACCESS_KEY), "{stderr}");
+
+    let output = decode(&["--config", config, "--connector", "nope"], b"", None);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no connector \"nope\" (it has: tuya-eu)"),
+        "{stderr}"
+    );
+}

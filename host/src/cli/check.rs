@@ -60,6 +60,17 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 core.registry.names().len(),
             )
         });
+        for connector in &config.connectors {
+            // The config was checked: the identity derives.
+            let identity =
+                iotrules::connector::identity(connector, config.clock.now_ms()).unwrap_or_default();
+            println!(
+                "connector {} ({}): {}",
+                connector.name,
+                connector.kind.as_str(),
+                super::identity_text(&identity)
+            );
+        }
         println!(
             "{}: ok ({} connector(s), {} command path(s), {plugins} plugin(s), {rules} rule(s))",
             config.file.display(),

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use iotrules::config::Config;
 use iotrules::event::ATTR_SIGNATURE;
 use iotrules::vendor::{Dialect, RawMessage, SignMode, alibaba, huawei, tuya};
 
@@ -14,9 +15,19 @@ pub struct DecodeArgs {
     /// The file holding the raw message; `-` or nothing reads standard input.
     file: Option<PathBuf>,
 
-    /// Which dialect the message is in.
-    #[arg(long, value_enum)]
-    vendor: VendorArg,
+    /// Which dialect the message is in (or give --config and --connector).
+    #[arg(long, value_enum, required_unless_present = "connector")]
+    vendor: Option<VendorArg>,
+
+    /// Decode as this connector of --config does (its dialect, keys and signature policy),
+    /// and print the identity it presents to its broker (URL, topic, subscription,
+    /// username; never a secret) on standard error, to compare with the vendor console.
+    #[arg(long, requires = "config", conflicts_with = "vendor")]
+    connector: Option<String>,
+
+    /// The service configuration --connector is read from.
+    #[arg(long, short, value_name = "FILE", requires = "connector")]
+    config: Option<PathBuf>,
 
     /// Tuya access key (the project's secret); required for tuya and tuya-business.
     #[arg(long, env = "IOTRULES_ACCESS_KEY", hide_env_values = true)]
@@ -43,9 +54,9 @@ pub struct DecodeArgs {
     #[arg(long)]
     raw: bool,
 
-    /// The connector name to put in the event's `source`.
-    #[arg(long, default_value = "decode")]
-    source: String,
+    /// The connector name to put in the event's `source` (default: --connector, or `decode`).
+    #[arg(long)]
+    source: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -87,14 +98,39 @@ fn parse_property(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The dialect of `--connector` in `--config`, after printing the connector's identity.
+fn connector_dialect(config: &std::path::Path, name: &str) -> anyhow::Result<Dialect> {
+    let config = Config::load(config)?;
+    let Some(connector) = config.connectors.iter().find(|c| c.name == name) else {
+        let names: Vec<&str> = config.connectors.iter().map(|c| c.name.as_str()).collect();
+        bail!(
+            "{}: no connector \"{name}\" (it has: {})",
+            config.file.display(),
+            names.join(", ")
+        );
+    };
+    let identity = iotrules::connector::identity(connector, config.clock.now_ms())?;
+    eprintln!(
+        "iotrules: connector {name} ({}): {}",
+        connector.kind.as_str(),
+        super::identity_text(&identity)
+    );
+    Ok(connector.dialect()?)
+}
+
 fn dialect(args: &DecodeArgs) -> anyhow::Result<Dialect> {
+    let vendor = match (&args.config, &args.connector, args.vendor) {
+        (Some(config), Some(name), _) => return connector_dialect(config, name),
+        (_, _, Some(vendor)) => vendor,
+        _ => bail!("give --vendor, or --config and --connector"),
+    };
     let tuya_keys = || -> anyhow::Result<tuya::Keys> {
         let Some(key) = args.access_key.as_deref() else {
             bail!("--access-key (or IOTRULES_ACCESS_KEY) is required to decrypt Tuya messages");
         };
         Ok(tuya::Keys::new(args.access_id.clone(), key)?)
     };
-    Ok(match args.vendor {
+    Ok(match vendor {
         VendorArg::Tuya => Dialect::Tuya(tuya::Decoder::new(tuya_keys()?, args.sign.into())),
         VendorArg::TuyaBusiness => {
             Dialect::TuyaBusiness(tuya::BusinessDecoder::new(tuya_keys()?, args.sign.into()))
@@ -123,7 +159,12 @@ fn read_input(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
 pub fn run(args: DecodeArgs) -> anyhow::Result<ExitCode> {
     let dialect = dialect(&args)?;
     let payload = read_input(args.file.as_ref())?;
-    let message = RawMessage::new(&args.source, &payload).with_properties(&args.properties);
+    let source = args
+        .source
+        .as_deref()
+        .or(args.connector.as_deref())
+        .unwrap_or("decode");
+    let message = RawMessage::new(source, &payload).with_properties(&args.properties);
     let origin = args
         .file
         .as_ref()

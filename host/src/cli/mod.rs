@@ -138,3 +138,12 @@ fn open_store(
     let state = iotrules::store::SqliteStateStore::new(store.clone());
     Ok((store, std::sync::Arc::new(state)))
 }
+
+/// An identity as one line: `key=value, key=value`.
+fn identity_text(identity: &[(String, String)]) -> String {
+    identity
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
 use crate::metrics::Metrics;
 use crate::pipeline::Ingest;
 use crate::plugin::Clock;
@@ -98,6 +99,33 @@ pub enum ConnectorState {
 
 /// A connector's name, shared by everything that reports on it.
 pub type ConnectorName = Arc<str>;
+
+/// What identifies a connector to its peer at `now_ms`, without secrets: the file of a
+/// replay; the URL, topic, subscription or username of a cloud connector. `/status`, `check`
+/// and `decode --connector` show it, so that a login the broker refuses can be compared with
+/// what the vendor's console expects.
+pub fn identity(
+    config: &ConnectorConfig,
+    now_ms: u64,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    Ok(match config.kind {
+        ConnectorKind::Replay => vec![(
+            "file".into(),
+            config
+                .file
+                .as_ref()
+                .map(|f| f.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        )],
+        ConnectorKind::TuyaPulsar | ConnectorKind::TuyaBusiness => {
+            pulsar::PulsarSettings::from_config(config)?.identity()
+        }
+        ConnectorKind::AlibabaAmqp | ConnectorKind::HuaweiAmqp => {
+            amqp::AmqpSettings::from_config(config)?.identity(now_ms)
+        }
+    })
+}
 
 /// What every connector runs with: where deliveries go and where it reports.
 #[derive(Clone)]
