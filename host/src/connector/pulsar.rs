@@ -6,11 +6,32 @@
 //! subscription `{accessId}-sub`. The encryption mode travels in the `em` message property,
 //! which is handed to the decoder with the payload.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Duration;
 
+use futures::StreamExt as _;
+use pulsar::consumer::ConsumerOptions;
+use pulsar::error::{ConnectionError, ConsumerError, ServiceDiscoveryError};
+use pulsar::proto::{MessageIdData, ServerError};
+use pulsar::{
+    Authentication, ConnectionRetryOptions, Consumer, OperationRetryOptions, Pulsar, SubType,
+    TokioExecutor,
+};
+use tokio::sync::mpsc;
+
+use super::{Acker, Backoff, Context, Delivery, Settle};
 use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
+use crate::pipeline::Closed;
 use crate::vendor::tuya;
+
+/// Messages each partition's consumer may hold ahead of the pipeline (the FLOW permits it
+/// grants the broker, and the size of its receive queue): the bound on read-ahead.
+const RECEIVER_QUEUE: u32 = 1000;
+/// How long a stopping connector keeps its consumer to acknowledge what is still in flight.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// A connection check that takes longer than this failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A Pulsar connector's settings, derived from its config.
 #[derive(Clone)]
@@ -27,6 +48,8 @@ pub struct PulsarSettings {
     pub ca_file: Option<PathBuf>,
     /// Rebuild the consumer after this long without a message.
     pub stall_timeout: Option<Duration>,
+    /// Messages each partition consumer may read ahead of the pipeline.
+    pub receiver_queue: u32,
 }
 
 impl std::fmt::Debug for PulsarSettings {
@@ -38,6 +61,7 @@ impl std::fmt::Debug for PulsarSettings {
             .field("subscription", &self.subscription)
             .field("ca_file", &self.ca_file)
             .field("stall_timeout", &self.stall_timeout)
+            .field("receiver_queue", &self.receiver_queue)
             .finish()
     }
 }
@@ -87,6 +111,7 @@ impl PulsarSettings {
             ca_file: config.ca_file.as_ref().map(|f| f.as_str().into()),
             stall_timeout: (config.stall_timeout_s > 0)
                 .then(|| Duration::from_secs(config.stall_timeout_s)),
+            receiver_queue: RECEIVER_QUEUE,
         })
     }
 
@@ -101,13 +126,479 @@ impl PulsarSettings {
             ("subscription_type".into(), "Failover".into()),
         ]
     }
+
+    /// How often the supervisor checks the consumer: often enough to notice a stall well
+    /// within `stall_timeout`, at most every 15 s.
+    fn check_interval(&self) -> Duration {
+        self.stall_timeout
+            .map_or(Duration::from_secs(15), |stall| stall / 4)
+            .clamp(Duration::from_millis(250), Duration::from_secs(15))
+    }
+
+    fn tls(&self) -> bool {
+        self.url.starts_with("pulsar+ssl://")
+    }
 }
 
-/// Runs the connector until the service stops. (The transport is being built: this
-/// placeholder refuses to start, so a config naming it fails loudly instead of idling.)
-pub async fn run(settings: PulsarSettings, context: super::Context) -> anyhow::Result<()> {
-    let _ = settings;
-    let error = "this connector's transport is not built yet";
-    context.failed(error);
-    anyhow::bail!(error)
+/// How one session (a client and its consumer) ended.
+enum Ended {
+    /// The service is stopping (or the pipeline closed): the connector returns.
+    Stopping,
+    /// The connection failed, was refused or went quiet: rebuild after a pause.
+    Lost {
+        error: String,
+        /// The session got as far as receiving: the backoff starts over.
+        worked: bool,
+    },
+    /// A setting that no retry can fix (an unreadable `ca_file`).
+    Fatal(String),
+}
+
+/// A settlement on its way from the pipeline to the task that owns the consumer.
+type Settlement = (String, MessageIdData, Settle);
+
+/// Runs the connector until the service stops: a supervisor that builds a client and a
+/// consumer, receives until the connection fails or the consumer stalls, and rebuilds them
+/// after a backoff pause (1 s doubling to 60 s with jitter, reset after a session that
+/// received).
+///
+/// Acknowledgement: each message is acked once the pipeline settled it `Ack` (processed, or
+/// stored as a dead letter), negative-acked (redelivered by the broker) when it settled it
+/// `Retry`, and left unacknowledged when its session ended first: the broker delivers it
+/// again to the rebuilt consumer, and the pipeline drops the duplicate by event id.
+pub async fn run(settings: PulsarSettings, mut context: Context) -> anyhow::Result<()> {
+    crate::tls::install_provider();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        if context.stopping() {
+            break;
+        }
+        match session(&settings, &mut context).await {
+            Ended::Stopping => break,
+            Ended::Fatal(error) => {
+                let error = format!("{}: {error}", context.place());
+                context.failed(&error);
+                anyhow::bail!(error);
+            }
+            Ended::Lost { error, worked } => {
+                if worked {
+                    backoff.reset();
+                }
+                let pause = backoff.next_pause();
+                context.disconnected(&error, pause);
+                if context.pause(pause).await {
+                    break;
+                }
+            }
+        }
+    }
+    context.stopped();
+    Ok(())
+}
+
+/// One client and consumer, from connecting to losing them (or stopping).
+async fn session(settings: &PulsarSettings, context: &mut Context) -> Ended {
+    let client = match connect(settings).await {
+        Ok(client) => client,
+        Err(ended) => return ended,
+    };
+    let consumer = client
+        .consumer()
+        .with_topic(&settings.topic)
+        .with_subscription(&settings.subscription)
+        .with_subscription_type(SubType::Failover)
+        .with_consumer_name(format!("iotrules-{}", context.name()))
+        .with_batch_size(settings.receiver_queue)
+        .with_options(ConsumerOptions::default().with_receiver_queue_size(settings.receiver_queue))
+        .build::<Vec<u8>>()
+        .await;
+    let mut consumer: Consumer<Vec<u8>, TokioExecutor> = match consumer {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            return Ended::Lost {
+                error: explain(settings, "cannot subscribe", &e),
+                worked: false,
+            };
+        }
+    };
+    let partitions = consumer.topics().len();
+    tracing::info!(
+        connector = %context.name(),
+        topic = %settings.topic,
+        subscription = %settings.subscription,
+        partitions,
+        "Subscribed"
+    );
+    context.connected();
+    let ended = receive(settings, context, &mut consumer, partitions).await;
+    // Best effort: tell the broker now rather than when the connection times out, so the
+    // next consumer of the Failover subscription takes over at once.
+    let _ = tokio::time::timeout(Duration::from_secs(2), consumer.close()).await;
+    ended
+}
+
+/// Builds the client: `auth1` credentials, TLS trust, and short in-crate retries (the
+/// supervisor does the long ones, with backoff and reporting).
+async fn connect(settings: &PulsarSettings) -> Result<Pulsar<TokioExecutor>, Ended> {
+    let mut builder = Pulsar::builder(settings.url.as_str(), TokioExecutor)
+        .with_auth(Authentication {
+            name: tuya::AUTH_METHOD.to_owned(),
+            data: settings.keys.pulsar_auth_data().into_bytes(),
+        })
+        .with_connection_retry_options(ConnectionRetryOptions {
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            max_retries: 2,
+            connection_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(30),
+            ..ConnectionRetryOptions::default()
+        })
+        .with_operation_retry_options(OperationRetryOptions {
+            operation_timeout: Duration::from_secs(30),
+            retry_delay: Duration::from_millis(500),
+            max_retries: Some(3),
+        });
+    if settings.tls() {
+        let chain = trust_chain(settings.ca_file.as_deref()).map_err(Ended::Fatal)?;
+        builder = builder.with_certificate_chain(chain);
+    }
+    match builder.build().await {
+        Ok(client) => Ok(client),
+        Err(e) => {
+            // The crate folds every non-retryable handshake failure (a refused CONNECT, a
+            // TLS error) into one "fatal error" and logs the cause: ask the broker ourselves.
+            let error = match probe(settings).await {
+                Some(found) => found,
+                None => explain(settings, "cannot connect", &e),
+            };
+            Err(Ended::Lost {
+                error,
+                worked: false,
+            })
+        }
+    }
+}
+
+/// Why a connection fails, found by doing the first step ourselves: TCP, TLS with the
+/// connector's trust (system roots and `ca_file`), and a CONNECT with the `auth1`
+/// credentials. `None` if all of it works (the failure was further on).
+async fn probe(settings: &PulsarSettings) -> Option<String> {
+    let address = settings
+        .url
+        .split_once("://")
+        .map_or(settings.url.as_str(), |(_, rest)| rest)
+        .trim_end_matches('/');
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    let address = if address.contains(':') {
+        address.to_owned()
+    } else {
+        format!("{address}:{}", if settings.tls() { 6651 } else { 6650 })
+    };
+    let connecting = tokio::time::timeout(CHECK_TIMEOUT, tokio::net::TcpStream::connect(&address));
+    let stream = match connecting.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Some(format!("cannot connect to {address}: {e}")),
+        Err(_) => {
+            return Some(format!(
+                "cannot connect to {address}: no answer in {} s",
+                CHECK_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    if !settings.tls() {
+        return handshake(settings, stream).await;
+    }
+    let config = match crate::tls::client_config(settings.ca_file.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return Some(e.to_string()),
+    };
+    let name = match rustls::pki_types::ServerName::try_from(host.to_owned()) {
+        Ok(name) => name,
+        Err(e) => return Some(format!("{host} is not a valid TLS server name: {e}")),
+    };
+    let tls = tokio_rustls::TlsConnector::from(config).connect(name, stream);
+    match tokio::time::timeout(CHECK_TIMEOUT, tls).await {
+        Ok(Ok(stream)) => handshake(settings, stream).await,
+        Ok(Err(e)) => Some(format!("TLS with {address} failed: {e}")),
+        Err(_) => Some(format!(
+            "TLS with {address}: no answer in {} s",
+            CHECK_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Sends CONNECT with the credentials and reads the broker's answer.
+async fn handshake<S>(settings: &PulsarSettings, stream: S) -> Option<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::SinkExt as _;
+    use pulsar::message::{Codec, Message, proto};
+    let mut framed = tokio_util::codec::Framed::new(stream, Codec);
+    let connect = Message {
+        command: proto::BaseCommand {
+            r#type: proto::base_command::Type::Connect as i32,
+            connect: Some(proto::CommandConnect {
+                client_version: format!("iotrules {}", env!("CARGO_PKG_VERSION")),
+                auth_method_name: Some(tuya::AUTH_METHOD.to_owned()),
+                auth_data: Some(settings.keys.pulsar_auth_data().into_bytes()),
+                protocol_version: Some(12),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        payload: None,
+    };
+    if let Err(e) = framed.send(connect).await {
+        return Some(format!("cannot talk to the broker: {e}"));
+    }
+    let answer = match tokio::time::timeout(CHECK_TIMEOUT, framed.next()).await {
+        Ok(Some(Ok(answer))) => answer,
+        Ok(Some(Err(e))) => {
+            return Some(format!("the broker's answer to CONNECT is unreadable: {e}"));
+        }
+        Ok(None) => return Some("the broker closed the connection after CONNECT".into()),
+        Err(_) => {
+            return Some(format!(
+                "the broker did not answer CONNECT in {} s",
+                CHECK_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    let error = answer.command.error?;
+    let code = ServerError::try_from(error.error).ok();
+    if matches!(
+        code,
+        Some(ServerError::AuthenticationError | ServerError::AuthorizationError)
+    ) {
+        return Some(format!(
+            "{} (the broker says: {})",
+            refused(settings),
+            error.message
+        ));
+    }
+    Some(format!(
+        "the broker refused the connection ({code:?}): {}",
+        error.message
+    ))
+}
+
+/// The message for refused credentials.
+fn refused(settings: &PulsarSettings) -> String {
+    format!(
+        "authentication refused by the broker: check access_id/access_key; username {}",
+        settings.keys.access_id()
+    )
+}
+
+/// The extra trust anchors handed to the pulsar crate, as PEM: the system's roots and the
+/// `ca_file`'s certificates. The crate always trusts its compiled-in Mozilla roots
+/// (`webpki-roots`) and adds these; it verifies the host name.
+fn trust_chain(ca_file: Option<&Path>) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let mut certificates: Vec<rustls::pki_types::CertificateDer<'static>> =
+        rustls_native_certs::load_native_certs()
+            .certs
+            .into_iter()
+            // The crate refuses the whole chain if one certificate is not a usable anchor.
+            .filter(|cert| rustls::RootCertStore::empty().add(cert.clone()).is_ok())
+            .collect();
+    if let Some(path) = ca_file {
+        let extra = crate::tls::read_certificates(path).map_err(|e| e.to_string())?;
+        for cert in &extra {
+            if let Err(e) = rustls::RootCertStore::empty().add(cert.clone()) {
+                return Err(format!(
+                    "ca_file {}: a certificate is not a usable CA: {e}",
+                    path.display()
+                ));
+            }
+        }
+        certificates.extend(extra);
+    }
+    let mut pem = Vec::new();
+    for cert in certificates {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+        for line in encoded.as_bytes().chunks(64) {
+            pem.extend_from_slice(line);
+            pem.push(b'\n');
+        }
+        pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    }
+    Ok(pem)
+}
+
+/// Receives until the session ends: hands each message to the pipeline (waiting while it is
+/// full, which stops the reading and so the FLOW permits), settles what the pipeline
+/// settled, and checks the consumer on a timer.
+async fn receive(
+    settings: &PulsarSettings,
+    context: &mut Context,
+    consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
+    partitions: usize,
+) -> Ended {
+    let ingest = context.ingest.clone();
+    let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<Settlement>();
+    let mut submitting: Option<Pin<Box<dyn Future<Output = Result<(), Closed>> + Send + '_>>> =
+        None;
+    let mut outstanding = 0usize;
+    let mut worked = false;
+    let mut last_message = tokio::time::Instant::now();
+    let mut checks = tokio::time::interval(settings.check_interval());
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    checks.reset();
+    let mut shutdown = context.shutdown.clone();
+    let lost = |error: String, worked: bool| Ended::Lost { error, worked };
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                drop(submitting.take());
+                return finish(consumer, &mut settle_rx, outstanding).await;
+            }
+            Some((topic, id, how)) = settle_rx.recv() => {
+                outstanding = outstanding.saturating_sub(1);
+                if let Err(e) = settle(consumer, &topic, id, how).await {
+                    return lost(format!("cannot acknowledge: {e}"), worked);
+                }
+            }
+            submitted = async { submitting.as_mut().expect("guarded").await }, if submitting.is_some() => {
+                submitting = None;
+                if submitted.is_err() {
+                    // The pipeline closed: the service is stopping.
+                    return finish(consumer, &mut settle_rx, outstanding).await;
+                }
+            }
+            next = consumer.next(), if submitting.is_none() => match next {
+                Some(Ok(message)) => {
+                    worked = true;
+                    last_message = tokio::time::Instant::now();
+                    outstanding += 1;
+                    let delivery = delivery(message, settle_tx.clone());
+                    submitting = Some(Box::pin(ingest.submit(delivery)));
+                }
+                Some(Err(e)) => return lost(explain(settings, "the consumer failed", &e), worked),
+                None => return lost("the consumer's stream ended".into(), worked),
+            },
+            _ = checks.tick() => {
+                if let Some(stall) = settings.stall_timeout
+                    && submitting.is_none()
+                    && last_message.elapsed() >= stall
+                {
+                    return lost(
+                        format!(
+                            "no message for {} s: rebuilding the consumer (stall_timeout_s)",
+                            stall.as_secs()
+                        ),
+                        worked,
+                    );
+                }
+                let live = consumer.topics().len();
+                if live < partitions {
+                    return lost(
+                        format!("the consumers of {} of {partitions} partitions stopped", partitions - live),
+                        worked,
+                    );
+                }
+                match tokio::time::timeout(CHECK_TIMEOUT, consumer.check_connection()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return lost(explain(settings, "the connection check failed", &e), worked),
+                    Err(_) => return lost(format!("the connection check got no answer in {} s", CHECK_TIMEOUT.as_secs()), worked),
+                }
+            }
+        }
+    }
+}
+
+/// A message as a delivery: its payload, its properties (`em`, `tid`, …) in the order the
+/// producer set them, and an acker that sends the settlement to the consumer's task.
+fn delivery(
+    message: pulsar::consumer::Message<Vec<u8>>,
+    settlements: mpsc::UnboundedSender<Settlement>,
+) -> Delivery {
+    let pulsar::consumer::Message {
+        topic,
+        payload,
+        message_id,
+        ..
+    } = message;
+    let properties = payload
+        .metadata
+        .properties
+        .into_iter()
+        .map(|p| (p.key, p.value))
+        .collect();
+    let id = message_id.id;
+    Delivery {
+        payload: payload.data,
+        properties,
+        acker: Acker::new(move |how| {
+            // After the session ended nobody listens: the broker redelivers the message.
+            let _ = settlements.send((topic, id, how));
+        }),
+    }
+}
+
+async fn settle(
+    consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
+    topic: &str,
+    id: MessageIdData,
+    how: Settle,
+) -> Result<(), ConsumerError> {
+    match how {
+        Settle::Ack => consumer.ack_with_id(topic, id).await,
+        Settle::Retry => consumer.nack_with_id(topic, id).await,
+    }
+}
+
+/// Stopping: no more reading, but what the pipeline still settles within [`STOP_GRACE`] is
+/// acknowledged; the rest is delivered again after the restart.
+async fn finish(
+    consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
+    settlements: &mut mpsc::UnboundedReceiver<Settlement>,
+    mut outstanding: usize,
+) -> Ended {
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    while outstanding > 0 {
+        match tokio::time::timeout_at(deadline, settlements.recv()).await {
+            Ok(Some((topic, id, how))) => {
+                outstanding -= 1;
+                if settle(consumer, &topic, id, how).await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ended::Stopping
+}
+
+/// A client error as the operator should read it, naming what failed; a refused
+/// authentication says which credentials to check.
+fn explain(settings: &PulsarSettings, what: &str, error: &pulsar::Error) -> String {
+    if refused_authentication(error) {
+        return format!("{} ({error})", refused(settings));
+    }
+    format!("{what} ({}): {error}", settings.url)
+}
+
+fn refused_authentication(error: &pulsar::Error) -> bool {
+    let connection = match error {
+        pulsar::Error::Connection(e)
+        | pulsar::Error::Consumer(ConsumerError::Connection(e))
+        | pulsar::Error::ServiceDiscovery(ServiceDiscoveryError::Connection(e)) => e,
+        pulsar::Error::ServiceDiscovery(ServiceDiscoveryError::Query(
+            Some(ServerError::AuthenticationError | ServerError::AuthorizationError),
+            _,
+        )) => return true,
+        pulsar::Error::Authentication(_) => return true,
+        _ => return false,
+    };
+    matches!(
+        connection,
+        ConnectionError::PulsarError(
+            Some(ServerError::AuthenticationError | ServerError::AuthorizationError),
+            _
+        ) | ConnectionError::Authentication(_)
+    )
 }
