@@ -154,6 +154,9 @@ enum Ended {
     Fatal(String),
 }
 
+/// A delivery being handed to the pipeline (which may wait while it is full).
+type Submitting<'a> = Pin<Box<dyn Future<Output = Result<(), Closed>> + Send + 'a>>;
+
 /// A settlement on its way from the pipeline to the task that owns the consumer.
 type Settlement = (String, MessageIdData, Settle);
 
@@ -439,8 +442,7 @@ async fn receive(
 ) -> Ended {
     let ingest = context.ingest.clone();
     let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<Settlement>();
-    let mut submitting: Option<Pin<Box<dyn Future<Output = Result<(), Closed>> + Send + '_>>> =
-        None;
+    let mut submitting: Option<Submitting<'_>> = None;
     let mut outstanding = 0usize;
     let mut worked = false;
     let mut last_message = tokio::time::Instant::now();
