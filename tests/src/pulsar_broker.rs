@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{SinkExt as _, StreamExt as _};
@@ -110,6 +110,8 @@ struct Stored {
 /// One consumer attached to a partition.
 struct Attached {
     connection: u64,
+    /// Its connection went silent ([`PulsarBroker::mute_connections`]).
+    muted: Arc<AtomicBool>,
     consumer_id: u64,
     permits: u32,
     frames: mpsc::UnboundedSender<Message>,
@@ -133,6 +135,9 @@ impl Partition {
         let Some(active) = self.consumers.first_mut() else {
             return;
         };
+        if active.muted.load(Ordering::SeqCst) {
+            return;
+        }
         while active.permits > 0 {
             let Some(entry) = self.queued.pop_first() else {
                 return;
@@ -196,7 +201,7 @@ struct State {
     partitions: Vec<Partition>,
     next_partition: usize,
     acks: Vec<Acked>,
-    connections: HashMap<u64, JoinHandle<()>>,
+    connections: HashMap<u64, (JoinHandle<()>, Arc<AtomicBool>)>,
     next_connection: u64,
     refused: usize,
     subscribes: usize,
@@ -324,10 +329,24 @@ impl PulsarBroker {
     pub fn kill_connections(&self) {
         let connections: Vec<JoinHandle<()>> = {
             let mut state = self.shared.state();
-            state.connections.drain().map(|(_, task)| task).collect()
+            state
+                .connections
+                .drain()
+                .map(|(_, (task, _))| task)
+                .collect()
         };
         for task in connections {
             task.abort();
+        }
+    }
+
+    /// Makes every open connection silent: it stays open, but nothing more is sent on it (no
+    /// messages, no PONGs, no answers): the half-dead connection after which Pulsar clients
+    /// are known to stop receiving. New connections are served normally.
+    pub fn mute_connections(&self) {
+        let state = self.shared.state();
+        for (_, muted) in state.connections.values() {
+            muted.store(true, Ordering::SeqCst);
         }
     }
 
@@ -374,20 +393,26 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
         let mut state = shared.state();
         let id = state.next_connection;
         state.next_connection += 1;
-        let task = tokio::spawn(connection(stream, id, shared.clone()));
-        state.connections.insert(id, task);
+        let muted = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(connection(stream, id, muted.clone(), shared.clone()));
+        state.connections.insert(id, (task, muted));
     }
 }
 
-async fn connection(stream: tokio::net::TcpStream, id: u64, shared: Arc<Shared>) {
+async fn connection(
+    stream: tokio::net::TcpStream,
+    id: u64,
+    muted: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+) {
     match shared.config.tls.clone() {
         Some(ca) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(ca.server.clone());
             if let Ok(stream) = acceptor.accept(stream).await {
-                serve(stream, id, shared).await;
+                serve(stream, id, muted, shared).await;
             }
         }
-        None => serve(stream, id, shared).await,
+        None => serve(stream, id, muted, shared).await,
     }
 }
 
@@ -418,7 +443,7 @@ impl Drop for Detach {
     }
 }
 
-async fn serve<S>(stream: S, connection: u64, shared: Arc<Shared>)
+async fn serve<S>(stream: S, connection: u64, muted: Arc<AtomicBool>, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -428,8 +453,12 @@ where
     };
     let (mut sink, mut frames) = Framed::new(stream, Codec).split();
     let (out, mut outgoing) = mpsc::unbounded_channel::<Message>();
+    let silent = muted.clone();
     let writer = async move {
         while let Some(message) = outgoing.recv().await {
+            if silent.load(Ordering::SeqCst) {
+                continue;
+            }
             if sink.send(message).await.is_err() {
                 break;
             }
@@ -471,7 +500,12 @@ where
         // consumer id on this connection → partition
         let mut consumers: HashMap<u64, usize> = HashMap::new();
         while let Some(Ok(frame)) = frames.next().await {
-            if !handle(&shared, connection, &out, &mut consumers, frame.command) {
+            let link = Link {
+                id: connection,
+                muted: &muted,
+                out: &out,
+            };
+            if !handle(&shared, &link, &mut consumers, frame.command) {
                 break;
             }
         }
@@ -549,14 +583,21 @@ fn partition_of(config: &BrokerConfig, topic: &str) -> Option<usize> {
     (index < config.partitions).then_some(index)
 }
 
+/// The connection a command came on.
+struct Link<'a> {
+    id: u64,
+    muted: &'a Arc<AtomicBool>,
+    out: &'a mpsc::UnboundedSender<Message>,
+}
+
 /// Handles one command; false closes the connection.
 fn handle(
     shared: &Shared,
-    connection: u64,
-    out: &mpsc::UnboundedSender<Message>,
+    link: &Link<'_>,
     consumers: &mut HashMap<u64, usize>,
     base: proto::BaseCommand,
 ) -> bool {
+    let (connection, out) = (link.id, link.out);
     let config = &shared.config;
     let reply = |message: Message| out.send(message).is_ok();
     if base.ping.is_some() {
@@ -626,6 +667,7 @@ fn handle(
         consumers.insert(request.consumer_id, index);
         state.partitions[index].consumers.push(Attached {
             connection,
+            muted: link.muted.clone(),
             consumer_id: request.consumer_id,
             permits: 0,
             frames: out.clone(),

@@ -520,3 +520,43 @@ async fn a_tampered_signature_and_a_garbage_payload_become_dead_letters_and_are_
     assert_eq!(seen, [Some(2)]);
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_whose_connection_goes_silent_is_rebuilt_and_gets_what_was_pending() {
+    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
+    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
+    let webhook = Webhook::start().await;
+    let connectors = connector_toml(
+        "tuya",
+        "tuya-pulsar",
+        ACCESS_ID,
+        ACCESS_KEY,
+        &broker.url(),
+        "",
+    );
+    let service = Service::start(&connectors, &webhook).await;
+
+    let (first, properties) = sealed(&tuya_keys, "lamp", 1, Mode::Gcm);
+    let first = publish(&broker, &first, &properties);
+    wait_until("the first message acked", || broker.is_acked(first)).await;
+    let subscribed = broker.subscribes();
+
+    // The connection stays open and says nothing more: no messages, no PONGs.
+    broker.mute_connections();
+    let (second, properties) = sealed(&tuya_keys, "lamp", 2, Mode::Gcm);
+    let second = publish(&broker, &second, &properties);
+    wait_until("the second message acked on a rebuilt consumer", || {
+        broker.is_acked(second)
+    })
+    .await;
+    assert!(broker.subscribes() > subscribed);
+    let seen: Vec<Option<u64>> = webhook.seen().iter().map(|s| s.seq).collect();
+    assert_eq!(seen, [Some(1), Some(2)]);
+    let errors = service.observed.errors.recent();
+    assert!(
+        errors.iter().any(|e| e.place == "connector \"tuya\""
+            && (e.message.contains("no answer") || e.message.contains("no message for"))),
+        "{errors:?}"
+    );
+    service.stop().await;
+}

@@ -6,8 +6,10 @@
 //! subscription `{accessId}-sub`. The encryption mode travels in the `em` message property,
 //! which is handed to the decoder with the payload.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -23,6 +25,7 @@ use tokio::sync::mpsc;
 use super::{Acker, Backoff, Context, Delivery, Settle};
 use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
 use crate::pipeline::Closed;
+use crate::sync::lock;
 use crate::vendor::tuya;
 
 /// Messages each partition's consumer may hold ahead of the pipeline (the FLOW permits it
@@ -30,7 +33,10 @@ use crate::vendor::tuya;
 const RECEIVER_QUEUE: u32 = 1000;
 /// How long a stopping connector keeps its consumer to acknowledge what is still in flight.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// A connection check that takes longer than this failed.
+/// A session that lasted this long worked, even without a message: the backoff starts over.
+const WORKED_AFTER: Duration = Duration::from_secs(60);
+/// A connection probe (and, with a short `stall_timeout`, a ping) that takes longer than this
+/// failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A Pulsar connector's settings, derived from its config.
@@ -147,7 +153,7 @@ enum Ended {
     /// The connection failed, was refused or went quiet: rebuild after a pause.
     Lost {
         error: String,
-        /// The session got as far as receiving: the backoff starts over.
+        /// The session received, or lasted [`WORKED_AFTER`]: the backoff starts over.
         worked: bool,
     },
     /// A setting that no retry can fix (an unreadable `ca_file`).
@@ -157,13 +163,77 @@ enum Ended {
 /// A delivery being handed to the pipeline (which may wait while it is full).
 type Submitting<'a> = Pin<Box<dyn Future<Output = Result<(), Closed>> + Send + 'a>>;
 
-/// A settlement on its way from the pipeline to the task that owns the consumer.
-type Settlement = (String, MessageIdData, Settle);
+/// A settlement on its way from the pipeline to the task that owns the consumer: `None` when
+/// the delivery was dropped unsettled (the service stopping), which only wakes the task up.
+type Settlement = (String, MessageIdData, Option<Settle>);
+
+/// A message as the broker identifies it on the subscription: its partition's topic and id.
+type Key = (String, u64, u64, Option<i32>);
+
+fn key(topic: &str, id: &MessageIdData) -> Key {
+    (topic.to_owned(), id.ledger_id, id.entry_id, id.batch_index)
+}
+
+/// What outlives a session: the messages the pipeline holds, and the channel their
+/// settlements come back on. A settlement made after its session ended is acknowledged on
+/// the next consumer (message ids stay valid on the subscription), and a message the broker
+/// delivers again while the pipeline still holds it is not handed over a second time: its
+/// first copy's settlement acknowledges it. (Handing it over would let the pipeline take it
+/// for a duplicate and ack it at once, before the first copy is processed.)
+struct Pending {
+    held: Arc<Mutex<HashSet<Key>>>,
+    settlements: mpsc::UnboundedSender<Settlement>,
+    settled: mpsc::UnboundedReceiver<Settlement>,
+}
+
+impl Pending {
+    fn new() -> Self {
+        let (settlements, settled) = mpsc::unbounded_channel();
+        Pending {
+            held: Arc::default(),
+            settlements,
+            settled,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        lock(&self.held).is_empty()
+    }
+}
+
+/// Sends a delivery's settlement to the consumer's task, and releases its key either way
+/// (settled, or dropped unsettled).
+struct Settler {
+    key: Option<Key>,
+    id: MessageIdData,
+    held: Arc<Mutex<HashSet<Key>>>,
+    settlements: mpsc::UnboundedSender<Settlement>,
+}
+
+impl Settler {
+    fn send(mut self, how: Option<Settle>) {
+        if let Some(key) = self.key.take() {
+            lock(&self.held).remove(&key);
+            // After the connector stopped nobody listens: the broker redelivers the message.
+            let _ = self.settlements.send((key.0, self.id.clone(), how));
+        }
+    }
+}
+
+impl Drop for Settler {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            lock(&self.held).remove(&key);
+            let _ = self.settlements.send((key.0, self.id.clone(), None));
+        }
+    }
+}
 
 /// Runs the connector until the service stops: a supervisor that builds a client and a
 /// consumer, receives until the connection fails or the consumer stalls, and rebuilds them
 /// after a backoff pause (1 s doubling to 60 s with jitter, reset after a session that
-/// received).
+/// worked). A refused authentication is retried the same way: the credentials may be fixed
+/// on the console while the service runs, and the other connectors keep running meanwhile.
 ///
 /// Acknowledgement: each message is acked once the pipeline settled it `Ack` (processed, or
 /// stored as a dead letter), negative-acked (redelivered by the broker) when it settled it
@@ -172,11 +242,12 @@ type Settlement = (String, MessageIdData, Settle);
 pub async fn run(settings: PulsarSettings, mut context: Context) -> anyhow::Result<()> {
     crate::tls::install_provider();
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut pending = Pending::new();
     loop {
         if context.stopping() {
             break;
         }
-        match session(&settings, &mut context).await {
+        match session(&settings, &mut context, &mut pending).await {
             Ended::Stopping => break,
             Ended::Fatal(error) => {
                 let error = format!("{}: {error}", context.place());
@@ -200,12 +271,17 @@ pub async fn run(settings: PulsarSettings, mut context: Context) -> anyhow::Resu
 }
 
 /// One client and consumer, from connecting to losing them (or stopping).
-async fn session(settings: &PulsarSettings, context: &mut Context) -> Ended {
-    let client = match connect(settings).await {
+async fn session(settings: &PulsarSettings, context: &mut Context, pending: &mut Pending) -> Ended {
+    let mut shutdown = context.shutdown.clone();
+    let client = tokio::select! {
+        client = connect(settings) => client,
+        _ = shutdown.changed() => return Ended::Stopping,
+    };
+    let client = match client {
         Ok(client) => client,
         Err(ended) => return ended,
     };
-    let consumer = client
+    let subscribing = client
         .consumer()
         .with_topic(&settings.topic)
         .with_subscription(&settings.subscription)
@@ -213,8 +289,11 @@ async fn session(settings: &PulsarSettings, context: &mut Context) -> Ended {
         .with_consumer_name(format!("iotrules-{}", context.name()))
         .with_batch_size(settings.receiver_queue)
         .with_options(ConsumerOptions::default().with_receiver_queue_size(settings.receiver_queue))
-        .build::<Vec<u8>>()
-        .await;
+        .build::<Vec<u8>>();
+    let consumer = tokio::select! {
+        consumer = subscribing => consumer,
+        _ = shutdown.changed() => return Ended::Stopping,
+    };
     let mut consumer: Consumer<Vec<u8>, TokioExecutor> = match consumer {
         Ok(consumer) => consumer,
         Err(e) => {
@@ -233,7 +312,7 @@ async fn session(settings: &PulsarSettings, context: &mut Context) -> Ended {
         "Subscribed"
     );
     context.connected();
-    let ended = receive(settings, context, &mut consumer, partitions).await;
+    let ended = receive(settings, context, &mut consumer, partitions, pending).await;
     // Best effort: tell the broker now rather than when the connection times out, so the
     // next consumer of the Failover subscription takes over at once.
     let _ = tokio::time::timeout(Duration::from_secs(2), consumer.close()).await;
@@ -439,140 +518,174 @@ async fn receive(
     context: &mut Context,
     consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
     partitions: usize,
+    pending: &mut Pending,
 ) -> Ended {
     let ingest = context.ingest.clone();
-    let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<Settlement>();
     let mut submitting: Option<Submitting<'_>> = None;
-    let mut outstanding = 0usize;
-    let mut worked = false;
-    let mut last_message = tokio::time::Instant::now();
+    let started = tokio::time::Instant::now();
+    let mut received = false;
+    let mut last_message = started;
     let mut checks = tokio::time::interval(settings.check_interval());
     checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     checks.reset();
     let mut shutdown = context.shutdown.clone();
-    let lost = |error: String, worked: bool| Ended::Lost { error, worked };
+    let lost = |error: String, received: bool| Ended::Lost {
+        error,
+        worked: received || started.elapsed() >= WORKED_AFTER,
+    };
     loop {
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
+                // A delivery still waiting for the pipeline is dropped unsettled: the broker
+                // delivers it again after the restart.
                 drop(submitting.take());
-                return finish(consumer, &mut settle_rx, outstanding).await;
+                return finish(consumer, pending).await;
             }
-            Some((topic, id, how)) = settle_rx.recv() => {
-                outstanding = outstanding.saturating_sub(1);
+            Some((topic, id, how)) = pending.settled.recv() => {
                 if let Err(e) = settle(consumer, &topic, id, how).await {
-                    return lost(format!("cannot acknowledge: {e}"), worked);
+                    return lost(format!("cannot acknowledge: {e}"), received);
                 }
             }
-            submitted = async { submitting.as_mut().expect("guarded").await }, if submitting.is_some() => {
+            submitted = async {
+                match submitting.as_mut() {
+                    Some(submit) => submit.await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 submitting = None;
                 if submitted.is_err() {
                     // The pipeline closed: the service is stopping.
-                    return finish(consumer, &mut settle_rx, outstanding).await;
+                    return finish(consumer, pending).await;
                 }
             }
             next = consumer.next(), if submitting.is_none() => match next {
                 Some(Ok(message)) => {
-                    worked = true;
+                    received = true;
                     last_message = tokio::time::Instant::now();
-                    outstanding += 1;
-                    let delivery = delivery(message, settle_tx.clone());
-                    submitting = Some(Box::pin(ingest.submit(delivery)));
+                    if let Some(delivery) = delivery(message, pending) {
+                        submitting = Some(Box::pin(ingest.submit(delivery)));
+                    }
                 }
-                Some(Err(e)) => return lost(explain(settings, "the consumer failed", &e), worked),
-                None => return lost("the consumer's stream ended".into(), worked),
+                Some(Err(e)) => return lost(explain(settings, "the consumer failed", &e), received),
+                None => return lost("the consumer's stream ended".into(), received),
             },
             _ = checks.tick() => {
                 if let Some(stall) = settings.stall_timeout
                     && submitting.is_none()
                     && last_message.elapsed() >= stall
                 {
-                    return lost(
-                        format!(
-                            "no message for {} s: rebuilding the consumer (stall_timeout_s)",
-                            stall.as_secs()
-                        ),
-                        worked,
+                    let error = format!(
+                        "no message for {} s: rebuilding the consumer (stall_timeout_s)",
+                        stall.as_secs()
                     );
+                    return lost(error, received);
                 }
-                let live = consumer.topics().len();
-                if live < partitions {
-                    return lost(
-                        format!("the consumers of {} of {partitions} partitions stopped", partitions - live),
-                        worked,
-                    );
-                }
-                match tokio::time::timeout(CHECK_TIMEOUT, consumer.check_connection()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return lost(explain(settings, "the connection check failed", &e), worked),
-                    Err(_) => return lost(format!("the connection check got no answer in {} s", CHECK_TIMEOUT.as_secs()), worked),
+                if let Some(error) = check(settings, consumer, partitions).await {
+                    return lost(error, received);
                 }
             }
         }
     }
 }
 
+/// What is wrong with a consumer that receives nothing, if anything: a partition whose
+/// consumer ended (the crate drops it and carries on with the others, silently), or a
+/// connection that does not answer a ping.
+async fn check(
+    settings: &PulsarSettings,
+    consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
+    partitions: usize,
+) -> Option<String> {
+    let live = consumer.topics().len();
+    if live < partitions {
+        return Some(format!(
+            "the consumers of {} of {partitions} partitions stopped",
+            partitions - live
+        ));
+    }
+    let timeout = (settings.check_interval() * 2).clamp(Duration::from_secs(1), CHECK_TIMEOUT);
+    match tokio::time::timeout(timeout, consumer.check_connection()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(explain(settings, "the connection check failed", &e)),
+        Err(_) => Some(format!(
+            "the connection check got no answer in {:.1} s",
+            timeout.as_secs_f64()
+        )),
+    }
+}
+
 /// A message as a delivery: its payload, its properties (`em`, `tid`, …) in the order the
-/// producer set them, and an acker that sends the settlement to the consumer's task.
-fn delivery(
-    message: pulsar::consumer::Message<Vec<u8>>,
-    settlements: mpsc::UnboundedSender<Settlement>,
-) -> Delivery {
+/// producer set them, and an acker that sends the settlement to the consumer's task. `None`
+/// when the pipeline still holds an earlier copy of the same message.
+fn delivery(message: pulsar::consumer::Message<Vec<u8>>, pending: &Pending) -> Option<Delivery> {
     let pulsar::consumer::Message {
         topic,
         payload,
         message_id,
         ..
     } = message;
+    let id = message_id.id;
+    let key = key(&topic, &id);
+    if !lock(&pending.held).insert(key.clone()) {
+        tracing::debug!(%topic, entry = id.entry_id, "Redelivered while still in the pipeline");
+        return None;
+    }
     let properties = payload
         .metadata
         .properties
         .into_iter()
         .map(|p| (p.key, p.value))
         .collect();
-    let id = message_id.id;
-    Delivery {
+    let settler = Settler {
+        key: Some(key),
+        id,
+        held: pending.held.clone(),
+        settlements: pending.settlements.clone(),
+    };
+    Some(Delivery {
         payload: payload.data,
         properties,
-        acker: Acker::new(move |how| {
-            // After the session ended nobody listens: the broker redelivers the message.
-            let _ = settlements.send((topic, id, how));
-        }),
-    }
+        acker: Acker::new(move |how| settler.send(Some(how))),
+    })
 }
 
 async fn settle(
     consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
     topic: &str,
     id: MessageIdData,
-    how: Settle,
+    how: Option<Settle>,
 ) -> Result<(), ConsumerError> {
     match how {
-        Settle::Ack => consumer.ack_with_id(topic, id).await,
-        Settle::Retry => consumer.nack_with_id(topic, id).await,
+        Some(Settle::Ack) => consumer.ack_with_id(topic, id).await,
+        Some(Settle::Retry) => consumer.nack_with_id(topic, id).await,
+        None => Ok(()),
     }
 }
 
 /// Stopping: no more reading, but what the pipeline still settles within [`STOP_GRACE`] is
 /// acknowledged; the rest is delivered again after the restart.
-async fn finish(
-    consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
-    settlements: &mut mpsc::UnboundedReceiver<Settlement>,
-    mut outstanding: usize,
-) -> Ended {
+async fn finish(consumer: &mut Consumer<Vec<u8>, TokioExecutor>, pending: &mut Pending) -> Ended {
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
-    while outstanding > 0 {
-        match tokio::time::timeout_at(deadline, settlements.recv()).await {
+    loop {
+        // Settlements already sent, then wait for the rest while the pipeline holds any.
+        while let Ok((topic, id, how)) = pending.settled.try_recv() {
+            if settle(consumer, &topic, id, how).await.is_err() {
+                return Ended::Stopping;
+            }
+        }
+        if pending.is_empty() {
+            return Ended::Stopping;
+        }
+        match tokio::time::timeout_at(deadline, pending.settled.recv()).await {
             Ok(Some((topic, id, how))) => {
-                outstanding -= 1;
                 if settle(consumer, &topic, id, how).await.is_err() {
-                    break;
+                    return Ended::Stopping;
                 }
             }
-            Ok(None) | Err(_) => break,
+            Ok(None) | Err(_) => return Ended::Stopping,
         }
     }
-    Ended::Stopping
 }
 
 /// A client error as the operator should read it, naming what failed; a refused
