@@ -717,3 +717,80 @@ fn refused_authentication(error: &pulsar::Error) -> bool {
         ) | ConnectionError::Authentication(_)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const KEY: &str = "secretKEY0123456789abcdefXYZ";
+
+    fn settings(extra: &str) -> PulsarSettings {
+        let text = format!(
+            r#"
+            rules = "r"
+            plugins = "p"
+            [[connector]]
+            name = "tuya"
+            kind = "tuya-pulsar"
+            access_id = "accessid1"
+            access_key = "{KEY}"
+            {extra}
+            [[command_path]]
+            name = "out"
+            kind = "log"
+            "#
+        );
+        let config = Config::parse(Path::new("/etc/iot/iotrules.toml"), &text).unwrap();
+        PulsarSettings::from_config(&config.connectors[0]).unwrap()
+    }
+
+    #[test]
+    fn regions_topic_and_subscription_follow_tuyas_conventions() {
+        let eu = settings("region = \"eu\"\nenv = \"test\"\nsubscription_suffix = \"b\"");
+        assert_eq!(eu.url, "pulsar+ssl://mqe.tuyaeu.com:7285/");
+        assert_eq!(eu.topic, "persistent://accessid1/out/event-test");
+        assert_eq!(eu.subscription, "accessid1-b");
+        let own = settings("url = \"pulsar://127.0.0.1:6650\"");
+        assert_eq!(own.topic, "persistent://accessid1/out/event");
+        assert_eq!(own.subscription, "accessid1-sub");
+        assert!(!own.tls() && eu.tls());
+    }
+
+    #[test]
+    fn neither_debug_nor_identity_shows_the_key() {
+        let settings = settings("region = \"us\"");
+        let shown = format!("{settings:?} {:?}", settings.identity());
+        assert!(shown.contains("accessid1"), "{shown}");
+        assert!(!shown.contains(KEY), "{shown}");
+        assert!(!shown.contains(&settings.keys.pulsar_password()), "{shown}");
+    }
+
+    #[test]
+    fn the_stall_check_runs_often_enough_to_notice_a_stall() {
+        let mut settings = settings("region = \"cn\"");
+        assert_eq!(settings.stall_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(settings.check_interval(), Duration::from_secs(15));
+        settings.stall_timeout = Some(Duration::from_secs(2));
+        assert_eq!(settings.check_interval(), Duration::from_millis(500));
+        settings.stall_timeout = None;
+        assert_eq!(settings.check_interval(), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn the_trust_chain_carries_the_ca_file_and_names_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let error = trust_chain(Some(&missing)).unwrap_err();
+        assert!(error.contains("missing.pem"), "{error}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "nothing here\n").unwrap();
+        assert!(trust_chain(Some(&empty)).unwrap_err().contains("empty.pem"));
+        let system = trust_chain(None).unwrap();
+        let pem = String::from_utf8(system).unwrap();
+        assert_eq!(
+            pem.matches("-----BEGIN CERTIFICATE-----").count(),
+            pem.matches("-----END CERTIFICATE-----").count()
+        );
+    }
+}
