@@ -114,6 +114,10 @@ fn init_logging(filter: Option<&str>, verbose: bool) {
     if verbose && let Ok(directive) = "iotrules::event=debug".parse() {
         filter = filter.add_directive(directive);
     }
+    // The pulsar crate traces the CONNECT frame, credentials included: never below debug.
+    if let Ok(directive) = "pulsar::connection=debug".parse() {
+        filter = filter.add_directive(directive);
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

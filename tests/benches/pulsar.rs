@@ -1,0 +1,205 @@
+//! Messages/s through the `tuya-pulsar` connector: the test broker (local TCP, 2 partitions)
+//! → the pulsar client → the connector → decode (AES-ECB, signed) → a pass-through rule (the
+//! `pass` plugin) → acknowledgement back to the broker. Each iteration publishes 10 000
+//! messages and ends when the broker has received all their ACKs.
+//!
+//! `scripts/build-plugins && cargo bench -p iotrules-tests --bench pulsar`
+//!
+//! For where the time goes, `pulsar/transport-only` runs the same messages through a bare
+//! pulsar consumer that acknowledges each on receipt (no decoding, no pipeline).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures::StreamExt as _;
+use iotrules::config::PipelineConfig;
+use iotrules::connector::pulsar::{self, PulsarSettings};
+use iotrules::connector::{ConnectorState, Context};
+use iotrules::status::{ConnectorStatus, Connectors, LastErrors};
+use iotrules::vendor::tuya::{Decoder, Env, Keys, Mode};
+use iotrules::vendor::{Dialect, SignMode};
+use iotrules_tests::pipeline::{Capture, TestPipeline};
+use iotrules_tests::pulsar_broker::{BrokerConfig, PulsarBroker};
+
+const ACCESS_ID: &str = "benchAccessId";
+const ACCESS_KEY: &str = "benchKEY0123456789abcdefghijklmn";
+const BATCH: u64 = 10_000;
+
+const RULES: &str = r#"
+[[rule]]
+name = "pass-through"
+[[rule.step]]
+plugin = "pass"
+"#;
+
+/// A sealed status report numbered `seq` of batch `batch` (unique `dataId`s: no duplicates).
+fn messages(keys: &Keys, batch: u64) -> Vec<String> {
+    (0..BATCH)
+        .map(|seq| {
+            let body = format!(
+                r#"{{"dataId":"b{batch}-{seq}","devId":"vdev-bench-{}","productKey":"benchpk","status":[{{"code":"temp_current","t":1631545543536,"value":{}}},{{"code":"seq","t":1631545543536,"value":{seq}}}]}}"#,
+                seq % 64,
+                200 + seq % 7
+            );
+            keys.seal_iot_core(4, 1631545543537, body.as_bytes(), Mode::Ecb, [0; 12])
+                .0
+        })
+        .collect()
+}
+
+fn broker(runtime: &tokio::runtime::Runtime, keys: &Keys) -> PulsarBroker {
+    runtime.block_on(PulsarBroker::start(BrokerConfig {
+        username: ACCESS_ID.into(),
+        password: keys.pulsar_password(),
+        topic: keys.topic(Env::Prod),
+        partitions: 2,
+        tls: None,
+    }))
+}
+
+/// Publishes a batch and waits until the broker has every ACK.
+fn run_batch(
+    runtime: &tokio::runtime::Runtime,
+    broker: &PulsarBroker,
+    payloads: &[String],
+) -> Duration {
+    let target = broker.acked_count() + payloads.len();
+    let start = Instant::now();
+    for payload in payloads {
+        broker.publish(None, payload.as_bytes(), &[("em", "aes_ecb")]);
+    }
+    runtime.block_on(async {
+        while broker.acked_count() < target {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    start.elapsed()
+}
+
+fn connector(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let keys = Keys::new(ACCESS_ID, ACCESS_KEY).expect("keys");
+    let broker = broker(&runtime, &keys);
+    let test = TestPipeline::start(
+        &["testing/pass"],
+        RULES,
+        PipelineConfig {
+            workers: 2,
+            ..PipelineConfig::default()
+        },
+        Capture::open("unused"),
+        runtime.handle(),
+    );
+    let connectors = Arc::new(Connectors::default());
+    let status = connectors.add(ConnectorStatus {
+        name: "bench".into(),
+        kind: "tuya-pulsar",
+        dialect: "tuya",
+        identity: Vec::new(),
+        state: ConnectorState::Starting,
+        error: None,
+    });
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let context = Context {
+        ingest: test.pipeline().ingest(
+            "bench",
+            Dialect::Tuya(Decoder::new(keys.clone(), SignMode::Enforce)),
+        ),
+        status,
+        errors: Arc::new(LastErrors::default()),
+        metrics: test.metrics.clone(),
+        shutdown,
+        clock: iotrules::plugin::Clock::System,
+    };
+    let settings = PulsarSettings {
+        url: broker.url(),
+        keys: keys.clone(),
+        topic: keys.topic(Env::Prod),
+        subscription: keys.subscription("sub"),
+        ca_file: None,
+        stall_timeout: None,
+        receiver_queue: 1000,
+    };
+    let running = runtime.spawn(pulsar::run(settings, context));
+
+    let mut batch = 0;
+    let mut group = c.benchmark_group("pulsar");
+    group.throughput(Throughput::Elements(BATCH));
+    group.sample_size(10);
+    group.bench_function("connector-pass-through", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                batch += 1;
+                let payloads = messages(&keys, batch);
+                total += run_batch(&runtime, &broker, &payloads);
+            }
+            total
+        })
+    });
+    group.finish();
+    let _ = stop.send(true);
+    let _ = runtime.block_on(running);
+}
+
+fn transport(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let keys = Keys::new(ACCESS_ID, ACCESS_KEY).expect("keys");
+    let broker = broker(&runtime, &keys);
+    let url = broker.url();
+    let topic = keys.topic(Env::Prod);
+    let auth = keys.pulsar_auth_data().into_bytes();
+    let consuming = runtime.spawn(async move {
+        iotrules::tls::install_provider();
+        let client = ::pulsar::Pulsar::builder(url, ::pulsar::TokioExecutor)
+            .with_auth(::pulsar::Authentication {
+                name: "auth1".into(),
+                data: auth,
+            })
+            .build()
+            .await
+            .expect("client");
+        let mut consumer: ::pulsar::Consumer<Vec<u8>, _> = client
+            .consumer()
+            .with_topic(topic)
+            .with_subscription("bench-sub")
+            .with_subscription_type(::pulsar::SubType::Failover)
+            .build()
+            .await
+            .expect("consumer");
+        while let Some(Ok(message)) = consumer.next().await {
+            let _ = consumer
+                .ack_with_id(&message.topic, message.message_id.id.clone())
+                .await;
+        }
+    });
+    let mut batch = 0;
+    let mut group = c.benchmark_group("pulsar");
+    group.throughput(Throughput::Elements(BATCH));
+    group.sample_size(10);
+    group.bench_function("transport-only", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                batch += 1;
+                let payloads = messages(&keys, batch);
+                total += run_batch(&runtime, &broker, &payloads);
+            }
+            total
+        })
+    });
+    group.finish();
+    consuming.abort();
+}
+
+criterion_group!(benches, connector, transport);
+criterion_main!(benches);

@@ -1,0 +1,562 @@
+//! The `tuya-pulsar` and `tuya-business` connectors against the test broker
+//! (`iotrules_tests::pulsar_broker`), inside the real service: Tuya-sealed messages in, the
+//! echo rule's commands out through a webhook that records them, acknowledgements observed
+//! at the broker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use iotrules::config::Config;
+use iotrules::connector::ConnectorState;
+use iotrules::pipeline::MemoryDeadLetters;
+use iotrules::plugin::MemoryStateStore;
+use iotrules::service::{self, Observed};
+use iotrules::vendor::tuya::{self, Env, Mode};
+use iotrules_tests::pulsar_broker::{BrokerConfig, MessageId, PulsarBroker, TestCa, sequence};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
+
+const ACCESS_ID: &str = "p7test4accessid";
+const ACCESS_KEY: &str = "kx3mq9ta0123456789abcdefzz77";
+const BUSINESS_ID: &str = "b2business4id";
+const BUSINESS_KEY: &str = "bizkey00fedcba9876543210yy88";
+
+const ECHO_RULE: &str = r#"
+[[rule]]
+name = "echo-all"
+commands.via = "out"
+
+[[rule.step]]
+plugin = "echo"
+"#;
+
+fn keys(id: &str, key: &str) -> tuya::Keys {
+    tuya::Keys::new(id, key).expect("keys")
+}
+
+fn broker_config(keys: &tuya::Keys, tls: Option<Arc<TestCa>>) -> BrokerConfig {
+    BrokerConfig {
+        username: keys.access_id().to_owned(),
+        password: keys.pulsar_password(),
+        topic: keys.topic(Env::Prod),
+        partitions: 2,
+        tls,
+    }
+}
+
+/// A protocol 4 status report of `device` with the integer property `seq`.
+fn status_body(device: &str, seq: u64) -> String {
+    format!(
+        r#"{{"dataId":"data-{seq}","devId":"{device}","productKey":"pk1","status":[{{"code":"seq","value":{seq},"t":1700000000000,"1":"{seq}"}}]}}"#
+    )
+}
+
+/// A Smart Business `dp_report` of `device` with the property `seq`.
+fn business_body(device: &str, seq: u64) -> String {
+    format!(
+        r#"{{"bizCode":"device","eventType":"dp_report","data":{{"devId":"{device}","productId":"pk2","dataId":"biz-{seq}","namespace":"ns","status":[{{"code":"seq","value":{seq},"time":1700000000000}}]}}}}"#
+    )
+}
+
+/// Seals a status report of `device`/`seq` as Tuya's IoT Core would, with its properties.
+fn sealed(
+    keys: &tuya::Keys,
+    device: &str,
+    seq: u64,
+    mode: Mode,
+) -> (String, Vec<(&'static str, String)>) {
+    let (payload, em) = keys.seal_iot_core(
+        4,
+        1_700_000_000_000 + seq,
+        status_body(device, seq).as_bytes(),
+        mode,
+        [7; 12],
+    );
+    (
+        payload,
+        vec![("em", em.to_owned()), ("tid", format!("trace-{seq}"))],
+    )
+}
+
+fn publish(
+    broker: &PulsarBroker,
+    payload: &str,
+    properties: &[(&'static str, String)],
+) -> MessageId {
+    let properties: Vec<(&str, &str)> = properties.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    broker.publish(None, payload.as_bytes(), &properties)
+}
+
+/// One command the webhook received: the device, the echoed `seq`, and when (in the
+/// broker's [`sequence`]).
+#[derive(Debug, Clone)]
+struct Seen {
+    device: String,
+    seq: Option<u64>,
+    at: u64,
+}
+
+/// The webhook the `out` command path posts to: records each command and answers 200.
+struct Webhook {
+    address: std::net::SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Webhook {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let _ = serve(stream, recorded).await;
+                });
+            }
+        });
+        Webhook { address, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn serve(stream: tokio::net::TcpStream, seen: Arc<Mutex<Vec<Seen>>>) -> std::io::Result<()> {
+    let mut stream = BufReader::new(stream);
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if stream.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await?;
+        let command: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        seen.lock().unwrap().push(Seen {
+            device: command["device"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            seq: command["params"]["seq"].as_u64(),
+            at: sequence(),
+        });
+        stream
+            .get_mut()
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+    }
+}
+
+/// The service, running in this test's runtime.
+struct Service {
+    _dir: tempfile::TempDir,
+    observed: Arc<Observed>,
+    dead_letters: Arc<MemoryDeadLetters>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    /// Starts the service with `connectors` (TOML `[[connector]]` tables) and the echo rule
+    /// sending to `webhook`.
+    async fn start(connectors: &str, webhook: &Webhook) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins");
+        let rules = dir.path().join("rules");
+        std::fs::create_dir_all(&plugins).unwrap();
+        std::fs::create_dir_all(&rules).unwrap();
+        iotrules_tests::plugins::install(
+            &plugins,
+            "echo",
+            &iotrules_tests::plugins::built("testing/echo"),
+        );
+        std::fs::write(rules.join("echo.toml"), ECHO_RULE).unwrap();
+        let file = dir.path().join("iotrules.toml");
+        let text = format!(
+            r#"
+rules = "rules"
+plugins = "plugins"
+store = "state/iotrules.db"
+
+[pipeline]
+workers = 2
+shutdown_timeout_s = 5
+
+{connectors}
+
+[[command_path]]
+name = "out"
+kind = "webhook"
+url = "http://{}/commands"
+"#,
+            webhook.address
+        );
+        std::fs::write(&file, &text).unwrap();
+        let config = Config::parse(&file, &text).expect("config");
+        let dead_letters = Arc::new(MemoryDeadLetters::default());
+        let core = service::load_core(
+            &config,
+            dead_letters.clone(),
+            Arc::new(MemoryStateStore::default()),
+        )
+        .expect("core");
+        let (stop, stop_rx) = watch::channel(false);
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let result = service::run(&config, core, stop_rx, move |observed| {
+                let _ = started_tx.send(observed.clone());
+            })
+            .await;
+            if let Err(e) = result {
+                panic!("the service failed: {e:#}");
+            }
+        });
+        let observed = started.await.expect("the service started");
+        Service {
+            _dir: dir,
+            observed,
+            dead_letters,
+            stop,
+            task,
+        }
+    }
+
+    fn connector(&self, name: &str) -> iotrules::status::ConnectorStatus {
+        self.observed
+            .connectors
+            .all()
+            .into_iter()
+            .find(|c| c.name == name)
+            .expect("connector listed")
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the service stops")
+            .expect("the service task");
+    }
+}
+
+fn connector_toml(name: &str, kind: &str, id: &str, key: &str, url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[connector]]
+name = "{name}"
+kind = "{kind}"
+access_id = "{id}"
+access_key = "{key}"
+url = "{url}"
+stall_timeout_s = 2
+{extra}
+"#
+    )
+}
+
+/// Waits (up to 60 s) until `done`, checking every 20 ms.
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecb_gcm_and_business_messages_arrive_as_their_events_over_tls_and_plain_tcp() {
+    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
+    let business_keys = keys(BUSINESS_ID, BUSINESS_KEY);
+    let ca = Arc::new(TestCa::generate());
+    let tuya_broker = PulsarBroker::start(broker_config(&tuya_keys, Some(ca.clone()))).await;
+    let business_broker = PulsarBroker::start(broker_config(&business_keys, None)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let webhook = Webhook::start().await;
+    let connectors = connector_toml(
+        "tuya",
+        "tuya-pulsar",
+        ACCESS_ID,
+        ACCESS_KEY,
+        &tuya_broker.url(),
+        &format!("ca_file = \"{}\"", ca_file.display()),
+    ) + &connector_toml(
+        "business",
+        "tuya-business",
+        BUSINESS_ID,
+        BUSINESS_KEY,
+        &business_broker.url(),
+        "",
+    );
+    let service = Service::start(&connectors, &webhook).await;
+
+    let (ecb, ecb_properties) = sealed(&tuya_keys, "lamp-ecb", 1, Mode::Ecb);
+    let (gcm, gcm_properties) = sealed(&tuya_keys, "lamp-gcm", 2, Mode::Gcm);
+    let ids = [
+        publish(&tuya_broker, &ecb, &ecb_properties),
+        publish(&tuya_broker, &gcm, &gcm_properties),
+    ];
+    let business =
+        business_keys.seal_business(1_700_000_000_003, business_body("desk-biz", 3).as_bytes());
+    let business_id = publish(&business_broker, &business, &[]);
+
+    wait_until("three commands and their acks", || {
+        webhook.seen().len() == 3
+            && ids.iter().all(|id| tuya_broker.is_acked(*id))
+            && business_broker.is_acked(business_id)
+    })
+    .await;
+    let mut seen: Vec<(String, Option<u64>)> = webhook
+        .seen()
+        .into_iter()
+        .map(|s| (s.device, s.seq))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("desk-biz".to_owned(), Some(3)),
+            ("lamp-ecb".to_owned(), Some(1)),
+            ("lamp-gcm".to_owned(), Some(2)),
+        ]
+    );
+    assert!(service.dead_letters.letters().is_empty());
+    assert_eq!(service.connector("tuya").state, ConnectorState::Running);
+    assert_eq!(service.connector("business").state, ConnectorState::Running);
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_refused_with_a_clear_error_while_another_connector_delivers() {
+    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
+    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
+    let webhook = Webhook::start().await;
+    let wrong_key = "wrongkey0123456789abcdef0000";
+    let connectors = connector_toml(
+        "bad",
+        "tuya-pulsar",
+        ACCESS_ID,
+        wrong_key,
+        &broker.url(),
+        "",
+    ) + &connector_toml(
+        "good",
+        "tuya-pulsar",
+        ACCESS_ID,
+        ACCESS_KEY,
+        &broker.url(),
+        "",
+    );
+    let service = Service::start(&connectors, &webhook).await;
+
+    let (payload, properties) = sealed(&tuya_keys, "lamp", 1, Mode::Gcm);
+    let id = publish(&broker, &payload, &properties);
+    wait_until("the good connector's delivery", || broker.is_acked(id)).await;
+    assert_eq!(webhook.seen().len(), 1);
+
+    let expected = format!(
+        "authentication refused by the broker: check access_id/access_key; username {ACCESS_ID}"
+    );
+    wait_until("the bad connector to report the refusal", || {
+        let bad = service.connector("bad");
+        bad.state == ConnectorState::Reconnecting
+            && bad.error.as_deref().is_some_and(|e| e.contains(&expected))
+    })
+    .await;
+    assert!(broker.refused() >= 1);
+    assert!(
+        service
+            .observed
+            .errors
+            .recent()
+            .iter()
+            .any(|e| e.place == "connector \"bad\"" && e.message.contains(&expected)),
+        "{:?}",
+        service.observed.errors.recent()
+    );
+    // The key never shows in what the service reports.
+    let status = format!("{:?}", service.observed.connectors.all());
+    assert!(!status.contains(wrong_key) && !status.contains(ACCESS_KEY));
+    assert_eq!(service.connector("good").state, ConnectorState::Running);
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_message_is_lost_or_acked_before_processing_when_the_broker_restarts_mid_stream() {
+    const COUNT: u64 = 1000;
+    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
+    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
+    let webhook = Webhook::start().await;
+    let connectors = connector_toml(
+        "tuya",
+        "tuya-pulsar",
+        ACCESS_ID,
+        ACCESS_KEY,
+        &broker.url(),
+        "",
+    );
+    let service = Service::start(&connectors, &webhook).await;
+
+    let mut ids: HashMap<MessageId, u64> = HashMap::new();
+    for seq in 1..=COUNT {
+        let mode = if seq % 2 == 0 { Mode::Gcm } else { Mode::Ecb };
+        let (payload, properties) = sealed(&tuya_keys, &format!("dev-{}", seq % 5), seq, mode);
+        ids.insert(publish(&broker, &payload, &properties), seq);
+    }
+    wait_until("a third of the messages acked", || {
+        broker.acked_count() >= COUNT as usize / 3
+    })
+    .await;
+    broker.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.restart().await;
+    wait_until("every message acked", || {
+        broker.acked_count() == COUNT as usize
+    })
+    .await;
+    assert!(
+        broker.subscribes() > 2,
+        "the consumer was rebuilt and subscribed again"
+    );
+
+    // Every message was processed (its command sent) before its first ack.
+    let seen = webhook.seen();
+    let mut first_seen: HashMap<u64, u64> = HashMap::new();
+    let mut times: HashMap<u64, usize> = HashMap::new();
+    for s in &seen {
+        let seq = s.seq.expect("seq echoed");
+        first_seen.entry(seq).or_insert(s.at);
+        *times.entry(seq).or_default() += 1;
+    }
+    assert_eq!(first_seen.len(), COUNT as usize, "every message processed");
+    let mut first_ack: HashMap<MessageId, u64> = HashMap::new();
+    for ack in broker.acks() {
+        first_ack.entry(ack.id).or_insert(ack.at);
+    }
+    for (id, seq) in &ids {
+        let acked = first_ack[id];
+        let processed = first_seen[seq];
+        assert!(
+            processed < acked,
+            "message {seq} acked before its command was sent"
+        );
+    }
+    // Redeliveries of processed messages are recognised by their event id and not run again.
+    let twice: Vec<_> = times.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "processed more than once: {twice:?}");
+    assert_eq!(service.connector("tuya").state, ConnectorState::Running);
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_signature_and_a_garbage_payload_become_dead_letters_and_are_acked() {
+    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
+    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
+    let webhook = Webhook::start().await;
+    let connectors = connector_toml(
+        "tuya",
+        "tuya-pulsar",
+        ACCESS_ID,
+        ACCESS_KEY,
+        &broker.url(),
+        "",
+    );
+    let service = Service::start(&connectors, &webhook).await;
+
+    let (payload, properties) = sealed(&tuya_keys, "lamp", 1, Mode::Ecb);
+    let sign_at = payload.find("\"sign\":\"").expect("sign") + 8;
+    let mut tampered = payload.clone();
+    let flipped = if &payload[sign_at..sign_at + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
+    tampered.replace_range(sign_at..sign_at + 1, flipped);
+    let bad_sign = publish(&broker, &tampered, &properties);
+    let garbage = broker.publish(None, b"\x00\x01 not json".to_vec(), &[("em", "aes_gcm")]);
+    let (good_payload, good_properties) = sealed(&tuya_keys, "lamp", 2, Mode::Gcm);
+    let good = publish(&broker, &good_payload, &good_properties);
+
+    wait_until("all three acked", || {
+        [bad_sign, garbage, good]
+            .iter()
+            .all(|id| broker.is_acked(*id))
+    })
+    .await;
+    let letters = service.dead_letters.letters();
+    let mut kinds: Vec<&str> = letters.iter().map(|l| l.kind.as_str()).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds.len(), 2, "{letters:?}");
+    assert!(kinds.contains(&"signature"), "{kinds:?}");
+    let garbage_letter = letters.iter().find(|l| l.kind != "signature").unwrap();
+    assert_eq!(garbage_letter.payload, b"\x00\x01 not json");
+    assert!(
+        garbage_letter
+            .properties
+            .contains(&("em".to_owned(), "aes_gcm".to_owned())),
+        "the letter keeps the transport properties"
+    );
+    let seen: Vec<Option<u64>> = webhook.seen().iter().map(|s| s.seq).collect();
+    assert_eq!(seen, [Some(2)]);
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_whose_connection_goes_silent_is_rebuilt_and_gets_what_was_pending() {
+    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
+    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
+    let webhook = Webhook::start().await;
+    let connectors = connector_toml(
+        "tuya",
+        "tuya-pulsar",
+        ACCESS_ID,
+        ACCESS_KEY,
+        &broker.url(),
+        "",
+    );
+    let service = Service::start(&connectors, &webhook).await;
+
+    let (first, properties) = sealed(&tuya_keys, "lamp", 1, Mode::Gcm);
+    let first = publish(&broker, &first, &properties);
+    wait_until("the first message acked", || broker.is_acked(first)).await;
+    let subscribed = broker.subscribes();
+
+    // The connection stays open and says nothing more: no messages, no PONGs.
+    broker.mute_connections();
+    let (second, properties) = sealed(&tuya_keys, "lamp", 2, Mode::Gcm);
+    let second = publish(&broker, &second, &properties);
+    wait_until("the second message acked on a rebuilt consumer", || {
+        broker.is_acked(second)
+    })
+    .await;
+    assert!(broker.subscribes() > subscribed);
+    let seen: Vec<Option<u64>> = webhook.seen().iter().map(|s| s.seq).collect();
+    assert_eq!(seen, [Some(1), Some(2)]);
+    let errors = service.observed.errors.recent();
+    assert!(
+        errors.iter().any(|e| e.place == "connector \"tuya\""
+            && (e.message.contains("no answer") || e.message.contains("no message for"))),
+        "{errors:?}"
+    );
+    service.stop().await;
+}
