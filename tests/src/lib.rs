@@ -3,3 +3,4 @@
 
 pub mod pipeline;
 pub mod plugins;
+pub mod rabbitmq;
