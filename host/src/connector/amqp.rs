@@ -701,3 +701,51 @@ fn property_text(value: SimpleValue) -> Option<String> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fe2o3_amqp::types::messaging::Data;
+
+    #[test]
+    fn endpoints_take_the_scheme_default_port_and_refuse_credentials_in_the_url() {
+        let tls = Endpoint::parse("amqps://iot.example.com").unwrap();
+        assert_eq!(
+            (tls.tls, tls.host.as_str(), tls.port),
+            (true, "iot.example.com", 5671)
+        );
+        let plain = Endpoint::parse("amqp://127.0.0.1:5673/").unwrap();
+        assert_eq!(
+            (plain.tls, plain.host.as_str(), plain.port),
+            (false, "127.0.0.1", 5673)
+        );
+        let v6 = Endpoint::parse("amqp://[::1]:5672").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 5672));
+        assert!(Endpoint::parse("amqp://user:pw@host:5672").is_err());
+        assert!(Endpoint::parse("amqp://host:port").is_err());
+        assert!(Endpoint::parse("http://host").is_err());
+    }
+
+    #[test]
+    fn bodies_and_properties_become_bytes_and_text() {
+        let data = Body::Data(
+            vec![
+                Data(b"{\"a\":".to_vec().into()),
+                Data(b"1}".to_vec().into()),
+            ]
+            .into(),
+        );
+        assert_eq!(body_bytes(data), b"{\"a\":1}");
+        let text = Body::Value(AmqpValue(Value::String("hello".into())));
+        assert_eq!(body_bytes(text), b"hello");
+        assert_eq!(
+            property_text(SimpleValue::Long(1700000000999)).as_deref(),
+            Some("1700000000999")
+        );
+        assert_eq!(
+            property_text(SimpleValue::String("m-1".into())).as_deref(),
+            Some("m-1")
+        );
+        assert_eq!(property_text(SimpleValue::Null), None);
+    }
+}
