@@ -21,7 +21,7 @@ use iotrules::connector::{ConnectorState, Context};
 use iotrules::plugin::Clock;
 use iotrules::status::{ConnectorStatus, Connectors, LastErrors};
 use iotrules_tests::pipeline::{Capture, TestPipeline};
-use iotrules_tests::rabbitmq::Broker;
+use iotrules_tests::rabbitmq::{Broker, Outgoing};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -60,7 +60,7 @@ fn settings(url: &str, queue: &str, connections: usize) -> AmqpSettings {
         .expect("settings")
 }
 
-fn messages(iteration: u64) -> Vec<(Vec<u8>, Vec<(String, String)>)> {
+fn messages(iteration: u64) -> Vec<Outgoing> {
     (0..BATCH)
         .map(|n| {
             let device = n % 64;

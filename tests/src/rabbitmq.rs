@@ -30,6 +30,9 @@ use fe2o3_amqp::{Connection, Sender, Session};
 /// The user the tests publish as.
 pub const PUBLISHER: (&str, &str) = ("iotrules-publisher", "publisher-password");
 
+/// A message to publish: its body and its application properties (as strings).
+pub type Outgoing = (Vec<u8>, Vec<(String, String)>);
+
 /// The vhost every connection lands in.
 pub const VHOST: &str = "default";
 
@@ -168,12 +171,15 @@ impl Broker {
             pidfile = self.env("RABBITMQ_PID_FILE"),
             epmd = self.env("ERL_EPMD_PORT"),
         );
-        self.command("setsid")
-            .args(["sh", "-c", &script])
+        // `setsid -f` forks the reaper off and returns at once.
+        let started = self
+            .command("setsid")
+            .args(["-f", "sh", "-c", &script])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
+            .status()
             .expect("start the reaper (setsid, tail)");
+        assert!(started.success(), "cannot start the reaper");
     }
 
     /// Runs `rabbitmqctl ARGS` on this node and returns its output; panics when it fails.
@@ -228,7 +234,7 @@ impl Broker {
 
     /// Sends `messages` (body, application properties) to queue `queue` as [`PUBLISHER`],
     /// and returns once the broker accepted each.
-    pub async fn publish(&self, queue: &str, messages: Vec<(Vec<u8>, Vec<(String, String)>)>) {
+    pub async fn publish(&self, queue: &str, messages: Vec<Outgoing>) {
         let url = format!(
             "amqp://{}:{}@127.0.0.1:{}",
             PUBLISHER.0, PUBLISHER.1, self.amqp_port

@@ -17,7 +17,7 @@ use iotrules::connector::amqp::AmqpSettings;
 use iotrules::plugin::Clock;
 use iotrules::service::{self, Observed};
 use iotrules_tests::pipeline::huawei_body;
-use iotrules_tests::rabbitmq::{Broker, Proxy};
+use iotrules_tests::rabbitmq::{Broker, Outgoing, Proxy};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
@@ -124,11 +124,14 @@ fn alibaba_properties(topic: &str, message_id: &str) -> Vec<(String, String)> {
 
 const PROPERTY_TOPIC: &str = "/a1Pk/lamp/thing/event/property/post";
 
+/// A command as the webhook got it: device id, name, `seq` param.
+type Sent = (String, String, Option<u64>);
+
 /// A webhook that records each command (device, name, `seq`) and answers only while open:
 /// closed, it holds every request, so nothing it got is confirmed.
 struct Gate {
     address: std::net::SocketAddr,
-    commands: Arc<std::sync::Mutex<Vec<(String, String, Option<u64>)>>>,
+    commands: Arc<std::sync::Mutex<Vec<Sent>>>,
     open: watch::Sender<bool>,
 }
 
@@ -156,7 +159,7 @@ impl Gate {
         }
     }
 
-    fn commands(&self) -> Vec<(String, String, Option<u64>)> {
+    fn commands(&self) -> Vec<Sent> {
         self.commands.lock().unwrap().clone()
     }
 
@@ -167,7 +170,7 @@ impl Gate {
 
 async fn serve(
     stream: tokio::net::TcpStream,
-    commands: Arc<std::sync::Mutex<Vec<(String, String, Option<u64>)>>>,
+    commands: Arc<std::sync::Mutex<Vec<Sent>>>,
     mut open: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut stream = BufReader::new(stream);
@@ -331,7 +334,7 @@ timeout_ms = 60000
     }
 }
 
-fn publish(broker: &Broker, queue: &str, messages: Vec<(Vec<u8>, Vec<(String, String)>)>) {
+fn publish(broker: &Broker, queue: &str, messages: Vec<Outgoing>) {
     runtime().block_on(broker.publish(queue, messages));
 }
 
