@@ -4,3 +4,4 @@
 pub mod pipeline;
 pub mod plugins;
 pub mod pulsar_broker;
+pub mod rabbitmq;

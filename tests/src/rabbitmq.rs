@@ -1,0 +1,409 @@
+//! A private RabbitMQ node with the AMQP 1.0 plugin, the real peer of the `alibaba-amqp` and
+//! `huawei-amqp` connectors.
+//!
+//! One node per test binary, started by the first test that asks ([`Broker::start`]) in a
+//! temporary directory, on free ports, with its own `epmd` (on a free port too, so nothing
+//! else on the machine is touched). A reaper process stops the node and that `epmd` when the
+//! test binary exits, however it exits (a failed assertion, Ctrl-C).
+//!
+//! The node:
+//! - has the vhost `default`, which is also the AMQP 1.0 plugin's default vhost: the plugin
+//!   maps an open frame hostname `vhost:NAME` to `NAME` and any other hostname (Huawei's
+//!   `default`, or Alibaba's host name) to its `default_vhost`, so every connection lands
+//!   there, as it does at Huawei;
+//! - knows the users given at start, with their exact vendor usernames (`|`, `=`, `,` and
+//!   all), loaded from a definitions file at boot (each `rabbitmqctl` call costs seconds);
+//! - listens for AMQP on a plain port and a TLS port whose server certificate is signed by a
+//!   CA generated here ([`Broker::ca_file`]);
+//! - takes test messages from [`Broker::publish`], an AMQP 1.0 sender to `/queue/NAME`
+//!   (which declares the queue as the receivers' plain source `NAME` does).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Message};
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue};
+use fe2o3_amqp::{Connection, Sender, Session};
+
+/// The user the tests publish as.
+pub const PUBLISHER: (&str, &str) = ("iotrules-publisher", "publisher-password");
+
+/// A message to publish: its body and its application properties (as strings).
+pub type Outgoing = (Vec<u8>, Vec<(String, String)>);
+
+/// The vhost every connection lands in.
+pub const VHOST: &str = "default";
+
+/// A running private node.
+pub struct Broker {
+    /// The plain AMQP port.
+    pub amqp_port: u16,
+    /// The TLS AMQP port.
+    pub amqps_port: u16,
+    /// The CA that signed the TLS listener's certificate (for `ca_file`).
+    pub ca_file: PathBuf,
+    env: Vec<(String, String)>,
+    /// Kept for the node's lifetime (the reaper removes nothing: the OS temp dir does).
+    _dir: PathBuf,
+}
+
+static BROKER: OnceLock<Broker> = OnceLock::new();
+
+/// Where Debian keeps the real scripts: the `/usr/sbin` wrappers switch to the `rabbitmq`
+/// user when run as root, dropping the environment that makes this node private.
+fn script(name: &str) -> PathBuf {
+    let debian = Path::new("/usr/lib/rabbitmq/bin").join(name);
+    if debian.exists() {
+        debian
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Broker {
+    /// The node of this test binary, started on first use with `users` (username, password)
+    /// besides [`PUBLISHER`]. Later calls return the same node (their `users` must be a
+    /// subset: pass the same list everywhere).
+    pub fn start(users: &[(String, String)]) -> &'static Broker {
+        BROKER.get_or_init(|| Broker::launch(users))
+    }
+
+    fn launch(users: &[(String, String)]) -> Broker {
+        let dir = tempfile::Builder::new()
+            .prefix("iotrules-rabbitmq-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        let (amqp_port, amqps_port) = (free_port(), free_port());
+        let ca_file = write_certificates(&dir);
+        let mut all_users = vec![(PUBLISHER.0.to_owned(), PUBLISHER.1.to_owned())];
+        all_users.extend(users.iter().cloned());
+        std::fs::write(dir.join("definitions.json"), definitions(&all_users)).expect("write");
+        let config = format!(
+            "listeners.tcp.default = {amqp_port}\n\
+             listeners.ssl.default = {amqps_port}\n\
+             ssl_options.cacertfile = {dir}/ca.pem\n\
+             ssl_options.certfile = {dir}/server.pem\n\
+             ssl_options.keyfile = {dir}/server.key\n\
+             ssl_options.verify = verify_none\n\
+             ssl_options.fail_if_no_peer_cert = false\n\
+             loopback_users = none\n\
+             default_vhost = {VHOST}\n\
+             amqp1_0.default_vhost = {VHOST}\n\
+             definitions.import_backend = local_filesystem\n\
+             definitions.local.path = {dir}/definitions.json\n\
+             log.console = false\n\
+             log.file.level = warning\n",
+            dir = dir.display()
+        );
+        std::fs::write(dir.join("rabbitmq.conf"), config).expect("write config");
+        std::fs::write(dir.join("enabled_plugins"), "[rabbitmq_amqp1_0].\n").expect("write");
+        let node = format!("iotrules-{}@localhost", std::process::id());
+        let epmd_port = free_port();
+        let path = |name: &str| dir.join(name).display().to_string();
+        let env: Vec<(String, String)> = [
+            ("HOME", dir.display().to_string()),
+            ("RABBITMQ_NODENAME", node),
+            ("RABBITMQ_DIST_PORT", free_port().to_string()),
+            ("ERL_EPMD_PORT", epmd_port.to_string()),
+            ("RABBITMQ_MNESIA_BASE", path("mnesia")),
+            ("RABBITMQ_LOG_BASE", path("log")),
+            ("RABBITMQ_PID_FILE", path("rabbitmq.pid")),
+            ("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf")),
+            ("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let broker = Broker {
+            amqp_port,
+            amqps_port,
+            ca_file,
+            env,
+            _dir: dir.clone(),
+        };
+        broker.start_reaper();
+        let started = broker
+            .command("rabbitmq-server")
+            .arg("-detached")
+            .status()
+            .expect("run rabbitmq-server (scripts/test installs it)");
+        assert!(started.success(), "rabbitmq-server -detached failed");
+        broker.ctl(&["wait", &path("rabbitmq.pid")]);
+        broker
+    }
+
+    fn command(&self, script_name: &str) -> Command {
+        let mut command = Command::new(script(script_name));
+        command
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self._dir)
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn env(&self, name: &str) -> &str {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    }
+
+    /// Stops the node and its epmd once this process is gone: `tail --pid` waits for it,
+    /// `rabbitmqctl stop PIDFILE` for the node to be gone (epmd refuses to die while a node is
+    /// registered), in a session of its own so that a Ctrl-C to the tests does not take the reaper along.
+    fn start_reaper(&self) {
+        let script = format!(
+            "tail --pid={pid} -f /dev/null; \"{ctl}\" -q stop \"{pidfile}\" >/dev/null 2>&1; \
+             epmd -port {epmd} -kill >/dev/null 2>&1",
+            pid = std::process::id(),
+            ctl = script("rabbitmqctl").display(),
+            pidfile = self.env("RABBITMQ_PID_FILE"),
+            epmd = self.env("ERL_EPMD_PORT"),
+        );
+        // `setsid -f` forks the reaper off and returns at once.
+        let started = self
+            .command("setsid")
+            .args(["-f", "sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("start the reaper (setsid, tail)");
+        assert!(started.success(), "cannot start the reaper");
+    }
+
+    /// Runs `rabbitmqctl ARGS` on this node and returns its output; panics when it fails.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let output = self
+            .command("rabbitmqctl")
+            .args(args)
+            .output()
+            .expect("run rabbitmqctl");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "rabbitmqctl {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    /// `amqp://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("amqp://127.0.0.1:{}", self.amqp_port)
+    }
+
+    /// `amqps://localhost:PORT` (the server certificate names `localhost`).
+    pub fn tls_url(&self) -> String {
+        format!("amqps://localhost:{}", self.amqps_port)
+    }
+
+    /// A queue's ready and unacknowledged message counts; (0, 0) for a queue that does not
+    /// exist.
+    pub fn queue_counts(&self, queue: &str) -> (u64, u64) {
+        let listed = self.ctl(&[
+            "-q",
+            "list_queues",
+            "-p",
+            VHOST,
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ]);
+        for line in listed.lines() {
+            let fields: Vec<&str> = line.split('\t').map(str::trim).collect();
+            if let [name, ready, unacked] = fields[..]
+                && name == queue
+            {
+                return (ready.parse().unwrap_or(0), unacked.parse().unwrap_or(0));
+            }
+        }
+        (0, 0)
+    }
+
+    /// Sends `messages` (body, application properties) to queue `queue` as [`PUBLISHER`],
+    /// and returns once the broker accepted each.
+    pub async fn publish(&self, queue: &str, messages: Vec<Outgoing>) {
+        let url = format!(
+            "amqp://{}:{}@127.0.0.1:{}",
+            PUBLISHER.0, PUBLISHER.1, self.amqp_port
+        );
+        let mut connection = Connection::builder()
+            .container_id(format!("iotrules-test-publisher-{queue}"))
+            .hostname(format!("vhost:{VHOST}").as_str())
+            .open(url.as_str())
+            .await
+            .expect("the publisher connects");
+        let mut session = Session::begin(&mut connection).await.expect("session");
+        let mut sender = Sender::attach(&mut session, "publisher", format!("/queue/{queue}"))
+            .await
+            .expect("attach the publisher");
+        // Sent back to back, the outcomes awaited after (thousands of messages take
+        // milliseconds, not a round trip each).
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for (body, properties) in messages {
+            let mut application = ApplicationProperties::builder();
+            for (key, value) in properties {
+                application = application.insert(key, SimpleValue::String(value));
+            }
+            let message = Message::builder()
+                .application_properties(application.build())
+                .data(Binary::from(body))
+                .build();
+            outcomes.push(sender.send_batchable(message).await.expect("send"));
+        }
+        for outcome in outcomes {
+            let outcome = outcome.await.expect("outcome");
+            outcome.accepted_or("not accepted").expect("accepted");
+        }
+        // Every message is accepted: how the broker takes the goodbyes does not matter.
+        let _ = sender.close().await;
+        let _ = session.end().await;
+        let _ = connection.close().await;
+    }
+
+    /// Waits up to 30 s until `queue` holds `ready` ready and `unacked` unacknowledged
+    /// messages.
+    pub fn wait_for_counts(&self, queue: &str, ready: u64, unacked: u64) {
+        let start = Instant::now();
+        loop {
+            let counts = self.queue_counts(queue);
+            if counts == (ready, unacked) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "queue {queue}: (ready, unacked) = {counts:?}, expected ({ready}, {unacked})"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Users (with their permissions on [`VHOST`]) and the vhost, in RabbitMQ's definitions
+/// format; passwords as `rabbit_password_hashing_sha256` hashes (salt, then
+/// SHA-256(salt + password), base64).
+fn definitions(users: &[(String, String)]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let users_json: Vec<serde_json::Value> = users
+        .iter()
+        .enumerate()
+        .map(|(n, (name, password))| {
+            let salt = (n as u32).wrapping_mul(2_654_435_761).to_be_bytes();
+            let mut hasher = sha2::Sha256::new();
+            hasher.update(salt);
+            hasher.update(password.as_bytes());
+            let mut hash = salt.to_vec();
+            hash.extend_from_slice(&hasher.finalize());
+            serde_json::json!({
+                "name": name,
+                "password_hash": base64::engine::general_purpose::STANDARD.encode(hash),
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": [],
+            })
+        })
+        .collect();
+    let permissions: Vec<serde_json::Value> = users
+        .iter()
+        .map(|(name, _)| {
+            serde_json::json!({
+                "user": name, "vhost": VHOST, "configure": ".*", "write": ".*", "read": ".*",
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "users": users_json,
+        "vhosts": [{ "name": VHOST }],
+        "permissions": permissions,
+    })
+    .to_string()
+}
+
+/// A CA and a server certificate for `localhost` / 127.0.0.1 signed by it (rustls refuses a
+/// self-signed CA used as the server certificate); returns the CA's PEM file.
+fn write_certificates(dir: &Path) -> PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "iotrules test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("server key");
+    let server_params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("server params");
+    let server = server_params
+        .signed_by(&server_key, &issuer)
+        .expect("server certificate");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write CA");
+    std::fs::write(dir.join("server.pem"), server.pem()).expect("write server cert");
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).expect("write key");
+    ca_file
+}
+
+/// A TCP relay in front of the broker whose connections a test can cut, as a network (or a
+/// broker restart) would: the broker sees the client go and puts back what was unsettled;
+/// the client sees its connection lost. Only the connections through it are affected, so
+/// tests sharing the node do not disturb each other.
+pub struct Proxy {
+    /// Where clients connect.
+    pub port: u16,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    /// Relays 127.0.0.1:`port` (any free port) to the broker's 127.0.0.1:`target`, from
+    /// `runtime`.
+    pub fn start(runtime: &tokio::runtime::Handle, target: u16) -> Proxy {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        runtime.spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut cuts = cuts.clone();
+                cuts.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut broker) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut broker) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, cut }
+    }
+
+    /// `amqp://127.0.0.1:PORT` through the proxy.
+    pub fn url(&self) -> String {
+        format!("amqp://127.0.0.1:{}", self.port)
+    }
+
+    /// Closes every connection relayed so far; new ones are relayed as before.
+    pub fn cut(&self) {
+        self.cut.send_modify(|cuts| *cuts += 1);
+    }
+}

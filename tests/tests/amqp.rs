@@ -1,0 +1,671 @@
+//! The `alibaba-amqp` and `huawei-amqp` connectors against a real RabbitMQ (3.10, AMQP 1.0
+//! plugin), inside the real service: vendor bodies arrive as their events, a TLS connection
+//! through a generated CA, a refused login reported while the other connectors keep working,
+//! no loss and nothing acknowledged before processing across dropped connections, garbage
+//! dead-lettered and accepted.
+//!
+//! The broker knows the exact usernames and passwords the connectors derive at the pinned
+//! clock [`NOW`]; every test has queues of its own on the one node of this binary.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use iotrules::config::Config;
+use iotrules::connector::ConnectorState;
+use iotrules::connector::amqp::AmqpSettings;
+use iotrules::plugin::Clock;
+use iotrules::service::{self, Observed};
+use iotrules_tests::pipeline::huawei_body;
+use iotrules_tests::rabbitmq::{Broker, Outgoing, Proxy};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
+
+/// The pinned clock: the timestamp in every username and Alibaba password.
+const NOW: u64 = 1_700_000_000_000;
+
+const ALIBABA_SECRET: &str = "alibaba-test-secret";
+const HUAWEI_CODE: &str = "huawei-test-access-code";
+
+/// An `alibaba-amqp` connector reading `queue` (Alibaba ignores the source; RabbitMQ needs
+/// it) at `url`, with `extra` settings.
+fn alibaba(name: &str, url: &str, queue: &str, secret: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[connector]]
+name = "{name}"
+kind = "alibaba-amqp"
+url = "{url}"
+access_key_id = "LTAItest"
+access_key_secret = "{secret}"
+consumer_group = "test-group"
+client_id = "iotrules-test"
+source = "{queue}"
+{extra}
+"#
+    )
+}
+
+fn huawei(name: &str, url: &str) -> String {
+    format!(
+        r#"
+[[connector]]
+name = "{name}"
+kind = "huawei-amqp"
+url = "{url}"
+access_key = "hw-access-key"
+access_code = "{HUAWEI_CODE}"
+instance_id = "hw-instance"
+"#
+    )
+}
+
+/// The usernames and passwords every connector of these tests derives at [`NOW`]: one and
+/// four Alibaba connections, and Huawei.
+fn users() -> Vec<(String, String)> {
+    let text = [
+        alibaba("one", "amqp://x:1", "q", ALIBABA_SECRET, ""),
+        alibaba("four", "amqp://x:1", "q", ALIBABA_SECRET, "connections = 4"),
+        huawei("hw", "amqp://x:1"),
+    ]
+    .concat();
+    let config = Config::parse(std::path::Path::new("users.toml"), &text).expect("config");
+    let mut users = Vec::new();
+    for connector in &config.connectors {
+        let settings = AmqpSettings::from_config(connector).expect("settings");
+        for login in &settings.logins {
+            users.push((login.username(NOW), login.password(NOW)));
+        }
+    }
+    users.dedup();
+    users
+}
+
+fn broker() -> &'static Broker {
+    Broker::start(&users())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Waits up to 30 s for `done`.
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An Alibaba property report of device `a1Pk/lamp` with property `seq`.
+fn alibaba_property(seq: u64) -> Vec<u8> {
+    format!(
+        r#"{{"iotId":"iot-lamp","requestId":"{seq}","productKey":"a1Pk","deviceName":"lamp","gmtCreate":1700000000000,"deviceType":"Light","items":{{"seq":{{"value":{seq},"time":1700000000000}}}},"checkFailedData":{{}}}}"#
+    )
+    .into_bytes()
+}
+
+/// Alibaba's application properties: topic, message id, generate time.
+fn alibaba_properties(topic: &str, message_id: &str) -> Vec<(String, String)> {
+    vec![
+        ("topic".into(), topic.into()),
+        ("messageId".into(), message_id.into()),
+        ("generateTime".into(), "1700000000999".into()),
+    ]
+}
+
+const PROPERTY_TOPIC: &str = "/a1Pk/lamp/thing/event/property/post";
+
+/// A command as the webhook got it: device id, name, `seq` param.
+type Sent = (String, String, Option<u64>);
+
+/// A webhook that records each command (device, name, `seq`) and answers only while open:
+/// closed, it holds every request, so nothing it got is confirmed.
+struct Gate {
+    address: std::net::SocketAddr,
+    commands: Arc<std::sync::Mutex<Vec<Sent>>>,
+    open: watch::Sender<bool>,
+}
+
+impl Gate {
+    fn start(runtime: &tokio::runtime::Runtime, open: bool) -> Gate {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let commands = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (open_tx, open_rx) = watch::channel(open);
+        let recorded = commands.clone();
+        runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (recorded, open) = (recorded.clone(), open_rx.clone());
+                tokio::spawn(async move {
+                    let _ = serve(stream, recorded, open).await;
+                });
+            }
+        });
+        Gate {
+            address,
+            commands,
+            open: open_tx,
+        }
+    }
+
+    fn commands(&self) -> Vec<Sent> {
+        self.commands.lock().unwrap().clone()
+    }
+
+    fn open(&self) {
+        let _ = self.open.send(true);
+    }
+}
+
+async fn serve(
+    stream: tokio::net::TcpStream,
+    commands: Arc<std::sync::Mutex<Vec<Sent>>>,
+    mut open: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut stream = BufReader::new(stream);
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if stream.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await?;
+        let command: serde_json::Value = serde_json::from_slice(&body).expect("command JSON");
+        commands.lock().unwrap().push((
+            command["device"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            command["name"].as_str().unwrap_or_default().to_owned(),
+            command["params"]["seq"].as_u64(),
+        ));
+        let _ = open.wait_for(|open| *open).await;
+        stream
+            .get_mut()
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+    }
+}
+
+/// The service, running on its own runtime with the pinned clock, its commands going to a
+/// [`Gate`].
+struct Service {
+    runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    observed: Arc<Observed>,
+    gate: Gate,
+}
+
+const ECHO_RULE: &str = r#"
+[[rule]]
+name = "echo-all"
+commands.via = "out"
+
+[[rule.step]]
+plugin = "echo"
+"#;
+
+impl Service {
+    /// Starts the service with `connectors` (TOML), the rules `rules` over the `echo`
+    /// plugin, and the command path `out` to a gate that is `open` or closed.
+    fn start(connectors: &str, rules: &str, open: bool) -> Service {
+        let runtime = runtime();
+        let gate = Gate::start(&runtime, open);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugins = dir.path().join("plugins");
+        let rules_dir = dir.path().join("rules");
+        std::fs::create_dir_all(&plugins).unwrap();
+        std::fs::create_dir_all(&rules_dir).unwrap();
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        iotrules_tests::plugins::install(
+            &plugins,
+            "echo",
+            &iotrules_tests::plugins::built("testing/echo"),
+        );
+        std::fs::write(rules_dir.join("rules.toml"), rules).unwrap();
+        let text = format!(
+            r#"
+rules = "rules"
+plugins = "plugins"
+store = "state/iotrules.db"
+
+[pipeline]
+workers = 2
+shutdown_timeout_s = 1
+{connectors}
+[[command_path]]
+name = "out"
+kind = "webhook"
+url = "http://{}/"
+timeout_ms = 60000
+"#,
+            gate.address
+        );
+        let file = dir.path().join("iotrules.toml");
+        std::fs::write(&file, &text).unwrap();
+        let mut config = Config::parse(&file, &text).expect("config");
+        config.clock = Clock::Manual(Arc::new(AtomicU64::new(NOW)));
+        let (stop, stop_rx) = watch::channel(false);
+        let (observed_tx, observed_rx) = std::sync::mpsc::channel();
+        let task = runtime.spawn(async move {
+            let store =
+                Arc::new(iotrules::store::Store::open(&config.store).map_err(|e| e.to_string())?);
+            let state = Arc::new(iotrules::store::SqliteStateStore::new(store.clone()));
+            let core = service::load_core(&config, store, state).map_err(|e| e.to_string())?;
+            service::run(&config, core, stop_rx, |observed| {
+                let _ = observed_tx.send(observed.clone());
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(())
+        });
+        let observed = observed_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the service starts");
+        Service {
+            runtime,
+            _dir: dir,
+            stop,
+            task: Some(task),
+            observed,
+            gate,
+        }
+    }
+
+    fn connector(&self, name: &str) -> iotrules::status::ConnectorStatus {
+        self.observed
+            .connectors
+            .all()
+            .into_iter()
+            .find(|c| c.name == name)
+            .expect("connector in /status")
+    }
+
+    fn wait_running(&self, name: &str) {
+        wait_for(&format!("connector {name} running"), || {
+            self.connector(name).state == ConnectorState::Running
+        });
+    }
+
+    fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            self.runtime
+                .block_on(task)
+                .expect("service task")
+                .expect("service ran");
+        }
+    }
+
+    fn dead_letters(&self) -> u64 {
+        self.observed
+            .metrics
+            .dead_letters
+            .members()
+            .iter()
+            .map(|(_, c)| c.get())
+            .sum()
+    }
+}
+
+fn publish(broker: &Broker, queue: &str, messages: Vec<Outgoing>) {
+    runtime().block_on(broker.publish(queue, messages));
+}
+
+#[test]
+fn alibaba_property_status_and_lifecycle_bodies_arrive_as_their_events() {
+    let broker = broker();
+    let queue = "alibaba-bodies";
+    // One rule per kind, each also checking what the transport carried: the topic and
+    // message id as attributes.
+    let rules = r#"
+[[rule]]
+name = "properties"
+when = { source = "ali", vendor = "alibaba", kind = "properties" }
+if = 'event.attributes["message-id"] == "m-property" && event.attributes.topic == "/a1Pk/lamp/thing/event/property/post"'
+commands.via = "out"
+[[rule.step]]
+plugin = "echo"
+config = { command = "properties" }
+
+[[rule]]
+name = "online"
+when = { source = "ali", kind = "online" }
+if = 'event.attributes["message-id"] == "m-status"'
+commands.via = "out"
+[[rule.step]]
+plugin = "echo"
+config = { command = "online" }
+
+[[rule]]
+name = "lifecycle"
+when = { source = "ali", kind = "lifecycle", action = "create" }
+if = 'event.attributes["message-id"] == "m-lifecycle"'
+commands.via = "out"
+[[rule.step]]
+plugin = "echo"
+config = { command = "lifecycle" }
+"#;
+    let status = r#"{"status":"online","iotId":"iot-lamp","productKey":"a1Pk","deviceName":"lamp","time":"2023-11-14 22:13:20.000","utcTime":"2023-11-14T22:13:20.000Z","lastTime":"2023-11-14 22:13:19.000","utcLastTime":"2023-11-14T22:13:19.000Z","clientIp":"10.0.0.7"}"#;
+    let lifecycle = r#"{"action":"create","iotId":"iot-lamp","productKey":"a1Pk","deviceName":"lamp","deviceSecret":"","messageCreateTime":1700000000000}"#;
+    publish(
+        broker,
+        queue,
+        vec![
+            (
+                alibaba_property(7),
+                alibaba_properties(PROPERTY_TOPIC, "m-property"),
+            ),
+            (
+                status.as_bytes().to_vec(),
+                alibaba_properties("/as/mqtt/status/a1Pk/lamp", "m-status"),
+            ),
+            (
+                lifecycle.as_bytes().to_vec(),
+                alibaba_properties("/a1Pk/lamp/thing/lifecycle", "m-lifecycle"),
+            ),
+        ],
+    );
+    let service = Service::start(
+        &alibaba("ali", &broker.url(), queue, ALIBABA_SECRET, ""),
+        rules,
+        true,
+    );
+    wait_for("three commands", || service.gate.commands().len() == 3);
+    let mut commands = service.gate.commands();
+    commands.sort();
+    let device = "a1Pk.lamp".to_owned();
+    assert_eq!(
+        commands,
+        vec![
+            (device.clone(), "lifecycle".into(), None),
+            (device.clone(), "online".into(), None),
+            (device, "properties".into(), Some(7)),
+        ]
+    );
+    broker.wait_for_counts(queue, 0, 0);
+    // /status shows the username the connector logged in with, and no secret.
+    let status = service.connector("ali");
+    assert_eq!(status.state, ConnectorState::Running);
+    let username = status
+        .identity
+        .iter()
+        .find(|(k, _)| k == "username")
+        .map(|(_, v)| v.clone());
+    assert_eq!(
+        username.as_deref(),
+        Some(
+            "iotrules-test|authMode=aksign,signMethod=hmacsha256,timestamp=1700000000000,\
+             authId=LTAItest,iotInstanceId=,consumerGroupId=test-group|"
+        )
+    );
+    assert!(!format!("{:?}", status.identity).contains(ALIBABA_SECRET));
+    service.stop();
+}
+
+#[test]
+fn huawei_push_bodies_arrive_as_property_events_from_the_default_queue() {
+    let broker = broker();
+    // The connector's source is Huawei's `DefaultQueue`, in the vhost its open frame names.
+    let queue = "DefaultQueue";
+    let bodies = (1..=10)
+        .map(|seq| (huawei_body("hw-dev", seq).into_bytes(), Vec::new()))
+        .collect();
+    publish(broker, queue, bodies);
+    let rules = r#"
+[[rule]]
+name = "huawei"
+when = { source = "hw", vendor = "huawei", kind = "properties" }
+commands.via = "out"
+[[rule.step]]
+plugin = "echo"
+"#;
+    let service = Service::start(&huawei("hw", &broker.url()), rules, true);
+    wait_for("ten commands", || service.gate.commands().len() == 10);
+    let mut seqs: Vec<u64> = service
+        .gate
+        .commands()
+        .into_iter()
+        .map(|(device, _, seq)| {
+            assert_eq!(device, "hw-dev");
+            seq.expect("seq")
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    broker.wait_for_counts(queue, 0, 0);
+    service.stop();
+}
+
+#[test]
+fn a_tls_connection_through_the_configured_ca_file_receives() {
+    let broker = broker();
+    let queue = "alibaba-tls";
+    publish(
+        broker,
+        queue,
+        vec![(
+            alibaba_property(1),
+            alibaba_properties(PROPERTY_TOPIC, "m-tls"),
+        )],
+    );
+    let ca = format!("ca_file = \"{}\"", broker.ca_file.display());
+    let service = Service::start(
+        &alibaba("ali-tls", &broker.tls_url(), queue, ALIBABA_SECRET, &ca),
+        ECHO_RULE,
+        true,
+    );
+    wait_for("the command", || service.gate.commands().len() == 1);
+    assert_eq!(service.gate.commands()[0].2, Some(1));
+    broker.wait_for_counts(queue, 0, 0);
+    service.stop();
+}
+
+#[test]
+fn a_refused_login_is_reported_with_its_username_while_the_other_connector_runs() {
+    let broker = broker();
+    let queue = "alibaba-good";
+    publish(
+        broker,
+        queue,
+        vec![(
+            alibaba_property(5),
+            alibaba_properties(PROPERTY_TOPIC, "m-good"),
+        )],
+    );
+    let connectors = [
+        alibaba("ali-bad", &broker.url(), "alibaba-bad", "wrong-secret", ""),
+        alibaba("ali-good", &broker.url(), queue, ALIBABA_SECRET, ""),
+    ]
+    .concat();
+    let service = Service::start(&connectors, ECHO_RULE, true);
+    wait_for("the good connector's command", || {
+        service.gate.commands().len() == 1
+    });
+    wait_for("the bad connector's error", || {
+        service.connector("ali-bad").error.is_some()
+    });
+    let bad = service.connector("ali-bad");
+    assert_eq!(bad.state, ConnectorState::Reconnecting);
+    let error = bad.error.unwrap_or_default();
+    assert!(
+        error.contains("refused the login of username \"iotrules-test|authMode=aksign,"),
+        "{error}"
+    );
+    assert!(!error.contains("wrong-secret"), "{error}");
+    let recent = service.observed.errors.recent();
+    assert!(
+        recent
+            .iter()
+            .any(|e| e.place == "connector \"ali-bad\"" && e.message.contains("refused")),
+        "{recent:#?}"
+    );
+    assert_eq!(service.connector("ali-good").state, ConnectorState::Running);
+    service.stop();
+}
+
+#[test]
+fn a_dropped_connection_loses_nothing_and_nothing_is_acked_before_processing() {
+    let broker = broker();
+    let queue = "alibaba-numbered";
+    const MESSAGES: u64 = 1_000;
+    const CREDIT: u64 = 20;
+    let messages = (1..=MESSAGES)
+        .map(|seq| {
+            (
+                alibaba_property(seq),
+                alibaba_properties(PROPERTY_TOPIC, &format!("m-{seq}")),
+            )
+        })
+        .collect();
+    publish(broker, queue, messages);
+    // The command path holds every confirmation: the connector takes no more than its
+    // credit, and the broker still holds every message, none settled.
+    let proxy_runtime = runtime();
+    let proxy = Proxy::start(proxy_runtime.handle(), broker.amqp_port);
+    let service = Service::start(
+        &alibaba(
+            "ali",
+            &proxy.url(),
+            queue,
+            ALIBABA_SECRET,
+            &format!("credit = {CREDIT}"),
+        ),
+        ECHO_RULE,
+        false,
+    );
+    wait_for("commands waiting at the gate", || {
+        !service.gate.commands().is_empty()
+    });
+    broker.wait_for_counts(queue, MESSAGES - CREDIT, CREDIT);
+
+    // Drop the connection with those messages in flight; the connector reconnects.
+    proxy.cut();
+    wait_for("the reconnect", || {
+        service.observed.metrics.connects.with(&["ali", "ok"]).get() >= 2
+    });
+    service.wait_running("ali");
+    service.gate.open();
+    broker.wait_for_counts(queue, 0, 0);
+    wait_for("every message processed", || {
+        service.gate.commands().len() >= MESSAGES as usize
+    });
+    let mut seqs: Vec<u64> = service
+        .gate
+        .commands()
+        .into_iter()
+        .filter_map(|(_, _, seq)| seq)
+        .collect();
+    seqs.sort_unstable();
+    // At least once, and the redeliveries of what was in flight were taken for the
+    // duplicates they are (their message id was seen).
+    assert_eq!(seqs, (1..=MESSAGES).collect::<Vec<_>>());
+    let duplicates = service
+        .observed
+        .metrics
+        .events_dropped
+        .with(&["ali", "duplicate"])
+        .get();
+    assert!(duplicates >= 1, "no redelivery was suppressed");
+    service.stop();
+}
+
+#[test]
+fn garbage_is_dead_lettered_and_accepted() {
+    let broker = broker();
+    let queue = "alibaba-garbage";
+    publish(
+        broker,
+        queue,
+        vec![
+            (
+                b"{\"items\": 7".to_vec(),
+                alibaba_properties(PROPERTY_TOPIC, "m-garbage"),
+            ),
+            (
+                alibaba_property(2),
+                alibaba_properties(PROPERTY_TOPIC, "m-2"),
+            ),
+        ],
+    );
+    let service = Service::start(
+        &alibaba("ali", &broker.url(), queue, ALIBABA_SECRET, ""),
+        ECHO_RULE,
+        true,
+    );
+    wait_for("the good message's command", || {
+        service.gate.commands().len() == 1
+    });
+    wait_for("the dead letter", || service.dead_letters() == 1);
+    broker.wait_for_counts(queue, 0, 0);
+    service.stop();
+}
+
+#[test]
+fn four_connections_share_a_queue_and_process_every_message() {
+    let broker = broker();
+    let queue = "alibaba-four";
+    const MESSAGES: u64 = 200;
+    let messages = (1..=MESSAGES)
+        .map(|seq| {
+            (
+                alibaba_property(seq),
+                alibaba_properties(PROPERTY_TOPIC, &format!("m4-{seq}")),
+            )
+        })
+        .collect();
+    publish(broker, queue, messages);
+    let service = Service::start(
+        &alibaba(
+            "four",
+            &broker.url(),
+            queue,
+            ALIBABA_SECRET,
+            "connections = 4\ncredit = 5",
+        ),
+        ECHO_RULE,
+        true,
+    );
+    wait_for("every command", || {
+        service.gate.commands().len() == MESSAGES as usize
+    });
+    broker.wait_for_counts(queue, 0, 0);
+    assert_eq!(
+        service
+            .observed
+            .metrics
+            .connects
+            .with(&["four", "ok"])
+            .get(),
+        4,
+        "{:#?}",
+        service.observed.errors.recent()
+    );
+    service.stop();
+}
