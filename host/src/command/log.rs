@@ -6,7 +6,7 @@ use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use super::Transport;
+use super::{Failure, Transport};
 use crate::event::{Command, Json};
 
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
@@ -65,14 +65,14 @@ impl LogTransport {
 }
 
 impl Transport for LogTransport {
-    async fn deliver(&self, command: &Command) -> Result<(), String> {
+    async fn deliver(&self, command: &Command) -> Result<(), Failure> {
         let line = self.line(command);
         let mut out = self.out.lock().await;
         out.write_all(line.as_bytes())
             .await
-            .map_err(|e| format!("cannot write the command: {e}"))?;
+            .map_err(|e| Failure::retry(format!("cannot write the command: {e}")))?;
         out.flush()
             .await
-            .map_err(|e| format!("cannot flush the command: {e}"))
+            .map_err(|e| Failure::retry(format!("cannot flush the command: {e}")))
     }
 }

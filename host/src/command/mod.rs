@@ -49,10 +49,39 @@ pub trait CommandPath: Send + Sync {
     fn enqueue(&self, command: Command) -> Confirmation;
 }
 
+/// Why one attempt at delivering a command failed, and whether another attempt may succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What went wrong, naming the peer's answer where there is one.
+    pub reason: String,
+    /// `false` when the peer refused the command itself (a 4xx answer, a vendor error code
+    /// that says the request is wrong): retrying would only be refused again, so the command
+    /// fails at once.
+    pub retryable: bool,
+}
+
+impl Failure {
+    /// A failure another attempt may get past: a lost connection, a timeout, a 5xx answer.
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Failure {
+            reason: reason.into(),
+            retryable: true,
+        }
+    }
+
+    /// A refusal that retrying would only repeat.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Failure {
+            reason: reason.into(),
+            retryable: false,
+        }
+    }
+}
+
 /// One way of delivering a command: the protocol part of a path.
 pub trait Transport: Send + Sync + 'static {
     /// One attempt at delivering `command`.
-    fn deliver(&self, command: &Command) -> impl Future<Output = Result<(), String>> + Send;
+    fn deliver(&self, command: &Command) -> impl Future<Output = Result<(), Failure>> + Send;
 }
 
 /// Settings shared by every path.
@@ -145,13 +174,23 @@ async fn lane<T: Transport>(
         let mut attempt = 0;
         let mut backoff = Duration::from_millis(50);
         let result = loop {
-            let reason =
+            let failure =
                 match tokio::time::timeout(settings.timeout, transport.deliver(&job.command)).await
                 {
                     Ok(Ok(())) => break Ok(()),
-                    Ok(Err(reason)) => reason,
-                    Err(_) => format!("no confirmation within {} ms", settings.timeout.as_millis()),
+                    Ok(Err(failure)) => failure,
+                    Err(_) => Failure::retry(format!(
+                        "no confirmation within {} ms",
+                        settings.timeout.as_millis()
+                    )),
                 };
+            let reason = failure.reason;
+            if !failure.retryable {
+                break Err(CommandError {
+                    path: name.clone(),
+                    reason: format!("{reason} (not retried: the peer refused the command)"),
+                });
+            }
             if attempt >= settings.retries {
                 let attempts = attempt + 1;
                 break Err(CommandError {
@@ -227,5 +266,76 @@ impl CommandPaths {
         let mut names: Vec<String> = self.paths.keys().cloned().collect();
         names.sort();
         names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::event::{Device, Json};
+
+    /// Fails every attempt the way it was told to, counting the attempts.
+    struct Refusing {
+        failure: Failure,
+        attempts: Arc<AtomicU32>,
+    }
+
+    impl Transport for Refusing {
+        async fn deliver(&self, _: &Command) -> Result<(), Failure> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            Err(self.failure.clone())
+        }
+    }
+
+    fn attempts_until_given_up(failure: Failure, retries: u32) -> (u32, CommandError) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        let attempts = Arc::new(AtomicU32::new(0));
+        let transport = Refusing {
+            failure,
+            attempts: attempts.clone(),
+        };
+        let settings = PathSettings {
+            lanes: 1,
+            queue: 1,
+            timeout: Duration::from_secs(5),
+            retries,
+        };
+        let path = Lanes::start("out", transport, settings, runtime.handle());
+        let command = Command {
+            via: Some("out".into()),
+            device: Device::new("d1"),
+            name: "switch".into(),
+            params: Json::null(),
+            reply_to: None,
+        };
+        let confirmation = path.enqueue(command);
+        let error = runtime
+            .block_on(confirmation)
+            .unwrap()
+            .expect_err("every attempt fails");
+        (attempts.load(Ordering::SeqCst), error)
+    }
+
+    #[test]
+    fn a_retryable_failure_is_tried_again_up_to_the_retries() {
+        let (attempts, error) = attempts_until_given_up(Failure::retry("answered 503"), 2);
+        assert_eq!(attempts, 3);
+        assert_eq!(error.reason, "answered 503 (after 3 attempts)");
+    }
+
+    #[test]
+    fn a_refused_command_is_not_tried_again() {
+        let (attempts, error) = attempts_until_given_up(Failure::permanent("answered 400"), 2);
+        assert_eq!(attempts, 1);
+        assert_eq!(
+            error.reason,
+            "answered 400 (not retried: the peer refused the command)"
+        );
     }
 }

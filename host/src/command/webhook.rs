@@ -10,7 +10,7 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-use super::Transport;
+use super::{Failure, Transport};
 use crate::config::CommandPathConfig;
 use crate::event::Command;
 
@@ -63,7 +63,7 @@ impl WebhookTransport {
         })
     }
 
-    async fn connection(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+    async fn connection(&self) -> Result<SendRequest<Full<Bytes>>, Failure> {
         loop {
             let reused = self
                 .idle
@@ -81,11 +81,16 @@ impl WebhookTransport {
         }
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.authority))?;
+            .map_err(|e| Failure::retry(format!("cannot connect to {}: {e}", self.authority)))?;
         let _ = stream.set_nodelay(true);
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| format!("HTTP handshake with {} failed: {e}", self.authority))?;
+            .map_err(|e| {
+                Failure::retry(format!(
+                    "HTTP handshake with {} failed: {e}",
+                    self.authority
+                ))
+            })?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -94,8 +99,9 @@ impl WebhookTransport {
 }
 
 impl Transport for WebhookTransport {
-    async fn deliver(&self, command: &Command) -> Result<(), String> {
-        let body = serde_json::to_vec(command).map_err(|e| format!("cannot encode: {e}"))?;
+    async fn deliver(&self, command: &Command) -> Result<(), Failure> {
+        let body = serde_json::to_vec(command)
+            .map_err(|e| Failure::permanent(format!("cannot encode: {e}")))?;
         let mut request = hyper::Request::post(&self.target)
             .header(hyper::header::HOST, &self.authority)
             .header(hyper::header::CONTENT_TYPE, "application/json");
@@ -104,29 +110,36 @@ impl Transport for WebhookTransport {
         }
         let request = request
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("cannot build the request: {e}"))?;
+            .map_err(|e| Failure::permanent(format!("cannot build the request: {e}")))?;
         let mut sender = self.connection().await?;
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| format!("POST {} failed: {e}", self.target))?;
+            .map_err(|e| Failure::retry(format!("POST {} failed: {e}", self.target)))?;
         let status = response.status();
         // Read the body to the end so the connection can carry the next request.
         let body = response
             .into_body()
             .collect()
             .await
-            .map_err(|e| format!("reading the answer failed: {e}"))?
+            .map_err(|e| Failure::retry(format!("reading the answer failed: {e}")))?
             .to_bytes();
         self.idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(sender);
         if status.is_success() {
-            Ok(())
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        let reason = format!("answered {status}: {}", text.trim());
+        // A 4xx says the request itself is wrong, except for the two that ask to come back
+        // later: a timeout waiting for the request, and too many requests.
+        let later = matches!(status.as_u16(), 408 | 429);
+        if status.is_client_error() && !later {
+            Err(Failure::permanent(reason))
         } else {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            Err(format!("answered {status}: {}", text.trim()))
+            Err(Failure::retry(reason))
         }
     }
 }
