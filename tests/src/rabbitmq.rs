@@ -267,10 +267,15 @@ impl Broker {
             let outcome = outcome.await.expect("outcome");
             outcome.accepted_or("not accepted").expect("accepted");
         }
-        // Every message is accepted: how the broker takes the goodbyes does not matter.
-        let _ = sender.close().await;
-        let _ = session.end().await;
-        let _ = connection.close().await;
+        // Every message is accepted: how the broker takes the goodbyes does not matter, and
+        // they must not hang the caller. (fe2o3-amqp 0.18's session engine can wait for a
+        // remote `end` that never comes once its links are gone: a bench hung here.)
+        let goodbyes = async {
+            let _ = sender.close().await;
+            let _ = session.end().await;
+            let _ = connection.close().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), goodbyes).await;
     }
 
     /// Waits up to 30 s until `queue` holds `ready` ready and `unacked` unacknowledged
