@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 use crate::vendor::crypto::SignMethod;
-use crate::vendor::{Dialect, SignMode, alibaba, huawei, tuya};
+use crate::vendor::{Dialect, SignMode, alibaba, huawei, json, tuya};
 
 /// A configuration file, read and checked.
 #[derive(Debug, Clone)]
@@ -264,6 +264,24 @@ pub struct ConnectorConfig {
     /// suffix after `/{pk}/{dn}/` (`user/get`).
     #[serde(default)]
     pub user_topics: Vec<Expanded>,
+    /// `mqtt`: the topic filters to subscribe to; `$share/{group}/{filter}` shares a filter's
+    /// messages between the links (replicas) of one group.
+    #[serde(default)]
+    pub subscribe: Vec<Expanded>,
+    /// `mqtt`: where the device id is in a received topic, e.g. `zigbee2mqtt/{device}`
+    /// (`+` matches any level, a final `#` any rest).
+    #[serde(default)]
+    pub device_topic: Option<Expanded>,
+    /// `mqtt`: the topic a command is published on, e.g. `zigbee2mqtt/{device}/set`
+    /// (`{device}` is the command's device id, `{name}` its name); the params are the payload.
+    #[serde(default)]
+    pub publish_topic: Option<Expanded>,
+    /// `mqtt`: the username, if the broker wants a login.
+    #[serde(default)]
+    pub username: Option<Expanded>,
+    /// `mqtt`: the password of `username`.
+    #[serde(default)]
+    pub password: Option<Secret>,
     /// MQTT links: the maximum QoS of subscriptions and the QoS of publishes (0 or 1).
     #[serde(default = "default_qos")]
     pub qos: u8,
@@ -330,6 +348,8 @@ pub enum ConnectorKind {
     AlibabaMqtt,
     /// A Huawei IoTDA device's own MQTT connection (legacy v1 or `$oc` topics).
     HuaweiMqtt,
+    /// Any MQTT broker, plain JSON (local devices, zigbee2mqtt-style bridges).
+    Mqtt,
 }
 
 impl ConnectorKind {
@@ -343,12 +363,16 @@ impl ConnectorKind {
             ConnectorKind::HuaweiAmqp => "huawei-amqp",
             ConnectorKind::AlibabaMqtt => "alibaba-mqtt",
             ConnectorKind::HuaweiMqtt => "huawei-mqtt",
+            ConnectorKind::Mqtt => "mqtt",
         }
     }
 
     /// True for the MQTT links, which are command paths as well as connectors.
     pub fn is_mqtt_link(self) -> bool {
-        matches!(self, ConnectorKind::AlibabaMqtt | ConnectorKind::HuaweiMqtt)
+        matches!(
+            self,
+            ConnectorKind::AlibabaMqtt | ConnectorKind::HuaweiMqtt | ConnectorKind::Mqtt
+        )
     }
 
     /// The dialects its messages can be in, the first being the default.
@@ -359,6 +383,7 @@ impl ConnectorKind {
             ConnectorKind::TuyaBusiness => &[DialectName::TuyaBusiness],
             ConnectorKind::AlibabaAmqp | ConnectorKind::AlibabaMqtt => &[DialectName::Alibaba],
             ConnectorKind::HuaweiAmqp | ConnectorKind::HuaweiMqtt => &[DialectName::Huawei],
+            ConnectorKind::Mqtt => &[DialectName::Json],
         }
     }
 }
@@ -375,6 +400,8 @@ pub enum DialectName {
     Alibaba,
     /// Huawei Cloud IoTDA.
     Huawei,
+    /// Plain JSON on any broker, the device taken from the topic (`mqtt` links).
+    Json,
 }
 
 impl DialectName {
@@ -385,6 +412,7 @@ impl DialectName {
             DialectName::TuyaBusiness => "tuya-business",
             DialectName::Alibaba => "alibaba",
             DialectName::Huawei => "huawei",
+            DialectName::Json => "json",
         }
     }
 }
@@ -474,6 +502,13 @@ impl ConnectorConfig {
             }
             DialectName::Alibaba => Dialect::Alibaba(alibaba::Decoder::new(self.body_base64)),
             DialectName::Huawei => Dialect::Huawei(huawei::Decoder::new()),
+            DialectName::Json => {
+                let template = self.required(&self.device_topic, "device_topic")?;
+                Dialect::Json(json::Decoder::new(
+                    json::TopicTemplate::parse(template)
+                        .map_err(|e| self.invalid(format!("device_topic: {e}")))?,
+                ))
+            }
         })
     }
 
@@ -564,7 +599,7 @@ impl<'de> Deserialize<'de> for Expanded {
 }
 
 /// A secret from the config (after `${ENV}` expansion). It prints as `***`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
@@ -795,7 +830,7 @@ impl Config {
                 ConnectorKind::AlibabaAmqp | ConnectorKind::HuaweiAmqp => {
                     crate::connector::amqp::AmqpSettings::from_config(connector)?;
                 }
-                ConnectorKind::AlibabaMqtt | ConnectorKind::HuaweiMqtt => {
+                ConnectorKind::AlibabaMqtt | ConnectorKind::HuaweiMqtt | ConnectorKind::Mqtt => {
                     crate::connector::mqtt::MqttSettings::from_config(connector)?;
                 }
             }

@@ -242,7 +242,7 @@ pub async fn run(
                 let settings = AmqpSettings::from_config(connector)?;
                 connectors.spawn(async move { (name, amqp::run(settings, context).await) });
             }
-            ConnectorKind::AlibabaMqtt | ConnectorKind::HuaweiMqtt => {
+            ConnectorKind::AlibabaMqtt | ConnectorKind::HuaweiMqtt | ConnectorKind::Mqtt => {
                 let Some((settings, handle)) = links.remove(&connector.name) else {
                     anyhow::bail!("connector \"{name}\": its command path was not started");
                 };

@@ -73,7 +73,29 @@ fn users() -> Vec<(String, String)> {
                 .credentials(NOW);
             (login.username, login.password)
         })
+        .chain([(LOCAL.0.to_owned(), LOCAL.1.to_owned())])
         .collect()
+}
+
+/// The login of the generic `mqtt` links.
+const LOCAL: (&str, &str) = ("local", "local-password");
+
+/// A generic `mqtt` link sharing zigbee2mqtt-style topics in group `iot`.
+fn generic(name: &str, url: &str) -> String {
+    format!(
+        r#"
+[[connector]]
+name = "{name}"
+kind = "mqtt"
+url = "{url}"
+username = "{}"
+password = "{}"
+subscribe = ["$share/iot/zigbee2mqtt/+"]
+device_topic = "zigbee2mqtt/{{device}}"
+publish_topic = "zigbee2mqtt/{{device}}/set"
+"#,
+        LOCAL.0, LOCAL.1
+    )
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -441,6 +463,67 @@ fn a_broker_restart_mid_stream_loses_no_command_with_qos_1() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(service.commands("hw", "failed"), 0);
+    assert_eq!(service.dead_letters(), 0);
+    service.stop();
+}
+
+#[test]
+fn generic_links_split_a_shared_subscription_and_publish_on_the_topic_template() {
+    let broker = Mosquitto::start(&users(), false);
+    // Each link echoes what it receives back to the device, on itself.
+    let rules: String = ["z1", "z2"]
+        .iter()
+        .map(|link| {
+            format!(
+                r#"
+[[rule]]
+name = "echo-{link}"
+when = {{ source = "{link}", vendor = "mqtt", kind = "properties", action = "state" }}
+if = 'event.properties.exists(p, p.code == "state" && p.value == "ON")'
+commands.via = "{link}"
+
+[[rule.step]]
+plugin = "echo"
+config = {{ command = "set" }}
+"#
+            )
+        })
+        .collect();
+    let links = [generic("z1", &broker.url()), generic("z2", &broker.url())].concat();
+    let service = Service::start(&links, &rules);
+    service.wait_running("z1");
+    service.wait_running("z2");
+    let cloud = runtime();
+    let peer = cloud.block_on(Peer::connect(&broker, "bridge", &["zigbee2mqtt/+/set"]));
+    let count = 40;
+    for n in 0..count {
+        let payload = format!(r#"{{"seq":{n},"state":"ON","color":{{"x":0.3}}}}"#);
+        cloud.block_on(peer.publish(&format!("zigbee2mqtt/lamp-{}", n % 4), payload));
+    }
+    let seqs = || -> BTreeSet<u64> {
+        peer.received()
+            .iter()
+            .map(|(topic, payload)| {
+                let seq = json(payload)["seq"].as_u64().expect("seq");
+                assert_eq!(topic, &format!("zigbee2mqtt/lamp-{}/set", seq % 4));
+                seq
+            })
+            .collect()
+    };
+    wait_for("every message echoed", || seqs().len() == count as usize);
+    assert_eq!(seqs(), (0..count).collect::<BTreeSet<u64>>());
+    // The broker split the shared subscription: each link took a part, none took a message
+    // twice.
+    let events_in = |link: &str| -> u64 {
+        counts(&service.observed.metrics.events_in)
+            .into_iter()
+            .filter(|(labels, _)| labels.first().map(String::as_str) == Some(link))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let (z1, z2) = (events_in("z1"), events_in("z2"));
+    assert!(z1 > 0 && z2 > 0, "z1 {z1}, z2 {z2}");
+    assert_eq!(z1 + z2, count);
     assert_eq!(service.dead_letters(), 0);
     service.stop();
 }

@@ -120,6 +120,19 @@ impl MqttTransport {
                 let request = AlinkRequest::new(id, name, command.params.clone());
                 Ok((topic, request.encode()))
             }
+            Outbound::Generic { topic } => {
+                let device = command.device.id.as_str();
+                if !segment(device) {
+                    return Err(format!("device id \"{device}\" cannot go into a topic"));
+                }
+                if command.name.contains(['+', '#', '\0']) {
+                    return Err(format!("name \"{}\" cannot go into a topic", command.name));
+                }
+                let topic = topic
+                    .replace(crate::vendor::json::DEVICE, device)
+                    .replace("{name}", &command.name);
+                Ok((topic, command.params.as_str().into()))
+            }
             Outbound::Huawei { device, legacy } => {
                 same_device(command, device)?;
                 let code = params

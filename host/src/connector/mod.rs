@@ -125,7 +125,7 @@ pub fn identity(
         ConnectorKind::AlibabaAmqp | ConnectorKind::HuaweiAmqp => {
             amqp::AmqpSettings::from_config(config)?.identity(now_ms)
         }
-        ConnectorKind::AlibabaMqtt | ConnectorKind::HuaweiMqtt => {
+        ConnectorKind::AlibabaMqtt | ConnectorKind::HuaweiMqtt | ConnectorKind::Mqtt => {
             mqtt::MqttSettings::from_config(config)?.identity(now_ms)
         }
     })

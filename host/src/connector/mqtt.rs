@@ -53,13 +53,20 @@ pub enum MqttLogin {
     Alibaba(alibaba::DeviceCredentials),
     /// A Huawei device (HMAC of the secret under the UTC hour stamp).
     Huawei(huawei::DeviceCredentials),
+    /// A fixed client id and an optional username and password (`mqtt`).
+    Plain {
+        /// The client id.
+        client_id: String,
+        /// The username and password, if the broker wants a login.
+        login: Option<(String, crate::config::Secret)>,
+    },
 }
 
 /// The client id, username and password of one connection.
 pub struct Credentials {
     /// The MQTT client id.
     pub client_id: String,
-    /// The username.
+    /// The username (empty: no login).
     pub username: String,
     /// The password (never log it).
     pub password: String,
@@ -78,6 +85,13 @@ impl MqttLogin {
                 client_id: c.client_id_at(now_ms),
                 username: c.username().to_owned(),
                 password: c.password_at(now_ms),
+            },
+            MqttLogin::Plain { client_id, login } => Credentials {
+                client_id: client_id.clone(),
+                username: login.as_ref().map_or_else(String::new, |(u, _)| u.clone()),
+                password: login
+                    .as_ref()
+                    .map_or_else(String::new, |(_, p)| p.expose().to_owned()),
             },
         }
     }
@@ -99,6 +113,11 @@ pub enum Outbound {
         device: String,
         /// Legacy v1 topics.
         legacy: bool,
+    },
+    /// Any broker: the topic from a template (`{device}`, `{name}`), the params as payload.
+    Generic {
+        /// The topic template.
+        topic: String,
     },
 }
 
@@ -249,6 +268,48 @@ impl MqttSettings {
                     MqttLogin::Huawei(credentials),
                     subscriptions,
                     outbound,
+                )
+            }
+            ConnectorKind::Mqtt => {
+                let Some(endpoint) = explicit else {
+                    return Err(config.invalid(
+                        "an mqtt connector needs `url` (mqtt://HOST:1883 or mqtts://HOST:8883)",
+                    ));
+                };
+                if config.subscribe.is_empty() {
+                    return Err(config.invalid("an mqtt connector needs `subscribe` filters"));
+                }
+                let topic = config.required(&config.publish_topic, "publish_topic")?;
+                if topic.contains(['+', '#']) {
+                    return Err(config.invalid(format!(
+                        "publish_topic \"{topic}\": a topic to publish on has no wildcards"
+                    )));
+                }
+                let client_id = config.client_id.as_ref().map_or_else(
+                    || format!("iotrules-{}", config.name),
+                    |c| c.as_str().to_owned(),
+                );
+                let login = match (&config.username, &config.password) {
+                    (Some(user), password) => Some((
+                        user.as_str().to_owned(),
+                        password.clone().unwrap_or_default(),
+                    )),
+                    (None, Some(_)) => {
+                        return Err(config.invalid("`password` without `username`"));
+                    }
+                    (None, None) => None,
+                };
+                (
+                    endpoint,
+                    MqttLogin::Plain { client_id, login },
+                    config
+                        .subscribe
+                        .iter()
+                        .map(|f| f.as_str().to_owned())
+                        .collect(),
+                    Outbound::Generic {
+                        topic: topic.to_owned(),
+                    },
                 )
             }
             other => {
@@ -617,10 +678,12 @@ impl Connection<'_> {
         let mut connect = Connect::new(credentials.client_id.clone());
         connect.keep_alive = u16::try_from(self.settings.keep_alive.as_secs()).unwrap_or(u16::MAX);
         connect.clean_session = self.settings.clean_session;
-        connect.login = Some(Login::new(
-            credentials.username.clone(),
-            credentials.password.clone(),
-        ));
+        if !credentials.username.is_empty() {
+            connect.login = Some(Login::new(
+                credentials.username.clone(),
+                credentials.password.clone(),
+            ));
+        }
         wire.send(Packet::Connect(connect)).await?;
         let who = format!(
             "client id \"{}\", username \"{}\"",
