@@ -295,6 +295,11 @@ impl Peer {
             .expect("queue publish");
     }
 
+    /// How many publishes arrived so far.
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
     /// Everything received so far: (topic, payload).
     pub fn received(&self) -> Vec<(String, Vec<u8>)> {
         self.received.lock().unwrap().clone()
