@@ -498,7 +498,7 @@ pub async fn run(
             }
         }
     }
-    handle.set(None);
+    // The handle keeps the last connection: a stopping link drains on it (Session::drain).
     context.stopped();
     Ok(())
 }
@@ -639,7 +639,13 @@ impl Connection<'_> {
             qos: self.settings.qos,
             received: early.into(),
         };
-        session.serve(self.settings.keep_alive, self.context).await
+        let ended = session.serve(self.settings.keep_alive, self.context).await;
+        if matches!(ended, Ended::Stopping) && self.context.stopping() {
+            // The pipeline drains the events in flight after the connectors have returned,
+            // and their answers go out on this connection: it stays open for them.
+            tokio::spawn(session.drain(self.settings.keep_alive));
+        }
+        ended
     }
 
     fn place(&self) -> String {
@@ -758,6 +764,10 @@ fn refusal(code: ConnectReturnCode) -> &'static str {
     }
 }
 
+/// How long a stopping link keeps its connection for the answers of the events the pipeline
+/// is still draining (the service's own `shutdown_timeout_s` normally ends it first).
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
 /// Inbound publishes read and not yet taken by the pipeline, beyond which the link stops
 /// reading the socket. A QoS 1 subscription rarely gets near it: the broker sends at most
 /// its in-flight window of unacknowledged publishes.
@@ -817,10 +827,7 @@ impl Session {
             let reading = self.received.len() < MAX_RECEIVED;
             tokio::select! {
                 biased;
-                _ = context.shutdown.changed() => {
-                    let _ = self.wire.send(Packet::Disconnect).await;
-                    return Ended::Stopping;
-                }
+                _ = context.shutdown.changed() => return Ended::Stopping,
                 Some(pkid) = self.acks.recv() => {
                     if let Err(error) = self.wire.send(Packet::PubAck(PubAck::new(pkid))).await {
                         return lost(error);
@@ -861,6 +868,61 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// After the service stopped receiving: keeps publishing the commands of the events the
+    /// pipeline still drains, and acknowledging those it settles, until every command path
+    /// has gone (the service has finished) or [`DRAIN_LIMIT`]; then disconnects. Publishes
+    /// still arriving are not taken: unacknowledged, they come again at the next start.
+    async fn drain(mut self, keep_alive: Duration) {
+        let deadline = tokio::time::sleep(DRAIN_LIMIT);
+        tokio::pin!(deadline);
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
+        let mut paths_gone = false;
+        self.received.clear();
+        loop {
+            while let Ok(Some(packet)) = self.wire.next_packet() {
+                if let Packet::PubAck(ack) = packet
+                    && let Some(done) = self.waiting.remove(&ack.pkid)
+                {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            if paths_gone && self.waiting.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                () = &mut deadline => break,
+                Some(pkid) = self.acks.recv() => {
+                    if self.wire.send(Packet::PubAck(PubAck::new(pkid))).await.is_err() {
+                        return;
+                    }
+                }
+                filled = self.wire.fill() => {
+                    if filled.is_err() {
+                        return;
+                    }
+                }
+                outgoing = self.requests.recv(), if !paths_gone && self.waiting.len() < MAX_IN_FLIGHT => {
+                    match outgoing {
+                        Some(outgoing) => {
+                            if self.publish(outgoing).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => paths_gone = true,
+                    }
+                }
+                _ = ping.tick() => {
+                    if self.wire.send(Packet::PingReq).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = self.wire.send(Packet::Disconnect).await;
     }
 
     fn packet(&mut self, packet: Packet) -> Option<Ended> {
