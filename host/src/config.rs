@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 use crate::vendor::crypto::SignMethod;
-use crate::vendor::{Dialect, SignMode, alibaba, huawei, tuya};
+use crate::vendor::{Dialect, SignMode, alibaba, huawei, json, tuya};
 
 /// A configuration file, read and checked.
 #[derive(Debug, Clone)]
@@ -239,6 +239,79 @@ pub struct ConnectorConfig {
     /// 500 messages/s, at most 128 per consumer group).
     #[serde(default = "default_connections")]
     pub connections: usize,
+
+    /// Device MQTT links (`alibaba-mqtt`): the device's product key.
+    #[serde(default)]
+    pub product_key: Option<Expanded>,
+    /// `alibaba-mqtt`: the device's name.
+    #[serde(default)]
+    pub device_name: Option<Expanded>,
+    /// `alibaba-mqtt`, `huawei-mqtt`: the device secret the login is derived from.
+    #[serde(default)]
+    pub device_secret: Option<Secret>,
+    /// `huawei-mqtt`: the device id IoTDA assigned (`{product_id}_{node_id}`).
+    #[serde(default)]
+    pub device_id: Option<Expanded>,
+    /// `huawei-mqtt`: `"0"` (the broker does not check the client id's hour stamp, the
+    /// default) or `"1"` (it does).
+    #[serde(default)]
+    pub sign_type: huawei::SignType,
+    /// `huawei-mqtt`: speak the legacy v1 topics (`/huawei/v1/devices/...`) instead of IoTDA's
+    /// `$oc/devices/...`.
+    #[serde(default)]
+    pub legacy: bool,
+    /// `alibaba-mqtt`: custom topics to subscribe to besides the thing-model ones, as the
+    /// suffix after `/{pk}/{dn}/` (`user/get`).
+    #[serde(default)]
+    pub user_topics: Vec<Expanded>,
+    /// `mqtt`: the topic filters to subscribe to; `$share/{group}/{filter}` shares a filter's
+    /// messages between the links (replicas) of one group.
+    #[serde(default)]
+    pub subscribe: Vec<Expanded>,
+    /// `mqtt`: where the device id is in a received topic, e.g. `zigbee2mqtt/{device}`
+    /// (`+` matches any level, a final `#` any rest).
+    #[serde(default)]
+    pub device_topic: Option<Expanded>,
+    /// `mqtt`: the topic a command is published on, e.g. `zigbee2mqtt/{device}/set`
+    /// (`{device}` is the command's device id, `{name}` its name); the params are the payload.
+    #[serde(default)]
+    pub publish_topic: Option<Expanded>,
+    /// `mqtt`: the username, if the broker wants a login.
+    #[serde(default)]
+    pub username: Option<Expanded>,
+    /// `mqtt`: the password of `username`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// MQTT links: the maximum QoS of subscriptions and the QoS of publishes (0 or 1).
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// MQTT links: start a clean session at every connection (the broker forgets the
+    /// subscriptions and the QoS 1 messages that arrived while the link was away). The default
+    /// keeps a persistent session, so nothing published meanwhile is lost.
+    #[serde(default)]
+    pub clean_session: bool,
+    /// MQTT links: the keep-alive interval announced at connection, in seconds.
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// MQTT links as command paths: how long a publish may wait for its PUBACK, in ms.
+    #[serde(default = "default_command_timeout_ms")]
+    pub command_timeout_ms: u64,
+    /// MQTT links as command paths: further attempts after a failed publish.
+    #[serde(default = "default_command_retries")]
+    pub command_retries: u32,
+}
+
+fn default_qos() -> u8 {
+    1
+}
+fn default_keep_alive_s() -> u64 {
+    60
+}
+fn default_command_timeout_ms() -> u64 {
+    5_000
+}
+fn default_command_retries() -> u32 {
+    2
 }
 
 fn default_subscription_suffix() -> Expanded {
@@ -271,6 +344,12 @@ pub enum ConnectorKind {
     AlibabaAmqp,
     /// Huawei Cloud IoTDA server-side push (AMQP 1.0).
     HuaweiAmqp,
+    /// An Alibaba Cloud IoT device's own MQTT connection (Link SDK login, Alink JSON).
+    AlibabaMqtt,
+    /// A Huawei IoTDA device's own MQTT connection (legacy v1 or `$oc` topics).
+    HuaweiMqtt,
+    /// Any MQTT broker, plain JSON (local devices, zigbee2mqtt-style bridges).
+    Mqtt,
 }
 
 impl ConnectorKind {
@@ -282,7 +361,18 @@ impl ConnectorKind {
             ConnectorKind::TuyaBusiness => "tuya-business",
             ConnectorKind::AlibabaAmqp => "alibaba-amqp",
             ConnectorKind::HuaweiAmqp => "huawei-amqp",
+            ConnectorKind::AlibabaMqtt => "alibaba-mqtt",
+            ConnectorKind::HuaweiMqtt => "huawei-mqtt",
+            ConnectorKind::Mqtt => "mqtt",
         }
+    }
+
+    /// True for the MQTT links, which are command paths as well as connectors.
+    pub fn is_mqtt_link(self) -> bool {
+        matches!(
+            self,
+            ConnectorKind::AlibabaMqtt | ConnectorKind::HuaweiMqtt | ConnectorKind::Mqtt
+        )
     }
 
     /// The dialects its messages can be in, the first being the default.
@@ -291,8 +381,9 @@ impl ConnectorKind {
             ConnectorKind::Replay => &[],
             ConnectorKind::TuyaPulsar => &[DialectName::Tuya, DialectName::TuyaBusiness],
             ConnectorKind::TuyaBusiness => &[DialectName::TuyaBusiness],
-            ConnectorKind::AlibabaAmqp => &[DialectName::Alibaba],
-            ConnectorKind::HuaweiAmqp => &[DialectName::Huawei],
+            ConnectorKind::AlibabaAmqp | ConnectorKind::AlibabaMqtt => &[DialectName::Alibaba],
+            ConnectorKind::HuaweiAmqp | ConnectorKind::HuaweiMqtt => &[DialectName::Huawei],
+            ConnectorKind::Mqtt => &[DialectName::Json],
         }
     }
 }
@@ -309,6 +400,8 @@ pub enum DialectName {
     Alibaba,
     /// Huawei Cloud IoTDA.
     Huawei,
+    /// Plain JSON on any broker, the device taken from the topic (`mqtt` links).
+    Json,
 }
 
 impl DialectName {
@@ -319,6 +412,7 @@ impl DialectName {
             DialectName::TuyaBusiness => "tuya-business",
             DialectName::Alibaba => "alibaba",
             DialectName::Huawei => "huawei",
+            DialectName::Json => "json",
         }
     }
 }
@@ -408,6 +502,13 @@ impl ConnectorConfig {
             }
             DialectName::Alibaba => Dialect::Alibaba(alibaba::Decoder::new(self.body_base64)),
             DialectName::Huawei => Dialect::Huawei(huawei::Decoder::new()),
+            DialectName::Json => {
+                let template = self.required(&self.device_topic, "device_topic")?;
+                Dialect::Json(json::Decoder::new(
+                    json::TopicTemplate::parse(template)
+                        .map_err(|e| self.invalid(format!("device_topic: {e}")))?,
+                ))
+            }
         })
     }
 
@@ -498,7 +599,7 @@ impl<'de> Deserialize<'de> for Expanded {
 }
 
 /// A secret from the config (after `${ENV}` expansion). It prints as `***`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
@@ -729,6 +830,9 @@ impl Config {
                 ConnectorKind::AlibabaAmqp | ConnectorKind::HuaweiAmqp => {
                     crate::connector::amqp::AmqpSettings::from_config(connector)?;
                 }
+                ConnectorKind::AlibabaMqtt | ConnectorKind::HuaweiMqtt | ConnectorKind::Mqtt => {
+                    crate::connector::mqtt::MqttSettings::from_config(connector)?;
+                }
             }
         }
         let mut names = HashSet::new();
@@ -737,6 +841,20 @@ impl Config {
             check_name(&path.name, "command_path")?;
             if !names.insert(path.name.as_str()) {
                 return invalid(place, "another command path has this name".into());
+            }
+            if let Some(link) = self
+                .connectors
+                .iter()
+                .find(|c| c.kind.is_mqtt_link() && c.name == path.name)
+            {
+                return invalid(
+                    place,
+                    format!(
+                        "the {} connector of this name is already the command path \"{}\"",
+                        link.kind.as_str(),
+                        link.name
+                    ),
+                );
             }
             if path.lanes == 0 || path.queue == 0 {
                 return invalid(place, "lanes and queue must be at least 1".into());
@@ -1049,5 +1167,45 @@ mod tests {
             "accessKey=AK12|timestamp=5|instanceId=inst-9"
         );
         assert!(!format!("{settings:?}").contains("code-that-must-not-show"));
+    }
+
+    #[test]
+    fn mqtt_links_derive_host_login_and_subscriptions_and_name_what_is_wrong() {
+        let config = connector(
+            r#"
+            kind = "alibaba-mqtt"
+            product_key = "a1Pk"
+            device_name = "lamp"
+            device_secret = "device-secret-that-must-not-show"
+            region = "cn-shanghai"
+            user_topics = ["user/get"]
+            "#,
+        )
+        .unwrap();
+        let c = &config.connectors[0];
+        let identity = crate::connector::identity(c, 7).unwrap();
+        let get = |key: &str| identity.iter().find(|(k, _)| k == key).unwrap().1.clone();
+        assert_eq!(
+            get("url"),
+            "mqtts://a1Pk.iot-as-mqtt.cn-shanghai.aliyuncs.com:8883"
+        );
+        assert_eq!(
+            get("client-id"),
+            "a1Pk.lamp|securemode=2,signmethod=hmacsha256,timestamp=7|"
+        );
+        assert_eq!(get("username"), "lamp&a1Pk");
+        assert!(get("subscriptions").contains("/sys/a1Pk/lamp/thing/service/property/set"));
+        assert!(get("subscriptions").contains("/a1Pk/lamp/user/get"));
+        assert!(!format!("{identity:?}").contains("device-secret-that-must-not-show"));
+
+        let error = |toml: &str| connector(toml).unwrap_err().to_string();
+        let huawei = "kind = \"huawei-mqtt\"\ndevice_id = \"d\"\ndevice_secret = \"s\"";
+        assert!(error(huawei).contains("needs `url`"));
+        assert!(error(&format!("{huawei}\nurl = \"mqtt://h:1\"\nqos = 2")).contains("QoS 0 or 1"));
+        assert!(error(&format!("{huawei}\nurl = \"http://h\"")).contains("expected mqtts://"));
+        let clash = format!(
+            "{huawei}\nurl = \"mqtt://h:1\"\n[[command_path]]\nname = \"c\"\nkind = \"log\""
+        );
+        assert!(error(&clash).contains("already the command path"));
     }
 }

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use crate::command::CommandPaths;
+use crate::command::{CommandPaths, Lanes, MqttTransport};
 use crate::config::{Config, ConnectorKind};
 use crate::connector::amqp::{self, AmqpSettings};
+use crate::connector::mqtt::{self, LinkHandle, MqttSettings};
 use crate::connector::pulsar::{self, PulsarSettings};
 use crate::connector::replay::{self, ReplaySettings};
 use crate::connector::{ConnectorState, Context};
@@ -146,7 +147,22 @@ pub async fn run(
     count_reloads(&observed);
 
     let runtime = tokio::runtime::Handle::current();
-    let paths = CommandPaths::start(&config.command_paths, &runtime)?;
+    let mut paths = CommandPaths::start(&config.command_paths, &runtime)?;
+    // Each MQTT link is also the command path of its name: the path is there before the
+    // pipeline that sends on it, the connection (its connector task) comes with the others.
+    let mut links = std::collections::HashMap::new();
+    for connector in config.connectors.iter().filter(|c| c.kind.is_mqtt_link()) {
+        let settings = MqttSettings::from_config(connector)?;
+        let handle = LinkHandle::new();
+        let transport = MqttTransport::new(handle.clone(), settings.outbound.clone());
+        paths.insert(Lanes::start(
+            &connector.name,
+            transport,
+            settings.path,
+            &runtime,
+        ));
+        links.insert(connector.name.clone(), (settings, handle));
+    }
     let pipeline = Pipeline::start(
         &config.pipeline,
         Parts {
@@ -225,6 +241,12 @@ pub async fn run(
             ConnectorKind::AlibabaAmqp | ConnectorKind::HuaweiAmqp => {
                 let settings = AmqpSettings::from_config(connector)?;
                 connectors.spawn(async move { (name, amqp::run(settings, context).await) });
+            }
+            ConnectorKind::AlibabaMqtt | ConnectorKind::HuaweiMqtt | ConnectorKind::Mqtt => {
+                let Some((settings, handle)) = links.remove(&connector.name) else {
+                    anyhow::bail!("connector \"{name}\": its command path was not started");
+                };
+                connectors.spawn(async move { (name, mqtt::run(settings, handle, context).await) });
             }
         }
     }

@@ -11,6 +11,7 @@
 //! memory.
 
 mod log;
+mod mqtt;
 mod webhook;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub use self::log::LogTransport;
+pub use self::mqtt::MqttTransport;
 pub use self::webhook::WebhookTransport;
 use crate::config::{CommandPathConfig, CommandPathKind};
 use crate::event::Command;

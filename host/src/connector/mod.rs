@@ -9,6 +9,7 @@
 //! reading further, …).
 
 pub mod amqp;
+pub mod mqtt;
 pub mod pulsar;
 pub mod replay;
 
@@ -123,6 +124,9 @@ pub fn identity(
         }
         ConnectorKind::AlibabaAmqp | ConnectorKind::HuaweiAmqp => {
             amqp::AmqpSettings::from_config(config)?.identity(now_ms)
+        }
+        ConnectorKind::AlibabaMqtt | ConnectorKind::HuaweiMqtt | ConnectorKind::Mqtt => {
+            mqtt::MqttSettings::from_config(config)?.identity(now_ms)
         }
     })
 }

@@ -10,6 +10,7 @@
 pub mod alibaba;
 pub mod crypto;
 pub mod huawei;
+pub mod json;
 pub mod tuya;
 
 use std::borrow::Cow;
@@ -384,6 +385,8 @@ pub enum Dialect {
     Alibaba(alibaba::Decoder),
     /// Huawei Cloud IoTDA: AMQP push bodies and device-side MQTT topics.
     Huawei(huawei::Decoder),
+    /// Plain JSON on any MQTT broker, the device from the topic.
+    Json(json::Decoder),
 }
 
 impl Dialect {
@@ -394,6 +397,7 @@ impl Dialect {
             Dialect::TuyaBusiness(_) => "tuya-business",
             Dialect::Alibaba(_) => "alibaba",
             Dialect::Huawei(_) => "huawei",
+            Dialect::Json(_) => "json",
         }
     }
 
@@ -404,6 +408,7 @@ impl Dialect {
             Dialect::TuyaBusiness(d) => d.decode(message),
             Dialect::Alibaba(d) => d.decode(message),
             Dialect::Huawei(d) => d.decode(message),
+            Dialect::Json(d) => d.decode(message),
         }
     }
 
@@ -414,7 +419,7 @@ impl Dialect {
             Dialect::Tuya(d) => d.decrypt(message).map(|(_, body)| body),
             Dialect::TuyaBusiness(d) => d.decrypt(message).map(|(_, body)| body),
             Dialect::Alibaba(d) => d.decrypt(message),
-            Dialect::Huawei(_) => Ok(message.payload.to_vec()),
+            Dialect::Huawei(_) | Dialect::Json(_) => Ok(message.payload.to_vec()),
         }
     }
 }

@@ -1,0 +1,220 @@
+//! The `json` dialect: plain JSON over any MQTT broker (local devices, zigbee2mqtt-style
+//! bridges), for the generic `mqtt` link.
+//!
+//! There is no vendor envelope: the device comes from the topic, through a template such as
+//! `zigbee2mqtt/{device}` (`{device}` is one topic level; `+` matches any one level and a
+//! final `#` any rest), and a JSON object's top-level scalar fields become the event's
+//! properties (`{"state":"ON","brightness":128}` → `state`, `brightness`). Nested values
+//! stay in the payload, which is kept verbatim. A payload that is not a JSON object is kept
+//! as a [`Kind::Message`].
+
+use std::collections::BTreeMap;
+
+use super::{DecodeError, RawMessage, body_as_payload, crypto};
+use crate::event::{ATTR_TOPIC, Device, Event, Json, Kind, Property, Value, Vendor};
+
+/// The placeholder of the device id in a topic template.
+pub const DEVICE: &str = "{device}";
+
+/// What the properties of a bare JSON object are (its top-level fields are the values).
+const ACTION_STATE: &str = "state";
+
+/// A topic template taken apart into levels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicTemplate {
+    levels: Vec<String>,
+}
+
+impl TopicTemplate {
+    /// Parses a template with exactly one `{device}` level; `+` and a final `#` are
+    /// wildcards. The error says what is wrong.
+    pub fn parse(template: &str) -> Result<Self, String> {
+        let levels: Vec<String> = template.split('/').map(str::to_owned).collect();
+        if levels.iter().filter(|l| *l == DEVICE).count() != 1 {
+            return Err(format!(
+                "topic template \"{template}\" needs exactly one level that is `{DEVICE}`"
+            ));
+        }
+        for (index, level) in levels.iter().enumerate() {
+            if level == "#" && index + 1 != levels.len() {
+                return Err(format!(
+                    "topic template \"{template}\": `#` can only be the last level"
+                ));
+            }
+            if level != DEVICE
+                && level != "+"
+                && level != "#"
+                && level.contains(['{', '}', '+', '#'])
+            {
+                return Err(format!(
+                    "topic template \"{template}\": level \"{level}\" mixes a placeholder or \
+                     wildcard with text"
+                ));
+            }
+        }
+        Ok(TopicTemplate { levels })
+    }
+
+    /// The device id in `topic` and the levels after the template's last one (for a final
+    /// `#`), or `None` if the topic does not fit.
+    pub fn device<'a>(&self, topic: &'a str) -> Option<(&'a str, String)> {
+        let mut parts = topic.split('/');
+        let mut device = None;
+        for level in &self.levels {
+            if level == "#" {
+                let rest: Vec<&str> = parts.collect();
+                return device.map(|d| (d, rest.join(".")));
+            }
+            let part = parts.next()?;
+            if level == DEVICE {
+                if part.is_empty() {
+                    return None;
+                }
+                device = Some(part);
+            } else if level != "+" && level != part {
+                return None;
+            }
+        }
+        match parts.next() {
+            Some(_) => None,
+            None => device.map(|d| (d, String::new())),
+        }
+    }
+}
+
+/// Decodes JSON published on topics that fit a template.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    template: TopicTemplate,
+}
+
+impl Decoder {
+    /// A decoder taking the device from topics that fit `template`.
+    pub fn new(template: TopicTemplate) -> Self {
+        Decoder { template }
+    }
+
+    /// Normalizes one message: the device from the topic, the properties from a JSON
+    /// object's scalar fields. A topic that does not fit the template is an error naming it.
+    pub fn decode(&self, message: &RawMessage<'_>) -> Result<Event, DecodeError> {
+        let Some(topic) = message.property(ATTR_TOPIC) else {
+            return Err(DecodeError::shape("message", "has no `topic` property"));
+        };
+        let Some((device, rest)) = self.template.device(topic) else {
+            return Err(DecodeError::shape(
+                "topic",
+                format!(
+                    "\"{}\" does not fit the connector's device_topic template",
+                    super::clip(topic)
+                ),
+            ));
+        };
+        let mut event = Event {
+            id: crypto::md5_hex(&[topic.as_bytes(), b"\n", message.payload]),
+            source: message.source.to_owned(),
+            vendor: Vendor::Mqtt,
+            kind: Kind::Message,
+            action: if rest.is_empty() {
+                ACTION_STATE.to_owned()
+            } else {
+                rest
+            },
+            device: Device::new(device),
+            time_ms: 0,
+            properties: Vec::new(),
+            payload: Json::null(),
+            attributes: BTreeMap::new(),
+        };
+        event
+            .attributes
+            .insert(ATTR_TOPIC.to_owned(), topic.to_owned());
+        body_as_payload(message.payload, &mut event);
+        if let Ok(serde_json::Value::Object(fields)) =
+            serde_json::from_str::<serde_json::Value>(event.payload.as_str())
+        {
+            event.kind = Kind::Properties;
+            event.properties = fields
+                .into_iter()
+                .filter_map(|(code, value)| scalar(value).map(|v| Property::new(code, v)))
+                .collect();
+        }
+        Ok(event)
+    }
+}
+
+/// A scalar JSON value as a property value; `None` for arrays and objects.
+fn scalar(value: serde_json::Value) -> Option<Value> {
+    Some(match value {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Boolean(b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Float(n.as_f64()?),
+        },
+        serde_json::Value::String(text) => Value::Text(text),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(template: &str, topic: &str, payload: &str) -> Result<Event, DecodeError> {
+        let decoder = Decoder::new(TopicTemplate::parse(template).unwrap());
+        let properties = [("topic".to_owned(), topic.to_owned())];
+        decoder.decode(&RawMessage::new("z", payload.as_bytes()).with_properties(&properties))
+    }
+
+    #[test]
+    fn a_json_object_becomes_the_properties_of_the_device_in_the_topic() {
+        let event = decode(
+            "zigbee2mqtt/{device}",
+            "zigbee2mqtt/lamp-1",
+            r#"{"state":"ON","brightness":128,"temp":21.5,"color":{"x":0.3}}"#,
+        )
+        .unwrap();
+        assert_eq!(event.device.id, "lamp-1");
+        assert_eq!(event.vendor, Vendor::Mqtt);
+        assert_eq!(event.kind, Kind::Properties);
+        assert_eq!(event.action, "state");
+        let codes: Vec<&str> = event.properties.iter().map(|p| p.code.as_str()).collect();
+        assert_eq!(codes, ["brightness", "state", "temp"]);
+        assert_eq!(
+            event.property("brightness").unwrap().value,
+            Value::Integer(128)
+        );
+        assert!(event.payload.as_str().contains("\"color\""));
+        assert_eq!(event.attribute("topic"), Some("zigbee2mqtt/lamp-1"));
+    }
+
+    #[test]
+    fn wildcards_match_levels_and_a_final_hash_becomes_the_action() {
+        let event = decode("home/+/{device}/#", "home/kitchen/plug/power/now", "12").unwrap();
+        assert_eq!(event.device.id, "plug");
+        assert_eq!(event.action, "power.now");
+        assert_eq!(event.kind, Kind::Message);
+        let text = decode("home/{device}", "home/plug", "not json").unwrap();
+        assert_eq!(text.attribute("content"), Some("text"));
+    }
+
+    #[test]
+    fn topics_that_do_not_fit_and_bad_templates_are_refused() {
+        for topic in [
+            "other/lamp",
+            "zigbee2mqtt",
+            "zigbee2mqtt/lamp/set",
+            "zigbee2mqtt/",
+        ] {
+            let error = decode("zigbee2mqtt/{device}", topic, "{}").unwrap_err();
+            assert!(
+                error.to_string().contains("does not fit"),
+                "{topic}: {error}"
+            );
+        }
+        assert!(TopicTemplate::parse("a/b").is_err());
+        assert!(TopicTemplate::parse("{device}/{device}").is_err());
+        assert!(TopicTemplate::parse("#/{device}").is_err());
+        assert!(TopicTemplate::parse("a+/{device}").is_err());
+    }
+}

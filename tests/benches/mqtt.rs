@@ -1,0 +1,187 @@
+//! Events per second through a device MQTT link, against mosquitto's own pub→sub rate on
+//! the same machine in the same run: the ratio of the two is the figure that matters.
+//!
+//! `scripts/build-plugins && cargo bench -p iotrules-tests --bench mqtt`
+//!
+//! One private mosquitto (tests/src/mosquitto.rs) and one service with a generic `mqtt` link
+//! whose rule echoes each event back to its device through the `echo` plugin. Each iteration
+//! publishes [`BATCH`] messages with QoS 1 from a rumqttc client and times until a second
+//! client has received [`BATCH`] of them:
+//! - `mosquitto-pub-sub`: straight from the publisher to the subscriber (the baseline);
+//! - `link-in-plugin-out`: the publisher's messages go to the link, each becomes an event,
+//!   the plugin turns it into a command, the command is published on the link with QoS 1 and
+//!   confirmed by its PUBACK, and only then is the inbound message PUBACKed; the subscriber
+//!   counts the commands. Events/s and commands/s over the link are the same number here.
+//!
+//! Criterion reports elements/s = messages/s.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use iotrules::config::Config;
+use iotrules::service;
+use iotrules_tests::mosquitto::{Mosquitto, Peer};
+use tokio::sync::watch;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BATCH: u64 = 2_000;
+const LOGIN: (&str, &str) = ("bench", "bench-password");
+
+const RULE: &str = r#"
+[[rule]]
+name = "echo"
+when = { source = "z", vendor = "mqtt" }
+commands.via = "z"
+
+[[rule.step]]
+plugin = "echo"
+config = { command = "set" }
+"#;
+
+/// Starts the service with the link `z` on `url`; returns its stop switch (the service runs
+/// on `runtime` until the bench ends).
+fn start_service(
+    runtime: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    url: &str,
+) -> watch::Sender<bool> {
+    let plugins = dir.join("plugins");
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::create_dir_all(&rules).unwrap();
+    iotrules_tests::plugins::install(
+        &plugins,
+        "echo",
+        &iotrules_tests::plugins::built("testing/echo"),
+    );
+    std::fs::write(rules.join("rules.toml"), RULE).unwrap();
+    let text = format!(
+        r#"
+rules = "rules"
+plugins = "plugins"
+store = "iotrules.db"
+
+[[connector]]
+name = "z"
+kind = "mqtt"
+url = "{url}"
+username = "{}"
+password = "{}"
+subscribe = ["zigbee2mqtt/+"]
+device_topic = "zigbee2mqtt/{{device}}"
+publish_topic = "zigbee2mqtt/{{device}}/set"
+"#,
+        LOGIN.0, LOGIN.1
+    );
+    let file = dir.join("iotrules.toml");
+    std::fs::write(&file, &text).unwrap();
+    let config = Config::parse(&file, &text).expect("config");
+    let (stop, stop_rx) = watch::channel(false);
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let store = Arc::new(iotrules::store::Store::open(&config.store).expect("store"));
+        let state = Arc::new(iotrules::store::SqliteStateStore::new(store.clone()));
+        let core = service::load_core(&config, store, state).expect("core");
+        let observed = service::run(&config, core, stop_rx, |observed| {
+            let _ = started_tx.send(observed.clone());
+        });
+        let _ = observed.await;
+    });
+    let observed = started_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the service starts");
+    let start = Instant::now();
+    while observed
+        .connectors
+        .all()
+        .iter()
+        .any(|c| c.state != iotrules::connector::ConnectorState::Running)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the link connects"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop
+}
+
+/// Publishes [`BATCH`] messages on `topic(n)` and returns the time until `subscriber` has
+/// [`BATCH`] more than `before`.
+fn round(
+    runtime: &tokio::runtime::Runtime,
+    publisher: &Peer,
+    subscriber: &Peer,
+    topic: impl Fn(u64) -> String,
+) -> Duration {
+    let before = subscriber.count();
+    let start = Instant::now();
+    runtime.block_on(async {
+        for n in 0..BATCH {
+            let payload = format!(r#"{{"seq":{n},"state":"ON"}}"#);
+            publisher.publish(&topic(n), payload).await;
+        }
+    });
+    while subscriber.count() < before + BATCH as usize {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "only {} of {BATCH} arrived",
+            subscriber.count() - before
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    start.elapsed()
+}
+
+fn throughput(c: &mut Criterion) {
+    let broker = Mosquitto::start(&[(LOGIN.0.to_owned(), LOGIN.1.to_owned())], false);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stop = start_service(&runtime, dir.path(), &broker.url());
+    let (publisher, raw, commands) = runtime.block_on(async {
+        (
+            Peer::connect(&broker, "bench-publisher", &[]).await,
+            Peer::connect(&broker, "bench-raw", &["bench/raw/+"]).await,
+            Peer::connect(&broker, "bench-commands", &["zigbee2mqtt/+/set"]).await,
+        )
+    });
+
+    let mut group = c.benchmark_group("mqtt");
+    group.throughput(Throughput::Elements(BATCH));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.bench_function("mosquitto-pub-sub", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    round(&runtime, &publisher, &raw, |n| {
+                        format!("bench/raw/{}", n % 16)
+                    })
+                })
+                .sum()
+        })
+    });
+    group.bench_function("link-in-plugin-out", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    round(&runtime, &publisher, &commands, |n| {
+                        format!("zigbee2mqtt/lamp-{}", n % 16)
+                    })
+                })
+                .sum()
+        })
+    });
+    group.finish();
+    let _ = stop.send(true);
+}
+
+criterion_group!(benches, throughput);
+criterion_main!(benches);
