@@ -146,7 +146,7 @@ pub async fn run(
     count_reloads(&observed);
 
     let runtime = tokio::runtime::Handle::current();
-    let paths = CommandPaths::start(&config.command_paths, &runtime)?;
+    let paths = CommandPaths::start_with_clock(&config.command_paths, &config.clock, &runtime)?;
     let pipeline = Pipeline::start(
         &config.pipeline,
         Parts {
