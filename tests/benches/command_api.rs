@@ -32,7 +32,10 @@ fn path(text: &str, runtime: &tokio::runtime::Runtime) -> Arc<dyn CommandPath> {
     let clock = Clock::Manual(Arc::new(AtomicU64::new(NOW)));
     let paths = CommandPaths::start_with_clock(&config.command_paths, &clock, runtime.handle())
         .expect("path");
-    paths.get(&config.command_paths[0].name).expect("path").clone()
+    paths
+        .get(&config.command_paths[0].name)
+        .expect("path")
+        .clone()
 }
 
 fn command(n: u64, name: &str) -> Command {
@@ -53,10 +56,7 @@ fn send(path: &Arc<dyn CommandPath>, name: &str, runtime: &tokio::runtime::Runti
     let confirmations: Vec<_> = (0..BATCH).map(|n| path.enqueue(command(n, name))).collect();
     runtime.block_on(async {
         for confirmation in confirmations {
-            confirmation
-                .await
-                .expect("confirmed")
-                .expect("delivered");
+            confirmation.await.expect("confirmed").expect("delivered");
         }
     });
     start.elapsed()
@@ -80,7 +80,10 @@ fn throughput(c: &mut Criterion) {
         Arc::new(AtomicU64::new(NOW)),
     );
     let alibaba = AlibabaServer::start(runtime.handle(), &tls, "LTAIbench", "bench-secret");
-    let common = format!("ca_file = \"{}\"\nlanes = 4\nqueue = 1024", tls.ca_file.display());
+    let common = format!(
+        "ca_file = \"{}\"\nlanes = 4\nqueue = 1024",
+        tls.ca_file.display()
+    );
     let tuya_path = path(
         &format!(
             "[[command_path]]\nname = \"tuya\"\nkind = \"tuya-openapi\"\nurl = \"{}\"\n\
@@ -107,7 +110,11 @@ fn throughput(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(15));
     group.bench_function("tuya-openapi/lanes=4", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| send(&tuya_path, "switch_led", &runtime)).sum())
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| send(&tuya_path, "switch_led", &runtime))
+                .sum()
+        })
     });
     group.bench_function("alibaba-openapi/lanes=4", |b| {
         b.iter_custom(|iters| {
