@@ -32,7 +32,7 @@ pub struct Recorded {
     pub answer: String,
 }
 
-/// What a handler gets: the request, the time of the shared clock.
+/// A request as a handler gets it.
 struct Incoming {
     method: String,
     target: String,
