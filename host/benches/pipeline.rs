@@ -135,6 +135,7 @@ impl Bench {
                 queue: 256,
                 timeout: Duration::from_secs(5),
                 retries: 0,
+                rate_per_s: 0.0,
             },
             runtime.handle(),
         ));

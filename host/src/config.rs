@@ -28,7 +28,8 @@
 //!
 //! [[command_path]]
 //! name = "tuya-openapi"
-//! kind = "log"                     # prints commands; or "webhook" (POST as JSON)
+//! kind = "log"                     # prints commands; or "webhook" (POST as JSON), "tuya-openapi",
+//!                                  # "alibaba-openapi" (see crate::command)
 //! ```
 //!
 //! Any string value may reference the environment: `${NAME}` is the variable's value (an
@@ -529,12 +530,39 @@ pub struct CommandPathConfig {
     pub name: String,
     /// How commands travel.
     pub kind: CommandPathKind,
-    /// `webhook`: the URL commands are POSTed to (`http://` only).
+    /// `webhook`: the URL commands are POSTed to (`http://` or `https://`); the OpenAPI
+    /// paths: the API's base URL, overriding the one `region` gives.
     #[serde(default)]
     pub url: Option<Expanded>,
     /// `webhook`: an `Authorization` header value.
     #[serde(default)]
     pub authorization: Option<Secret>,
+    /// `https://` URLs: a PEM file of CA certificates trusted besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<Expanded>,
+    /// `tuya-openapi`: the data centre (`cn`, `us`, `us-east`, `eu`, `eu-west`, `in`);
+    /// `alibaba-openapi`: the region id (`cn-shanghai`, …), also sent as `RegionId`.
+    #[serde(default)]
+    pub region: Option<Expanded>,
+    /// `tuya-openapi`: the cloud project's access id (`client_id`).
+    #[serde(default)]
+    pub access_id: Option<Expanded>,
+    /// `tuya-openapi`: the cloud project's access secret (the signing key).
+    #[serde(default)]
+    pub access_key: Option<Secret>,
+    /// `alibaba-openapi`: the AccessKey id.
+    #[serde(default)]
+    pub access_key_id: Option<Expanded>,
+    /// `alibaba-openapi`: the AccessKey secret (the signing key).
+    #[serde(default)]
+    pub access_key_secret: Option<Secret>,
+    /// `alibaba-openapi`: `IotInstanceId` of an enterprise instance (omit for the public one).
+    #[serde(default)]
+    pub iot_instance_id: Option<Expanded>,
+    /// Attempts started per second at most, over all lanes (0, the default: no limit). The
+    /// vendors' APIs throttle per account; this keeps a burst of commands under their limit.
+    #[serde(default)]
+    pub rate_per_s: f64,
     /// How long one delivery attempt may take, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -570,6 +598,11 @@ pub enum CommandPathKind {
     Log,
     /// POSTs each command as JSON to a URL; a 2xx answer confirms it.
     Webhook,
+    /// Tuya's cloud OpenAPI: `POST /v1.0/iot-03/devices/{id}/commands`, signed, with a token.
+    TuyaOpenapi,
+    /// Alibaba's IoT Platform OpenAPI: RPC-signed `Pub`, `SetDeviceProperty`,
+    /// `InvokeThingService`, `RRpc`.
+    AlibabaOpenapi,
 }
 
 /// A string from the config with its environment references expanded.
@@ -768,6 +801,12 @@ impl Config {
                 connector.ca_file = Some(Expanded(resolve(path).display().to_string()));
             }
         }
+        let mut command_paths = raw.command_paths;
+        for path in &mut command_paths {
+            if let Some(ca_file) = &path.ca_file {
+                path.ca_file = Some(Expanded(resolve(ca_file).display().to_string()));
+            }
+        }
         let config = Config {
             file: file.to_owned(),
             rules: resolve(&raw.rules),
@@ -780,7 +819,7 @@ impl Config {
             admin: raw.admin,
             pipeline: raw.pipeline,
             connectors,
-            command_paths: raw.command_paths,
+            command_paths,
             clock: crate::plugin::Clock::System,
         };
         config.check()?;
@@ -859,21 +898,27 @@ impl Config {
             if path.lanes == 0 || path.queue == 0 {
                 return invalid(place, "lanes and queue must be at least 1".into());
             }
+            if !(path.rate_per_s.is_finite() && path.rate_per_s >= 0.0) {
+                return invalid(place, "rate_per_s must be 0 (no limit) or more".into());
+            }
+            if let Some(url) = &path.url
+                && let Err(reason) = crate::command::http::Url::parse(url.as_str())
+            {
+                return invalid(place, reason);
+            }
             match path.kind {
                 CommandPathKind::Log => {}
-                CommandPathKind::Webhook => match &path.url {
-                    None => return invalid(place, "a webhook needs `url`".into()),
-                    Some(url) if !url.as_str().starts_with("http://") => {
-                        return invalid(
-                            place,
-                            format!(
-                                "url \"{}\": only http:// URLs are supported by this build",
-                                url.as_str()
-                            ),
-                        );
+                CommandPathKind::Webhook => {
+                    if path.url.is_none() {
+                        return invalid(place, "a webhook needs `url`".into());
                     }
-                    Some(_) => {}
-                },
+                }
+                CommandPathKind::TuyaOpenapi => {
+                    crate::command::tuya::TuyaSettings::from_config(path)?;
+                }
+                CommandPathKind::AlibabaOpenapi => {
+                    crate::command::alibaba::AlibabaSettings::from_config(path)?;
+                }
             }
         }
         Ok(())

@@ -193,6 +193,9 @@ pub struct Metrics {
     pub plugin_calls: Family<Histogram>,
     /// Commands, by path and result (`sent`, `failed`).
     pub commands: Family<Counter>,
+    /// Commands a rule emitted, by rule and result (`sent`, `failed`: the path gave up on
+    /// it and it became a dead letter).
+    pub rule_commands: Family<Counter>,
     /// Dead letters stored, by connector and kind.
     pub dead_letters: Family<Counter>,
     /// Reloads, by what (`rules`, `plugin`) and result (`ok`, `refused`).
@@ -251,6 +254,11 @@ impl Default for Metrics {
                 "Commands by path and result",
                 &["path", "result"],
             ),
+            rule_commands: Family::new(
+                "iotrules_rule_commands_total",
+                "Commands a rule emitted, by result",
+                &["rule", "result"],
+            ),
             dead_letters: Family::new(
                 "iotrules_dead_letters_total",
                 "Dead letters stored",
@@ -289,6 +297,7 @@ impl Metrics {
             &self.rule_outcomes,
             &self.rule_errors,
             &self.commands,
+            &self.rule_commands,
             &self.dead_letters,
             &self.reloads,
             &self.connects,

@@ -147,7 +147,7 @@ pub async fn run(
     count_reloads(&observed);
 
     let runtime = tokio::runtime::Handle::current();
-    let mut paths = CommandPaths::start(&config.command_paths, &runtime)?;
+    let mut paths = CommandPaths::start_with_clock(&config.command_paths, &config.clock, &runtime)?;
     // Each MQTT link is also the command path of its name: the path is there before the
     // pipeline that sends on it, the connection (its connector task) comes with the others.
     let mut links = std::collections::HashMap::new();

@@ -1,6 +1,7 @@
 //! Shared harness for integration tests against real peers (brokers, HTTP servers) and real
 //! plugin components.
 
+pub mod cloud_api;
 pub mod mosquitto;
 pub mod pipeline;
 pub mod plugins;

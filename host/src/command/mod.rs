@@ -10,23 +10,29 @@
 //! pipeline's bounded queues, the connector: a slow path slows intake rather than growing
 //! memory.
 
+pub mod alibaba;
+pub mod http;
 mod log;
 mod mqtt;
+pub mod tuya;
 mod webhook;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use self::alibaba::AlibabaTransport;
 pub use self::log::LogTransport;
 pub use self::mqtt::MqttTransport;
+pub use self::tuya::TuyaTransport;
 pub use self::webhook::WebhookTransport;
 use crate::config::{CommandPathConfig, CommandPathKind};
 use crate::event::Command;
+use crate::plugin::Clock;
 
 /// Why a command was not delivered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +103,8 @@ pub struct PathSettings {
     pub timeout: Duration,
     /// Further attempts after a failure.
     pub retries: u32,
+    /// Attempts started per second at most, over all lanes; 0 is no limit.
+    pub rate_per_s: f64,
 }
 
 impl From<&CommandPathConfig> for PathSettings {
@@ -106,7 +114,53 @@ impl From<&CommandPathConfig> for PathSettings {
             queue: config.queue,
             timeout: Duration::from_millis(config.timeout_ms),
             retries: config.retries,
+            rate_per_s: config.rate_per_s,
         }
+    }
+}
+
+/// A path's rate limit, shared by its lanes: a token bucket holding one second's worth of
+/// attempts (at least one), refilled at `rate_per_s`. An attempt waits for its slot, so a
+/// burst of commands goes out at the vendor's pace instead of being throttled and retried.
+#[derive(Debug)]
+pub struct RateLimit {
+    /// Time between two attempts at the sustained rate.
+    interval: Duration,
+    /// How far ahead of the sustained pace a burst may run (the bucket size less one).
+    burst: Duration,
+    /// When the bucket will be full again at the sustained pace (the "theoretical arrival
+    /// time" of the generic cell rate algorithm); `None` before the first attempt.
+    full_at: std::sync::Mutex<Option<Instant>>,
+}
+
+impl RateLimit {
+    /// A limit of `rate_per_s` attempts per second; `None` for 0 (no limit).
+    pub fn new(rate_per_s: f64) -> Option<Self> {
+        if !(rate_per_s.is_finite() && rate_per_s > 0.0) {
+            return None;
+        }
+        let interval = Duration::from_secs_f64(1.0 / rate_per_s);
+        let bucket = rate_per_s.floor().max(1.0);
+        Some(RateLimit {
+            interval,
+            burst: interval.mul_f64(bucket - 1.0),
+            full_at: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Takes the next slot for an attempt wanting to start at `now`: when it may start.
+    pub fn slot(&self, now: Instant) -> Instant {
+        let mut full_at = crate::sync::lock(&self.full_at);
+        let pace = full_at.map_or(now, |at| at.max(now));
+        *full_at = Some(pace + self.interval);
+        pace.checked_sub(self.burst)
+            .map_or(now, |start| start.max(now))
+    }
+
+    /// Waits for the next slot.
+    pub async fn wait(&self) {
+        let at = self.slot(Instant::now());
+        tokio::time::sleep_until(at.into()).await;
     }
 }
 
@@ -131,10 +185,17 @@ impl Lanes {
         runtime: &tokio::runtime::Handle,
     ) -> Arc<Self> {
         let transport = Arc::new(transport);
+        let limit = Arc::new(RateLimit::new(settings.rate_per_s));
         let lanes = (0..settings.lanes.max(1))
             .map(|_| {
                 let (sender, receiver) = mpsc::channel(settings.queue.max(1));
-                runtime.spawn(lane(name.to_owned(), transport.clone(), settings, receiver));
+                runtime.spawn(lane(
+                    name.to_owned(),
+                    transport.clone(),
+                    limit.clone(),
+                    settings,
+                    receiver,
+                ));
                 sender
             })
             .collect();
@@ -169,6 +230,7 @@ impl CommandPath for Lanes {
 async fn lane<T: Transport>(
     name: String,
     transport: Arc<T>,
+    limit: Arc<Option<RateLimit>>,
     settings: PathSettings,
     mut jobs: mpsc::Receiver<Job>,
 ) {
@@ -176,6 +238,9 @@ async fn lane<T: Transport>(
         let mut attempt = 0;
         let mut backoff = Duration::from_millis(50);
         let result = loop {
+            if let Some(limit) = limit.as_ref() {
+                limit.wait().await;
+            }
             let failure =
                 match tokio::time::timeout(settings.timeout, transport.deliver(&job.command)).await
                 {
@@ -226,9 +291,19 @@ pub struct CommandPaths {
 }
 
 impl CommandPaths {
-    /// Starts every configured path on `runtime`.
+    /// Starts every configured path on `runtime`, on the system clock.
     pub fn start(
         configs: &[CommandPathConfig],
+        runtime: &tokio::runtime::Handle,
+    ) -> anyhow::Result<Self> {
+        Self::start_with_clock(configs, &Clock::System, runtime)
+    }
+
+    /// Starts every configured path on `runtime`; the vendor APIs sign requests and time
+    /// their tokens with `clock` (the service's, pinned in tests).
+    pub fn start_with_clock(
+        configs: &[CommandPathConfig],
+        clock: &Clock,
         runtime: &tokio::runtime::Handle,
     ) -> anyhow::Result<Self> {
         let mut paths = CommandPaths::default();
@@ -247,6 +322,18 @@ impl CommandPaths {
                     settings,
                     runtime,
                 ),
+                CommandPathKind::TuyaOpenapi => {
+                    let tuya = tuya::TuyaSettings::from_config(config)?;
+                    let transport = TuyaTransport::new(&tuya, clock.clone())
+                        .map_err(|e| anyhow::anyhow!("command_path \"{}\": {e}", config.name))?;
+                    Lanes::start(&config.name, transport, settings, runtime)
+                }
+                CommandPathKind::AlibabaOpenapi => {
+                    let alibaba = alibaba::AlibabaSettings::from_config(config)?;
+                    let transport = AlibabaTransport::new(alibaba, clock.clone())
+                        .map_err(|e| anyhow::anyhow!("command_path \"{}\": {e}", config.name))?;
+                    Lanes::start(&config.name, transport, settings, runtime)
+                }
             };
             paths.insert(path);
         }
@@ -307,6 +394,7 @@ mod tests {
             queue: 1,
             timeout: Duration::from_secs(5),
             retries,
+            rate_per_s: 0.0,
         };
         let path = Lanes::start("out", transport, settings, runtime.handle());
         let command = Command {
@@ -329,6 +417,20 @@ mod tests {
         let (attempts, error) = attempts_until_given_up(Failure::retry("answered 503"), 2);
         assert_eq!(attempts, 3);
         assert_eq!(error.reason, "answered 503 (after 3 attempts)");
+    }
+
+    #[test]
+    fn the_rate_limit_lets_a_bucket_through_then_spaces_attempts_at_the_rate() {
+        let limit = RateLimit::new(2.0).expect("a limit");
+        let start = Instant::now();
+        let offsets: Vec<Duration> = (0..5).map(|_| limit.slot(start) - start).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(offsets, [ms(0), ms(0), ms(500), ms(1000), ms(1500)]);
+        // After a quiet second and a half the bucket is full again.
+        let later = start + ms(3500);
+        let offsets: Vec<Duration> = (0..3).map(|_| limit.slot(later) - later).collect();
+        assert_eq!(offsets, [ms(0), ms(0), ms(500)]);
+        assert!(RateLimit::new(0.0).is_none());
     }
 
     #[test]

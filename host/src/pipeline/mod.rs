@@ -468,9 +468,13 @@ struct Queued {
     path: String,
     /// The command's device and name, for the error message.
     command: Command,
+    /// The rule that emitted it.
+    rule: Arc<str>,
     confirmation: Confirmation,
     sent: Arc<Counter>,
     failed: Arc<Counter>,
+    rule_sent: Arc<Counter>,
+    rule_failed: Arc<Counter>,
 }
 
 /// Resolved per-rule counters.
@@ -491,6 +495,8 @@ struct Worker {
     rule_counters: Vec<RuleCounters>,
     plugin_calls: HashMap<Arc<str>, Arc<Histogram>>,
     commands_sent: HashMap<String, (Arc<Counter>, Arc<Counter>)>,
+    /// `iotrules_rule_commands_total` by rule: sent, failed.
+    rule_commands: HashMap<Arc<str>, (Arc<Counter>, Arc<Counter>)>,
 }
 
 impl Worker {
@@ -503,6 +509,7 @@ impl Worker {
             rule_counters: Vec::new(),
             plugin_calls: HashMap::new(),
             commands_sent: HashMap::new(),
+            rule_commands: HashMap::new(),
         }
     }
 
@@ -559,7 +566,7 @@ impl Worker {
             pending,
         } = job;
         let scope = EventScope::new(&event);
-        let mut commands: Vec<Command> = Vec::new();
+        let mut commands: Vec<(Arc<str>, Command)> = Vec::new();
         let mut letters = Vec::new();
         let mut matched = 0;
         let mut passed = false;
@@ -652,7 +659,12 @@ impl Worker {
                     let _ = write!(trace, ", {} command(s)", result.commands.len());
                 }
             }
-            commands.extend(result.commands);
+            commands.extend(
+                result
+                    .commands
+                    .into_iter()
+                    .map(|command| (rule.name.clone(), command)),
+            );
         }
         if trace_on {
             tracing::debug!(
@@ -685,9 +697,12 @@ impl Worker {
             for Queued {
                 path,
                 command,
+                rule,
                 confirmation,
                 sent,
                 failed,
+                rule_sent,
+                rule_failed,
             } in confirmations
             {
                 let result = match confirmation.await {
@@ -696,9 +711,11 @@ impl Worker {
                 };
                 if result.is_ok() {
                     sent.inc();
+                    rule_sent.inc();
                 }
                 if let Err(reason) = result {
                     failed.inc();
+                    rule_failed.inc();
                     let message = format!(
                         "command {} for device {} not delivered: {reason}",
                         command.name, command.device.id
@@ -707,7 +724,9 @@ impl Worker {
                     shared
                         .errors
                         .push(format!("command path \"{path}\""), &message);
-                    letters.push(letter(&origin, "command", message, Some(&event_id)));
+                    let mut letter = letter(&origin, "command", message, Some(&event_id));
+                    letter.rule = Some(rule.to_string());
+                    letters.push(letter);
                 }
             }
             let stored = store_letters(&shared, letters).await;
@@ -719,13 +738,13 @@ impl Worker {
     /// once, as a dead letter.
     fn enqueue(
         &mut self,
-        commands: Vec<Command>,
+        commands: Vec<(Arc<str>, Command)>,
         origin: &Origin,
         event: &Event,
         letters: &mut Vec<DeadLetterRecord>,
     ) -> Vec<Queued> {
         let mut confirmations = Vec::with_capacity(commands.len());
-        for command in commands {
+        for (rule, command) in commands {
             let Some(via) = command.via.clone() else {
                 let message = format!(
                     "command {} for device {} names no command path: set `commands.via` on the \
@@ -733,10 +752,13 @@ impl Worker {
                     command.name, command.device.id
                 );
                 tracing::error!("{message}");
-                letters.push(letter(origin, "command", message, Some(&event.id)));
+                let mut letter = letter(origin, "command", message, Some(&event.id));
+                letter.rule = Some(rule.to_string());
+                letters.push(letter);
+                self.rule_counter(&rule).1.inc();
                 continue;
             };
-            let Some(path) = self.shared.paths.get(&via) else {
+            let Some(path) = self.shared.paths.get(&via).cloned() else {
                 let message = format!(
                     "command {} for device {}: no command path named \"{via}\" (configured: {})",
                     command.name,
@@ -744,9 +766,13 @@ impl Worker {
                     self.shared.paths.names().join(", ")
                 );
                 tracing::error!("{message}");
-                letters.push(letter(origin, "command", message, Some(&event.id)));
+                let mut letter = letter(origin, "command", message, Some(&event.id));
+                letter.rule = Some(rule.to_string());
+                letters.push(letter);
+                self.rule_counter(&rule).1.inc();
                 continue;
             };
+            let (rule_sent, rule_failed) = self.rule_counter(&rule);
             let (sent, failed) = self
                 .commands_sent
                 .entry(via.clone())
@@ -768,11 +794,28 @@ impl Worker {
                 confirmation: path.enqueue(command),
                 path: via,
                 command: summary,
+                rule,
                 sent,
                 failed,
+                rule_sent,
+                rule_failed,
             });
         }
         confirmations
+    }
+
+    /// `iotrules_rule_commands_total{rule}`: sent, failed.
+    fn rule_counter(&mut self, rule: &Arc<str>) -> (Arc<Counter>, Arc<Counter>) {
+        self.rule_commands
+            .entry(rule.clone())
+            .or_insert_with(|| {
+                let metrics = &self.shared.metrics;
+                (
+                    metrics.rule_commands.with(&[rule, "sent"]),
+                    metrics.rule_commands.with(&[rule, "failed"]),
+                )
+            })
+            .clone()
     }
 }
 
