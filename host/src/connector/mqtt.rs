@@ -330,6 +330,7 @@ impl MqttSettings {
                 queue: 256,
                 timeout: Duration::from_millis(config.command_timeout_ms),
                 retries: config.command_retries,
+                rate_per_s: 0.0,
             },
         })
     }
