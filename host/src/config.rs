@@ -771,6 +771,24 @@ fn default_store() -> Expanded {
 }
 
 impl Config {
+    /// The names commands can go `via`: every `[[command_path]]` and every MQTT link (a link
+    /// is also the command path of its name), sorted.
+    pub fn command_path_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .command_paths
+            .iter()
+            .map(|p| p.name.clone())
+            .chain(
+                self.connectors
+                    .iter()
+                    .filter(|c| c.kind.is_mqtt_link())
+                    .map(|c| c.name.clone()),
+            )
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Reads and checks `file`.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
@@ -1252,5 +1270,15 @@ mod tests {
             "{huawei}\nurl = \"mqtt://h:1\"\n[[command_path]]\nname = \"c\"\nkind = \"log\""
         );
         assert!(error(&clash).contains("already the command path"));
+    }
+
+    #[test]
+    fn an_mqtt_link_is_a_command_path_name_beside_the_configured_paths() {
+        let text = format!(
+            "{MINIMAL}\n[[connector]]\nname = \"meter\"\nkind = \"huawei-mqtt\"\n\
+             url = \"mqtt://h:1\"\ndevice_id = \"d\"\ndevice_secret = \"s\"\n"
+        );
+        let config = Config::parse(Path::new("/etc/iot/iotrules.toml"), &text).unwrap();
+        assert_eq!(config.command_path_names(), ["meter", "out"]);
     }
 }

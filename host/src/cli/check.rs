@@ -46,12 +46,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(core) = &core {
         problems.extend(core.plugin_errors.iter().cloned());
-        let paths: Vec<String> = config
-            .command_paths
-            .iter()
-            .map(|p| p.name.clone())
-            .collect();
-        problems.extend(service::unknown_paths(&core.rules.current(), &paths));
+        problems.extend(service::unknown_paths(
+            &core.rules.current(),
+            &config.command_path_names(),
+        ));
     }
     if problems.is_empty() {
         let (rules, plugins) = core.as_ref().map_or((0, 0), |core| {
@@ -75,7 +73,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             "{}: ok ({} connector(s), {} command path(s), {plugins} plugin(s), {rules} rule(s))",
             config.file.display(),
             config.connectors.len(),
-            config.command_paths.len(),
+            config.command_path_names().len(),
         );
         Ok(ExitCode::SUCCESS)
     } else {

@@ -52,7 +52,7 @@ async fn serve(
     state: Arc<dyn StateStore>,
 ) -> anyhow::Result<ExitCode> {
     let core = service::load_core(&config, dead_letters, state)?;
-    for problem in service::unknown_paths(&core.rules.current(), &path_names(&config)) {
+    for problem in service::unknown_paths(&core.rules.current(), &config.command_path_names()) {
         tracing::warn!("{problem}");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -78,14 +78,6 @@ async fn serve(
     Ok(match ending {
         Ending::Finished | Ending::Stopped => ExitCode::SUCCESS,
     })
-}
-
-fn path_names(config: &Config) -> Vec<String> {
-    config
-        .command_paths
-        .iter()
-        .map(|p| p.name.clone())
-        .collect()
 }
 
 async fn wait_for_signal() {
