@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{DecodeError, RawMessage, body_as_payload, crypto};
+use super::{DecodeError, RawMessage, body_as_payload};
 use crate::event::{ATTR_TOPIC, Device, Event, Json, Kind, Property, Value, Vendor};
 
 /// The placeholder of the device id in a topic template.
@@ -110,7 +110,10 @@ impl Decoder {
             ));
         };
         let mut event = Event {
-            id: crypto::md5_hex(&[topic.as_bytes(), b"\n", message.payload]),
+            // Plain MQTT carries no message id, and the same payload again is a new reading
+            // (a second button press, a state repeated): an id from the content would let
+            // the pipeline's de-duplication drop it. Each receipt is its own event.
+            id: receipt_id(),
             source: message.source.to_owned(),
             vendor: Vendor::Mqtt,
             kind: Kind::Message,
@@ -156,6 +159,11 @@ fn scalar(value: serde_json::Value) -> Option<Value> {
     })
 }
 
+/// A fresh random id for one received message.
+fn receipt_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +194,13 @@ mod tests {
         );
         assert!(event.payload.as_str().contains("\"color\""));
         assert_eq!(event.attribute("topic"), Some("zigbee2mqtt/lamp-1"));
+    }
+
+    #[test]
+    fn the_same_message_received_twice_is_two_events_not_a_duplicate() {
+        let first = decode("z2m/{device}", "z2m/button", r#"{"action":"single"}"#).unwrap();
+        let second = decode("z2m/{device}", "z2m/button", r#"{"action":"single"}"#).unwrap();
+        assert_ne!(first.id, second.id);
     }
 
     #[test]
