@@ -9,7 +9,11 @@
 //!   here ([`Mosquitto::ca_file`]; rustls refuses a self-signed certificate used directly);
 //! - optionally persistence, so that a [`restart`](Mosquitto::restart) keeps the persistent
 //!   sessions, their subscriptions and their queued QoS 1 messages, as a production broker
-//!   does.
+//!   does;
+//! - otherwise mosquitto's stock settings, as a user's broker has them: at most 20 QoS 1
+//!   publishes in flight to a client (`max_inflight_messages`) and 1 000 queued behind them
+//!   (`max_queued_messages`; beyond that the broker drops, and says so in its log, which
+//!   [`Mosquitto::dropped`] reads). Settings that lift these limits hide flow-control bugs.
 //!
 //! The broker is killed when the value is dropped.
 
@@ -121,6 +125,16 @@ impl Mosquitto {
     /// The broker's log, for assertion messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// The broker's own lines saying it dropped messages for a client whose queue was full
+    /// (`max_queued_messages`): a message lost by the broker, not by the client under test.
+    pub fn dropped(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| line.contains("dropped"))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Stops the broker the way an operator does (SIGTERM: it saves its persistent sessions)
