@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{DecodeError, RawMessage, body_as_payload};
+use super::{DecodeError, RawMessage, body_as_payload, receipt_id};
 use crate::event::{ATTR_TOPIC, Device, Event, Json, Kind, Property, Value, Vendor};
 
 /// The placeholder of the device id in a topic template.
@@ -157,11 +157,6 @@ fn scalar(value: serde_json::Value) -> Option<Value> {
         serde_json::Value::String(text) => Value::Text(text),
         _ => return None,
     })
-}
-
-/// A fresh random id for one received message.
-fn receipt_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }
 
 #[cfg(test)]

@@ -272,6 +272,14 @@ pub(crate) fn body_as_payload(body: &[u8], event: &mut Event) {
     }
 }
 
+/// A fresh random id for one received message that carries no id of its vendor's: the same
+/// bytes received again are a new message (a second button press, a downlink sent twice),
+/// not a duplicate to drop. A transport's redelivery of it is then processed again, which is
+/// the safe side: at least once.
+pub(crate) fn receipt_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 /// A stable id for a message that carries none of its own: the hex MD5 of its bytes, so a
 /// redelivery of the same message gets the same id.
 pub(crate) fn digest_id(bytes: &[u8]) -> String {

@@ -16,7 +16,10 @@
 //!   dotted (`thing.event.property.post`, `thing.service.property.set_reply`), which is the
 //!   Alink method name.
 //! - `id`: the AMQP `messageId` when present (Alibaba's unique message id, the key it says to
-//!   de-duplicate on); otherwise an MD5 digest of topic and payload, so a redelivery keeps it.
+//!   de-duplicate on); otherwise (always over MQTT) a digest of the topic and the Alink `id`
+//!   or the RRPC message id, which the vendor gives per request; otherwise a fresh id per
+//!   receipt. A digest of the payload would make the same custom-topic message sent twice a
+//!   duplicate that the pipeline drops.
 //! - `time_ms`: the latest property time, else the body's own time (`gmtCreate`, `utcTime`,
 //!   `messageCreateTime`, an event's `time`), else the AMQP `generateTime`, else 0.
 //! - Alink property params come in a long form `{"code":{"value":v,"time":ms}}` and a short
@@ -45,7 +48,8 @@ use crate::event::{
 };
 use crate::time;
 use crate::vendor::{
-    CowStr, DecodeError, LenientU64, RawMessage, body_as_payload, crypto, parse_json_str, utf8,
+    CowStr, DecodeError, LenientU64, RawMessage, body_as_payload, crypto, parse_json_str,
+    receipt_id, utf8,
 };
 
 const TOPIC: &str = "Alibaba topic";
@@ -445,12 +449,8 @@ pub(crate) fn decode(message: &RawMessage<'_>) -> Result<Event, DecodeError> {
     })?;
     let topic = Topic::parse(topic_text)?;
     let payload = message.payload;
-    let id = match message.property(MESSAGE_ID_PROPERTY) {
-        Some(id) if !id.is_empty() => id.to_owned(),
-        _ => crypto::md5_hex(&[topic_text.as_bytes(), b"\n", payload]),
-    };
     let mut event = Event {
-        id,
+        id: String::new(),
         source: message.source.to_owned(),
         vendor: Vendor::Alibaba,
         kind: Kind::Other,
@@ -524,6 +524,13 @@ pub(crate) fn decode(message: &RawMessage<'_>) -> Result<Event, DecodeError> {
     let request_id = reading
         .request_id
         .or_else(|| reading.common.request_id.map(|id| id.0));
+    event.id = match (message.property(MESSAGE_ID_PROPERTY), &request_id) {
+        (Some(id), _) if !id.is_empty() => id.to_owned(),
+        (_, Some(request)) if !request.is_empty() => {
+            crypto::md5_hex(&[topic_text.as_bytes(), b"\nid=", request.as_bytes()])
+        }
+        _ => receipt_id(),
+    };
     if let Some(request_id) = request_id.filter(|r| !r.is_empty()) {
         attributes.insert(ATTR_REQUEST_ID.to_owned(), request_id);
     }
@@ -842,10 +849,18 @@ mod tests {
             Value::Json(_)
         ));
         assert_eq!(event.time_ms, 1524448722000);
-        // The MQTT path has no message id: the id is a digest, stable across redeliveries.
+        // The MQTT path has no message id: the id is a digest of the topic and the Alink id,
+        // stable across redeliveries.
         let again = decode_on("/sys/a1Pk/lamp/thing/event/property/post", body).unwrap();
         assert_eq!(event.id, again.id);
         assert_eq!(event.id.len(), 32);
+    }
+
+    #[test]
+    fn the_same_custom_topic_message_received_twice_is_two_events_not_a_duplicate() {
+        let first = decode_on("/a1Pk/lamp/user/get", "beep").unwrap();
+        let second = decode_on("/a1Pk/lamp/user/get", "beep").unwrap();
+        assert_ne!(first.id, second.id);
     }
 
     #[test]

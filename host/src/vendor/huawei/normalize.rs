@@ -15,12 +15,14 @@
 //! - `time_ms`: a push's `event_time_ms`, else its `event_time`; then (and for MQTT) the
 //!   latest service `event_time`; else 0, since a decoder reads no clock and a made-up time
 //!   would look real.
-//! - `id`: a push's `request_id` (IoTDA's message id), else an MD5 digest of the body. For
-//!   MQTT always an MD5 digest of the topic and payload, never the topic's request id: a
-//!   command and its response share that id, so de-duplicating on it would drop the response.
-//!   The digest still gives a redelivered (MQTT `DUP`) message the same id, and equal bodies
-//!   from two devices differ by topic. Request ids and legacy `mid`s (which repeat every
-//!   65 535 commands) are attributes, for correlating a reply.
+//! - `id`: a push's `request_id` (IoTDA's message id), else an MD5 digest of the body (a
+//!   push body carries its `event_time`, so the same body is the same message). For MQTT,
+//!   only what the vendor gives: a digest of the topic when the topic carries a `request_id`
+//!   (a command and its response share the request id but not the topic), else of the topic
+//!   and a legacy `mid`; else a fresh id per receipt. A digest of the payload would make the
+//!   same downlink sent twice (`messages/down`, a custom topic) a duplicate that the pipeline
+//!   drops. Request ids and legacy `mid`s (which repeat every 65 535 commands) are also
+//!   attributes, for correlating a reply.
 //! - Device events whose services are all `$ota` (firmware and software upgrade) are
 //!   [`Kind::Lifecycle`]; other device events are [`Kind::DeviceEvent`].
 //! - Device status `ONLINE`/`OFFLINE` are online/offline; `ABNORMAL`, `INACTIVE` and `FROZEN`
@@ -42,7 +44,7 @@ use crate::event::{
 use crate::time;
 use crate::vendor::{
     DecodeError, LenientU64, RawMessage, body_as_payload, crypto, digest_id, parse_json,
-    parse_json_str, utf8,
+    parse_json_str, receipt_id, utf8,
 };
 
 const PUSH: &str = "Huawei push body";
@@ -352,7 +354,7 @@ pub(crate) fn mqtt(
     }
     let payload = message.payload;
     let mut event = Event {
-        id: crypto::md5_hex(&[topic_text.as_bytes(), b"\n", payload]),
+        id: String::new(),
         source: message.source.to_owned(),
         vendor: Vendor::Huawei,
         kind: Kind::Other,
@@ -386,6 +388,13 @@ pub(crate) fn mqtt(
         }
     };
 
+    event.id = match (topic.request_id, reading.mid) {
+        (Some(_), _) => crypto::md5_hex(&[topic_text.as_bytes()]),
+        (None, Some(mid)) => {
+            crypto::md5_hex(&[topic_text.as_bytes(), b"\nmid=", mid.to_string().as_bytes()])
+        }
+        (None, None) => receipt_id(),
+    };
     event.kind = reading.kind.unwrap_or(Kind::Other);
     if let Some(action) = reading.action.filter(|a| !a.is_empty()) {
         event.action = action;
@@ -855,7 +864,29 @@ mod tests {
         assert_eq!(event.time_ms, 1_449_922_332_000);
         assert_eq!(event.property("t").unwrap().value, Value::Float(21.5));
         assert_eq!(event.attribute("request-id"), None);
-        assert_eq!(event.id.len(), 32, "digest id");
+        // No request id: each receipt is its own event.
+        let again = decode(Some("$oc/devices/d/sys/properties/report"), body).unwrap();
+        assert_ne!(event.id, again.id);
+    }
+
+    #[test]
+    fn the_same_downlink_received_twice_is_two_events_not_a_duplicate() {
+        for topic in [
+            "$oc/devices/d/sys/messages/down",
+            "/huawei/v1/devices/d/command/json",
+        ] {
+            let body = r#"{"msgType":"cloudReq","cmd":"beep","paras":{}}"#;
+            let first = decode(Some(topic), body).unwrap();
+            let second = decode(Some(topic), body).unwrap();
+            assert_ne!(first.id, second.id, "{topic}");
+        }
+        // A legacy command carries its `mid`: a redelivery keeps the id.
+        let body = r#"{"msgType":"cloudReq","cmd":"beep","paras":{},"mid":7}"#;
+        let topic = Some("/huawei/v1/devices/d/command/json");
+        assert_eq!(
+            decode(topic, body).unwrap().id,
+            decode(topic, body).unwrap().id
+        );
     }
 
     #[test]
