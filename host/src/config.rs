@@ -110,6 +110,13 @@ pub struct PipelineConfig {
     pub shutdown_timeout_s: u64,
     /// Which events keep their order relative to each other.
     pub order: Order,
+    /// How many times a message whose processing cannot be finished (its dead letter cannot
+    /// be stored) goes back to its transport for another delivery before the pipeline holds
+    /// it instead, trying the store again until it works.
+    pub redelivery_attempts: u32,
+    /// The pause before the first such redelivery, in ms; each further one doubles it, up to
+    /// a minute.
+    pub redelivery_delay_ms: u64,
 }
 
 /// Which events are handled one after another, in arrival order (the rest run in parallel).
@@ -135,6 +142,8 @@ impl Default for PipelineConfig {
             dedup_capacity: 100_000,
             shutdown_timeout_s: 30,
             order: Order::Device,
+            redelivery_attempts: 3,
+            redelivery_delay_ms: 1_000,
         }
     }
 }
@@ -300,6 +309,17 @@ pub struct ConnectorConfig {
     /// MQTT links as command paths: further attempts after a failed publish.
     #[serde(default = "default_command_retries")]
     pub command_retries: u32,
+    /// MQTT links as command paths: how long a command waits for the link to (re)connect
+    /// before that attempt fails, in seconds. A broker blip then delays commands instead of
+    /// burning their retries while the link is away.
+    #[serde(default = "default_command_reconnect_wait_s")]
+    pub command_reconnect_wait_s: u64,
+    /// Inbound messages read from the transport and not yet taken by the pipeline, in bytes
+    /// at most (MQTT links: what does not fit is dropped at QoS 0 or left for the broker to
+    /// send again at QoS 1; AMQP: credit times the largest message accepted; Pulsar: the
+    /// read-ahead times the largest message).
+    #[serde(default = "default_buffer_bytes")]
+    pub buffer_bytes: usize,
 }
 
 fn default_qos() -> u8 {
@@ -313,6 +333,12 @@ fn default_command_timeout_ms() -> u64 {
 }
 fn default_command_retries() -> u32 {
     2
+}
+fn default_command_reconnect_wait_s() -> u64 {
+    60
+}
+fn default_buffer_bytes() -> usize {
+    16 * 1024 * 1024
 }
 
 fn default_subscription_suffix() -> Expanded {

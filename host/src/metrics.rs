@@ -205,8 +205,14 @@ pub struct Metrics {
     pub connects: Family<Counter>,
     /// 1 while a connector is connected and receiving, by connector.
     pub connector_up: Family<Gauge>,
+    /// Inbound messages a connector did not keep because its byte budget (`buffer_bytes`)
+    /// was full, by connector.
+    pub buffer_full: Family<Counter>,
     /// Events received and not yet acknowledged.
     pub in_flight: Gauge,
+    /// Messages the pipeline holds because their dead letters cannot be stored (they are
+    /// neither acknowledged nor sent back while the store refuses them).
+    pub events_held: Gauge,
     /// Time from receipt to acknowledgement.
     pub event_latency: Histogram,
 }
@@ -279,7 +285,13 @@ impl Default for Metrics {
                 "1 while the connector is connected and receiving",
                 &["connector"],
             ),
+            buffer_full: Family::new(
+                "iotrules_connector_buffer_full_total",
+                "Inbound messages not kept because the connector's byte budget was full",
+                &["connector"],
+            ),
             in_flight: Gauge::default(),
+            events_held: Gauge::default(),
             event_latency: Histogram::default(),
         }
     }
@@ -301,6 +313,7 @@ impl Metrics {
             &self.dead_letters,
             &self.reloads,
             &self.connects,
+            &self.buffer_full,
         ] {
             render_counters(&mut out, family);
         }
@@ -311,6 +324,12 @@ impl Metrics {
             "# HELP iotrules_in_flight Events received and not yet acknowledged\n\
              # TYPE iotrules_in_flight gauge\niotrules_in_flight {}",
             self.in_flight.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP iotrules_events_held Messages held because their dead letters cannot be \
+             stored\n# TYPE iotrules_events_held gauge\niotrules_events_held {}",
+            self.events_held.get()
         );
         let latency = Family::<Histogram>::new(
             "iotrules_event_seconds",

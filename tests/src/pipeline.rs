@@ -11,7 +11,7 @@ use iotrules::config::PipelineConfig;
 use iotrules::connector::{Acker, Delivery, Settle};
 use iotrules::event::Command;
 use iotrules::metrics::Metrics;
-use iotrules::pipeline::{MemoryDeadLetters, Parts, Pipeline};
+use iotrules::pipeline::{DeadLetterRecord, DeadLetterSink, MemoryDeadLetters, Parts, Pipeline};
 use iotrules::rules::Rules;
 use iotrules::status::LastErrors;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -81,6 +81,18 @@ impl Capture {
         })
     }
 
+    /// Fails what was held (the path gave up on those commands); confirms everything after.
+    pub fn fail(&self) {
+        if let Some(held) = self.held.lock().unwrap().take() {
+            for done in held {
+                let _ = done.send(Err(CommandError {
+                    path: self.name.clone(),
+                    reason: "failed by the test".into(),
+                }));
+            }
+        }
+    }
+
     /// Confirms what was held and everything after.
     pub fn release(&self) {
         if let Some(held) = self.held.lock().unwrap().take() {
@@ -120,13 +132,42 @@ impl CommandPath for Capture {
     }
 }
 
+/// Dead letters kept in memory, or refused while [`TestDeadLetters::refuse`] says so (a
+/// store that cannot write: the delivery goes back for another try).
+#[derive(Debug, Default)]
+pub struct TestDeadLetters {
+    memory: MemoryDeadLetters,
+    refusing: std::sync::atomic::AtomicBool,
+}
+
+impl TestDeadLetters {
+    /// What was stored so far.
+    pub fn letters(&self) -> Vec<DeadLetterRecord> {
+        self.memory.letters()
+    }
+
+    /// Refuses (or takes again) every dead letter from now on.
+    pub fn refuse(&self, refusing: bool) {
+        self.refusing.store(refusing, Ordering::SeqCst);
+    }
+}
+
+impl DeadLetterSink for TestDeadLetters {
+    fn store(&self, letter: &DeadLetterRecord) -> Result<(), String> {
+        if self.refusing.load(Ordering::SeqCst) {
+            return Err("the test's store refuses".into());
+        }
+        self.memory.store(letter)
+    }
+}
+
 /// A pipeline over real plugins and a rules directory, with one capturing command path.
 pub struct TestPipeline {
     pub harness: Harness,
     pub rules_dir: tempfile::TempDir,
     pub rules: Arc<Rules>,
     pub metrics: Arc<Metrics>,
-    pub dead_letters: Arc<MemoryDeadLetters>,
+    pub dead_letters: Arc<TestDeadLetters>,
     pub pipeline: Option<Pipeline>,
 }
 
@@ -153,7 +194,7 @@ impl TestPipeline {
                 .unwrap_or_else(|errors| panic!("rules refused: {errors:#?}")),
         );
         let metrics = Arc::new(Metrics::default());
-        let dead_letters = Arc::new(MemoryDeadLetters::default());
+        let dead_letters = Arc::new(TestDeadLetters::default());
         let mut paths = CommandPaths::default();
         paths.insert(path);
         let pipeline = Pipeline::start(
@@ -221,6 +262,10 @@ impl Acks {
 
     pub fn acked(&self) -> usize {
         self.acked.load(Ordering::SeqCst)
+    }
+
+    pub fn retried(&self) -> usize {
+        self.retried.load(Ordering::SeqCst)
     }
 }
 

@@ -186,6 +186,63 @@ fn a_duplicate_is_acked_without_running_rules_and_garbage_becomes_a_dead_letter(
 }
 
 #[test]
+fn a_copy_arriving_while_the_first_is_in_flight_settles_as_the_first_does() {
+    let runtime = runtime();
+    for (outcome, store_works) in [("acked", true), ("retried", false)] {
+        let capture = Capture::closed("out");
+        let mut test = TestPipeline::start(
+            &["testing/echo"],
+            ECHO_RULE,
+            settings(2, 8, 64),
+            capture.clone(),
+            runtime.handle(),
+        );
+        let ingest = ingest(&test);
+        let first = Arc::new(Acks::default());
+        let copy = Arc::new(Acks::default());
+        runtime.block_on(async {
+            ingest
+                .submit(first.delivery(huawei_body("dev-a", 1)))
+                .await
+                .expect("submit");
+            wait_for("the first copy's command", || capture.received().len() == 1);
+            // The transport delivers it again while the first copy waits for its command.
+            ingest
+                .submit(copy.delivery(huawei_body("dev-a", 1)))
+                .await
+                .expect("submit");
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            (copy.acked(), copy.retried()),
+            (0, 0),
+            "the copy was settled while the first was in flight"
+        );
+        assert_eq!(capture.received().len(), 1, "the copy ran the rules");
+        // The command fails; its dead letter is stored (the first is done: acked) or the
+        // store refuses it (the first goes back for a retry).
+        test.dead_letters.refuse(!store_works);
+        capture.fail();
+        wait_for("the first copy settled", || {
+            first.acked() + first.retried() == 1
+        });
+        wait_for("the copy settled", || copy.acked() + copy.retried() == 1);
+        let settled = |acks: &Acks| {
+            if acks.acked() == 1 {
+                "acked"
+            } else {
+                "retried"
+            }
+        };
+        assert_eq!(settled(&first), outcome);
+        assert_eq!(settled(&copy), outcome, "the copy settled unlike the first");
+        drop(ingest);
+        test.drain(&runtime);
+        assert_eq!(test.metrics.in_flight.get(), 0);
+    }
+}
+
+#[test]
 fn a_plugin_failure_dead_letters_the_raw_message_under_the_rules_policy() {
     let runtime = runtime();
     let capture = Capture::open("out");

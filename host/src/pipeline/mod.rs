@@ -105,10 +105,14 @@ struct Shared {
     errors: Arc<LastErrors>,
     in_flight: Arc<Semaphore>,
     max_in_flight: u32,
-    dedup: Mutex<Dedup>,
+    /// Ids seen, and the copies of those still in flight.
+    seen: Mutex<Seen>,
     runtime: tokio::runtime::Handle,
     hasher: std::collections::hash_map::RandomState,
     order: Order,
+    redelivery: Redelivery,
+    /// Failed attempts at finishing a message, by [`attempt_key`].
+    attempts: Mutex<Attempts>,
 }
 
 /// The running pipeline: its workers and the way in.
@@ -167,6 +171,20 @@ struct Origin {
     counters: Arc<ConnectorCounters>,
 }
 
+/// The event ids the pipeline has seen.
+///
+/// A transport may deliver a message again while its first copy is still in flight (Alibaba
+/// redelivers what is unsettled after about 30 s; a command path with retries can hold the
+/// first copy longer). Acknowledging the copy at once would lose the message if the first
+/// then went back for a retry, or the process died: the transport would have forgotten it.
+/// So a copy of an id in flight is held, and settles the way the first copy settles, when it
+/// does; a copy of an id already done is acknowledged.
+struct Seen {
+    dedup: Dedup,
+    /// The ids whose first copy is in flight, with the copies that arrived meanwhile.
+    in_flight: HashMap<Box<str>, Vec<Pending>>,
+}
+
 /// The acknowledgement side of a delivery in flight: settling it returns its in-flight slot.
 struct Pending {
     acker: Acker,
@@ -200,13 +218,21 @@ impl Pipeline {
             errors: parts.errors,
             in_flight: Arc::new(Semaphore::new(max_in_flight as usize)),
             max_in_flight,
-            dedup: Mutex::new(Dedup::new(
-                Duration::from_secs(settings.dedup_window_s),
-                settings.dedup_capacity,
-            )),
+            seen: Mutex::new(Seen {
+                dedup: Dedup::new(
+                    Duration::from_secs(settings.dedup_window_s),
+                    settings.dedup_capacity,
+                ),
+                in_flight: HashMap::new(),
+            }),
             runtime,
             hasher: Default::default(),
             order: settings.order,
+            redelivery: Redelivery {
+                attempts: settings.redelivery_attempts,
+                first_delay: Duration::from_millis(settings.redelivery_delay_ms),
+            },
+            attempts: Mutex::new(Attempts::default()),
         });
         let mut senders = Vec::new();
         let mut workers = Vec::new();
@@ -346,25 +372,35 @@ impl Ingest {
                 let letter = letter(&origin, error.kind().as_str(), message, None);
                 let shared = shared.clone();
                 shared.runtime.clone().spawn(async move {
-                    let stored = store_letters(&shared, vec![letter]).await;
-                    finish(&shared, pending, stored);
+                    conclude(&shared, pending, vec![letter], &origin).await;
                 });
                 return Ok(());
             }
         };
-        let first_time = lock(&shared.dedup).first_time(&event.id, pending.received);
-        if !first_time {
-            self.counters.duplicate.inc();
-            tracing::debug!(
-                target: "iotrules::event",
-                connector = &*self.connector,
-                id = %event.id,
-                "Duplicate event dropped"
-            );
-            finish(shared, pending, Ok(()));
-            return Ok(());
+        {
+            let mut seen = lock(&shared.seen);
+            if seen.dedup.first_time(&event.id, pending.received) {
+                seen.in_flight.entry(event.id.as_str().into()).or_default();
+                pending.dedup_id = Some(event.id.clone());
+            } else {
+                self.counters.duplicate.inc();
+                tracing::debug!(
+                    target: "iotrules::event",
+                    connector = &*self.connector,
+                    id = %event.id,
+                    "Duplicate event dropped"
+                );
+                match seen.in_flight.get_mut(event.id.as_str()) {
+                    // Settled with the first copy.
+                    Some(copies) => copies.push(pending),
+                    None => {
+                        drop(seen);
+                        finish(shared, pending, Ok(()));
+                    }
+                }
+                return Ok(());
+            }
         }
-        pending.dedup_id = Some(event.id.clone());
         let worker = match self.shared.order {
             Order::Device => self.worker_for(&event.device.id),
             Order::Connector => self.worker_for(&self.connector),
@@ -384,8 +420,9 @@ impl Ingest {
     }
 }
 
-/// Settles a delivery: acked when `done` is ok, sent back for a retry otherwise (its id is
-/// then forgotten by the de-duplication, so the redelivery is not taken for a duplicate).
+/// Settles a delivery, and the copies of it that arrived while it was in flight: acked when
+/// `done` is ok, sent back for a retry otherwise (its id is then forgotten by the
+/// de-duplication, so the redelivery is not taken for a duplicate).
 fn finish(shared: &Shared, pending: Pending, done: Result<(), ()>) {
     let Pending {
         acker,
@@ -393,18 +430,24 @@ fn finish(shared: &Shared, pending: Pending, done: Result<(), ()>) {
         received,
         dedup_id,
     } = pending;
-    let how = match done {
-        Ok(()) => Settle::Ack,
-        Err(()) => {
-            if let Some(id) = &dedup_id {
-                lock(&shared.dedup).forget(id);
-            }
-            Settle::Retry
-        }
+    let how = if done.is_ok() {
+        Settle::Ack
+    } else {
+        Settle::Retry
     };
+    let copies = dedup_id.map_or_else(Vec::new, |id| {
+        let mut seen = lock(&shared.seen);
+        if how == Settle::Retry {
+            seen.dedup.forget(&id);
+        }
+        seen.in_flight.remove(id.as_str()).unwrap_or_default()
+    });
     acker.settle(how);
     shared.metrics.event_latency.observe(received.elapsed());
     shared.metrics.in_flight.dec();
+    for copy in copies {
+        finish(shared, copy, done);
+    }
 }
 
 fn letter(
@@ -428,16 +471,20 @@ fn letter(
 }
 
 /// Stores `letters`; Err when any could not be stored.
-async fn store_letters(shared: &Arc<Shared>, letters: Vec<DeadLetterRecord>) -> Result<(), ()> {
+async fn store_letters(
+    shared: &Arc<Shared>,
+    letters: &Arc<Vec<DeadLetterRecord>>,
+) -> Result<(), ()> {
     if letters.is_empty() {
         return Ok(());
     }
+    let letters = letters.clone();
     let sink = shared.dead_letters.clone();
     let metrics = shared.metrics.clone();
     let errors = shared.errors.clone();
     let stored = tokio::task::spawn_blocking(move || {
         let mut ok = true;
-        for letter in &letters {
+        for letter in letters.iter() {
             match sink.store(letter) {
                 Ok(()) => metrics
                     .dead_letters
@@ -461,6 +508,121 @@ async fn store_letters(shared: &Arc<Shared>, letters: Vec<DeadLetterRecord>) -> 
         Ok(true) => Ok(()),
         _ => Err(()),
     }
+}
+
+/// How messages that cannot be finished go back to their transport.
+#[derive(Debug, Clone, Copy)]
+struct Redelivery {
+    /// Deliveries sent back before the pipeline holds the message instead.
+    attempts: u32,
+    /// The pause before the first redelivery; doubled for each further one.
+    first_delay: Duration,
+}
+
+/// The longest pause before a redelivery, or between two tries of a held message.
+const MAX_REDELIVERY_DELAY: Duration = Duration::from_secs(60);
+
+impl Redelivery {
+    /// The pause after the `failed`-th failed attempt (from 1).
+    fn delay(&self, failed: u32) -> Duration {
+        self.first_delay
+            .saturating_mul(1 << failed.saturating_sub(1).min(16))
+            .min(MAX_REDELIVERY_DELAY)
+    }
+}
+
+/// Failed attempts at finishing messages, counted across their redeliveries.
+///
+/// A redelivered message is a new delivery, and its event id may be new too (a receipt id),
+/// so the count is keyed by the connector and the message's bytes. Bounded: past
+/// [`Attempts::CAPACITY`] keys the counts start over, which costs a few more (still delayed)
+/// redeliveries, never a lost message.
+#[derive(Debug, Default)]
+struct Attempts(HashMap<[u8; 16], u32>);
+
+impl Attempts {
+    const CAPACITY: usize = 10_000;
+
+    /// Counts one more failure of `key`; returns how many there have been.
+    fn failed(&mut self, key: [u8; 16]) -> u32 {
+        if self.0.len() >= Self::CAPACITY && !self.0.contains_key(&key) {
+            self.0.clear();
+        }
+        let count = self.0.entry(key).or_default();
+        *count += 1;
+        *count
+    }
+
+    fn forget(&mut self, key: &[u8; 16]) {
+        self.0.remove(key);
+    }
+}
+
+/// What identifies a message across its redeliveries: its connector and bytes.
+fn attempt_key(origin: &Origin) -> [u8; 16] {
+    use md5::Digest as _;
+    let mut digest = md5::Md5::new();
+    digest.update(origin.connector.as_bytes());
+    digest.update([0]);
+    digest.update(&origin.payload);
+    digest.finalize().into()
+}
+
+/// Finishes a message once its rules are done: stores its dead letters, then acknowledges
+/// it. When the store refuses them, the message goes back to its transport after a pause
+/// that doubles with each failure, `redelivery.attempts` times at most (so a failing store
+/// never spins a core redelivering it); after that the pipeline holds the message, unsettled
+/// and counted in `iotrules_events_held`, and tries the store again with the same backoff
+/// until it takes the letters: never dropped, and while held messages fill the in-flight
+/// budget, intake waits.
+async fn conclude(
+    shared: &Arc<Shared>,
+    pending: Pending,
+    letters: Vec<DeadLetterRecord>,
+    origin: &Origin,
+) {
+    let letters = Arc::new(letters);
+    if store_letters(shared, &letters).await.is_ok() {
+        finish(shared, pending, Ok(()));
+        return;
+    }
+    let key = attempt_key(origin);
+    let failed = lock(&shared.attempts).failed(key);
+    if failed <= shared.redelivery.attempts {
+        let delay = shared.redelivery.delay(failed);
+        tracing::warn!(
+            connector = &*origin.connector,
+            failed,
+            delay_ms = delay.as_millis() as u64,
+            "Message goes back to its transport after a pause: its dead letters cannot be stored"
+        );
+        tokio::time::sleep(delay).await;
+        finish(shared, pending, Err(()));
+        return;
+    }
+    shared.metrics.events_held.inc();
+    let message = format!(
+        "a message of connector \"{}\" is held: its dead letters were refused {} times; the \
+         pipeline keeps it and tries the store again",
+        origin.connector, failed
+    );
+    tracing::error!(connector = &*origin.connector, "{message}");
+    shared.errors.push("pipeline".into(), &message);
+    let mut tries = failed;
+    loop {
+        tokio::time::sleep(shared.redelivery.delay(tries)).await;
+        if store_letters(shared, &letters).await.is_ok() {
+            break;
+        }
+        tries = tries.saturating_add(1);
+    }
+    tracing::info!(
+        connector = &*origin.connector,
+        "A held message is stored as a dead letter and acknowledged"
+    );
+    lock(&shared.attempts).forget(&key);
+    shared.metrics.events_held.dec();
+    finish(shared, pending, Ok(()));
 }
 
 /// A command queued on its path, waiting for confirmation.
@@ -729,8 +891,7 @@ impl Worker {
                     letters.push(letter);
                 }
             }
-            let stored = store_letters(&shared, letters).await;
-            finish(&shared, pending, stored);
+            conclude(&shared, pending, letters, &origin).await;
         });
     }
 
