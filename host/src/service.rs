@@ -153,7 +153,7 @@ pub async fn run(
     let mut links = std::collections::HashMap::new();
     for connector in config.connectors.iter().filter(|c| c.kind.is_mqtt_link()) {
         let settings = MqttSettings::from_config(connector)?;
-        let handle = LinkHandle::new();
+        let handle = LinkHandle::new(settings.reconnect_wait);
         let transport = MqttTransport::new(handle.clone(), settings.outbound.clone());
         paths.insert(Lanes::start(
             &connector.name,

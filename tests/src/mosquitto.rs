@@ -51,6 +51,12 @@ impl Mosquitto {
     /// Starts a broker knowing `users` (username, password) besides [`CLOUD`]; with
     /// `persistent`, sessions survive a restart.
     pub fn start(users: &[(String, String)], persistent: bool) -> Mosquitto {
+        Self::start_with(users, persistent, "")
+    }
+
+    /// Like [`Mosquitto::start`], with `settings` (lines of mosquitto.conf) added to the
+    /// stock ones.
+    pub fn start_with(users: &[(String, String)], persistent: bool, settings: &str) -> Mosquitto {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path();
         let (port, tls_port) = (free_port(), free_port());
@@ -88,6 +94,7 @@ impl Mosquitto {
              log_type error\n\
              log_type warning\n\
              log_type notice\n\
+             {settings}\n\
              {user}\
              listener {port} 127.0.0.1\n\
              listener {tls_port} 127.0.0.1\n\
@@ -152,7 +159,13 @@ impl Mosquitto {
 
     /// Stops the broker and starts it again on the same ports.
     pub fn restart(&self) {
+        self.restart_after(Duration::ZERO);
+    }
+
+    /// Stops the broker, waits `outage`, and starts it again on the same ports.
+    pub fn restart_after(&self, outage: Duration) {
         self.stop();
+        std::thread::sleep(outage);
         self.launch();
     }
 

@@ -88,6 +88,14 @@ impl Failure {
 
 /// One way of delivering a command: the protocol part of a path.
 pub trait Transport: Send + Sync + 'static {
+    /// Waits until an attempt can start: a transport with a connection of its own (an MQTT
+    /// link) waits here for it, within a bound of its own, so that an outage delays commands
+    /// instead of failing them at once; the attempt's time-out starts after. An error fails
+    /// the attempt.
+    fn ready(&self) -> impl Future<Output = Result<(), Failure>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     /// One attempt at delivering `command`.
     fn deliver(&self, command: &Command) -> impl Future<Output = Result<(), Failure>> + Send;
 }
@@ -241,16 +249,21 @@ async fn lane<T: Transport>(
             if let Some(limit) = limit.as_ref() {
                 limit.wait().await;
             }
-            let failure =
-                match tokio::time::timeout(settings.timeout, transport.deliver(&job.command)).await
-                {
-                    Ok(Ok(())) => break Ok(()),
-                    Ok(Err(failure)) => failure,
-                    Err(_) => Failure::retry(format!(
-                        "no confirmation within {} ms",
-                        settings.timeout.as_millis()
-                    )),
-                };
+            let failure = match transport.ready().await {
+                Err(failure) => failure,
+                Ok(()) => {
+                    match tokio::time::timeout(settings.timeout, transport.deliver(&job.command))
+                        .await
+                    {
+                        Ok(Ok(())) => break Ok(()),
+                        Ok(Err(failure)) => failure,
+                        Err(_) => Failure::retry(format!(
+                            "no confirmation within {} ms",
+                            settings.timeout.as_millis()
+                        )),
+                    }
+                }
+            };
             let reason = failure.reason;
             if !failure.retryable {
                 break Err(CommandError {

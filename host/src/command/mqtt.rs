@@ -177,6 +177,10 @@ impl MqttTransport {
 }
 
 impl Transport for MqttTransport {
+    async fn ready(&self) -> Result<(), Failure> {
+        self.link.connected().await.map_err(Failure::retry)
+    }
+
     async fn deliver(&self, command: &Command) -> Result<(), Failure> {
         let (topic, payload) = self.message(command).map_err(Failure::permanent)?;
         let (done, confirmed) = oneshot::channel();
@@ -270,7 +274,7 @@ mod tests {
 
     fn alibaba() -> MqttTransport {
         MqttTransport::new(
-            LinkHandle::new(),
+            LinkHandle::new(std::time::Duration::from_secs(1)),
             Outbound::Alibaba {
                 topics: Topics::new("a1Pk", "lamp"),
                 device: "a1Pk.lamp".into(),
@@ -280,7 +284,7 @@ mod tests {
 
     fn huawei(legacy: bool) -> MqttTransport {
         MqttTransport::new(
-            LinkHandle::new(),
+            LinkHandle::new(std::time::Duration::from_secs(1)),
             Outbound::Huawei {
                 device: "d1".into(),
                 legacy,

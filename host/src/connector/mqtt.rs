@@ -142,6 +142,10 @@ pub struct MqttSettings {
     pub outbound: Outbound,
     /// The command path's lanes, time-out and retries.
     pub path: PathSettings,
+    /// How long a command waits for the link to (re)connect.
+    pub reconnect_wait: Duration,
+    /// The byte budget of inbound publishes waiting for the pipeline.
+    pub buffer_bytes: usize,
 }
 
 impl MqttSettings {
@@ -161,6 +165,9 @@ impl MqttSettings {
         }
         if config.command_timeout_ms == 0 {
             return Err(config.invalid("command_timeout_ms must be at least 1"));
+        }
+        if config.buffer_bytes == 0 {
+            return Err(config.invalid("buffer_bytes must be at least 1"));
         }
         let explicit =
             match &config.url {
@@ -332,6 +339,8 @@ impl MqttSettings {
                 retries: config.command_retries,
                 rate_per_s: 0.0,
             },
+            reconnect_wait: Duration::from_secs(config.command_reconnect_wait_s),
+            buffer_bytes: config.buffer_bytes,
         })
     }
 
@@ -422,27 +431,40 @@ pub struct Outgoing {
 /// The part of a link the command path holds: the way into the current connection.
 pub struct LinkHandle {
     current: tokio::sync::watch::Sender<Option<mpsc::Sender<Outgoing>>>,
+    /// How long a command waits for a connection.
+    reconnect_wait: Duration,
 }
 
 impl LinkHandle {
-    /// A handle with no connection yet.
-    pub fn new() -> Arc<Self> {
+    /// A handle with no connection yet, whose commands wait up to `reconnect_wait` for one.
+    pub fn new(reconnect_wait: Duration) -> Arc<Self> {
         Arc::new(LinkHandle {
             current: tokio::sync::watch::Sender::new(None),
+            reconnect_wait,
         })
     }
 
-    /// Hands `outgoing` to the current connection, waiting for one while the link is
-    /// (re)connecting: the command path's time-out bounds the wait, and its retries the
-    /// attempts.
-    pub async fn publish(&self, outgoing: Outgoing) -> Result<(), String> {
+    /// Waits until the link has a live connection, up to its `reconnect_wait`: a command
+    /// whose link is reconnecting waits for it rather than failing its attempts while the
+    /// broker is away.
+    pub async fn connected(&self) -> Result<(), String> {
         let mut current = self.current.subscribe();
-        let sender = match current.wait_for(Option::is_some).await {
-            Ok(sender) => sender.clone(),
-            Err(_) => None,
-        };
+        let live = current.wait_for(|sender| sender.as_ref().is_some_and(|s| !s.is_closed()));
+        match tokio::time::timeout(self.reconnect_wait, live).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!(
+                "the link has had no connection for {} s (command_reconnect_wait_s)",
+                self.reconnect_wait.as_secs()
+            )),
+        }
+    }
+
+    /// Hands `outgoing` to the current connection; an error when there is none (call
+    /// [`connected`](Self::connected) first) or it was lost meanwhile.
+    pub async fn publish(&self, outgoing: Outgoing) -> Result<(), String> {
+        let sender = self.current.borrow().clone();
         let Some(sender) = sender else {
-            return Err("the link has stopped".into());
+            return Err("the link's connection was lost".into());
         };
         sender
             .send(outgoing)
@@ -638,13 +660,20 @@ impl Connection<'_> {
             last_pkid: 0,
             awaiting_pong: false,
             qos: self.settings.qos,
-            received: early.into(),
+            received: early,
+            unsettled: 0,
         };
         let ended = session.serve(self.settings.keep_alive, self.context).await;
         if matches!(ended, Ended::Stopping) && self.context.stopping() {
             // The pipeline drains the events in flight after the connectors have returned,
             // and their answers go out on this connection: it stays open for them.
             tokio::spawn(session.drain(self.settings.keep_alive));
+        } else {
+            // Commands wait for the next connection from now on; then the publishes still
+            // waiting for their PUBACK fail (dropped with the session) and are tried again
+            // on it.
+            self.handle.set(None);
+            drop(session);
         }
         ended
     }
@@ -658,7 +687,7 @@ impl Connection<'_> {
 
     /// Connects (TCP, TLS for `mqtts://`), logs in and subscribes. Publishes that arrive
     /// before the SUBACK (a persistent session's backlog) are returned to be handled next.
-    async fn open(&self, credentials: &Credentials) -> Result<(Wire, Vec<Publish>), String> {
+    async fn open(&self, credentials: &Credentials) -> Result<(Wire, Inbox), String> {
         let endpoint = &self.settings.endpoint;
         let place = self.place();
         let tcp = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port))
@@ -722,7 +751,13 @@ impl Connection<'_> {
         let mut subscribe = Subscribe::new_many(filters);
         subscribe.pkid = 1;
         wire.send(Packet::Subscribe(subscribe)).await?;
-        let mut early = Vec::new();
+        let mut early = Inbox::new(
+            self.settings.buffer_bytes,
+            self.context
+                .metrics
+                .buffer_full
+                .with(&[self.context.name()]),
+        );
         loop {
             match wire.receive().await? {
                 Packet::SubAck(suback) if suback.pkid == 1 => {
@@ -769,10 +804,97 @@ fn refusal(code: ConnectReturnCode) -> &'static str {
 /// is still draining (the service's own `shutdown_timeout_s` normally ends it first).
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
-/// Inbound publishes read and not yet taken by the pipeline, beyond which the link stops
-/// reading the socket. A QoS 1 subscription rarely gets near it: the broker sends at most
-/// its in-flight window of unacknowledged publishes.
-const MAX_RECEIVED: usize = 4096;
+/// How an inbound QoS 1 publish was settled by the pipeline.
+enum Settled {
+    /// Done: PUBACK it.
+    Ack(u16),
+    /// To be tried again (after the pipeline's redelivery pause). MQTT 3.1.1 has no negative
+    /// acknowledgement, and a broker sends an unacknowledged publish again only at the next
+    /// connection, while it counts against the client's in-flight window (20 on a stock
+    /// mosquitto): left pending, enough of them would stall the link. So the link hands the
+    /// publish to the pipeline again itself.
+    Again(Publish),
+}
+
+/// Inbound publishes read from the socket and not yet taken by the pipeline, within a byte
+/// budget (`buffer_bytes`).
+///
+/// The socket is read all the time (the PUBACKs of the link's own publishes arrive on it,
+/// and the pipeline may be full of events waiting for exactly those), so the budget is kept
+/// by not keeping what does not fit: a QoS 0 publish is dropped (at most once is its
+/// contract), a QoS 1 publish is left unacknowledged, and the broker sends it again at the
+/// next connection, which the link makes as soon as the publishes it kept are done (it
+/// cannot ask for them otherwise: MQTT 3.1.1 has no negative acknowledgement). Each counts in
+/// `iotrules_connector_buffer_full_total`. A broker that keeps an in-flight window (20 on a
+/// stock mosquitto) never gets near the budget with QoS 1; one that keeps none does.
+struct Inbox {
+    queue: std::collections::VecDeque<Publish>,
+    bytes: usize,
+    budget: usize,
+    full: Arc<crate::metrics::Counter>,
+    /// QoS 1 publishes not kept on this connection: the broker sends them again only at the
+    /// next one, so the link reconnects once what it kept is done.
+    left_unacked: u64,
+}
+
+impl Inbox {
+    fn new(budget: usize, full: Arc<crate::metrics::Counter>) -> Self {
+        Inbox {
+            queue: std::collections::VecDeque::new(),
+            bytes: 0,
+            budget,
+            full,
+            left_unacked: 0,
+        }
+    }
+
+    fn size(publish: &Publish) -> usize {
+        publish.topic.len() + publish.payload.len()
+    }
+
+    /// Keeps `publish` if it fits (one always does when the inbox is empty).
+    fn push(&mut self, publish: Publish) {
+        let size = Self::size(&publish);
+        if !self.queue.is_empty() && self.bytes + size > self.budget {
+            if self.full.get() == 0 {
+                tracing::warn!(
+                    budget = self.budget,
+                    "Inbound buffer full: publishes that do not fit are dropped (QoS 0) or left \
+                     for the broker to send again (QoS 1); see \
+                     iotrules_connector_buffer_full_total"
+                );
+            }
+            self.full.inc();
+            if publish.qos != QoS::AtMostOnce {
+                self.left_unacked += 1;
+            }
+            return;
+        }
+        self.bytes += size;
+        self.queue.push_back(publish);
+    }
+
+    /// Takes back a publish the pipeline wants to try again: it was in the budget already.
+    fn again(&mut self, publish: Publish) {
+        self.bytes += Self::size(&publish);
+        self.queue.push_back(publish);
+    }
+
+    fn pop(&mut self) -> Option<Publish> {
+        let publish = self.queue.pop_front()?;
+        self.bytes -= Self::size(&publish);
+        Some(publish)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.queue.clear();
+        self.bytes = 0;
+    }
+}
 
 /// A pipeline intake in progress.
 type Submitting = std::pin::Pin<
@@ -789,14 +911,16 @@ type Submitting = std::pin::Pin<
 struct Session {
     wire: Wire,
     requests: mpsc::Receiver<Outgoing>,
-    /// Packet ids of inbound QoS 1 publishes the pipeline has settled.
-    acks: mpsc::UnboundedReceiver<u16>,
-    acks_tx: mpsc::UnboundedSender<u16>,
+    /// Inbound QoS 1 publishes the pipeline has settled.
+    acks: mpsc::UnboundedReceiver<Settled>,
+    acks_tx: mpsc::UnboundedSender<Settled>,
     waiting: HashMap<u16, oneshot::Sender<Result<(), String>>>,
     last_pkid: u16,
     awaiting_pong: bool,
     qos: QoS,
-    received: std::collections::VecDeque<Publish>,
+    received: Inbox,
+    /// Inbound QoS 1 publishes handed to the pipeline and not yet settled.
+    unsettled: usize,
 }
 
 impl Session {
@@ -818,20 +942,39 @@ impl Session {
                     return ended;
                 }
             }
+            if self.received.left_unacked > 0
+                && submitting.is_none()
+                && self.received.is_empty()
+                && self.unsettled == 0
+            {
+                return lost(format!(
+                    "reconnecting: {} QoS 1 publishes did not fit the inbound buffer \
+                     (buffer_bytes = {}), and the broker sends them again at the next \
+                     connection",
+                    self.received.left_unacked, self.received.budget
+                ));
+            }
             if submitting.is_none()
-                && let Some(publish) = self.received.pop_front()
+                && let Some(publish) = self.received.pop()
             {
                 let delivery = self.delivery(publish);
                 let ingest = context.ingest.clone();
                 submitting = Some(Box::pin(async move { ingest.submit(delivery).await }));
             }
-            let reading = self.received.len() < MAX_RECEIVED;
             tokio::select! {
                 biased;
                 _ = context.shutdown.changed() => return Ended::Stopping,
-                Some(pkid) = self.acks.recv() => {
-                    if let Err(error) = self.wire.send(Packet::PubAck(PubAck::new(pkid))).await {
-                        return lost(error);
+                Some(settled) = self.acks.recv() => {
+                    self.unsettled = self.unsettled.saturating_sub(1);
+                    match settled {
+                        Settled::Ack(pkid) => {
+                            if let Err(error) =
+                                self.wire.send(Packet::PubAck(PubAck::new(pkid))).await
+                            {
+                                return lost(error);
+                            }
+                        }
+                        Settled::Again(publish) => self.received.again(publish),
                     }
                 }
                 submitted = async {
@@ -845,7 +988,7 @@ impl Session {
                         return Ended::Stopping;
                     }
                 }
-                filled = self.wire.fill(), if reading => {
+                filled = self.wire.fill() => {
                     if let Err(error) = filled {
                         return lost(error);
                     }
@@ -896,8 +1039,12 @@ impl Session {
             tokio::select! {
                 biased;
                 () = &mut deadline => break,
-                Some(pkid) = self.acks.recv() => {
-                    if self.wire.send(Packet::PubAck(PubAck::new(pkid))).await.is_err() {
+                Some(settled) = self.acks.recv() => {
+                    // One to try again is left unacknowledged: the broker sends it again at
+                    // the next start.
+                    if let Settled::Ack(pkid) = settled
+                        && self.wire.send(Packet::PubAck(PubAck::new(pkid))).await.is_err()
+                    {
                         return;
                     }
                 }
@@ -928,7 +1075,7 @@ impl Session {
 
     fn packet(&mut self, packet: Packet) -> Option<Ended> {
         match packet {
-            Packet::Publish(publish) => self.received.push_back(publish),
+            Packet::Publish(publish) => self.received.push(publish),
             Packet::PubAck(ack) => {
                 if let Some(done) = self.waiting.remove(&ack.pkid) {
                     let _ = done.send(Ok(()));
@@ -981,19 +1128,20 @@ impl Session {
 
     /// The delivery of an inbound publish: its payload, its topic, and for QoS 1 an acker
     /// that sends the PUBACK once the pipeline settles it.
-    fn delivery(&self, publish: Publish) -> super::Delivery {
+    fn delivery(&mut self, publish: Publish) -> super::Delivery {
         let acker = match publish.qos {
             QoS::AtMostOnce => super::Acker::none(),
             _ => {
+                self.unsettled += 1;
                 let acks = self.acks_tx.clone();
-                let pkid = publish.pkid;
+                let again = publish.clone();
                 super::Acker::new(move |how| {
-                    // Retry: left unacknowledged, the broker sends it again to the
-                    // persistent session at the next connection (MQTT 3.1.1 has no negative
-                    // acknowledgement). A closed channel: the connection is gone, same thing.
-                    if how == super::Settle::Ack {
-                        let _ = acks.send(pkid);
-                    }
+                    // A closed channel: the connection is gone, and the broker sends the
+                    // publish again at the next one.
+                    let _ = acks.send(match how {
+                        super::Settle::Ack => Settled::Ack(again.pkid),
+                        super::Settle::Retry => Settled::Again(again),
+                    });
                 })
             }
         };
