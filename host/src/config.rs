@@ -710,6 +710,22 @@ fn clip(text: &str) -> &str {
     }
 }
 
+/// `url` fit for an error message: a `user:password@` before the host becomes `***@`.
+///
+/// The URL parsers refuse credentials in a URL (they are derived, or configured apart as
+/// secrets), and say so; echoing the refused URL whole would print the password they were
+/// refusing into the log and `/status`.
+pub fn redacted_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let start = url.find("://").map_or(0, |at| at + 3);
+    let authority_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |at| start + at);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
+    }
+}
+
 /// Why a config was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -1028,6 +1044,28 @@ mod tests {
                 .unwrap_err()
                 .contains("not an environment reference")
         );
+    }
+
+    #[test]
+    fn a_url_s_user_and_password_are_left_out_of_what_errors_show() {
+        assert_eq!(
+            redacted_url("amqps://user:s3cret@host:5671/x@y"),
+            "amqps://***@host:5671/x@y"
+        );
+        assert_eq!(redacted_url("u:s3cret@host"), "***@host");
+        assert_eq!(
+            redacted_url("https://host/path?a=b@c"),
+            "https://host/path?a=b@c"
+        );
+        let error = Config::parse(
+            Path::new("x.toml"),
+            "[[command_path]]\nname = \"hook\"\nkind = \"webhook\"\n\
+             url = \"https://ops:s3cret@hooks.example.com/in\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("credentials"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
     }
 
     #[test]
