@@ -52,10 +52,25 @@ pub async fn serve(address: SocketAddr, observed: Arc<Observed>) -> std::io::Res
         }
     });
     tracing::info!("Admin API on http://{address} (/metrics, /healthz, /status)");
+    if let Some(warning) = exposure_warning(address) {
+        tracing::warn!(%address, "{warning}");
+    }
     Ok(AdminServer {
         address,
         stop,
         task,
+    })
+}
+
+/// What to tell the operator when the admin API is reachable from other hosts: it has no
+/// authentication, and `/status` names the connectors, their identities (access ids,
+/// usernames, topics), the rules and the recent errors.
+fn exposure_warning(address: SocketAddr) -> Option<String> {
+    (!address.ip().is_loopback()).then(|| {
+        "The admin API listens beyond loopback: it has no authentication, and /status shows \
+         connector identities, rules and recent errors to anyone who can reach it; listen on \
+         127.0.0.1 (or ::1) unless a firewall or proxy guards the port"
+            .to_owned()
     })
 }
 
@@ -201,4 +216,22 @@ async fn status(State(observed): State<Arc<Observed>>) -> Json<serde_json::Value
     };
     // Plain data: serializing cannot fail.
     Json(serde_json::to_value(status).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_beyond_loopback_is_warned_about_and_loopback_is_not() {
+        for quiet in ["127.0.0.1:9464", "[::1]:9464", "127.0.0.2:0"] {
+            let address: SocketAddr = quiet.parse().unwrap();
+            assert_eq!(exposure_warning(address), None, "{quiet}");
+        }
+        for exposed in ["0.0.0.0:9464", "[::]:9464", "192.168.1.10:9464"] {
+            let address: SocketAddr = exposed.parse().unwrap();
+            let warning = exposure_warning(address).expect(exposed);
+            assert!(warning.contains("no authentication"), "{warning}");
+        }
+    }
 }
