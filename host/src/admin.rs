@@ -168,6 +168,11 @@ struct PluginStatus {
 }
 
 async fn status(State(observed): State<Arc<Observed>>) -> Json<serde_json::Value> {
+    Json(status_json(&observed))
+}
+
+/// What `/status` answers, as JSON.
+pub fn status_json(observed: &Observed) -> serde_json::Value {
     let metrics = &observed.metrics;
     let set = observed.rules.current();
     let errors = metrics.rule_errors.members();
@@ -205,7 +210,21 @@ async fn status(State(observed): State<Arc<Observed>>) -> Json<serde_json::Value
     let status = Status {
         uptime_s: observed.started.elapsed().as_secs(),
         in_flight: metrics.in_flight.get(),
-        connectors: observed.connectors.all(),
+        connectors: observed
+            .connectors
+            .all()
+            .into_iter()
+            .map(|mut connector| {
+                if let Some(signature) = &mut connector.signature {
+                    let mismatches = metrics
+                        .signature_mismatches
+                        .with(&[&connector.name])
+                        .get();
+                    *signature = crate::status::SignatureStatus::new(signature.mode, mismatches);
+                }
+                connector
+            })
+            .collect(),
         rules: RulesStatus {
             directory: observed.rules.dir().display().to_string(),
             generation: observed.rules.generation(),
@@ -215,7 +234,7 @@ async fn status(State(observed): State<Arc<Observed>>) -> Json<serde_json::Value
         last_errors: observed.errors.recent(),
     };
     // Plain data: serializing cannot fail.
-    Json(serde_json::to_value(status).unwrap_or_default())
+    serde_json::to_value(status).unwrap_or_default()
 }
 
 #[cfg(test)]

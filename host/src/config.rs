@@ -156,7 +156,8 @@ pub struct ConnectorConfig {
     /// Tuya: the project's access key (the decryption key).
     #[serde(default)]
     pub access_key: Option<Secret>,
-    /// Tuya: what to do with a message whose signature does not match.
+    /// Tuya: what to do with a message whose signature does not match (default `warn`,
+    /// see [`SignName`]).
     #[serde(default)]
     pub sign: SignName,
     /// Alibaba: bodies arrive base64-encoded (a console option).
@@ -419,13 +420,19 @@ impl DialectName {
 }
 
 /// Tuya signature policy, as named in the config.
+///
+/// `warn` is the default: no official Tuya SDK checks the envelope's `sign` and the rule
+/// has not been confirmed on live traffic, so a first deployment whose messages were signed
+/// differently would otherwise send every real message to the dead letters. Mismatches are
+/// counted (`iotrules_signature_mismatches_total`), logged once and shown in `/status`;
+/// `enforce` is the setting once they stay at zero.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SignName {
-    /// Refuse a message whose signature does not match (the default).
-    #[default]
+    /// Refuse a message whose signature does not match.
     Enforce,
-    /// Accept it, marked `signature=mismatch`.
+    /// Accept it, marked `signature=mismatch` (the default).
+    #[default]
     Warn,
     /// Do not check.
     Off,

@@ -190,6 +190,7 @@ pub async fn run(
     let mut connectors = tokio::task::JoinSet::new();
     for connector in &config.connectors {
         let dialect = connector.dialect()?;
+        let sign_mode = dialect.sign_mode();
         let ingest = pipeline.ingest(&connector.name, dialect);
         let identity = crate::connector::identity(connector, config.clock.now_ms())?;
         let status = observed.connectors.add(ConnectorStatus {
@@ -199,6 +200,7 @@ pub async fn run(
             identity,
             state: ConnectorState::Starting,
             error: None,
+            signature: sign_mode.map(|mode| crate::status::SignatureStatus::new(mode, 0)),
         });
         let context = Context {
             ingest,

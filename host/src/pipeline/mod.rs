@@ -23,6 +23,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,13 +34,14 @@ pub use self::dedup::Dedup;
 use crate::command::{CommandPaths, Confirmation};
 use crate::config::{Order, PipelineConfig};
 use crate::connector::{Acker, Delivery, Settle};
-use crate::event::{Command, Event};
+use crate::event::{ATTR_SIGNATURE, Command, Event};
 use crate::metrics::{Counter, Histogram, Metrics};
 use crate::plugin::Registry;
 use crate::rules::{EventScope, OnError, RuleOutcome, RuleRuntime, RuleSet, Rules};
 use crate::status::LastErrors;
 use crate::sync::lock;
-use crate::vendor::{Dialect, RawMessage};
+use crate::vendor::tuya::SignatureCheck;
+use crate::vendor::{Dialect, ErrorKind, RawMessage, SignMode};
 
 /// A message the service could not process, as it goes to the dead-letter store.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +134,40 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     /// The service's recent errors, for `/status`.
     pub errors: Arc<LastErrors>,
+}
+
+/// Tuya signature mismatches of one connector: counted, and the first one under `warn`
+/// logged (once: every later one is only counted, and `/status` keeps showing the count).
+struct SignatureWatch {
+    mode: SignMode,
+    mismatches: Arc<Counter>,
+    warned: AtomicBool,
+}
+
+impl SignatureWatch {
+    /// For a connector decoding with `dialect`; `None` when nothing is checked.
+    fn new(metrics: &Metrics, connector: &str, dialect: &Dialect) -> Option<Self> {
+        let mode = dialect.sign_mode().filter(|mode| *mode != SignMode::Off)?;
+        Some(SignatureWatch {
+            mode,
+            mismatches: metrics.signature_mismatches.with(&[connector]),
+            warned: AtomicBool::new(false),
+        })
+    }
+
+    /// Counts a mismatch that `warn` let through, and says so the first time.
+    fn passed(&self, connector: &str) {
+        self.mismatches.inc();
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                connector,
+                "A Tuya envelope signature did not match and the message was processed anyway \
+                 (sign = \"warn\", the default). Further mismatches are only counted \
+                 (iotrules_signature_mismatches_total, /status); check the access key, and set \
+                 sign = \"enforce\" once the count stays at zero"
+            );
+        }
+    }
 }
 
 /// A connector's resolved counters.
@@ -233,6 +269,7 @@ impl Pipeline {
             shared: self.shared.clone(),
             senders: self.senders.clone(),
             connector: Arc::from(connector),
+            signature: SignatureWatch::new(&self.shared.metrics, connector, &dialect).map(Arc::new),
             dialect: Arc::new(dialect),
             counters: Arc::new(ConnectorCounters::new(&self.shared.metrics, connector)),
         }
@@ -280,6 +317,7 @@ pub struct Ingest {
     connector: Arc<str>,
     dialect: Arc<Dialect>,
     counters: Arc<ConnectorCounters>,
+    signature: Option<Arc<SignatureWatch>>,
 }
 
 impl Ingest {
@@ -331,8 +369,21 @@ impl Ingest {
             counters: self.counters.clone(),
         };
         let event = match decoded {
-            Ok(event) => event,
+            Ok(event) => {
+                if let Some(watch) = &self.signature
+                    && watch.mode == SignMode::Warn
+                    && event.attribute(ATTR_SIGNATURE) == Some(SignatureCheck::Mismatch.as_str())
+                {
+                    watch.passed(&self.connector);
+                }
+                event
+            }
             Err(error) => {
+                if let Some(watch) = &self.signature
+                    && error.kind() == ErrorKind::Signature
+                {
+                    watch.mismatches.inc();
+                }
                 self.counters.refused.inc();
                 let message = error.to_string();
                 tracing::warn!(

@@ -74,6 +74,17 @@ pub enum SignMode {
     Off,
 }
 
+impl SignMode {
+    /// The name configs and `/status` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignMode::Enforce => "enforce",
+            SignMode::Warn => "warn",
+            SignMode::Off => "off",
+        }
+    }
+}
+
 impl std::str::FromStr for SignMode {
     type Err = String;
 
@@ -478,6 +489,16 @@ impl Dialect {
             Dialect::Alibaba(_) => "alibaba",
             Dialect::Huawei(_) => "huawei",
             Dialect::Json(_) => "json",
+        }
+    }
+
+    /// How the dialect treats a signature that does not match; `None` for the dialects
+    /// whose messages carry no signature.
+    pub fn sign_mode(&self) -> Option<SignMode> {
+        match self {
+            Dialect::Tuya(d) => Some(d.sign_mode()),
+            Dialect::TuyaBusiness(d) => Some(d.sign_mode()),
+            Dialect::Alibaba(_) | Dialect::Huawei(_) | Dialect::Json(_) => None,
         }
     }
 
