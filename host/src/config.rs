@@ -71,6 +71,9 @@ pub struct Config {
     /// The clock connectors stamp credentials with: the system's, unless a test pins it
     /// (brokers under test know the passwords a fixed time derives).
     pub clock: crate::plugin::Clock,
+    /// The environment variables the file references (`${NAME}`), sorted: that is where
+    /// its secrets come from, so no rule may grant them to a plugin.
+    pub env_references: Vec<String>,
 }
 
 /// `[admin]`.
@@ -710,6 +713,34 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
     Ok(out)
 }
 
+/// The names of the `${NAME}` and `${NAME:-default}` references in `text` (comments
+/// included: a name there is at worst refused to rules needlessly), sorted, each once.
+/// `$${…}` is a literal and names nothing.
+pub fn env_references(text: &str) -> Vec<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            rest = tail;
+            continue;
+        }
+        rest = after;
+        let Some(body) = after.strip_prefix('{') else {
+            continue;
+        };
+        let end = body.find(['}', ':']).unwrap_or(body.len());
+        let name = &body[..end];
+        let valid = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit();
+        if valid {
+            names.insert(name.to_owned());
+        }
+    }
+    names.into_iter().collect()
+}
+
 fn clip(text: &str) -> &str {
     match text.char_indices().nth(60) {
         Some((at, _)) => &text[..at],
@@ -862,6 +893,7 @@ impl Config {
             connectors,
             command_paths,
             clock: crate::plugin::Clock::System,
+            env_references: env_references(text),
         };
         config.check()?;
         Ok(config)
@@ -979,6 +1011,7 @@ impl Config {
             connectors: Vec::new(),
             command_paths: Vec::new(),
             clock: crate::plugin::Clock::System,
+            env_references: Vec::new(),
         }
     }
 }
@@ -1039,6 +1072,13 @@ mod tests {
         assert_eq!(expand_env("${EMPTY:-dflt}", env).unwrap(), "");
         assert_eq!(expand_env("$$HOME $x", env).unwrap(), "$HOME $x");
         assert_eq!(expand_env("plain", env).unwrap(), "plain");
+    }
+
+    #[test]
+    fn the_referenced_variables_are_listed_once_and_escapes_skipped() {
+        let text = "a = \"${TUYA_KEY}\"\nb = \"x${HOOK_AUTH:-none}y${TUYA_KEY}\"\n\
+                    c = \"$${NOT_ONE} ${1BAD} $PLAIN\"\n";
+        assert_eq!(env_references(text), ["HOOK_AUTH", "TUYA_KEY"]);
     }
 
     #[test]

@@ -37,7 +37,9 @@ use crate::connector::{Acker, Delivery, Settle};
 use crate::event::{ATTR_SIGNATURE, Command, Event};
 use crate::metrics::{Counter, Histogram, Metrics};
 use crate::plugin::Registry;
-use crate::rules::{EventScope, OnError, RuleOutcome, RuleRuntime, RuleSet, Rules};
+use crate::rules::{
+    EventScope, OnError, RefusedCommand, RuleOutcome, RuleRuntime, RuleSet, Rules,
+};
 use crate::status::LastErrors;
 use crate::sync::lock;
 use crate::vendor::tuya::SignatureCheck;
@@ -618,6 +620,7 @@ impl Worker {
         } = job;
         let scope = EventScope::new(&event);
         let mut commands: Vec<(Arc<str>, Command)> = Vec::new();
+        let mut refused: Vec<(Arc<str>, RefusedCommand)> = Vec::new();
         let mut letters = Vec::new();
         let mut matched = 0;
         let mut passed = false;
@@ -716,6 +719,28 @@ impl Worker {
                     .into_iter()
                     .map(|command| (rule.name.clone(), command)),
             );
+            refused.extend(
+                result
+                    .refused
+                    .into_iter()
+                    .map(|command| (rule.name.clone(), command)),
+            );
+        }
+        for (rule, refused) in refused {
+            let command = &refused.command;
+            let message = format!(
+                "command {} for device {} not sent: {}",
+                command.name, command.device.id, refused.reason
+            );
+            tracing::error!(rule = &*rule, "{message}");
+            self.shared
+                .errors
+                .push(format!("rule \"{rule}\""), &message);
+            let mut letter = letter(&origin, "command", message, Some(&event.id));
+            letter.rule = Some(rule.to_string());
+            letter.step = u32::try_from(refused.step).ok();
+            letters.push(letter);
+            self.rule_counter(&rule).1.inc();
         }
         if trace_on {
             tracing::debug!(
