@@ -233,6 +233,55 @@ plugin = "echo"
 }
 
 #[test]
+fn a_command_through_a_path_the_rule_does_not_allow_is_dead_lettered_not_sent() {
+    let runtime = runtime();
+    let capture = Capture::open("out");
+    // The plugin's config names a path of its own; the rule allows only its `via`.
+    let rules = r#"
+[[rule]]
+name = "motion"
+commands.via = "out"
+
+[[rule.step]]
+plugin = "motion-light"
+config = { sensors = ["pir-1"], lights = ["lamp-1"], via = "operator-hook" }
+"#;
+    let mut test = TestPipeline::start(
+        &["motion-light"],
+        rules,
+        settings(1, 8, 64),
+        capture.clone(),
+        runtime.handle(),
+    );
+    let ingest = ingest(&test);
+    let acks = Arc::new(Acks::default());
+    let body = huawei_body("pir-1", 1).replace("\"seq\":1", "\"pir\":\"pir\"");
+    runtime
+        .block_on(ingest.submit(acks.delivery(body)))
+        .expect("submit");
+    drop(ingest);
+    test.drain(&runtime);
+
+    assert_eq!(acks.acked(), 1);
+    assert!(capture.received().is_empty(), "nothing is sent");
+    let letters = test.dead_letters.letters();
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0].kind, "command");
+    assert_eq!(letters[0].rule.as_deref(), Some("motion"));
+    assert_eq!(letters[0].step, Some(1));
+    assert!(
+        letters[0].message.starts_with(
+            "command switch_led for device lamp-1 not sent: step 1 (plugin \"motion-light\") \
+             may not send through command path \"operator-hook\" (it may use: \"out\")"
+        ),
+        "{}",
+        letters[0].message
+    );
+    let metrics = &test.metrics;
+    assert_eq!(metrics.rule_commands.with(&["motion", "failed"]).get(), 1);
+}
+
+#[test]
 fn bad_rule_files_are_refused_with_their_reason_while_the_old_rules_keep_serving() {
     let runtime = runtime();
     let capture = Capture::open("out");

@@ -207,7 +207,7 @@ mod tests {
         let file = dir.join("iotrules.toml");
         let text = "store = \"state/iotrules.db\"\ncache = \"cache\"\n\
                     [[connector]]\nname = \"t\"\nkind = \"replay\"\ndialect = \"tuya\"\n\
-                    access_id = \"id\"\naccess_key = \"${TUYA_KEY:-0123456789abcdef}\"\n\
+                    access_id = \"id\"\naccess_key = \"${TUYA_KEY:-0123456789abcdef0123456789}\"\n\
                     file = \"recorded/t.jsonl\"\n\
                     [[command_path]]\nname = \"hook\"\nkind = \"webhook\"\n\
                     url = \"https://hooks.example.com/\"\nauthorization = \"${HOOK_AUTH:-x}\"\n\
