@@ -216,10 +216,7 @@ pub fn status_json(observed: &Observed) -> serde_json::Value {
             .into_iter()
             .map(|mut connector| {
                 if let Some(signature) = &mut connector.signature {
-                    let mismatches = metrics
-                        .signature_mismatches
-                        .with(&[&connector.name])
-                        .get();
+                    let mismatches = metrics.signature_mismatches.with(&[&connector.name]).get();
                     *signature = crate::status::SignatureStatus::new(signature.mode, mismatches);
                 }
                 connector

@@ -303,13 +303,18 @@ fn a_tuya_device_id_that_would_leave_the_command_path_is_dead_lettered_before_an
     let device = "../../token?grant_type=1&x=";
     setup.event(device, 1);
     let calls = setup.server.calls();
-    assert!(calls.is_empty(), "no request leaves, not even for a token: {calls:?}");
+    assert!(
+        calls.is_empty(),
+        "no request leaves, not even for a token: {calls:?}"
+    );
     assert_eq!(setup.commands("failed"), 1);
     let letters = setup.test.dead_letters.letters();
     assert_eq!(letters.len(), 1, "{letters:#?}");
     let message = &letters[0].message;
     assert!(
-        message.contains(&format!("device id {device:?} cannot go into the command URL")),
+        message.contains(&format!(
+            "device id {device:?} cannot go into the command URL"
+        )),
         "{message}"
     );
     assert!(message.contains("not retried"), "{message}");

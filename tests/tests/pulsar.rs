@@ -565,7 +565,11 @@ async fn by_default_a_signature_mismatch_is_processed_marked_counted_and_shown_i
     assert!(service.dead_letters.letters().is_empty());
     let mut seen: Vec<Option<u64>> = webhook.seen().iter().map(|s| s.seq).collect();
     seen.sort_unstable();
-    assert_eq!(seen, [Some(1), Some(2)], "the mismatching message was processed");
+    assert_eq!(
+        seen,
+        [Some(1), Some(2)],
+        "the mismatching message was processed"
+    );
     let metrics = &service.observed.metrics;
     assert_eq!(metrics.signature_mismatches.with(&["tuya"]).get(), 1);
     assert!(

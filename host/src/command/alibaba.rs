@@ -379,7 +379,11 @@ mod tests {
             .map(|pair| pair.split_once('=').unwrap())
             .collect();
         let values = |key: &str| -> Vec<&str> {
-            pairs.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v).collect()
+            pairs
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, v)| *v)
+                .collect()
         };
         assert_eq!(values("Action"), ["InvokeThingService"]);
         assert_eq!(values("ProductKey"), ["a1Pk"]);

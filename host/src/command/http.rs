@@ -74,7 +74,9 @@ impl Url {
             ));
         }
         if target.is_empty() {
-            return Err(format!("url \"{shown}\": a query or fragment needs a path (`/?…`)"));
+            return Err(format!(
+                "url \"{shown}\": a query or fragment needs a path (`/?…`)"
+            ));
         }
         // `[v6]:port`, `[v6]`, `host:port` or `host`.
         let (host, port) = match authority.strip_prefix('[') {

@@ -162,16 +162,15 @@ impl MqttSettings {
         if config.command_timeout_ms == 0 {
             return Err(config.invalid("command_timeout_ms must be at least 1"));
         }
-        let explicit =
-            match &config.url {
-                Some(url) => Some(Endpoint::parse(url.as_str()).map_err(|reason| {
-                    config.invalid(format!(
-                        "url \"{}\": {reason}",
-                        crate::config::redacted_url(url.as_str())
-                    ))
-                })?),
-                None => None,
-            };
+        let explicit = match &config.url {
+            Some(url) => Some(Endpoint::parse(url.as_str()).map_err(|reason| {
+                config.invalid(format!(
+                    "url \"{}\": {reason}",
+                    crate::config::redacted_url(url.as_str())
+                ))
+            })?),
+            None => None,
+        };
         let (endpoint, login, subscriptions, outbound) = match config.kind {
             ConnectorKind::AlibabaMqtt => {
                 let product_key = config.required(&config.product_key, "product_key")?;

@@ -37,9 +37,7 @@ use crate::connector::{Acker, Delivery, Settle};
 use crate::event::{ATTR_SIGNATURE, Command, Event};
 use crate::metrics::{Counter, Histogram, Metrics};
 use crate::plugin::Registry;
-use crate::rules::{
-    EventScope, OnError, RefusedCommand, RuleOutcome, RuleRuntime, RuleSet, Rules,
-};
+use crate::rules::{EventScope, OnError, RefusedCommand, RuleOutcome, RuleRuntime, RuleSet, Rules};
 use crate::status::LastErrors;
 use crate::sync::lock;
 use crate::vendor::tuya::SignatureCheck;

@@ -162,7 +162,10 @@ fn resolve(path: &Path) -> PathBuf {
     let mut existing = normal.clone();
     let mut rest = Vec::new();
     while !existing.exists() {
-        match (existing.file_name().map(ToOwned::to_owned), existing.parent()) {
+        match (
+            existing.file_name().map(ToOwned::to_owned),
+            existing.parent(),
+        ) {
             (Some(name), Some(parent)) => {
                 rest.push(name);
                 existing = parent.to_owned();
@@ -183,12 +186,23 @@ mod tests {
 
     #[test]
     fn system_directories_and_the_root_are_refused_even_through_dot_dot() {
-        for dir in ["/", "/proc", "/proc/self", "/sys/class", "/dev", "/etc/iotrules"] {
+        for dir in [
+            "/",
+            "/proc",
+            "/proc/self",
+            "/sys/class",
+            "/dev",
+            "/etc/iotrules",
+        ] {
             assert!(system_dir(Path::new(dir)).is_some(), "{dir}");
         }
         assert!(system_dir(Path::new("/srv/iot/../../etc")).is_some());
         assert!(system_dir(Path::new("/srv/../")).is_some());
-        for dir in ["/srv/iotrules/tables", "/var/lib/iotrules/tables", "/etcetera"] {
+        for dir in [
+            "/srv/iotrules/tables",
+            "/var/lib/iotrules/tables",
+            "/etcetera",
+        ] {
             assert_eq!(system_dir(Path::new(dir)), None, "{dir}");
         }
     }
@@ -221,7 +235,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let policy = policy(dir.path());
         let error = policy.check_env("TUYA_KEY").unwrap_err();
-        assert!(error.contains("\"TUYA_KEY\" is referenced by the config"), "{error}");
+        assert!(
+            error.contains("\"TUYA_KEY\" is referenced by the config"),
+            "{error}"
+        );
         assert!(policy.check_env("HOOK_AUTH").is_err());
         assert_eq!(policy.check_env("TZ"), Ok(()));
     }

@@ -179,7 +179,11 @@ impl Rule {
                 add(via, step.position, format!("step {number}: commands.via"));
             }
             for allowed in &step.allow {
-                add(allowed, step.position, format!("step {number}: commands.allow"));
+                add(
+                    allowed,
+                    step.position,
+                    format!("step {number}: commands.allow"),
+                );
             }
         }
         named

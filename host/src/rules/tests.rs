@@ -266,8 +266,16 @@ fn a_grant_of_the_root_or_a_system_directory_is_refused_at_its_place() {
         "rules/t.toml:7:45: rule \"r\": step 1 (plugin \"deadband\"): grants.read_dirs: \"/\" \
          cannot be granted: it is the whole file system"
     );
-    assert!(errors[1].contains("\"/proc/self\" cannot be granted: it is under /proc"), "{}", errors[1]);
-    assert!(errors[2].contains("\"/etc/iotrules\" cannot be granted: it is under /etc"), "{}", errors[2]);
+    assert!(
+        errors[1].contains("\"/proc/self\" cannot be granted: it is under /proc"),
+        "{}",
+        errors[1]
+    );
+    assert!(
+        errors[2].contains("\"/etc/iotrules\" cannot be granted: it is under /etc"),
+        "{}",
+        errors[2]
+    );
 }
 
 #[test]
@@ -306,12 +314,18 @@ fn grants_that_reach_the_config_s_secrets_are_refused_with_file_line_and_rule() 
     );
     assert!(
         errors[1].starts_with("rules/t.toml:7:")
-            && errors[1].contains(&format!("grants.read_dirs: \"{}\" holds the config file", root.display())),
+            && errors[1].contains(&format!(
+                "grants.read_dirs: \"{}\" holds the config file",
+                root.display()
+            )),
         "{}",
         errors[1]
     );
     // Without a config's secrets, only the system directories are refused.
-    assert!(set.check_grants(&crate::plugin::GrantPolicy::default()).is_ok());
+    assert!(
+        set.check_grants(&crate::plugin::GrantPolicy::default())
+            .is_ok()
+    );
 }
 
 #[test]

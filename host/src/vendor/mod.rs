@@ -553,7 +553,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("`status[1].t`"), "{error}");
-        assert!(!error.contains("4711") && !error.contains("21.5"), "{error}");
+        assert!(
+            !error.contains("4711") && !error.contains("21.5"),
+            "{error}"
+        );
         let missing = parse_json_str::<Reading>("body", r#"{"status":[{}]}"#)
             .unwrap_err()
             .to_string();
@@ -562,14 +565,18 @@ mod tests {
 
     #[test]
     fn a_huawei_push_of_the_wrong_shape_is_refused_without_its_values() {
-        let body = r#"{"resource":"device.property","event":"report","notify_data":"meter-secret-0042"}"#;
+        let body =
+            r#"{"resource":"device.property","event":"report","notify_data":"meter-secret-0042"}"#;
         let error = huawei::Decoder::new()
             .decode(&RawMessage::new("h", body.as_bytes()))
             .unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Json);
         let message = error.to_string();
         assert!(message.contains("`notify_data`"), "{message}");
-        assert!(message.contains("invalid type: string, expected"), "{message}");
+        assert!(
+            message.contains("invalid type: string, expected"),
+            "{message}"
+        );
         assert!(!message.contains("meter-secret-0042"), "{message}");
     }
 
