@@ -584,6 +584,48 @@ fn check_reports_every_problem_with_its_place_and_fails() {
         stdout.contains("more.toml:1:1: rule \"other\": commands.via names \"nowhere\""),
         "{stdout}"
     );
+
+    // A grant that reaches the store refuses the rules, at the grant.
+    let state = service.dir.path().join("state");
+    let granting = |allow: &str, dir: &std::path::Path| {
+        format!(
+            "[[rule]]\nname = \"other\"\ncommands.via = \"out\"\ncommands.allow = [\"{allow}\"]\n\n\
+             [[rule.step]]\nplugin = \"echo\"\ngrants.read_dirs = [\"{}\"]\n",
+            dir.display()
+        )
+    };
+    std::fs::write(rules.join("more.toml"), granting("out", &state)).unwrap();
+    let bad = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run iotrules check");
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "more.toml:8:21: rule \"other\": step 1 (plugin \"echo\"): grants.read_dirs: \"{}\" \
+             holds the store",
+            state.display()
+        )),
+        "{stdout}"
+    );
+
+    // A path allowed but not configured is reported like an unknown `via`.
+    let tables = service.dir.path().join("tables");
+    std::fs::create_dir_all(&tables).unwrap();
+    std::fs::write(rules.join("more.toml"), granting("elsewhere", &tables)).unwrap();
+    let bad = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run iotrules check");
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("more.toml:1:1: rule \"other\": commands.allow names \"elsewhere\""),
+        "{stdout}"
+    );
 }
 
 fn repo() -> std::path::PathBuf {
