@@ -192,6 +192,7 @@ impl Bench {
             identity: Vec::new(),
             state: ConnectorState::Starting,
             error: None,
+            signature: None,
         });
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         let settings = ReplaySettings {

@@ -52,10 +52,25 @@ pub async fn serve(address: SocketAddr, observed: Arc<Observed>) -> std::io::Res
         }
     });
     tracing::info!("Admin API on http://{address} (/metrics, /healthz, /status)");
+    if let Some(warning) = exposure_warning(address) {
+        tracing::warn!(%address, "{warning}");
+    }
     Ok(AdminServer {
         address,
         stop,
         task,
+    })
+}
+
+/// What to tell the operator when the admin API is reachable from other hosts: it has no
+/// authentication, and `/status` names the connectors, their identities (access ids,
+/// usernames, topics), the rules and the recent errors.
+fn exposure_warning(address: SocketAddr) -> Option<String> {
+    (!address.ip().is_loopback()).then(|| {
+        "The admin API listens beyond loopback: it has no authentication, and /status shows \
+         connector identities, rules and recent errors to anyone who can reach it; listen on \
+         127.0.0.1 (or ::1) unless a firewall or proxy guards the port"
+            .to_owned()
     })
 }
 
@@ -153,6 +168,11 @@ struct PluginStatus {
 }
 
 async fn status(State(observed): State<Arc<Observed>>) -> Json<serde_json::Value> {
+    Json(status_json(&observed))
+}
+
+/// What `/status` answers, as JSON.
+pub fn status_json(observed: &Observed) -> serde_json::Value {
     let metrics = &observed.metrics;
     let set = observed.rules.current();
     let errors = metrics.rule_errors.members();
@@ -190,7 +210,18 @@ async fn status(State(observed): State<Arc<Observed>>) -> Json<serde_json::Value
     let status = Status {
         uptime_s: observed.started.elapsed().as_secs(),
         in_flight: metrics.in_flight.get(),
-        connectors: observed.connectors.all(),
+        connectors: observed
+            .connectors
+            .all()
+            .into_iter()
+            .map(|mut connector| {
+                if let Some(signature) = &mut connector.signature {
+                    let mismatches = metrics.signature_mismatches.with(&[&connector.name]).get();
+                    *signature = crate::status::SignatureStatus::new(signature.mode, mismatches);
+                }
+                connector
+            })
+            .collect(),
         rules: RulesStatus {
             directory: observed.rules.dir().display().to_string(),
             generation: observed.rules.generation(),
@@ -200,5 +231,23 @@ async fn status(State(observed): State<Arc<Observed>>) -> Json<serde_json::Value
         last_errors: observed.errors.recent(),
     };
     // Plain data: serializing cannot fail.
-    Json(serde_json::to_value(status).unwrap_or_default())
+    serde_json::to_value(status).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_beyond_loopback_is_warned_about_and_loopback_is_not() {
+        for quiet in ["127.0.0.1:9464", "[::1]:9464", "127.0.0.2:0"] {
+            let address: SocketAddr = quiet.parse().unwrap();
+            assert_eq!(exposure_warning(address), None, "{quiet}");
+        }
+        for exposed in ["0.0.0.0:9464", "[::]:9464", "192.168.1.10:9464"] {
+            let address: SocketAddr = exposed.parse().unwrap();
+            let warning = exposure_warning(address).expect(exposed);
+            assert!(warning.contains("no authentication"), "{warning}");
+        }
+    }
 }

@@ -71,6 +71,9 @@ pub struct Config {
     /// The clock connectors stamp credentials with: the system's, unless a test pins it
     /// (brokers under test know the passwords a fixed time derives).
     pub clock: crate::plugin::Clock,
+    /// The environment variables the file references (`${NAME}`), sorted: that is where
+    /// its secrets come from, so no rule may grant them to a plugin.
+    pub env_references: Vec<String>,
 }
 
 /// `[admin]`.
@@ -165,7 +168,8 @@ pub struct ConnectorConfig {
     /// Tuya: the project's access key (the decryption key).
     #[serde(default)]
     pub access_key: Option<Secret>,
-    /// Tuya: what to do with a message whose signature does not match.
+    /// Tuya: what to do with a message whose signature does not match (default `warn`,
+    /// see [`SignName`]).
     #[serde(default)]
     pub sign: SignName,
     /// Alibaba: bodies arrive base64-encoded (a console option).
@@ -445,13 +449,19 @@ impl DialectName {
 }
 
 /// Tuya signature policy, as named in the config.
+///
+/// `warn` is the default: no official Tuya SDK checks the envelope's `sign` and the rule
+/// has not been confirmed on live traffic, so a first deployment whose messages were signed
+/// differently would otherwise send every real message to the dead letters. Mismatches are
+/// counted (`iotrules_signature_mismatches_total`), logged once and shown in `/status`;
+/// `enforce` is the setting once they stay at zero.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SignName {
-    /// Refuse a message whose signature does not match (the default).
-    #[default]
+    /// Refuse a message whose signature does not match.
     Enforce,
-    /// Accept it, marked `signature=mismatch`.
+    /// Accept it, marked `signature=mismatch` (the default).
+    #[default]
     Warn,
     /// Do not check.
     Off,
@@ -729,10 +739,54 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
     Ok(out)
 }
 
+/// The names of the `${NAME}` and `${NAME:-default}` references in `text` (comments
+/// included: a name there is at worst refused to rules needlessly), sorted, each once.
+/// `$${…}` is a literal and names nothing.
+pub fn env_references(text: &str) -> Vec<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            rest = tail;
+            continue;
+        }
+        rest = after;
+        let Some(body) = after.strip_prefix('{') else {
+            continue;
+        };
+        let end = body.find(['}', ':']).unwrap_or(body.len());
+        let name = &body[..end];
+        let valid = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit();
+        if valid {
+            names.insert(name.to_owned());
+        }
+    }
+    names.into_iter().collect()
+}
+
 fn clip(text: &str) -> &str {
     match text.char_indices().nth(60) {
         Some((at, _)) => &text[..at],
         None => text,
+    }
+}
+
+/// `url` fit for an error message: a `user:password@` before the host becomes `***@`.
+///
+/// The URL parsers refuse credentials in a URL (they are derived, or configured apart as
+/// secrets), and say so; echoing the refused URL whole would print the password they were
+/// refusing into the log and `/status`.
+pub fn redacted_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let start = url.find("://").map_or(0, |at| at + 3);
+    let authority_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |at| start + at);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
     }
 }
 
@@ -865,6 +919,7 @@ impl Config {
             connectors,
             command_paths,
             clock: crate::plugin::Clock::System,
+            env_references: env_references(text),
         };
         config.check()?;
         Ok(config)
@@ -982,6 +1037,7 @@ impl Config {
             connectors: Vec::new(),
             command_paths: Vec::new(),
             clock: crate::plugin::Clock::System,
+            env_references: Vec::new(),
         }
     }
 }
@@ -1045,6 +1101,13 @@ mod tests {
     }
 
     #[test]
+    fn the_referenced_variables_are_listed_once_and_escapes_skipped() {
+        let text = "a = \"${TUYA_KEY}\"\nb = \"x${HOOK_AUTH:-none}y${TUYA_KEY}\"\n\
+                    c = \"$${NOT_ONE} ${1BAD} $PLAIN\"\n";
+        assert_eq!(env_references(text), ["HOOK_AUTH", "TUYA_KEY"]);
+    }
+
+    #[test]
     fn bad_references_name_the_variable_not_a_value() {
         let error = expand_env("${MISSING}", env).unwrap_err();
         assert_eq!(error, "environment variable MISSING is not set");
@@ -1054,6 +1117,28 @@ mod tests {
                 .unwrap_err()
                 .contains("not an environment reference")
         );
+    }
+
+    #[test]
+    fn a_url_s_user_and_password_are_left_out_of_what_errors_show() {
+        assert_eq!(
+            redacted_url("amqps://user:s3cret@host:5671/x@y"),
+            "amqps://***@host:5671/x@y"
+        );
+        assert_eq!(redacted_url("u:s3cret@host"), "***@host");
+        assert_eq!(
+            redacted_url("https://host/path?a=b@c"),
+            "https://host/path?a=b@c"
+        );
+        let error = Config::parse(
+            Path::new("x.toml"),
+            "[[command_path]]\nname = \"hook\"\nkind = \"webhook\"\n\
+             url = \"https://ops:s3cret@hooks.example.com/in\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("credentials"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
     }
 
     #[test]

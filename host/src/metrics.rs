@@ -198,6 +198,9 @@ pub struct Metrics {
     pub rule_commands: Family<Counter>,
     /// Dead letters stored, by connector and kind.
     pub dead_letters: Family<Counter>,
+    /// Tuya envelopes whose signature did not match, by connector: refused under `sign =
+    /// "enforce"`, processed (marked `signature=mismatch`) under `warn`.
+    pub signature_mismatches: Family<Counter>,
     /// Reloads, by what (`rules`, `plugin`) and result (`ok`, `refused`).
     pub reloads: Family<Counter>,
     /// Connection attempts, by connector and result (`ok`, `failed`: refused, dropped or
@@ -270,6 +273,11 @@ impl Default for Metrics {
                 "Dead letters stored",
                 &["connector", "kind"],
             ),
+            signature_mismatches: Family::new(
+                "iotrules_signature_mismatches_total",
+                "Tuya envelopes whose signature did not match",
+                &["connector"],
+            ),
             reloads: Family::new(
                 "iotrules_reloads_total",
                 "Rule and plugin reloads",
@@ -311,6 +319,7 @@ impl Metrics {
             &self.commands,
             &self.rule_commands,
             &self.dead_letters,
+            &self.signature_mismatches,
             &self.reloads,
             &self.connects,
             &self.buffer_full,

@@ -22,7 +22,9 @@ use crate::connector::replay::{self, ReplaySettings};
 use crate::connector::{ConnectorState, Context};
 use crate::metrics::Metrics;
 use crate::pipeline::{DeadLetterSink, Parts, Pipeline};
-use crate::plugin::{Registry, ReloadReport, Runtime, RuntimeConfig, StateStore, Watcher};
+use crate::plugin::{
+    GrantPolicy, Registry, ReloadReport, Runtime, RuntimeConfig, StateStore, Watcher,
+};
 use crate::rules::{Rules, RulesWatcher};
 use crate::status::{ConnectorStatus, Connectors, LastErrors};
 
@@ -91,7 +93,10 @@ pub fn load_core(
         ..RuntimeConfig::default()
     })
     .context("cannot start the plugin runtime")?;
-    let registry = Arc::new(Registry::new(runtime, &config.plugins, state));
+    let registry = Arc::new(
+        Registry::new(runtime, &config.plugins, state)
+            .with_grant_policy(GrantPolicy::from_config(config)),
+    );
     let reports = registry.load_all().with_context(|| {
         format!(
             "cannot read the plugins directory {}",
@@ -190,6 +195,7 @@ pub async fn run(
     let mut connectors = tokio::task::JoinSet::new();
     for connector in &config.connectors {
         let dialect = connector.dialect()?;
+        let sign_mode = dialect.sign_mode();
         let ingest = pipeline.ingest(&connector.name, dialect);
         let identity = crate::connector::identity(connector, config.clock.now_ms())?;
         let status = observed.connectors.add(ConnectorStatus {
@@ -199,6 +205,7 @@ pub async fn run(
             identity,
             state: ConnectorState::Starting,
             error: None,
+            signature: sign_mode.map(|mode| crate::status::SignatureStatus::new(mode, 0)),
         });
         let context = Context {
             ingest,
@@ -414,8 +421,8 @@ pub fn summary(observed: &Observed) -> String {
     out
 }
 
-/// Rules whose `commands.via` (on the rule or a step) names no configured command path,
-/// each as `file:line:col: rule "name": …`.
+/// Rules whose `commands.via` or `commands.allow` (on the rule or a step) names no
+/// configured command path, each as `file:line:col: rule "name": …`.
 pub fn unknown_paths(set: &crate::rules::RuleSet, known: &[String]) -> Vec<String> {
     let mut problems = Vec::new();
     let configured = if known.is_empty() {
@@ -424,20 +431,7 @@ pub fn unknown_paths(set: &crate::rules::RuleSet, known: &[String]) -> Vec<Strin
         format!("configured: {}", known.join(", "))
     };
     for rule in set.rules() {
-        let named = rule
-            .via
-            .iter()
-            .map(|via| (via, rule.position, "commands.via".to_owned()))
-            .chain(rule.steps.iter().enumerate().filter_map(|(index, step)| {
-                step.via.as_ref().map(|via| {
-                    (
-                        via,
-                        step.position,
-                        format!("step {}: commands.via", index + 1),
-                    )
-                })
-            }));
-        for (via, position, what) in named {
+        for (via, position, what) in rule.named_paths() {
             if !known.iter().any(|name| name == via) {
                 problems.push(
                     crate::rules::RuleError::new(

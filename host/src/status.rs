@@ -62,6 +62,44 @@ pub struct ConnectorStatus {
     pub state: ConnectorState,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// How envelope signatures are checked, for the dialects that carry one (Tuya).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureStatus>,
+}
+
+/// A connector's signature policy as `/status` shows it: the mode, the mismatches so far
+/// (`iotrules_signature_mismatches_total`), and under `warn`, once there are any, a warning
+/// that stays for the life of the process (the log says it once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SignatureStatus {
+    /// `enforce`, `warn` or `off`.
+    pub mode: crate::vendor::SignMode,
+    /// Envelopes whose signature did not match.
+    pub mismatches: u64,
+    /// What the mismatches mean for this mode, when there are any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+impl SignatureStatus {
+    /// The status of `mode` after `mismatches`.
+    pub fn new(mode: crate::vendor::SignMode, mismatches: u64) -> Self {
+        use crate::vendor::SignMode;
+        let warning = match mode {
+            SignMode::Warn if mismatches > 0 => Some(format!(
+                "{mismatches} message(s) whose envelope signature did not match were processed \
+                 anyway (sign = \"warn\"): check the access key; set sign = \"enforce\" \
+                 once this count stays at zero"
+            )),
+            SignMode::Off => Some("envelope signatures are not checked (sign = \"off\")".into()),
+            _ => None,
+        };
+        SignatureStatus {
+            mode,
+            mismatches,
+            warning,
+        }
+    }
 }
 
 /// Every connector's status, updated by the connectors.
@@ -113,6 +151,19 @@ impl ConnectorHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vendor::SignMode;
+
+    #[test]
+    fn warn_mode_shows_a_warning_once_a_mismatch_was_let_through() {
+        assert_eq!(SignatureStatus::new(SignMode::Warn, 0).warning, None);
+        let status = SignatureStatus::new(SignMode::Warn, 3);
+        assert_eq!((status.mode, status.mismatches), (SignMode::Warn, 3));
+        let warning = status.warning.expect("a warning");
+        assert!(warning.starts_with("3 message(s)"), "{warning}");
+        assert!(warning.contains("sign = \"enforce\""), "{warning}");
+        // Under enforce a mismatch is a dead letter, which says so itself.
+        assert_eq!(SignatureStatus::new(SignMode::Enforce, 3).warning, None);
+    }
 
     #[test]
     fn only_the_newest_errors_are_kept() {

@@ -130,6 +130,7 @@ fn throughput(c: &mut Criterion) {
                             identity: Vec::new(),
                             state: ConnectorState::Starting,
                             error: None,
+                            signature: None,
                         }),
                         errors: Arc::new(LastErrors::default()),
                         metrics: test.metrics.clone(),

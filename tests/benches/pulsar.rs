@@ -103,6 +103,7 @@ fn connector(c: &mut Criterion) {
         identity: Vec::new(),
         state: ConnectorState::Starting,
         error: None,
+        signature: None,
     });
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let context = Context {

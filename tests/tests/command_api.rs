@@ -297,6 +297,31 @@ fn a_tuya_call_signed_with_the_wrong_key_is_refused_with_1004_and_not_retried() 
 }
 
 #[test]
+fn a_tuya_device_id_that_would_leave_the_command_path_is_dead_lettered_before_any_call() {
+    let setup = TuyaSetup::start(7200, "retries = 3");
+    // Unescaped, this id would make the signed request `POST /v1.0/token?...`.
+    let device = "../../token?grant_type=1&x=";
+    setup.event(device, 1);
+    let calls = setup.server.calls();
+    assert!(
+        calls.is_empty(),
+        "no request leaves, not even for a token: {calls:?}"
+    );
+    assert_eq!(setup.commands("failed"), 1);
+    let letters = setup.test.dead_letters.letters();
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    let message = &letters[0].message;
+    assert!(
+        message.contains(&format!(
+            "device id {device:?} cannot go into the command URL"
+        )),
+        "{message}"
+    );
+    assert!(message.contains("not retried"), "{message}");
+    setup.stop();
+}
+
+#[test]
 fn a_tuya_5xx_is_retried_until_the_command_goes_through() {
     let setup = TuyaSetup::start(7200, "retries = 2");
     setup.server.unavailable_next(2);

@@ -290,6 +290,55 @@ plugin = "echo"
 }
 
 #[test]
+fn a_command_through_a_path_the_rule_does_not_allow_is_dead_lettered_not_sent() {
+    let runtime = runtime();
+    let capture = Capture::open("out");
+    // The plugin's config names a path of its own; the rule allows only its `via`.
+    let rules = r#"
+[[rule]]
+name = "motion"
+commands.via = "out"
+
+[[rule.step]]
+plugin = "motion-light"
+config = { sensors = ["pir-1"], lights = ["lamp-1"], via = "operator-hook" }
+"#;
+    let mut test = TestPipeline::start(
+        &["motion-light"],
+        rules,
+        settings(1, 8, 64),
+        capture.clone(),
+        runtime.handle(),
+    );
+    let ingest = ingest(&test);
+    let acks = Arc::new(Acks::default());
+    let body = huawei_body("pir-1", 1).replace("\"seq\":1", "\"pir\":\"pir\"");
+    runtime
+        .block_on(ingest.submit(acks.delivery(body)))
+        .expect("submit");
+    drop(ingest);
+    test.drain(&runtime);
+
+    assert_eq!(acks.acked(), 1);
+    assert!(capture.received().is_empty(), "nothing is sent");
+    let letters = test.dead_letters.letters();
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0].kind, "command");
+    assert_eq!(letters[0].rule.as_deref(), Some("motion"));
+    assert_eq!(letters[0].step, Some(1));
+    assert!(
+        letters[0].message.starts_with(
+            "command switch_led for device lamp-1 not sent: step 1 (plugin \"motion-light\") \
+             may not send through command path \"operator-hook\" (it may use: \"out\")"
+        ),
+        "{}",
+        letters[0].message
+    );
+    let metrics = &test.metrics;
+    assert_eq!(metrics.rule_commands.with(&["motion", "failed"]).get(), 1);
+}
+
+#[test]
 fn bad_rule_files_are_refused_with_their_reason_while_the_old_rules_keep_serving() {
     let runtime = runtime();
     let capture = Capture::open("out");
@@ -590,6 +639,48 @@ fn check_reports_every_problem_with_its_place_and_fails() {
     assert_eq!(bad.status.code(), Some(1), "{stdout}");
     assert!(
         stdout.contains("more.toml:1:1: rule \"other\": commands.via names \"nowhere\""),
+        "{stdout}"
+    );
+
+    // A grant that reaches the store refuses the rules, at the grant.
+    let state = service.dir.path().join("state");
+    let granting = |allow: &str, dir: &std::path::Path| {
+        format!(
+            "[[rule]]\nname = \"other\"\ncommands.via = \"out\"\ncommands.allow = [\"{allow}\"]\n\n\
+             [[rule.step]]\nplugin = \"echo\"\ngrants.read_dirs = [\"{}\"]\n",
+            dir.display()
+        )
+    };
+    std::fs::write(rules.join("more.toml"), granting("out", &state)).unwrap();
+    let bad = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run iotrules check");
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "more.toml:8:21: rule \"other\": step 1 (plugin \"echo\"): grants.read_dirs: \"{}\" \
+             holds the store",
+            state.display()
+        )),
+        "{stdout}"
+    );
+
+    // A path allowed but not configured is reported like an unknown `via`.
+    let tables = service.dir.path().join("tables");
+    std::fs::create_dir_all(&tables).unwrap();
+    std::fs::write(rules.join("more.toml"), granting("elsewhere", &tables)).unwrap();
+    let bad = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run iotrules check");
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("more.toml:1:1: rule \"other\": commands.allow names \"elsewhere\""),
         "{stdout}"
     );
 }

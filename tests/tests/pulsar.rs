@@ -479,7 +479,7 @@ async fn a_tampered_signature_and_a_garbage_payload_become_dead_letters_and_are_
         ACCESS_ID,
         ACCESS_KEY,
         &broker.url(),
-        "",
+        "sign = \"enforce\"",
     );
     let service = Service::start(&connectors, &webhook).await;
 
@@ -518,6 +518,71 @@ async fn a_tampered_signature_and_a_garbage_payload_become_dead_letters_and_are_
     );
     let seen: Vec<Option<u64>> = webhook.seen().iter().map(|s| s.seq).collect();
     assert_eq!(seen, [Some(2)]);
+    service.stop().await;
+}
+
+/// The envelope of `payload` with the first hex digit of its `sign` changed.
+fn tamper_sign(payload: &str) -> String {
+    let sign_at = payload.find("\"sign\":\"").expect("sign") + 8;
+    let mut tampered = payload.to_owned();
+    let flipped = if &payload[sign_at..sign_at + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
+    tampered.replace_range(sign_at..sign_at + 1, flipped);
+    tampered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_signature_mismatch_is_processed_marked_counted_and_shown_in_status() {
+    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
+    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
+    let webhook = Webhook::start().await;
+    let connectors = connector_toml(
+        "tuya",
+        "tuya-pulsar",
+        ACCESS_ID,
+        ACCESS_KEY,
+        &broker.url(),
+        "",
+    );
+    let service = Service::start(&connectors, &webhook).await;
+    let status = || iotrules::admin::status_json(&service.observed)["connectors"][0].clone();
+    assert_eq!(status()["signature"]["mode"], "warn");
+    assert_eq!(status()["signature"]["mismatches"], 0);
+    assert!(status()["signature"].get("warning").is_none());
+
+    let (payload, properties) = sealed(&tuya_keys, "lamp", 1, Mode::Ecb);
+    let bad_sign = publish(&broker, &tamper_sign(&payload), &properties);
+    let (good_payload, good_properties) = sealed(&tuya_keys, "lamp", 2, Mode::Gcm);
+    let good = publish(&broker, &good_payload, &good_properties);
+    wait_until("both acked", || {
+        broker.is_acked(bad_sign) && broker.is_acked(good)
+    })
+    .await;
+
+    assert!(service.dead_letters.letters().is_empty());
+    let mut seen: Vec<Option<u64>> = webhook.seen().iter().map(|s| s.seq).collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        [Some(1), Some(2)],
+        "the mismatching message was processed"
+    );
+    let metrics = &service.observed.metrics;
+    assert_eq!(metrics.signature_mismatches.with(&["tuya"]).get(), 1);
+    assert!(
+        metrics
+            .render()
+            .contains("iotrules_signature_mismatches_total{connector=\"tuya\"} 1"),
+        "{}",
+        metrics.render()
+    );
+    let signature = status()["signature"].clone();
+    assert_eq!(signature["mismatches"], 1, "{signature}");
+    let warning = signature["warning"].as_str().expect("a warning");
+    assert!(warning.contains("sign = \"enforce\""), "{warning}");
     service.stop().await;
 }
 

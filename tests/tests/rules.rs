@@ -359,9 +359,10 @@ fn commands_take_the_step_or_rule_path_unless_the_plugin_names_one() {
         .as_deref(),
         Some("tuya-mqtt")
     );
+    // A path the plugin names itself must be one the rule allows.
     assert_eq!(
         via_of(format!(
-            "{}{config}, via = \"plugin-path\" }}\n",
+            "{}{config}, via = \"plugin-path\" }}\ncommands.allow = [\"plugin-path\"]\n",
             head.replace("NAME", "plugin-path")
         ))
         .as_deref(),
@@ -373,6 +374,39 @@ fn commands_take_the_step_or_rule_path_unless_the_plugin_names_one() {
         )),
         None
     );
+}
+
+#[test]
+fn a_command_through_a_path_the_rule_does_not_allow_is_refused_not_returned() {
+    let harness = harness(&[("motion-light", "motion-light")]);
+    let config = "config = { sensors = [\"vdevo-hallway-pir\"], lights = [\"vdevo-hallway-lamp\"], via = \"operator-webhook\" }";
+    let run = |name: &str, extra: &str| {
+        let text = format!(
+            "[[rule]]\nname = \"{name}\"\ncommands.via = \"tuya-openapi\"\n{extra}\
+             [[rule.step]]\nplugin = \"motion-light\"\n{config}\n"
+        );
+        let mut rule = runtime(&harness, &text);
+        let input = pir(1, "pir");
+        let result = rule.run(&input);
+        assert!(result.errors.is_empty(), "{result:?}");
+        (result.commands.clone(), result.refused.clone())
+    };
+    let (sent, refused) = run("limited", "");
+    assert!(sent.is_empty(), "{sent:?}");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].step, 1);
+    assert_eq!(refused[0].command.via.as_deref(), Some("operator-webhook"));
+    assert!(
+        refused[0].reason.contains(
+            "step 1 (plugin \"motion-light\") may not send through command path \
+             \"operator-webhook\" (it may use: \"tuya-openapi\")"
+        ),
+        "{}",
+        refused[0].reason
+    );
+    let (sent, refused) = run("any-path", "commands.allow = [\"*\"]\n");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(refused.is_empty(), "{refused:?}");
 }
 
 #[test]

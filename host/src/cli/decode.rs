@@ -184,7 +184,8 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<ExitCode> {
     let event = dialect.decode(&message).map_err(refused)?;
     if event.attribute(ATTR_SIGNATURE) == Some("mismatch") {
         eprintln!(
-            "iotrules: warning: {origin}: signature does not match; accepted because of --sign warn"
+            "iotrules: warning: {origin}: signature does not match; accepted because the sign \
+             mode is warn (--sign warn, or the connector's sign, warn by default)"
         );
     }
     serde_json::to_writer_pretty(&mut out, &event)?;

@@ -354,4 +354,43 @@ mod tests {
         assert!(!failure.retryable);
         assert!(failure.reason.contains("no product"), "{}", failure.reason);
     }
+
+    /// The plugin-controlled device name and command name are form values, percent-encoded
+    /// where they are signed and sent: they cannot add or replace a parameter (unlike a
+    /// Tuya device id, which goes into the URL path and is checked there).
+    #[test]
+    fn a_device_or_command_name_carrying_parameters_stays_one_encoded_value() {
+        let transport = transport();
+        let mut injected = command("reboot&Action=DeleteDevice", "{}");
+        injected.device.id = "a1Pk.lamp&Action=DeleteDevice&ProductKey=other".into();
+        let request = transport.request(&injected).unwrap();
+        let signed = request.sign(
+            "POST",
+            &transport.settings.credentials,
+            &CallContext {
+                region_id: "cn-shanghai",
+                nonce: "n",
+                timestamp_ms: 0,
+            },
+        );
+        let pairs: Vec<(&str, &str)> = signed
+            .query
+            .split('&')
+            .map(|pair| pair.split_once('=').unwrap())
+            .collect();
+        let values = |key: &str| -> Vec<&str> {
+            pairs
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, v)| *v)
+                .collect()
+        };
+        assert_eq!(values("Action"), ["InvokeThingService"]);
+        assert_eq!(values("ProductKey"), ["a1Pk"]);
+        assert_eq!(
+            values("DeviceName"),
+            ["lamp%26Action%3DDeleteDevice%26ProductKey%3Dother"]
+        );
+        assert_eq!(values("Identifier"), ["reboot%26Action%3DDeleteDevice"]);
+    }
 }

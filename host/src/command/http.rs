@@ -51,25 +51,39 @@ pub struct Url {
 }
 
 impl Url {
-    /// Parses `url`; the error names it.
+    /// Parses `url`; the error names it (without a `user:password@`, which is refused:
+    /// credentials go in the path's `authorization` or the vendor's keys).
     pub fn parse(url: &str) -> Result<Url, String> {
+        let shown = crate::config::redacted_url(url);
         let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
             (true, rest)
         } else if let Some(rest) = url.strip_prefix("http://") {
             (false, rest)
         } else {
-            return Err(format!("url \"{url}\" is neither http:// nor https://"));
+            return Err(format!("url \"{shown}\" is neither http:// nor https://"));
         };
-        let (authority, target) = match rest.find('/') {
-            Some(at) => (&rest[..at], &rest[at..]),
+        let (authority, target) = match rest.find(['/', '?', '#']) {
+            Some(at) if rest[at..].starts_with('/') => (&rest[..at], &rest[at..]),
+            Some(at) => (&rest[..at], ""),
             None => (rest, "/"),
         };
+        if authority.contains('@') {
+            return Err(format!(
+                "url \"{shown}\": credentials do not belong in the URL (give them as the \
+                 path's `authorization`)"
+            ));
+        }
+        if target.is_empty() {
+            return Err(format!(
+                "url \"{shown}\": a query or fragment needs a path (`/?…`)"
+            ));
+        }
         // `[v6]:port`, `[v6]`, `host:port` or `host`.
         let (host, port) = match authority.strip_prefix('[') {
             Some(bracketed) => match bracketed.split_once(']') {
                 Some((host, "")) => (host, None),
                 Some((host, port)) => (host, Some(port.trim_start_matches(':'))),
-                None => return Err(format!("url \"{url}\": unclosed `[`")),
+                None => return Err(format!("url \"{shown}\": unclosed `[`")),
             },
             None => match authority.split_once(':') {
                 Some((host, port)) => (host, Some(port)),
@@ -79,12 +93,12 @@ impl Url {
         let port = match port {
             Some(port) => port
                 .parse::<u16>()
-                .map_err(|_| format!("url \"{url}\": bad port \"{port}\""))?,
+                .map_err(|_| format!("url \"{shown}\": bad port \"{port}\""))?,
             None if tls => 443,
             None => 80,
         };
         if host.is_empty() {
-            return Err(format!("url \"{url}\" has no host"));
+            return Err(format!("url \"{shown}\" has no host"));
         }
         Ok(Url {
             tls,
@@ -247,6 +261,21 @@ mod tests {
                 .unwrap_err()
                 .contains("bad port")
         );
+    }
+
+    #[test]
+    fn a_url_with_a_password_is_refused_without_showing_it() {
+        for url in [
+            "https://ops:s3cret@hooks.example.com/in",
+            "http://ops:s3cret@127.0.0.1:8080",
+            "https://ops:s3cret@[::1]:8443/",
+        ] {
+            let error = Url::parse(url).unwrap_err();
+            assert!(error.contains("credentials do not belong"), "{error}");
+            assert!(!error.contains("s3cret"), "{error}");
+        }
+        let error = Url::parse("ftp://ops:s3cret@host/").unwrap_err();
+        assert!(!error.contains("s3cret"), "{error}");
     }
 
     #[test]

@@ -332,7 +332,7 @@ impl Transport for TuyaTransport {
             code: &command.name,
             value: &value,
         }]);
-        let path = openapi::command_path(&command.device.id);
+        let path = openapi::command_path(&command.device.id).map_err(Failure::permanent)?;
         let mut token = self.access_token(None).await?;
         let mut renewed = false;
         loop {

@@ -230,10 +230,9 @@ const MAX_PAUSE: Duration = Duration::from_secs(20);
 /// Runs the connector until the service stops: one task per login (`connections = N`), each
 /// connecting, receiving and reconnecting on its own.
 pub async fn run(settings: AmqpSettings, context: super::Context) -> anyhow::Result<()> {
-    let endpoint = match Endpoint::parse(&settings.url) {
+    let endpoint = match Endpoint::parse_named(&settings.url) {
         Ok(endpoint) => endpoint,
-        Err(reason) => {
-            let error = format!("url \"{}\": {reason}", settings.url);
+        Err(error) => {
             context.failed(&error);
             anyhow::bail!(error);
         }
@@ -277,6 +276,12 @@ struct Endpoint {
 }
 
 impl Endpoint {
+    /// [`Endpoint::parse`], the error naming the URL (without its `user:password@`).
+    fn parse_named(url: &str) -> Result<Self, String> {
+        Self::parse(url)
+            .map_err(|reason| format!("url \"{}\": {reason}", crate::config::redacted_url(url)))
+    }
+
     /// `amqps://HOST[:PORT]` (5671) or `amqp://HOST[:PORT]` (5672); an IPv6 host in brackets.
     fn parse(url: &str) -> Result<Self, String> {
         let (tls, rest) = if let Some(rest) = url.strip_prefix("amqps://") {
@@ -722,6 +727,9 @@ mod tests {
         let v6 = Endpoint::parse("amqp://[::1]:5672").unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 5672));
         assert!(Endpoint::parse("amqp://user:pw@host:5672").is_err());
+        let error = Endpoint::parse_named("amqps://user:s3cret@host:5671").unwrap_err();
+        assert!(error.contains("credentials do not belong"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
         assert!(Endpoint::parse("amqp://host:port").is_err());
         assert!(Endpoint::parse("http://host").is_err());
     }

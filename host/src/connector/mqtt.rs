@@ -169,13 +169,15 @@ impl MqttSettings {
         if config.buffer_bytes == 0 {
             return Err(config.invalid("buffer_bytes must be at least 1"));
         }
-        let explicit =
-            match &config.url {
-                Some(url) => Some(Endpoint::parse(url.as_str()).map_err(|reason| {
-                    config.invalid(format!("url \"{}\": {reason}", url.as_str()))
-                })?),
-                None => None,
-            };
+        let explicit = match &config.url {
+            Some(url) => Some(Endpoint::parse(url.as_str()).map_err(|reason| {
+                config.invalid(format!(
+                    "url \"{}\": {reason}",
+                    crate::config::redacted_url(url.as_str())
+                ))
+            })?),
+            None => None,
+        };
         let (endpoint, login, subscriptions, outbound) = match config.kind {
             ConnectorKind::AlibabaMqtt => {
                 let product_key = config.required(&config.product_key, "product_key")?;
@@ -1172,6 +1174,14 @@ mod tests {
             "mqtt://[::1]:1"
         );
         assert!(Endpoint::parse("mqtt://u:p@host").is_err());
+        let text = "[[connector]]\nname = \"link\"\nkind = \"mqtt\"\n\
+                    url = \"mqtts://u:s3cret@broker.example.com\"\nsubscribe = [\"a/#\"]\n\
+                    device_topic = \"a/{device}\"\n";
+        let error = crate::config::Config::parse(std::path::Path::new("x.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("credentials do not belong"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
         assert!(Endpoint::parse("tcp://host").is_err());
     }
 }

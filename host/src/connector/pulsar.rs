@@ -86,9 +86,16 @@ impl PulsarSettings {
         let url = match (&config.url, &config.region) {
             (Some(url), _) => {
                 let url = url.as_str();
+                let shown = crate::config::redacted_url(url);
                 if !(url.starts_with("pulsar://") || url.starts_with("pulsar+ssl://")) {
                     return Err(config.invalid(format!(
-                        "url \"{url}\": expected pulsar+ssl://HOST:PORT (or pulsar:// without TLS)"
+                        "url \"{shown}\": expected pulsar+ssl://HOST:PORT (or pulsar:// without TLS)"
+                    )));
+                }
+                if shown != url {
+                    return Err(config.invalid(format!(
+                        "url \"{shown}\": credentials do not belong in the URL (they derive \
+                         from access_id and access_key)"
                     )));
                 }
                 url.to_owned()
@@ -755,6 +762,26 @@ mod tests {
         assert_eq!(own.topic, "persistent://accessid1/out/event");
         assert_eq!(own.subscription, "accessid1-sub");
         assert!(!own.tls() && eu.tls());
+    }
+
+    #[test]
+    fn a_url_with_a_password_is_refused_without_showing_it() {
+        let text = format!(
+            "[[connector]]\nname = \"tuya\"\nkind = \"tuya-pulsar\"\naccess_id = \"accessid1\"\n\
+             access_key = \"{KEY}\"\nurl = \"pulsar+ssl://me:s3cret@mqe.tuyaeu.com:7285\"\n"
+        );
+        let error = Config::parse(Path::new("x.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("credentials do not belong"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+        let error = Config::parse(
+            Path::new("x.toml"),
+            &text.replace("pulsar+ssl://", "http://"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!error.contains("s3cret"), "{error}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,13 +34,14 @@ pub use self::dedup::Dedup;
 use crate::command::{CommandPaths, Confirmation};
 use crate::config::{Order, PipelineConfig};
 use crate::connector::{Acker, Delivery, Settle};
-use crate::event::{Command, Event};
+use crate::event::{ATTR_SIGNATURE, Command, Event};
 use crate::metrics::{Counter, Histogram, Metrics};
 use crate::plugin::Registry;
-use crate::rules::{EventScope, OnError, RuleOutcome, RuleRuntime, RuleSet, Rules};
+use crate::rules::{EventScope, OnError, RefusedCommand, RuleOutcome, RuleRuntime, RuleSet, Rules};
 use crate::status::LastErrors;
 use crate::sync::lock;
-use crate::vendor::{Dialect, RawMessage};
+use crate::vendor::tuya::SignatureCheck;
+use crate::vendor::{Dialect, ErrorKind, RawMessage, SignMode};
 
 /// A message the service could not process, as it goes to the dead-letter store.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,6 +138,40 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     /// The service's recent errors, for `/status`.
     pub errors: Arc<LastErrors>,
+}
+
+/// Tuya signature mismatches of one connector: counted, and the first one under `warn`
+/// logged (once: every later one is only counted, and `/status` keeps showing the count).
+struct SignatureWatch {
+    mode: SignMode,
+    mismatches: Arc<Counter>,
+    warned: AtomicBool,
+}
+
+impl SignatureWatch {
+    /// For a connector decoding with `dialect`; `None` when nothing is checked.
+    fn new(metrics: &Metrics, connector: &str, dialect: &Dialect) -> Option<Self> {
+        let mode = dialect.sign_mode().filter(|mode| *mode != SignMode::Off)?;
+        Some(SignatureWatch {
+            mode,
+            mismatches: metrics.signature_mismatches.with(&[connector]),
+            warned: AtomicBool::new(false),
+        })
+    }
+
+    /// Counts a mismatch that `warn` let through, and says so the first time.
+    fn passed(&self, connector: &str) {
+        self.mismatches.inc();
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                connector,
+                "A Tuya envelope signature did not match and the message was processed anyway \
+                 (sign = \"warn\", the default). Further mismatches are only counted \
+                 (iotrules_signature_mismatches_total, /status); check the access key, and set \
+                 sign = \"enforce\" once the count stays at zero"
+            );
+        }
+    }
 }
 
 /// A connector's resolved counters.
@@ -259,6 +295,7 @@ impl Pipeline {
             shared: self.shared.clone(),
             senders: self.senders.clone(),
             connector: Arc::from(connector),
+            signature: SignatureWatch::new(&self.shared.metrics, connector, &dialect).map(Arc::new),
             dialect: Arc::new(dialect),
             counters: Arc::new(ConnectorCounters::new(&self.shared.metrics, connector)),
         }
@@ -306,6 +343,7 @@ pub struct Ingest {
     connector: Arc<str>,
     dialect: Arc<Dialect>,
     counters: Arc<ConnectorCounters>,
+    signature: Option<Arc<SignatureWatch>>,
 }
 
 impl Ingest {
@@ -357,8 +395,21 @@ impl Ingest {
             counters: self.counters.clone(),
         };
         let event = match decoded {
-            Ok(event) => event,
+            Ok(event) => {
+                if let Some(watch) = &self.signature
+                    && watch.mode == SignMode::Warn
+                    && event.attribute(ATTR_SIGNATURE) == Some(SignatureCheck::Mismatch.as_str())
+                {
+                    watch.passed(&self.connector);
+                }
+                event
+            }
             Err(error) => {
+                if let Some(watch) = &self.signature
+                    && error.kind() == ErrorKind::Signature
+                {
+                    watch.mismatches.inc();
+                }
                 self.counters.refused.inc();
                 let message = error.to_string();
                 tracing::warn!(
@@ -729,6 +780,7 @@ impl Worker {
         } = job;
         let scope = EventScope::new(&event);
         let mut commands: Vec<(Arc<str>, Command)> = Vec::new();
+        let mut refused: Vec<(Arc<str>, RefusedCommand)> = Vec::new();
         let mut letters = Vec::new();
         let mut matched = 0;
         let mut passed = false;
@@ -827,6 +879,28 @@ impl Worker {
                     .into_iter()
                     .map(|command| (rule.name.clone(), command)),
             );
+            refused.extend(
+                result
+                    .refused
+                    .into_iter()
+                    .map(|command| (rule.name.clone(), command)),
+            );
+        }
+        for (rule, refused) in refused {
+            let command = &refused.command;
+            let message = format!(
+                "command {} for device {} not sent: {}",
+                command.name, command.device.id, refused.reason
+            );
+            tracing::error!(rule = &*rule, "{message}");
+            self.shared
+                .errors
+                .push(format!("rule \"{rule}\""), &message);
+            let mut letter = letter(&origin, "command", message, Some(&event.id));
+            letter.rule = Some(rule.to_string());
+            letter.step = u32::try_from(refused.step).ok();
+            letters.push(letter);
+            self.rule_counter(&rule).1.inc();
         }
         if trace_on {
             tracing::debug!(

@@ -13,14 +13,17 @@
 //! - [`Step`]: what a rule step holds: its plugin slot, its config and limits, and the
 //!   instance it runs events on, replaced when the slot's version changes.
 //! - [`Watcher`]: reloads changed files off the hot path.
+//! - [`GrantPolicy`]: the grants no rule may give a plugin (the config's secrets).
 
 mod convert;
+mod grants;
 mod instance;
 mod registry;
 mod runtime;
 mod state;
 mod watch;
 
+pub use grants::{GrantPolicy, system_dir};
 pub use instance::{Clock, Grants, Instance, Limits};
 pub use registry::{
     DEFAULT_QUARANTINE_AFTER, Registry, ReloadReport, Slot, Step, StepOutcome, Version,

@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
 use super::bindings::PluginPre;
+use super::grants::GrantPolicy;
 use super::instance::{Clock, Grants, HostState, Instance, Limits};
 use super::runtime::Runtime;
 use super::state::{MemoryStateStore, StateStore};
@@ -125,6 +126,8 @@ pub struct Registry {
     subscribers: Arc<Mutex<Vec<mpsc::Sender<ReloadReport>>>>,
     /// Serializes loads, so two reloads of one file cannot swap out of order.
     loading: Mutex<()>,
+    /// The grants rules may not give these plugins.
+    grant_policy: GrantPolicy,
 }
 
 impl Registry {
@@ -140,7 +143,20 @@ impl Registry {
             next_version: AtomicU64::new(1),
             subscribers: Arc::default(),
             loading: Mutex::new(()),
+            grant_policy: GrantPolicy::default(),
         }
+    }
+
+    /// The grants the rules using these plugins may not give (the config's secrets; by
+    /// default only the system directories, which the rule loader always refuses).
+    pub fn with_grant_policy(mut self, policy: GrantPolicy) -> Self {
+        self.grant_policy = policy;
+        self
+    }
+
+    /// See [`Registry::with_grant_policy`].
+    pub fn grant_policy(&self) -> &GrantPolicy {
+        &self.grant_policy
     }
 
     /// Quarantine a version after `failures` failures in a row (at least 1).

@@ -140,21 +140,47 @@ impl Runtime {
         let Some(path) = self.cache_path(bytes) else {
             return Component::new(&self.engine, bytes).map_err(compile_error);
         };
-        if path.exists() {
-            // SAFETY: the file was written by `Component::serialize` of an engine with the same
-            // compatibility hash (part of the file name), into the cache directory that only
-            // this service writes; wasmtime still checks its header and refuses a mismatch.
-            match unsafe { Component::deserialize_file(&self.engine, &path) } {
-                Ok(component) => return Ok(component),
-                Err(error) => tracing::warn!(
-                    "plugin `{plugin}`: ignoring unusable cache file {}: {}",
-                    path.display(),
-                    Chain(&error)
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let dir_trust = match std::fs::symlink_metadata(dir) {
+            Ok(_) => trusted(dir, Entry::Dir),
+            // Not there yet: write_cache creates it, ours and private.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(format!("cannot inspect it: {error}")),
+        };
+        if let Err(reason) = &dir_trust {
+            tracing::warn!(
+                plugin,
+                dir = %dir.display(),
+                "The plugin cache directory is not private to this user ({reason}): \
+                 compiling without the cache"
+            );
+        } else if path.exists() {
+            match trusted(&path, Entry::File) {
+                // SAFETY: deserializing runs the file's machine code. The file is ours, in a
+                // directory that is ours, and neither is writable by anyone else, so it was
+                // written by `write_cache` (`Component::serialize` of an engine with the same
+                // compatibility hash, part of the file name); wasmtime still checks its header
+                // and refuses a mismatch.
+                Ok(()) => match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                    Ok(component) => return Ok(component),
+                    Err(error) => tracing::warn!(
+                        "plugin `{plugin}`: ignoring unusable cache file {}: {}",
+                        path.display(),
+                        Chain(&error)
+                    ),
+                },
+                Err(reason) => tracing::warn!(
+                    plugin,
+                    file = %path.display(),
+                    "A plugin cache file someone else could have written was ignored \
+                     ({reason}); compiling again and replacing it"
                 ),
             }
         }
         let component = Component::new(&self.engine, bytes).map_err(compile_error)?;
-        if let Err(error) = write_cache(&component, &path) {
+        if dir_trust.is_ok()
+            && let Err(error) = write_cache(&component, &path)
+        {
             tracing::warn!(
                 "plugin `{plugin}`: cannot write cache file {}: {error}",
                 path.display()
@@ -175,14 +201,66 @@ impl Runtime {
     }
 }
 
-/// Writes through a temporary file and a rename, so a crash never leaves half a file.
+/// Writes through a temporary file (mode 0600) and a rename, so a crash never leaves half a
+/// file. A missing cache directory is created with mode 0700: what is in it is loaded as
+/// machine code.
 fn write_cache(component: &Component, path: &Path) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
     let bytes = component.serialize()?;
     let mut temp = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut temp, &bytes)?;
     temp.persist(path)?;
+    Ok(())
+}
+
+/// What [`trusted`] looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    File,
+    Dir,
+}
+
+/// Whether only this user could have written `path`: a cache file is loaded as machine code
+/// without verification (`Component::deserialize_file`), so a file someone else could plant
+/// or change must not be. It must be a plain file or directory (not a symlink), owned by the
+/// effective user, and not writable by group or others. The error says which test failed.
+#[cfg(unix)]
+fn trusted(path: &Path, entry: Entry) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot inspect it: {e}"))?;
+    let right_type = match entry {
+        Entry::File => meta.file_type().is_file(),
+        Entry::Dir => meta.file_type().is_dir(),
+    };
+    if !right_type {
+        return Err(match entry {
+            Entry::File => "not a regular file".into(),
+            Entry::Dir => "not a directory".into(),
+        });
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(format!("owned by uid {}, not {me}", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "mode {:o} lets group or others write",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Without Unix permissions to read, the cache directory's own access control is trusted.
+#[cfg(not(unix))]
+fn trusted(_path: &Path, _entry: Entry) -> Result<(), String> {
     Ok(())
 }
 
@@ -202,4 +280,96 @@ fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
         engine.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     engine
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// The smallest component: the preamble alone. It compiles (to nothing), which is all the
+    /// cache needs.
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\x00\x01\x00";
+
+    fn runtime(cache_dir: &Path) -> Arc<Runtime> {
+        Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache_dir.to_owned()),
+            max_instances: 2,
+            max_memory_bytes: 1 << 20,
+            ..RuntimeConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn the_cache_directory_is_created_private_and_its_files_are_ours() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("cache");
+        let runtime = runtime(&dir);
+        runtime.component("empty", EMPTY_COMPONENT).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        let file = runtime.cache_path(EMPTY_COMPONENT).unwrap();
+        assert_eq!(mode(&file) & 0o077, 0);
+        assert_eq!(trusted(&file, Entry::File), Ok(()));
+        assert_eq!(trusted(&dir, Entry::Dir), Ok(()));
+    }
+
+    #[test]
+    fn a_cache_file_others_could_write_is_recompiled_and_replaced_not_loaded() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("cache");
+        let runtime = runtime(&dir);
+        runtime.component("empty", EMPTY_COMPONENT).unwrap();
+        let file = runtime.cache_path(EMPTY_COMPONENT).unwrap();
+        // A valid compiled file, but one anybody could have swapped: loaded as it is, it
+        // would stay group/other-writable; refused, it is compiled again and rewritten.
+        chmod(&file, 0o666);
+        let error = trusted(&file, Entry::File).unwrap_err();
+        assert!(error.contains("mode 666"), "{error}");
+        runtime.component("empty", EMPTY_COMPONENT).unwrap();
+        assert_eq!(mode(&file) & 0o077, 0, "the file was rewritten by us");
+    }
+
+    #[test]
+    fn a_cache_directory_others_could_write_is_neither_read_nor_written() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("cache");
+        let runtime = runtime(&dir);
+        runtime.component("empty", EMPTY_COMPONENT).unwrap();
+        let file = runtime.cache_path(EMPTY_COMPONENT).unwrap();
+        chmod(&dir, 0o777);
+        let error = trusted(&dir, Entry::Dir).unwrap_err();
+        assert!(error.contains("group or others"), "{error}");
+        // A planted file: the directory's state makes it untrustworthy, whatever its mode.
+        std::fs::write(&file, b"planted").unwrap();
+        runtime.component("empty", EMPTY_COMPONENT).unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"planted", "left alone");
+        chmod(&dir, 0o700);
+    }
+
+    #[test]
+    fn a_symlinked_cache_file_is_not_trusted() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("elsewhere.cwasm");
+        std::fs::write(&target, b"x").unwrap();
+        let link = root.path().join("link.cwasm");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(
+            trusted(&link, Entry::File),
+            Err("not a regular file".to_owned())
+        );
+    }
 }

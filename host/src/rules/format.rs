@@ -94,11 +94,14 @@ impl OnError {
     }
 }
 
-/// `commands = { via = "…" }`.
+/// `commands = { via = "…", allow = ["…"] }`.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CommandsDoc {
     pub(crate) via: Option<String>,
+    /// Command paths the plugins may name besides `via`; `"*"` is any path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) allow: Vec<Spanned<String>>,
 }
 
 /// One `[[rule.step]]`.
@@ -121,7 +124,7 @@ pub(crate) struct StepDoc {
 #[serde(deny_unknown_fields)]
 pub(crate) struct GrantsDoc {
     #[serde(default)]
-    pub(crate) env: Vec<String>,
+    pub(crate) env: Vec<Spanned<String>>,
     #[serde(default)]
     pub(crate) read_dirs: Vec<Spanned<String>>,
 }

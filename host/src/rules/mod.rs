@@ -11,13 +11,14 @@
 //! if = 'props.pir == "pir"'                    # CEL, optional
 //! on_error = "dead-letter"                     # or "skip-step", "drop"
 //! commands.via = "tuya-api"                    # default command path
+//! commands.allow = ["lamp-mqtt"]               # other paths its plugins may name ("*": any)
 //!
 //! [[rule.step]]
 //! plugin = "motion-light"                      # plugins/motion-light.wasm
 //! config = { sensors = ["vdevo-pir"], lights = ["vdevo-lamp"] }   # JSON for `init`
 //! deadline_ms = 50                             # default
 //! memory_mb = 32                               # default
-//! grants = { env = ["TZ"], read_dirs = ["/etc/iotrules/tables"] }
+//! grants = { env = ["TZ"], read_dirs = ["/srv/iotrules/tables"] }
 //! commands.via = "tuya-api"                    # this step's default, over the rule's
 //! ```
 //!
@@ -31,6 +32,13 @@
 //!   so it survives reloads as long as the rule keeps its name and the step its place.
 //! - `enabled = false` keeps a rule checked (format, patterns, expression) but off; its
 //!   plugins are neither checked nor started.
+//! - A step's plugin may send commands only through its rule's and its own `commands.via`
+//!   and the paths listed in their `commands.allow` (`"*"`: any); a command naming another
+//!   path is refused as a dead letter. See `AllowedPaths` in `rule.rs`.
+//! - `grants` may not reach the service's secrets: an environment variable the config
+//!   references, `/`, `/proc`, `/sys`, `/dev`, `/etc`, or a directory holding the config
+//!   file, the store, a CA, replay or offset file, or holding or inside the plugin cache. Such
+//!   a grant refuses the file at load ([`crate::plugin::GrantPolicy`]).
 //! - The loader reads `*.toml` directly in the directory, skipping `*.test.toml` files and
 //!   subdirectories, which belong to `iotrules test`.
 //!
@@ -52,8 +60,10 @@ pub use error::{Position, RuleError};
 pub use format::OnError;
 pub(crate) use format::to_json;
 pub use reload::{DEFAULT_DEBOUNCE, ReloadResult, ReloadSummary, Rules, RulesWatcher};
-pub use rule::{ConditionError, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB, MAX_DEADLINE_MS, Rule};
-pub use run::{RuleOutcome, RuleResult, RuleRuntime, StepError, StepVersion};
+pub use rule::{
+    ANY_PATH, ConditionError, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB, MAX_DEADLINE_MS, Rule,
+};
+pub use run::{RefusedCommand, RuleOutcome, RuleResult, RuleRuntime, StepError, StepVersion};
 pub use set::{RuleSet, TEST_SUFFIX};
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ pub struct Rule {
     pub(crate) condition: Option<Condition>,
     pub(crate) on_error: OnError,
     pub(crate) via: Option<String>,
+    /// `commands.allow` of the rule, as written.
+    pub(crate) allow: Vec<String>,
     pub(crate) steps: Vec<StepSpec>,
     /// The rule's definition in a canonical form, to tell a changed rule from an unchanged one
     /// on reload.
@@ -50,8 +52,71 @@ pub(crate) struct StepSpec {
     pub(crate) grants: Grants,
     /// The step's own default command path, over the rule's.
     pub(crate) via: Option<String>,
+    /// `commands.allow` of the step, as written.
+    pub(crate) allow: Vec<String>,
+    /// The command paths the step's commands may take (its rule's and its own `via` and
+    /// `allow`).
+    pub(crate) allowed: AllowedPaths,
     /// Where the step's `plugin` is written.
     pub(crate) position: Position,
+    /// Where each of `grants.env` and `grants.read_dirs` is written, in their order.
+    pub(crate) env_positions: Vec<Position>,
+    pub(crate) read_dir_positions: Vec<Position>,
+}
+
+/// `commands.allow = ["*"]`: any configured path.
+pub const ANY_PATH: &str = "*";
+
+/// The command paths a step's plugin may send through.
+///
+/// A plugin names the path of each command it emits (or leaves it to the step's or rule's
+/// `commands.via`). Without a limit, a plugin could send through any configured path,
+/// including a webhook that carries the operator's `authorization` header, or a vendor API
+/// path with the project's rights over every device. So a step may use its rule's and its own
+/// `commands.via`, and the paths its rule and it list in `commands.allow`; `"*"` there lifts
+/// the limit. A command for another path is refused (a dead letter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AllowedPaths {
+    /// `"*"`: any path.
+    Any,
+    /// These paths, sorted.
+    Only(Vec<String>),
+}
+
+impl AllowedPaths {
+    fn new<'a>(names: impl IntoIterator<Item = &'a String>) -> Self {
+        let mut only: Vec<String> = Vec::new();
+        for name in names {
+            if name == ANY_PATH {
+                return AllowedPaths::Any;
+            }
+            only.push(name.clone());
+        }
+        only.sort();
+        only.dedup();
+        AllowedPaths::Only(only)
+    }
+
+    /// Whether a command may go through `path`.
+    pub(crate) fn permits(&self, path: &str) -> bool {
+        match self {
+            AllowedPaths::Any => true,
+            AllowedPaths::Only(only) => only.iter().any(|name| name == path),
+        }
+    }
+
+    /// The paths, for an error message.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            AllowedPaths::Any => "any".into(),
+            AllowedPaths::Only(only) if only.is_empty() => "none".into(),
+            AllowedPaths::Only(only) => only
+                .iter()
+                .map(|name| format!("\"{name}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
 }
 
 impl Rule {
@@ -90,6 +155,38 @@ impl Rule {
     /// The default command path for commands whose plugin names none.
     pub fn via(&self) -> Option<&str> {
         self.via.as_deref()
+    }
+
+    /// Every command path the rule names, in `commands.via` or `commands.allow`, of the rule
+    /// or a step (`"*"` left out), with where and as what: for checking them against the
+    /// configured paths.
+    pub fn named_paths<'r>(&'r self) -> Vec<(&'r str, Position, String)> {
+        let mut named = Vec::new();
+        let mut add = |name: &'r str, position: Position, what: String| {
+            if name != ANY_PATH {
+                named.push((name, position, what));
+            }
+        };
+        if let Some(via) = &self.via {
+            add(via, self.position, "commands.via".into());
+        }
+        for allowed in &self.allow {
+            add(allowed, self.position, "commands.allow".into());
+        }
+        for (index, step) in self.steps.iter().enumerate() {
+            let number = index + 1;
+            if let Some(via) = &step.via {
+                add(via, step.position, format!("step {number}: commands.via"));
+            }
+            for allowed in &step.allow {
+                add(
+                    allowed,
+                    step.position,
+                    format!("step {number}: commands.allow"),
+                );
+            }
+        }
+        named
     }
 
     /// The `if` expression as written, if the rule has one.
@@ -251,6 +348,18 @@ pub(crate) fn build(
         }
     }
 
+    let rule_allow = allow_list(&doc.commands.allow, "commands.allow", &mut error);
+    for step in &mut steps {
+        step.allowed = AllowedPaths::new(
+            doc.commands
+                .via
+                .iter()
+                .chain(&step.via)
+                .chain(&rule_allow)
+                .chain(&step.allow),
+        );
+    }
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -264,9 +373,40 @@ pub(crate) fn build(
         condition,
         on_error: doc.on_error,
         via: doc.commands.via,
+        allow: rule_allow,
         steps,
         fingerprint,
     })
+}
+
+/// The names of a `commands.allow`, each a command path name or `"*"`; a bad one is reported
+/// through `error` (at its place) and left out.
+fn allow_list(
+    allow: &[Spanned<String>],
+    label: &str,
+    error: &mut impl FnMut(usize, String),
+) -> Vec<String> {
+    let mut names = Vec::new();
+    for name in allow {
+        let text = name.get_ref();
+        let valid = text == ANY_PATH
+            || (!text.is_empty()
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')));
+        if valid {
+            names.push(text.clone());
+        } else {
+            error(
+                name.span().start,
+                format!(
+                    "{label}: \"{text}\" is not a command path name (letters, digits, `-`, \
+                     `_`, `.`) or \"{ANY_PATH}\""
+                ),
+            );
+        }
+    }
+    names
 }
 
 /// Checks one step's limits and grants; `number` counts from 1.
@@ -302,10 +442,10 @@ fn step_spec(
         }
     };
     let mut read_dirs = Vec::new();
+    let mut read_dir_positions = Vec::new();
     for dir in step.grants.read_dirs {
-        if Path::new(dir.get_ref()).is_absolute() {
-            read_dirs.push(PathBuf::from(dir.get_ref()));
-        } else {
+        let path = Path::new(dir.get_ref());
+        if !path.is_absolute() {
             problems.push((
                 dir.span().start,
                 format!(
@@ -313,8 +453,35 @@ fn step_spec(
                     dir.get_ref()
                 ),
             ));
+        } else if let Some(why) = crate::plugin::system_dir(path) {
+            problems.push((
+                dir.span().start,
+                format!(
+                    "{label}: grants.read_dirs: \"{}\" cannot be granted: {why}",
+                    dir.get_ref()
+                ),
+            ));
+        } else {
+            read_dirs.push(PathBuf::from(dir.get_ref()));
+            read_dir_positions.push(Position::of_offset(text, dir.span().start));
         }
     }
+    let (env, env_positions) = step
+        .grants
+        .env
+        .into_iter()
+        .map(|name| {
+            let position = Position::of_offset(text, name.span().start);
+            (name.into_inner(), position)
+        })
+        .unzip();
+    let mut allow_problems = Vec::new();
+    let allow = allow_list(
+        &step.commands.allow,
+        &format!("{label}: commands.allow"),
+        &mut |offset, reason| allow_problems.push((offset, reason)),
+    );
+    problems.extend(allow_problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -330,12 +497,14 @@ fn step_spec(
             deadline: Duration::from_millis(deadline_ms),
             memory_bytes: (memory_mb as usize) << 20,
         },
-        grants: Grants {
-            env: step.grants.env,
-            read_dirs,
-        },
+        grants: Grants { env, read_dirs },
         via: step.commands.via,
+        allow,
+        // Filled in by `build`, which knows the rule's paths too.
+        allowed: AllowedPaths::Only(Vec::new()),
         position: Position::of_offset(text, step.plugin.span().start),
+        env_positions,
+        read_dir_positions,
     })
 }
 

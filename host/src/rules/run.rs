@@ -90,6 +90,20 @@ pub struct RuleResult<'e> {
     pub errors: Vec<StepError>,
     /// The steps that ran and the plugin version each ran on.
     pub versions: Vec<StepVersion>,
+    /// Commands a plugin sent through a path its step may not use (`commands.allow`): not
+    /// sent, each a dead letter. Kept whatever the outcome.
+    pub refused: Vec<RefusedCommand>,
+}
+
+/// A command refused because its step may not use the path it names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusedCommand {
+    /// The step, from 1.
+    pub step: usize,
+    /// The command as the plugin emitted it (its `via` set).
+    pub command: Command,
+    /// Why, naming the path, the step and the paths it may use.
+    pub reason: String,
 }
 
 impl RuleResult<'_> {
@@ -121,12 +135,14 @@ impl RuleRuntime {
         let mut commands = Vec::new();
         let mut errors = Vec::new();
         let mut versions = Vec::with_capacity(self.steps.len());
-        let finish = |outcome, commands, errors, versions| RuleResult {
+        let mut refused = Vec::new();
+        let finish = |outcome, commands, errors, versions, refused| RuleResult {
             rule: rule.name.clone(),
             outcome,
             commands,
             errors,
             versions,
+            refused,
         };
         for (index, (step, spec)) in self.steps.iter_mut().zip(&rule.steps).enumerate() {
             let number = index + 1;
@@ -142,12 +158,28 @@ impl RuleRuntime {
                         elapsed,
                     });
                     let via = spec.via.as_ref().or(rule.via.as_ref());
-                    commands.extend(outcome.commands.into_iter().map(|mut command| {
+                    for mut command in outcome.commands {
                         if command.via.is_none() {
                             command.via = via.cloned();
                         }
-                        command
-                    }));
+                        match &command.via {
+                            Some(path) if !spec.allowed.permits(path) => {
+                                let reason = format!(
+                                    "step {number} (plugin \"{}\") may not send through \
+                                     command path \"{path}\" (it may use: {}); list the path \
+                                     in the rule's or step's commands.allow",
+                                    spec.plugin,
+                                    spec.allowed.describe()
+                                );
+                                refused.push(RefusedCommand {
+                                    step: number,
+                                    command,
+                                    reason,
+                                });
+                            }
+                            _ => commands.push(command),
+                        }
+                    }
                     match outcome.verdict {
                         Verdict::Keep => {}
                         Verdict::Replace(replacement) => current = Cow::Owned(*replacement),
@@ -157,6 +189,7 @@ impl RuleRuntime {
                                 commands,
                                 errors,
                                 versions,
+                                refused,
                             );
                         }
                     }
@@ -178,10 +211,16 @@ impl RuleRuntime {
                         OnError::DeadLetter => RuleOutcome::DeadLetter,
                         OnError::Drop => RuleOutcome::DroppedOnError,
                     };
-                    return finish(outcome, Vec::new(), errors, versions);
+                    return finish(outcome, Vec::new(), errors, versions, refused);
                 }
             }
         }
-        finish(RuleOutcome::Passed(current), commands, errors, versions)
+        finish(
+            RuleOutcome::Passed(current),
+            commands,
+            errors,
+            versions,
+            refused,
+        )
     }
 }

@@ -10,7 +10,7 @@ use super::format::FileDoc;
 use super::rule::{self, ConditionError, Rule};
 use super::run::RuleRuntime;
 use crate::event::Event;
-use crate::plugin::{PluginError, Registry};
+use crate::plugin::{GrantPolicy, PluginError, Registry};
 
 /// The suffix of rule test files (`iotrules test`), which the loader skips.
 pub const TEST_SUFFIX: &str = ".test.toml";
@@ -34,8 +34,47 @@ impl RuleSet {
     /// returned, not just the first; with any problem, no set is made.
     pub fn load_dir(dir: &Path, registry: &Registry) -> Result<RuleSet, Vec<RuleError>> {
         let set = Self::parse_dir(dir)?;
+        set.check_grants(registry.grant_policy())?;
         set.instantiate(registry)?;
         Ok(set)
+    }
+
+    /// Refuses every grant that reaches the config's secrets ([`GrantPolicy`]), of every rule
+    /// (a disabled rule's too: enabling it must not be what lets a secret out).
+    pub fn check_grants(&self, policy: &GrantPolicy) -> Result<(), Vec<RuleError>> {
+        let mut errors = Vec::new();
+        for rule in &self.rules {
+            for (index, spec) in rule.steps.iter().enumerate() {
+                let label = format!("step {} (plugin \"{}\")", index + 1, spec.plugin);
+                let env = spec.grants.env.iter().zip(&spec.env_positions);
+                for (name, position) in env {
+                    if let Err(reason) = policy.check_env(name) {
+                        errors.push(RuleError::new(
+                            &rule.file,
+                            Some(*position),
+                            Some(&rule.name),
+                            format!("{label}: {reason}"),
+                        ));
+                    }
+                }
+                let dirs = spec.grants.read_dirs.iter().zip(&spec.read_dir_positions);
+                for (dir, position) in dirs {
+                    if let Err(reason) = policy.check_read_dir(dir) {
+                        errors.push(RuleError::new(
+                            &rule.file,
+                            Some(*position),
+                            Some(&rule.name),
+                            format!("{label}: {reason}"),
+                        ));
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     /// [`RuleSet::load_dir`] without the plugins: the format, names, patterns and expressions.

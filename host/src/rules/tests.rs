@@ -102,7 +102,7 @@ plugin = "motion-light"
 config = { sensors = ["vdevo-pir"], lights = ["vdevo-lamp"], when = 1979-05-27T07:32:00Z }
 deadline_ms = 20
 memory_mb = 8
-grants = { env = ["TZ"], read_dirs = ["/etc/iotrules"] }
+grants = { env = ["TZ"], read_dirs = ["/srv/iotrules"] }
 commands.via = "tuya-mqtt"
 
 [[rule]]
@@ -146,7 +146,7 @@ plugin = "pass"
     assert_eq!(second.limits.deadline.as_millis(), 20);
     assert_eq!(second.limits.memory_bytes, 8 << 20);
     assert_eq!(second.grants.env, ["TZ"]);
-    assert_eq!(second.grants.read_dirs, [Path::new("/etc/iotrules")]);
+    assert_eq!(second.grants.read_dirs, [Path::new("/srv/iotrules")]);
     assert_eq!(second.via.as_deref(), Some("tuya-mqtt"));
     assert!(rule.matches_event(&event()).unwrap());
     assert!(!set.rules()[1].enabled());
@@ -249,6 +249,143 @@ fn bad_names_values_and_limits_are_refused_with_their_place() {
     let error = one_error(&format!("{}grants.read_dirs = [\"tables\"]\n", rule("")));
     assert!(
         error.contains("grants.read_dirs: \"tables\" is not an absolute path"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_grant_of_the_root_or_a_system_directory_is_refused_at_its_place() {
+    let text = format!(
+        "{}grants.read_dirs = [\"/srv/iotrules/tables\", \"/\", \"/proc/self\", \"/etc/iotrules\"]\n",
+        rule("")
+    );
+    let errors = errors(&text);
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert_eq!(
+        errors[0],
+        "rules/t.toml:7:45: rule \"r\": step 1 (plugin \"deadband\"): grants.read_dirs: \"/\" \
+         cannot be granted: it is the whole file system"
+    );
+    assert!(
+        errors[1].contains("\"/proc/self\" cannot be granted: it is under /proc"),
+        "{}",
+        errors[1]
+    );
+    assert!(
+        errors[2].contains("\"/etc/iotrules\" cannot be granted: it is under /etc"),
+        "{}",
+        errors[2]
+    );
+}
+
+#[test]
+fn grants_that_reach_the_config_s_secrets_are_refused_with_file_line_and_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let config = crate::config::Config::parse(
+        &root.join("iotrules.toml"),
+        "[[command_path]]\nname = \"hook\"\nkind = \"webhook\"\n\
+         url = \"https://hooks.example.com/\"\nauthorization = \"${HOOK_AUTH:-x}\"\n",
+    )
+    .unwrap();
+    let policy = crate::plugin::GrantPolicy::from_config(&config);
+    let tables = root.join("tables");
+    let text = format!(
+        "{}grants = {{ env = [\"TZ\", \"HOOK_AUTH\"], read_dirs = [\"{}\", \"{}\"] }}\n",
+        rule(""),
+        tables.display(),
+        root.display()
+    );
+    let set = parse(&text).unwrap_or_else(|e| panic!("{e:#?}"));
+    let errors: Vec<String> = set
+        .check_grants(&policy)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors[0].starts_with(
+            "rules/t.toml:7:25: rule \"r\": step 1 (plugin \"deadband\"): grants.env: \
+             \"HOOK_AUTH\" is referenced by the config"
+        ),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1].starts_with("rules/t.toml:7:")
+            && errors[1].contains(&format!(
+                "grants.read_dirs: \"{}\" holds the config file",
+                root.display()
+            )),
+        "{}",
+        errors[1]
+    );
+    // Without a config's secrets, only the system directories are refused.
+    assert!(
+        set.check_grants(&crate::plugin::GrantPolicy::default())
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_step_may_use_its_rule_s_and_its_own_paths_and_those_allowed() {
+    let text = r#"
+[[rule]]
+name = "r"
+commands.via = "tuya-api"
+commands.allow = ["lamp-mqtt"]
+
+[[rule.step]]
+plugin = "deadband"
+commands.allow = ["hook"]
+
+[[rule.step]]
+plugin = "deadband"
+commands.via = "tuya-mqtt"
+
+[[rule]]
+name = "open"
+commands.allow = ["*"]
+[[rule.step]]
+plugin = "deadband"
+
+[[rule]]
+name = "none"
+[[rule.step]]
+plugin = "deadband"
+"#;
+    let set = parse(text).unwrap_or_else(|e| panic!("{e:#?}"));
+    let [first, second] = &set.rules()[0].steps[..] else {
+        panic!("two steps")
+    };
+    for path in ["tuya-api", "lamp-mqtt", "hook"] {
+        assert!(first.allowed.permits(path), "{path}");
+    }
+    assert!(!first.allowed.permits("tuya-mqtt"));
+    for path in ["tuya-api", "lamp-mqtt", "tuya-mqtt"] {
+        assert!(second.allowed.permits(path), "{path}");
+    }
+    assert!(!second.allowed.permits("hook"));
+    assert!(set.rules()[1].steps[0].allowed.permits("anything"));
+    assert!(!set.rules()[2].steps[0].allowed.permits("anything"));
+    assert_eq!(set.rules()[2].steps[0].allowed.describe(), "none");
+    let named: Vec<&str> = set.rules()[0]
+        .named_paths()
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
+    assert_eq!(named, ["tuya-api", "lamp-mqtt", "hook", "tuya-mqtt"]);
+    assert!(set.rules()[1].named_paths().is_empty());
+}
+
+#[test]
+fn a_commands_allow_entry_that_is_not_a_path_name_is_refused_at_its_place() {
+    let error = one_error(&rule("commands.allow = [\"ok\", \"no good\"]"));
+    assert!(
+        error.starts_with(
+            "rules/t.toml:3:25: rule \"r\": commands.allow: \"no good\" is not a command path name"
+        ),
         "{error}"
     );
 }

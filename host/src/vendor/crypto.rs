@@ -210,10 +210,36 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Whether `a` and `b` are equal, in a time that depends on their length only, not on where
+/// they first differ: a signature compared byte by byte with an early exit tells a sender,
+/// through the time of the refusal, how many leading bytes of a forged one are right.
+/// The lengths are public (a digest's size), so a length mismatch returns at once.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Keeps the optimizer from turning the fold back into an early-exit comparison.
+    std::hint::black_box(difference) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn constant_time_eq_tells_equal_from_different_bytes_and_lengths() {
+        assert!(constant_time_eq(b"", b""));
+        assert!(constant_time_eq(&[7; 16], &[7; 16]));
+        let mut last = [7; 16];
+        last[15] = 8;
+        assert!(!constant_time_eq(&[7; 16], &last));
+        let mut first = [7; 16];
+        first[0] = 0;
+        assert!(!constant_time_eq(&[7; 16], &first));
+        assert!(!constant_time_eq(&[7; 16], &[7; 15]));
+    }
 
     const KEY: [u8; 16] = *b"0123456789abcdef";
 

@@ -74,6 +74,17 @@ pub enum SignMode {
     Off,
 }
 
+impl SignMode {
+    /// The name configs and `/status` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignMode::Enforce => "enforce",
+            SignMode::Warn => "warn",
+            SignMode::Off => "off",
+        }
+    }
+}
+
 impl std::str::FromStr for SignMode {
     type Err = String;
 
@@ -218,7 +229,11 @@ pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(
     what: &'static str,
     bytes: &'a [u8],
 ) -> Result<T, DecodeError> {
-    serde_json::from_slice(bytes).map_err(|source| json_error(what, source))
+    serde_json::from_slice(bytes).map_err(|source| {
+        json_error(what, source, || {
+            error_path::<T>(&mut serde_json::Deserializer::from_slice(bytes))
+        })
+    })
 }
 
 /// [`parse_json`] for text already known to be UTF-8: faster on the hot path, because
@@ -227,7 +242,11 @@ pub(crate) fn parse_json_str<'a, T: serde::Deserialize<'a>>(
     what: &'static str,
     text: &'a str,
 ) -> Result<T, DecodeError> {
-    serde_json::from_str(text).map_err(|source| json_error(what, source))
+    serde_json::from_str(text).map_err(|source| {
+        json_error(what, source, || {
+            error_path::<T>(&mut serde_json::Deserializer::from_str(text))
+        })
+    })
 }
 
 /// Checks that a message part is UTF-8 text, as JSON must be.
@@ -245,12 +264,84 @@ pub(crate) fn utf8<'a>(what: &'static str, bytes: &'a [u8]) -> Result<&'a str, D
 
 /// Syntax errors are `Json`; well-formed JSON of the wrong shape is `Shape`. Both are of
 /// kind json.
-fn json_error(what: &'static str, source: serde_json::Error) -> DecodeError {
-    if source.is_data() {
-        DecodeError::shape(what, source.to_string())
-    } else {
-        DecodeError::Json { what, source }
+///
+/// A shape error names the field by its path and says what was expected, never the value
+/// found: serde's own message quotes it (`invalid type: string "21.5", expected f64`), and
+/// after decryption that value is the device's data, which would otherwise reach the log,
+/// `/status` and the dead letter's message. `path` finds the field (by parsing once more:
+/// errors are rare, and tracking the path on every message would slow the hot path).
+fn json_error(
+    what: &'static str,
+    source: serde_json::Error,
+    path: impl FnOnce() -> Option<String>,
+) -> DecodeError {
+    if !source.is_data() {
+        return DecodeError::Json { what, source };
     }
+    let full = source.to_string();
+    let message = full
+        .rfind(" at line ")
+        .map_or(full.as_str(), |at| &full[..at]);
+    let place = match path() {
+        Some(path) if path != "." => format!("`{path}`: "),
+        _ => String::new(),
+    };
+    DecodeError::shape(
+        what,
+        format!(
+            "{place}{} (line {}, column {})",
+            without_values(message),
+            source.line(),
+            source.column()
+        ),
+    )
+}
+
+/// Where in the document deserializing `T` fails, as a dotted path (`status[0].value`).
+fn error_path<'de, T: serde::Deserialize<'de>>(
+    deserializer: &mut serde_json::Deserializer<impl serde_json::de::Read<'de>>,
+) -> Option<String> {
+    serde_path_to_error::deserialize::<_, T>(deserializer)
+        .err()
+        .map(|error| error.path().to_string())
+}
+
+/// A serde message without the values it quotes: `invalid type: string "x", expected f64`
+/// becomes `invalid type: string, expected f64`. What follows `, expected` describes the
+/// type, not the data, and is kept; so are the field names of `missing field`, `unknown
+/// field` and `duplicate field` (keys, not values).
+fn without_values(message: &str) -> String {
+    let (found, expected) = match message.find(", expected") {
+        Some(at) => message.split_at(at),
+        None => (message, ""),
+    };
+    let keeps_names = ["missing field", "unknown field", "duplicate field"]
+        .iter()
+        .any(|start| found.starts_with(start));
+    if keeps_names {
+        return message.to_owned();
+    }
+    let mut out = String::with_capacity(found.len() + expected.len());
+    let mut quote = None;
+    let mut escaped = false;
+    for c in found.chars() {
+        match quote {
+            // A string is quoted with Rust's escapes (`\"` inside): skip what they escape.
+            Some(_) if escaped => escaped = false,
+            Some('"') if c == '\\' => escaped = true,
+            Some(open) if c == open => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '`' => {
+                quote = Some(c);
+                if out.ends_with(' ') {
+                    out.pop();
+                }
+            }
+            None => out.push(c),
+        }
+    }
+    out.push_str(expected);
+    out
 }
 
 /// Keeps a body as the event payload: JSON verbatim; other bodies (custom topics may carry
@@ -409,6 +500,16 @@ impl Dialect {
         }
     }
 
+    /// How the dialect treats a signature that does not match; `None` for the dialects
+    /// whose messages carry no signature.
+    pub fn sign_mode(&self) -> Option<SignMode> {
+        match self {
+            Dialect::Tuya(d) => Some(d.sign_mode()),
+            Dialect::TuyaBusiness(d) => Some(d.sign_mode()),
+            Dialect::Alibaba(_) | Dialect::Huawei(_) | Dialect::Json(_) => None,
+        }
+    }
+
     /// Verifies, decrypts and normalizes one message.
     pub fn decode(&self, message: &RawMessage<'_>) -> Result<Event, DecodeError> {
         match self {
@@ -435,6 +536,57 @@ impl Dialect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shape_error_names_the_field_and_expected_type_but_not_the_value() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Reading {
+            #[serde(rename = "status")]
+            _status: Vec<Point>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        struct Point {
+            #[serde(rename = "t")]
+            _t: u64,
+        }
+        let text = r#"{"status":[{"t":1},{"t":"pin \"4711\" 21.5"}]}"#;
+        let error = parse_json_str::<Reading>("body", text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("body: `status[1].t`: invalid type: string, expected u64 (line 1,"),
+            "{error}"
+        );
+        let error = parse_json::<Reading>("body", text.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`status[1].t`"), "{error}");
+        assert!(
+            !error.contains("4711") && !error.contains("21.5"),
+            "{error}"
+        );
+        let missing = parse_json_str::<Reading>("body", r#"{"status":[{}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("missing field `t`"), "{missing}");
+    }
+
+    #[test]
+    fn a_huawei_push_of_the_wrong_shape_is_refused_without_its_values() {
+        let body =
+            r#"{"resource":"device.property","event":"report","notify_data":"meter-secret-0042"}"#;
+        let error = huawei::Decoder::new()
+            .decode(&RawMessage::new("h", body.as_bytes()))
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Json);
+        let message = error.to_string();
+        assert!(message.contains("`notify_data`"), "{message}");
+        assert!(
+            message.contains("invalid type: string, expected"),
+            "{message}"
+        );
+        assert!(!message.contains("meter-secret-0042"), "{message}");
+    }
 
     #[test]
     fn clip_cuts_long_text_on_a_char_boundary() {

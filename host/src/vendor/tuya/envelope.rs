@@ -18,7 +18,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::Keys;
-use crate::vendor::crypto::{CipherError, md5_digest};
+use crate::vendor::crypto::{CipherError, constant_time_eq, md5_digest};
 use crate::vendor::{CowStr, DecodeError, SignMode, base64_field, clip, utf8};
 
 /// The JSON key of the signature.
@@ -173,7 +173,7 @@ impl<'a> Fields<'a> {
         let problem = if sign.is_empty() {
             Some("the envelope has no `sign`")
         } else if hex::decode_to_slice(&sign, &mut received).is_err()
-            || self.signature_digest(access_key)? != received
+            || !constant_time_eq(&self.signature_digest(access_key)?, &received)
         {
             Some(
                 "`sign` does not match the envelope signed with the configured access key (wrong key, or the message was altered)",

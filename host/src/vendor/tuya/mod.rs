@@ -243,6 +243,11 @@ impl Decoder {
         Decoder { keys, sign_mode }
     }
 
+    /// What a signature that does not match does.
+    pub fn sign_mode(&self) -> SignMode {
+        self.sign_mode
+    }
+
     /// Verifies and decrypts; the encryption mode comes from the message property `em`.
     pub fn decrypt(&self, message: &RawMessage<'_>) -> Result<(Envelope, Vec<u8>), DecodeError> {
         envelope::open_iot_core(
@@ -272,6 +277,11 @@ pub struct BusinessDecoder {
 impl BusinessDecoder {
     pub fn new(keys: Keys, sign_mode: SignMode) -> Self {
         BusinessDecoder { keys, sign_mode }
+    }
+
+    /// What a signature that does not match does.
+    pub fn sign_mode(&self) -> SignMode {
+        self.sign_mode
     }
 
     /// Verifies and decrypts.

@@ -146,9 +146,33 @@ pub fn refresh_path(refresh_token: &str) -> String {
     format!("{TOKEN_PATH}/{refresh_token}")
 }
 
-/// The device command path.
-pub fn command_path(device_id: &str) -> String {
-    format!("/v1.0/iot-03/devices/{device_id}/commands")
+/// The device command path, or why `device_id` cannot be put in it.
+///
+/// The id comes from a plugin, and the request goes out signed with the project's token: an
+/// id such as `../../v1.0/token` or `x?y=` would reach another endpoint of the API with the
+/// project's rights. Tuya's device ids are letters and digits, so an id that is not a plain
+/// path segment (letters, digits, `-`, `_`, `.`; not `.` or `..`) is refused rather than
+/// percent-encoded: no real device has one, and an encoded id would only be refused by the API
+/// after a token call.
+pub fn command_path(device_id: &str) -> Result<String, String> {
+    if !is_plain_segment(device_id) {
+        return Err(format!(
+            "device id {device_id:?} cannot go into the command URL: a Tuya device id is \
+             letters, digits, `-`, `_` and `.`"
+        ));
+    }
+    Ok(format!("/v1.0/iot-03/devices/{device_id}/commands"))
+}
+
+/// True if `text` is one URL path segment that needs no escaping and means no directory
+/// move: unreserved characters only (RFC 3986 less `~`), and neither `.` nor `..`.
+pub fn is_plain_segment(text: &str) -> bool {
+    !text.is_empty()
+        && text != "."
+        && text != ".."
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// One datapoint to set.
@@ -253,7 +277,32 @@ mod tests {
             body,
             br#"{"commands":[{"code":"switch_led","value":true}]}"#
         );
-        assert_eq!(command_path("vdev1"), "/v1.0/iot-03/devices/vdev1/commands");
+        assert_eq!(
+            command_path("vdev1").as_deref(),
+            Ok("/v1.0/iot-03/devices/vdev1/commands")
+        );
         assert_eq!(refresh_path("r1"), "/v1.0/token/r1");
+    }
+
+    #[test]
+    fn a_device_id_that_is_not_a_plain_path_segment_is_refused_by_name() {
+        for id in [
+            "../../v1.0/token",
+            "..",
+            ".",
+            "",
+            "a/b",
+            "vdev1?grant_type=1",
+            "vdev1#x",
+            "vdev%2F1",
+            "vdev 1",
+            "vdév",
+        ] {
+            let error = command_path(id).expect_err(id);
+            assert!(error.contains(&format!("{id:?}")), "{error}");
+        }
+        for id in ["vdevo1732000000", "6c1a2b3c4d5e6f7g8h9i", "bf-1_2.x"] {
+            assert!(command_path(id).is_ok(), "{id}");
+        }
     }
 }
