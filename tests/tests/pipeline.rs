@@ -243,6 +243,91 @@ fn a_copy_arriving_while_the_first_is_in_flight_settles_as_the_first_does() {
 }
 
 #[test]
+fn a_message_whose_dead_letter_cannot_be_stored_goes_back_with_pauses_then_is_held_not_dropped() {
+    let runtime = runtime();
+    let capture = Capture::open("out");
+    let mut config = settings(2, 8, 64);
+    config.redelivery_attempts = 3;
+    config.redelivery_delay_ms = 20;
+    let mut test = TestPipeline::start(
+        &["testing/echo"],
+        ECHO_RULE,
+        config,
+        capture.clone(),
+        runtime.handle(),
+    );
+    test.dead_letters.refuse(true);
+    let ingest = ingest(&test);
+    // A transport that delivers the message again at once each time it is sent back, as
+    // Pulsar's nack and AMQP's `modified` do, noting when it delivers.
+    let acks = Arc::new(Acks::default());
+    let redelivered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let garbage = "{\"resource\": 7".to_owned();
+    let transport = {
+        let (acks, redelivered, ingest, garbage) = (
+            acks.clone(),
+            redelivered.clone(),
+            ingest.clone(),
+            garbage.clone(),
+        );
+        runtime.spawn(async move {
+            let mut sent_back = 0;
+            redelivered.lock().unwrap().push(Instant::now());
+            ingest
+                .submit(acks.delivery(garbage.clone()))
+                .await
+                .expect("submit");
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let retried = acks.retried();
+                if retried > sent_back {
+                    sent_back = retried;
+                    redelivered.lock().unwrap().push(Instant::now());
+                    ingest
+                        .submit(acks.delivery(garbage.clone()))
+                        .await
+                        .expect("submit");
+                }
+                if acks.acked() > 0 {
+                    break;
+                }
+            }
+        })
+    };
+    wait_for("the message held", || test.metrics.events_held.get() == 1);
+    // Held: neither acknowledged nor sent back any more, however long the store refuses.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        acks.retried(),
+        3,
+        "sent back redelivery_attempts times, then held"
+    );
+    assert_eq!(acks.acked(), 0);
+    // Each time after a pause doubling from redelivery_delay_ms (a lower bound: never hot).
+    let times = redelivered.lock().unwrap().clone();
+    assert_eq!(times.len(), 4, "the first delivery and three more");
+    for (n, pair) in times.windows(2).enumerate() {
+        let pause = Duration::from_millis(20 << n);
+        assert!(
+            pair[1] - pair[0] >= pause,
+            "redelivery {} after {:?}",
+            n + 1,
+            pair[1] - pair[0]
+        );
+    }
+    // The store takes dead letters again: the held message is stored and acknowledged.
+    test.dead_letters.refuse(false);
+    wait_for("the held message acknowledged", || acks.acked() == 1);
+    runtime.block_on(transport).expect("transport");
+    assert_eq!(test.metrics.events_held.get(), 0);
+    let letters = test.dead_letters.letters();
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0].payload, garbage.as_bytes());
+    drop(ingest);
+    test.drain(&runtime);
+}
+
+#[test]
 fn a_plugin_failure_dead_letters_the_raw_message_under_the_rules_policy() {
     let runtime = runtime();
     let capture = Capture::open("out");
