@@ -208,8 +208,9 @@ pub struct Metrics {
     pub connects: Family<Counter>,
     /// 1 while a connector is connected and receiving, by connector.
     pub connector_up: Family<Gauge>,
-    /// Inbound messages a connector did not keep because its byte budget (`buffer_bytes`)
-    /// was full, by connector.
+    /// Times a connector's inbound byte budget (`buffer_bytes`) was full, by connector: a
+    /// message not kept (an MQTT link), or reading paused until the pipeline settles some
+    /// (Pulsar).
     pub buffer_full: Family<Counter>,
     /// Events received and not yet acknowledged.
     pub in_flight: Gauge,
@@ -295,7 +296,7 @@ impl Default for Metrics {
             ),
             buffer_full: Family::new(
                 "iotrules_connector_buffer_full_total",
-                "Inbound messages not kept because the connector's byte budget was full",
+                "Times the connector's inbound byte budget was full (MQTT: a message not kept; Pulsar: reading paused)",
                 &["connector"],
             ),
             in_flight: Gauge::default(),

@@ -101,6 +101,8 @@ struct Seen {
 struct Webhook {
     address: std::net::SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// While true, requests are read but not answered.
+    holding: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Webhook {
@@ -108,16 +110,27 @@ impl Webhook {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let recorded = seen.clone();
+        let holding = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (recorded, held) = (seen.clone(), holding.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let recorded = recorded.clone();
+                let (recorded, held) = (recorded.clone(), held.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, recorded).await;
+                    let _ = serve(stream, recorded, held).await;
                 });
             }
         });
-        Webhook { address, seen }
+        Webhook {
+            address,
+            seen,
+            holding,
+        }
+    }
+
+    /// Holds every answer from now on (`true`) or answers again (`false`).
+    fn hold(&self, holding: bool) {
+        self.holding
+            .store(holding, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -125,7 +138,11 @@ impl Webhook {
     }
 }
 
-async fn serve(stream: tokio::net::TcpStream, seen: Arc<Mutex<Vec<Seen>>>) -> std::io::Result<()> {
+async fn serve(
+    stream: tokio::net::TcpStream,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    holding: Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<()> {
     let mut stream = BufReader::new(stream);
     loop {
         let mut length = 0usize;
@@ -156,6 +173,9 @@ async fn serve(stream: tokio::net::TcpStream, seen: Arc<Mutex<Vec<Seen>>>) -> st
             seq: command["params"]["seq"].as_u64(),
             at: sequence(),
         });
+        while holding.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         stream
             .get_mut()
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
@@ -623,5 +643,49 @@ async fn a_consumer_whose_connection_goes_silent_is_rebuilt_and_gets_what_was_pe
             && (e.message.contains("no answer") || e.message.contains("no message for"))),
         "{errors:?}"
     );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_holds_no_more_of_a_connector_s_messages_than_its_byte_budget() {
+    const COUNT: u64 = 300;
+    const BUDGET: usize = 8 * 1024;
+    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
+    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
+    let webhook = Webhook::start().await;
+    webhook.hold(true);
+    let connectors = connector_toml(
+        "tuya",
+        "tuya-pulsar",
+        ACCESS_ID,
+        ACCESS_KEY,
+        &broker.url(),
+        &format!("buffer_bytes = {BUDGET}"),
+    );
+    let service = Service::start(&connectors, &webhook).await;
+    let mut smallest = usize::MAX;
+    for seq in 1..=COUNT {
+        let (payload, properties) = sealed(&tuya_keys, &format!("dev-{}", seq % 5), seq, Mode::Ecb);
+        smallest = smallest.min(payload.len());
+        publish(&broker, &payload, &properties);
+    }
+    // The webhook holds every command: events stay in flight until the budget is full.
+    let full = service.observed.metrics.buffer_full.with(&["tuya"]);
+    wait_until("the budget full", || full.get() > 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let in_flight = service.observed.metrics.in_flight.get() as usize;
+    assert!(
+        in_flight <= BUDGET / smallest + 1,
+        "{in_flight} messages of at least {smallest} bytes in flight with a budget of {BUDGET}"
+    );
+    assert_eq!(broker.acked_count(), 0);
+    webhook.hold(false);
+    wait_until("every message acked", || {
+        broker.acked_count() == COUNT as usize
+    })
+    .await;
+    let seqs: std::collections::BTreeSet<u64> =
+        webhook.seen().iter().filter_map(|s| s.seq).collect();
+    assert_eq!(seqs.len(), COUNT as usize, "every message processed");
     service.stop().await;
 }

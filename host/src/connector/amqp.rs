@@ -71,7 +71,14 @@ pub struct AmqpSettings {
     pub idle_timeout: Duration,
     /// Extra trusted CA certificates.
     pub ca_file: Option<PathBuf>,
+    /// The largest message the receiver accepts (its link's `max-message-size`): with at
+    /// most `credit` messages unsettled, what a connection holds stays within `buffer_bytes`.
+    pub max_message_size: u64,
 }
+
+/// The smallest `max-message-size` a receiver announces, whatever `buffer_bytes` and
+/// `credit` say: Alibaba's messages reach 256 KiB.
+const MIN_MESSAGE_SIZE: usize = 256 * 1024;
 
 impl AmqpSettings {
     /// Checks an `alibaba-amqp` / `huawei-amqp` connector's config and derives its settings.
@@ -90,6 +97,8 @@ impl AmqpSettings {
                 "connections must be 1 to {MAX_CONNECTIONS} (the limit per consumer group)"
             )));
         }
+        let max_message_size =
+            (config.buffer_bytes / config.credit as usize).max(MIN_MESSAGE_SIZE) as u64;
         let explicit_url = match &config.url {
             Some(url) => {
                 let url = url.as_str();
@@ -168,6 +177,7 @@ impl AmqpSettings {
                     credit: config.credit,
                     idle_timeout,
                     ca_file,
+                    max_message_size,
                 })
             }
             ConnectorKind::HuaweiAmqp => {
@@ -196,6 +206,7 @@ impl AmqpSettings {
                     credit: config.credit,
                     idle_timeout,
                     ca_file,
+                    max_message_size,
                 })
             }
             other => Err(config.invalid(format!("{} is not an AMQP connector", other.as_str()))),
@@ -491,6 +502,7 @@ impl Connection {
             .source(self.settings.source.as_str())
             .credit_mode(CreditMode::Manual)
             .auto_accept(false)
+            .max_message_size(self.settings.max_message_size)
             .attach(&mut session)
             .await
             .map_err(|e| {

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,9 +29,13 @@ use crate::pipeline::Closed;
 use crate::sync::lock;
 use crate::vendor::tuya;
 
-/// Messages each partition's consumer may hold ahead of the pipeline (the FLOW permits it
-/// grants the broker, and the size of its receive queue): the bound on read-ahead.
+/// Messages each partition's consumer may hold ahead of the pipeline at most (the FLOW
+/// permits it grants the broker, and the size of its receive queue).
 const RECEIVER_QUEUE: u32 = 1000;
+/// The message size the read-ahead is sized for: Tuya's messages are under 4 KiB. The crate
+/// counts read-ahead in messages, not bytes, so `buffer_bytes` becomes a number of permits
+/// by this size (between 10 and [`RECEIVER_QUEUE`]).
+const READ_AHEAD_MESSAGE: usize = 16 * 1024;
 /// How long a stopping connector keeps its consumer to acknowledge what is still in flight.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// A session that lasted this long worked, even without a message: the backoff starts over.
@@ -56,6 +61,9 @@ pub struct PulsarSettings {
     pub stall_timeout: Option<Duration>,
     /// Messages each partition consumer may read ahead of the pipeline.
     pub receiver_queue: u32,
+    /// Bytes of messages the pipeline may hold from this connector before it stops reading
+    /// (`buffer_bytes`).
+    pub buffer_bytes: usize,
 }
 
 impl std::fmt::Debug for PulsarSettings {
@@ -68,6 +76,7 @@ impl std::fmt::Debug for PulsarSettings {
             .field("ca_file", &self.ca_file)
             .field("stall_timeout", &self.stall_timeout)
             .field("receiver_queue", &self.receiver_queue)
+            .field("buffer_bytes", &self.buffer_bytes)
             .finish()
     }
 }
@@ -124,7 +133,10 @@ impl PulsarSettings {
             ca_file: config.ca_file.as_ref().map(|f| f.as_str().into()),
             stall_timeout: (config.stall_timeout_s > 0)
                 .then(|| Duration::from_secs(config.stall_timeout_s)),
-            receiver_queue: RECEIVER_QUEUE,
+            receiver_queue: u32::try_from(config.buffer_bytes / READ_AHEAD_MESSAGE)
+                .unwrap_or(u32::MAX)
+                .clamp(10, RECEIVER_QUEUE),
+            buffer_bytes: config.buffer_bytes,
         })
     }
 
@@ -189,6 +201,8 @@ fn key(topic: &str, id: &MessageIdData) -> Key {
 /// for a duplicate and ack it at once, before the first copy is processed.)
 struct Pending {
     held: Arc<Mutex<HashSet<Key>>>,
+    /// Bytes of the messages in `held`.
+    bytes: Arc<AtomicUsize>,
     settlements: mpsc::UnboundedSender<Settlement>,
     settled: mpsc::UnboundedReceiver<Settlement>,
 }
@@ -198,6 +212,7 @@ impl Pending {
         let (settlements, settled) = mpsc::unbounded_channel();
         Pending {
             held: Arc::default(),
+            bytes: Arc::default(),
             settlements,
             settled,
         }
@@ -214,6 +229,9 @@ struct Settler {
     key: Option<Key>,
     id: MessageIdData,
     held: Arc<Mutex<HashSet<Key>>>,
+    /// The message's size, counted in `bytes` while it is held.
+    size: usize,
+    bytes: Arc<AtomicUsize>,
     settlements: mpsc::UnboundedSender<Settlement>,
 }
 
@@ -221,6 +239,7 @@ impl Settler {
     fn send(mut self, how: Option<Settle>) {
         if let Some(key) = self.key.take() {
             lock(&self.held).remove(&key);
+            self.bytes.fetch_sub(self.size, Ordering::Relaxed);
             // After the connector stopped nobody listens: the broker redelivers the message.
             let _ = self.settlements.send((key.0, self.id.clone(), how));
         }
@@ -231,6 +250,7 @@ impl Drop for Settler {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             lock(&self.held).remove(&key);
+            self.bytes.fetch_sub(self.size, Ordering::Relaxed);
             let _ = self.settlements.send((key.0, self.id.clone(), None));
         }
     }
@@ -536,11 +556,20 @@ async fn receive(
     checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     checks.reset();
     let mut shutdown = context.shutdown.clone();
+    let buffer_full = context.metrics.buffer_full.with(&[context.name()]);
+    let mut was_full = false;
     let lost = |error: String, received: bool| Ended::Lost {
         error,
         worked: received || started.elapsed() >= WORKED_AFTER,
     };
     loop {
+        // The pipeline holds `buffer_bytes` of this connector's messages: read no further
+        // until it settles some (the crate's queue fills and its FLOW permits stop).
+        let full = pending.bytes.load(Ordering::Relaxed) >= settings.buffer_bytes;
+        if full && !was_full {
+            buffer_full.inc();
+        }
+        was_full = full;
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
@@ -566,7 +595,7 @@ async fn receive(
                     return finish(consumer, pending).await;
                 }
             }
-            next = consumer.next(), if submitting.is_none() => match next {
+            next = consumer.next(), if submitting.is_none() && !full => match next {
                 Some(Ok(message)) => {
                     received = true;
                     last_message = tokio::time::Instant::now();
@@ -644,10 +673,14 @@ fn delivery(message: pulsar::consumer::Message<Vec<u8>>, pending: &Pending) -> O
         .into_iter()
         .map(|p| (p.key, p.value))
         .collect();
+    let size = payload.data.len();
+    pending.bytes.fetch_add(size, Ordering::Relaxed);
     let settler = Settler {
         key: Some(key),
         id,
         held: pending.held.clone(),
+        size,
+        bytes: pending.bytes.clone(),
         settlements: pending.settlements.clone(),
     };
     Some(Delivery {
