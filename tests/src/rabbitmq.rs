@@ -377,6 +377,26 @@ impl Proxy {
     /// Relays 127.0.0.1:`port` (any free port) to the broker's 127.0.0.1:`target`, from
     /// `runtime`.
     pub fn start(runtime: &tokio::runtime::Handle, target: u16) -> Proxy {
+        Self::start_with(runtime, target, None)
+    }
+
+    /// Like [`Proxy::start`], and on the way from the broker to the client it damages every
+    /// AMQP string whose text is `marker` (str8 or str32) into a list of the same size:
+    /// the frames stay whole, the message in them no longer decodes. A message the client
+    /// cannot read, as a buggy producer or a broker conversion would make it.
+    pub fn start_corrupting(
+        runtime: &tokio::runtime::Handle,
+        target: u16,
+        marker: &'static str,
+    ) -> Proxy {
+        Self::start_with(runtime, target, Some(marker))
+    }
+
+    fn start_with(
+        runtime: &tokio::runtime::Handle,
+        target: u16,
+        marker: Option<&'static str>,
+    ) -> Proxy {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind the proxy");
@@ -392,8 +412,24 @@ impl Proxy {
                     else {
                         return;
                     };
+                    let relayed = async {
+                        match marker {
+                            None => {
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                            }
+                            Some(marker) => {
+                                let (mut from_client, mut to_client) = client.split();
+                                let (mut from_broker, mut to_broker) = broker.split();
+                                tokio::select! {
+                                    _ = tokio::io::copy(&mut from_client, &mut to_broker) => {}
+                                    _ = corrupt(&mut from_broker, &mut to_client, marker) => {}
+                                }
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut broker) => {}
+                        () = relayed => {}
                         _ = cuts.changed() => {}
                     }
                 });
@@ -410,5 +446,45 @@ impl Proxy {
     /// Closes every connection relayed so far; new ones are relayed as before.
     pub fn cut(&self) {
         self.cut.send_modify(|cuts| *cuts += 1);
+    }
+}
+
+/// Copies `from` to `to` frame by frame, turning each AMQP str8/str32 encoding of `marker`
+/// into a list8 / list32 constructor (same length, so the frames stay whole).
+async fn corrupt(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    marker: &str,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let text = marker.as_bytes();
+    let length = u8::try_from(text.len()).expect("a short marker");
+    let str8: Vec<u8> = [&[0xa1, length][..], text].concat();
+    let str32: Vec<u8> = [&[0xb1, 0, 0, 0, length][..], text].concat();
+    loop {
+        let mut head = [0u8; 4];
+        from.read_exact(&mut head).await?;
+        let mut frame = head.to_vec();
+        if &head == b"AMQP" {
+            // A protocol header: 4 more bytes, no frame.
+            let mut rest = [0u8; 4];
+            from.read_exact(&mut rest).await?;
+            frame.extend_from_slice(&rest);
+        } else {
+            let size = u32::from_be_bytes(head) as usize;
+            frame.resize(size.max(4), 0);
+            from.read_exact(&mut frame[4..]).await?;
+            for (pattern, list) in [(&str8, 0xc0u8), (&str32, 0xd0u8)] {
+                let mut at = 0;
+                while let Some(found) = frame[at..]
+                    .windows(pattern.len())
+                    .position(|w| w == pattern.as_slice())
+                {
+                    frame[at + found] = list;
+                    at += found + 1;
+                }
+            }
+        }
+        to.write_all(&frame).await?;
     }
 }

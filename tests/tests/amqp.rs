@@ -628,6 +628,53 @@ fn garbage_is_dead_lettered_and_accepted() {
 }
 
 #[test]
+fn a_message_the_client_cannot_decode_is_rejected_and_dead_lettered_without_a_reconnect() {
+    let broker = broker();
+    let queue = "alibaba-undecodable";
+    const MARKER: &str = "undecodable-application-property";
+    let mut damaged = alibaba_properties(PROPERTY_TOPIC, "m-damaged");
+    damaged.push(("note".into(), MARKER.into()));
+    publish(
+        broker,
+        queue,
+        vec![
+            (alibaba_property(1), damaged),
+            (
+                alibaba_property(2),
+                alibaba_properties(PROPERTY_TOPIC, "m-2"),
+            ),
+        ],
+    );
+    let proxy_runtime = runtime();
+    let proxy = Proxy::start_corrupting(proxy_runtime.handle(), broker.amqp_port, MARKER);
+    let service = Service::start(
+        &alibaba("ali", &proxy.url(), queue, ALIBABA_SECRET, ""),
+        ECHO_RULE,
+        true,
+    );
+    wait_for("the good message's command", || {
+        service.gate.commands().len() == 1
+    });
+    wait_for("the dead letter", || service.dead_letters() == 1);
+    // Settled (rejected) and gone from the queue, not redelivered after a reconnect.
+    broker.wait_for_counts(queue, 0, 0);
+    let letters = service
+        .observed
+        .metrics
+        .dead_letters
+        .with(&["ali", "amqp"])
+        .get();
+    assert_eq!(letters, 1, "a dead letter of kind amqp");
+    assert_eq!(
+        service.observed.metrics.connects.with(&["ali", "ok"]).get(),
+        1,
+        "the connector reconnected"
+    );
+    assert_eq!(service.connector("ali").state, ConnectorState::Running);
+    service.stop();
+}
+
+#[test]
 fn four_connections_share_a_queue_and_process_every_message() {
     let broker = broker();
     let queue = "alibaba-four";

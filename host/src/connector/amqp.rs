@@ -12,8 +12,10 @@ use std::time::Duration;
 use fe2o3_amqp::connection::{ConnectionHandle, OpenError};
 use fe2o3_amqp::link::delivery::DeliveryInfo;
 use fe2o3_amqp::link::receiver::CreditMode;
+use fe2o3_amqp::link::{MessageDecodeError, RecvError};
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::definitions::{self, AmqpError};
 use fe2o3_amqp::types::messaging::{AmqpValue, Body, Modified};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 use fe2o3_amqp::{Receiver, Session};
@@ -515,8 +517,10 @@ impl Connection {
     }
 }
 
-/// What the pipeline decided about a delivery, on its way back to the link that received it.
-type Settlement = (DeliveryInfo, super::Settle);
+/// What the pipeline decided about a delivery, on its way back to the link that received it;
+/// `true` for a message the client could not decode, which is settled `rejected` once its
+/// dead letter is stored (accepting it would tell the broker it was processed).
+type Settlement = (DeliveryInfo, super::Settle, bool);
 
 /// A receiver link and its accounting: the broker may send at most `window` messages beyond
 /// those settled, so the messages held (waiting for the pipeline, or in it) never exceed the
@@ -553,22 +557,24 @@ impl Link {
             tokio::select! {
                 biased;
                 _ = context.shutdown.changed() => return Ended::Stopping,
-                Some((info, how)) = self.settlements.recv() => {
-                    if let Err(error) = self.settle(info, how).await {
+                Some((info, how, undecodable)) = self.settlements.recv() => {
+                    if let Err(error) = self.settle(info, how, undecodable).await {
                         return lost(error);
                     }
                 }
                 received = self.receiver.recv::<Body<Value>>() => {
-                    let delivery = match received {
-                        Ok(delivery) => delivery,
+                    let submission = match received {
+                        Ok(delivery) => Submission::Message(self.delivery(delivery)),
+                        // The transfer arrived whole, and only its content is wrong: the link
+                        // is fine. Reconnecting would bring the same message back forever.
+                        Err(RecvError::MessageDecode(error)) => self.undecodable(error),
                         Err(e) => return lost(format!("the link was lost: {e}")),
                     };
                     self.unsettled += 1;
                     if let Err(error) = self.top_up().await {
                         return lost(error);
                     }
-                    let delivery = self.delivery(delivery);
-                    if let Some(ended) = self.submit(delivery, context).await {
+                    if let Some(ended) = self.submit(submission, context).await {
                         return ended;
                     }
                 }
@@ -580,11 +586,18 @@ impl Link {
     /// be full, waiting for exactly those settlements).
     async fn submit(
         &mut self,
-        delivery: super::Delivery,
+        submission: Submission,
         context: &mut super::Context,
     ) -> Option<Ended> {
         let ingest = context.ingest.clone();
-        let submit = ingest.submit(delivery);
+        let submit = async {
+            match submission {
+                Submission::Message(delivery) => ingest.submit(delivery).await,
+                Submission::Undecodable(delivery, message) => {
+                    ingest.refuse(delivery, "amqp", message).await
+                }
+            }
+        };
         tokio::pin!(submit);
         loop {
             tokio::select! {
@@ -593,8 +606,8 @@ impl Link {
                     return submitted.err().map(|_| Ended::Stopping);
                 }
                 _ = context.shutdown.changed() => return Some(Ended::Stopping),
-                Some((info, how)) = self.settlements.recv() => {
-                    if let Err(error) = self.settle(info, how).await {
+                Some((info, how, undecodable)) = self.settlements.recv() => {
+                    if let Err(error) = self.settle(info, how, undecodable).await {
                         return Some(lost(error));
                     }
                 }
@@ -605,8 +618,21 @@ impl Link {
     /// Settles one delivery with the broker (`accepted`, or `modified` with
     /// `delivery-failed` so that it is delivered again) and tops the credit up once half the
     /// window is free again.
-    async fn settle(&mut self, info: DeliveryInfo, how: super::Settle) -> Result<(), String> {
+    async fn settle(
+        &mut self,
+        info: DeliveryInfo,
+        how: super::Settle,
+        undecodable: bool,
+    ) -> Result<(), String> {
         let settled = match how {
+            super::Settle::Ack if undecodable => {
+                let error = definitions::Error::new(
+                    AmqpError::DecodeError,
+                    Some("iotrules could not decode the message; kept as a dead letter".into()),
+                    None,
+                );
+                self.receiver.reject(info, error).await
+            }
             super::Settle::Ack => self.receiver.accept(info).await,
             super::Settle::Retry => {
                 let modified = Modified {
@@ -667,10 +693,37 @@ impl Link {
             properties,
             acker: super::Acker::new(move |how| {
                 // A closed channel means the link is gone: the broker delivers it again.
-                let _ = settle.send((info, how));
+                let _ = settle.send((info, how, false));
             }),
         }
     }
+
+    /// A message the client could not decode, for the dead letters: what can be read of it
+    /// (its delivery tag and the decoder's error), settled `rejected` once stored.
+    fn undecodable(&self, error: MessageDecodeError) -> Submission {
+        let MessageDecodeError { info, source } = error;
+        let tag = hex::encode(info.delivery_tag().as_slice());
+        let message = format!(
+            "the AMQP message (delivery tag {tag}) cannot be decoded: {source}; it is rejected"
+        );
+        let settle = self.settle.clone();
+        let delivery = super::Delivery {
+            payload: Vec::new(),
+            properties: vec![("delivery-tag".to_owned(), tag)],
+            acker: super::Acker::new(move |how| {
+                let _ = settle.send((info, how, true));
+            }),
+        };
+        Submission::Undecodable(delivery, message)
+    }
+}
+
+/// What a link hands the pipeline.
+enum Submission {
+    /// A message to decode and process.
+    Message(super::Delivery),
+    /// A message the client could not decode: straight to the dead letters, with why.
+    Undecodable(super::Delivery, String),
 }
 
 fn lost(error: String) -> Ended {

@@ -362,13 +362,35 @@ impl Ingest {
             .acquire_owned()
             .await
             .map_err(|_| Closed)?;
-        self.submit_with(delivery, permit).await
+        self.submit_with(delivery, permit, None).await
+    }
+
+    /// Takes a message the connector could not read itself (an AMQP message its client
+    /// cannot decode): it goes to the dead letters as `kind` with `message` and what of it
+    /// could be read, and is then settled like any refused message (acknowledged once
+    /// stored). Waits while the pipeline is full.
+    pub async fn refuse(
+        &self,
+        delivery: Delivery,
+        kind: &'static str,
+        message: String,
+    ) -> Result<(), Closed> {
+        let permit = self
+            .shared
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Closed)?;
+        self.submit_with(delivery, permit, Some((kind, message)))
+            .await
     }
 
     async fn submit_with(
         &self,
         delivery: Delivery,
         permit: OwnedSemaphorePermit,
+        unreadable: Option<(&'static str, String)>,
     ) -> Result<(), Closed> {
         let shared = &self.shared;
         shared.metrics.in_flight.inc();
@@ -384,9 +406,6 @@ impl Ingest {
             received: Instant::now(),
             dedup_id: None,
         };
-        let decoded = self
-            .dialect
-            .decode(&RawMessage::new(&self.connector, &payload).with_properties(&properties));
         let origin = Origin {
             connector: self.connector.clone(),
             vendor: self.dialect.name(),
@@ -394,6 +413,13 @@ impl Ingest {
             properties,
             counters: self.counters.clone(),
         };
+        if let Some((kind, message)) = unreadable {
+            self.refused(pending, origin, kind, message);
+            return Ok(());
+        }
+        let decoded = self.dialect.decode(
+            &RawMessage::new(&self.connector, &origin.payload).with_properties(&origin.properties),
+        );
         let event = match decoded {
             Ok(event) => {
                 if let Some(watch) = &self.signature
@@ -410,21 +436,7 @@ impl Ingest {
                 {
                     watch.mismatches.inc();
                 }
-                self.counters.refused.inc();
-                let message = error.to_string();
-                tracing::warn!(
-                    connector = &*self.connector,
-                    kind = error.kind().as_str(),
-                    "Message refused, stored as a dead letter: {message}"
-                );
-                shared
-                    .errors
-                    .push(format!("connector \"{}\"", self.connector), &message);
-                let letter = letter(&origin, error.kind().as_str(), message, None);
-                let shared = shared.clone();
-                shared.runtime.clone().spawn(async move {
-                    conclude(&shared, pending, vec![letter], &origin).await;
-                });
+                self.refused(pending, origin, error.kind().as_str(), error.to_string());
                 return Ok(());
             }
         };
@@ -464,6 +476,25 @@ impl Ingest {
             })
             .await
             .map_err(|_| Closed)
+    }
+
+    /// A message that will not become an event: counted, reported, stored as a dead letter
+    /// of `kind`, then settled.
+    fn refused(&self, pending: Pending, origin: Origin, kind: &str, message: String) {
+        self.counters.refused.inc();
+        tracing::warn!(
+            connector = &*self.connector,
+            kind,
+            "Message refused, stored as a dead letter: {message}"
+        );
+        self.shared
+            .errors
+            .push(format!("connector \"{}\"", self.connector), &message);
+        let letter = letter(&origin, kind, message, None);
+        let shared = self.shared.clone();
+        self.shared.runtime.spawn(async move {
+            conclude(&shared, pending, vec![letter], &origin).await;
+        });
     }
 
     fn worker_for(&self, key: &str) -> usize {
