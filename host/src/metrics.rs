@@ -139,6 +139,14 @@ impl<M: Default> Family<M> {
         lock(&self.members).entry(key).or_default().clone()
     }
 
+    /// Makes `member` the one for these label values: for a counter kept by a part
+    /// created before the metrics (the store's evictions), so none of its counts is lost.
+    pub fn adopt(&self, values: &[&str], member: Arc<M>) {
+        debug_assert_eq!(values.len(), self.labels.len(), "{}", self.name);
+        let key: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+        lock(&self.members).insert(key, member);
+    }
+
     /// Every member with its label values.
     pub fn members(&self) -> Vec<(Vec<String>, Arc<M>)> {
         lock(&self.members)
@@ -198,6 +206,9 @@ pub struct Metrics {
     pub rule_commands: Family<Counter>,
     /// Dead letters stored, by connector and kind.
     pub dead_letters: Family<Counter>,
+    /// Dead letters the store evicted to stay within its limits, by reason (`age`, `rows`,
+    /// `bytes`: the limit that was passed).
+    pub dead_letters_evicted: Family<Counter>,
     /// Reloads, by what (`rules`, `plugin`) and result (`ok`, `refused`).
     pub reloads: Family<Counter>,
     /// Connection attempts, by connector and result (`ok`, `failed`: refused, dropped or
@@ -264,6 +275,11 @@ impl Default for Metrics {
                 "Dead letters stored",
                 &["connector", "kind"],
             ),
+            dead_letters_evicted: Family::new(
+                "iotrules_dead_letters_evicted_total",
+                "Dead letters evicted to stay within the store's limits",
+                &["reason"],
+            ),
             reloads: Family::new(
                 "iotrules_reloads_total",
                 "Rule and plugin reloads",
@@ -299,6 +315,7 @@ impl Metrics {
             &self.commands,
             &self.rule_commands,
             &self.dead_letters,
+            &self.dead_letters_evicted,
             &self.reloads,
             &self.connects,
         ] {
