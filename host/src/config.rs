@@ -18,6 +18,11 @@
 //! shutdown_timeout_s = 30          # how long SIGINT/SIGTERM waits for events in flight
 //! order = "device"                 # or "connector": what keeps arrival order (see Order)
 //!
+//! [dead_letters]                   # the oldest go first past any limit (see DeadLettersConfig)
+//! max_rows = 1000000               # letters kept at most
+//! max_mb = 1024                    # MiB of payloads, messages and properties kept at most
+//! max_age_days = 7                 # days a letter is kept
+//!
 //! [[connector]]
 //! name = "tuya-eu"
 //! kind = "replay"                  # more kinds arrive with the connector milestones
@@ -64,6 +69,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Pipeline sizing.
     pub pipeline: PipelineConfig,
+    /// How much the dead-letter store keeps.
+    pub dead_letters: DeadLettersConfig,
     /// Where events come from.
     pub connectors: Vec<ConnectorConfig>,
     /// Where commands go.
@@ -147,6 +154,42 @@ impl Default for PipelineConfig {
             order: Order::Device,
             redelivery_attempts: 3,
             redelivery_delay_ms: 1_000,
+        }
+    }
+}
+
+/// `[dead_letters]`: the limits of the dead-letter store; past any of them the oldest
+/// letters are evicted. Each must be at least 1. Why the defaults are what they are:
+/// [`Retention`](crate::store::Retention).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLettersConfig {
+    /// Letters kept at most.
+    pub max_rows: u64,
+    /// MiB of letters kept at most: payloads, error messages and transport properties.
+    pub max_mb: u64,
+    /// Days a letter is kept, counted from when it was stored.
+    pub max_age_days: u64,
+}
+
+impl Default for DeadLettersConfig {
+    fn default() -> Self {
+        let retention = crate::store::Retention::default();
+        DeadLettersConfig {
+            max_rows: retention.max_rows,
+            max_mb: retention.max_bytes >> 20,
+            max_age_days: retention.max_age.as_secs() / 86_400,
+        }
+    }
+}
+
+impl DeadLettersConfig {
+    /// The limits in the store's units.
+    pub fn retention(&self) -> crate::store::Retention {
+        crate::store::Retention {
+            max_rows: self.max_rows,
+            max_bytes: self.max_mb.saturating_mul(1 << 20),
+            max_age: std::time::Duration::from_secs(self.max_age_days.saturating_mul(86_400)),
         }
     }
 }
@@ -834,6 +877,8 @@ struct File {
     admin: Option<AdminConfig>,
     #[serde(default)]
     pipeline: PipelineConfig,
+    #[serde(default)]
+    dead_letters: DeadLettersConfig,
     #[serde(default, rename = "connector")]
     connectors: Vec<ConnectorConfig>,
     #[serde(default, rename = "command_path")]
@@ -916,6 +961,7 @@ impl Config {
             store: resolve(&raw.store),
             admin: raw.admin,
             pipeline: raw.pipeline,
+            dead_letters: raw.dead_letters,
             connectors,
             command_paths,
             clock: crate::plugin::Clock::System,
@@ -935,6 +981,19 @@ impl Config {
         ] {
             if value == 0 {
                 return invalid(format!("[pipeline] {name}"), "must be at least 1".into());
+            }
+        }
+        let d = &self.dead_letters;
+        for (name, value) in [
+            ("max_rows", d.max_rows),
+            ("max_mb", d.max_mb),
+            ("max_age_days", d.max_age_days),
+        ] {
+            if value == 0 {
+                return invalid(
+                    format!("[dead_letters] {name}"),
+                    "must be at least 1 (set it high to keep more)".into(),
+                );
             }
         }
         let mut names = HashSet::new();
@@ -1034,6 +1093,7 @@ impl Config {
             cache: PathBuf::from("plugin-cache"),
             admin: None,
             pipeline: PipelineConfig::default(),
+            dead_letters: DeadLettersConfig::default(),
             connectors: Vec::new(),
             command_paths: Vec::new(),
             clock: crate::plugin::Clock::System,
@@ -1171,6 +1231,43 @@ mod tests {
             "/etc/iot/a.jsonl"
         );
         assert_eq!(config.command_paths[0].lanes, 4);
+    }
+
+    #[test]
+    fn dead_letter_limits_default_to_a_week_a_gib_and_a_million_and_refuse_zero() {
+        let file = Path::new("c.toml");
+        let config = Config::parse(file, MINIMAL).unwrap();
+        assert_eq!(
+            config.dead_letters.retention(),
+            crate::store::Retention::default()
+        );
+        assert_eq!(
+            config.dead_letters,
+            DeadLettersConfig {
+                max_rows: 1_000_000,
+                max_mb: 1024,
+                max_age_days: 7,
+            }
+        );
+
+        let text = format!("{MINIMAL}\n[dead_letters]\nmax_mb = 64\nmax_age_days = 2\n");
+        let retention = Config::parse(file, &text).unwrap().dead_letters.retention();
+        assert_eq!(retention.max_bytes, 64 << 20);
+        assert_eq!(
+            retention.max_age,
+            std::time::Duration::from_secs(2 * 86_400)
+        );
+        assert_eq!(
+            retention.max_rows, 1_000_000,
+            "unset keys keep their default"
+        );
+
+        let zero = format!("{MINIMAL}\n[dead_letters]\nmax_rows = 0\n");
+        let error = Config::parse(file, &zero).unwrap_err().to_string();
+        assert!(
+            error.starts_with("[dead_letters] max_rows: must be at least 1"),
+            "{error}"
+        );
     }
 
     #[test]

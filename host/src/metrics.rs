@@ -139,6 +139,14 @@ impl<M: Default> Family<M> {
         lock(&self.members).entry(key).or_default().clone()
     }
 
+    /// Makes `member` the one for these label values: for a counter kept by a part
+    /// created before the metrics (the store's evictions), so none of its counts is lost.
+    pub fn adopt(&self, values: &[&str], member: Arc<M>) {
+        debug_assert_eq!(values.len(), self.labels.len(), "{}", self.name);
+        let key: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+        lock(&self.members).insert(key, member);
+    }
+
     /// Every member with its label values.
     pub fn members(&self) -> Vec<(Vec<String>, Arc<M>)> {
         lock(&self.members)
@@ -201,6 +209,9 @@ pub struct Metrics {
     /// Tuya envelopes whose signature did not match, by connector: refused under `sign =
     /// "enforce"`, processed (marked `signature=mismatch`) under `warn`.
     pub signature_mismatches: Family<Counter>,
+    /// Dead letters the store evicted to stay within its limits, by reason (`age`, `rows`,
+    /// `bytes`: the limit that was passed).
+    pub dead_letters_evicted: Family<Counter>,
     /// Reloads, by what (`rules`, `plugin`) and result (`ok`, `refused`).
     pub reloads: Family<Counter>,
     /// Connection attempts, by connector and result (`ok`, `failed`: refused, dropped or
@@ -279,6 +290,11 @@ impl Default for Metrics {
                 "Tuya envelopes whose signature did not match",
                 &["connector"],
             ),
+            dead_letters_evicted: Family::new(
+                "iotrules_dead_letters_evicted_total",
+                "Dead letters evicted to stay within the store's limits",
+                &["reason"],
+            ),
             reloads: Family::new(
                 "iotrules_reloads_total",
                 "Rule and plugin reloads",
@@ -321,6 +337,7 @@ impl Metrics {
             &self.rule_commands,
             &self.dead_letters,
             &self.signature_mismatches,
+            &self.dead_letters_evicted,
             &self.reloads,
             &self.connects,
             &self.buffer_full,

@@ -125,6 +125,7 @@ fn connector(c: &mut Criterion) {
         ca_file: None,
         stall_timeout: None,
         receiver_queue: 1000,
+        buffer_bytes: 64 * 1024 * 1024,
     };
     let running = runtime.spawn(pulsar::run(settings, context));
 

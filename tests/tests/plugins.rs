@@ -5,7 +5,10 @@
 use std::time::{Duration, Instant};
 
 use iotrules::event::{Property, Value};
-use iotrules::plugin::{Grants, Limits, PluginError, ReloadReport, Step, Verdict};
+use iotrules::plugin::{
+    Grants, Limits, MAX_SETS_PER_CALL, PluginError, ReloadReport, StateQuota, StateStore, Step,
+    Verdict,
+};
 use iotrules_tests::plugins::{Harness, built, event, install, retagged, six_properties};
 
 fn loaded(report: &ReloadReport) {
@@ -439,4 +442,104 @@ fn plugins_get_no_environment_files_or_network_unless_granted() {
         net_result.starts_with("error"),
         "the network is never granted: {net_result}"
     );
+}
+
+/// A `hoard` step with its own state namespace, and a generous deadline: these tests are
+/// about state bounds, not time, and a debug build makes a thousand host calls slow.
+fn hoard(harness: &Harness, namespace: &str, config: &str, state: StateQuota) -> Step {
+    let limits = Limits {
+        deadline: Duration::from_secs(2),
+        state,
+        ..Limits::default()
+    };
+    harness
+        .registry
+        .step("hoard", config, limits, Grants::default(), namespace)
+        .unwrap_or_else(|e| panic!("step hoard: {e}"))
+}
+
+/// The reason a failed `hoard` call gave, which is the host's `state-set` error.
+fn refusal(error: PluginError) -> String {
+    match error {
+        PluginError::Failed { plugin, reason } if plugin == "hoard" => reason,
+        other => panic!("expected hoard to fail with a refused write, got {other:?}"),
+    }
+}
+
+#[test]
+fn one_call_setting_more_keys_than_the_per_call_bound_is_refused_and_keeps_none() {
+    let harness = Harness::new();
+    loaded(&harness.load("hoard", "testing/hoard"));
+    // `last` and 999 more: exactly the bound.
+    let mut within = hoard(
+        &harness,
+        "within",
+        r#"{"keys":999,"bytes":1}"#,
+        StateQuota::default(),
+    );
+    within
+        .handle(&six_properties("d", 1))
+        .expect("at the bound");
+    assert_eq!(harness.state.len("within"), MAX_SETS_PER_CALL);
+
+    let mut over = hoard(
+        &harness,
+        "over",
+        r#"{"keys":1000,"bytes":1}"#,
+        StateQuota::default(),
+    );
+    let reason = refusal(over.handle(&six_properties("d", 1)).unwrap_err());
+    assert_eq!(
+        reason,
+        "hoard: state `d-1/999`: the host refused the write: this call has already set 1000 \
+         keys, the most one call may set"
+    );
+    assert_eq!(harness.state.len("over"), 0, "the failed call kept none");
+}
+
+#[test]
+fn a_step_over_its_key_quota_is_refused_the_new_key_and_keeps_what_it_had() {
+    let harness = Harness::new();
+    loaded(&harness.load("hoard", "testing/hoard"));
+    let quota = StateQuota {
+        keys: 25,
+        ..StateQuota::default()
+    };
+    let mut step = hoard(&harness, "keys", r#"{"keys":10,"bytes":1}"#, quota);
+    for seq in 1..=2 {
+        step.handle(&six_properties("d", seq)).expect("within");
+    }
+    assert_eq!(harness.state.len("keys"), 21, "`last` and 2 × 10");
+    let reason = refusal(step.handle(&six_properties("d", 3)).unwrap_err());
+    assert_eq!(
+        reason,
+        "hoard: state `d-3/4`: the host refused the write: a new key would pass the step's \
+         limit of 25 keys (`state_keys` of the rule step); delete keys or raise the limit"
+    );
+    assert_eq!(harness.state.len("keys"), 21);
+    assert_eq!(
+        harness.state.get("keys", "last").as_deref(),
+        Some(&b"d-2"[..]),
+        "the failed call's writes were discarded"
+    );
+}
+
+#[test]
+fn a_step_over_its_byte_quota_is_refused_the_write_that_grows_it() {
+    let harness = Harness::new();
+    loaded(&harness.load("hoard", "testing/hoard"));
+    let quota = StateQuota {
+        bytes: 10_000,
+        ..StateQuota::default()
+    };
+    let mut step = hoard(&harness, "bytes", r#"{"keys":3,"bytes":3000}"#, quota);
+    // `last`=`d-1` (7 bytes) and three keys of 5 + 3000 bytes: 9 022 bytes.
+    step.handle(&six_properties("d", 1)).expect("within");
+    let reason = refusal(step.handle(&six_properties("d", 2)).unwrap_err());
+    assert_eq!(
+        reason,
+        "hoard: state `d-2/0`: the host refused the write: a write of 3005 bytes would bring \
+         the step's state to 12027 bytes, over its limit of 10000 (`state_mb` of the rule step)"
+    );
+    assert_eq!(harness.state.len("bytes"), 4);
 }

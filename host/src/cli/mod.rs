@@ -126,7 +126,7 @@ fn init_logging(filter: Option<&str>, verbose: bool) {
 }
 
 /// The dead-letter store and the plugin state store of `config`: one SQLite file, created
-/// (with its directory) if missing.
+/// (with its directory) if missing, its dead letters kept within `[dead_letters]`.
 fn open_store(
     config: &iotrules::config::Config,
 ) -> anyhow::Result<(
@@ -138,7 +138,9 @@ fn open_store(
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the store's directory {}", dir.display()))?;
     }
-    let store = std::sync::Arc::new(iotrules::store::Store::open(&config.store)?);
+    let store = iotrules::store::Store::open(&config.store)?
+        .with_retention(config.dead_letters.retention(), config.clock.clone());
+    let store = std::sync::Arc::new(store);
     let state = iotrules::store::SqliteStateStore::new(store.clone());
     Ok((store, std::sync::Arc::new(state)))
 }

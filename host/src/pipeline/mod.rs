@@ -73,6 +73,9 @@ pub struct DeadLetterRecord {
 pub trait DeadLetterSink: Send + Sync {
     /// Stores one; an error means it is not stored (the delivery is retried).
     fn store(&self, letter: &DeadLetterRecord) -> Result<(), String>;
+
+    /// Hands the sink's own counters (evictions) to the service's metrics, once at start.
+    fn register_metrics(&self, _metrics: &crate::metrics::Metrics) {}
 }
 
 /// Dead letters kept in memory (tests, benches, `iotrules test`).

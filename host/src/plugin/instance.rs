@@ -14,7 +14,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::iotrules::plugin::host::{self, Level};
 use super::bindings::{Plugin, PluginPre};
 use super::runtime::Runtime;
-use super::state::{PendingWrites, StateStore};
+use super::state::{PendingWrites, StateQuota, StateStore};
 use super::{Chain, Outcome, PluginError, convert};
 use crate::event::Event;
 
@@ -25,6 +25,8 @@ pub struct Limits {
     pub deadline: Duration,
     /// The most linear memory the instance may have.
     pub memory_bytes: usize,
+    /// The most state the step may keep.
+    pub state: StateQuota,
 }
 
 impl Default for Limits {
@@ -32,6 +34,7 @@ impl Default for Limits {
         Limits {
             deadline: Duration::from_millis(50),
             memory_bytes: 32 << 20,
+            state: StateQuota::default(),
         }
     }
 }
@@ -70,9 +73,6 @@ impl Clock {
 /// The `tracing` target of plugin log lines (filter with `RUST_LOG=iotrules::plugin=debug`).
 const LOG_TARGET: &str = "iotrules::plugin";
 
-/// The most a state key or value may hold.
-const MAX_STATE_KEY: usize = 1024;
-const MAX_STATE_VALUE: usize = 64 << 10;
 /// How much of the guest's stderr is kept, to report a panic message.
 const STDERR_CAPACITY: usize = 4096;
 
@@ -85,6 +85,7 @@ pub struct HostState {
     state: Arc<dyn StateStore>,
     namespace: Arc<str>,
     pending: PendingWrites,
+    quota: StateQuota,
     clock: Clock,
     stderr: MemoryOutputPipe,
     /// The last panic report the guest logged during the current call (the SDK's panic hook
@@ -151,25 +152,13 @@ impl host::Host for HostState {
     }
 
     fn state_set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
-        if key.len() > MAX_STATE_KEY {
-            return Ok(Err(format!(
-                "state key of {} bytes is over the {MAX_STATE_KEY}-byte limit",
-                key.len()
-            )));
-        }
-        if value.len() > MAX_STATE_VALUE {
-            return Ok(Err(format!(
-                "state value of {} bytes under `{}` is over the {MAX_STATE_VALUE}-byte limit",
-                value.len(),
-                crate::vendor::clip(&key)
-            )));
-        }
-        self.pending.set(key, Some(value));
-        Ok(Ok(()))
+        Ok(self
+            .pending
+            .set(&*self.state, &self.namespace, self.quota, key, value))
     }
 
     fn state_delete(&mut self, key: String) -> wasmtime::Result<()> {
-        self.pending.set(key, None);
+        self.pending.delete(&*self.state, &self.namespace, key);
         Ok(())
     }
 }
@@ -247,6 +236,7 @@ impl Instance {
             state,
             namespace: namespace.clone(),
             pending: PendingWrites::default(),
+            quota: limits.state,
             clock,
             stderr,
             panic: None,

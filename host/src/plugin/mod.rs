@@ -29,7 +29,10 @@ pub use registry::{
     DEFAULT_QUARANTINE_AFTER, Registry, ReloadReport, Slot, Step, StepOutcome, Version,
 };
 pub use runtime::{Runtime, RuntimeConfig};
-pub use state::{MemoryStateStore, StateStore};
+pub use state::{
+    MAX_KEY_BYTES, MAX_SETS_PER_CALL, MAX_VALUE_BYTES, MemoryStateStore, StateQuota, StateStore,
+    StateUsage,
+};
 pub use watch::{DEFAULT_DEBOUNCE, Watcher};
 
 use std::fmt;

@@ -1,9 +1,66 @@
 //! Plugin state: a small key-value store per rule step, held by the host so it survives
 //! instance restarts and reloads. Writes made during a call are buffered and applied only
 //! when the call succeeds.
+//!
+//! # Bounds
+//!
+//! State is meant to be small (a last value per device, a counter), and everything a step
+//! keeps is held in memory by the store's cache for the life of the process, so the host
+//! bounds it where the plugin writes: a `state-set` over a bound fails with a reason through
+//! its `result`, which the SDK's `set_state` returns, and nothing is written. The bounds:
+//!
+//! - a key of at most [`MAX_KEY_BYTES`] and a value of at most [`MAX_VALUE_BYTES`];
+//! - at most [`MAX_SETS_PER_CALL`] distinct keys set by one `init` or `handle` call, so one
+//!   event's commit stays one small transaction;
+//! - per step, at most [`StateQuota::keys`] keys and [`StateQuota::bytes`] bytes (keys plus
+//!   values), counting what is stored and what the call has written so far. A write that
+//!   does not grow the state (replacing a value by one no larger) is always accepted, so a
+//!   step already over a lowered quota can still update what it has.
+//!
+//! `state-delete` has no error channel and is never refused; it cannot grow anything.
+//! The quota is checked against the stored state as the call began to write: steps of one
+//! rule on several workers write the same namespace, so together they may pass it by what
+//! their calls in flight write, at most [`MAX_SETS_PER_CALL`] keys each.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Mutex;
+
+/// The longest state key, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// The largest state value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 64 << 10;
+/// The most distinct keys one call may set.
+pub const MAX_SETS_PER_CALL: usize = 1000;
+
+/// The most one step's state may hold. The defaults, 10 000 keys and 16 MiB, fit a value per
+/// device for a large site, or a few hundred values at [`MAX_VALUE_BYTES`]; a rule step may
+/// set its own (`state_keys`, `state_mb`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateQuota {
+    /// Keys.
+    pub keys: usize,
+    /// Bytes of keys plus values.
+    pub bytes: usize,
+}
+
+impl Default for StateQuota {
+    fn default() -> Self {
+        StateQuota {
+            keys: 10_000,
+            bytes: 16 << 20,
+        }
+    }
+}
+
+/// How much a namespace holds: what a [`StateQuota`] counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateUsage {
+    /// Keys.
+    pub keys: usize,
+    /// Bytes of keys plus values.
+    pub bytes: usize,
+}
 
 /// Where plugin state lives. Keys are scoped by a namespace (one per rule step).
 pub trait StateStore: Send + Sync {
@@ -11,6 +68,14 @@ pub trait StateStore: Send + Sync {
     fn get(&self, namespace: &str, key: &str) -> Option<Vec<u8>>;
     /// Applies one successful call's writes, in order; `None` deletes.
     fn apply(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>);
+    /// How much a namespace holds. Called once per call that writes, to check its quota.
+    fn usage(&self, namespace: &str) -> StateUsage;
+    /// The size of the entry under `key` (key plus value), if any: lets a write be checked
+    /// against the quota without copying the value it replaces.
+    fn entry_size(&self, namespace: &str, key: &str) -> Option<usize> {
+        self.get(namespace, key)
+            .map(|value| key.len() + value.len())
+    }
 }
 
 /// State in memory, lost when the process exits.
@@ -63,28 +128,172 @@ impl StateStore for MemoryStateStore {
             };
         }
     }
+
+    /// Counts the namespace's entries: linear, which is fine for the tests and rule tests
+    /// this store serves.
+    fn usage(&self, namespace: &str) -> StateUsage {
+        let entries = self.lock();
+        let Some(space) = entries.get(namespace) else {
+            return StateUsage::default();
+        };
+        StateUsage {
+            keys: space.len(),
+            bytes: space.iter().map(|(k, v)| k.len() + v.len()).sum(),
+        }
+    }
+
+    fn entry_size(&self, namespace: &str, key: &str) -> Option<usize> {
+        let entries = self.lock();
+        entries
+            .get(namespace)?
+            .get(key)
+            .map(|v| key.len() + v.len())
+    }
 }
 
-/// The writes of the call in progress, visible to its own reads.
+/// One key's pending write.
+#[derive(Debug)]
+struct Pending {
+    /// The value to store; `None` deletes.
+    value: Option<Vec<u8>>,
+    /// The size of the stored entry this write replaces, read at the key's first write in
+    /// the call, so the call's effect on the namespace's usage is known.
+    stored: Option<usize>,
+    /// Whether this call has `state-set` the key (what [`MAX_SETS_PER_CALL`] counts).
+    set: bool,
+}
+
+impl Pending {
+    fn size(&self, key: &str) -> Option<usize> {
+        self.value.as_ref().map(|value| key.len() + value.len())
+    }
+}
+
+/// The writes of the call in progress, visible to its own reads: one entry per key, the
+/// last write winning, so a read is one lookup however many writes the call made.
 #[derive(Debug, Default)]
-pub(crate) struct PendingWrites(Vec<(String, Option<Vec<u8>>)>);
+pub(crate) struct PendingWrites {
+    writes: HashMap<String, Pending>,
+    /// The namespace's stored usage, read at the call's first `state-set`.
+    stored: Option<StateUsage>,
+    /// What the pending writes add to the stored keys and bytes (negative: remove).
+    keys_delta: isize,
+    bytes_delta: isize,
+    /// Distinct keys this call has set.
+    sets: usize,
+}
 
 impl PendingWrites {
     /// The latest pending write of `key`: `Some(None)` when it was deleted.
     pub(crate) fn get(&self, key: &str) -> Option<Option<&[u8]>> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_deref())
+        self.writes.get(key).map(|pending| pending.value.as_deref())
     }
 
-    pub(crate) fn set(&mut self, key: String, value: Option<Vec<u8>>) {
-        self.0.push((key, value));
+    /// Buffers `key = value`, or refuses it with the reason when it is over a bound (see
+    /// the module's doc); a refused write changes nothing.
+    pub(crate) fn set(
+        &mut self,
+        store: &dyn StateStore,
+        namespace: &str,
+        quota: StateQuota,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
+        if key.len() > MAX_KEY_BYTES {
+            return Err(format!(
+                "state key of {} bytes is over the {MAX_KEY_BYTES}-byte limit",
+                key.len()
+            ));
+        }
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(format!(
+                "state value of {} bytes under `{}` is over the {MAX_VALUE_BYTES}-byte limit",
+                value.len(),
+                crate::vendor::clip(&key)
+            ));
+        }
+        let (stored, current, already_set) = match self.writes.get(&key) {
+            Some(pending) => (pending.stored, pending.size(&key), pending.set),
+            None => {
+                let stored = store.entry_size(namespace, &key);
+                (stored, stored, false)
+            }
+        };
+        if !already_set && self.sets >= MAX_SETS_PER_CALL {
+            return Err(format!(
+                "this call has already set {MAX_SETS_PER_CALL} keys, the most one call may set"
+            ));
+        }
+        let usage = *self.stored.get_or_insert_with(|| store.usage(namespace));
+        let size = key.len() + value.len();
+        let keys_added = isize::from(current.is_none());
+        let bytes_added = size as isize - current.unwrap_or(0) as isize;
+        let keys = usage.keys as isize + self.keys_delta + keys_added;
+        let bytes = usage.bytes as isize + self.bytes_delta + bytes_added;
+        if keys_added > 0 && keys > quota.keys as isize {
+            return Err(format!(
+                "a new key would pass the step's limit of {} keys (`state_keys` of the rule \
+                 step); delete keys or raise the limit",
+                quota.keys
+            ));
+        }
+        if bytes_added > 0 && bytes > quota.bytes as isize {
+            return Err(format!(
+                "a write of {size} bytes would bring the step's state to {bytes} bytes, over \
+                 its limit of {} (`state_mb` of the rule step)",
+                quota.bytes
+            ));
+        }
+        self.keys_delta += keys_added;
+        self.bytes_delta += bytes_added;
+        if !already_set {
+            self.sets += 1;
+        }
+        self.writes.insert(
+            key,
+            Pending {
+                value: Some(value),
+                stored,
+                set: true,
+            },
+        );
+        Ok(())
     }
 
+    /// Buffers the removal of `key`. Never refused: it cannot grow the state. A key that is
+    /// neither stored nor pending needs no write at all.
+    pub(crate) fn delete(&mut self, store: &dyn StateStore, namespace: &str, key: String) {
+        match self.writes.entry(key) {
+            Entry::Occupied(mut entry) => {
+                let size = entry.get().size(entry.key());
+                if let Some(size) = size {
+                    self.keys_delta -= 1;
+                    self.bytes_delta -= size as isize;
+                }
+                entry.get_mut().value = None;
+            }
+            Entry::Vacant(entry) => {
+                if let Some(size) = store.entry_size(namespace, entry.key()) {
+                    self.keys_delta -= 1;
+                    self.bytes_delta -= size as isize;
+                    entry.insert(Pending {
+                        value: None,
+                        stored: Some(size),
+                        set: false,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The call's writes, one per key, to apply; leaves nothing pending for the next call.
     pub(crate) fn take(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
-        std::mem::take(&mut self.0)
+        let writes = std::mem::take(&mut self.writes);
+        *self = PendingWrites::default();
+        writes
+            .into_iter()
+            .map(|(key, pending)| (key, pending.value))
+            .collect()
     }
 }
 
@@ -119,14 +328,179 @@ mod tests {
         assert_eq!(store.len("b/1"), 0);
     }
 
+    const NS: &str = "rule/1";
+
+    fn set(
+        pending: &mut PendingWrites,
+        store: &dyn StateStore,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), String> {
+        pending.set(store, NS, StateQuota::default(), key.into(), value.to_vec())
+    }
+
     #[test]
-    fn pending_reads_see_the_latest_write() {
+    fn pending_reads_see_the_latest_write_and_commit_one_write_per_key() {
+        let store = MemoryStateStore::new();
         let mut pending = PendingWrites::default();
         assert_eq!(pending.get("k"), None);
-        pending.set("k".into(), Some(b"1".to_vec()));
-        pending.set("k".into(), None);
+        set(&mut pending, &store, "k", b"1").expect("set");
+        set(&mut pending, &store, "k", b"2").expect("set");
+        assert_eq!(pending.get("k"), Some(Some(&b"2"[..])));
+        pending.delete(&store, NS, "k".into());
         assert_eq!(pending.get("k"), Some(None));
-        assert_eq!(pending.take().len(), 2);
-        assert_eq!(pending.get("k"), None);
+        set(&mut pending, &store, "k", b"3").expect("set");
+        set(&mut pending, &store, "j", b"x").expect("set");
+        let mut writes = pending.take();
+        writes.sort();
+        assert_eq!(
+            writes,
+            [
+                ("j".to_owned(), Some(b"x".to_vec())),
+                ("k".to_owned(), Some(b"3".to_vec()))
+            ]
+        );
+        assert_eq!(pending.get("k"), None, "taken");
+    }
+
+    #[test]
+    fn a_delete_of_a_stored_key_is_kept_and_of_an_absent_key_writes_nothing() {
+        let store = MemoryStateStore::new();
+        store.apply(NS, vec![("stored".into(), Some(b"v".to_vec()))]);
+        let mut pending = PendingWrites::default();
+        pending.delete(&store, NS, "stored".into());
+        pending.delete(&store, NS, "absent".into());
+        assert_eq!(pending.get("absent"), None);
+        assert_eq!(pending.take(), [("stored".to_owned(), None)]);
+    }
+
+    #[test]
+    fn keys_and_values_over_their_size_are_refused() {
+        let store = MemoryStateStore::new();
+        let mut pending = PendingWrites::default();
+        let long = "k".repeat(MAX_KEY_BYTES + 1);
+        let error = set(&mut pending, &store, &long, b"v").unwrap_err();
+        assert_eq!(error, "state key of 1025 bytes is over the 1024-byte limit");
+        let error = set(&mut pending, &store, "big", &vec![0; MAX_VALUE_BYTES + 1]).unwrap_err();
+        assert_eq!(
+            error,
+            "state value of 65537 bytes under `big` is over the 65536-byte limit"
+        );
+        set(
+            &mut pending,
+            &store,
+            &"k".repeat(MAX_KEY_BYTES),
+            &vec![0; MAX_VALUE_BYTES],
+        )
+        .expect("at the limits");
+        assert_eq!(pending.take().len(), 1);
+    }
+
+    #[test]
+    fn one_call_sets_at_most_the_per_call_number_of_keys_and_rewrites_are_free() {
+        let store = MemoryStateStore::new();
+        let mut pending = PendingWrites::default();
+        for i in 0..MAX_SETS_PER_CALL {
+            set(&mut pending, &store, &format!("k{i}"), b"v").expect("within the bound");
+        }
+        let error = set(&mut pending, &store, "one-more", b"v").unwrap_err();
+        assert_eq!(
+            error,
+            "this call has already set 1000 keys, the most one call may set"
+        );
+        assert_eq!(
+            pending.get("one-more"),
+            None,
+            "a refused write changes nothing"
+        );
+        set(&mut pending, &store, "k7", b"again").expect("a key already set is free");
+        pending.delete(&store, NS, "k8".into());
+        set(&mut pending, &store, "k8", b"back").expect("so is one set then deleted");
+        assert_eq!(pending.take().len(), MAX_SETS_PER_CALL);
+
+        set(&mut pending, &store, "one-more", b"v").expect("the next call starts afresh");
+    }
+
+    #[test]
+    fn the_key_quota_counts_stored_and_pending_keys_and_deletes_make_room() {
+        let store = MemoryStateStore::new();
+        let quota = StateQuota {
+            keys: 3,
+            bytes: usize::MAX >> 1,
+        };
+        store.apply(
+            NS,
+            vec![
+                ("a".into(), Some(b"1".to_vec())),
+                ("b".into(), Some(b"1".to_vec())),
+            ],
+        );
+        let mut pending = PendingWrites::default();
+        pending
+            .set(&store, NS, quota, "c".into(), b"1".to_vec())
+            .expect("third key");
+        let error = pending
+            .set(&store, NS, quota, "d".into(), b"1".to_vec())
+            .unwrap_err();
+        assert_eq!(
+            error,
+            "a new key would pass the step's limit of 3 keys (`state_keys` of the rule step); \
+             delete keys or raise the limit"
+        );
+        pending
+            .set(&store, NS, quota, "a".into(), b"2".to_vec())
+            .expect("replacing a stored key adds none");
+        pending.delete(&store, NS, "b".into());
+        pending
+            .set(&store, NS, quota, "d".into(), b"1".to_vec())
+            .expect("a delete made room");
+        store.apply(NS, pending.take());
+        assert_eq!(store.usage(NS).keys, 3);
+    }
+
+    #[test]
+    fn the_byte_quota_refuses_growth_but_lets_a_step_over_it_shrink() {
+        let store = MemoryStateStore::new();
+        // "k" + 99 bytes, "j" + 99 bytes: 200 bytes stored, over a quota lowered to 150.
+        store.apply(
+            NS,
+            vec![
+                ("k".into(), Some(vec![0; 99])),
+                ("j".into(), Some(vec![0; 99])),
+            ],
+        );
+        let quota = StateQuota {
+            keys: 100,
+            bytes: 150,
+        };
+        let mut pending = PendingWrites::default();
+        let error = pending
+            .set(&store, NS, quota, "k".into(), vec![0; 100])
+            .unwrap_err();
+        assert_eq!(
+            error,
+            "a write of 101 bytes would bring the step's state to 201 bytes, over its limit \
+             of 150 (`state_mb` of the rule step)"
+        );
+        pending
+            .set(&store, NS, quota, "k".into(), vec![0; 9])
+            .expect("a smaller value is always taken");
+        // Now 110 bytes with the pending write: 40 more fit, 41 do not.
+        pending
+            .set(&store, NS, quota, "new".into(), vec![0; 37])
+            .expect("up to the quota");
+        assert!(
+            pending
+                .set(&store, NS, quota, "more".into(), vec![0; 1])
+                .is_err()
+        );
+        store.apply(NS, pending.take());
+        assert_eq!(
+            store.usage(NS),
+            StateUsage {
+                keys: 3,
+                bytes: 150
+            }
+        );
     }
 }

@@ -113,6 +113,8 @@ pub(crate) struct StepDoc {
     pub(crate) config: Option<toml::Table>,
     pub(crate) deadline_ms: Option<Spanned<u64>>,
     pub(crate) memory_mb: Option<Spanned<u64>>,
+    pub(crate) state_keys: Option<Spanned<u64>>,
+    pub(crate) state_mb: Option<Spanned<u64>>,
     #[serde(default)]
     pub(crate) grants: GrantsDoc,
     #[serde(default)]

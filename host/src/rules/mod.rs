@@ -18,6 +18,8 @@
 //! config = { sensors = ["vdevo-pir"], lights = ["vdevo-lamp"] }   # JSON for `init`
 //! deadline_ms = 50                             # default
 //! memory_mb = 32                               # default
+//! state_keys = 10000                           # default: keys its plugin state may hold
+//! state_mb = 16                                # default: MiB of keys and values
 //! grants = { env = ["TZ"], read_dirs = ["/srv/iotrules/tables"] }
 //! commands.via = "tuya-api"                    # this step's default, over the rule's
 //! ```

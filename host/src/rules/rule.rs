@@ -11,7 +11,7 @@ use super::error::{Position, RuleError};
 use super::format::{self, OnError, OneOrMany, RuleDoc, StepDoc};
 use super::when::{self, Patterns, When};
 use crate::event::Event;
-use crate::plugin::{Grants, Limits};
+use crate::plugin::{Grants, Limits, StateQuota};
 
 /// A step's deadline unless the rule says otherwise.
 pub const DEFAULT_DEADLINE_MS: u64 = 50;
@@ -441,6 +441,36 @@ fn step_spec(
             DEFAULT_MEMORY_MB
         }
     };
+    let default_quota = StateQuota::default();
+    let mut state_limit = |value: Option<Spanned<u64>>, name: &str, unit: u32, default: usize| {
+        let Some(value) = value else {
+            return default;
+        };
+        let limit = usize::try_from(*value.get_ref())
+            .ok()
+            .and_then(|v| v.checked_mul(1 << unit));
+        match limit {
+            Some(limit) if limit >= 1 => limit,
+            Some(_) => {
+                problems.push((
+                    value.span().start,
+                    format!("{label}: {name} must be at least 1"),
+                ));
+                default
+            }
+            None => {
+                problems.push((
+                    value.span().start,
+                    format!("{label}: {name} is too large for this machine"),
+                ));
+                default
+            }
+        }
+    };
+    let state = StateQuota {
+        keys: state_limit(step.state_keys, "state_keys", 0, default_quota.keys),
+        bytes: state_limit(step.state_mb, "state_mb", 20, default_quota.bytes),
+    };
     let mut read_dirs = Vec::new();
     let mut read_dir_positions = Vec::new();
     for dir in step.grants.read_dirs {
@@ -496,6 +526,7 @@ fn step_spec(
         limits: Limits {
             deadline: Duration::from_millis(deadline_ms),
             memory_bytes: (memory_mb as usize) << 20,
+            state,
         },
         grants: Grants { env, read_dirs },
         via: step.commands.via,

@@ -102,6 +102,8 @@ plugin = "motion-light"
 config = { sensors = ["vdevo-pir"], lights = ["vdevo-lamp"], when = 1979-05-27T07:32:00Z }
 deadline_ms = 20
 memory_mb = 8
+state_keys = 50
+state_mb = 2
 grants = { env = ["TZ"], read_dirs = ["/srv/iotrules"] }
 commands.via = "tuya-mqtt"
 
@@ -145,6 +147,13 @@ plugin = "pass"
     );
     assert_eq!(second.limits.deadline.as_millis(), 20);
     assert_eq!(second.limits.memory_bytes, 8 << 20);
+    assert_eq!(
+        second.limits.state,
+        crate::plugin::StateQuota {
+            keys: 50,
+            bytes: 2 << 20
+        }
+    );
     assert_eq!(second.grants.env, ["TZ"]);
     assert_eq!(second.grants.read_dirs, [Path::new("/srv/iotrules")]);
     assert_eq!(second.via.as_deref(), Some("tuya-mqtt"));
@@ -244,6 +253,11 @@ fn bad_names_values_and_limits_are_refused_with_their_place() {
     let error = one_error(&format!("{}deadline_ms = 0\n", rule("")));
     assert!(
         error.starts_with("rules/t.toml:7:15: rule \"r\": step 1 (plugin \"deadband\"): deadline_ms must be 1 to 10000"),
+        "{error}"
+    );
+    let error = one_error(&format!("{}state_mb = 0\n", rule("")));
+    assert!(
+        error.starts_with("rules/t.toml:7:12: rule \"r\": step 1 (plugin \"deadband\"): state_mb must be at least 1"),
         "{error}"
     );
     let error = one_error(&format!("{}grants.read_dirs = [\"tables\"]\n", rule("")));

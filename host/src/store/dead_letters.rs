@@ -170,7 +170,9 @@ impl Filter {
 }
 
 impl Store {
-    /// Records a dead letter and returns its id.
+    /// Records a dead letter and returns its id. In the service's store, the oldest letters
+    /// beyond its [`Retention`](super::Retention) are then evicted (the new letter too, if
+    /// it alone is over the byte cap).
     pub fn add(&self, letter: &NewDeadLetter<'_>) -> Result<i64, StoreError> {
         let properties = properties_json(letter.properties);
         let conn = self.conn();
@@ -193,7 +195,11 @@ impl Store {
             ])
         })
         .map_err(self.error("add a dead letter"))?;
-        Ok(conn.last_insert_rowid())
+        let id = conn.last_insert_rowid();
+        if let Some(retainer) = &self.retainer {
+            retainer.enforce(&conn, &self.path, false);
+        }
+        Ok(id)
     }
 
     /// The dead letters that match, newest first, without payloads.
@@ -360,6 +366,12 @@ impl crate::pipeline::DeadLetterSink for Store {
         })
         .map(|_| ())
         .map_err(|e| e.to_string())
+    }
+
+    fn register_metrics(&self, metrics: &crate::metrics::Metrics) {
+        if let Some(retainer) = &self.retainer {
+            retainer.register(metrics);
+        }
     }
 }
 

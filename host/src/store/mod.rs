@@ -12,6 +12,7 @@
 //! any older version to the current one, each step in its own transaction.
 
 mod dead_letters;
+mod retention;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
 pub use dead_letters::{DeadLetter, DeadLetterSummary, Filter, NewDeadLetter};
+pub use retention::Retention;
 pub use state::SqliteStateStore;
 
 /// How long one process waits for the other's write lock before an operation fails.
@@ -57,6 +59,37 @@ const MIGRATIONS: &[&str] = &[
         value     BLOB NOT NULL,
         PRIMARY KEY (namespace, key)
     ) WITHOUT ROWID;",
+    // 2: running totals of the dead letters, kept by triggers so that retention reads
+    // them in one row instead of scanning the table, and so that a purge by the
+    // `dead-letters` command (another process) keeps them right too.
+    "CREATE TABLE dead_letter_totals (
+        only  INTEGER PRIMARY KEY CHECK (only = 0),
+        rows  INTEGER NOT NULL,
+        -- payload, message and properties, in bytes (see retention::letter_bytes).
+        bytes INTEGER NOT NULL
+    );
+    INSERT INTO dead_letter_totals (only, rows, bytes)
+        SELECT 0, count(*), coalesce(sum(length(payload) + length(CAST(message AS BLOB))
+            + length(CAST(properties AS BLOB))), 0)
+        FROM dead_letters;
+    CREATE TRIGGER dead_letter_totals_insert AFTER INSERT ON dead_letters BEGIN
+        UPDATE dead_letter_totals SET rows = rows + 1,
+            bytes = bytes + length(NEW.payload) + length(CAST(NEW.message AS BLOB))
+                + length(CAST(NEW.properties AS BLOB));
+    END;
+    CREATE TRIGGER dead_letter_totals_delete AFTER DELETE ON dead_letters BEGIN
+        UPDATE dead_letter_totals SET rows = rows - 1,
+            bytes = bytes - length(OLD.payload) - length(CAST(OLD.message AS BLOB))
+                - length(CAST(OLD.properties AS BLOB));
+    END;
+    CREATE TRIGGER dead_letter_totals_update
+        AFTER UPDATE OF payload, message, properties ON dead_letters BEGIN
+        UPDATE dead_letter_totals SET
+            bytes = bytes - length(OLD.payload) - length(CAST(OLD.message AS BLOB))
+                - length(CAST(OLD.properties AS BLOB))
+                + length(NEW.payload) + length(CAST(NEW.message AS BLOB))
+                + length(CAST(NEW.properties AS BLOB));
+    END;",
 ];
 
 /// The schema version this build writes and understands.
@@ -137,6 +170,9 @@ pub enum StoreError {
 pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// The service's limits on the dead letters; `None` for the commands that inspect the
+    /// file, which never evict.
+    retainer: Option<retention::Retainer>,
 }
 
 impl Store {
@@ -178,6 +214,17 @@ impl Store {
         Store::init(conn, path, true)
     }
 
+    /// Keeps the dead letters within `limits` from now on: the oldest beyond them are
+    /// evicted at once (so a lowered limit applies at start) and after each letter added.
+    /// `clock` dates the age limit; rule tests and the tests here pin it. Only the service
+    /// sets limits: the commands that inspect the file never evict.
+    pub fn with_retention(mut self, limits: Retention, clock: crate::plugin::Clock) -> Store {
+        let retainer = retention::Retainer::new(limits, clock);
+        retainer.enforce(&self.conn(), &self.path, true);
+        self.retainer = Some(retainer);
+        self
+    }
+
     /// The file this store is in (`:memory:` for [`Store::open_in_memory`]).
     pub fn path(&self) -> &Path {
         &self.path
@@ -213,6 +260,7 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(conn),
             path,
+            retainer: None,
         })
     }
 

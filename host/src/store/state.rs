@@ -22,11 +22,35 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, params};
 
 use super::Store;
-use crate::plugin::StateStore;
+use crate::plugin::{StateStore, StateUsage};
 use crate::sync::lock;
 
 /// One namespace's entries; `None` until first loaded from the file.
-type Space = Option<HashMap<String, Vec<u8>>>;
+type Space = Option<Entries>;
+
+/// A loaded namespace, with the size of its keys and values kept as they change so that
+/// the quota check after each write (`StateStore::usage`) does not sum them.
+#[derive(Debug, Default)]
+struct Entries {
+    map: HashMap<String, Vec<u8>>,
+    bytes: usize,
+}
+
+impl Entries {
+    fn write(&mut self, key: String, value: Option<Vec<u8>>) {
+        let key_len = key.len();
+        let old = match value {
+            Some(value) => {
+                self.bytes += key_len + value.len();
+                self.map.insert(key, value)
+            }
+            None => self.map.remove(&key),
+        };
+        if let Some(old) = old {
+            self.bytes -= key_len + old.len();
+        }
+    }
+}
 
 /// [`StateStore`] in the store's SQLite file, cached in memory.
 ///
@@ -60,14 +84,13 @@ impl SqliteStateStore {
 
     /// The namespace's entries, loading them from the file if this is the first use.
     /// `None` if loading failed (logged); the next call tries again.
-    fn loaded<'s>(
-        &self,
-        namespace: &str,
-        space: &'s mut Space,
-    ) -> Option<&'s HashMap<String, Vec<u8>>> {
+    fn loaded<'s>(&self, namespace: &str, space: &'s mut Space) -> Option<&'s Entries> {
         if space.is_none() {
             match load(&self.store.conn(), namespace) {
-                Ok(entries) => *space = Some(entries),
+                Ok(map) => {
+                    let bytes = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+                    *space = Some(Entries { map, bytes });
+                }
                 Err(error) => {
                     tracing::error!(
                         store = %self.store.path().display(),
@@ -87,7 +110,26 @@ impl StateStore for SqliteStateStore {
     fn get(&self, namespace: &str, key: &str) -> Option<Vec<u8>> {
         let space = self.space(namespace);
         let mut space = lock(&space);
-        self.loaded(namespace, &mut space)?.get(key).cloned()
+        self.loaded(namespace, &mut space)?.map.get(key).cloned()
+    }
+
+    /// From the cache (loading the namespace on first use); nothing if it cannot be read,
+    /// as [`get`](StateStore::get) then reads nothing either.
+    fn usage(&self, namespace: &str) -> StateUsage {
+        let space = self.space(namespace);
+        let mut space = lock(&space);
+        self.loaded(namespace, &mut space)
+            .map_or_else(StateUsage::default, |entries| StateUsage {
+                keys: entries.map.len(),
+                bytes: entries.bytes,
+            })
+    }
+
+    fn entry_size(&self, namespace: &str, key: &str) -> Option<usize> {
+        let space = self.space(namespace);
+        let mut space = lock(&space);
+        let value = self.loaded(namespace, &mut space)?.map.get(key)?;
+        Some(key.len() + value.len())
     }
 
     fn apply(&self, namespace: &str, writes: Vec<(String, Option<Vec<u8>>)>) {
@@ -110,10 +152,7 @@ impl StateStore for SqliteStateStore {
         // An unloaded namespace will read these writes from the file when first used.
         if let Some(entries) = space.as_mut() {
             for (key, value) in writes {
-                match value {
-                    Some(value) => entries.insert(key, value),
-                    None => entries.remove(&key),
-                };
+                entries.write(key, value);
             }
         }
     }
@@ -227,6 +266,32 @@ mod tests {
             Some(&b"3"[..]),
             "writes resume"
         );
+    }
+
+    #[test]
+    fn usage_follows_writes_replacements_and_deletes() {
+        let (store, state) = state();
+        state.apply("ns", vec![set("a", b"12345")]);
+        assert_eq!(
+            state.usage("ns"),
+            StateUsage { keys: 1, bytes: 6 },
+            "loaded from the file"
+        );
+        state.apply(
+            "ns",
+            vec![
+                set("a", b"1"),
+                set("bb", b"22"),
+                set("c", b"3"),
+                ("c".into(), None),
+            ],
+        );
+        assert_eq!(state.usage("ns"), StateUsage { keys: 2, bytes: 6 });
+        assert_eq!(state.entry_size("ns", "bb"), Some(4));
+        assert_eq!(state.entry_size("ns", "c"), None);
+        assert_eq!(state.usage("other"), StateUsage::default());
+        let reopened = SqliteStateStore::new(store);
+        assert_eq!(reopened.usage("ns"), state.usage("ns"), "the file agrees");
     }
 
     #[test]
