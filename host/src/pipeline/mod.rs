@@ -358,14 +358,18 @@ impl Ingest {
     /// Takes one delivery; waits while the pipeline is full. The delivery is settled later,
     /// through its acker, when the pipeline is done with it.
     pub async fn submit(&self, delivery: Delivery) -> Result<(), Closed> {
-        let permit = self
-            .shared
+        let permit = self.slot().await?;
+        self.submit_with(delivery, permit, None).await
+    }
+
+    /// A slot of the in-flight budget, waiting while the pipeline is full.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, Closed> {
+        self.shared
             .in_flight
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| Closed)?;
-        self.submit_with(delivery, permit, None).await
+            .map_err(|_| Closed)
     }
 
     /// Takes a message the connector could not read itself (an AMQP message its client
@@ -378,13 +382,7 @@ impl Ingest {
         kind: &'static str,
         message: String,
     ) -> Result<(), Closed> {
-        let permit = self
-            .shared
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Closed)?;
+        let permit = self.slot().await?;
         self.submit_with(delivery, permit, Some((kind, message)))
             .await
     }
