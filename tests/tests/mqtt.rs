@@ -710,15 +710,14 @@ const LOAD_DEVICES: usize = 100;
 /// Publishes `count` statuses as fast as the client takes them, round-robin over the
 /// devices, each numbered after what `sent` says its device has sent so far.
 async fn publish_statuses(devices: &Peer, count: u64, sent: &mut BTreeMap<String, u64>) {
-    let mut total: u64 = sent.values().sum();
-    for _ in 0..count {
-        let device = (total % LOAD_DEVICES as u64) as usize;
+    let start: u64 = sent.values().sum();
+    for n in start..start + count {
+        let device = (n % LOAD_DEVICES as u64) as usize;
         let seq = sent.entry(format!("d-{device:03}")).or_insert(0u64);
         devices
             .publish(&format!("in/d-{device:03}"), status(device, *seq))
             .await;
         *seq += 1;
-        total += 1;
     }
 }
 
@@ -774,17 +773,7 @@ fn an_unpaced_burst_from_a_broker_without_an_in_flight_window_confirms_every_com
     // no window at all. Here mosquitto sends the link all it has at once, 20 000 QoS 1
     // publishes, faster than the link answers them: what the link has read and the pipeline
     // not yet taken piles up, while the PUBACKs of the link's own commands arrive behind it.
-    const BURST: u64 = 20_000;
-    let broker = Mosquitto::start_with(
-        &users(),
-        false,
-        "max_inflight_messages 0\nmax_queued_messages 0",
-    );
-    echo_load(broker, |cloud, devices, _| {
-        let mut sent = BTreeMap::new();
-        cloud.block_on(publish_statuses(devices, BURST, &mut sent));
-        sent
-    });
+    burst_without_window(20_000, "");
 }
 
 #[test]
@@ -792,16 +781,22 @@ fn a_link_over_its_byte_budget_leaves_the_rest_to_the_broker_and_loses_nothing()
     // 64 KiB hold about 190 of these messages; the broker (no window) sends 5 000 at once.
     // What does not fit is left unacknowledged and the link reconnects once the rest is
     // done, so the broker sends it again: every command once, in order, nothing lost.
-    const BURST: u64 = 5_000;
+    let not_kept = burst_without_window(5_000, "buffer_bytes = 65536");
+    assert!(not_kept > 0, "the budget never bit");
+}
+
+/// Publishes `count` statuses at once through a mosquitto that keeps no in-flight window and
+/// no queue limit, to an echo link with `extra` settings (see [`echo_load`]); returns how
+/// many the link did not keep for its byte budget.
+fn burst_without_window(count: u64, extra: &str) -> u64 {
     let broker = Mosquitto::start_with(
         &users(),
         false,
         "max_inflight_messages 0\nmax_queued_messages 0",
     );
-    let not_kept = echo_load_with(broker, "buffer_bytes = 65536", |cloud, devices, _| {
+    echo_load_with(broker, extra, |cloud, devices, _| {
         let mut sent = BTreeMap::new();
-        cloud.block_on(publish_statuses(devices, BURST, &mut sent));
+        cloud.block_on(publish_statuses(devices, count, &mut sent));
         sent
-    });
-    assert!(not_kept > 0, "the budget never bit");
+    })
 }

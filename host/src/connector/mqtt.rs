@@ -857,7 +857,11 @@ impl Inbox {
     /// Keeps `publish` if it fits (one always does when the inbox is empty).
     fn push(&mut self, publish: Publish) {
         let size = Self::size(&publish);
-        if !self.queue.is_empty() && self.bytes + size > self.budget {
+        // Once a QoS 1 publish was left to the broker, every later one is too: taking a
+        // later one now, when there is room again, would put it before the earlier one that
+        // the broker sends again at the next connection (order per device).
+        let behind = self.left_unacked > 0 && publish.qos != QoS::AtMostOnce;
+        if behind || (!self.queue.is_empty() && self.bytes + size > self.budget) {
             if self.full.get() == 0 {
                 tracing::warn!(
                     budget = self.budget,
