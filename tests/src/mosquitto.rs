@@ -88,8 +88,6 @@ impl Mosquitto {
              persistence {persistent}\n\
              persistence_location {dir}/\n\
              autosave_interval 0\n\
-             max_queued_messages 0\n\
-             max_inflight_messages 0\n\
              log_dest file {dir}/mosquitto.log\n\
              log_type error\n\
              log_type warning\n\
