@@ -220,7 +220,8 @@ pub(crate) async fn alibaba_load(load: Arc<Load>, mut publisher: AmqpPublisher) 
     }
 }
 
-pub(crate) async fn mqtt_load(load: Arc<Load>, devices: Peer) {
+/// Returns the publisher: dropped, it would lose what its client has not sent yet.
+pub(crate) async fn mqtt_load(load: Arc<Load>, devices: Peer) -> Peer {
     let mut pace = Pace::new(Link::Mqtt);
     let mut numbering = Numbering::new(load.settings.devices);
     let mut bad_count = 0u64;
@@ -262,4 +263,5 @@ pub(crate) async fn mqtt_load(load: Arc<Load>, devices: Peer) {
             devices.publish("in/not/a-device", payload).await;
         }
     }
+    devices
 }

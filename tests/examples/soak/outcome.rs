@@ -17,6 +17,8 @@ pub(crate) struct Figures {
     pub(crate) dead_lettered: u64,
     /// Numbered messages that were neither processed nor dead-lettered.
     pub(crate) missing: u64,
+    /// Their places in the ledger.
+    pub(crate) missing_offers: Vec<usize>,
     /// Bad messages without a dead letter.
     pub(crate) bad_missing: u64,
     /// Dead letters for messages that should have gone through (stable devices), or that
@@ -153,7 +155,10 @@ pub(crate) fn analyse(
                 }
             }
             _ if processed_at.is_some() => f.processed += 1,
-            _ => f.missing += 1,
+            _ => {
+                f.missing += 1;
+                f.missing_offers.push(index);
+            }
         }
         if let Some(id) = offer.pulsar
             && let Some(&acked) = first_ack.get(&id)
