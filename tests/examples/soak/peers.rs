@@ -1,0 +1,220 @@
+//! The soak's own peers: the webhook that records commands, the relay in front of RabbitMQ,
+//! a lasting AMQP publisher, and a look into the MQTT link's session.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Message};
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue};
+use iotrules_tests::mosquitto::Mosquitto;
+use iotrules_tests::pulsar_broker::sequence;
+use iotrules_tests::rabbitmq;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
+
+use crate::ledger::Seen;
+use crate::{LOCAL, QUEUE};
+
+/// The webhook the `out` path posts to: records each command and answers 200.
+pub(crate) struct Webhook {
+    pub(crate) address: std::net::SocketAddr,
+    pub(crate) seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Webhook {
+    pub(crate) async fn start() -> Webhook {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let _ = serve(stream, recorded).await;
+                });
+            }
+        });
+        Webhook { address, seen }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+pub(crate) async fn serve(
+    stream: tokio::net::TcpStream,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> std::io::Result<()> {
+    let mut stream = BufReader::new(stream);
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if stream.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await?;
+        let command: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        seen.lock().unwrap().push(Seen {
+            device: command["device"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            seq: command["params"]["seq"].as_u64(),
+            at: sequence(),
+        });
+        stream
+            .get_mut()
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+    }
+}
+
+/// A TCP relay in front of RabbitMQ that can be taken down: its connections are cut and new
+/// ones refused until it is up again, which is what the connector sees of a node restart.
+pub(crate) struct Relay {
+    pub(crate) port: u16,
+    pub(crate) cuts: watch::Sender<u64>,
+    pub(crate) down: Arc<AtomicBool>,
+}
+
+impl Relay {
+    pub(crate) async fn start(target: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
+        let port = listener.local_addr().expect("relay address").port();
+        let (cuts, cut_rx) = watch::channel(0u64);
+        let down = Arc::new(AtomicBool::new(false));
+        let refusing = down.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if refusing.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let mut cut = cut_rx.clone();
+                cut.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut broker) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut broker) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay { port, cuts, down }
+    }
+
+    pub(crate) fn take_down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    pub(crate) fn bring_up(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A message for RabbitMQ: its body and application properties.
+pub(crate) type Outgoing = (Vec<u8>, Vec<(&'static str, String)>);
+
+/// An AMQP 1.0 sender to the soak's queue that stays open (the harness's `publish` opens a
+/// connection per call).
+pub(crate) struct AmqpPublisher {
+    pub(crate) _connection: fe2o3_amqp::connection::ConnectionHandle<()>,
+    pub(crate) _session: fe2o3_amqp::session::SessionHandle<()>,
+    pub(crate) sender: fe2o3_amqp::Sender,
+}
+
+impl AmqpPublisher {
+    pub(crate) async fn open(broker: &rabbitmq::Broker) -> AmqpPublisher {
+        let url = format!(
+            "amqp://{}:{}@127.0.0.1:{}",
+            rabbitmq::PUBLISHER.0,
+            rabbitmq::PUBLISHER.1,
+            broker.amqp_port
+        );
+        let mut connection = fe2o3_amqp::Connection::builder()
+            .container_id("iotrules-soak-publisher")
+            .hostname(format!("vhost:{}", rabbitmq::VHOST).as_str())
+            .open(url.as_str())
+            .await
+            .expect("the publisher connects to RabbitMQ");
+        let mut session = fe2o3_amqp::Session::begin(&mut connection)
+            .await
+            .expect("session");
+        let sender =
+            fe2o3_amqp::Sender::attach(&mut session, "soak-publisher", format!("/queue/{QUEUE}"))
+                .await
+                .expect("attach the publisher");
+        AmqpPublisher {
+            _connection: connection,
+            _session: session,
+            sender,
+        }
+    }
+
+    /// Sends `messages` back to back and waits until the broker accepted each.
+    pub(crate) async fn send(&mut self, messages: Vec<Outgoing>) {
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for (body, properties) in messages {
+            let mut application = ApplicationProperties::builder();
+            for (key, value) in properties {
+                application = application.insert(key, SimpleValue::String(value));
+            }
+            let message = Message::builder()
+                .application_properties(application.build())
+                .data(Binary::from(body))
+                .build();
+            outcomes.push(self.sender.send_batchable(message).await.expect("send"));
+        }
+        for outcome in outcomes {
+            outcome
+                .await
+                .expect("outcome")
+                .accepted_or("not accepted")
+                .expect("RabbitMQ accepts the message");
+        }
+    }
+}
+
+/// Connects as the generic link (its client id, a persistent session) and counts what
+/// mosquitto still delivers to it within 3 s: messages the link never acknowledged.
+pub(crate) async fn session_leftovers(mosquitto: &Mosquitto) -> u64 {
+    let mut options = rumqttc::MqttOptions::new("iotrules-m", "127.0.0.1", mosquitto.port);
+    options.set_credentials(LOCAL.0, LOCAL.1);
+    options.set_clean_session(false);
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+    let mut count = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Err(_) => return count,
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(_)))) => count += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
