@@ -411,7 +411,9 @@ fn alibaba_wrong_credentials_are_refused_with_a_clear_error() {
 #[test]
 fn a_broker_restart_mid_stream_loses_no_command_with_qos_1() {
     // With the link's default retries (2): answers caught by the restart wait for the link
-    // to reconnect instead of using up their attempts while the broker is away.
+    // to reconnect instead of using up their attempts while the broker is away. 800
+    // requests: a stock mosquitto keeps 1 020 for a client that is behind, and drops the rest.
+    let _alone = one_load_at_a_time();
     let broker = Mosquitto::start(&users(), true);
     let service = Service::start(&huawei("hw", &broker.url(), ""), &ack_rule("hw", "{}"));
     service.wait_running("hw");
@@ -435,28 +437,29 @@ fn a_broker_restart_mid_stream_loses_no_command_with_qos_1() {
             .filter_map(|(topic, _)| topic.rsplit_once("request_id=").map(|(_, r)| r.to_owned()))
             .collect()
     };
-    publish(0, 500);
+    publish(0, 400);
     wait_for("some answers before the restart", || answered().len() >= 10);
     broker.restart();
     let at_restart = answered().len();
     assert!(
-        at_restart < 500,
+        at_restart < 400,
         "every command was answered before the restart: nothing was in flight"
     );
-    publish(500, 1000);
-    let expected: BTreeSet<String> = (0..1000).map(|n| format!("r-{n}")).collect();
+    publish(400, 800);
+    let expected: BTreeSet<String> = (0..800).map(|n| format!("r-{n}")).collect();
     let start = Instant::now();
     while answered() != expected {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "{} answers missing (link: {:?}, events in {:?}, commands {:?}, dead letters {}, \
-             received {}); broker log:\n{}",
+             received {}); broker drops {:?}, log:\n{}",
             expected.difference(&answered()).count(),
             service.connector("hw"),
             counts(&service.observed.metrics.events_in),
             counts(&service.observed.metrics.commands),
             service.dead_letters(),
             peer.received().len(),
+            broker.dropped(),
             broker.log()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -615,31 +618,43 @@ fn status(device: usize, seq: u64) -> String {
     )
 }
 
-/// Checks what the subscriber of `out/#` got: every (device, seq) of `sent` exactly once, in
-/// order per device. Returns a description of the first difference.
-fn every_command_once_in_order(
-    received: &[(String, Vec<u8>)],
-    sent: &std::collections::BTreeMap<String, u64>,
-) -> Result<(), String> {
-    let mut next: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+/// The `seq`s of each device, in the order `received` holds them (topics `PREFIX/{device}`).
+fn seqs_by_device(received: &[(String, Vec<u8>)], prefix: &str) -> BTreeMap<String, Vec<u64>> {
+    let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for (topic, payload) in received {
-        let device = topic.strip_prefix("out/").ok_or(format!("topic {topic}"))?;
-        let seq = json(payload)["seq"].as_u64().ok_or("no seq")?;
-        let expected = next.entry(device.to_owned()).or_insert(0);
-        if seq != *expected {
+        let device = topic.strip_prefix(prefix).unwrap_or(topic);
+        let seq = json(payload)["seq"].as_u64().unwrap_or(u64::MAX);
+        seqs.entry(device.to_owned()).or_default().push(seq);
+    }
+    seqs
+}
+
+/// Checks that the commands (`out/{device}`) answer the inputs the broker forwarded
+/// (`in/{device}`, as a witness subscriber got them) once each and in the same order per
+/// device. The witness, not the publishing client, says what the order was: a client may
+/// itself send out of order (rumqttc holds back a publish whose packet id is still in
+/// flight) and the link can only keep the order it is given.
+fn every_command_once_in_order(
+    witness: &[(String, Vec<u8>)],
+    commands: &[(String, Vec<u8>)],
+) -> Result<(), String> {
+    let inputs = seqs_by_device(witness, "in/");
+    let answers = seqs_by_device(commands, "out/");
+    for (device, given) in &inputs {
+        let answered = answers.get(device).map_or(&[][..], Vec::as_slice);
+        if let Some(at) =
+            (0..given.len().max(answered.len())).find(|&i| given.get(i) != answered.get(i))
+        {
             return Err(format!(
-                "device {device}: command for seq {seq} where {expected} was due \
-                 (a duplicate, a loss or a reordering)"
+                "device {device}: the broker forwarded seq {:?} as its input number {at}, the \
+                 link answered {:?} there (a duplicate, a loss or a reordering)",
+                given.get(at),
+                answered.get(at)
             ));
         }
-        *expected += 1;
     }
-    if &next != sent {
-        let short: u64 = sent
-            .iter()
-            .map(|(d, n)| n - next.get(d).copied().unwrap_or(0))
-            .sum();
-        return Err(format!("{short} commands missing"));
+    if let Some(extra) = answers.keys().find(|d| !inputs.contains_key(*d)) {
+        return Err(format!("commands for device {extra}, which sent nothing"));
     }
     Ok(())
 }
@@ -661,17 +676,19 @@ fn echo_load_with(
     extra: &str,
     publish: impl FnOnce(&tokio::runtime::Runtime, &Peer, &Peer) -> BTreeMap<String, u64>,
 ) -> u64 {
+    let _alone = one_load_at_a_time();
     let (link, rule) = echo_link(&broker.url());
     let link = format!("{link}{extra}\n");
     let service = Service::start(&link, &rule);
     service.wait_running("m");
     let cloud = runtime();
     let commands = cloud.block_on(Peer::connect(&broker, "load-commands", &["out/#"]));
+    let witness = cloud.block_on(Peer::connect(&broker, "load-witness", &["in/#"]));
     let devices = cloud.block_on(Peer::connect(&broker, "load-devices", &[]));
     let sent = publish(&cloud, &devices, &commands);
     let total: u64 = sent.values().sum();
     let start = Instant::now();
-    while (commands.count() as u64) < total {
+    while (commands.count() as u64) < total || (witness.count() as u64) < total {
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "{} of {total} commands arrived (link: {:?}, events in {:?}, commands {:?}, \
@@ -693,7 +710,12 @@ fn echo_load_with(
         Vec::<String>::new(),
         "the broker dropped messages"
     );
-    every_command_once_in_order(&commands.received(), &sent).unwrap();
+    assert_eq!(
+        witness.count() as u64,
+        total,
+        "the broker forwarded a publish twice"
+    );
+    every_command_once_in_order(&witness.received(), &commands.received()).unwrap();
     assert_eq!(service.commands("m", "sent"), total);
     assert_eq!(service.commands("m", "failed"), 0);
     assert_eq!(service.dead_letters(), 0);
@@ -706,6 +728,15 @@ use std::collections::BTreeMap;
 
 /// Devices publishing in the load tests.
 const LOAD_DEVICES: usize = 100;
+
+/// Held by each load test while it runs: the test harness runs a binary's tests in
+/// parallel, and two of them sharing the two cores would measure each other, not the link
+/// (the paced ones would fall behind their rate and the broker drop past its queue).
+fn one_load_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOAD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Publishes `count` statuses as fast as the client takes them, round-robin over the
 /// devices, each numbered after what `sent` says its device has sent so far.
@@ -723,11 +754,13 @@ async fn publish_statuses(devices: &Peer, count: u64, sent: &mut BTreeMap<String
 
 #[test]
 fn a_steady_qos_1_load_on_a_stock_mosquitto_confirms_every_command_once_in_order() {
-    // 2 000 messages/s from 100 devices for 10 s, the load run that found the stall: each
-    // event's answer waits for its PUBACK before the event's own PUBACK goes out, with 20
-    // of them in flight at most.
-    const RATE: u64 = 2_000;
-    const SECONDS: u64 = 10;
+    // 1 000 messages/s from 100 devices for 15 s: each event's answer waits for its PUBACK
+    // before the event's own PUBACK goes out, with 20 of them in flight at most, so the link
+    // keeps up only while an event takes under 20 ms end to end. (The debug build of the
+    // tests on 2 busy cores holds 2 000/s too, but not always: then the broker drops past
+    // its queue of 1 000, and the test would measure the machine.)
+    const RATE: u64 = 1_000;
+    const SECONDS: u64 = 15;
     const TICK: Duration = Duration::from_millis(10);
     echo_load(Mosquitto::start(&users(), false), |cloud, devices, _| {
         let per_tick = RATE * TICK.as_millis() as u64 / 1000;
@@ -799,4 +832,73 @@ fn burst_without_window(count: u64, extra: &str) -> u64 {
         cloud.block_on(publish_statuses(devices, count, &mut sent));
         sent
     })
+}
+
+#[test]
+fn a_broker_restart_under_a_steady_load_keeps_the_order_of_every_device() {
+    // A persistent session over a restart: what was in flight to the link comes again
+    // (repeats are allowed), but no device's commands may go backwards to a seq never seen.
+    const RATE: u64 = 500;
+    const SECONDS: u64 = 6;
+    const TICK: Duration = Duration::from_millis(10);
+    let _alone = one_load_at_a_time();
+    let broker = Mosquitto::start(&users(), true);
+    let (link, rule) = echo_link(&broker.url());
+    let service = Service::start(&link, &rule);
+    service.wait_running("m");
+    let cloud = runtime();
+    let commands = cloud.block_on(Peer::connect(&broker, "restart-commands", &["out/#"]));
+    let witness = cloud.block_on(Peer::connect(&broker, "restart-witness", &["in/#"]));
+    let devices = cloud.block_on(Peer::connect(&broker, "restart-devices", &[]));
+    let mut sent = BTreeMap::new();
+    let per_tick = RATE * TICK.as_millis() as u64 / 1000;
+    let ticks = SECONDS * 1000 / TICK.as_millis() as u64;
+    cloud.block_on(async {
+        let mut tick = tokio::time::interval(TICK);
+        for n in 0..ticks {
+            tick.tick().await;
+            publish_statuses(&devices, per_tick, &mut sent).await;
+            if n == ticks / 2 {
+                broker.restart();
+            }
+        }
+    });
+    let total: u64 = sent.values().sum();
+    let start = Instant::now();
+    let distinct = || -> usize {
+        commands
+            .received()
+            .iter()
+            .map(|(topic, payload)| (topic.clone(), json(payload)["seq"].as_u64()))
+            .collect::<BTreeSet<_>>()
+            .len()
+    };
+    while (distinct() as u64) < total {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} of {total} commands arrived",
+            distinct()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Each device's first answers come in the order the broker forwarded its inputs (as a
+    // witness subscriber, itself through the restart, got them).
+    let first_occurrences = |received: &[(String, Vec<u8>)], prefix: &str| {
+        seqs_by_device(received, prefix)
+            .into_iter()
+            .map(|(device, seqs)| {
+                let mut seen = BTreeSet::new();
+                let firsts: Vec<u64> = seqs.into_iter().filter(|s| seen.insert(*s)).collect();
+                (device, firsts)
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    wait_for("the witness", || witness.count() as u64 >= total);
+    assert_eq!(
+        first_occurrences(&commands.received(), "out/"),
+        first_occurrences(&witness.received(), "in/"),
+        "a device's answers left the order of its inputs"
+    );
+    assert_eq!(service.commands("m", "failed"), 0);
+    service.stop();
 }
