@@ -659,6 +659,36 @@ fn every_command_once_in_order(
     Ok(())
 }
 
+/// Checks that the commands answer the inputs the broker forwarded once each, in any order.
+fn every_command_once(
+    witness: &[(String, Vec<u8>)],
+    commands: &[(String, Vec<u8>)],
+) -> Result<(), String> {
+    let sorted = |seqs: BTreeMap<String, Vec<u64>>| {
+        seqs.into_iter()
+            .map(|(device, mut seqs)| {
+                seqs.sort_unstable();
+                (device, seqs)
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    let inputs = sorted(seqs_by_device(witness, "in/"));
+    let answers = sorted(seqs_by_device(commands, "out/"));
+    match inputs
+        .iter()
+        .find(|(device, seqs)| answers.get(*device) != Some(seqs))
+    {
+        Some((device, seqs)) => Err(format!(
+            "device {device}: inputs {seqs:?}, answers {:?} (a duplicate or a loss)",
+            answers.get(device)
+        )),
+        None if answers.len() != inputs.len() => {
+            Err("answers for a device that sent nothing".into())
+        }
+        None => Ok(()),
+    }
+}
+
 /// Runs `publish` (which returns what it sent per device) against a link on a stock
 /// mosquitto, then waits until every command came back; asserts exactly once, in order, no
 /// command failed or dead-lettered, and nothing dropped by the broker.
@@ -666,13 +696,21 @@ fn echo_load(
     broker: Mosquitto,
     publish: impl FnOnce(&tokio::runtime::Runtime, &Peer, &Peer) -> BTreeMap<String, u64>,
 ) -> u64 {
-    echo_load_with(broker, "", publish)
+    echo_load_with(broker, false, "", publish)
 }
 
 /// [`echo_load`] with `extra` settings for the link; returns how many inbound messages the
-/// link did not keep for its byte budget.
+/// link did not keep for its byte budget. With `broker_keeps_order`, the commands must also
+/// keep each device's order as the broker forwarded it.
+///
+/// A stock mosquitto 2.0.11 does not keep it for a client whose in-flight window is full
+/// under load: with `log_type all`, its log showed it sending the link the message it had
+/// numbered 1 247 after the one numbered 1 715 (it numbers a client's messages as it queues
+/// them), while a fast subscriber got them in order. So against its stock window the tests
+/// check exactly once, and order against a broker with no window, which forwards in order.
 fn echo_load_with(
     broker: Mosquitto,
+    broker_keeps_order: bool,
     extra: &str,
     publish: impl FnOnce(&tokio::runtime::Runtime, &Peer, &Peer) -> BTreeMap<String, u64>,
 ) -> u64 {
@@ -715,7 +753,11 @@ fn echo_load_with(
         total,
         "the broker forwarded a publish twice"
     );
-    every_command_once_in_order(&witness.received(), &commands.received()).unwrap();
+    if broker_keeps_order {
+        every_command_once_in_order(&witness.received(), &commands.received()).unwrap();
+    } else {
+        every_command_once(&witness.received(), &commands.received()).unwrap();
+    }
     assert_eq!(service.commands("m", "sent"), total);
     assert_eq!(service.commands("m", "failed"), 0);
     assert_eq!(service.dead_letters(), 0);
@@ -753,7 +795,7 @@ async fn publish_statuses(devices: &Peer, count: u64, sent: &mut BTreeMap<String
 }
 
 #[test]
-fn a_steady_qos_1_load_on_a_stock_mosquitto_confirms_every_command_once_in_order() {
+fn a_steady_qos_1_load_on_a_stock_mosquitto_confirms_every_command_exactly_once() {
     // 1 000 messages/s from 100 devices for 15 s: each event's answer waits for its PUBACK
     // before the event's own PUBACK goes out, with 20 of them in flight at most, so the link
     // keeps up only while an event takes under 20 ms end to end. (The debug build of the
@@ -778,7 +820,7 @@ fn a_steady_qos_1_load_on_a_stock_mosquitto_confirms_every_command_once_in_order
 }
 
 #[test]
-fn unpaced_bursts_on_a_stock_mosquitto_confirm_every_command_once_in_order() {
+fn unpaced_bursts_on_a_stock_mosquitto_confirm_every_command_exactly_once() {
     // Rounds of 1 000 messages published as fast as the client can: each round fills the
     // broker's in-flight window and most of its queue for the link at once (1 020 is all a
     // stock mosquitto keeps for a client before it drops); the next round starts when the
@@ -801,7 +843,7 @@ fn unpaced_bursts_on_a_stock_mosquitto_confirm_every_command_once_in_order() {
 }
 
 #[test]
-fn an_unpaced_burst_from_a_broker_without_an_in_flight_window_confirms_every_command() {
+fn an_unpaced_burst_from_a_broker_without_an_in_flight_window_confirms_every_command_in_order() {
     // Brokers differ: an MQTT 5 broker's receive maximum defaults to 65 535, and others keep
     // no window at all. Here mosquitto sends the link all it has at once, 20 000 QoS 1
     // publishes, faster than the link answers them: what the link has read and the pipeline
@@ -827,7 +869,7 @@ fn burst_without_window(count: u64, extra: &str) -> u64 {
         false,
         "max_inflight_messages 0\nmax_queued_messages 0",
     );
-    echo_load_with(broker, extra, |cloud, devices, _| {
+    echo_load_with(broker, true, extra, |cloud, devices, _| {
         let mut sent = BTreeMap::new();
         cloud.block_on(publish_statuses(devices, count, &mut sent));
         sent
@@ -842,7 +884,13 @@ fn a_broker_restart_under_a_steady_load_keeps_the_order_of_every_device() {
     const SECONDS: u64 = 6;
     const TICK: Duration = Duration::from_millis(10);
     let _alone = one_load_at_a_time();
-    let broker = Mosquitto::start(&users(), true);
+    // No window: a stock mosquitto reorders for a client whose window is full (see
+    // `echo_load_with`), which is not what this test is about.
+    let broker = Mosquitto::start_with(
+        &users(),
+        true,
+        "max_inflight_messages 0\nmax_queued_messages 0",
+    );
     let (link, rule) = echo_link(&broker.url());
     let service = Service::start(&link, &rule);
     service.wait_running("m");
