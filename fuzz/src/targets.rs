@@ -30,8 +30,11 @@ use iotrules::vendor::tuya::{self, Mode};
 use iotrules::vendor::{DecodeError, Dialect, RawMessage, SignMode, alibaba, huawei};
 use rumqttc::mqttbytes::v4::Packet;
 
+/// A target: arbitrary bytes in, a panic when it finds a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, as the smoke test runs them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("tuya_envelope", tuya_envelope),
     ("tuya_body", tuya_body),
     ("alibaba", alibaba),
