@@ -23,7 +23,7 @@ use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::messaging::message::DecodeIntoMessage;
 use fe2o3_amqp::types::primitives::Value;
 use iotrules::config::Config;
-use iotrules::event::Event;
+use iotrules::event::{Event, Json};
 use iotrules::rules::RuleSet;
 use iotrules::vendor::json::TopicTemplate;
 use iotrules::vendor::tuya::{self, Mode};
@@ -80,12 +80,16 @@ fn property(key: &str, value: &str) -> (String, String) {
     (key.to_owned(), value.to_owned())
 }
 
-/// What the pipeline does with a decode result: an event's payload must be JSON text, and
-/// the event and the error must serialize and print.
+/// What the pipeline relies on in a decode result: an event's payload is one well-formed
+/// JSON value (what [`Json`] promises; checked as `Json::from_text` checks it), and the
+/// event and the error serialize and print.
+///
+/// Well-formed, not representable: a JSON number beyond `f64` (`1e400`) is valid JSON and is
+/// kept verbatim, though `serde_json::Value` cannot hold it.
 fn check(result: Result<Event, DecodeError>) {
     match result {
         Ok(event) => {
-            if let Err(e) = serde_json::from_str::<serde_json::Value>(event.payload.as_str()) {
+            if let Err(e) = Json::from_text(event.payload.as_str().to_owned()) {
                 panic!("the event payload is not JSON ({e}): {event:?}");
             }
             serde_json::to_string(&event).expect("an event serializes");
