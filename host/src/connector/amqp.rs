@@ -16,7 +16,7 @@ use fe2o3_amqp::link::{MessageDecodeError, RecvError};
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::definitions::{self, AmqpError};
-use fe2o3_amqp::types::messaging::{AmqpValue, Body, Modified};
+use fe2o3_amqp::types::messaging::{AmqpValue, Body, Message, Modified};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 use fe2o3_amqp::{Receiver, Session};
 use tokio::sync::mpsc;
@@ -678,18 +678,10 @@ impl Link {
         delivery: fe2o3_amqp::link::delivery::Delivery<Body<Value>>,
     ) -> super::Delivery {
         let info = DeliveryInfo::from(&delivery);
-        let message = delivery.into_message();
-        let properties = message
-            .application_properties
-            .map(|p| {
-                p.0.into_iter()
-                    .filter_map(|(key, value)| property_text(value).map(|text| (key, text)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (payload, properties) = message_parts(delivery.into_message());
         let settle = self.settle.clone();
         super::Delivery {
-            payload: body_bytes(message.body),
+            payload,
             properties,
             acker: super::Acker::new(move |how| {
                 // A closed channel means the link is gone: the broker delivers it again.
@@ -731,6 +723,24 @@ fn lost(error: String) -> Ended {
         error,
         worked: true,
     }
+}
+
+/// What the dialect gets of a received AMQP message: its body as bytes ([`body_bytes`]) and
+/// its application properties that have a text form ([`property_text`]), in message order.
+///
+/// Public, though only this connector calls it, so that the fuzz targets (`fuzz/`) and their
+/// smoke test can feed it messages decoded from arbitrary bytes: it is the step between
+/// fe2o3-amqp's decoder and the dialects.
+pub fn message_parts(message: Message<Body<Value>>) -> (Vec<u8>, Vec<(String, String)>) {
+    let properties = message
+        .application_properties
+        .map(|p| {
+            p.0.into_iter()
+                .filter_map(|(key, value)| property_text(value).map(|text| (key, text)))
+                .collect()
+        })
+        .unwrap_or_default();
+    (body_bytes(message.body), properties)
 }
 
 /// The message bytes: the data sections joined, or an amqp-value string or binary. Other

@@ -35,8 +35,9 @@ use crate::command::PathSettings;
 use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
 use crate::vendor::{alibaba, huawei};
 
-/// The largest packet sent or accepted (Alibaba's limit is 256 KiB; IoTDA's 1 MiB).
-const MAX_PACKET: usize = 1024 * 1024;
+/// The largest packet sent or accepted (Alibaba's limit is 256 KiB; IoTDA's 1 MiB). Public
+/// for the fuzz targets, which read packets as this connector does.
+pub const MAX_PACKET: usize = 1024 * 1024;
 /// Publishes waiting for their PUBACK at once, per link.
 const MAX_IN_FLIGHT: usize = 256;
 /// How long connecting, logging in and subscribing may take.
@@ -1151,12 +1152,25 @@ impl Session {
                 })
             }
         };
+        let (payload, properties) = publish_parts(publish);
         super::Delivery {
-            payload: publish.payload.to_vec(),
-            properties: vec![(crate::event::ATTR_TOPIC.to_owned(), publish.topic)],
+            payload,
+            properties,
             acker,
         }
     }
+}
+
+/// What the dialect gets of an inbound publish: its payload, and its topic as the property
+/// [`ATTR_TOPIC`](crate::event::ATTR_TOPIC).
+///
+/// Public, though only this connector calls it, so that the fuzz targets (`fuzz/`) and their
+/// smoke test can feed it packets read from arbitrary bytes (with [`MAX_PACKET`]).
+pub fn publish_parts(publish: Publish) -> (Vec<u8>, Vec<(String, String)>) {
+    (
+        publish.payload.to_vec(),
+        vec![(crate::event::ATTR_TOPIC.to_owned(), publish.topic)],
+    )
 }
 
 #[cfg(test)]

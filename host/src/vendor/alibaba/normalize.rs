@@ -487,6 +487,14 @@ pub(crate) fn decode(message: &RawMessage<'_>) -> Result<Event, DecodeError> {
             }
             reading
         }
+        Route::Ota => {
+            // Firmware bodies are read leniently (`read_json`), so one that is not JSON (an
+            // empty body, text) is kept as a free-form body is: the payload must be JSON.
+            let text = utf8(BODY, payload)?;
+            let reading = read_json(Route::Ota, text)?;
+            body_as_payload(payload, &mut event);
+            reading
+        }
         route => {
             let text = utf8(if topic.sys { ALINK } else { BODY }, payload)?;
             let reading = read_json(route, text)?;
@@ -817,6 +825,21 @@ mod tests {
             event.property("Power").unwrap().value,
             Value::Text("on".into())
         );
+    }
+
+    /// Found by fuzzing (`fuzz/seeds/alibaba/regression-ota-empty-body`): the lenient
+    /// firmware reading let a body that is not JSON become the payload verbatim.
+    #[test]
+    fn a_firmware_body_that_is_not_json_is_kept_as_text_so_the_payload_stays_json() {
+        for body in ["", "0\"3Ps", "progress 50%"] {
+            let event = decode_on("/a1Pk/lamp/ota/upgrade/progress", body).unwrap();
+            assert_eq!(event.kind, Kind::Lifecycle);
+            assert_eq!(event.payload.as_str(), serde_json::to_string(body).unwrap());
+            assert_eq!(event.attribute("content"), Some("text"));
+        }
+        let event = decode_on("/a1Pk/lamp/ota/upgrade/progress", r#"{"step":"50"}"#).unwrap();
+        assert_eq!(event.payload.as_str(), r#"{"step":"50"}"#);
+        assert_eq!(event.attribute("content"), None);
     }
 
     #[test]
