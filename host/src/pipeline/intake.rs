@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
+use super::report::MessageRefused;
 use super::settle::{self, Pending};
 use super::{Closed, Delivery, Shared};
 use crate::config::Order;
@@ -334,15 +335,13 @@ impl Ingest {
     /// A message that will not become an event: counted, reported, stored as a dead letter
     /// of `kind`, then settled.
     fn refused(&self, pending: Pending, origin: Origin, kind: &str, message: String) {
-        self.counters.refused.inc();
-        tracing::warn!(
-            connector = &*self.connector,
+        MessageRefused {
+            connector: &self.connector,
             kind,
-            "Message refused, stored as a dead letter: {message}"
-        );
-        self.shared
-            .errors
-            .push(format!("connector \"{}\"", self.connector), &message);
+            error: &message,
+            counter: &self.counters.refused,
+        }
+        .emit(&self.shared.reports);
         let letter = settle::letter(&origin, kind, message, None);
         let shared = self.shared.clone();
         self.shared.runtime.spawn(async move {

@@ -26,6 +26,7 @@
 mod dedup;
 mod delivery;
 mod intake;
+mod report;
 mod settle;
 mod worker;
 
@@ -61,6 +62,8 @@ struct Shared {
     dead_letters: Arc<dyn DeadLetterSink>,
     metrics: Arc<Metrics>,
     errors: Arc<LastErrors>,
+    /// The per-event troubles, counted, noted and logged (rate-limited) in one place.
+    reports: report::Reports,
     in_flight: Arc<Semaphore>,
     max_in_flight: u32,
     /// Ids seen, and the copies of those still in flight.
@@ -113,6 +116,7 @@ impl Pipeline {
             paths: parts.paths,
             dead_letters: parts.dead_letters,
             metrics: parts.metrics,
+            reports: report::Reports::new(parts.errors.clone()),
             errors: parts.errors,
             in_flight: Arc::new(Semaphore::new(max_in_flight as usize)),
             max_in_flight,

@@ -10,6 +10,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::intake::Origin;
+use super::report::{CommandFailed, DeadLetterStoreFailed};
 use super::{Acker, Settle, Shared};
 use crate::command::Confirmation;
 use crate::event::Command;
@@ -126,16 +127,17 @@ async fn settle(shared: &Arc<Shared>, unsettled: Unsettled) {
                 rule_sent.inc();
             }
             Err(reason) => {
-                failed.inc();
-                rule_failed.inc();
                 let message = format!(
                     "command {} for device {} not delivered: {reason}",
                     command.name, command.device.id
                 );
-                tracing::error!("{message}");
-                shared
-                    .errors
-                    .push(format!("command path \"{path}\""), &message);
+                CommandFailed {
+                    path: &path,
+                    rule: &rule,
+                    error: &message,
+                    counters: [&failed, &rule_failed],
+                }
+                .emit(&shared.reports);
                 let mut letter = letter(&origin, "command", message, Some(&event_id));
                 letter.rule = Some(rule.to_string());
                 letters.push(letter);
@@ -200,34 +202,31 @@ async fn store_letters(
     if letters.is_empty() {
         return Ok(());
     }
-    let letters = letters.clone();
-    let sink = shared.dead_letters.clone();
-    let metrics = shared.metrics.clone();
-    let errors = shared.errors.clone();
-    let stored = tokio::task::spawn_blocking(move || match sink.store(&letters) {
-        Ok(()) => {
+    let stored = {
+        let letters = letters.clone();
+        let sink = shared.dead_letters.clone();
+        tokio::task::spawn_blocking(move || sink.store(&letters)).await
+    };
+    match stored {
+        Ok(Ok(())) => {
             for letter in letters.iter() {
-                metrics
+                shared
+                    .metrics
                     .dead_letters
                     .with(&[&letter.connector, &letter.kind])
                     .inc();
             }
-            true
+            Ok(())
         }
-        Err(reason) => {
-            tracing::error!(
-                connector = &*letters[0].connector,
-                "Cannot store a dead letter; the message goes back to its connector for \
-                 another try: {reason}"
-            );
-            errors.push("dead-letter store".into(), &reason);
-            false
+        Ok(Err(reason)) => {
+            DeadLetterStoreFailed {
+                connector: &letters[0].connector,
+                error: &reason,
+            }
+            .emit(&shared.reports);
+            Err(())
         }
-    })
-    .await;
-    match stored {
-        Ok(true) => Ok(()),
-        _ => Err(()),
+        Err(_) => Err(()),
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use super::intake::{Job, Origin};
+use super::report::{CommandRefused, ConditionFailed, StepFailed};
 use super::settle::{self, Queued, Settler, Unsettled, letter};
 use crate::event::{Command, Event};
 use crate::metrics::{Counter, Histogram, Metrics};
@@ -122,14 +123,16 @@ impl Worker {
                 Ok(takes) => takes,
                 Err(error) => {
                     let message = error.to_string();
-                    self.shared
-                        .metrics
-                        .rule_errors
-                        .with(&[&rule.name, "condition"])
-                        .inc();
-                    self.shared
-                        .errors
-                        .push(format!("rule \"{}\"", rule.name), &message);
+                    ConditionFailed {
+                        rule: &rule.name,
+                        error: &message,
+                        counter: &self
+                            .shared
+                            .metrics
+                            .rule_errors
+                            .with(&[&rule.name, "condition"]),
+                    }
+                    .emit(&self.shared.reports);
                     if rule.on_error() == OnError::DeadLetter {
                         let mut letter = letter(&origin, "condition", message, Some(&event.id));
                         letter.rule = Some(rule.name.to_string());
@@ -152,16 +155,17 @@ impl Worker {
                     .observe(version.elapsed);
             }
             for error in &result.errors {
-                self.shared
-                    .metrics
-                    .rule_errors
-                    .with(&[&rule.name, error.kind()])
-                    .inc();
-                let message = error.to_string();
-                tracing::warn!(rule = &*rule.name, device = %event.device.id, "{message}");
-                self.shared
-                    .errors
-                    .push(format!("rule \"{}\"", rule.name), &message);
+                StepFailed {
+                    rule: &rule.name,
+                    device: &event.device.id,
+                    error: &error.to_string(),
+                    counter: &self
+                        .shared
+                        .metrics
+                        .rule_errors
+                        .with(&[&rule.name, error.kind()]),
+                }
+                .emit(&self.shared.reports);
             }
             let outcome = match &result.outcome {
                 RuleOutcome::Passed(output) => {
@@ -222,15 +226,16 @@ impl Worker {
                 "command {} for device {} not sent: {}",
                 command.name, command.device.id, refused.reason
             );
-            tracing::error!(rule = &*rule, "{message}");
-            self.shared
-                .errors
-                .push(format!("rule \"{rule}\""), &message);
+            CommandRefused {
+                rule: &rule,
+                error: &message,
+                counter: &self.rule_counter(&rule).1,
+            }
+            .emit(&self.shared.reports);
             let mut letter = letter(&origin, "command", message, Some(&event.id));
             letter.rule = Some(rule.to_string());
             letter.step = u32::try_from(refused.step).ok();
             letters.push(letter);
-            self.rule_counter(&rule).1.inc();
         }
         if trace_on {
             tracing::debug!(
@@ -288,11 +293,15 @@ impl Worker {
                      rule or step",
                     command.name, command.device.id
                 );
-                tracing::error!("{message}");
+                CommandRefused {
+                    rule: &rule,
+                    error: &message,
+                    counter: &self.rule_counter(&rule).1,
+                }
+                .emit(&self.shared.reports);
                 let mut letter = letter(origin, "command", message, Some(&event.id));
                 letter.rule = Some(rule.to_string());
                 letters.push(letter);
-                self.rule_counter(&rule).1.inc();
                 continue;
             };
             let Some(path) = self.shared.paths.get(&via).cloned() else {
@@ -302,11 +311,15 @@ impl Worker {
                     command.device.id,
                     self.shared.paths.names().join(", ")
                 );
-                tracing::error!("{message}");
+                CommandRefused {
+                    rule: &rule,
+                    error: &message,
+                    counter: &self.rule_counter(&rule).1,
+                }
+                .emit(&self.shared.reports);
                 let mut letter = letter(origin, "command", message, Some(&event.id));
                 letter.rule = Some(rule.to_string());
                 letters.push(letter);
-                self.rule_counter(&rule).1.inc();
                 continue;
             };
             let (rule_sent, rule_failed) = self.rule_counter(&rule);
