@@ -57,23 +57,37 @@ pub(super) struct Unsettled {
 /// A worker's settle task: one task waits for every event of the worker that has commands,
 /// dead letters or state to commit, instead of a task spawned per event.
 ///
-/// Its queue is unbounded on purpose, and bounded in effect: every event in it holds a slot of
-/// the pipeline's in-flight budget (`max_in_flight`), so the worker is never held up by a
-/// slow confirmation of an earlier event.
-pub(super) struct Settler(mpsc::UnboundedSender<Unsettled>);
+/// The worker hands events over in groups: those it finished while more jobs were waiting,
+/// up to [`Settler::GROUP`], go together when it runs out of jobs (or the group is full), so a
+/// busy worker wakes the task once per group rather than once per event. The channel is
+/// unbounded on purpose, and bounded in effect: every event in it holds a slot of the
+/// pipeline's in-flight budget (`max_in_flight`), so the worker is never held up by a slow
+/// confirmation of an earlier event.
+pub(super) struct Settler {
+    sender: mpsc::UnboundedSender<Vec<Unsettled>>,
+    group: Vec<Unsettled>,
+}
 
 impl Settler {
+    /// The most events a worker keeps before it hands them over: a bound on how long an
+    /// event already done can wait for its worker (that many events' work).
+    const GROUP: usize = 32;
+
     /// Starts the task on the pipeline's runtime. It ends once the worker dropped its
     /// [`Settler`] and every event it was given is settled.
     pub(super) fn start(shared: &Arc<Shared>) -> Settler {
-        let (sender, mut receiver) = mpsc::unbounded_channel::<Unsettled>();
+        let (sender, mut receiver) = mpsc::unbounded_channel::<Vec<Unsettled>>();
         let shared = shared.clone();
         shared.runtime.clone().spawn(async move {
             let mut settling = FuturesUnordered::new();
             loop {
                 tokio::select! {
                     next = receiver.recv() => match next {
-                        Some(unsettled) => settling.push(settle(&shared, unsettled)),
+                        Some(group) => {
+                            for unsettled in group {
+                                settling.push(settle(&shared, unsettled));
+                            }
+                        }
                         None => break,
                     },
                     Some(()) = settling.next(), if !settling.is_empty() => {}
@@ -81,14 +95,31 @@ impl Settler {
             }
             while settling.next().await.is_some() {}
         });
-        Settler(sender)
+        Settler {
+            sender,
+            group: Vec::with_capacity(Self::GROUP),
+        }
     }
 
-    /// Hands over an event to wait for. Settles it as a retry in the (shutdown) case where
-    /// the task is gone.
-    pub(super) fn hand_over(&self, shared: &Shared, unsettled: Unsettled) {
-        if let Err(mpsc::error::SendError(unsettled)) = self.0.send(unsettled) {
-            finish(shared, unsettled.pending, Err(()));
+    /// Takes an event to wait for; hands the group over once it is full.
+    pub(super) fn hand_over(&mut self, shared: &Shared, unsettled: Unsettled) {
+        self.group.push(unsettled);
+        if self.group.len() >= Self::GROUP {
+            self.flush(shared);
+        }
+    }
+
+    /// Hands over the events kept. Settles them as retries in the (shutdown) case where the
+    /// task is gone.
+    pub(super) fn flush(&mut self, shared: &Shared) {
+        if self.group.is_empty() {
+            return;
+        }
+        let group = std::mem::replace(&mut self.group, Vec::with_capacity(Self::GROUP));
+        if let Err(mpsc::error::SendError(group)) = self.sender.send(group) {
+            for unsettled in group {
+                finish(shared, unsettled.pending, Err(()));
+            }
         }
     }
 }

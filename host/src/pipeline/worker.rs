@@ -58,10 +58,24 @@ impl Worker {
     }
 
     pub(super) fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        while let Some(job) = jobs.blocking_recv() {
+        loop {
+            let job = match jobs.try_recv() {
+                Ok(job) => job,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Idle: what waits for settlement goes to the settle task before the
+                    // worker sleeps.
+                    self.settler.flush(&self.shared);
+                    match jobs.blocking_recv() {
+                        Some(job) => job,
+                        None => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
             self.refresh();
             self.handle(job);
         }
+        self.settler.flush(&self.shared);
     }
 
     /// Starts the rules' plugin instances for the set in service when it changed. If that

@@ -331,6 +331,9 @@ impl StateStore for SqliteStateStore {
         for (key, value) in &writes {
             space.wait(number, key, value.clone());
         }
+        // The writer sleeps only on an empty queue: waking it for every call would cost a
+        // system call per call while it is busy committing the previous batch.
+        let wake = queue.calls.is_empty();
         queue.calls.push(Call {
             number,
             namespace: namespace.to_owned(),
@@ -339,7 +342,9 @@ impl StateStore for SqliteStateStore {
         });
         drop(queue);
         drop(space);
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
     }
 
     fn durable(&self) -> Option<Durable> {
