@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iotrules::command::{CommandPaths, Lanes, LogTransport, PathSettings};
 use iotrules::config::PipelineConfig;
+use iotrules::connector::ConnectorState;
 use iotrules::connector::replay::{self, ReplaySettings};
-use iotrules::connector::{Acker, ConnectorState, Delivery, Settle};
 use iotrules::metrics::Metrics;
+use iotrules::pipeline::{Acker, Delivery, Settle};
 use iotrules::pipeline::{Ingest, Parts, Pipeline};
 use iotrules::plugin::{Registry, Runtime, RuntimeConfig};
 use iotrules::rules::Rules;
@@ -218,7 +219,58 @@ impl Bench {
     }
 }
 
+/// CPU time of the whole process (every thread), user and system.
+fn cpu_time() -> (Duration, Duration) {
+    // SAFETY: getrusage writes the struct it is given and reads nothing else.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    (time(usage.ru_utime), time(usage.ru_stime))
+}
+
+/// `BENCH_PROFILE=N`: instead of criterion, replays `N` batches after one to warm up and
+/// prints the CPU time the process spent per event (all threads, user + system), which a
+/// busy machine disturbs far less than throughput. Also the run to profile with `perf record`
+/// or `valgrind --tool=callgrind`.
+fn profile(batches: u64) {
+    let bench = Bench::new();
+    bench.replay(&bench.record(0), 0.0);
+    let files: Vec<PathBuf> = (1..=batches)
+        .map(|batch| {
+            let file = bench.record(batch);
+            let kept = bench.dir.path().join(format!("recorded-{batch}.jsonl"));
+            std::fs::rename(&file, &kept).expect("keep recording");
+            kept
+        })
+        .collect();
+    let (user, system) = cpu_time();
+    let mut wall = Duration::ZERO;
+    for file in &files {
+        wall += bench.replay(file, 0.0);
+    }
+    let (user_after, system_after) = cpu_time();
+    let events = (BATCH * batches) as f64;
+    let per_event = |d: Duration| d.as_secs_f64() * 1e6 / events;
+    println!(
+        "pipeline/profile: {events} events, CPU {:.1} µs/event (user {:.1}, system {:.1}), \
+         {:.0} events/s wall",
+        per_event((user_after - user) + (system_after - system)),
+        per_event(user_after - user),
+        per_event(system_after - system),
+        events / wall.as_secs_f64()
+    );
+}
+
 fn throughput(c: &mut Criterion) {
+    if let Ok(batches) = std::env::var("BENCH_PROFILE") {
+        profile(batches.parse().expect("BENCH_PROFILE: a number of batches"));
+        return;
+    }
     let bench = Bench::new();
     let mut group = c.benchmark_group("pipeline");
     group.sample_size(10);

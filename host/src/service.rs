@@ -21,12 +21,13 @@ use crate::connector::pulsar::{self, PulsarSettings};
 use crate::connector::replay::{self, ReplaySettings};
 use crate::connector::{ConnectorState, Context};
 use crate::metrics::Metrics;
-use crate::pipeline::{DeadLetterSink, Parts, Pipeline};
+use crate::pipeline::{Parts, Pipeline};
 use crate::plugin::{
     GrantPolicy, Registry, ReloadReport, Runtime, RuntimeConfig, StateStore, Watcher,
 };
 use crate::rules::{Rules, RulesWatcher};
 use crate::status::{ConnectorStatus, Connectors, LastErrors};
+use crate::store::DeadLetterSink;
 
 /// What the admin server and the summary read.
 pub struct Observed {

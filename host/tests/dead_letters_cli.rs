@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use iotrules::store::{Filter, NewDeadLetter, Store};
+use iotrules::store::{DeadLetterRecord, Filter, Store};
 use serde_json::Value;
 
 /// Not UTF-8, with a NUL and bytes that a text conversion would mangle.
@@ -27,13 +27,13 @@ fn filled() -> Filled {
         ("em".to_owned(), "aes_gcm".to_owned()),
         ("topic".to_owned(), "tuya/pk/lamp".to_owned()),
     ];
-    let base = NewDeadLetter {
-        connector: "tuya-eu",
+    let base = DeadLetterRecord {
+        connector: "tuya-eu".into(),
         vendor: Some("tuya"),
-        properties: &properties,
-        payload: br#"{"data":"c2VhbGVk","protocol":4}"#,
-        kind: "decrypt",
-        message: "tuya-eu: decrypt error: GCM tag does not match\nis the access key right?",
+        properties,
+        payload: br#"{"data":"c2VhbGVk","protocol":4}"#.to_vec(),
+        kind: "decrypt".into(),
+        message: "tuya-eu: decrypt error: GCM tag does not match\nis the access key right?".into(),
         rule: None,
         step: None,
         event_id: None,
@@ -41,28 +41,28 @@ fn filled() -> Filled {
     };
     let decrypt = store.add(&base).expect("add");
     let plugin = store
-        .add(&NewDeadLetter {
-            connector: "ali-cn",
+        .add(&DeadLetterRecord {
+            connector: "ali-cn".into(),
             vendor: Some("alibaba"),
-            kind: "plugin:deadline",
-            message: "rule `lamp` step 1: plugin `deadband` ran out of time",
-            rule: Some("lamp"),
+            kind: "plugin:deadline".into(),
+            message: "rule `lamp` step 1: plugin `deadband` ran out of time".into(),
+            rule: Some("lamp".into()),
             step: Some(1),
-            event_id: Some("ev-7"),
+            event_id: Some("ev-7".into()),
             time_ms: 1_707_532_260_000,
-            ..base
+            ..base.clone()
         })
         .expect("add");
     let binary = store
-        .add(&NewDeadLetter {
-            connector: "mqtt-lab",
+        .add(&DeadLetterRecord {
+            connector: "mqtt-lab".into(),
             vendor: None,
-            properties: &[],
-            payload: BINARY_PAYLOAD,
-            kind: "json",
-            message: "expected value at line 1 column 1",
+            properties: Vec::new(),
+            payload: BINARY_PAYLOAD.to_vec(),
+            kind: "json".into(),
+            message: "expected value at line 1 column 1".into(),
             time_ms: 1_707_532_320_000,
-            ..base
+            ..base.clone()
         })
         .expect("add");
     Filled {

@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 
 use iotrules::command::{CommandError, CommandPath, CommandPaths, Confirmation};
 use iotrules::config::PipelineConfig;
-use iotrules::connector::{Acker, Delivery, Settle};
 use iotrules::event::Command;
 use iotrules::metrics::Metrics;
-use iotrules::pipeline::{DeadLetterRecord, DeadLetterSink, MemoryDeadLetters, Parts, Pipeline};
+use iotrules::pipeline::{Acker, Delivery, Settle};
+use iotrules::pipeline::{Parts, Pipeline};
 use iotrules::rules::Rules;
 use iotrules::status::LastErrors;
+use iotrules::store::{DeadLetterRecord, DeadLetterSink, MemoryDeadLetters};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::oneshot;
 
@@ -153,11 +154,11 @@ impl TestDeadLetters {
 }
 
 impl DeadLetterSink for TestDeadLetters {
-    fn store(&self, letter: &DeadLetterRecord) -> Result<(), String> {
+    fn store(&self, letters: &[DeadLetterRecord]) -> Result<(), String> {
         if self.refusing.load(Ordering::SeqCst) {
             return Err("the test's store refuses".into());
         }
-        self.memory.store(letter)
+        self.memory.store(letters)
     }
 }
 
@@ -181,7 +182,18 @@ impl TestPipeline {
         path: Arc<dyn CommandPath>,
         runtime: &tokio::runtime::Handle,
     ) -> Self {
-        let harness = Harness::new();
+        Self::start_in(Harness::new(), plugins, rules, settings, path, runtime)
+    }
+
+    /// Like [`TestPipeline::start`], with the plugins of `harness` (and its state store).
+    pub fn start_in(
+        harness: Harness,
+        plugins: &[&str],
+        rules: &str,
+        settings: PipelineConfig,
+        path: Arc<dyn CommandPath>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Self {
         for plugin in plugins {
             let name = plugin.rsplit('/').next().unwrap_or(plugin);
             let path = install(harness.dir.path(), name, &built(plugin));

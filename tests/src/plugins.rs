@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use iotrules::event::{Device, Event, Json, Kind, Property, Value, Vendor};
-use iotrules::plugin::{MemoryStateStore, Registry, Runtime, RuntimeConfig};
+use iotrules::plugin::{MemoryStateStore, Registry, Runtime, RuntimeConfig, StateStore};
 
 /// `plugins/dist` of this repository.
 pub fn dist_dir() -> PathBuf {
@@ -64,6 +64,7 @@ pub fn install(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub cache: tempfile::TempDir,
+    /// The registry's plugin state, unless it was made [`Harness::over`] another store.
     pub state: Arc<MemoryStateStore>,
     pub registry: Arc<Registry>,
 }
@@ -74,6 +75,18 @@ impl Harness {
     }
 
     pub fn with_quarantine_after(failures: u32) -> Self {
+        let state = Arc::new(MemoryStateStore::new());
+        let mut harness = Self::build(state.clone(), failures);
+        harness.state = state;
+        harness
+    }
+
+    /// A harness whose plugins keep their state in `store` (its `state` is then unused).
+    pub fn over(store: Arc<dyn StateStore>) -> Self {
+        Self::build(store, iotrules::plugin::DEFAULT_QUARANTINE_AFTER)
+    }
+
+    fn build(store: Arc<dyn StateStore>, failures: u32) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let cache = tempfile::tempdir().expect("temp dir");
         let runtime = Runtime::new(RuntimeConfig {
@@ -81,14 +94,12 @@ impl Harness {
             ..RuntimeConfig::default()
         })
         .expect("runtime");
-        let state = Arc::new(MemoryStateStore::new());
-        let registry = Arc::new(
-            Registry::new(runtime, dir.path(), state.clone()).with_quarantine_after(failures),
-        );
+        let registry =
+            Arc::new(Registry::new(runtime, dir.path(), store).with_quarantine_after(failures));
         Harness {
             dir,
             cache,
-            state,
+            state: Arc::new(MemoryStateStore::new()),
             registry,
         }
     }

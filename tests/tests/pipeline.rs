@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use iotrules::config::PipelineConfig;
+use iotrules::store::{SqliteStateStore, Store};
 use iotrules_tests::pipeline::{Acks, Capture, HttpServer, TestPipeline, binary, huawei_body};
+use iotrules_tests::plugins::Harness;
 
 const ECHO_RULE: &str = r#"
 [[rule]]
@@ -323,6 +325,65 @@ fn a_message_whose_dead_letter_cannot_be_stored_goes_back_with_pauses_then_is_he
     let letters = test.dead_letters.letters();
     assert_eq!(letters.len(), 1, "{letters:#?}");
     assert_eq!(letters[0].payload, garbage.as_bytes());
+    drop(ingest);
+    test.drain(&runtime);
+}
+
+#[test]
+fn no_event_is_acked_before_the_state_its_plugins_wrote_is_in_the_store() {
+    // Plugin state is committed in groups, after the calls that wrote it: the events that
+    // wrote wait for that commit. Another process (`iotrules dead-letters purge`, a backup)
+    // holds the file's write lock for a while: nothing may be acknowledged meanwhile.
+    const EVENTS: u64 = 20;
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("iotrules.db");
+    let store = Arc::new(Store::open(&file).expect("store"));
+    let state = Arc::new(SqliteStateStore::new(store));
+    let mut test = TestPipeline::start_in(
+        Harness::over(state),
+        &["testing/hoard"],
+        r#"
+[[rule]]
+name = "hoard"
+
+[[rule.step]]
+plugin = "hoard"
+config = { keys = 1, bytes = 8 }
+"#,
+        settings(2, 16, 64),
+        Capture::open("out"),
+        runtime.handle(),
+    );
+    let other = rusqlite::Connection::open(&file).expect("second connection");
+    other
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+
+    let acks = Arc::new(Acks::default());
+    let ingest = ingest(&test);
+    for seq in 0..EVENTS {
+        let delivery = acks.delivery(huawei_body(&format!("dev-{}", seq % 4), seq));
+        runtime.block_on(ingest.submit(delivery)).expect("submit");
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        acks.acked(),
+        0,
+        "acknowledged before its state was committed"
+    );
+
+    other.execute_batch("COMMIT").expect("release the lock");
+    wait_for("every event acked", || acks.acked() == EVENTS as usize);
+    let written: i64 = other
+        .query_row(
+            "SELECT count(*) FROM plugin_state WHERE key LIKE '%/0'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("count");
+    assert_eq!(written, EVENTS as i64, "every event's write is in the file");
+    assert_eq!(acks.retried(), 0);
     drop(ingest);
     test.drain(&runtime);
 }

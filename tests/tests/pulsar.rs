@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use iotrules::config::Config;
 use iotrules::connector::ConnectorState;
-use iotrules::pipeline::MemoryDeadLetters;
 use iotrules::plugin::MemoryStateStore;
 use iotrules::service::{self, Observed};
+use iotrules::store::MemoryDeadLetters;
 use iotrules::vendor::tuya::{self, Env, Mode};
 use iotrules_tests::pulsar_broker::{BrokerConfig, MessageId, PulsarBroker, TestCa, sequence};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use clap::Args;
 use iotrules::config::Config;
-use iotrules::pipeline::MemoryDeadLetters;
 use iotrules::plugin::MemoryStateStore;
 use iotrules::service;
+use iotrules::store::MemoryDeadLetters;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {

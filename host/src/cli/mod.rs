@@ -130,7 +130,7 @@ fn init_logging(filter: Option<&str>, verbose: bool) {
 fn open_store(
     config: &iotrules::config::Config,
 ) -> anyhow::Result<(
-    std::sync::Arc<dyn iotrules::pipeline::DeadLetterSink>,
+    std::sync::Arc<dyn iotrules::store::DeadLetterSink>,
     std::sync::Arc<dyn iotrules::plugin::StateStore>,
 )> {
     use anyhow::Context as _;

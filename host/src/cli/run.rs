@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 use iotrules::config::Config;
-use iotrules::pipeline::DeadLetterSink;
 use iotrules::plugin::StateStore;
 use iotrules::service::{self, Ending};
+use iotrules::store::DeadLetterSink;
 use tokio::sync::watch;
 
 #[derive(Debug, Args)]

@@ -22,6 +22,7 @@ use fe2o3_amqp::{Receiver, Session};
 use tokio::sync::mpsc;
 
 use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
+use crate::pipeline;
 use crate::vendor::{alibaba, huawei};
 
 /// The idle time-outs Alibaba accepts in the open frame.
@@ -520,7 +521,7 @@ impl Connection {
 /// What the pipeline decided about a delivery, on its way back to the link that received it;
 /// `true` for a message the client could not decode, which is settled `rejected` once its
 /// dead letter is stored (accepting it would tell the broker it was processed).
-type Settlement = (DeliveryInfo, super::Settle, bool);
+type Settlement = (DeliveryInfo, pipeline::Settle, bool);
 
 /// A receiver link and its accounting: the broker may send at most `window` messages beyond
 /// those settled, so the messages held (waiting for the pipeline, or in it) never exceed the
@@ -621,11 +622,11 @@ impl Link {
     async fn settle(
         &mut self,
         info: DeliveryInfo,
-        how: super::Settle,
+        how: pipeline::Settle,
         undecodable: bool,
     ) -> Result<(), String> {
         let settled = match how {
-            super::Settle::Ack if undecodable => {
+            pipeline::Settle::Ack if undecodable => {
                 let error = definitions::Error::new(
                     AmqpError::DecodeError,
                     Some("iotrules could not decode the message; kept as a dead letter".into()),
@@ -633,8 +634,8 @@ impl Link {
                 );
                 self.receiver.reject(info, error).await
             }
-            super::Settle::Ack => self.receiver.accept(info).await,
-            super::Settle::Retry => {
+            pipeline::Settle::Ack => self.receiver.accept(info).await,
+            pipeline::Settle::Retry => {
                 let modified = Modified {
                     delivery_failed: Some(true),
                     undeliverable_here: None,
@@ -676,14 +677,14 @@ impl Link {
     fn delivery(
         &self,
         delivery: fe2o3_amqp::link::delivery::Delivery<Body<Value>>,
-    ) -> super::Delivery {
+    ) -> pipeline::Delivery {
         let info = DeliveryInfo::from(&delivery);
         let (payload, properties) = message_parts(delivery.into_message());
         let settle = self.settle.clone();
-        super::Delivery {
+        pipeline::Delivery {
             payload,
             properties,
-            acker: super::Acker::new(move |how| {
+            acker: pipeline::Acker::new(move |how| {
                 // A closed channel means the link is gone: the broker delivers it again.
                 let _ = settle.send((info, how, false));
             }),
@@ -699,10 +700,10 @@ impl Link {
             "the AMQP message (delivery tag {tag}) cannot be decoded: {source}; it is rejected"
         );
         let settle = self.settle.clone();
-        let delivery = super::Delivery {
+        let delivery = pipeline::Delivery {
             payload: Vec::new(),
             properties: vec![("delivery-tag".to_owned(), tag)],
-            acker: super::Acker::new(move |how| {
+            acker: pipeline::Acker::new(move |how| {
                 let _ = settle.send((info, how, true));
             }),
         };
@@ -713,9 +714,9 @@ impl Link {
 /// What a link hands the pipeline.
 enum Submission {
     /// A message to decode and process.
-    Message(super::Delivery),
+    Message(pipeline::Delivery),
     /// A message the client could not decode: straight to the dead letters, with why.
-    Undecodable(super::Delivery, String),
+    Undecodable(pipeline::Delivery, String),
 }
 
 fn lost(error: String) -> Ended {

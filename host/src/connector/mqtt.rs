@@ -3,7 +3,7 @@
 //!
 //! A link is two things at once, sharing one connection:
 //! - a connector: every publish it receives (a command, a property-set request, a custom
-//!   topic's message) becomes a [`Delivery`](super::Delivery) with its topic, and a QoS 1
+//!   topic's message) becomes a [`Delivery`](crate::pipeline::Delivery) with its topic, and a QoS 1
 //!   publish is acknowledged (PUBACK) only once the pipeline has settled it, so nothing is
 //!   lost when the service stops with it in flight: the broker sends it again to the
 //!   persistent session;
@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::command::PathSettings;
 use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
+use crate::pipeline;
 use crate::vendor::{alibaba, huawei};
 
 /// The largest packet sent or accepted (Alibaba's limit is 256 KiB; IoTDA's 1 MiB). Public
@@ -1135,25 +1136,25 @@ impl Session {
 
     /// The delivery of an inbound publish: its payload, its topic, and for QoS 1 an acker
     /// that sends the PUBACK once the pipeline settles it.
-    fn delivery(&mut self, publish: Publish) -> super::Delivery {
+    fn delivery(&mut self, publish: Publish) -> pipeline::Delivery {
         let acker = match publish.qos {
-            QoS::AtMostOnce => super::Acker::none(),
+            QoS::AtMostOnce => pipeline::Acker::none(),
             _ => {
                 self.unsettled += 1;
                 let acks = self.acks_tx.clone();
                 let again = publish.clone();
-                super::Acker::new(move |how| {
+                pipeline::Acker::new(move |how| {
                     // A closed channel: the connection is gone, and the broker sends the
                     // publish again at the next one.
                     let _ = acks.send(match how {
-                        super::Settle::Ack => Settled::Ack(again.pkid),
-                        super::Settle::Retry => Settled::Again(again),
+                        pipeline::Settle::Ack => Settled::Ack(again.pkid),
+                        pipeline::Settle::Retry => Settled::Again(again),
                     });
                 })
             }
         };
         let (payload, properties) = publish_parts(publish);
-        super::Delivery {
+        pipeline::Delivery {
             payload,
             properties,
             acker,

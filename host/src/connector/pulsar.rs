@@ -23,9 +23,10 @@ use pulsar::{
 };
 use tokio::sync::mpsc;
 
-use super::{Acker, Backoff, Context, Delivery, Settle};
+use super::{Backoff, Context};
 use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
 use crate::pipeline::Closed;
+use crate::pipeline::{Acker, Delivery, Settle};
 use crate::sync::lock;
 use crate::vendor::tuya;
 

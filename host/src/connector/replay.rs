@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
-use super::{Acker, ConnectorState, Delivery, Settle};
+use super::ConnectorState;
 use crate::pipeline::Ingest;
+use crate::pipeline::{Acker, Delivery, Settle};
 use crate::status::{ConnectorHandle, LastErrors};
 use crate::sync::lock;
 

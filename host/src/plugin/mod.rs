@@ -30,8 +30,8 @@ pub use registry::{
 };
 pub use runtime::{Runtime, RuntimeConfig};
 pub use state::{
-    MAX_KEY_BYTES, MAX_SETS_PER_CALL, MAX_VALUE_BYTES, MemoryStateStore, StateQuota, StateStore,
-    StateUsage,
+    Durable, MAX_KEY_BYTES, MAX_SETS_PER_CALL, MAX_VALUE_BYTES, MemoryStateStore, StateQuota,
+    StateStore, StateUsage,
 };
 pub use watch::{DEFAULT_DEBOUNCE, Watcher};
 

@@ -147,6 +147,11 @@ impl Registry {
         }
     }
 
+    /// Where the plugins' state is kept.
+    pub fn state(&self) -> &Arc<dyn StateStore> {
+        &self.state
+    }
+
     /// The grants the rules using these plugins may not give (the config's secrets; by
     /// default only the system directories, which the rule loader always refuses).
     pub fn with_grant_policy(mut self, policy: GrantPolicy) -> Self {

@@ -76,6 +76,34 @@ pub trait StateStore: Send + Sync {
         self.get(namespace, key)
             .map(|value| key.len() + value.len())
     }
+
+    /// Something to wait for before every write applied so far is durable, or `None` when
+    /// they already are (a store that writes as it applies, or keeps nothing).
+    fn durable(&self) -> Option<Durable> {
+        None
+    }
+}
+
+/// Resolves once the state writes applied up to a point are committed (or dropped as
+/// failed, which the store reports itself): what the pipeline waits for before it
+/// acknowledges an event whose plugin calls wrote state.
+#[derive(Debug)]
+pub struct Durable {
+    through: u64,
+    done: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Durable {
+    /// Waits until `done` reaches `through`.
+    pub fn new(through: u64, done: tokio::sync::watch::Receiver<u64>) -> Self {
+        Durable { through, done }
+    }
+
+    /// Waits for it; at once if the store's writer is gone.
+    pub async fn wait(mut self) {
+        let through = self.through;
+        let _ = self.done.wait_for(|done| *done >= through).await;
+    }
 }
 
 /// State in memory, lost when the process exits.

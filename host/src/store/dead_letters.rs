@@ -4,40 +4,72 @@
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, Row, params, params_from_iter};
 
+use std::sync::{Arc, Mutex};
+
 use super::{Store, StoreError};
+use crate::sync::lock;
 
 /// The columns of a [`DeadLetterSummary`], in the order [`summary_from_row`] reads them.
 const SUMMARY_COLUMNS: &str = "id, time_ms, connector, vendor, kind, message, rule, step, \
                                event_id, replays, length(payload)";
 
-/// A dead letter to record: borrowed from the delivery that failed, so that recording one
-/// copies nothing before SQLite does.
-#[derive(Debug, Clone, Copy)]
-pub struct NewDeadLetter<'a> {
+/// A dead letter to record: what the pipeline produces and the store keeps, one type for
+/// both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterRecord {
     /// The connector's name from the config (`tuya-eu`): where the message came in.
-    pub connector: &'a str,
+    pub connector: Arc<str>,
     /// The dialect (`tuya`, `alibaba`, ...), when it is known.
-    pub vendor: Option<&'a str>,
+    pub vendor: Option<&'static str>,
     /// The transport properties of the message (`em=aes_gcm`, `topic=...`), in the order
     /// the transport gave them: a replay needs them to decode the payload again.
-    pub properties: &'a [(String, String)],
+    pub properties: Vec<(String, String)>,
     /// The message bytes exactly as received.
-    pub payload: &'a [u8],
+    pub payload: Vec<u8>,
     /// What kind of failure: a decode error kind (`signature`, `base64`, `decrypt`, `json`,
     /// `unsupported`) or a pipeline one (`plugin:deadline`, `command`, `condition`, ...).
     /// Families share the part before `:`, which [`Filter::kind`] can select as a whole.
-    pub kind: &'a str,
+    pub kind: String,
     /// The full error message, for a human.
-    pub message: &'a str,
+    pub message: String,
     /// The rule that was running, if the failure happened inside one.
-    pub rule: Option<&'a str>,
+    pub rule: Option<String>,
     /// The step of that rule (from 1, as rule errors number them), if the failure happened
     /// in a step.
     pub step: Option<u32>,
     /// The normalized event's id, if the message got as far as being decoded.
-    pub event_id: Option<&'a str>,
+    pub event_id: Option<String>,
     /// When the letter was recorded, in Unix milliseconds.
     pub time_ms: u64,
+}
+
+/// Where the pipeline keeps its dead letters: the [`Store`], or memory. `store` is called
+/// off the async threads and may block.
+pub trait DeadLetterSink: Send + Sync {
+    /// Stores `letters`, all or none: an error means none is stored (the delivery they
+    /// belong to goes back for another try).
+    fn store(&self, letters: &[DeadLetterRecord]) -> Result<(), String>;
+
+    /// Hands the sink's own counters (evictions) to the service's metrics, once at start.
+    fn register_metrics(&self, _metrics: &crate::metrics::Metrics) {}
+}
+
+/// Dead letters kept in memory (tests, benches, `iotrules test`).
+#[derive(Debug, Default)]
+pub struct MemoryDeadLetters(Mutex<Vec<DeadLetterRecord>>);
+
+impl MemoryDeadLetters {
+    /// What was stored so far.
+    pub fn letters(&self) -> Vec<DeadLetterRecord> {
+        lock(&self.0).clone()
+    }
+}
+
+impl DeadLetterSink for MemoryDeadLetters {
+    fn store(&self, letters: &[DeadLetterRecord]) -> Result<(), String> {
+        lock(&self.0).extend_from_slice(letters);
+        Ok(())
+    }
 }
 
 /// A stored dead letter with everything that was recorded.
@@ -45,25 +77,25 @@ pub struct NewDeadLetter<'a> {
 pub struct DeadLetter {
     /// The store's id for it, never reused.
     pub id: i64,
-    /// See [`NewDeadLetter::connector`].
+    /// See [`DeadLetterRecord::connector`].
     pub connector: String,
-    /// See [`NewDeadLetter::vendor`].
+    /// See [`DeadLetterRecord::vendor`].
     pub vendor: Option<String>,
-    /// See [`NewDeadLetter::properties`].
+    /// See [`DeadLetterRecord::properties`].
     pub properties: Vec<(String, String)>,
-    /// See [`NewDeadLetter::payload`].
+    /// See [`DeadLetterRecord::payload`].
     pub payload: Vec<u8>,
-    /// See [`NewDeadLetter::kind`].
+    /// See [`DeadLetterRecord::kind`].
     pub kind: String,
-    /// See [`NewDeadLetter::message`].
+    /// See [`DeadLetterRecord::message`].
     pub message: String,
-    /// See [`NewDeadLetter::rule`].
+    /// See [`DeadLetterRecord::rule`].
     pub rule: Option<String>,
-    /// See [`NewDeadLetter::step`].
+    /// See [`DeadLetterRecord::step`].
     pub step: Option<u32>,
-    /// See [`NewDeadLetter::event_id`].
+    /// See [`DeadLetterRecord::event_id`].
     pub event_id: Option<String>,
-    /// See [`NewDeadLetter::time_ms`].
+    /// See [`DeadLetterRecord::time_ms`].
     pub time_ms: u64,
     /// How many times it was replayed ([`Store::mark_replayed`]).
     pub replays: u32,
@@ -173,33 +205,34 @@ impl Store {
     /// Records a dead letter and returns its id. In the service's store, the oldest letters
     /// beyond its [`Retention`](super::Retention) are then evicted (the new letter too, if
     /// it alone is over the byte cap).
-    pub fn add(&self, letter: &NewDeadLetter<'_>) -> Result<i64, StoreError> {
-        let properties = properties_json(letter.properties);
-        let conn = self.conn();
-        conn.prepare_cached(
-            "INSERT INTO dead_letters (time_ms, connector, vendor, properties, payload, kind, \
-             message, rule, step, event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .and_then(|mut insert| {
-            insert.execute(params![
-                ms_to_sql(letter.time_ms),
-                letter.connector,
-                letter.vendor,
-                properties,
-                letter.payload,
-                letter.kind,
-                letter.message,
-                letter.rule,
-                letter.step,
-                letter.event_id,
-            ])
-        })
-        .map_err(self.error("add a dead letter"))?;
-        let id = conn.last_insert_rowid();
+    pub fn add(&self, letter: &DeadLetterRecord) -> Result<i64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction()
+            .map_err(self.error("add a dead letter"))?;
+        let id = insert(&tx, letter).map_err(self.error("add a dead letter"))?;
+        tx.commit().map_err(self.error("add a dead letter"))?;
         if let Some(retainer) = &self.retainer {
             retainer.enforce(&conn, &self.path, false);
         }
         Ok(id)
+    }
+
+    /// Records `letters` in one transaction, all or none, then applies the retention once.
+    pub fn add_all(&self, letters: &[DeadLetterRecord]) -> Result<(), StoreError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.error("add dead letters"))?;
+        for letter in letters {
+            insert(&tx, letter).map_err(self.error("add dead letters"))?;
+        }
+        tx.commit().map_err(self.error("add dead letters"))?;
+        if let Some(retainer) = &self.retainer {
+            retainer.enforce(&conn, &self.path, false);
+        }
+        Ok(())
     }
 
     /// The dead letters that match, newest first, without payloads.
@@ -344,28 +377,36 @@ fn ms_to_sql(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
+/// Inserts one letter; its id.
+fn insert(conn: &rusqlite::Connection, letter: &DeadLetterRecord) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO dead_letters (time_ms, connector, vendor, properties, payload, kind, \
+         message, rule, step, event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        ms_to_sql(letter.time_ms),
+        &*letter.connector,
+        letter.vendor,
+        properties_json(&letter.properties),
+        letter.payload,
+        letter.kind,
+        letter.message,
+        letter.rule,
+        letter.step,
+        letter.event_id,
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
 /// Only this module writes times, never negative; a negative one reads as the epoch.
 fn ms_from_sql(ms: i64) -> u64 {
     u64::try_from(ms).unwrap_or(0)
 }
 
 /// The pipeline stores its dead letters here.
-impl crate::pipeline::DeadLetterSink for Store {
-    fn store(&self, letter: &crate::pipeline::DeadLetterRecord) -> Result<(), String> {
-        self.add(&NewDeadLetter {
-            connector: &letter.connector,
-            vendor: Some(letter.vendor),
-            properties: &letter.properties,
-            payload: &letter.payload,
-            kind: &letter.kind,
-            message: &letter.message,
-            rule: letter.rule.as_deref(),
-            step: letter.step,
-            event_id: letter.event_id.as_deref(),
-            time_ms: letter.time_ms,
-        })
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+impl DeadLetterSink for Store {
+    fn store(&self, letters: &[DeadLetterRecord]) -> Result<(), String> {
+        self.add_all(letters).map_err(|e| e.to_string())
     }
 
     fn register_metrics(&self, metrics: &crate::metrics::Metrics) {
@@ -387,19 +428,19 @@ mod tests {
     }
 
     /// A letter from `connector` of `kind` at `time_ms`, the rest fixed.
-    fn letter<'a>(
-        connector: &'a str,
-        kind: &'a str,
+    fn letter(
+        connector: &str,
+        kind: &str,
         time_ms: u64,
-        properties: &'a [(String, String)],
-    ) -> NewDeadLetter<'a> {
-        NewDeadLetter {
-            connector,
+        properties: &[(String, String)],
+    ) -> DeadLetterRecord {
+        DeadLetterRecord {
+            connector: connector.into(),
             vendor: Some("tuya"),
-            properties,
-            payload: b"{\"data\":\"...\"}",
-            kind,
-            message: "decrypt error: tag mismatch",
+            properties: properties.to_vec(),
+            payload: b"{\"data\":\"...\"}".to_vec(),
+            kind: kind.into(),
+            message: "decrypt error: tag mismatch".into(),
             rule: None,
             step: None,
             event_id: None,
@@ -412,16 +453,16 @@ mod tests {
         let store = Store::open_in_memory().expect("store");
         let properties = props(&[("em", "aes_gcm"), ("topic", "a/b"), ("em", "dup=kept")]);
         let payload: Vec<u8> = (0..=255).chain([0, 0xff, 0xfe]).collect();
-        let new = NewDeadLetter {
-            connector: "tuya-eu",
+        let new = DeadLetterRecord {
+            connector: "tuya-eu".into(),
             vendor: Some("tuya"),
-            properties: &properties,
-            payload: &payload,
-            kind: "plugin:deadline",
-            message: "rule `lamp` step 2: plugin `deadband` ran out of time\nafter 50 ms",
-            rule: Some("lamp"),
+            properties: properties.clone(),
+            payload: payload.clone(),
+            kind: "plugin:deadline".into(),
+            message: "rule `lamp` step 2: plugin `deadband` ran out of time\nafter 50 ms".into(),
+            rule: Some("lamp".into()),
             step: Some(2),
-            event_id: Some("ev-1"),
+            event_id: Some("ev-1".into()),
             time_ms: 1_707_532_200_123,
         };
         let id = store.add(&new).expect("add");
@@ -435,7 +476,7 @@ mod tests {
                 properties: properties.clone(),
                 payload: payload.clone(),
                 kind: "plugin:deadline".into(),
-                message: new.message.into(),
+                message: new.message.clone(),
                 rule: Some("lamp".into()),
                 step: Some(2),
                 event_id: Some("ev-1".into()),
@@ -450,7 +491,7 @@ mod tests {
     fn empty_properties_and_payload_round_trip() {
         let store = Store::open_in_memory().expect("store");
         let mut new = letter("mqtt", "json", 1, &[]);
-        new.payload = b"";
+        new.payload = Vec::new();
         new.vendor = None;
         let got = store
             .get(store.add(&new).expect("add"))
@@ -472,7 +513,7 @@ mod tests {
             .add(&letter("tuya-eu", "plugin:deadline", 2000, &no_props))
             .expect("add");
         let mut in_rule = letter("ali", "plugin", 3000, &no_props);
-        in_rule.rule = Some("lamp");
+        in_rule.rule = Some("lamp".into());
         let c = store.add(&in_rule).expect("add");
         let d = store
             .add(&letter("ali", "pluginx", 3000, &no_props))

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
-pub use dead_letters::{DeadLetter, DeadLetterSummary, Filter, NewDeadLetter};
+pub use dead_letters::{
+    DeadLetter, DeadLetterRecord, DeadLetterSink, DeadLetterSummary, Filter, MemoryDeadLetters,
+};
 pub use retention::Retention;
 pub use state::SqliteStateStore;
 

@@ -301,21 +301,21 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
-    use crate::store::{Filter, NewDeadLetter, Store};
+    use crate::store::{DeadLetterRecord, Filter, Store};
 
     const DAY_MS: u64 = 86_400_000;
     /// 2024-02-10, a fixed "now" for the pinned clock.
     const NOW_MS: u64 = 1_707_532_200_000;
 
     /// A letter at `time_ms` whose payload is `payload` bytes.
-    fn letter(time_ms: u64, payload: &[u8]) -> NewDeadLetter<'_> {
-        NewDeadLetter {
-            connector: "tuya-eu",
+    fn letter(time_ms: u64, payload: &[u8]) -> DeadLetterRecord {
+        DeadLetterRecord {
+            connector: "tuya-eu".into(),
             vendor: Some("tuya"),
-            properties: &[],
-            payload,
-            kind: "decrypt",
-            message: "decrypt error: tag mismatch",
+            properties: Vec::new(),
+            payload: payload.to_vec(),
+            kind: "decrypt".into(),
+            message: "decrypt error: tag mismatch".into(),
             rule: None,
             step: None,
             event_id: None,
@@ -433,7 +433,7 @@ mod tests {
             clock,
         );
         let metrics = Metrics::default();
-        crate::pipeline::DeadLetterSink::register_metrics(&store, &metrics);
+        crate::store::DeadLetterSink::register_metrics(&store, &metrics);
         let mut added = Vec::new();
         for i in 0..200 {
             // Times out of id order: the oldest by time goes first, not the lowest id.
@@ -470,7 +470,7 @@ mod tests {
             clock,
         );
         let metrics = Metrics::default();
-        crate::pipeline::DeadLetterSink::register_metrics(&store, &metrics);
+        crate::store::DeadLetterSink::register_metrics(&store, &metrics);
         let mut added = Vec::new();
         for i in 0..50 {
             added.push(store.add(&letter(NOW_MS + i, &payload)).expect("add"));
@@ -507,7 +507,7 @@ mod tests {
             clock,
         );
         let metrics = Metrics::default();
-        crate::pipeline::DeadLetterSink::register_metrics(&store, &metrics);
+        crate::store::DeadLetterSink::register_metrics(&store, &metrics);
         let old = store.add(&letter(NOW_MS, b"x")).expect("add");
         let younger = store.add(&letter(NOW_MS + DAY_MS, b"x")).expect("add");
 
@@ -547,7 +547,7 @@ mod tests {
             clock,
         );
         let metrics = Metrics::default();
-        crate::pipeline::DeadLetterSink::register_metrics(&store, &metrics);
+        crate::store::DeadLetterSink::register_metrics(&store, &metrics);
         assert_eq!(counted(&metrics, "age"), 30);
         assert_eq!(
             counted(&metrics, "rows"),

@@ -1,35 +1,132 @@
 //! Plugin state kept in the store's SQLite file, so it survives restarts, with an
 //! in-memory cache in front because plugins read state on every call.
 //!
+//! # Group commit
+//!
+//! A plugin call's writes are visible to the next call at once, and reach the file a moment
+//! later: one writer thread commits the writes of every call made meanwhile in one
+//! transaction (each call in its own savepoint), so that a busy pipeline pays for one commit
+//! per batch instead of one per call. [`StateStore::durable`] tells the pipeline how long to
+//! wait before it acknowledges an event whose calls wrote: no event is acknowledged before
+//! the state it produced is in the file.
+//!
 //! # The cache mirrors what is on disk, never more
 //!
 //! A namespace (one rule step) is loaded whole on first use, and from then on reads are
-//! answered from memory. A successful call's writes go to SQLite in one transaction and,
-//! only once that committed, into the cache. If the transaction fails (disk full, file
-//! locked beyond the busy timeout, read-only file), SQLite rolls it back and the cache is
-//! left as it was: the writes of that call are dropped as a whole, as if the call had
+//! answered from memory: from the writes still waiting for their commit, then from the
+//! committed entries. A call's writes go into the committed entries only once their
+//! transaction committed. If the call's savepoint or the transaction fails (disk full, file
+//! locked beyond the busy timeout, read-only file), SQLite rolls it back and the waiting
+//! writes are taken away: the writes of that call are dropped as a whole, as if the call had
 //! failed, and the failure is logged at ERROR. The alternative, keeping the writes in
 //! memory only, would let a plugin see state that a restart silently takes away; with this
-//! choice what a plugin reads is always what a restart would give it.
+//! choice what a plugin reads is, within one commit, what a restart would give it.
 //!
-//! Each namespace has its own lock, held across the SQLite write and the cache update, so
-//! two calls of the same step update the disk and the cache in the same order; reads of
-//! other namespaces are not held up by a write.
+//! Each namespace has its own lock, held while a call's writes are queued and while a
+//! commit's outcome is applied to it, so two calls of the same step reach the disk and the
+//! cache in the order they were made; reads of other namespaces are not held up.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 
 use rusqlite::{Connection, params};
+use tokio::sync::watch;
 
 use super::Store;
-use crate::plugin::{StateStore, StateUsage};
+use crate::plugin::{Durable, StateStore, StateUsage};
 use crate::sync::lock;
 
-/// One namespace's entries; `None` until first loaded from the file.
-type Space = Option<Entries>;
+/// A write: the key and its new value, `None` to delete it.
+type Write = (String, Option<Vec<u8>>);
 
-/// A loaded namespace, with the size of its keys and values kept as they change so that
-/// the quota check after each write (`StateStore::usage`) does not sum them.
+/// One namespace: its committed entries (`None` until first loaded from the file) and the
+/// writes waiting for their commit.
+#[derive(Debug, Default)]
+struct Space {
+    entries: Option<Entries>,
+    /// The newest waiting write of each key, with the number of the call that made it.
+    waiting: HashMap<String, (u64, Option<Vec<u8>>)>,
+    /// What a reader sees (the entries with the waiting writes over them), kept as they
+    /// change so that the quota check after each call does not sum them. Only meaningful
+    /// once the entries are loaded.
+    view: StateUsage,
+}
+
+impl Space {
+    /// What `key` reads as: its waiting write, else its committed value.
+    fn read(&self, key: &str) -> Option<Option<&Vec<u8>>> {
+        if let Some((_, value)) = self.waiting.get(key) {
+            return Some(value.as_ref());
+        }
+        Some(self.entries.as_ref()?.map.get(key))
+    }
+
+    /// Queues `value` for `key` as call `call`'s write.
+    fn wait(&mut self, call: u64, key: &str, value: Option<Vec<u8>>) {
+        if self.entries.is_some() {
+            let before = self.read(key).flatten().map(|v| v.len());
+            adjust(
+                &mut self.view,
+                key.len(),
+                before,
+                value.as_ref().map(Vec::len),
+            );
+        }
+        self.waiting.insert(key.to_owned(), (call, value));
+    }
+
+    /// Call `call`'s write of `key` is done with: committed (`value` goes into the entries)
+    /// or dropped. The waiting write goes away unless a later call wrote the key again.
+    fn settle(&mut self, call: u64, key: String, value: Option<Vec<u8>>, committed: bool) {
+        let newest = self.waiting.get(&key).is_some_and(|(by, _)| *by == call);
+        if newest {
+            let (_, waiting) = self.waiting.remove(&key).unwrap_or_default();
+            if !committed && let Some(entries) = &self.entries {
+                let now = entries.map.get(&key).map(Vec::len);
+                adjust(
+                    &mut self.view,
+                    key.len(),
+                    waiting.as_ref().map(Vec::len),
+                    now,
+                );
+            }
+        }
+        if committed && let Some(entries) = &mut self.entries {
+            entries.write(key, value);
+        }
+    }
+
+    /// The view once the entries are loaded: them, with the waiting writes over them.
+    fn recount(&mut self) {
+        let Some(entries) = &self.entries else {
+            return;
+        };
+        let mut view = StateUsage {
+            keys: entries.map.len(),
+            bytes: entries.bytes,
+        };
+        for (key, (_, value)) in &self.waiting {
+            let before = entries.map.get(key).map(Vec::len);
+            adjust(&mut view, key.len(), before, value.as_ref().map(Vec::len));
+        }
+        self.view = view;
+    }
+}
+
+/// Moves `usage` from a key holding a value of `before` bytes (or none) to one of `after`.
+fn adjust(usage: &mut StateUsage, key: usize, before: Option<usize>, after: Option<usize>) {
+    if let Some(before) = before {
+        usage.keys -= 1;
+        usage.bytes -= key + before;
+    }
+    if let Some(after) = after {
+        usage.keys += 1;
+        usage.bytes += key + after;
+    }
+}
+
+/// A loaded namespace's committed entries, with the size of their keys and values.
 #[derive(Debug, Default)]
 struct Entries {
     map: HashMap<String, Vec<u8>>,
@@ -52,22 +149,92 @@ impl Entries {
     }
 }
 
-/// [`StateStore`] in the store's SQLite file, cached in memory.
+/// One call's writes, queued for the writer.
+struct Call {
+    number: u64,
+    namespace: String,
+    space: Arc<Mutex<Space>>,
+    writes: Vec<Write>,
+}
+
+/// The calls waiting for the writer.
+#[derive(Default)]
+struct Queue {
+    calls: Vec<Call>,
+    /// The number of the last call queued.
+    last: u64,
+    closed: bool,
+}
+
+/// What the writer thread shares with the callers.
+struct Shared {
+    store: Arc<Store>,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// The number of the last call whose writes are committed or dropped.
+    done: watch::Sender<u64>,
+    /// Signalled with `done`, for [`SqliteStateStore::flush`].
+    done_lock: Mutex<u64>,
+    done_signal: Condvar,
+}
+
+/// [`StateStore`] in the store's SQLite file, cached in memory, written by group commit.
 ///
 /// Loaded namespaces stay cached for the life of the process: there is one per rule step
-/// and plugin state is small by design.
-#[derive(Debug)]
+/// and plugin state is small by design. Dropping it commits what is queued.
 pub struct SqliteStateStore {
-    store: Arc<Store>,
+    shared: Arc<Shared>,
     spaces: Mutex<HashMap<String, Arc<Mutex<Space>>>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SqliteStateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStateStore")
+            .field("store", &self.shared.store.path())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteStateStore {
-    /// Plugin state in `store`'s file, which it shares with the dead letters.
+    /// Plugin state in `store`'s file, which it shares with the dead letters. Starts the
+    /// writer thread.
     pub fn new(store: Arc<Store>) -> Self {
-        SqliteStateStore {
+        let shared = Arc::new(Shared {
             store,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            done: watch::Sender::new(0),
+            done_lock: Mutex::new(0),
+            done_signal: Condvar::new(),
+        });
+        let writer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("iotrules-state".into())
+                .spawn(move || write_batches(&shared))
+                .map_err(|error| {
+                    tracing::error!(%error, "Cannot start the plugin state writer thread");
+                })
+                .ok()
+        };
+        SqliteStateStore {
+            shared,
             spaces: Mutex::new(HashMap::new()),
+            writer,
+        }
+    }
+
+    /// Waits until every write queued so far is committed or dropped.
+    pub fn flush(&self) {
+        let last = lock(&self.shared.queue).last;
+        let mut done = lock(&self.shared.done_lock);
+        while *done < last && self.writer.is_some() {
+            done = self
+                .shared
+                .done_signal
+                .wait(done)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
     }
 
@@ -77,32 +244,43 @@ impl SqliteStateStore {
         if let Some(space) = spaces.get(namespace) {
             return Arc::clone(space);
         }
-        let space = Arc::new(Mutex::new(None));
+        let space = Arc::new(Mutex::new(Space::default()));
         spaces.insert(namespace.to_owned(), Arc::clone(&space));
         space
     }
 
-    /// The namespace's entries, loading them from the file if this is the first use.
-    /// `None` if loading failed (logged); the next call tries again.
-    fn loaded<'s>(&self, namespace: &str, space: &'s mut Space) -> Option<&'s Entries> {
-        if space.is_none() {
-            match load(&self.store.conn(), namespace) {
+    /// Loads the namespace's entries from the file if this is the first use. False if
+    /// loading failed (logged); the next call tries again.
+    fn load(&self, namespace: &str, space: &mut Space) -> bool {
+        if space.entries.is_none() {
+            match load(&self.shared.store.conn(), namespace) {
                 Ok(map) => {
                     let bytes = map.iter().map(|(k, v)| k.len() + v.len()).sum();
-                    *space = Some(Entries { map, bytes });
+                    space.entries = Some(Entries { map, bytes });
+                    space.recount();
                 }
                 Err(error) => {
                     tracing::error!(
-                        store = %self.store.path().display(),
+                        store = %self.shared.store.path().display(),
                         namespace,
                         %error,
                         "Cannot read plugin state; the step sees none until a read succeeds"
                     );
-                    return None;
+                    return false;
                 }
             }
         }
-        space.as_ref()
+        true
+    }
+}
+
+impl Drop for SqliteStateStore {
+    fn drop(&mut self) {
+        lock(&self.shared.queue).closed = true;
+        self.shared.wake.notify_one();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 
@@ -110,7 +288,13 @@ impl StateStore for SqliteStateStore {
     fn get(&self, namespace: &str, key: &str) -> Option<Vec<u8>> {
         let space = self.space(namespace);
         let mut space = lock(&space);
-        self.loaded(namespace, &mut space)?.map.get(key).cloned()
+        if let Some((_, value)) = space.waiting.get(key) {
+            return value.clone();
+        }
+        if !self.load(namespace, &mut space) {
+            return None;
+        }
+        space.read(key).flatten().cloned()
     }
 
     /// From the cache (loading the namespace on first use); nothing if it cannot be read,
@@ -118,17 +302,20 @@ impl StateStore for SqliteStateStore {
     fn usage(&self, namespace: &str) -> StateUsage {
         let space = self.space(namespace);
         let mut space = lock(&space);
-        self.loaded(namespace, &mut space)
-            .map_or_else(StateUsage::default, |entries| StateUsage {
-                keys: entries.map.len(),
-                bytes: entries.bytes,
-            })
+        if self.load(namespace, &mut space) {
+            space.view
+        } else {
+            StateUsage::default()
+        }
     }
 
     fn entry_size(&self, namespace: &str, key: &str) -> Option<usize> {
         let space = self.space(namespace);
         let mut space = lock(&space);
-        let value = self.loaded(namespace, &mut space)?.map.get(key)?;
+        if !space.waiting.contains_key(key) && !self.load(namespace, &mut space) {
+            return None;
+        }
+        let value = space.read(key).flatten()?;
         Some(key.len() + value.len())
     }
 
@@ -136,25 +323,100 @@ impl StateStore for SqliteStateStore {
         if writes.is_empty() {
             return;
         }
-        let space = self.space(namespace);
-        let mut space = lock(&space);
-        if let Err(error) = save(&mut self.store.conn(), namespace, &writes) {
-            // Keys and values are the plugin's data and may be sensitive: only counts.
-            tracing::error!(
-                store = %self.store.path().display(),
-                namespace,
-                writes = writes.len(),
-                %error,
-                "Plugin state not saved; the writes of one plugin call were dropped"
-            );
-            return;
+        let space_lock = self.space(namespace);
+        let mut space = lock(&space_lock);
+        let mut queue = lock(&self.shared.queue);
+        queue.last += 1;
+        let number = queue.last;
+        for (key, value) in &writes {
+            space.wait(number, key, value.clone());
         }
-        // An unloaded namespace will read these writes from the file when first used.
-        if let Some(entries) = space.as_mut() {
-            for (key, value) in writes {
-                entries.write(key, value);
+        // The writer sleeps only on an empty queue: waking it for every call would cost a
+        // system call per call while it is busy committing the previous batch.
+        let wake = queue.calls.is_empty();
+        queue.calls.push(Call {
+            number,
+            namespace: namespace.to_owned(),
+            space: Arc::clone(&space_lock),
+            writes,
+        });
+        drop(queue);
+        drop(space);
+        if wake {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    fn durable(&self) -> Option<Durable> {
+        let last = lock(&self.shared.queue).last;
+        let done = self.shared.done.subscribe();
+        let waiting = *done.borrow() < last;
+        waiting.then(|| Durable::new(last, done))
+    }
+}
+
+/// The writer thread: commits whatever calls are queued, one transaction at a time, until
+/// the store is dropped and the queue is empty.
+fn write_batches(shared: &Shared) {
+    loop {
+        let calls = {
+            let mut queue = lock(&shared.queue);
+            while queue.calls.is_empty() && !queue.closed {
+                queue = shared
+                    .wake
+                    .wait(queue)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            if queue.calls.is_empty() {
+                return;
+            }
+            std::mem::take(&mut queue.calls)
+        };
+        let last = calls.last().map_or(0, |call| call.number);
+        let saved = save_batch(&mut shared.store.conn(), &calls);
+        for (call, saved) in calls.into_iter().zip(saved) {
+            if let Err(error) = &saved {
+                // Keys and values are the plugin's data and may be sensitive: only counts.
+                tracing::error!(
+                    store = %shared.store.path().display(),
+                    namespace = call.namespace,
+                    writes = call.writes.len(),
+                    %error,
+                    "Plugin state not saved; the writes of one plugin call were dropped"
+                );
+            }
+            let mut space = lock(&call.space);
+            for (key, value) in call.writes {
+                space.settle(call.number, key, value, saved.is_ok());
             }
         }
+        shared.done.send_replace(last);
+        *lock(&shared.done_lock) = last;
+        shared.done_signal.notify_all();
+    }
+}
+
+/// Saves the calls in one transaction, each call all or none (a savepoint each); what
+/// became of each call, in order.
+fn save_batch(conn: &mut Connection, calls: &[Call]) -> Vec<Result<(), String>> {
+    let mut outcomes = Vec::with_capacity(calls.len());
+    let committed = (|| {
+        let mut tx = conn.transaction()?;
+        for call in calls {
+            let mut savepoint = tx.savepoint()?;
+            let saved = save(&savepoint, &call.namespace, &call.writes);
+            if saved.is_ok() {
+                savepoint.commit()?;
+            } else {
+                savepoint.rollback()?;
+            }
+            outcomes.push(saved.map_err(|error| error.to_string()));
+        }
+        tx.commit()
+    })();
+    match committed {
+        Ok(()) => outcomes,
+        Err(error) => calls.iter().map(|_| Err(error.to_string())).collect(),
     }
 }
 
@@ -165,32 +427,27 @@ fn load(conn: &Connection, namespace: &str) -> rusqlite::Result<HashMap<String, 
     rows.collect()
 }
 
-/// Applies the writes in order, all or none.
-fn save(
-    conn: &mut Connection,
-    namespace: &str,
-    writes: &[(String, Option<Vec<u8>>)],
-) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    {
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO plugin_state (namespace, key, value) VALUES (?, ?, ?) \
-             ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
-        )?;
-        let mut delete =
-            tx.prepare_cached("DELETE FROM plugin_state WHERE namespace = ? AND key = ?")?;
-        for (key, value) in writes {
-            match value {
-                Some(value) => upsert.execute(params![namespace, key, value])?,
-                None => delete.execute(params![namespace, key])?,
-            };
-        }
+/// Applies one call's writes in order.
+fn save(conn: &Connection, namespace: &str, writes: &[Write]) -> rusqlite::Result<()> {
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO plugin_state (namespace, key, value) VALUES (?, ?, ?) \
+         ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
+    )?;
+    let mut delete =
+        conn.prepare_cached("DELETE FROM plugin_state WHERE namespace = ? AND key = ?")?;
+    for (key, value) in writes {
+        match value {
+            Some(value) => upsert.execute(params![namespace, key, value])?,
+            None => delete.execute(params![namespace, key])?,
+        };
     }
-    tx.commit()
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn state() -> (Arc<Store>, SqliteStateStore) {
@@ -250,6 +507,7 @@ mod tests {
 
         // The first write of the call would succeed alone; the second fails: none stays.
         state.apply("ns", vec![set("a", b"2"), set("poison", b"x")]);
+        state.flush();
 
         assert_eq!(state.get("ns", "a").as_deref(), Some(&b"1"[..]));
         assert_eq!(state.get("ns", "poison"), None);
@@ -261,11 +519,13 @@ mod tests {
             .execute_batch("DROP TRIGGER poison")
             .expect("drop trigger");
         state.apply("ns", vec![set("a", b"3")]);
+        state.flush();
         assert_eq!(
             state.get("ns", "a").as_deref(),
             Some(&b"3"[..]),
             "writes resume"
         );
+        assert_eq!(on_disk(&store, "ns", "a").as_deref(), Some(&b"3"[..]));
     }
 
     #[test]
@@ -290,6 +550,7 @@ mod tests {
         assert_eq!(state.entry_size("ns", "bb"), Some(4));
         assert_eq!(state.entry_size("ns", "c"), None);
         assert_eq!(state.usage("other"), StateUsage::default());
+        state.flush();
         let reopened = SqliteStateStore::new(store);
         assert_eq!(reopened.usage("ns"), state.usage("ns"), "the file agrees");
     }
@@ -315,7 +576,11 @@ mod tests {
     fn writes_to_a_namespace_never_read_are_found_when_it_is_loaded() {
         let (store, state) = state();
         state.apply("ns", vec![set("k", b"v")]);
-        assert!(lock(&state.space("ns")).is_none(), "a write does not load");
+        state.flush();
+        assert!(
+            lock(&state.space("ns")).entries.is_none(),
+            "a write does not load"
+        );
         assert_eq!(on_disk(&store, "ns", "k").as_deref(), Some(&b"v"[..]));
         assert_eq!(state.get("ns", "k").as_deref(), Some(&b"v"[..]));
     }
@@ -324,6 +589,7 @@ mod tests {
     fn a_failed_load_reads_as_absent_and_is_retried() {
         let (store, state) = state();
         state.apply("ns", vec![set("k", b"v")]);
+        state.flush();
         store
             .conn()
             .execute_batch("ALTER TABLE plugin_state RENAME TO hidden")
@@ -354,8 +620,81 @@ mod tests {
         for thread in threads {
             thread.join().expect("writer thread");
         }
+        state.flush();
         let cached = state.get("ns", "k");
         assert!(cached.as_deref().is_some_and(|v| v[1] == 49), "{cached:?}");
         assert_eq!(cached, on_disk(&store, "ns", "k"));
+    }
+
+    #[test]
+    fn writes_are_read_at_once_and_durable_only_once_committed() {
+        let (store, state) = state();
+        assert!(
+            state.durable().is_none(),
+            "nothing written, nothing to wait for"
+        );
+        assert_eq!(state.get("ns", "k"), None, "loaded");
+        let durable = {
+            // The writer cannot commit while the test holds the connection.
+            let _held = store.conn();
+            state.apply("ns", vec![set("k", b"1")]);
+            state.apply("ns", vec![set("k", b"2"), set("j", b"x")]);
+            assert_eq!(
+                state.get("ns", "k").as_deref(),
+                Some(&b"2"[..]),
+                "read at once"
+            );
+            assert_eq!(state.usage("ns"), StateUsage { keys: 2, bytes: 4 });
+            let durable = state.durable().expect("writes wait for their commit");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            let waited = runtime.block_on(async {
+                tokio::time::timeout(Duration::from_millis(100), durable.wait()).await
+            });
+            assert!(waited.is_err(), "durable before the commit");
+            state.durable().expect("still waiting")
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(durable.wait());
+        assert_eq!(on_disk(&store, "ns", "k").as_deref(), Some(&b"2"[..]));
+        assert_eq!(on_disk(&store, "ns", "j").as_deref(), Some(&b"x"[..]));
+        assert!(state.durable().is_none(), "all committed");
+    }
+
+    #[test]
+    fn a_failed_call_in_a_batch_drops_only_its_own_writes() {
+        let (store, state) = state();
+        assert_eq!(state.get("ns", "a"), None, "loaded");
+        store
+            .conn()
+            .execute_batch(
+                "CREATE TRIGGER poison BEFORE INSERT ON plugin_state WHEN NEW.key = 'poison' \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .expect("trigger");
+        {
+            // Held: the three calls are committed together, in one transaction.
+            let _held = store.conn();
+            state.apply("ns", vec![set("a", b"1")]);
+            state.apply("ns", vec![set("b", b"2"), set("poison", b"x")]);
+            state.apply("ns", vec![set("c", b"3")]);
+        }
+        state.flush();
+        assert_eq!(state.get("ns", "a").as_deref(), Some(&b"1"[..]));
+        assert_eq!(
+            state.get("ns", "b"),
+            None,
+            "the failed call's writes are dropped"
+        );
+        assert_eq!(state.get("ns", "poison"), None);
+        assert_eq!(state.get("ns", "c").as_deref(), Some(&b"3"[..]));
+        assert_eq!(state.usage("ns"), StateUsage { keys: 2, bytes: 4 });
+        assert_eq!(on_disk(&store, "ns", "a").as_deref(), Some(&b"1"[..]));
+        assert_eq!(on_disk(&store, "ns", "b"), None);
+        assert_eq!(on_disk(&store, "ns", "c").as_deref(), Some(&b"3"[..]));
     }
 }

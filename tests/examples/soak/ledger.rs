@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::Mutex;
 
-use iotrules::pipeline::{DeadLetterRecord, DeadLetterSink};
+use iotrules::store::{DeadLetterRecord, DeadLetterSink};
 use iotrules_tests::pulsar_broker::{MessageId, sequence};
 
 /// The three connectors of the service.
@@ -151,14 +151,16 @@ pub(crate) struct Letter {
 pub(crate) struct StampedLetters(Mutex<Vec<Letter>>);
 
 impl DeadLetterSink for StampedLetters {
-    fn store(&self, letter: &DeadLetterRecord) -> Result<(), String> {
-        let stamped = Letter {
-            connector: letter.connector.to_string(),
-            kind: letter.kind.clone(),
-            payload: digest(&letter.payload),
-            at: sequence(),
-        };
-        self.0.lock().unwrap().push(stamped);
+    fn store(&self, letters: &[DeadLetterRecord]) -> Result<(), String> {
+        let mut stored = self.0.lock().unwrap();
+        for letter in letters {
+            stored.push(Letter {
+                connector: letter.connector.to_string(),
+                kind: letter.kind.clone(),
+                payload: digest(&letter.payload),
+                at: sequence(),
+            });
+        }
         Ok(())
     }
 }

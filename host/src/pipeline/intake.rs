@@ -1,0 +1,355 @@
+//! The way in: a connector's deliveries become events queued on the worker of their device.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use super::report::MessageRefused;
+use super::settle::{self, Pending};
+use super::{Closed, Delivery, Shared};
+use crate::config::Order;
+use crate::event::{ATTR_SIGNATURE, Event};
+use crate::metrics::{Counter, Metrics};
+use crate::pipeline::Dedup;
+use crate::sync::lock;
+use crate::vendor::tuya::SignatureCheck;
+use crate::vendor::{Dialect, ErrorKind, RawMessage, SignMode};
+
+/// An event on its way to a worker.
+pub(super) struct Job {
+    pub(super) event: Event,
+    pub(super) origin: Origin,
+    pub(super) pending: Pending,
+}
+
+/// Where a delivery came from, kept with its event for dead letters.
+pub(super) struct Origin {
+    pub(super) connector: Arc<str>,
+    pub(super) vendor: &'static str,
+    pub(super) payload: Vec<u8>,
+    pub(super) properties: Vec<(String, String)>,
+    pub(super) counters: Arc<ConnectorCounters>,
+}
+
+/// A connector's resolved counters.
+pub(super) struct ConnectorCounters {
+    events_in: Arc<Counter>,
+    pub(super) events_out: Arc<Counter>,
+    refused: Arc<Counter>,
+    duplicate: Arc<Counter>,
+    pub(super) no_rule: Arc<Counter>,
+    pub(super) dropped_by_rules: Arc<Counter>,
+}
+
+impl ConnectorCounters {
+    fn new(metrics: &Metrics, connector: &str) -> Self {
+        let dropped = |reason| metrics.events_dropped.with(&[connector, reason]);
+        ConnectorCounters {
+            events_in: metrics.events_in.with(&[connector]),
+            events_out: metrics.events_out.with(&[connector]),
+            refused: dropped("refused"),
+            duplicate: dropped("duplicate"),
+            no_rule: dropped("no-rule"),
+            dropped_by_rules: dropped("rules"),
+        }
+    }
+}
+
+/// Tuya signature mismatches of one connector: counted, and the first one under `warn`
+/// logged (once: every later one is only counted, and `/status` keeps showing the count).
+struct SignatureWatch {
+    mode: SignMode,
+    mismatches: Arc<Counter>,
+    warned: AtomicBool,
+}
+
+impl SignatureWatch {
+    /// For a connector decoding with `dialect`; `None` when nothing is checked.
+    fn new(metrics: &Metrics, connector: &str, dialect: &Dialect) -> Option<Self> {
+        let mode = dialect.sign_mode().filter(|mode| *mode != SignMode::Off)?;
+        Some(SignatureWatch {
+            mode,
+            mismatches: metrics.signature_mismatches.with(&[connector]),
+            warned: AtomicBool::new(false),
+        })
+    }
+
+    /// Counts a mismatch that `warn` let through, and says so the first time.
+    fn passed(&self, connector: &str) {
+        self.mismatches.inc();
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                connector,
+                "A Tuya envelope signature did not match and the message was processed anyway \
+                 (sign = \"warn\", the default). Further mismatches are only counted \
+                 (iotrules_signature_mismatches_total, /status); check the access key, and set \
+                 sign = \"enforce\" once the count stays at zero"
+            );
+        }
+    }
+}
+
+/// The event ids the pipeline has seen, in shards by id so that connectors and workers
+/// rarely wait for one another.
+///
+/// A transport may deliver a message again while its first copy is still in flight (Alibaba
+/// redelivers what is unsettled after about 30 s; a command path with retries can hold the
+/// first copy longer). Acknowledging the copy at once would lose the message if the first
+/// then went back for a retry, or the process died: the transport would have forgotten it.
+/// So a copy of an id in flight is held, and settles the way the first copy settles, when it
+/// does; a copy of an id already done is acknowledged.
+pub(super) struct Seen {
+    shards: Box<[Mutex<SeenShard>]>,
+    hasher: RandomState,
+}
+
+struct SeenShard {
+    dedup: Dedup,
+    /// The ids whose first copy is in flight, with the copies that arrived meanwhile.
+    in_flight: HashMap<Box<str>, Vec<Pending>>,
+}
+
+/// What became of a delivery's id.
+enum Admission {
+    /// The first copy: it goes on, and its id is marked in flight.
+    First(Pending),
+    /// A copy of an id in flight: held until the first settles.
+    Held,
+    /// A copy of an id already done: to be acknowledged.
+    Done(Pending),
+}
+
+impl Seen {
+    /// Below this capacity the ids stay in one shard, so that `dedup_capacity` stays exact
+    /// where it is small enough to matter.
+    const SHARDED_FROM: usize = 16 * 1024;
+    const SHARDS: usize = 16;
+
+    /// Remembers ids for `window`, about `capacity` of them.
+    pub(super) fn new(window: Duration, capacity: usize) -> Self {
+        let count = if capacity >= Self::SHARDED_FROM {
+            Self::SHARDS
+        } else {
+            1
+        };
+        Seen {
+            shards: (0..count)
+                .map(|_| {
+                    Mutex::new(SeenShard {
+                        dedup: Dedup::new(window, capacity.div_ceil(count)),
+                        in_flight: HashMap::new(),
+                    })
+                })
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, id: &str) -> MutexGuard<'_, SeenShard> {
+        let index = (self.hasher.hash_one(id) % self.shards.len() as u64) as usize;
+        lock(&self.shards[index])
+    }
+
+    fn admit(&self, id: &str, mut pending: Pending) -> Admission {
+        let mut shard = self.shard(id);
+        if shard.dedup.first_time(id, pending.received) {
+            shard.in_flight.entry(id.into()).or_default();
+            pending.dedup_id = Some(id.to_owned());
+            return Admission::First(pending);
+        }
+        match shard.in_flight.get_mut(id) {
+            Some(copies) => {
+                copies.push(pending);
+                Admission::Held
+            }
+            None => Admission::Done(pending),
+        }
+    }
+
+    /// The id is done: forgotten too when it goes back for a retry (so that its redelivery
+    /// is not taken for a duplicate). Returns the copies held meanwhile.
+    pub(super) fn finished(&self, id: &str, retry: bool) -> Vec<Pending> {
+        let mut shard = self.shard(id);
+        if retry {
+            shard.dedup.forget(id);
+        }
+        shard.in_flight.remove(id).unwrap_or_default()
+    }
+}
+
+/// A connector's way into the pipeline. Cheap to clone; the pipeline stops when every clone
+/// is dropped and [`Pipeline::drain`](super::Pipeline::drain) is called.
+#[derive(Clone)]
+pub struct Ingest {
+    shared: Arc<Shared>,
+    senders: Vec<mpsc::Sender<Job>>,
+    connector: Arc<str>,
+    dialect: Arc<Dialect>,
+    counters: Arc<ConnectorCounters>,
+    signature: Option<Arc<SignatureWatch>>,
+}
+
+impl Ingest {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        senders: Vec<mpsc::Sender<Job>>,
+        connector: &str,
+        dialect: Dialect,
+    ) -> Self {
+        Ingest {
+            signature: SignatureWatch::new(&shared.metrics, connector, &dialect).map(Arc::new),
+            counters: Arc::new(ConnectorCounters::new(&shared.metrics, connector)),
+            shared,
+            senders,
+            connector: Arc::from(connector),
+            dialect: Arc::new(dialect),
+        }
+    }
+
+    /// The connector's name.
+    pub fn connector(&self) -> &str {
+        &self.connector
+    }
+
+    /// Takes one delivery; waits while the pipeline is full. The delivery is settled later,
+    /// through its acker, when the pipeline is done with it.
+    pub async fn submit(&self, delivery: Delivery) -> Result<(), Closed> {
+        let permit = self.slot().await?;
+        self.submit_with(delivery, permit, None).await
+    }
+
+    /// A slot of the in-flight budget, waiting while the pipeline is full.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, Closed> {
+        self.shared
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Closed)
+    }
+
+    /// Takes a message the connector could not read itself (an AMQP message its client
+    /// cannot decode): it goes to the dead letters as `kind` with `message` and what of it
+    /// could be read, and is then settled like any refused message (acknowledged once
+    /// stored). Waits while the pipeline is full.
+    pub async fn refuse(
+        &self,
+        delivery: Delivery,
+        kind: &'static str,
+        message: String,
+    ) -> Result<(), Closed> {
+        let permit = self.slot().await?;
+        self.submit_with(delivery, permit, Some((kind, message)))
+            .await
+    }
+
+    async fn submit_with(
+        &self,
+        delivery: Delivery,
+        permit: OwnedSemaphorePermit,
+        unreadable: Option<(&'static str, String)>,
+    ) -> Result<(), Closed> {
+        let shared = &self.shared;
+        shared.metrics.in_flight.inc();
+        self.counters.events_in.inc();
+        let Delivery {
+            payload,
+            properties,
+            acker,
+        } = delivery;
+        let pending = Pending {
+            acker,
+            _permit: permit,
+            received: Instant::now(),
+            dedup_id: None,
+        };
+        let origin = Origin {
+            connector: self.connector.clone(),
+            vendor: self.dialect.name(),
+            payload,
+            properties,
+            counters: self.counters.clone(),
+        };
+        if let Some((kind, message)) = unreadable {
+            self.refused(pending, origin, kind, message);
+            return Ok(());
+        }
+        let decoded = self.dialect.decode(
+            &RawMessage::new(&self.connector, &origin.payload).with_properties(&origin.properties),
+        );
+        let event = match decoded {
+            Ok(event) => {
+                if let Some(watch) = &self.signature
+                    && watch.mode == SignMode::Warn
+                    && event.attribute(ATTR_SIGNATURE) == Some(SignatureCheck::Mismatch.as_str())
+                {
+                    watch.passed(&self.connector);
+                }
+                event
+            }
+            Err(error) => {
+                if let Some(watch) = &self.signature
+                    && error.kind() == ErrorKind::Signature
+                {
+                    watch.mismatches.inc();
+                }
+                self.refused(pending, origin, error.kind().as_str(), error.to_string());
+                return Ok(());
+            }
+        };
+        let pending = match shared.seen.admit(&event.id, pending) {
+            Admission::First(pending) => pending,
+            duplicate => {
+                self.counters.duplicate.inc();
+                tracing::debug!(
+                    target: "iotrules::event",
+                    connector = &*self.connector,
+                    id = %event.id,
+                    "Duplicate event dropped"
+                );
+                if let Admission::Done(pending) = duplicate {
+                    settle::finish(shared, pending, Ok(()));
+                }
+                return Ok(());
+            }
+        };
+        let worker = match self.shared.order {
+            Order::Device => self.worker_for(&event.device.id),
+            Order::Connector => self.worker_for(&self.connector),
+        };
+        self.senders[worker]
+            .send(Job {
+                event,
+                origin,
+                pending,
+            })
+            .await
+            .map_err(|_| Closed)
+    }
+
+    /// A message that will not become an event: counted, reported, stored as a dead letter
+    /// of `kind`, then settled.
+    fn refused(&self, pending: Pending, origin: Origin, kind: &str, message: String) {
+        MessageRefused {
+            connector: &self.connector,
+            kind,
+            error: &message,
+            counter: &self.counters.refused,
+        }
+        .emit(&self.shared.reports);
+        let letter = settle::letter(&origin, kind, message, None);
+        let shared = self.shared.clone();
+        self.shared.runtime.spawn(async move {
+            settle::conclude(&shared, pending, vec![letter], &origin).await;
+        });
+    }
+
+    fn worker_for(&self, key: &str) -> usize {
+        (self.shared.hasher.hash_one(key) % self.senders.len() as u64) as usize
+    }
+}

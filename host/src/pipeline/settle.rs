@@ -1,0 +1,377 @@
+//! Settlement: a delivery is acknowledged once its rules are done, its commands confirmed and
+//! its dead letters stored; otherwise it goes back to its transport, or is held.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use super::intake::Origin;
+use super::report::{CommandFailed, DeadLetterStoreFailed};
+use super::{Acker, Settle, Shared};
+use crate::command::Confirmation;
+use crate::event::Command;
+use crate::metrics::Counter;
+use crate::plugin::Durable;
+use crate::store::DeadLetterRecord;
+use crate::sync::lock;
+
+/// The acknowledgement side of a delivery in flight: settling it returns its in-flight slot.
+pub(super) struct Pending {
+    pub(super) acker: Acker,
+    pub(super) _permit: OwnedSemaphorePermit,
+    pub(super) received: Instant,
+    /// Its event id, once the de-duplication marked it in flight.
+    pub(super) dedup_id: Option<String>,
+}
+
+/// A command queued on its path, waiting for confirmation.
+pub(super) struct Queued {
+    pub(super) path: String,
+    /// The command's device and name, for the error message.
+    pub(super) command: Command,
+    /// The rule that emitted it.
+    pub(super) rule: Arc<str>,
+    pub(super) confirmation: Confirmation,
+    pub(super) sent: Arc<Counter>,
+    pub(super) failed: Arc<Counter>,
+    pub(super) rule_sent: Arc<Counter>,
+    pub(super) rule_failed: Arc<Counter>,
+}
+
+/// An event its worker is done with that still waits for its commands, its dead letters or
+/// the commit of the plugin state it wrote.
+pub(super) struct Unsettled {
+    pub(super) pending: Pending,
+    pub(super) origin: Origin,
+    pub(super) event_id: String,
+    pub(super) queued: Vec<Queued>,
+    pub(super) letters: Vec<DeadLetterRecord>,
+    /// The plugin state its calls wrote, until it is in the store.
+    pub(super) durable: Option<Durable>,
+}
+
+/// A worker's settle task: one task waits for every event of the worker that has commands,
+/// dead letters or state to commit, instead of a task spawned per event.
+///
+/// The worker hands events over in groups: those it finished while more jobs were waiting,
+/// up to [`Settler::GROUP`], go together when it runs out of jobs (or the group is full), so a
+/// busy worker wakes the task once per group rather than once per event. The channel is
+/// unbounded on purpose, and bounded in effect: every event in it holds a slot of the
+/// pipeline's in-flight budget (`max_in_flight`), so the worker is never held up by a slow
+/// confirmation of an earlier event.
+pub(super) struct Settler {
+    sender: mpsc::UnboundedSender<Vec<Unsettled>>,
+    group: Vec<Unsettled>,
+}
+
+impl Settler {
+    /// The most events a worker keeps before it hands them over: a bound on how long an
+    /// event already done can wait for its worker (that many events' work).
+    const GROUP: usize = 32;
+
+    /// Starts the task on the pipeline's runtime. It ends once the worker dropped its
+    /// [`Settler`] and every event it was given is settled.
+    pub(super) fn start(shared: &Arc<Shared>) -> Settler {
+        let (sender, mut receiver) = mpsc::unbounded_channel::<Vec<Unsettled>>();
+        let shared = shared.clone();
+        shared.runtime.clone().spawn(async move {
+            let mut settling = FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    next = receiver.recv() => match next {
+                        Some(group) => {
+                            for unsettled in group {
+                                settling.push(settle(&shared, unsettled));
+                            }
+                        }
+                        None => break,
+                    },
+                    Some(()) = settling.next(), if !settling.is_empty() => {}
+                }
+            }
+            while settling.next().await.is_some() {}
+        });
+        Settler {
+            sender,
+            group: Vec::with_capacity(Self::GROUP),
+        }
+    }
+
+    /// Takes an event to wait for; hands the group over once it is full.
+    pub(super) fn hand_over(&mut self, shared: &Shared, unsettled: Unsettled) {
+        self.group.push(unsettled);
+        if self.group.len() >= Self::GROUP {
+            self.flush(shared);
+        }
+    }
+
+    /// Hands over the events kept. Settles them as retries in the (shutdown) case where the
+    /// task is gone.
+    pub(super) fn flush(&mut self, shared: &Shared) {
+        if self.group.is_empty() {
+            return;
+        }
+        let group = std::mem::replace(&mut self.group, Vec::with_capacity(Self::GROUP));
+        if let Err(mpsc::error::SendError(group)) = self.sender.send(group) {
+            for unsettled in group {
+                finish(shared, unsettled.pending, Err(()));
+            }
+        }
+    }
+}
+
+/// Waits for an event's commands, then stores its dead letters and settles it.
+async fn settle(shared: &Arc<Shared>, unsettled: Unsettled) {
+    let Unsettled {
+        pending,
+        origin,
+        event_id,
+        queued,
+        mut letters,
+        durable,
+    } = unsettled;
+    if let Some(durable) = durable {
+        durable.wait().await;
+    }
+    for Queued {
+        path,
+        command,
+        rule,
+        confirmation,
+        sent,
+        failed,
+        rule_sent,
+        rule_failed,
+    } in queued
+    {
+        let result = match confirmation.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("command path \"{path}\" stopped before confirming")),
+        };
+        match result {
+            Ok(()) => {
+                sent.inc();
+                rule_sent.inc();
+            }
+            Err(reason) => {
+                let message = format!(
+                    "command {} for device {} not delivered: {reason}",
+                    command.name, command.device.id
+                );
+                CommandFailed {
+                    path: &path,
+                    rule: &rule,
+                    error: &message,
+                    counters: [&failed, &rule_failed],
+                }
+                .emit(&shared.reports);
+                let mut letter = letter(&origin, "command", message, Some(&event_id));
+                letter.rule = Some(rule.to_string());
+                letters.push(letter);
+            }
+        }
+    }
+    conclude(shared, pending, letters, &origin).await;
+}
+
+/// Settles a delivery, and the copies of it that arrived while it was in flight: acked when
+/// `done` is ok, sent back for a retry otherwise (its id is then forgotten by the
+/// de-duplication, so the redelivery is not taken for a duplicate).
+pub(super) fn finish(shared: &Shared, pending: Pending, done: Result<(), ()>) {
+    let Pending {
+        acker,
+        _permit,
+        received,
+        dedup_id,
+    } = pending;
+    let how = if done.is_ok() {
+        Settle::Ack
+    } else {
+        Settle::Retry
+    };
+    let copies = dedup_id.map_or_else(Vec::new, |id| {
+        shared.seen.finished(&id, how == Settle::Retry)
+    });
+    acker.settle(how);
+    shared.metrics.event_latency.observe(received.elapsed());
+    shared.metrics.in_flight.dec();
+    for copy in copies {
+        finish(shared, copy, done);
+    }
+}
+
+/// A dead letter of `origin`'s message.
+pub(super) fn letter(
+    origin: &Origin,
+    kind: &str,
+    message: String,
+    event_id: Option<&str>,
+) -> DeadLetterRecord {
+    DeadLetterRecord {
+        connector: origin.connector.clone(),
+        vendor: Some(origin.vendor),
+        properties: origin.properties.clone(),
+        payload: origin.payload.clone(),
+        kind: kind.to_owned(),
+        message,
+        rule: None,
+        step: None,
+        event_id: event_id.map(str::to_owned),
+        time_ms: crate::time::now_ms(),
+    }
+}
+
+/// Stores `letters`, all or none; Err when they could not be stored.
+async fn store_letters(
+    shared: &Arc<Shared>,
+    letters: &Arc<Vec<DeadLetterRecord>>,
+) -> Result<(), ()> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let stored = {
+        let letters = letters.clone();
+        let sink = shared.dead_letters.clone();
+        tokio::task::spawn_blocking(move || sink.store(&letters)).await
+    };
+    match stored {
+        Ok(Ok(())) => {
+            for letter in letters.iter() {
+                shared
+                    .metrics
+                    .dead_letters
+                    .with(&[&letter.connector, &letter.kind])
+                    .inc();
+            }
+            Ok(())
+        }
+        Ok(Err(reason)) => {
+            DeadLetterStoreFailed {
+                connector: &letters[0].connector,
+                error: &reason,
+            }
+            .emit(&shared.reports);
+            Err(())
+        }
+        Err(_) => Err(()),
+    }
+}
+
+/// How messages that cannot be finished go back to their transport.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Redelivery {
+    /// Deliveries sent back before the pipeline holds the message instead.
+    pub(super) attempts: u32,
+    /// The pause before the first redelivery; doubled for each further one.
+    pub(super) first_delay: Duration,
+}
+
+/// The longest pause before a redelivery, or between two tries of a held message.
+const MAX_REDELIVERY_DELAY: Duration = Duration::from_secs(60);
+
+impl Redelivery {
+    /// The pause after the `failed`-th failed attempt (from 1).
+    fn delay(&self, failed: u32) -> Duration {
+        self.first_delay
+            .saturating_mul(1 << failed.saturating_sub(1).min(16))
+            .min(MAX_REDELIVERY_DELAY)
+    }
+}
+
+/// Failed attempts at finishing messages, counted across their redeliveries.
+///
+/// A redelivered message is a new delivery, and its event id may be new too (a receipt id),
+/// so the count is keyed by the connector and the message's bytes. Bounded: past
+/// [`Attempts::CAPACITY`] keys the counts start over, which costs a few more (still delayed)
+/// redeliveries, never a lost message.
+#[derive(Debug, Default)]
+pub(super) struct Attempts(HashMap<[u8; 16], u32>);
+
+impl Attempts {
+    const CAPACITY: usize = 10_000;
+
+    /// Counts one more failure of `key`; returns how many there have been.
+    fn failed(&mut self, key: [u8; 16]) -> u32 {
+        if self.0.len() >= Self::CAPACITY && !self.0.contains_key(&key) {
+            self.0.clear();
+        }
+        let count = self.0.entry(key).or_default();
+        *count += 1;
+        *count
+    }
+
+    fn forget(&mut self, key: &[u8; 16]) {
+        self.0.remove(key);
+    }
+}
+
+/// What identifies a message across its redeliveries: its connector and bytes.
+fn attempt_key(origin: &Origin) -> [u8; 16] {
+    use md5::Digest as _;
+    let mut digest = md5::Md5::new();
+    digest.update(origin.connector.as_bytes());
+    digest.update([0]);
+    digest.update(&origin.payload);
+    digest.finalize().into()
+}
+
+/// Finishes a message once its rules are done: stores its dead letters, then acknowledges
+/// it. When the store refuses them, the message goes back to its transport after a pause
+/// that doubles with each failure, `redelivery.attempts` times at most (so a failing store
+/// never spins a core redelivering it); after that the pipeline holds the message, unsettled
+/// and counted in `iotrules_events_held`, and tries the store again with the same backoff
+/// until it takes the letters: never dropped, and while held messages fill the in-flight
+/// budget, intake waits.
+pub(super) async fn conclude(
+    shared: &Arc<Shared>,
+    pending: Pending,
+    letters: Vec<DeadLetterRecord>,
+    origin: &Origin,
+) {
+    let letters = Arc::new(letters);
+    if store_letters(shared, &letters).await.is_ok() {
+        finish(shared, pending, Ok(()));
+        return;
+    }
+    let key = attempt_key(origin);
+    let failed = lock(&shared.attempts).failed(key);
+    if failed <= shared.redelivery.attempts {
+        let delay = shared.redelivery.delay(failed);
+        tracing::warn!(
+            connector = &*origin.connector,
+            failed,
+            delay_ms = delay.as_millis() as u64,
+            "Message goes back to its transport after a pause: its dead letters cannot be stored"
+        );
+        tokio::time::sleep(delay).await;
+        finish(shared, pending, Err(()));
+        return;
+    }
+    shared.metrics.events_held.inc();
+    let message = format!(
+        "a message of connector \"{}\" is held: its dead letters were refused {} times; the \
+         pipeline keeps it and tries the store again",
+        origin.connector, failed
+    );
+    tracing::error!(connector = &*origin.connector, "{message}");
+    shared.errors.push("pipeline".into(), &message);
+    let mut tries = failed;
+    loop {
+        tokio::time::sleep(shared.redelivery.delay(tries)).await;
+        if store_letters(shared, &letters).await.is_ok() {
+            break;
+        }
+        tries = tries.saturating_add(1);
+    }
+    tracing::info!(
+        connector = &*origin.connector,
+        "A held message is stored as a dead letter and acknowledged"
+    );
+    lock(&shared.attempts).forget(&key);
+    shared.metrics.events_held.dec();
+    finish(shared, pending, Ok(()));
+}

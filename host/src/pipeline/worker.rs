@@ -1,0 +1,408 @@
+//! The workers: each runs the rules on the events of its devices, in order, and queues
+//! their commands.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::Shared;
+use super::intake::{Job, Origin};
+use super::report::{CommandRefused, ConditionFailed, StepFailed};
+use super::settle::{self, Queued, Settler, Unsettled, letter};
+use crate::event::{Command, Event};
+use crate::metrics::{Counter, Histogram, Metrics};
+use crate::rules::{EventScope, OnError, RefusedCommand, RuleOutcome, RuleRuntime, RuleSet};
+use crate::store::DeadLetterRecord;
+
+/// Resolved per-rule counters.
+struct RuleCounters {
+    matches: Arc<Counter>,
+    passed: Arc<Counter>,
+    dropped: Arc<Counter>,
+    dead_letter: Arc<Counter>,
+    dropped_on_error: Arc<Counter>,
+}
+
+pub(super) struct Worker {
+    shared: Arc<Shared>,
+    /// Waits for the events that have commands or dead letters.
+    settler: Settler,
+    set: Option<Arc<RuleSet>>,
+    runtimes: Vec<RuleRuntime>,
+    retry_instantiate_at: Option<Instant>,
+    /// The counters of `runtimes`' rules, index for index.
+    rule_counters: Vec<RuleCounters>,
+    plugin_calls: HashMap<Arc<str>, Arc<Histogram>>,
+    commands_sent: HashMap<String, (Arc<Counter>, Arc<Counter>)>,
+    /// `iotrules_rule_commands_total` by rule: sent, failed.
+    rule_commands: HashMap<Arc<str>, (Arc<Counter>, Arc<Counter>)>,
+}
+
+impl Worker {
+    pub(super) fn new(shared: Arc<Shared>, settler: Settler) -> Self {
+        Worker {
+            shared,
+            settler,
+            set: None,
+            runtimes: Vec::new(),
+            retry_instantiate_at: None,
+            rule_counters: Vec::new(),
+            plugin_calls: HashMap::new(),
+            commands_sent: HashMap::new(),
+            rule_commands: HashMap::new(),
+        }
+    }
+
+    pub(super) fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        loop {
+            let job = match jobs.try_recv() {
+                Ok(job) => job,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Idle: what waits for settlement goes to the settle task before the
+                    // worker sleeps.
+                    self.settler.flush(&self.shared);
+                    match jobs.blocking_recv() {
+                        Some(job) => job,
+                        None => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
+            self.refresh();
+            self.handle(job);
+        }
+        self.settler.flush(&self.shared);
+    }
+
+    /// Starts the rules' plugin instances for the set in service when it changed. If that
+    /// fails (a plugin refusing now what it accepted at load), the worker keeps running the
+    /// set it has and tries again a second later.
+    fn refresh(&mut self) {
+        let rules = &self.shared.rules;
+        if let Some(set) = &self.set
+            && rules.is_current(set)
+        {
+            return;
+        }
+        if let Some(at) = self.retry_instantiate_at
+            && Instant::now() < at
+        {
+            return;
+        }
+        let set = rules.current();
+        match set.instantiate(&self.shared.registry) {
+            Ok(runtimes) => {
+                let metrics = &self.shared.metrics;
+                self.rule_counters = runtimes
+                    .iter()
+                    .map(|runtime| rule_counters(metrics, runtime.rule().name()))
+                    .collect();
+                self.runtimes = runtimes;
+                self.set = Some(set);
+                self.retry_instantiate_at = None;
+            }
+            Err(errors) => {
+                for error in &errors {
+                    tracing::error!(
+                        "Cannot start the new rules on a worker, keeping the previous ones: {error}"
+                    );
+                    self.shared.errors.push("rules".into(), &error.to_string());
+                }
+                self.retry_instantiate_at = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+
+    fn handle(&mut self, job: Job) {
+        let Job {
+            event,
+            origin,
+            pending,
+        } = job;
+        let scope = EventScope::new(&event);
+        let mut commands: Vec<(Arc<str>, Command)> = Vec::new();
+        let mut refused: Vec<(Arc<str>, RefusedCommand)> = Vec::new();
+        let mut letters = Vec::new();
+        let mut matched = 0;
+        let mut passed = false;
+        let mut trace = String::new();
+        let trace_on = tracing::enabled!(target: "iotrules::event", tracing::Level::DEBUG);
+        for (runtime, counters) in self.runtimes.iter_mut().zip(&self.rule_counters) {
+            let rule = runtime.rule().clone();
+            let takes = match rule.matches(&scope) {
+                Ok(takes) => takes,
+                Err(error) => {
+                    let message = error.to_string();
+                    ConditionFailed {
+                        rule: &rule.name,
+                        error: &message,
+                        counter: &self
+                            .shared
+                            .metrics
+                            .rule_errors
+                            .with(&[&rule.name, "condition"]),
+                    }
+                    .emit(&self.shared.reports);
+                    if rule.on_error() == OnError::DeadLetter {
+                        let mut letter = letter(&origin, "condition", message, Some(&event.id));
+                        letter.rule = Some(rule.name.to_string());
+                        letters.push(letter);
+                        counters.dead_letter.inc();
+                    }
+                    continue;
+                }
+            };
+            if !takes {
+                continue;
+            }
+            matched += 1;
+            counters.matches.inc();
+            let result = runtime.run(&event);
+            for version in &result.versions {
+                self.plugin_calls
+                    .entry(version.plugin.clone())
+                    .or_insert_with(|| self.shared.metrics.plugin_calls.with(&[&version.plugin]))
+                    .observe(version.elapsed);
+            }
+            for error in &result.errors {
+                StepFailed {
+                    rule: &rule.name,
+                    device: &event.device.id,
+                    error: &error.to_string(),
+                    counter: &self
+                        .shared
+                        .metrics
+                        .rule_errors
+                        .with(&[&rule.name, error.kind()]),
+                }
+                .emit(&self.shared.reports);
+            }
+            let outcome = match &result.outcome {
+                RuleOutcome::Passed(output) => {
+                    passed = true;
+                    counters.passed.inc();
+                    if matches!(output, Cow::Owned(_)) {
+                        "passed (replaced)"
+                    } else {
+                        "passed"
+                    }
+                }
+                RuleOutcome::Dropped { .. } => {
+                    counters.dropped.inc();
+                    "dropped"
+                }
+                RuleOutcome::DeadLetter => {
+                    counters.dead_letter.inc();
+                    if let Some(error) = result.errors.last() {
+                        let mut letter = letter(
+                            &origin,
+                            &format!("plugin:{}", error.kind()),
+                            format!("rule \"{}\" {error}", rule.name),
+                            Some(&event.id),
+                        );
+                        letter.rule = Some(rule.name.to_string());
+                        letter.step = u32::try_from(error.step).ok();
+                        letters.push(letter);
+                    }
+                    "dead-letter"
+                }
+                RuleOutcome::DroppedOnError => {
+                    counters.dropped_on_error.inc();
+                    "dropped on error"
+                }
+            };
+            if trace_on {
+                let _ = write!(trace, "; rule {}: {outcome}", rule.name);
+                if !result.commands.is_empty() {
+                    let _ = write!(trace, ", {} command(s)", result.commands.len());
+                }
+            }
+            commands.extend(
+                result
+                    .commands
+                    .into_iter()
+                    .map(|command| (rule.name.clone(), command)),
+            );
+            refused.extend(
+                result
+                    .refused
+                    .into_iter()
+                    .map(|command| (rule.name.clone(), command)),
+            );
+        }
+        for (rule, refused) in refused {
+            let command = &refused.command;
+            let message = format!(
+                "command {} for device {} not sent: {}",
+                command.name, command.device.id, refused.reason
+            );
+            CommandRefused {
+                rule: &rule,
+                error: &message,
+                counter: &self.rule_counter(&rule).1,
+            }
+            .emit(&self.shared.reports);
+            let mut letter = letter(&origin, "command", message, Some(&event.id));
+            letter.rule = Some(rule.to_string());
+            letter.step = u32::try_from(refused.step).ok();
+            letters.push(letter);
+        }
+        if trace_on {
+            tracing::debug!(
+                target: "iotrules::event",
+                "{} {} {}{}{}{}",
+                origin.connector,
+                event.kind.as_str(),
+                event.device.id,
+                properties_text(&event),
+                if matched == 0 { "; no rule" } else { "" },
+                trace
+            );
+        }
+        if passed {
+            origin.counters.events_out.inc();
+        } else if matched == 0 {
+            origin.counters.no_rule.inc();
+        } else {
+            origin.counters.dropped_by_rules.inc();
+        }
+        let durable = self.shared.registry.state().durable();
+        if commands.is_empty() && letters.is_empty() && durable.is_none() {
+            settle::finish(&self.shared, pending, Ok(()));
+            return;
+        }
+        let queued = self.enqueue(commands, &origin, &event, &mut letters);
+        drop(scope);
+        self.settler.hand_over(
+            &self.shared,
+            Unsettled {
+                pending,
+                origin,
+                event_id: event.id,
+                queued,
+                letters,
+                durable,
+            },
+        );
+    }
+
+    /// Queues each command on its path, in order. A command without a known path fails at
+    /// once, as a dead letter.
+    fn enqueue(
+        &mut self,
+        commands: Vec<(Arc<str>, Command)>,
+        origin: &Origin,
+        event: &Event,
+        letters: &mut Vec<DeadLetterRecord>,
+    ) -> Vec<Queued> {
+        let mut confirmations = Vec::with_capacity(commands.len());
+        for (rule, command) in commands {
+            let Some(via) = command.via.clone() else {
+                let message = format!(
+                    "command {} for device {} names no command path: set `commands.via` on the \
+                     rule or step",
+                    command.name, command.device.id
+                );
+                CommandRefused {
+                    rule: &rule,
+                    error: &message,
+                    counter: &self.rule_counter(&rule).1,
+                }
+                .emit(&self.shared.reports);
+                let mut letter = letter(origin, "command", message, Some(&event.id));
+                letter.rule = Some(rule.to_string());
+                letters.push(letter);
+                continue;
+            };
+            let Some(path) = self.shared.paths.get(&via).cloned() else {
+                let message = format!(
+                    "command {} for device {}: no command path named \"{via}\" (configured: {})",
+                    command.name,
+                    command.device.id,
+                    self.shared.paths.names().join(", ")
+                );
+                CommandRefused {
+                    rule: &rule,
+                    error: &message,
+                    counter: &self.rule_counter(&rule).1,
+                }
+                .emit(&self.shared.reports);
+                let mut letter = letter(origin, "command", message, Some(&event.id));
+                letter.rule = Some(rule.to_string());
+                letters.push(letter);
+                continue;
+            };
+            let (rule_sent, rule_failed) = self.rule_counter(&rule);
+            let (sent, failed) = self
+                .commands_sent
+                .entry(via.clone())
+                .or_insert_with(|| {
+                    (
+                        self.shared.metrics.commands.with(&[&via, "sent"]),
+                        self.shared.metrics.commands.with(&[&via, "failed"]),
+                    )
+                })
+                .clone();
+            let summary = Command {
+                via: None,
+                device: command.device.clone(),
+                name: command.name.clone(),
+                params: crate::event::Json::null(),
+                reply_to: None,
+            };
+            confirmations.push(Queued {
+                confirmation: path.enqueue(command),
+                path: via,
+                command: summary,
+                rule,
+                sent,
+                failed,
+                rule_sent,
+                rule_failed,
+            });
+        }
+        confirmations
+    }
+
+    /// `iotrules_rule_commands_total{rule}`: sent, failed.
+    fn rule_counter(&mut self, rule: &Arc<str>) -> (Arc<Counter>, Arc<Counter>) {
+        self.rule_commands
+            .entry(rule.clone())
+            .or_insert_with(|| {
+                let metrics = &self.shared.metrics;
+                (
+                    metrics.rule_commands.with(&[rule, "sent"]),
+                    metrics.rule_commands.with(&[rule, "failed"]),
+                )
+            })
+            .clone()
+    }
+}
+
+fn rule_counters(metrics: &Metrics, rule: &str) -> RuleCounters {
+    let outcome = |outcome| metrics.rule_outcomes.with(&[rule, outcome]);
+    RuleCounters {
+        matches: metrics.rule_matches.with(&[rule]),
+        passed: outcome("passed"),
+        dropped: outcome("dropped"),
+        dead_letter: outcome("dead-letter"),
+        dropped_on_error: outcome("dropped-on-error"),
+    }
+}
+
+/// `code=value …` of an event, for the event trace.
+fn properties_text(event: &Event) -> String {
+    let mut text = String::new();
+    for property in event.properties.iter().take(8) {
+        let value = serde_json::to_string(&property.value).unwrap_or_default();
+        let _ = write!(text, " {}={value}", property.code);
+    }
+    if event.properties.len() > 8 {
+        let _ = write!(text, " …(+{})", event.properties.len() - 8);
+    }
+    text
+}
