@@ -380,9 +380,18 @@ pub(crate) fn digest_id(bytes: &[u8]) -> String {
 /// A JSON string borrowed from the input when it has no escapes. (serde's own `Cow<str>`
 /// always allocates unless a derive marks the field `borrow`, which hand-written visitors
 /// cannot.)
+#[derive(Debug)]
 pub(crate) struct CowStr<'a>(pub Cow<'a, str>);
 
-impl<'de> serde::Deserialize<'de> for CowStr<'de> {
+impl std::ops::Deref for CowStr<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for CowStr<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct CowVisitor;
 

@@ -456,7 +456,8 @@ pub(crate) fn decode(message: &RawMessage<'_>) -> Result<Event, DecodeError> {
         kind: Kind::Other,
         action: String::new(),
         device: Device {
-            id: format!("{}.{}", topic.product_key, topic.device_name),
+            // Joined by hand: one allocation, without `format!`'s machinery.
+            id: [topic.product_key, ".", topic.device_name].concat(),
             product: Some(topic.product_key.to_owned()),
             name: Some(topic.device_name.to_owned()),
         },

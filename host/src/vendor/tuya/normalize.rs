@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Tree};
 
@@ -45,8 +45,38 @@ struct StatusBody<'a> {
     dev_id: Option<Cow<'a, str>>,
     #[serde(rename = "productKey", borrow, default)]
     product_key: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    status: Vec<StatusItem<'a>>,
+    #[serde(default)]
+    status: StatusList,
+}
+
+/// `status`, read entry by entry straight into properties (no list of entries in between);
+/// an entry with neither a `code` nor a dp id is left out.
+#[derive(Default)]
+struct StatusList(Vec<Property>);
+
+impl<'de> Deserialize<'de> for StatusList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = StatusList;
+
+            /// serde's own words for a `Vec`, so a wrong shape reads as it did.
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StatusList, A::Error> {
+                let mut properties = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(item) = seq.next_element::<StatusItem<'de>>()? {
+                    properties.extend(item.into_property());
+                }
+                Ok(StatusList(properties))
+            }
+        }
+
+        deserializer.deserialize_seq(ListVisitor)
+    }
 }
 
 /// One entry of `status`: `{"code","value","t","<dpId>":"<value as text>"}`.
@@ -122,11 +152,7 @@ fn status(source: &str, envelope: &Envelope, body: String) -> Result<Event, Deco
         .dev_id
         .filter(|d| !d.is_empty())
         .ok_or_else(|| DecodeError::shape(BODY, "protocol 4 status without `devId`"))?;
-    let properties: Vec<Property> = parsed
-        .status
-        .into_iter()
-        .filter_map(StatusItem::into_property)
-        .collect();
+    let properties = parsed.status.0;
     let time_ms = properties
         .iter()
         .filter_map(|p| p.time_ms)
