@@ -9,6 +9,12 @@
 //! confirmed. A full lane makes `enqueue` wait, which holds the worker and, through the
 //! pipeline's bounded queues, the connector: a slow path slows intake rather than growing
 //! memory.
+//!
+//! A lane sends one command at a time and waits for its confirmation, unless its transport
+//! keeps order on one connection and confirms each command by its own answer (an MQTT link):
+//! then up to a window of commands are in flight together, confirmed in order, and sent again
+//! in order after a failure ([`lanes`](self::lanes)). The HTTP paths do not pipeline (see
+//! [`Transport::send`]).
 
 pub mod alibaba;
 pub mod http;
@@ -20,6 +26,7 @@ mod webhook;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,6 +106,58 @@ pub trait Transport: Send + Sync + 'static {
 
     /// One attempt at delivering `command`.
     fn deliver(&self, command: &Command) -> impl Future<Output = Result<(), Failure>> + Send;
+
+    /// Starts one attempt at delivering `command` and returns its confirmation still to come,
+    /// so that a lane may send the next before this one is confirmed (up to its
+    /// [`PathSettings::window`]).
+    ///
+    /// A transport that overrides this promises what pipelining needs: the attempts go out
+    /// on one connection in the order of the calls; each is confirmed by the peer's answer to
+    /// that attempt alone (an MQTT PUBACK of its packet id); and when the connection ends,
+    /// every attempt on it still unconfirmed fails. `on` is the connection the lane's
+    /// earlier unconfirmed attempts went out on ([`Sent::connection`]): when that one is
+    /// gone, the attempt must fail (retryable) rather than go out on the next connection
+    /// ahead of them, since they will be sent again, in order, before it.
+    ///
+    /// The default delivers the whole attempt ([`deliver`](Self::deliver)) before it
+    /// returns, so a lane over it sends one command at a time whatever its window. The HTTP
+    /// paths keep it: hyper's HTTP/1.1 connection takes a request only once the previous
+    /// answer is read (no HTTP/1.1 pipelining), requests on parallel connections may be
+    /// carried out in any order, and a command is a POST, which a client must not send again
+    /// on its own once a later one may have been carried out (RFC 9112, 9.3.2).
+    fn send(
+        &self,
+        command: &Command,
+        on: Option<u64>,
+    ) -> impl Future<Output = Result<Sent, Failure>> + Send {
+        let _ = on;
+        async move {
+            self.deliver(command).await?;
+            Ok(Sent::confirmed())
+        }
+    }
+}
+
+/// The confirmation of an attempt still to come.
+pub type Confirming = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
+
+/// An attempt handed to the peer: what [`Transport::send`] returns.
+pub struct Sent {
+    /// The connection it went out on, as the transport numbers them (0 for a transport that
+    /// delivers each attempt whole).
+    pub connection: u64,
+    /// Resolves when the peer has confirmed the attempt, or with why it failed.
+    pub confirmed: Confirming,
+}
+
+impl Sent {
+    /// An attempt delivered and confirmed already.
+    pub fn confirmed() -> Self {
+        Sent {
+            connection: 0,
+            confirmed: Box::pin(std::future::ready(Ok(()))),
+        }
+    }
 }
 
 /// Settings shared by every path.
@@ -114,6 +173,9 @@ pub struct PathSettings {
     pub retries: u32,
     /// Attempts started per second at most, over all lanes; 0 is no limit.
     pub rate_per_s: f64,
+    /// Commands of one lane sent and not yet confirmed, at most (see [`Transport::send`]):
+    /// 1 for the HTTP paths, an MQTT link's `command_window`.
+    pub window: usize,
 }
 
 impl From<&CommandPathConfig> for PathSettings {
@@ -124,6 +186,7 @@ impl From<&CommandPathConfig> for PathSettings {
             timeout: Duration::from_millis(config.timeout_ms),
             retries: config.retries,
             rate_per_s: config.rate_per_s,
+            window: 1,
         }
     }
 }
