@@ -996,10 +996,11 @@ fn a_lane_keeps_a_window_of_commands_in_flight_while_their_pubacks_are_held() {
 fn a_broker_restart_with_a_window_in_flight_sends_it_again_in_order_and_loses_nothing() {
     // Four devices, ten commands each; the link's window of 20 publishes is out and none is
     // acknowledged when the broker restarts. The ones cut off are sent again on the next
-    // connection, each lane's in its original order; the broker had some of them already
-    // (it acknowledged them, the proxy held the PUBACK), so repeats are allowed, but every
-    // command arrives, and a device's commands never go back to one overtaken: both the
-    // first and the last copy of each come in seq order.
+    // connection, each lane's in its original order; the broker had them already (it
+    // acknowledged them, the proxy held the PUBACK), and sends the unacknowledged inputs
+    // again, so repeats are allowed, but every command arrives, and a device's commands
+    // never go back to one overtaken: both the first and the last copy of each come in seq
+    // order.
     const DEVICES: usize = 4;
     const PER_DEVICE: u64 = 10;
     let _alone = one_load_at_a_time();
@@ -1022,23 +1023,41 @@ fn a_broker_restart_with_a_window_in_flight_sends_it_again_in_order_and_loses_no
             cloud.block_on(devices.publish(&format!("in/d-{device:03}"), status(device, seq)));
         }
     }
-    wait_for("the link's window of 20 publishes out", || {
-        proxy.most_unacked() >= 20
-    });
+    // Every input reaches the link before the restart: the broker sends them all again
+    // after it (none is acknowledged), in their order, behind the originals' answers.
+    wait_for(
+        "every input taken and the link's window of 20 publishes out",
+        || {
+            service.observed.metrics.events_in.with(&["m"]).get() >= DEVICES as u64 * PER_DEVICE
+                && proxy.most_unacked() >= 20
+        },
+    );
     let cut_off = proxy.unacked().len();
     broker.restart();
     proxy.hold(false);
-    let complete = || {
+    // Each event's command confirmed once: the originals, and the inputs sent again.
+    let inputs = 2 * DEVICES as u64 * PER_DEVICE;
+    wait_for("every event answered and its command confirmed", || {
+        service.commands("m", "sent") >= inputs
+    });
+    assert_eq!(
+        service.observed.metrics.events_in.with(&["m"]).get(),
+        inputs
+    );
+    // A last input per device: its answer comes after every earlier one of the device.
+    for device in 0..DEVICES {
+        cloud.block_on(devices.publish(&format!("in/d-{device:03}"), status(device, PER_DEVICE)));
+    }
+    wait_for("each device's last answer", || {
         let answered = answered_seqs(&commands);
         (0..DEVICES).all(|device| {
-            let seqs = answered
+            answered
                 .get(&format!("d-{device:03}"))
-                .map_or(BTreeSet::new(), |s| s.iter().copied().collect());
-            seqs == (0..PER_DEVICE).collect()
+                .is_some_and(|seqs| seqs.contains(&PER_DEVICE))
         })
-    };
-    wait_for("every command after the restart", complete);
+    });
     assert!(proxy.connections() >= 2, "the link never reconnected");
+    let in_order: Vec<u64> = (0..=PER_DEVICE).collect();
     for (device, seqs) in answered_seqs(&commands) {
         let mut firsts = Vec::new();
         let mut lasts: Vec<u64> = Vec::new();
@@ -1049,12 +1068,16 @@ fn a_broker_restart_with_a_window_in_flight_sends_it_again_in_order_and_loses_no
             lasts.retain(|s| s != seq);
             lasts.push(*seq);
         }
-        let in_order: Vec<u64> = (0..PER_DEVICE).collect();
         assert_eq!(firsts, in_order, "device {device}: {seqs:?}");
-        // Inputs the link had not acknowledged come again after the restart and are
+        // The inputs the link had not acknowledged came again after the restart and were
         // answered again, after the originals: the last copies too are in order.
         assert_eq!(lasts, in_order, "device {device}: {seqs:?}");
     }
+    assert_eq!(
+        service.commands("m", "sent"),
+        inputs + DEVICES as u64,
+        "a command confirmed twice"
+    );
     assert_eq!(service.commands("m", "failed"), 0, "{cut_off} were cut off");
     assert_eq!(service.dead_letters(), 0);
     service.stop();
