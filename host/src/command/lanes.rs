@@ -427,7 +427,7 @@ mod tests {
             let mut tried = self.tried.subscribe();
             let tries = tried.wait_for(|n| *n >= count);
             runtime
-                .block_on(tokio::time::timeout(Duration::from_secs(30), tries))
+                .block_on(async { tokio::time::timeout(Duration::from_secs(30), tries).await })
                 .unwrap_or_else(|_| panic!("{count} sends never came: {:?}", self.sent()))
                 .expect("the transport is alive");
         }
