@@ -731,12 +731,12 @@ fn echo_load_with(
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "{} of {total} commands arrived (link: {:?}, events in {:?}, commands {:?}, \
-             dead letters {}, in flight {}); broker drops: {:?}",
+             dead letters {:?}, in flight {}); broker drops: {:?}",
             commands.count(),
             service.connector("m"),
             counts(&service.observed.metrics.events_in),
             counts(&service.observed.metrics.commands),
-            service.dead_letters(),
+            counts(&service.observed.metrics.dead_letters),
             service.observed.metrics.in_flight.get(),
             broker.dropped(),
         );
