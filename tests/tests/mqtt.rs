@@ -452,13 +452,15 @@ fn a_broker_restart_mid_stream_loses_no_command_with_qos_1() {
     while answered() != expected {
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "{} answers missing (link: {:?}, events in {:?}, commands {:?}, dead letters {}, \
-             received {}); broker drops {:?}, log:\n{}",
+            "{} answers missing: {:?} (link: {:?}, events in {:?}, commands {:?}, dead \
+             letters {}, in flight {}, received {}); broker drops {:?}, log:\n{}",
             expected.difference(&answered()).count(),
+            expected.difference(&answered()).take(5).collect::<Vec<_>>(),
             service.connector("hw"),
             counts(&service.observed.metrics.events_in),
             counts(&service.observed.metrics.commands),
             service.dead_letters(),
+            service.observed.metrics.in_flight.get(),
             peer.received().len(),
             broker.dropped(),
             broker.log()

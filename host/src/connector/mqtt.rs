@@ -589,16 +589,29 @@ struct Wire {
 }
 
 impl Wire {
-    /// Writes one packet.
+    /// Writes one packet (and any queued before it).
     async fn send(&mut self, packet: Packet) -> Result<(), String> {
-        self.write.clear();
+        self.queue(packet)?;
+        self.flush().await
+    }
+
+    /// Encodes a packet behind those queued, to go out with them at the next
+    /// [`flush`](Self::flush): one write for a run of publishes or PUBACKs.
+    fn queue(&mut self, packet: Packet) -> Result<(), String> {
         packet
             .write(&mut self.write, MAX_PACKET)
-            .map_err(|e| format!("cannot encode a packet: {e}"))?;
-        self.stream
-            .write_all(&self.write)
-            .await
-            .map_err(|e| format!("cannot write to the broker: {e}"))?;
+            .map(drop)
+            .map_err(|e| format!("cannot encode a packet: {e}"))
+    }
+
+    /// Writes the queued packets.
+    async fn flush(&mut self) -> Result<(), String> {
+        if self.write.is_empty() {
+            return Ok(());
+        }
+        let written = self.stream.write_all(&self.write).await;
+        self.write.clear();
+        written.map_err(|e| format!("cannot write to the broker: {e}"))?;
         self.stream
             .flush()
             .await
@@ -1008,16 +1021,23 @@ impl Session {
                 biased;
                 _ = context.shutdown.changed() => return Ended::Stopping,
                 Some(settled) = self.acks.recv() => {
-                    self.unsettled = self.unsettled.saturating_sub(1);
-                    match settled {
-                        Settled::Ack(pkid) => {
-                            if let Err(error) =
-                                self.wire.send(Packet::PubAck(PubAck::new(pkid))).await
-                            {
-                                return lost(error);
+                    // The PUBACKs settled meanwhile go out in one write.
+                    let mut next = Some(settled);
+                    while let Some(settled) = next {
+                        self.unsettled = self.unsettled.saturating_sub(1);
+                        match settled {
+                            Settled::Ack(pkid) => {
+                                let puback = Packet::PubAck(PubAck::new(pkid));
+                                if let Err(error) = self.wire.queue(puback) {
+                                    return lost(error);
+                                }
                             }
+                            Settled::Again(publish) => self.received.again(publish),
                         }
-                        Settled::Again(publish) => self.received.again(publish),
+                        next = self.acks.try_recv().ok();
+                    }
+                    if let Err(error) = self.wire.flush().await {
+                        return lost(error);
                     }
                 }
                 submitted = async {
@@ -1037,7 +1057,7 @@ impl Session {
                     }
                 }
                 Some(outgoing) = self.requests.recv(), if self.waiting.len() < self.window => {
-                    if let Err(error) = self.publish(outgoing).await {
+                    if let Err(error) = self.publish_all(outgoing).await {
                         return lost(error);
                     }
                 }
@@ -1099,7 +1119,7 @@ impl Session {
                 outgoing = self.requests.recv(), if !paths_gone && self.waiting.len() < self.window => {
                     match outgoing {
                         Some(outgoing) => {
-                            if self.publish(outgoing).await.is_err() {
+                            if self.publish_all(outgoing).await.is_err() {
                                 return;
                             }
                         }
@@ -1131,31 +1151,39 @@ impl Session {
         None
     }
 
-    /// Sends one command's publish; QoS 1 waits for its PUBACK in `waiting`.
-    async fn publish(&mut self, outgoing: Outgoing) -> Result<(), String> {
-        let Outgoing {
+    /// Sends `outgoing` and the publishes requested behind it, as many as the window takes,
+    /// in one write; each QoS 1 publish waits for its PUBACK in `waiting`, a QoS 0 one is
+    /// done once written. On an error the session ends, and with it every publish waiting.
+    async fn publish_all(&mut self, outgoing: Outgoing) -> Result<(), String> {
+        let mut written = Vec::new();
+        let mut next = Some(outgoing);
+        while let Some(Outgoing {
             topic,
             payload,
             done,
-        } = outgoing;
-        let mut publish = Publish::new(topic, self.qos, payload);
-        if self.qos == QoS::AtMostOnce {
-            self.wire.send(Packet::Publish(publish)).await?;
-            let _ = done.send(Ok(()));
-            return Ok(());
-        }
-        let pkid = self.next_pkid();
-        publish.pkid = pkid;
-        match self.wire.send(Packet::Publish(publish)).await {
-            Ok(()) => {
+        }) = next
+        {
+            let mut publish = Publish::new(topic, self.qos, payload);
+            if self.qos == QoS::AtMostOnce {
+                self.wire.queue(Packet::Publish(publish))?;
+                written.push(done);
+            } else {
+                let pkid = self.next_pkid();
+                publish.pkid = pkid;
+                self.wire.queue(Packet::Publish(publish))?;
                 self.waiting.insert(pkid, done);
-                Ok(())
             }
-            Err(error) => {
-                let _ = done.send(Err(error.clone()));
-                Err(error)
-            }
+            next = if self.waiting.len() < self.window {
+                self.requests.try_recv().ok()
+            } else {
+                None
+            };
         }
+        self.wire.flush().await?;
+        for done in written {
+            let _ = done.send(Ok(()));
+        }
+        Ok(())
     }
 
     /// A packet id not in use by a publish waiting for its PUBACK (1 is the SUBSCRIBE's,
