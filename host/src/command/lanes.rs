@@ -117,6 +117,7 @@ struct Attempt {
 /// The first pause before an attempt is repeated, doubled after each failure up to
 /// [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest pause between two attempts at a command.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Window {
