@@ -137,6 +137,7 @@ impl Bench {
                 timeout: Duration::from_secs(5),
                 retries: 0,
                 rate_per_s: 0.0,
+                window: 1,
             },
             runtime.handle(),
         ));

@@ -361,6 +361,14 @@ pub struct ConnectorConfig {
     /// burning their retries while the link is away.
     #[serde(default = "default_command_reconnect_wait_s")]
     pub command_reconnect_wait_s: u64,
+    /// MQTT links as command paths: QoS 1 publishes sent and not yet acknowledged (PUBACK),
+    /// at most, over the link's lanes; each lane sends its devices' commands in order within
+    /// it and sends again in order what a lost connection cut off. MQTT 3.1.1 gives the broker
+    /// no way to announce a limit (MQTT 5's receive maximum), so the default is the one a
+    /// stock mosquitto announces to MQTT 5 clients (`max_inflight_messages`, 20); 1 sends one
+    /// command at a time.
+    #[serde(default = "default_command_window")]
+    pub command_window: usize,
     /// Inbound messages read from the transport and not yet taken by the pipeline, in bytes
     /// at most (MQTT links: what does not fit is dropped at QoS 0 or left for the broker to
     /// send again at QoS 1; AMQP: credit times the largest message accepted; Pulsar: the
@@ -383,6 +391,9 @@ fn default_command_retries() -> u32 {
 }
 fn default_command_reconnect_wait_s() -> u64 {
     60
+}
+fn default_command_window() -> usize {
+    20
 }
 fn default_buffer_bytes() -> usize {
     16 * 1024 * 1024

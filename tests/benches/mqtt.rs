@@ -13,6 +13,10 @@
 //!   confirmed by its PUBACK, and only then is the inbound message PUBACKed; the subscriber
 //!   counts the commands. Events/s and commands/s over the link are the same number here.
 //!
+//! The same again at QoS 0 (`mqtt-qos0`, a second link with `qos = 0`), in rounds of
+//! [`BATCH_QOS0`] unpaced messages: nothing is acknowledged, so the link's rate is its
+//! pipeline's and its socket's.
+//!
 //! Criterion reports elements/s = messages/s.
 
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use tokio::sync::watch;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BATCH: u64 = 2_000;
+const BATCH_QOS0: u64 = 100_000;
 const LOGIN: (&str, &str) = ("bench", "bench-password");
 
 const RULE: &str = r#"
@@ -39,9 +44,19 @@ commands.via = "z"
 [[rule.step]]
 plugin = "echo"
 config = { command = "set" }
+
+[[rule]]
+name = "echo-qos0"
+when = { source = "q", vendor = "mqtt" }
+commands.via = "q"
+
+[[rule.step]]
+plugin = "echo"
+config = { command = "set" }
 "#;
 
-/// Starts the service with the link `z` on `url`; returns its stop switch (the service runs
+/// Starts the service with the links `z` (QoS 1) and `q` (QoS 0) on `url`; returns its stop
+/// switch (the service runs
 /// on `runtime` until the bench ends).
 fn start_service(
     runtime: &tokio::runtime::Runtime,
@@ -73,8 +88,19 @@ password = "{}"
 subscribe = ["zigbee2mqtt/+"]
 device_topic = "zigbee2mqtt/{{device}}"
 publish_topic = "zigbee2mqtt/{{device}}/set"
+
+[[connector]]
+name = "q"
+kind = "mqtt"
+url = "{url}"
+username = "{}"
+password = "{}"
+qos = 0
+subscribe = ["qos0/+"]
+device_topic = "qos0/{{device}}"
+publish_topic = "qos0/{{device}}/set"
 "#,
-        LOGIN.0, LOGIN.1
+        LOGIN.0, LOGIN.1, LOGIN.0, LOGIN.1
     );
     let file = dir.join("iotrules.toml");
     std::fs::write(&file, &text).unwrap();
@@ -109,26 +135,43 @@ publish_topic = "zigbee2mqtt/{{device}}/set"
     stop
 }
 
-/// Publishes [`BATCH`] messages on `topic(n)` and returns the time until `subscriber` has
-/// [`BATCH`] more than `before`.
+/// Publishes [`BATCH`] messages with QoS 1 on `topic(n)` and returns the time until
+/// `subscriber` has [`BATCH`] more than `before`.
 fn round(
     runtime: &tokio::runtime::Runtime,
     publisher: &Peer,
     subscriber: &Peer,
     topic: impl Fn(u64) -> String,
 ) -> Duration {
+    round_of(runtime, publisher, subscriber, topic, BATCH, true)
+}
+
+/// Publishes `batch` messages (QoS 1 if `acknowledged`, else 0) on `topic(n)` and returns
+/// the time until `subscriber` has `batch` more than `before`.
+fn round_of(
+    runtime: &tokio::runtime::Runtime,
+    publisher: &Peer,
+    subscriber: &Peer,
+    topic: impl Fn(u64) -> String,
+    batch: u64,
+    acknowledged: bool,
+) -> Duration {
     let before = subscriber.count();
     let start = Instant::now();
     runtime.block_on(async {
-        for n in 0..BATCH {
+        for n in 0..batch {
             let payload = format!(r#"{{"seq":{n},"state":"ON"}}"#);
-            publisher.publish(&topic(n), payload).await;
+            if acknowledged {
+                publisher.publish(&topic(n), payload).await;
+            } else {
+                publisher.publish_at_most_once(&topic(n), payload).await;
+            }
         }
     });
-    while subscriber.count() < before + BATCH as usize {
+    while subscriber.count() < before + batch as usize {
         assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "only {} of {BATCH} arrived",
+            start.elapsed() < Duration::from_secs(300),
+            "only {} of {batch} arrived",
             subscriber.count() - before
         );
         std::thread::sleep(Duration::from_micros(200));
@@ -151,11 +194,12 @@ fn throughput(c: &mut Criterion) {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     let stop = start_service(&runtime, dir.path(), &broker.url());
-    let (publisher, raw, commands) = runtime.block_on(async {
+    let (publisher, raw, commands, commands_qos0) = runtime.block_on(async {
         (
             Peer::connect(&broker, "bench-publisher", &[]).await,
             Peer::connect(&broker, "bench-raw", &["bench/raw/+"]).await,
             Peer::connect(&broker, "bench-commands", &["zigbee2mqtt/+/set"]).await,
+            Peer::connect(&broker, "bench-commands-qos0", &["qos0/+/set"]).await,
         )
     });
 
@@ -181,6 +225,44 @@ fn throughput(c: &mut Criterion) {
                     round(&runtime, &publisher, &commands, |n| {
                         format!("zigbee2mqtt/lamp-{}", n % 16)
                     })
+                })
+                .sum()
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("mqtt-qos0");
+    group.throughput(Throughput::Elements(BATCH_QOS0));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(30));
+    group.bench_function("mosquitto-pub-sub", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    round_of(
+                        &runtime,
+                        &publisher,
+                        &raw,
+                        |n| format!("bench/raw/{}", n % 16),
+                        BATCH_QOS0,
+                        false,
+                    )
+                })
+                .sum()
+        })
+    });
+    group.bench_function("link-in-plugin-out", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    round_of(
+                        &runtime,
+                        &publisher,
+                        &commands_qos0,
+                        |n| format!("qos0/lamp-{}", n % 16),
+                        BATCH_QOS0,
+                        false,
+                    )
                 })
                 .sum()
         })

@@ -3,6 +3,7 @@
 
 pub mod cloud_api;
 pub mod mosquitto;
+pub mod mqtt_proxy;
 pub mod pipeline;
 pub mod plugins;
 pub mod pulsar_broker;

@@ -320,6 +320,14 @@ impl Peer {
             .expect("queue publish");
     }
 
+    /// Publishes with QoS 0: written once, never acknowledged.
+    pub async fn publish_at_most_once(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtMostOnce, false, payload.into())
+            .await
+            .expect("queue publish");
+    }
+
     /// How many publishes arrived so far.
     pub fn count(&self) -> usize {
         self.received.lock().unwrap().len()

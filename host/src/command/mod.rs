@@ -9,9 +9,16 @@
 //! confirmed. A full lane makes `enqueue` wait, which holds the worker and, through the
 //! pipeline's bounded queues, the connector: a slow path slows intake rather than growing
 //! memory.
+//!
+//! A lane sends one command at a time and waits for its confirmation, unless its transport
+//! keeps order on one connection and confirms each command by its own answer (an MQTT link):
+//! then up to a window of commands are in flight together, confirmed in order, and sent again
+//! in order after a failure ([`lanes`](self::lanes)). The HTTP paths do not pipeline (see
+//! [`Transport::send`]).
 
 pub mod alibaba;
 pub mod http;
+mod lanes;
 mod log;
 mod mqtt;
 pub mod tuya;
@@ -19,13 +26,14 @@ mod webhook;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::BuildHasher;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use self::alibaba::AlibabaTransport;
+pub use self::lanes::Lanes;
 pub use self::log::LogTransport;
 pub use self::mqtt::MqttTransport;
 pub use self::tuya::TuyaTransport;
@@ -98,6 +106,58 @@ pub trait Transport: Send + Sync + 'static {
 
     /// One attempt at delivering `command`.
     fn deliver(&self, command: &Command) -> impl Future<Output = Result<(), Failure>> + Send;
+
+    /// Starts one attempt at delivering `command` and returns its confirmation still to come,
+    /// so that a lane may send the next before this one is confirmed (up to its
+    /// [`PathSettings::window`]).
+    ///
+    /// A transport that overrides this promises what pipelining needs: the attempts go out
+    /// on one connection in the order of the calls; each is confirmed by the peer's answer to
+    /// that attempt alone (an MQTT PUBACK of its packet id); and when the connection ends,
+    /// every attempt on it still unconfirmed fails. `on` is the connection the lane's
+    /// earlier unconfirmed attempts went out on ([`Sent::connection`]): when that one is
+    /// gone, the attempt must fail (retryable) rather than go out on the next connection
+    /// ahead of them, since they will be sent again, in order, before it.
+    ///
+    /// The default delivers the whole attempt ([`deliver`](Self::deliver)) before it
+    /// returns, so a lane over it sends one command at a time whatever its window. The HTTP
+    /// paths keep it: hyper's HTTP/1.1 connection takes a request only once the previous
+    /// answer is read (no HTTP/1.1 pipelining), requests on parallel connections may be
+    /// carried out in any order, and a command is a POST, which a client must not send again
+    /// on its own once a later one may have been carried out (RFC 9112, 9.3.2).
+    fn send(
+        &self,
+        command: &Command,
+        on: Option<u64>,
+    ) -> impl Future<Output = Result<Sent, Failure>> + Send {
+        let _ = on;
+        async move {
+            self.deliver(command).await?;
+            Ok(Sent::confirmed())
+        }
+    }
+}
+
+/// The confirmation of an attempt still to come.
+pub type Confirming = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
+
+/// An attempt handed to the peer: what [`Transport::send`] returns.
+pub struct Sent {
+    /// The connection it went out on, as the transport numbers them (0 for a transport that
+    /// delivers each attempt whole).
+    pub connection: u64,
+    /// Resolves when the peer has confirmed the attempt, or with why it failed.
+    pub confirmed: Confirming,
+}
+
+impl Sent {
+    /// An attempt delivered and confirmed already.
+    pub fn confirmed() -> Self {
+        Sent {
+            connection: 0,
+            confirmed: Box::pin(std::future::ready(Ok(()))),
+        }
+    }
 }
 
 /// Settings shared by every path.
@@ -113,6 +173,9 @@ pub struct PathSettings {
     pub retries: u32,
     /// Attempts started per second at most, over all lanes; 0 is no limit.
     pub rate_per_s: f64,
+    /// Commands of one lane sent and not yet confirmed, at most (see [`Transport::send`]):
+    /// 1 for the HTTP paths, an MQTT link's `command_window`.
+    pub window: usize,
 }
 
 impl From<&CommandPathConfig> for PathSettings {
@@ -123,6 +186,7 @@ impl From<&CommandPathConfig> for PathSettings {
             timeout: Duration::from_millis(config.timeout_ms),
             retries: config.retries,
             rate_per_s: config.rate_per_s,
+            window: 1,
         }
     }
 }
@@ -169,131 +233,6 @@ impl RateLimit {
     pub async fn wait(&self) {
         let at = self.slot(Instant::now());
         tokio::time::sleep_until(at.into()).await;
-    }
-}
-
-struct Job {
-    command: Command,
-    done: oneshot::Sender<Result<(), CommandError>>,
-}
-
-/// A path over a [`Transport`]: lanes of ordered delivery with retries.
-pub struct Lanes {
-    name: String,
-    lanes: Vec<mpsc::Sender<Job>>,
-    hasher: std::collections::hash_map::RandomState,
-}
-
-impl Lanes {
-    /// Starts the lanes' tasks on `runtime`.
-    pub fn start<T: Transport>(
-        name: &str,
-        transport: T,
-        settings: PathSettings,
-        runtime: &tokio::runtime::Handle,
-    ) -> Arc<Self> {
-        let transport = Arc::new(transport);
-        let limit = Arc::new(RateLimit::new(settings.rate_per_s));
-        let lanes = (0..settings.lanes.max(1))
-            .map(|_| {
-                let (sender, receiver) = mpsc::channel(settings.queue.max(1));
-                runtime.spawn(lane(
-                    name.to_owned(),
-                    transport.clone(),
-                    limit.clone(),
-                    settings,
-                    receiver,
-                ));
-                sender
-            })
-            .collect();
-        Arc::new(Lanes {
-            name: name.to_owned(),
-            lanes,
-            hasher: Default::default(),
-        })
-    }
-}
-
-impl CommandPath for Lanes {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn enqueue(&self, command: Command) -> Confirmation {
-        let lane = (self.hasher.hash_one(&command.device.id) % self.lanes.len() as u64) as usize;
-        let (done, confirmation) = oneshot::channel();
-        if let Err(mpsc::error::SendError(job)) =
-            self.lanes[lane].blocking_send(Job { command, done })
-        {
-            let _ = job.done.send(Err(CommandError {
-                path: self.name.clone(),
-                reason: "the path has stopped".into(),
-            }));
-        }
-        confirmation
-    }
-}
-
-async fn lane<T: Transport>(
-    name: String,
-    transport: Arc<T>,
-    limit: Arc<Option<RateLimit>>,
-    settings: PathSettings,
-    mut jobs: mpsc::Receiver<Job>,
-) {
-    while let Some(job) = jobs.recv().await {
-        let mut attempt = 0;
-        let mut backoff = Duration::from_millis(50);
-        let result = loop {
-            if let Some(limit) = limit.as_ref() {
-                limit.wait().await;
-            }
-            let failure = match transport.ready().await {
-                Err(failure) => failure,
-                Ok(()) => {
-                    match tokio::time::timeout(settings.timeout, transport.deliver(&job.command))
-                        .await
-                    {
-                        Ok(Ok(())) => break Ok(()),
-                        Ok(Err(failure)) => failure,
-                        Err(_) => Failure::retry(format!(
-                            "no confirmation within {} ms",
-                            settings.timeout.as_millis()
-                        )),
-                    }
-                }
-            };
-            let reason = failure.reason;
-            if !failure.retryable {
-                break Err(CommandError {
-                    path: name.clone(),
-                    reason: format!("{reason} (not retried: the peer refused the command)"),
-                });
-            }
-            if attempt >= settings.retries {
-                let attempts = attempt + 1;
-                break Err(CommandError {
-                    path: name.clone(),
-                    reason: format!(
-                        "{reason} (after {attempts} attempt{})",
-                        if attempts == 1 { "" } else { "s" }
-                    ),
-                });
-            }
-            tracing::warn!(
-                path = %name,
-                device = %job.command.device.id,
-                command = %job.command.name,
-                "Command attempt {} failed, retrying in {} ms: {reason}",
-                attempt + 1,
-                backoff.as_millis()
-            );
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            attempt += 1;
-        };
-        let _ = job.done.send(result);
     }
 }
 
@@ -373,64 +312,7 @@ impl CommandPaths {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
     use super::*;
-    use crate::event::{Device, Json};
-
-    /// Fails every attempt the way it was told to, counting the attempts.
-    struct Refusing {
-        failure: Failure,
-        attempts: Arc<AtomicU32>,
-    }
-
-    impl Transport for Refusing {
-        async fn deliver(&self, _: &Command) -> Result<(), Failure> {
-            self.attempts.fetch_add(1, Ordering::SeqCst);
-            Err(self.failure.clone())
-        }
-    }
-
-    fn attempts_until_given_up(failure: Failure, retries: u32) -> (u32, CommandError) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_time()
-            .build()
-            .unwrap();
-        let attempts = Arc::new(AtomicU32::new(0));
-        let transport = Refusing {
-            failure,
-            attempts: attempts.clone(),
-        };
-        let settings = PathSettings {
-            lanes: 1,
-            queue: 1,
-            timeout: Duration::from_secs(5),
-            retries,
-            rate_per_s: 0.0,
-        };
-        let path = Lanes::start("out", transport, settings, runtime.handle());
-        let command = Command {
-            via: Some("out".into()),
-            device: Device::new("d1"),
-            name: "switch".into(),
-            params: Json::null(),
-            reply_to: None,
-        };
-        let confirmation = path.enqueue(command);
-        let error = runtime
-            .block_on(confirmation)
-            .unwrap()
-            .expect_err("every attempt fails");
-        (attempts.load(Ordering::SeqCst), error)
-    }
-
-    #[test]
-    fn a_retryable_failure_is_tried_again_up_to_the_retries() {
-        let (attempts, error) = attempts_until_given_up(Failure::retry("answered 503"), 2);
-        assert_eq!(attempts, 3);
-        assert_eq!(error.reason, "answered 503 (after 3 attempts)");
-    }
 
     #[test]
     fn the_rate_limit_lets_a_bucket_through_then_spaces_attempts_at_the_rate() {
@@ -444,15 +326,5 @@ mod tests {
         let offsets: Vec<Duration> = (0..3).map(|_| limit.slot(later) - later).collect();
         assert_eq!(offsets, [ms(0), ms(0), ms(500)]);
         assert!(RateLimit::new(0.0).is_none());
-    }
-
-    #[test]
-    fn a_refused_command_is_not_tried_again() {
-        let (attempts, error) = attempts_until_given_up(Failure::permanent("answered 400"), 2);
-        assert_eq!(attempts, 1);
-        assert_eq!(
-            error.reason,
-            "answered 400 (not retried: the peer refused the command)"
-        );
     }
 }

@@ -1,5 +1,6 @@
 //! The command side of a device MQTT link: each command becomes one publish on the link's
-//! connection ([`crate::connector::mqtt`]), confirmed by its PUBACK.
+//! connection ([`crate::connector::mqtt`]), confirmed by its PUBACK. A lane keeps up to the
+//! link's `command_window` of them in flight ([`Transport::send`]).
 //!
 //! What a command means on a device link (the link speaks as the device):
 //! - a command with `reply_to` answers the request the device received, on the reply topic
@@ -31,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::Value as JsonValue;
 use tokio::sync::oneshot;
 
-use super::{Failure, Transport};
+use super::{Failure, Sent, Transport};
 use crate::connector::mqtt::{LinkHandle, Outbound, Outgoing};
 use crate::event::{Command, Json, Property, Value};
 use crate::vendor::alibaba::{AlinkReply, AlinkRequest};
@@ -182,23 +183,40 @@ impl Transport for MqttTransport {
     }
 
     async fn deliver(&self, command: &Command) -> Result<(), Failure> {
+        self.send(command, None).await?.confirmed.await
+    }
+
+    /// Hands the publish to the link's connection, which writes a lane's publishes in the
+    /// order it is given them and answers each by the PUBACK of its own packet id; a publish
+    /// still unacknowledged when the connection ends fails, so the lane sends it again.
+    async fn send(&self, command: &Command, on: Option<u64>) -> Result<Sent, Failure> {
         let (topic, payload) = self.message(command).map_err(Failure::permanent)?;
-        let (done, confirmed) = oneshot::channel();
-        self.link
-            .publish(Outgoing {
-                topic: topic.clone(),
-                payload,
-                done,
-            })
+        let (done, acknowledged) = oneshot::channel();
+        let connection = self
+            .link
+            .publish(
+                Outgoing {
+                    topic: topic.clone(),
+                    payload,
+                    done,
+                },
+                on,
+            )
             .await
             .map_err(Failure::retry)?;
-        match confirmed.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(Failure::retry(format!("publish to \"{topic}\": {error}"))),
-            Err(_) => Err(Failure::retry(format!(
-                "publish to \"{topic}\": the connection was lost before its PUBACK"
-            ))),
-        }
+        let confirmed = async move {
+            match acknowledged.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(Failure::retry(format!("publish to \"{topic}\": {error}"))),
+                Err(_) => Err(Failure::retry(format!(
+                    "publish to \"{topic}\": the connection was lost before its PUBACK"
+                ))),
+            }
+        };
+        Ok(Sent {
+            connection,
+            confirmed: Box::pin(confirmed),
+        })
     }
 }
 

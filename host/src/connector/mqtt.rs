@@ -39,8 +39,9 @@ use crate::vendor::{alibaba, huawei};
 /// The largest packet sent or accepted (Alibaba's limit is 256 KiB; IoTDA's 1 MiB). Public
 /// for the fuzz targets, which read packets as this connector does.
 pub const MAX_PACKET: usize = 1024 * 1024;
-/// Publishes waiting for their PUBACK at once, per link.
-const MAX_IN_FLIGHT: usize = 256;
+/// Commands handed to a connection and not yet taken by it (it takes them while its window
+/// of publishes waiting for their PUBACK, `command_window`, has room).
+const REQUESTS_QUEUED: usize = 256;
 /// How long connecting, logging in and subscribing may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// The first pause before reconnecting, doubled up to [`MAX_PAUSE`].
@@ -170,6 +171,12 @@ impl MqttSettings {
         }
         if config.buffer_bytes == 0 {
             return Err(config.invalid("buffer_bytes must be at least 1"));
+        }
+        if !(1..=usize::from(u16::MAX)).contains(&config.command_window) {
+            return Err(config.invalid(
+                "command_window must be 1 to 65535 (a publish waiting for its PUBACK holds one \
+                 of the 65 535 packet ids)",
+            ));
         }
         let explicit = match &config.url {
             Some(url) => Some(Endpoint::parse(url.as_str()).map_err(|reason| {
@@ -342,6 +349,7 @@ impl MqttSettings {
                 timeout: Duration::from_millis(config.command_timeout_ms),
                 retries: config.command_retries,
                 rate_per_s: 0.0,
+                window: config.command_window,
             },
             reconnect_wait: Duration::from_secs(config.command_reconnect_wait_s),
             buffer_bytes: config.buffer_bytes,
@@ -434,9 +442,18 @@ pub struct Outgoing {
 
 /// The part of a link the command path holds: the way into the current connection.
 pub struct LinkHandle {
-    current: tokio::sync::watch::Sender<Option<mpsc::Sender<Outgoing>>>,
+    current: tokio::sync::watch::Sender<Option<Live>>,
     /// How long a command waits for a connection.
     reconnect_wait: Duration,
+    /// The number of the latest connection (they count from 1).
+    connections: std::sync::atomic::AtomicU64,
+}
+
+/// A connection taking commands, and its number.
+#[derive(Clone)]
+struct Live {
+    number: u64,
+    requests: mpsc::Sender<Outgoing>,
 }
 
 impl LinkHandle {
@@ -445,6 +462,7 @@ impl LinkHandle {
         Arc::new(LinkHandle {
             current: tokio::sync::watch::Sender::new(None),
             reconnect_wait,
+            connections: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -452,8 +470,12 @@ impl LinkHandle {
     /// whose link is reconnecting waits for it rather than failing its attempts while the
     /// broker is away.
     pub async fn connected(&self) -> Result<(), String> {
+        let is_live = |live: &Option<Live>| live.as_ref().is_some_and(|l| !l.requests.is_closed());
+        if is_live(&self.current.borrow()) {
+            return Ok(());
+        }
         let mut current = self.current.subscribe();
-        let live = current.wait_for(|sender| sender.as_ref().is_some_and(|s| !s.is_closed()));
+        let live = current.wait_for(is_live);
         match tokio::time::timeout(self.reconnect_wait, live).await {
             Ok(_) => Ok(()),
             Err(_) => Err(format!(
@@ -463,21 +485,32 @@ impl LinkHandle {
         }
     }
 
-    /// Hands `outgoing` to the current connection; an error when there is none (call
-    /// [`connected`](Self::connected) first) or it was lost meanwhile.
-    pub async fn publish(&self, outgoing: Outgoing) -> Result<(), String> {
-        let sender = self.current.borrow().clone();
-        let Some(sender) = sender else {
+    /// Hands `outgoing` to the current connection, whose publishes go out in the order they
+    /// are handed over; returns the connection's number. An error when there is none (call
+    /// [`connected`](Self::connected) first), it was lost meanwhile, or it is not connection
+    /// `on` (the one a lane's earlier publishes went out on, which must not be overtaken).
+    pub async fn publish(&self, outgoing: Outgoing, on: Option<u64>) -> Result<u64, String> {
+        let live = self.current.borrow().clone();
+        let Some(live) = live.filter(|live| on.is_none_or(|on| on == live.number)) else {
             return Err("the link's connection was lost".into());
         };
-        sender
+        live.requests
             .send(outgoing)
             .await
-            .map_err(|_| "the link's connection was lost".to_owned())
+            .map_err(|_| "the link's connection was lost".to_owned())?;
+        Ok(live.number)
     }
 
-    fn set(&self, sender: Option<mpsc::Sender<Outgoing>>) {
-        self.current.send_replace(sender);
+    /// Makes `requests` the current connection's way in (`None`: there is none).
+    fn set(&self, requests: Option<mpsc::Sender<Outgoing>>) {
+        let live = requests.map(|requests| Live {
+            number: self
+                .connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1,
+            requests,
+        });
+        self.current.send_replace(live);
     }
 }
 
@@ -557,16 +590,29 @@ struct Wire {
 }
 
 impl Wire {
-    /// Writes one packet.
+    /// Writes one packet (and any queued before it).
     async fn send(&mut self, packet: Packet) -> Result<(), String> {
-        self.write.clear();
+        self.queue(packet)?;
+        self.flush().await
+    }
+
+    /// Encodes a packet behind those queued, to go out with them at the next
+    /// [`flush`](Self::flush): one write for a run of publishes or PUBACKs.
+    fn queue(&mut self, packet: Packet) -> Result<(), String> {
         packet
             .write(&mut self.write, MAX_PACKET)
-            .map_err(|e| format!("cannot encode a packet: {e}"))?;
-        self.stream
-            .write_all(&self.write)
-            .await
-            .map_err(|e| format!("cannot write to the broker: {e}"))?;
+            .map(drop)
+            .map_err(|e| format!("cannot encode a packet: {e}"))
+    }
+
+    /// Writes the queued packets.
+    async fn flush(&mut self) -> Result<(), String> {
+        if self.write.is_empty() {
+            return Ok(());
+        }
+        let written = self.stream.write_all(&self.write).await;
+        self.write.clear();
+        written.map_err(|e| format!("cannot write to the broker: {e}"))?;
         self.stream
             .flush()
             .await
@@ -652,7 +698,7 @@ impl Connection<'_> {
             self.place(),
             self.settings.subscriptions.join(", ")
         );
-        let (requests_tx, requests) = mpsc::channel(MAX_IN_FLIGHT);
+        let (requests_tx, requests) = mpsc::channel(REQUESTS_QUEUED);
         self.handle.set(Some(requests_tx));
         let (acks_tx, acks) = mpsc::unbounded_channel();
         let mut session = Session {
@@ -661,6 +707,7 @@ impl Connection<'_> {
             acks,
             acks_tx,
             waiting: HashMap::new(),
+            window: self.settings.path.window,
             last_pkid: 0,
             awaiting_pong: false,
             qos: self.settings.qos,
@@ -923,6 +970,8 @@ struct Session {
     acks: mpsc::UnboundedReceiver<Settled>,
     acks_tx: mpsc::UnboundedSender<Settled>,
     waiting: HashMap<u16, oneshot::Sender<Result<(), String>>>,
+    /// How many may wait for their PUBACK at once (`command_window`).
+    window: usize,
     last_pkid: u16,
     awaiting_pong: bool,
     qos: QoS,
@@ -973,16 +1022,23 @@ impl Session {
                 biased;
                 _ = context.shutdown.changed() => return Ended::Stopping,
                 Some(settled) = self.acks.recv() => {
-                    self.unsettled = self.unsettled.saturating_sub(1);
-                    match settled {
-                        Settled::Ack(pkid) => {
-                            if let Err(error) =
-                                self.wire.send(Packet::PubAck(PubAck::new(pkid))).await
-                            {
-                                return lost(error);
+                    // The PUBACKs settled meanwhile go out in one write.
+                    let mut next = Some(settled);
+                    while let Some(settled) = next {
+                        self.unsettled = self.unsettled.saturating_sub(1);
+                        match settled {
+                            Settled::Ack(pkid) => {
+                                let puback = Packet::PubAck(PubAck::new(pkid));
+                                if let Err(error) = self.wire.queue(puback) {
+                                    return lost(error);
+                                }
                             }
+                            Settled::Again(publish) => self.received.again(publish),
                         }
-                        Settled::Again(publish) => self.received.again(publish),
+                        next = self.acks.try_recv().ok();
+                    }
+                    if let Err(error) = self.wire.flush().await {
+                        return lost(error);
                     }
                 }
                 submitted = async {
@@ -1001,8 +1057,8 @@ impl Session {
                         return lost(error);
                     }
                 }
-                Some(outgoing) = self.requests.recv(), if self.waiting.len() < MAX_IN_FLIGHT => {
-                    if let Err(error) = self.publish(outgoing).await {
+                Some(outgoing) = self.requests.recv(), if self.waiting.len() < self.window => {
+                    if let Err(error) = self.publish_all(outgoing).await {
                         return lost(error);
                     }
                 }
@@ -1061,10 +1117,10 @@ impl Session {
                         return;
                     }
                 }
-                outgoing = self.requests.recv(), if !paths_gone && self.waiting.len() < MAX_IN_FLIGHT => {
+                outgoing = self.requests.recv(), if !paths_gone && self.waiting.len() < self.window => {
                     match outgoing {
                         Some(outgoing) => {
-                            if self.publish(outgoing).await.is_err() {
+                            if self.publish_all(outgoing).await.is_err() {
                                 return;
                             }
                         }
@@ -1096,31 +1152,39 @@ impl Session {
         None
     }
 
-    /// Sends one command's publish; QoS 1 waits for its PUBACK in `waiting`.
-    async fn publish(&mut self, outgoing: Outgoing) -> Result<(), String> {
-        let Outgoing {
+    /// Sends `outgoing` and the publishes requested behind it, as many as the window takes,
+    /// in one write; each QoS 1 publish waits for its PUBACK in `waiting`, a QoS 0 one is
+    /// done once written. On an error the session ends, and with it every publish waiting.
+    async fn publish_all(&mut self, outgoing: Outgoing) -> Result<(), String> {
+        let mut written = Vec::new();
+        let mut next = Some(outgoing);
+        while let Some(Outgoing {
             topic,
             payload,
             done,
-        } = outgoing;
-        let mut publish = Publish::new(topic, self.qos, payload);
-        if self.qos == QoS::AtMostOnce {
-            self.wire.send(Packet::Publish(publish)).await?;
-            let _ = done.send(Ok(()));
-            return Ok(());
-        }
-        let pkid = self.next_pkid();
-        publish.pkid = pkid;
-        match self.wire.send(Packet::Publish(publish)).await {
-            Ok(()) => {
+        }) = next
+        {
+            let mut publish = Publish::new(topic, self.qos, payload);
+            if self.qos == QoS::AtMostOnce {
+                self.wire.queue(Packet::Publish(publish))?;
+                written.push(done);
+            } else {
+                let pkid = self.next_pkid();
+                publish.pkid = pkid;
+                self.wire.queue(Packet::Publish(publish))?;
                 self.waiting.insert(pkid, done);
-                Ok(())
             }
-            Err(error) => {
-                let _ = done.send(Err(error.clone()));
-                Err(error)
-            }
+            next = if self.waiting.len() < self.window {
+                self.requests.try_recv().ok()
+            } else {
+                None
+            };
         }
+        self.wire.flush().await?;
+        for done in written {
+            let _ = done.send(Ok(()));
+        }
+        Ok(())
     }
 
     /// A packet id not in use by a publish waiting for its PUBACK (1 is the SUBSCRIBE's,
