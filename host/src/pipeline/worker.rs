@@ -240,16 +240,8 @@ impl Worker {
                 "command {} for device {} not sent: {}",
                 command.name, command.device.id, refused.reason
             );
-            CommandRefused {
-                rule: &rule,
-                error: &message,
-                counter: &self.rule_counter(&rule).1,
-            }
-            .emit(&self.shared.reports);
-            let mut letter = letter(&origin, "command", message, Some(&event.id));
-            letter.rule = Some(rule.to_string());
-            letter.step = u32::try_from(refused.step).ok();
-            letters.push(letter);
+            let step = u32::try_from(refused.step).ok();
+            letters.push(self.refuse_command(&rule, message, step, &origin, &event.id));
         }
         if trace_on {
             tracing::debug!(
@@ -307,15 +299,7 @@ impl Worker {
                      rule or step",
                     command.name, command.device.id
                 );
-                CommandRefused {
-                    rule: &rule,
-                    error: &message,
-                    counter: &self.rule_counter(&rule).1,
-                }
-                .emit(&self.shared.reports);
-                let mut letter = letter(origin, "command", message, Some(&event.id));
-                letter.rule = Some(rule.to_string());
-                letters.push(letter);
+                letters.push(self.refuse_command(&rule, message, None, origin, &event.id));
                 continue;
             };
             let Some(path) = self.shared.paths.get(&via).cloned() else {
@@ -325,15 +309,7 @@ impl Worker {
                     command.device.id,
                     self.shared.paths.names().join(", ")
                 );
-                CommandRefused {
-                    rule: &rule,
-                    error: &message,
-                    counter: &self.rule_counter(&rule).1,
-                }
-                .emit(&self.shared.reports);
-                let mut letter = letter(origin, "command", message, Some(&event.id));
-                letter.rule = Some(rule.to_string());
-                letters.push(letter);
+                letters.push(self.refuse_command(&rule, message, None, origin, &event.id));
                 continue;
             };
             let (rule_sent, rule_failed) = self.rule_counter(&rule);
@@ -366,6 +342,28 @@ impl Worker {
             });
         }
         confirmations
+    }
+
+    /// A command of `rule` that is not sent, for `message`: reported, counted as failed for
+    /// its rule, and its dead letter.
+    fn refuse_command(
+        &mut self,
+        rule: &Arc<str>,
+        message: String,
+        step: Option<u32>,
+        origin: &Origin,
+        event_id: &str,
+    ) -> DeadLetterRecord {
+        CommandRefused {
+            rule,
+            error: &message,
+            counter: &self.rule_counter(rule).1,
+        }
+        .emit(&self.shared.reports);
+        let mut letter = letter(origin, "command", message, Some(event_id));
+        letter.rule = Some(rule.to_string());
+        letter.step = step;
+        letter
     }
 
     /// `iotrules_rule_commands_total{rule}`: sent, failed.

@@ -459,6 +459,17 @@ mod tests {
         (key.to_owned(), Some(value.to_vec()))
     }
 
+    /// Makes every write of the key `poison` fail, as a full disk would.
+    fn poison(store: &Store) {
+        store
+            .conn()
+            .execute_batch(
+                "CREATE TRIGGER poison BEFORE INSERT ON plugin_state WHEN NEW.key = 'poison' \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .expect("trigger");
+    }
+
     /// The value under `key` in the file, bypassing the cache.
     fn on_disk(store: &Store, namespace: &str, key: &str) -> Option<Vec<u8>> {
         load(&store.conn(), namespace).expect("load").remove(key)
@@ -497,13 +508,7 @@ mod tests {
         let (store, state) = state();
         state.apply("ns", vec![set("a", b"1")]);
         assert_eq!(state.get("ns", "a").as_deref(), Some(&b"1"[..]), "loaded");
-        store
-            .conn()
-            .execute_batch(
-                "CREATE TRIGGER poison BEFORE INSERT ON plugin_state WHEN NEW.key = 'poison' \
-                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
-            )
-            .expect("trigger");
+        poison(&store);
 
         // The first write of the call would succeed alone; the second fails: none stays.
         state.apply("ns", vec![set("a", b"2"), set("poison", b"x")]);
@@ -669,13 +674,7 @@ mod tests {
     fn a_failed_call_in_a_batch_drops_only_its_own_writes() {
         let (store, state) = state();
         assert_eq!(state.get("ns", "a"), None, "loaded");
-        store
-            .conn()
-            .execute_batch(
-                "CREATE TRIGGER poison BEFORE INSERT ON plugin_state WHEN NEW.key = 'poison' \
-                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
-            )
-            .expect("trigger");
+        poison(&store);
         {
             // Held: the three calls are committed together, in one transaction.
             let _held = store.conn();
