@@ -154,17 +154,34 @@ impl Service {
         ))
     }
 
-    /// `/status` as JSON, if the admin API answers.
-    pub(crate) fn status(&self) -> Option<serde_json::Value> {
+    /// The body of an admin API page, if it answers.
+    fn get(&self, path: &str) -> Option<Vec<u8>> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        stream
-            .write_all(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).ok()?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).ok()?;
         let at = response.windows(4).position(|w| w == b"\r\n\r\n")?;
-        serde_json::from_slice(&response[at + 4..]).ok()
+        Some(response.split_off(at + 4))
+    }
+
+    /// `/status` as JSON, if the admin API answers.
+    pub(crate) fn status(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.get("/status")?).ok()
+    }
+
+    /// Dead letters stored for `connector`'s messages (`iotrules_dead_letters_total`).
+    pub(crate) fn dead_letters(&self, connector: &str) -> u64 {
+        let text = String::from_utf8(self.get("/metrics").unwrap_or_default()).unwrap_or_default();
+        let label = format!("connector=\"{connector}\"");
+        text.lines()
+            .filter(|line| {
+                line.starts_with("iotrules_dead_letters_total{") && line.contains(&label)
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
     }
 
     /// Events received and not yet acknowledged, as `/status` says.
