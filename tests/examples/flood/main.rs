@@ -283,10 +283,13 @@ fn run(settings: Settings) -> Result<bool, String> {
     );
     peers.block_on(load.offer(settings.devices as u64));
     let expected = 2 * load.offered as usize;
-    if !wait_until(SETTLE_LIMIT, || commands.count() >= expected) {
+    let outcomes =
+        || commands.count() + (service.dead_letters("tuya") + service.dead_letters("m")) as usize;
+    if !wait_until(SETTLE_LIMIT, || outcomes() >= expected) {
         return Err(format!(
-            "the warm-up's {expected} messages got {} commands within {SETTLE_LIMIT:?}: {}",
-            commands.count(),
+            "the warm-up's {expected} messages got {} commands or dead letters within \
+             {SETTLE_LIMIT:?}: {}",
+            outcomes(),
             tail(&service.log())
         ));
     }
