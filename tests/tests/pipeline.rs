@@ -1064,3 +1064,52 @@ fn commands_a_path_gives_up_on_become_dead_letters_and_replay_once_it_works() {
     assert_eq!(commands, (1..=5).collect::<Vec<_>>());
     assert!(list(&config).is_empty());
 }
+
+/// A connector drops its submission when its session ends (a Pulsar consumer rebuilt under
+/// load); one dropped while it waited for room on a full worker queue must leave nothing
+/// behind: its redelivery goes through, instead of being held for ever behind an id marked in
+/// flight that no worker would finish (with its slot of the in-flight budget).
+#[test]
+fn a_submission_dropped_while_the_worker_queue_is_full_leaves_nothing_behind() {
+    const SPIN_RULE: &str = r#"
+[[rule]]
+name = "slow"
+on_error = "drop"
+
+[[rule.step]]
+plugin = "spin"
+deadline_ms = 300
+"#;
+    let runtime = runtime();
+    let mut test = TestPipeline::start(
+        &["testing/spin"],
+        SPIN_RULE,
+        settings(1, 1, 64),
+        Capture::open("out"),
+        runtime.handle(),
+    );
+    let ingest = ingest(&test);
+    let acks = Arc::new(Acks::default());
+    runtime.block_on(async {
+        // The worker spins on the first, the second fills its queue of one.
+        for seq in [1, 2] {
+            let body = huawei_body("dev", seq);
+            ingest.submit(acks.delivery(body)).await.expect("submit");
+        }
+        let waited = tokio::time::timeout(
+            Duration::from_millis(50),
+            ingest.submit(acks.delivery(huawei_body("dev", 3))),
+        )
+        .await;
+        assert!(waited.is_err(), "the third waits for the full queue");
+        // Its transport delivers it again.
+        ingest
+            .submit(acks.delivery(huawei_body("dev", 3)))
+            .await
+            .expect("submit");
+    });
+    drop(ingest);
+    test.drain(&runtime);
+    assert_eq!(acks.acked(), 3);
+    assert_eq!(test.metrics.in_flight.get(), 0, "the in-flight gauge");
+}

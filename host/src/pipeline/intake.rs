@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::report::MessageRefused;
 use super::settle::{self, Pending};
-use super::{Closed, Delivery, Shared};
+use super::{Acker, Closed, Delivery, Shared};
 use crate::config::Order;
 use crate::event::{ATTR_SIGNATURE, Event};
 use crate::metrics::{Counter, Metrics};
@@ -255,19 +255,13 @@ impl Ingest {
         unreadable: Option<(&'static str, String)>,
     ) -> Result<(), Closed> {
         let shared = &self.shared;
-        shared.metrics.in_flight.inc();
+        let received = Instant::now();
         self.counters.events_in.inc();
         let Delivery {
             payload,
             properties,
             acker,
         } = delivery;
-        let pending = Pending {
-            acker,
-            _permit: permit,
-            received: Instant::now(),
-            dedup_id: None,
-        };
         let origin = Origin {
             connector: self.connector.clone(),
             vendor: self.dialect.name(),
@@ -276,6 +270,7 @@ impl Ingest {
             counters: self.counters.clone(),
         };
         if let Some((kind, message)) = unreadable {
+            let pending = self.pending(acker, permit, received);
             self.refused(pending, origin, kind, message);
             return Ok(());
         }
@@ -298,10 +293,22 @@ impl Ingest {
                 {
                     watch.mismatches.inc();
                 }
+                let pending = self.pending(acker, permit, received);
                 self.refused(pending, origin, error.kind().as_str(), error.to_string());
                 return Ok(());
             }
         };
+        let worker = match self.shared.order {
+            Order::Device => self.worker_for(&event.device.id),
+            Order::Connector => self.worker_for(&self.connector),
+        };
+        // Room on the worker's queue first, before the event is recorded anywhere: this is
+        // the one wait after the slot, and a connector drops this future when its session
+        // ends meanwhile (a Pulsar consumer rebuilt under load). Nothing may be left behind
+        // then: an id marked in flight that no worker will ever finish would hold every
+        // redelivery of the message, with its slot, for the life of the process.
+        let queue = self.senders[worker].reserve().await.map_err(|_| Closed)?;
+        let pending = self.pending(acker, permit, received);
         let pending = match shared.seen.admit(&event.id, pending) {
             Admission::First(pending) => pending,
             duplicate => {
@@ -318,18 +325,25 @@ impl Ingest {
                 return Ok(());
             }
         };
-        let worker = match self.shared.order {
-            Order::Device => self.worker_for(&event.device.id),
-            Order::Connector => self.worker_for(&self.connector),
-        };
-        self.senders[worker]
-            .send(Job {
-                event,
-                origin,
-                pending,
-            })
-            .await
-            .map_err(|_| Closed)
+        queue.send(Job {
+            event,
+            origin,
+            pending,
+        });
+        Ok(())
+    }
+
+    /// The delivery in flight from here on: counted until [`settle::finish`] settles it.
+    /// Made only where it is handed on without a wait, so that the count cannot be left
+    /// behind by a dropped future.
+    fn pending(&self, acker: Acker, permit: OwnedSemaphorePermit, received: Instant) -> Pending {
+        self.shared.metrics.in_flight.inc();
+        Pending {
+            acker,
+            _permit: permit,
+            received,
+            dedup_id: None,
+        }
     }
 
     /// A message that will not become an event: counted, reported, stored as a dead letter
