@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use iotrules::command::{CommandError, CommandPath, CommandPaths, Confirmation};
+use iotrules::command::{CommandError, CommandPath, CommandPaths, Confirmer};
 use iotrules::config::PipelineConfig;
 use iotrules::event::Command;
 use iotrules::metrics::Metrics;
@@ -16,7 +16,6 @@ use iotrules::rules::Rules;
 use iotrules::status::LastErrors;
 use iotrules::store::{DeadLetterRecord, DeadLetterSink, MemoryDeadLetters};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::oneshot;
 
 use crate::plugins::{Harness, built, install};
 
@@ -51,9 +50,6 @@ pub struct Captured {
     pub name: String,
     pub seq: Option<u64>,
 }
-
-/// The sending half of a [`Confirmation`].
-type Confirmer = oneshot::Sender<Result<(), CommandError>>;
 
 /// A command path that records every command and confirms it, or holds the confirmations
 /// while closed.
@@ -114,22 +110,22 @@ impl CommandPath for Capture {
         &self.name
     }
 
-    fn enqueue(&self, command: Command) -> Confirmation {
-        let params: serde_json::Value =
-            serde_json::from_str(command.params.as_str()).expect("params are JSON");
-        self.received.lock().unwrap().push(Captured {
-            device: command.device.id.clone(),
-            name: command.name.clone(),
-            seq: params.get("seq").and_then(serde_json::Value::as_u64),
-        });
-        let (done, confirmation) = oneshot::channel();
-        match self.held.lock().unwrap().as_mut() {
-            Some(held) => held.push(done),
-            None => {
-                let _ = done.send(Ok(()));
+    fn enqueue_all(&self, commands: Vec<(Command, Confirmer)>) {
+        for (command, done) in commands {
+            let params: serde_json::Value =
+                serde_json::from_str(command.params.as_str()).expect("params are JSON");
+            self.received.lock().unwrap().push(Captured {
+                device: command.device.id.clone(),
+                name: command.name.clone(),
+                seq: params.get("seq").and_then(serde_json::Value::as_u64),
+            });
+            match self.held.lock().unwrap().as_mut() {
+                Some(held) => held.push(done),
+                None => {
+                    let _ = done.send(Ok(()));
+                }
             }
         }
-        confirmation
     }
 }
 

@@ -7,17 +7,16 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::{
-    CommandError, CommandPath, Confirmation, Confirming, Failure, PathSettings, RateLimit,
-    Transport,
+    CommandError, CommandPath, Confirmer, Confirming, Failure, PathSettings, RateLimit, Transport,
 };
 use crate::event::Command;
 
 struct Job {
     command: Command,
-    done: oneshot::Sender<Result<(), CommandError>>,
+    done: Confirmer,
 }
 
 /// A path over a [`Transport`]: lanes of ordered delivery with retries.
@@ -63,18 +62,21 @@ impl CommandPath for Lanes {
         &self.name
     }
 
-    fn enqueue(&self, command: Command) -> Confirmation {
-        let lane = (self.hasher.hash_one(&command.device.id) % self.lanes.len() as u64) as usize;
-        let (done, confirmation) = oneshot::channel();
-        if let Err(mpsc::error::SendError(job)) =
-            self.lanes[lane].blocking_send(Job { command, done })
-        {
-            let _ = job.done.send(Err(CommandError {
-                path: self.name.clone(),
-                reason: "the path has stopped".into(),
-            }));
+    /// Each command goes to its lane's channel in turn, back to back: a lane woken by the
+    /// first finds the others there, so the hand-over costs it one wake-up.
+    fn enqueue_all(&self, commands: Vec<(Command, Confirmer)>) {
+        for (command, done) in commands {
+            let lane =
+                (self.hasher.hash_one(&command.device.id) % self.lanes.len() as u64) as usize;
+            if let Err(mpsc::error::SendError(job)) =
+                self.lanes[lane].blocking_send(Job { command, done })
+            {
+                let _ = job.done.send(Err(CommandError {
+                    path: self.name.clone(),
+                    reason: "the path has stopped".into(),
+                }));
+            }
         }
-        confirmation
     }
 }
 
@@ -310,8 +312,10 @@ fn timed_out(timeout: Duration) -> Failure {
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    use tokio::sync::oneshot;
+
     use super::*;
-    use crate::command::Sent;
+    use crate::command::{Confirmation, Sent};
     use crate::event::{Device, Json};
 
     /// Fails every attempt the way it was told to, counting the attempts.

@@ -1,8 +1,8 @@
 //! Command paths: where the commands rules and plugins emit go, and how each is confirmed.
 //!
 //! A path is named in the config (`[[command_path]]`) and chosen by a command's `via` (or
-//! its rule's or step's default). Workers [`CommandPath::enqueue`] commands in the order the
-//! rules emitted them; a path sends the commands for one device in that order (each device
+//! its rule's or step's default). Workers [`CommandPath::enqueue_all`] commands in the order
+//! the rules emitted them, a group of events' at a time; a path sends the commands for one device in that order (each device
 //! keeps to one lane), retries a failed attempt with backoff, and reports through the
 //! returned [`Confirmation`] whether the command was delivered (printed, a 2xx answer, a
 //! PUBACK). The pipeline acknowledges an event only when every one of its commands is
@@ -55,14 +55,28 @@ pub struct CommandError {
 /// Resolves when the path has delivered the command, or given up on it.
 pub type Confirmation = oneshot::Receiver<Result<(), CommandError>>;
 
+/// The path's side of a [`Confirmation`]: how it answers for one command.
+pub type Confirmer = oneshot::Sender<Result<(), CommandError>>;
+
 /// A configured destination for commands.
 pub trait CommandPath: Send + Sync {
     /// Its name.
     fn name(&self) -> &str;
 
-    /// Queues `command` behind the earlier commands for its device; waits while the lane is
-    /// full. Call from a worker thread, not from async code.
-    fn enqueue(&self, command: Command) -> Confirmation;
+    /// Queues `commands` in order, each behind the earlier commands for its device, and
+    /// answers each through its [`Confirmer`]; waits while a lane is full. Call from a
+    /// worker thread, not from async code.
+    ///
+    /// A worker hands over the commands of a group of events at once, so that a lane is woken
+    /// once per group rather than once per command.
+    fn enqueue_all(&self, commands: Vec<(Command, Confirmer)>);
+
+    /// Queues one command, as [`enqueue_all`](Self::enqueue_all).
+    fn enqueue(&self, command: Command) -> Confirmation {
+        let (confirmer, confirmation) = oneshot::channel();
+        self.enqueue_all(vec![(command, confirmer)]);
+        confirmation
+    }
 }
 
 /// Why one attempt at delivering a command failed, and whether another attempt may succeed.

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use super::intake::Origin;
 use super::report::{CommandFailed, DeadLetterStoreFailed};
 use super::{Acker, Settle, Shared};
-use crate::command::Confirmation;
+use crate::command::{CommandPath, Confirmation, Confirmer};
 use crate::event::Command;
 use crate::metrics::Counter;
 use crate::plugin::Durable;
@@ -59,13 +59,17 @@ pub(super) struct Unsettled {
 ///
 /// The worker hands events over in groups: those it finished while more jobs were waiting,
 /// up to [`Settler::GROUP`], go together when it runs out of jobs (or the group is full), so a
-/// busy worker wakes the task once per group rather than once per event. The channel is
+/// busy worker wakes the task once per group rather than once per event. The group's commands
+/// go to their paths at the same moment, a path's all in one [`CommandPath::enqueue_all`], so
+/// that a command lane is woken once per group too. The channel is
 /// unbounded on purpose, and bounded in effect: every event in it holds a slot of the
 /// pipeline's in-flight budget (`max_in_flight`), so the worker is never held up by a slow
 /// confirmation of an earlier event.
 pub(super) struct Settler {
     sender: mpsc::UnboundedSender<Vec<Unsettled>>,
     group: Vec<Unsettled>,
+    /// The commands of the group's events, by path, in the order they were queued.
+    outbox: Vec<(Arc<dyn CommandPath>, Vec<(Command, Confirmer)>)>,
 }
 
 impl Settler {
@@ -98,7 +102,26 @@ impl Settler {
         Settler {
             sender,
             group: Vec::with_capacity(Self::GROUP),
+            outbox: Vec::new(),
         }
+    }
+
+    /// Queues `command` for `path`, to go out with the group: its confirmation.
+    pub(super) fn send(&mut self, path: &Arc<dyn CommandPath>, command: Command) -> Confirmation {
+        let (confirmer, confirmation) = tokio::sync::oneshot::channel();
+        let index = match self
+            .outbox
+            .iter()
+            .position(|(queued, _)| Arc::ptr_eq(queued, path))
+        {
+            Some(index) => index,
+            None => {
+                self.outbox.push((path.clone(), Vec::new()));
+                self.outbox.len() - 1
+            }
+        };
+        self.outbox[index].1.push((command, confirmer));
+        confirmation
     }
 
     /// Takes an event to wait for; hands the group over once it is full.
@@ -112,6 +135,9 @@ impl Settler {
     /// Hands over the events kept. Settles them as retries in the (shutdown) case where the
     /// task is gone.
     pub(super) fn flush(&mut self, shared: &Shared) {
+        for (path, commands) in self.outbox.drain(..) {
+            path.enqueue_all(commands);
+        }
         if self.group.is_empty() {
             return;
         }

@@ -331,7 +331,7 @@ impl Worker {
                 reply_to: None,
             };
             confirmations.push(Queued {
-                confirmation: path.enqueue(command),
+                confirmation: self.settler.send(&path, command),
                 path: via,
                 command: summary,
                 rule,
