@@ -9,12 +9,23 @@
 //! connections (credit 20 each, the official demos' value). Criterion reports elements/s =
 //! messages/s. Plugin state is in memory and there are no commands, so this is the
 //! transport's cost on top of the pipeline's (see `cargo bench -p iotrules --bench pipeline`).
+//!
+//! `amqp/bare-fe2o3/connections=4` is the yardstick, run beside them on the same node with
+//! the same queue contents: four fe2o3-amqp receivers that log in as the connector's four
+//! connections do and take the messages with the connector's link settings (credit 20,
+//! granted again only when it is used up, receiver settle mode `first`, each message
+//! `accepted`), and do nothing else. The connector's share of the bare rate is
+//! `alibaba/connections=4 ÷ bare-fe2o3/connections=4`.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use fe2o3_amqp::link::receiver::CreditMode;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::types::messaging::Body;
+use fe2o3_amqp::types::primitives::Value;
 use iotrules::config::{Config, PipelineConfig};
 use iotrules::connector::amqp::{self, AmqpSettings};
 use iotrules::connector::{ConnectorState, Context};
@@ -78,6 +89,72 @@ fn messages(iteration: u64) -> Vec<Outgoing> {
             (body.into_bytes(), properties)
         })
         .collect()
+}
+
+/// What the bare receivers of one iteration share.
+#[derive(Clone)]
+struct Bare {
+    url: String,
+    queue: String,
+    credit: u32,
+    /// Accepted by all receivers together; they stop at [`BATCH`].
+    accepted: Arc<AtomicU64>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Bare {
+    /// One bare receiver: logs in as `username`, attaches to the queue as the connector's
+    /// links do (manual credit, no auto-accept, the default receiver settle mode `first`), and
+    /// accepts each message as it arrives, granting the credit again when it is used up (the
+    /// connector's rule, which RabbitMQ 3.x needs: see `Link::top_up` in the connector), until
+    /// the receivers together accepted [`BATCH`] or `stop` turns true.
+    async fn receive(mut self, index: usize, (username, password): (String, String)) {
+        let tcp = tokio::net::TcpStream::connect(self.url.trim_start_matches("amqp://"))
+            .await
+            .expect("connect");
+        let _ = tcp.set_nodelay(true);
+        let name = format!("bare-{index}");
+        let mut connection = fe2o3_amqp::Connection::builder()
+            .container_id(name.clone())
+            .hostname("127.0.0.1")
+            .idle_time_out(60_000u32)
+            .sasl_profile(SaslProfile::Plain { username, password })
+            .scheme("amqp")
+            .open_with_stream(tcp)
+            .await
+            .expect("open");
+        let mut session = fe2o3_amqp::Session::begin(&mut connection)
+            .await
+            .expect("session");
+        let mut receiver = fe2o3_amqp::Receiver::builder()
+            .name(name)
+            .source(self.queue.as_str())
+            .credit_mode(CreditMode::Manual)
+            .auto_accept(false)
+            .attach(&mut session)
+            .await
+            .expect("attach");
+        receiver.set_credit(self.credit).await.expect("credit");
+        while self.accepted.load(Ordering::Relaxed) < BATCH {
+            tokio::select! {
+                _ = self.stop.changed() => break,
+                delivery = receiver.recv::<Body<Value>>() => {
+                    let delivery = delivery.expect("a message");
+                    receiver.accept(&delivery).await.expect("accept");
+                    self.accepted.fetch_add(1, Ordering::Relaxed);
+                    if receiver.credit() == 0 {
+                        receiver.set_credit(self.credit).await.expect("credit");
+                    }
+                }
+            }
+        }
+        let goodbyes = async {
+            let _ = receiver.close().await;
+            let _ = session.end().await;
+            let _ = connection.close().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), goodbyes).await;
+    }
 }
 
 fn throughput(c: &mut Criterion) {
@@ -158,6 +235,53 @@ fn throughput(c: &mut Criterion) {
             });
         });
     }
+    let bare_connections = 4usize;
+    let bare_settings = settings("amqp://x:1", "q", bare_connections);
+    group.bench_function(format!("bare-fe2o3/connections={bare_connections}"), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                iteration += 1;
+                let queue = format!("bare-{bare_connections}-{iteration}");
+                runtime.block_on(broker.publish(&queue, messages(iteration)));
+                let (stop, stopping) = tokio::sync::watch::channel(false);
+                let bare = Bare {
+                    url: broker.url(),
+                    queue,
+                    credit: bare_settings.credit,
+                    accepted: Arc::new(AtomicU64::new(0)),
+                    stop: stopping,
+                };
+                let accepted = bare.accepted.clone();
+                let start = Instant::now();
+                let tasks: Vec<_> = bare_settings
+                    .logins
+                    .iter()
+                    .enumerate()
+                    .map(|(index, login)| {
+                        runtime.spawn(
+                            bare.clone()
+                                .receive(index, (login.username(NOW), login.password(NOW))),
+                        )
+                    })
+                    .collect();
+                while accepted.load(Ordering::Relaxed) < BATCH {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(120),
+                        "the bare receivers did not finish: {} accepted",
+                        accepted.load(Ordering::Relaxed)
+                    );
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                total += start.elapsed();
+                let _ = stop.send(true);
+                for task in tasks {
+                    let _ = runtime.block_on(task);
+                }
+            }
+            total
+        });
+    });
     group.finish();
     let duplicates: u64 = test
         .metrics

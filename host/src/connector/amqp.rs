@@ -531,6 +531,8 @@ struct Link {
     window: u32,
     /// Received and not yet settled.
     unsettled: u32,
+    /// Deliveries to accept together (see [`Link::settle`]); empty between settlements.
+    accepted: Vec<DeliveryInfo>,
     settlements: mpsc::UnboundedReceiver<Settlement>,
     /// Handed to each delivery's acker. Unbounded, yet never holds more than `window`.
     settle: mpsc::UnboundedSender<Settlement>,
@@ -543,6 +545,7 @@ impl Link {
             receiver,
             window,
             unsettled: 0,
+            accepted: Vec::with_capacity(window as usize),
             settlements,
             settle,
         }
@@ -558,8 +561,8 @@ impl Link {
             tokio::select! {
                 biased;
                 _ = context.shutdown.changed() => return Ended::Stopping,
-                Some((info, how, undecodable)) = self.settlements.recv() => {
-                    if let Err(error) = self.settle(info, how, undecodable).await {
+                Some(settlement) = self.settlements.recv() => {
+                    if let Err(error) = self.settle(settlement).await {
                         return lost(error);
                     }
                 }
@@ -607,8 +610,8 @@ impl Link {
                     return submitted.err().map(|_| Ended::Stopping);
                 }
                 _ = context.shutdown.changed() => return Some(Ended::Stopping),
-                Some((info, how, undecodable)) = self.settlements.recv() => {
-                    if let Err(error) = self.settle(info, how, undecodable).await {
+                Some(settlement) = self.settlements.recv() => {
+                    if let Err(error) = self.settle(settlement).await {
                         return Some(lost(error));
                     }
                 }
@@ -616,17 +619,42 @@ impl Link {
         }
     }
 
-    /// Settles one delivery with the broker (`accepted`, or `modified` with
-    /// `delivery-failed` so that it is delivered again) and tops the credit up once half the
-    /// window is free again.
-    async fn settle(
+    /// Settles `first` and every settlement already waiting behind it, then tops the credit
+    /// up once.
+    ///
+    /// The acceptances go in one call: fe2o3-amqp sends one disposition frame per run of
+    /// consecutive delivery ids, where settling one by one sent a frame (and woke the
+    /// session) per message. Nothing waits to be batched: only what the pipeline has already
+    /// settled is taken, and at most the window of it.
+    async fn settle(&mut self, first: Settlement) -> Result<(), String> {
+        let mut next = Some(first);
+        while let Some((info, how, undecodable)) = next {
+            match how {
+                pipeline::Settle::Ack if !undecodable => self.accepted.push(info),
+                _ => self.settle_apart(info, how).await?,
+            }
+            self.unsettled = self.unsettled.saturating_sub(1);
+            next = self.settlements.try_recv().ok();
+        }
+        if !self.accepted.is_empty() {
+            self.receiver
+                .accept_all(self.accepted.drain(..))
+                .await
+                .map_err(|e| format!("cannot settle a delivery: {e}"))?;
+        }
+        self.top_up().await
+    }
+
+    /// Settles one delivery that is not simply accepted: an `Ack` here is one of a message the
+    /// client could not decode, `rejected` once its dead letter is stored; a `Retry` is
+    /// `modified` with `delivery-failed` so that it is delivered again.
+    async fn settle_apart(
         &mut self,
         info: DeliveryInfo,
         how: pipeline::Settle,
-        undecodable: bool,
     ) -> Result<(), String> {
         let settled = match how {
-            pipeline::Settle::Ack if undecodable => {
+            pipeline::Settle::Ack => {
                 let error = definitions::Error::new(
                     AmqpError::DecodeError,
                     Some("iotrules could not decode the message; kept as a dead letter".into()),
@@ -634,7 +662,6 @@ impl Link {
                 );
                 self.receiver.reject(info, error).await
             }
-            pipeline::Settle::Ack => self.receiver.accept(info).await,
             pipeline::Settle::Retry => {
                 let modified = Modified {
                     delivery_failed: Some(true),
@@ -644,9 +671,7 @@ impl Link {
                 self.receiver.modify(info, modified).await
             }
         };
-        settled.map_err(|e| format!("cannot settle a delivery: {e}"))?;
-        self.unsettled = self.unsettled.saturating_sub(1);
-        self.top_up().await
+        settled.map_err(|e| format!("cannot settle a delivery: {e}"))
     }
 
     /// Grants credit again once every message granted so far has arrived and at least half

@@ -579,9 +579,16 @@ async fn receive(
                 drop(submitting.take());
                 return finish(consumer, pending).await;
             }
-            Some((topic, id, how)) = pending.settled.recv() => {
-                if let Err(e) = settle(consumer, &topic, id, how).await {
-                    return lost(format!("cannot acknowledge: {e}"), received);
+            Some(first) = pending.settled.recv() => {
+                // Every settlement already made, in one turn of the loop: the pipeline
+                // settles in bursts, and a turn per acknowledgement cost more than the
+                // acknowledgement.
+                let mut next = Some(first);
+                while let Some((topic, id, how)) = next {
+                    if let Err(e) = settle(consumer, &topic, id, how).await {
+                        return lost(format!("cannot acknowledge: {e}"), received);
+                    }
+                    next = pending.settled.try_recv().ok();
                 }
             }
             submitted = async {
