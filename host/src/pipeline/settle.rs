@@ -69,8 +69,11 @@ pub(super) struct Settler {
     sender: mpsc::UnboundedSender<Vec<Unsettled>>,
     group: Vec<Unsettled>,
     /// The commands of the group's events, by path, in the order they were queued.
-    outbox: Vec<(Arc<dyn CommandPath>, Vec<(Command, Confirmer)>)>,
+    outbox: Vec<(Arc<dyn CommandPath>, Outgoing)>,
 }
+
+/// Commands for one path, each with the way to confirm it.
+type Outgoing = Vec<(Command, Confirmer)>;
 
 impl Settler {
     /// The most events a worker keeps before it hands them over: a bound on how long an
