@@ -315,7 +315,7 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
-    use crate::command::{Confirmation, Sent};
+    use crate::command::Sent;
     use crate::event::{Device, Json};
 
     /// Fails every attempt the way it was told to, counting the attempts.
