@@ -11,6 +11,7 @@
 //! The schema version lives in SQLite's `user_version`; [`MIGRATIONS`] takes a file from
 //! any older version to the current one, each step in its own transaction.
 
+mod checkpoint;
 mod dead_letters;
 mod retention;
 mod state;
@@ -160,6 +161,15 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The thread that checkpoints the file's write-ahead log could not be started.
+    #[error("{}: cannot start the checkpoint thread", path.display())]
+    Thread {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The service's SQLite file, shared by every thread that records dead letters or reads
@@ -175,6 +185,10 @@ pub struct Store {
     /// The service's limits on the dead letters; `None` for the commands that inspect the
     /// file, which never evict.
     retainer: Option<retention::Retainer>,
+    /// Checkpoints the WAL in the background, for the service's store (the commands that
+    /// inspect the file leave it to SQLite). Declared after `conn`, so it stops after the
+    /// connection is closed.
+    _checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 impl Store {
@@ -187,7 +201,14 @@ impl Store {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(sqlite(path, "open"))?;
-        Store::init(conn, path.to_owned(), true)
+        let mut store = Store::init(conn, path.to_owned(), true)?;
+        // No checkpoint inside a commit: the checkpoint thread does them (see `checkpoint`).
+        store
+            .conn()
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(sqlite(path, "turn off automatic checkpoints"))?;
+        store._checkpointer = Some(checkpoint::Checkpointer::start(path)?);
+        Ok(store)
     }
 
     /// Opens an existing store, never creating one: for commands that inspect or clean up
@@ -263,6 +284,7 @@ impl Store {
             conn: Mutex::new(conn),
             path,
             retainer: None,
+            _checkpointer: None,
         })
     }
 
@@ -346,6 +368,41 @@ mod tests {
     fn store_is_shared_between_threads() {
         assert_send_sync::<Store>();
         assert_send_sync::<SqliteStateStore>();
+    }
+
+    #[test]
+    fn the_service_s_store_checkpoints_its_log_on_a_thread_not_inside_a_commit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("log.db");
+        let store = Store::open(&path).expect("open");
+        let automatic: i64 = store
+            .conn()
+            .pragma_query_value(None, "wal_autocheckpoint", |row| row.get(0))
+            .expect("wal_autocheckpoint");
+        assert_eq!(automatic, 0, "a commit must not checkpoint");
+        let file_size = || std::fs::metadata(&path).expect("metadata").len();
+        let before = file_size();
+        // 4 MiB in 1 000 commits: past SQLite's own threshold of 1 000 pages, all in the log
+        // until something checkpoints it into the file.
+        let value = vec![7u8; 4096];
+        for key in 0..1000 {
+            store
+                .conn()
+                .execute(
+                    "INSERT INTO plugin_state (namespace, key, value) VALUES ('n', ?, ?)",
+                    rusqlite::params![key.to_string(), value],
+                )
+                .expect("insert");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while file_size() < before + 4_000_000 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            file_size() >= before + 4_000_000,
+            "the file still holds {} bytes: the log was not checkpointed into it",
+            file_size()
+        );
     }
 
     #[test]
