@@ -29,6 +29,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rusqlite::{Connection, params};
 use tokio::sync::watch;
@@ -355,13 +356,18 @@ impl StateStore for SqliteStateStore {
     }
 }
 
+/// How long the writer, woken by a call, waits for more before it commits.
+const GATHER: Duration = Duration::from_micros(200);
+
 /// The writer thread: commits whatever calls are queued, one transaction at a time, until
 /// the store is dropped and the queue is empty.
 fn write_batches(shared: &Shared) {
     loop {
         let calls = {
             let mut queue = lock(&shared.queue);
+            let mut woken = false;
             while queue.calls.is_empty() && !queue.closed {
+                woken = true;
                 queue = shared
                     .wake
                     .wait(queue)
@@ -369,6 +375,14 @@ fn write_batches(shared: &Shared) {
             }
             if queue.calls.is_empty() {
                 return;
+            }
+            if woken && !queue.closed {
+                // Woken by the first call after a pause: let the calls of the next moment
+                // join it, so that a steady stream is committed in batches instead of one
+                // transaction (and one wake-up) per call.
+                drop(queue);
+                std::thread::sleep(GATHER);
+                queue = lock(&shared.queue);
             }
             std::mem::take(&mut queue.calls)
         };
