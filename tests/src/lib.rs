@@ -8,3 +8,4 @@ pub mod pipeline;
 pub mod plugins;
 pub mod pulsar_broker;
 pub mod rabbitmq;
+pub mod service_config;

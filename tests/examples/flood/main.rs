@@ -45,16 +45,13 @@ use std::time::{Duration, Instant};
 use iotrules::vendor::tuya::{self, Env};
 use iotrules_tests::mosquitto::{Mosquitto, Peer};
 use iotrules_tests::pulsar_broker::{BrokerConfig, PulsarBroker};
+use iotrules_tests::service_config::{LOCAL, TUYA_ID, TUYA_KEY};
 
 use crate::messages::{mqtt_message, tuya_keys, tuya_message};
 use crate::service::{Service, service_config, tail};
 
 /// The messages' timestamp (the Tuya envelopes' `t`); the service does not check it.
 const NOW: u64 = 1_700_000_000_000;
-const TUYA_ID: &str = "soak4accessid00";
-const TUYA_KEY: &str = "soakkey0123456789abcdefzz770";
-/// The link's login on mosquitto.
-const LOCAL: (&str, &str) = ("local", "local-password");
 const PARTITIONS: usize = 2;
 /// The target: the peak may be this much over idle, besides the queues' bound.
 const IDLE_FACTOR: f64 = 1.2;

@@ -9,8 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use iotrules_tests::plugins::{built, install};
-
-use crate::{LOCAL, TUYA_ID, TUYA_KEY};
+use iotrules_tests::service_config::{mqtt_link, tuya_connector};
 
 /// The service's configuration: the Tuya connector on the Pulsar test broker and a generic
 /// MQTT link on mosquitto, which is also the command path of both connectors' rules. The
@@ -25,27 +24,9 @@ cache = "cache"
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
-
-[[connector]]
-name = "tuya"
-kind = "tuya-pulsar"
-access_id = "{TUYA_ID}"
-access_key = "{TUYA_KEY}"
-url = "{pulsar_url}"
-sign = "enforce"
-
-[[connector]]
-name = "m"
-kind = "mqtt"
-url = "{mosquitto_url}"
-username = "{user}"
-password = "{password}"
-subscribe = ["in/#"]
-device_topic = "in/{{device}}"
-publish_topic = "out/{{device}}"
-"#,
-        user = LOCAL.0,
-        password = LOCAL.1,
+{tuya}{mqtt}"#,
+        tuya = tuya_connector(pulsar_url),
+        mqtt = mqtt_link(mosquitto_url),
     )
 }
 

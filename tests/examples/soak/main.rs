@@ -51,6 +51,7 @@ use iotrules::vendor::tuya::Env;
 use iotrules_tests::mosquitto::{Mosquitto, Peer};
 use iotrules_tests::pulsar_broker::{BrokerConfig, PulsarBroker};
 use iotrules_tests::rabbitmq;
+use iotrules_tests::service_config::{LOCAL, TUYA_ID, TUYA_KEY};
 
 use crate::faults::{Peers, faults};
 use crate::ledger::{Class, LINKS, Ledger, Link, Seen, StampedLetters, digest};
@@ -62,12 +63,8 @@ use crate::service::{Service, ServiceHandle, amqp_users, service_config};
 
 /// The pinned clock: the AMQP login's timestamp (RabbitMQ knows the exact password).
 const NOW: u64 = 1_700_000_000_000;
-const TUYA_ID: &str = "soak4accessid00";
-const TUYA_KEY: &str = "soakkey0123456789abcdefzz770";
 const ALIBABA_SECRET: &str = "alibaba-soak-secret";
 const QUEUE: &str = "soak";
-/// The generic link's login on mosquitto.
-const LOCAL: (&str, &str) = ("local", "local-password");
 
 /// How long a broker stays away when it is "killed".
 const OUTAGE: Duration = Duration::from_secs(3);

@@ -11,10 +11,11 @@ use iotrules::connector::amqp::AmqpSettings;
 use iotrules::plugin::{Clock, MemoryStateStore};
 use iotrules::service::{self, Observed};
 use iotrules_tests::plugins::{built, install, retagged};
+use iotrules_tests::service_config::{mqtt_link, tuya_connector};
 use tokio::sync::watch;
 
 use crate::ledger::{LINKS, StampedLetters};
-use crate::{ALIBABA_SECRET, LOCAL, NOW, QUEUE, TUYA_ID, TUYA_KEY};
+use crate::{ALIBABA_SECRET, NOW, QUEUE};
 
 /// The service's configuration.
 pub(crate) fn service_config(
@@ -33,33 +34,16 @@ store = "state/iotrules.db"
 workers = 2
 shutdown_timeout_s = 5
 
-[[connector]]
-name = "tuya"
-kind = "tuya-pulsar"
-access_id = "{TUYA_ID}"
-access_key = "{TUYA_KEY}"
-url = "{pulsar_url}"
-sign = "enforce"
-stall_timeout_s = 30
-{ali}
-[[connector]]
-name = "m"
-kind = "mqtt"
-url = "{mosquitto_url}"
-username = "{user}"
-password = "{password}"
-subscribe = ["in/#"]
-device_topic = "in/{{device}}"
-publish_topic = "out/{{device}}"
-
+{tuya}stall_timeout_s = 30
+{ali}{mqtt}
 [[command_path]]
 name = "out"
 kind = "webhook"
 url = "http://{webhook}/commands"
 "#,
+        tuya = tuya_connector(pulsar_url),
         ali = alibaba_connector(&format!("amqp://127.0.0.1:{relay_port}")),
-        user = LOCAL.0,
-        password = LOCAL.1,
+        mqtt = mqtt_link(mosquitto_url),
     )
 }
 
