@@ -689,3 +689,49 @@ async fn the_pipeline_holds_no_more_of_a_connector_s_messages_than_its_byte_budg
     assert_eq!(seqs.len(), COUNT as usize, "every message processed");
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_held_back_by_a_full_pipeline_keeps_its_session() {
+    const COUNT: u64 = 300;
+    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
+    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
+    let webhook = Webhook::start().await;
+    webhook.hold(true);
+    // `stall_timeout_s = 2`: a check every 0.5 s, a ping answered within 1 s.
+    let connectors = connector_toml(
+        "tuya",
+        "tuya-pulsar",
+        ACCESS_ID,
+        ACCESS_KEY,
+        &broker.url(),
+        "buffer_bytes = 8192",
+    );
+    let service = Service::start(&connectors, &webhook).await;
+    for seq in 1..=COUNT {
+        let (payload, properties) = sealed(&tuya_keys, &format!("dev-{}", seq % 5), seq, Mode::Ecb);
+        publish(&broker, &payload, &properties);
+    }
+    let full = service.observed.metrics.buffer_full.with(&["tuya"]);
+    wait_until("the budget full", || full.get() > 0).await;
+    let subscribed = broker.subscribes();
+    // Four stall timeouts and eight checks with the connector holding back: the consumer
+    // engine is blocked on its full queue meanwhile, and cannot answer a ping.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        broker.subscribes(),
+        subscribed,
+        "the session was rebuilt while the pipeline held the connector back: {:?}",
+        service.observed.errors.recent()
+    );
+    webhook.hold(false);
+    wait_until("every message acked", || {
+        broker.acked_count() == COUNT as usize
+    })
+    .await;
+    assert_eq!(
+        broker.subscribes(),
+        subscribed,
+        "no rebuild once released either"
+    );
+    service.stop().await;
+}

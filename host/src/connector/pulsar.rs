@@ -553,6 +553,7 @@ async fn receive(
     let started = tokio::time::Instant::now();
     let mut received = false;
     let mut last_message = started;
+    let mut read_since_check = false;
     let mut checks = tokio::time::interval(settings.check_interval());
     checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     checks.reset();
@@ -606,6 +607,7 @@ async fn receive(
             next = consumer.next(), if submitting.is_none() && !full => match next {
                 Some(Ok(message)) => {
                     received = true;
+                    read_since_check = true;
                     last_message = tokio::time::Instant::now();
                     if let Some(delivery) = delivery(message, pending) {
                         submitting = Some(Box::pin(ingest.submit(delivery)));
@@ -615,8 +617,16 @@ async fn receive(
                 None => return lost("the consumer's stream ended".into(), received),
             },
             _ = checks.tick() => {
+                // Holding back (a submission waiting, or the byte budget full) starves the
+                // consumer on purpose: that is no stall, and no time for a ping either. The
+                // crate's consumer engine answers the ping's request for its connection only
+                // between messages, and it waits on its full queue to us meanwhile, so the
+                // ping would go unanswered and cost the session. A consumer that delivered
+                // since the last check is alive without one.
+                let holding_back = submitting.is_some() || full;
+                let ping = !holding_back && !std::mem::take(&mut read_since_check);
                 if let Some(stall) = settings.stall_timeout
-                    && submitting.is_none()
+                    && !holding_back
                     && last_message.elapsed() >= stall
                 {
                     let error = format!(
@@ -625,7 +635,7 @@ async fn receive(
                     );
                     return lost(error, received);
                 }
-                if let Some(error) = check(settings, consumer, partitions).await {
+                if let Some(error) = check(settings, consumer, partitions, ping).await {
                     return lost(error, received);
                 }
             }
@@ -633,13 +643,14 @@ async fn receive(
     }
 }
 
-/// What is wrong with a consumer that receives nothing, if anything: a partition whose
-/// consumer ended (the crate drops it and carries on with the others, silently), or a
-/// connection that does not answer a ping.
+/// What is wrong with a consumer, if anything: a partition whose consumer ended (the crate
+/// drops it and carries on with the others, silently), or, with `ping`, a connection that
+/// does not answer a ping.
 async fn check(
     settings: &PulsarSettings,
     consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
     partitions: usize,
+    ping: bool,
 ) -> Option<String> {
     let live = consumer.topics().len();
     if live < partitions {
@@ -647,6 +658,9 @@ async fn check(
             "the consumers of {} of {partitions} partitions stopped",
             partitions - live
         ));
+    }
+    if !ping {
+        return None;
     }
     let timeout = (settings.check_interval() * 2).clamp(Duration::from_secs(1), CHECK_TIMEOUT);
     match tokio::time::timeout(timeout, consumer.check_connection()).await {
