@@ -650,28 +650,12 @@ async fn a_consumer_whose_connection_goes_silent_is_rebuilt_and_gets_what_was_pe
 async fn the_pipeline_holds_no_more_of_a_connector_s_messages_than_its_byte_budget() {
     const COUNT: u64 = 300;
     const BUDGET: usize = 8 * 1024;
-    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
-    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
-    let webhook = Webhook::start().await;
-    webhook.hold(true);
-    let connectors = connector_toml(
-        "tuya",
-        "tuya-pulsar",
-        ACCESS_ID,
-        ACCESS_KEY,
-        &broker.url(),
-        &format!("buffer_bytes = {BUDGET}"),
-    );
-    let service = Service::start(&connectors, &webhook).await;
-    let mut smallest = usize::MAX;
-    for seq in 1..=COUNT {
-        let (payload, properties) = sealed(&tuya_keys, &format!("dev-{}", seq % 5), seq, Mode::Ecb);
-        smallest = smallest.min(payload.len());
-        publish(&broker, &payload, &properties);
-    }
-    // The webhook holds every command: events stay in flight until the budget is full.
-    let full = service.observed.metrics.buffer_full.with(&["tuya"]);
-    wait_until("the budget full", || full.get() > 0).await;
+    let HeldBack {
+        broker,
+        webhook,
+        service,
+        smallest,
+    } = held_back(COUNT, BUDGET).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let in_flight = service.observed.metrics.in_flight.get() as usize;
     assert!(
@@ -693,26 +677,13 @@ async fn the_pipeline_holds_no_more_of_a_connector_s_messages_than_its_byte_budg
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_held_back_by_a_full_pipeline_keeps_its_session() {
     const COUNT: u64 = 300;
-    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
-    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
-    let webhook = Webhook::start().await;
-    webhook.hold(true);
-    // `stall_timeout_s = 2`: a check every 0.5 s, a ping answered within 1 s.
-    let connectors = connector_toml(
-        "tuya",
-        "tuya-pulsar",
-        ACCESS_ID,
-        ACCESS_KEY,
-        &broker.url(),
-        "buffer_bytes = 8192",
-    );
-    let service = Service::start(&connectors, &webhook).await;
-    for seq in 1..=COUNT {
-        let (payload, properties) = sealed(&tuya_keys, &format!("dev-{}", seq % 5), seq, Mode::Ecb);
-        publish(&broker, &payload, &properties);
-    }
-    let full = service.observed.metrics.buffer_full.with(&["tuya"]);
-    wait_until("the budget full", || full.get() > 0).await;
+    // `stall_timeout_s = 2` (connector_toml): a check every 0.5 s, a ping answered within 1 s.
+    let HeldBack {
+        broker,
+        webhook,
+        service,
+        ..
+    } = held_back(COUNT, 8 * 1024).await;
     let subscribed = broker.subscribes();
     // Four stall timeouts and eight checks with the connector holding back: the consumer
     // engine is blocked on its full queue meanwhile, and cannot answer a ping.
@@ -734,4 +705,45 @@ async fn a_consumer_held_back_by_a_full_pipeline_keeps_its_session() {
         "no rebuild once released either"
     );
     service.stop().await;
+}
+
+/// A Tuya connector with a byte budget on a broker holding `count` messages for five
+/// devices, while the webhook holds every command: events stay in flight until the budget is
+/// full and the connector holds the rest back. Returned once the budget is full.
+struct HeldBack {
+    broker: PulsarBroker,
+    webhook: Webhook,
+    service: Service,
+    /// The smallest message's size.
+    smallest: usize,
+}
+
+async fn held_back(count: u64, budget: usize) -> HeldBack {
+    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
+    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
+    let webhook = Webhook::start().await;
+    webhook.hold(true);
+    let connectors = connector_toml(
+        "tuya",
+        "tuya-pulsar",
+        ACCESS_ID,
+        ACCESS_KEY,
+        &broker.url(),
+        &format!("buffer_bytes = {budget}"),
+    );
+    let service = Service::start(&connectors, &webhook).await;
+    let mut smallest = usize::MAX;
+    for seq in 1..=count {
+        let (payload, properties) = sealed(&tuya_keys, &format!("dev-{}", seq % 5), seq, Mode::Ecb);
+        smallest = smallest.min(payload.len());
+        publish(&broker, &payload, &properties);
+    }
+    let full = service.observed.metrics.buffer_full.with(&["tuya"]);
+    wait_until("the budget full", || full.get() > 0).await;
+    HeldBack {
+        broker,
+        webhook,
+        service,
+        smallest,
+    }
 }
