@@ -15,14 +15,21 @@
 //! With an offset file the connector remembers the first line not yet acknowledged (written
 //! at most every 100 ms and when it stops), so a restart resumes there: what was in flight
 //! when the service died is delivered again, what was acknowledged is not. A message the
-//! pipeline sends back for another try is delivered again a second later.
+//! pipeline sends back for another try is read again from its place in the file and delivered
+//! a second later.
+//!
+//! The file is read as it is replayed, a line at a time, so a recording of any size costs the
+//! memory of one line; a line over [`MAX_LINE_BYTES`] is reported and skipped unread.
 
 use std::collections::BTreeSet;
+use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use tokio::fs::File;
+use tokio::io::{AsyncBufReadExt, AsyncSeekExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use super::ConnectorState;
@@ -200,21 +207,21 @@ pub async fn run(
     errors: Arc<LastErrors>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<ReplaySummary, String> {
-    let place = format!("connector \"{}\"", ingest.connector());
+    let place_name = format!("connector \"{}\"", ingest.connector());
     let fail = |reason: String| {
         status.set(ConnectorState::Failed, Some(reason.clone()));
-        errors.push(place.clone(), &reason);
+        errors.push(place_name.clone(), &reason);
         reason
     };
-    let text = tokio::fs::read_to_string(&settings.file)
-        .await
-        .map_err(|e| fail(format!("cannot read {}: {e}", settings.file.display())))?;
-    let lines: Arc<Vec<String>> = Arc::new(text.lines().map(str::to_owned).collect());
-    drop(text);
+    let cannot_read =
+        |e: std::io::Error| fail(format!("cannot read {}: {e}", settings.file.display()));
+    let mut reader = Reader::open(&settings.file).await.map_err(cannot_read)?;
+    let mut retries = Reader::open(&settings.file).await.map_err(cannot_read)?;
     let start = match &settings.offset_file {
         Some(file) => read_offset(file).map_err(fail)?,
         None => 0,
     };
+    reader.skip_to(start).await.map_err(cannot_read)?;
     if start > 0 {
         tracing::info!(
             connector = ingest.connector(),
@@ -230,14 +237,14 @@ pub async fn run(
         written: None,
         written_at: Instant::now(),
     }));
-    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<usize>();
+    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Place>();
     let (settled_tx, mut settled_rx) = watch::channel(());
     let mut summary = ReplaySummary::default();
     let period = (settings.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / settings.rate));
     let mut next_at = tokio::time::Instant::now();
     status.set(ConnectorState::Running, None);
 
-    let deliver = |index: usize, recorded: Recorded| {
+    let deliver = |place: Place, recorded: Recorded| {
         let positions = positions.clone();
         let retry_tx = retry_tx.clone();
         let settled_tx = settled_tx.clone();
@@ -245,11 +252,11 @@ pub async fn run(
             let mut positions = lock(&positions);
             match how {
                 Settle::Ack => {
-                    positions.outstanding.remove(&index);
+                    positions.outstanding.remove(&place.index);
                     positions.write(false);
                 }
                 Settle::Retry => {
-                    let _ = retry_tx.send(index);
+                    let _ = retry_tx.send(place);
                 }
             }
             drop(positions);
@@ -262,24 +269,28 @@ pub async fn run(
         }
     };
 
-    let mut index = start;
+    let mut at_end = false;
     loop {
         if *shutdown.borrow() {
             break;
         }
         // Redeliveries first, after a pause so a failing path is not hammered.
-        while let Ok(line) = retry_rx.try_recv() {
+        while let Ok(place) = retry_rx.try_recv() {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            if let Ok(Some(recorded)) = parse_line(&lines[line]) {
+            let line = retries.read_at(place).await.map_err(cannot_read)?;
+            if let Some(Ok(Some(recorded))) =
+                line.map(|line| line.text.and_then(|t| parse_line(&t)))
+            {
                 summary.retried += 1;
-                if ingest.submit(deliver(line, recorded)).await.is_err() {
+                if ingest.submit(deliver(place, recorded)).await.is_err() {
                     return Ok(summary);
                 }
             }
         }
-        if index >= lines.len() {
+        if at_end {
             if settings.repeat && summary.delivered > 0 {
-                index = 0;
+                reader.rewind().await.map_err(cannot_read)?;
+                at_end = false;
                 continue;
             }
             if lock(&positions).outstanding.is_empty() {
@@ -292,20 +303,23 @@ pub async fn run(
             }
             continue;
         }
-        let current = index;
-        index += 1;
-        let recorded = match parse_line(&lines[current]) {
+        let Some(line) = reader.next().await.map_err(cannot_read)? else {
+            at_end = true;
+            continue;
+        };
+        let place = line.place;
+        let recorded = match line.text.and_then(|text| parse_line(&text)) {
             Ok(Some(recorded)) => recorded,
             Ok(None) => {
-                mark_skipped(&positions, current);
+                mark_skipped(&positions, place.index);
                 continue;
             }
             Err(reason) => {
                 summary.bad_lines += 1;
-                let message = format!("{}:{}: {reason}", settings.file.display(), current + 1);
+                let message = format!("{}:{}: {reason}", settings.file.display(), place.index + 1);
                 tracing::error!(connector = ingest.connector(), "Line skipped: {message}");
-                errors.push(place.clone(), &message);
-                mark_skipped(&positions, current);
+                errors.push(place_name.clone(), &message);
+                mark_skipped(&positions, place.index);
                 continue;
             }
         };
@@ -318,12 +332,12 @@ pub async fn run(
         }
         {
             let mut positions = lock(&positions);
-            positions.outstanding.insert(current);
-            positions.next = positions.next.max(current + 1);
+            positions.outstanding.insert(place.index);
+            positions.next = positions.next.max(place.index + 1);
         }
         summary.delivered += 1;
         let submitted = tokio::select! {
-            submitted = ingest.submit(deliver(current, recorded)) => submitted,
+            submitted = ingest.submit(deliver(place, recorded)) => submitted,
             _ = shutdown.changed() => {
                 // The delivery was dropped unsettled: it stays outstanding for the offset.
                 break;
@@ -344,6 +358,117 @@ pub async fn run(
         None,
     );
     Ok(summary)
+}
+
+/// The longest line a recording may hold, its line ending included. A longer line is
+/// reported and skipped, and never held in memory whole.
+pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Where a line is: its 0-based index, and the byte offset it starts at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    index: usize,
+    offset: u64,
+}
+
+/// A line as read: its text without the line ending, or why it cannot be used.
+struct ReadLine {
+    place: Place,
+    text: Result<String, String>,
+}
+
+/// Reads a recording a line at a time, holding at most one line of it.
+struct Reader {
+    file: BufReader<File>,
+    next: Place,
+}
+
+impl Reader {
+    async fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(Reader {
+            file: BufReader::with_capacity(64 * 1024, File::open(path).await?),
+            next: Place {
+                index: 0,
+                offset: 0,
+            },
+        })
+    }
+
+    /// Back to the first line.
+    async fn rewind(&mut self) -> std::io::Result<()> {
+        self.seek(Place {
+            index: 0,
+            offset: 0,
+        })
+        .await
+    }
+
+    async fn seek(&mut self, place: Place) -> std::io::Result<()> {
+        self.file.seek(SeekFrom::Start(place.offset)).await?;
+        self.next = place;
+        Ok(())
+    }
+
+    /// Reads the line at `place` again (for a redelivery).
+    async fn read_at(&mut self, place: Place) -> std::io::Result<Option<ReadLine>> {
+        self.seek(place).await?;
+        self.next().await
+    }
+
+    /// Passes over lines until the next one is line `index` (or the file ends).
+    async fn skip_to(&mut self, index: usize) -> std::io::Result<()> {
+        while self.next.index < index {
+            if self.next().await?.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next line, or `None` at the end of the file.
+    async fn next(&mut self) -> std::io::Result<Option<ReadLine>> {
+        let place = self.next;
+        let mut bytes = Vec::new();
+        let mut length = 0usize;
+        loop {
+            let buffer = self.file.fill_buf().await?;
+            if buffer.is_empty() {
+                if length == 0 {
+                    return Ok(None);
+                }
+                break;
+            }
+            let (take, ends) = match buffer.iter().position(|&b| b == b'\n') {
+                Some(at) => (at + 1, true),
+                None => (buffer.len(), false),
+            };
+            length += take;
+            if length <= MAX_LINE_BYTES {
+                bytes.extend_from_slice(&buffer[..take]);
+            } else {
+                bytes = Vec::new();
+            }
+            self.file.consume(take);
+            if ends {
+                break;
+            }
+        }
+        self.next = Place {
+            index: place.index + 1,
+            offset: place.offset + length as u64,
+        };
+        let text = if length > MAX_LINE_BYTES {
+            Err(format!(
+                "the line is {length} bytes long, over the limit of {MAX_LINE_BYTES}"
+            ))
+        } else {
+            while bytes.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+                bytes.pop();
+            }
+            String::from_utf8(bytes).map_err(|e| format!("the line is not UTF-8: {e}"))
+        };
+        Ok(Some(ReadLine { place, text }))
+    }
 }
 
 /// A comment or bad line counts as acknowledged once every line before it is.
@@ -416,5 +541,73 @@ mod tests {
                 .unwrap_err()
                 .contains("remove it to replay from the start")
         );
+    }
+
+    fn recording(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("recording.jsonl");
+        std::fs::write(&file, bytes).unwrap();
+        (dir, file)
+    }
+
+    async fn read_all(reader: &mut Reader) -> Vec<(Place, Result<String, String>)> {
+        let mut lines = Vec::new();
+        while let Some(line) = reader.next().await.unwrap() {
+            lines.push((line.place, line.text));
+        }
+        lines
+    }
+
+    fn at(index: usize, offset: u64) -> Place {
+        Place { index, offset }
+    }
+
+    #[tokio::test]
+    async fn a_recording_is_read_a_line_at_a_time_and_any_line_can_be_read_again() {
+        let (_dir, file) = recording(b"a\r\nbb\n\nlast");
+        let mut reader = Reader::open(&file).await.unwrap();
+        assert_eq!(
+            read_all(&mut reader).await,
+            [
+                (at(0, 0), Ok("a".to_owned())),
+                (at(1, 3), Ok("bb".to_owned())),
+                (at(2, 6), Ok(String::new())),
+                (at(3, 7), Ok("last".to_owned())),
+            ]
+        );
+        let again = reader.read_at(at(1, 3)).await.unwrap().unwrap();
+        assert_eq!((again.place, again.text), (at(1, 3), Ok("bb".to_owned())));
+        reader.rewind().await.unwrap();
+        reader.skip_to(3).await.unwrap();
+        let last = reader.next().await.unwrap().unwrap();
+        assert_eq!((last.place, last.text), (at(3, 7), Ok("last".to_owned())));
+        assert!(reader.next().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_over_long_or_non_utf8_line_is_refused_and_the_lines_after_it_are_read() {
+        let mut bytes = vec![b'x'; MAX_LINE_BYTES + 10];
+        bytes.extend_from_slice(b"\n\xff\xfe\nnext\n");
+        let (_dir, file) = recording(&bytes);
+        let mut reader = Reader::open(&file).await.unwrap();
+        let lines = read_all(&mut reader).await;
+        assert_eq!(
+            lines.len(),
+            3,
+            "{:?}",
+            lines.iter().map(|l| l.0).collect::<Vec<_>>()
+        );
+        let long = lines[0].1.as_ref().unwrap_err();
+        assert!(
+            long.contains(&format!(
+                "{} bytes long, over the limit",
+                MAX_LINE_BYTES + 11
+            )),
+            "{long}"
+        );
+        let binary = lines[1].1.as_ref().unwrap_err();
+        assert!(binary.contains("not UTF-8"), "{binary}");
+        let offset = MAX_LINE_BYTES as u64 + 11 + 3;
+        assert_eq!(lines[2], (at(2, offset), Ok("next".to_owned())));
     }
 }
