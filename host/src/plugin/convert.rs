@@ -5,23 +5,26 @@ use super::bindings::iotrules::plugin::types as wit;
 use super::{Outcome, Verdict};
 use crate::event::{Command, Device, Event, Json, Kind, Property, Value, Vendor};
 
-pub(crate) fn event_to_wit(event: &Event) -> wit::Event {
-    wit::Event {
-        id: event.id.clone(),
-        source: event.source.clone(),
-        vendor: event.vendor.as_str().to_owned(),
+/// Runs `f` with `event` as the WIT type, borrowing its strings.
+pub(crate) fn with_wit_event<R>(event: &Event, f: impl FnOnce(wit::EventParam<'_>) -> R) -> R {
+    let properties: Vec<_> = event.properties.iter().map(property_to_wit).collect();
+    let attributes: Vec<_> = event
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    f(wit::EventParam {
+        id: &event.id,
+        source: &event.source,
+        vendor: event.vendor.as_str(),
         kind: kind_to_wit(event.kind),
-        action: event.action.clone(),
+        action: &event.action,
         device: device_to_wit(&event.device),
         time_ms: event.time_ms,
-        properties: event.properties.iter().map(property_to_wit).collect(),
-        payload: event.payload.as_str().to_owned(),
-        attributes: event
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    }
+        properties: &properties,
+        payload: event.payload.as_str(),
+        attributes: &attributes,
+    })
 }
 
 fn kind_to_wit(kind: Kind) -> wit::Kind {
@@ -52,15 +55,15 @@ fn kind_from_wit(kind: wit::Kind) -> Kind {
     }
 }
 
-fn device_to_wit(device: &Device) -> wit::Device {
-    wit::Device {
-        id: device.id.clone(),
-        product: device.product.clone(),
-        name: device.name.clone(),
+fn device_to_wit(device: &Device) -> wit::DeviceParam<'_> {
+    wit::DeviceParam {
+        id: &device.id,
+        product: device.product.as_deref(),
+        name: device.name.as_deref(),
     }
 }
 
-fn device_from_wit(device: wit::Device) -> Device {
+fn device_from_wit(device: wit::DeviceResult) -> Device {
     Device {
         id: device.id,
         product: device.product,
@@ -68,30 +71,30 @@ fn device_from_wit(device: wit::Device) -> Device {
     }
 }
 
-fn property_to_wit(property: &Property) -> wit::Property {
-    wit::Property {
-        code: property.code.clone(),
+fn property_to_wit(property: &Property) -> wit::PropertyParam<'_> {
+    wit::PropertyParam {
+        code: &property.code,
         value: match &property.value {
-            Value::Null => wit::Value::Null,
-            Value::Boolean(b) => wit::Value::Boolean(*b),
-            Value::Integer(i) => wit::Value::Integer(*i),
-            Value::Float(f) => wit::Value::Float(*f),
-            Value::Text(s) => wit::Value::Text(s.clone()),
-            Value::Json(json) => wit::Value::Json(json.as_str().to_owned()),
+            Value::Null => wit::ValueParam::Null,
+            Value::Boolean(b) => wit::ValueParam::Boolean(*b),
+            Value::Integer(i) => wit::ValueParam::Integer(*i),
+            Value::Float(f) => wit::ValueParam::Float(*f),
+            Value::Text(s) => wit::ValueParam::Text(s),
+            Value::Json(json) => wit::ValueParam::Json(json.as_str()),
         },
         time_ms: property.time_ms,
-        service: property.service.clone(),
+        service: property.service.as_deref(),
     }
 }
 
-fn property_from_wit(property: wit::Property) -> Result<Property, String> {
+fn property_from_wit(property: wit::PropertyResult) -> Result<Property, String> {
     let value = match property.value {
-        wit::Value::Null => Value::Null,
-        wit::Value::Boolean(b) => Value::Boolean(b),
-        wit::Value::Integer(i) => Value::Integer(i),
-        wit::Value::Float(f) => Value::Float(f),
-        wit::Value::Text(s) => Value::Text(s),
-        wit::Value::Json(text) => {
+        wit::ValueResult::Null => Value::Null,
+        wit::ValueResult::Boolean(b) => Value::Boolean(b),
+        wit::ValueResult::Integer(i) => Value::Integer(i),
+        wit::ValueResult::Float(f) => Value::Float(f),
+        wit::ValueResult::Text(s) => Value::Text(s),
+        wit::ValueResult::Json(text) => {
             Value::Json(json(&format!("property `{}`", property.code), text)?)
         }
     };
@@ -109,7 +112,7 @@ fn json(what: &str, text: String) -> Result<Json, String> {
 
 /// `original` is the event the plugin was given: a payload it passed back unchanged (the
 /// common case) is not parsed again.
-fn event_from_wit(event: wit::Event, original: Option<&Event>) -> Result<Event, String> {
+fn event_from_wit(event: wit::EventResult, original: Option<&Event>) -> Result<Event, String> {
     let vendor = match event.vendor.as_str() {
         "tuya" => Vendor::Tuya,
         "alibaba" => Vendor::Alibaba,
@@ -204,18 +207,62 @@ mod tests {
         event
     }
 
+    /// What a guest that hands the event back unchanged returns: the borrowed event, owned.
+    fn echoed(event: &Event) -> wit::EventResult {
+        with_wit_event(event, |event| wit::EventResult {
+            id: event.id.into(),
+            source: event.source.into(),
+            vendor: event.vendor.into(),
+            kind: event.kind,
+            action: event.action.into(),
+            device: echoed_device(&event.device),
+            time_ms: event.time_ms,
+            properties: event
+                .properties
+                .iter()
+                .map(|p| wit::PropertyResult {
+                    code: p.code.into(),
+                    value: match p.value {
+                        wit::ValueParam::Null => wit::ValueResult::Null,
+                        wit::ValueParam::Boolean(b) => wit::ValueResult::Boolean(b),
+                        wit::ValueParam::Integer(i) => wit::ValueResult::Integer(i),
+                        wit::ValueParam::Float(f) => wit::ValueResult::Float(f),
+                        wit::ValueParam::Text(s) => wit::ValueResult::Text(s.into()),
+                        wit::ValueParam::Json(s) => wit::ValueResult::Json(s.into()),
+                    },
+                    time_ms: p.time_ms,
+                    service: p.service.map(Into::into),
+                })
+                .collect(),
+            payload: event.payload.into(),
+            attributes: event
+                .attributes
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        })
+    }
+
+    fn echoed_device(device: &wit::DeviceParam<'_>) -> wit::DeviceResult {
+        wit::DeviceResult {
+            id: device.id.into(),
+            product: device.product.map(Into::into),
+            name: device.name.map(Into::into),
+        }
+    }
+
     #[test]
     fn an_event_survives_the_round_trip_through_the_wit_types() {
         let event = sample();
-        let back = event_from_wit(event_to_wit(&event), None).unwrap();
+        let back = event_from_wit(echoed(&event), None).unwrap();
         assert_eq!(back, event);
-        let back = event_from_wit(event_to_wit(&event), Some(&event)).unwrap();
+        let back = event_from_wit(echoed(&event), Some(&event)).unwrap();
         assert_eq!(back, event);
     }
 
     #[test]
     fn malformed_guest_output_is_refused_with_what_was_wrong() {
-        let mut wit_event = event_to_wit(&sample());
+        let mut wit_event = echoed(&sample());
         wit_event.vendor = "acme".into();
         assert!(
             event_from_wit(wit_event, None)
@@ -225,14 +272,14 @@ mod tests {
 
         // A changed payload is checked even when the original was JSON.
         let original = sample();
-        let mut wit_event = event_to_wit(&original);
+        let mut wit_event = echoed(&original);
         wit_event.payload = "{broken".into();
         let error = event_from_wit(wit_event, Some(&original)).unwrap_err();
         assert!(error.contains("payload is not JSON"), "{error}");
 
         let command = wit::Command {
             via: None,
-            device: device_to_wit(&Device::new("d")),
+            device: echoed_device(&device_to_wit(&Device::new("d"))),
             name: "switch".into(),
             params: "{not json".into(),
             reply_to: None,

@@ -292,9 +292,10 @@ impl Instance {
     /// instance is spent (a trapped component cannot be entered again): drop it.
     pub fn handle(&mut self, event: &Event) -> Result<Outcome, PluginError> {
         let plugin = self.store.data().plugin.clone();
-        let input = convert::event_to_wit(event);
         self.arm();
-        let result = self.bindings.call_handle(&mut self.store, &input);
+        let result = convert::with_wit_event(event, |input| {
+            self.bindings.call_handle(&mut self.store, input)
+        });
         match result {
             Ok(Ok(outcome)) => match convert::outcome_from_wit(outcome, event) {
                 Ok(outcome) => {

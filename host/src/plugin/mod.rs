@@ -46,6 +46,9 @@ pub(crate) mod bindings {
         path: "../plugin-sdk/wit",
         world: "plugin",
         imports: { default: trappable },
+        // The event handed to `handle` borrows the host's strings instead of cloning them:
+        // they are copied into the guest's memory once, by the lowering, not twice.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
