@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, mpsc};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -33,8 +33,9 @@ pub struct Version {
     pre: PluginPre<HostState>,
     /// Failures in a row, across every step running this version.
     failures: AtomicU32,
-    /// Set once the version is quarantined: the error that tipped it.
-    quarantined: Mutex<Option<String>>,
+    /// Set once the version is quarantined: the error that tipped it. Read on every call, so
+    /// a lock-free cell: the workers sharing a version only read its cache line.
+    quarantined: OnceLock<String>,
 }
 
 impl std::fmt::Debug for Version {
@@ -51,7 +52,7 @@ impl std::fmt::Debug for Version {
 impl Version {
     /// The error that quarantined this version, if it is quarantined.
     pub fn quarantined(&self) -> Option<String> {
-        lock(&self.quarantined).clone()
+        self.quarantined.get().cloned()
     }
 }
 
@@ -293,7 +294,7 @@ impl Registry {
             path: path.to_owned(),
             pre,
             failures: AtomicU32::new(0),
-            quarantined: Mutex::new(None),
+            quarantined: OnceLock::new(),
         });
         let number = version.number;
         match slot {
@@ -467,19 +468,21 @@ impl Step {
     /// only this call; the next call starts a fresh instance if this one trapped. After
     /// `quarantine_after` failures in a row the version is quarantined until its file changes.
     pub fn handle(&mut self, event: &Event) -> Result<StepOutcome, PluginError> {
-        let version = self.slot.current.load_full();
-        if let Some(last) = version.quarantined() {
+        // A guard, not a clone: the steps on every worker share the version, and a reference
+        // count changed per call would bounce its cache line between them.
+        let version = self.slot.current.load();
+        if let Some(last) = version.quarantined.get() {
             return Err(PluginError::Quarantined {
                 plugin: self.slot.name().to_owned(),
                 failures: version.failures.load(Ordering::Relaxed),
-                last,
+                last: last.clone(),
             });
         }
         let stale = !matches!(&self.instance, Some((running, _)) if Arc::ptr_eq(running, &version));
         if stale {
             self.instance = None;
             match self.start(&version) {
-                Ok(instance) => self.instance = Some((version.clone(), instance)),
+                Ok(instance) => self.instance = Some((Arc::clone(&version), instance)),
                 Err(error) => return Err(self.failed(&version, error)),
             }
         }
@@ -488,7 +491,10 @@ impl Step {
         };
         match instance.handle(event) {
             Ok(outcome) => {
-                version.failures.store(0, Ordering::Relaxed);
+                // Written only when there is something to reset, for the same reason.
+                if version.failures.load(Ordering::Relaxed) != 0 {
+                    version.failures.store(0, Ordering::Relaxed);
+                }
                 Ok(StepOutcome {
                     outcome,
                     version: version.number,
@@ -525,9 +531,7 @@ impl Step {
     fn failed(&self, version: &Version, error: PluginError) -> PluginError {
         let failures = version.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= self.quarantine_after {
-            let mut quarantined = lock(&version.quarantined);
-            if quarantined.is_none() {
-                *quarantined = Some(error.to_string());
+            if version.quarantined.set(error.to_string()).is_ok() {
                 tracing::error!(
                     plugin = &*version.plugin,
                     version = version.number,
