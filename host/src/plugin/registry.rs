@@ -530,20 +530,19 @@ impl Step {
     /// Counts a failure and quarantines the version when it has failed too often in a row.
     fn failed(&self, version: &Version, error: PluginError) -> PluginError {
         let failures = version.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= self.quarantine_after {
-            if version.quarantined.set(error.to_string()).is_ok() {
-                tracing::error!(
-                    plugin = &*version.plugin,
-                    version = version.number,
-                    "plugin quarantined after {failures} failures in a row: {error}"
-                );
-                let report = ReloadReport::Quarantined {
-                    plugin: version.plugin.to_string(),
-                    version: version.number,
-                    error: error.clone(),
-                };
-                lock(&self.subscribers).retain(|s| s.send(report.clone()).is_ok());
-            }
+        // Only the first failure past the limit sets the cell, so it alone reports.
+        if failures >= self.quarantine_after && version.quarantined.set(error.to_string()).is_ok() {
+            tracing::error!(
+                plugin = &*version.plugin,
+                version = version.number,
+                "plugin quarantined after {failures} failures in a row: {error}"
+            );
+            let report = ReloadReport::Quarantined {
+                plugin: version.plugin.to_string(),
+                version: version.number,
+                error: error.clone(),
+            };
+            lock(&self.subscribers).retain(|s| s.send(report.clone()).is_ok());
         }
         error
     }
