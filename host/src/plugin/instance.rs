@@ -247,7 +247,7 @@ impl Instance {
         store.set_epoch_deadline(runtime.deadline_ticks(limits.deadline));
         let bindings = pre
             .instantiate(&mut store)
-            .map_err(|error| classify(&store, plugin, limits, &error))?;
+            .map_err(|error| classify(&store, limits, &error))?;
         let mut instance = Instance {
             store,
             bindings,
@@ -266,7 +266,6 @@ impl Instance {
     }
 
     fn init(&mut self, config: &str) -> Result<(), PluginError> {
-        let plugin = self.store.data().plugin.clone();
         self.arm();
         let result = self.bindings.call_init(&mut self.store, config);
         match result {
@@ -277,13 +276,13 @@ impl Instance {
             Ok(Err(reason)) => {
                 self.rollback();
                 Err(PluginError::Init {
-                    plugin: plugin.to_string(),
+                    plugin: self.plugin(),
                     reason,
                 })
             }
             Err(error) => {
                 self.rollback();
-                Err(classify(&self.store, &plugin, self.limits, &error))
+                Err(classify(&self.store, self.limits, &error))
             }
         }
     }
@@ -291,7 +290,6 @@ impl Instance {
     /// Runs `handle` on one event. After an `Err` other than [`PluginError::Failed`] the
     /// instance is spent (a trapped component cannot be entered again): drop it.
     pub fn handle(&mut self, event: &Event) -> Result<Outcome, PluginError> {
-        let plugin = self.store.data().plugin.clone();
         self.arm();
         let result = convert::with_wit_event(event, |input| {
             self.bindings.call_handle(&mut self.store, input)
@@ -305,7 +303,7 @@ impl Instance {
                 Err(reason) => {
                     self.rollback();
                     Err(PluginError::Output {
-                        plugin: plugin.to_string(),
+                        plugin: self.plugin(),
                         reason,
                     })
                 }
@@ -313,15 +311,21 @@ impl Instance {
             Ok(Err(reason)) => {
                 self.rollback();
                 Err(PluginError::Failed {
-                    plugin: plugin.to_string(),
+                    plugin: self.plugin(),
                     reason,
                 })
             }
             Err(error) => {
                 self.rollback();
-                Err(classify(&self.store, &plugin, self.limits, &error))
+                Err(classify(&self.store, self.limits, &error))
             }
         }
+    }
+
+    /// The plugin's name, for an error. Not cloned per call: the instances of a plugin on
+    /// every worker share the name's reference count.
+    fn plugin(&self) -> String {
+        self.store.data().plugin.to_string()
     }
 
     /// Starts the deadline for the next call.
@@ -367,14 +371,9 @@ fn wasi_context(grants: &Grants, stderr: MemoryOutputPipe) -> wasmtime::Result<W
 }
 
 /// Names what went wrong in a call that returned a wasmtime error.
-fn classify(
-    store: &Store<HostState>,
-    plugin: &str,
-    limits: Limits,
-    error: &wasmtime::Error,
-) -> PluginError {
-    let plugin = plugin.to_owned();
+fn classify(store: &Store<HostState>, limits: Limits, error: &wasmtime::Error) -> PluginError {
     let data = store.data();
+    let plugin = data.plugin.to_string();
     if let Some(asked) = data.limiter.refused {
         return PluginError::Memory {
             plugin,
