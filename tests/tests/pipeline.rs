@@ -187,6 +187,108 @@ fn a_duplicate_is_acked_without_running_rules_and_garbage_becomes_a_dead_letter(
     );
 }
 
+/// Replays three messages whose commands all fail with no dead letter stored, so the pipeline
+/// sends each back for a retry; `rewrite` replaces the recording's text before that. Returns
+/// the replay's summary and the (device, seq) of every command the path saw, in order.
+fn replay_with_retries(
+    rewrite: Option<&str>,
+) -> (
+    iotrules::connector::replay::ReplaySummary,
+    Vec<(String, Option<u64>)>,
+) {
+    use iotrules::connector::ConnectorState;
+    use iotrules::connector::replay::{self, ReplaySettings};
+    use iotrules::status::{ConnectorStatus, Connectors, LastErrors};
+
+    let runtime = runtime();
+    let capture = Capture::closed("out");
+    let test = TestPipeline::start(
+        &["testing/echo"],
+        ECHO_RULE,
+        settings(2, 8, 64),
+        capture.clone(),
+        runtime.handle(),
+    );
+    // Comment and blank lines between the messages, so a line's place in the file is not a
+    // multiple of anything.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("recording.jsonl");
+    let mut text = String::from("# recorded for the retry test\n");
+    for seq in 1..=3 {
+        let line = serde_json::json!({ "payload": huawei_body(&format!("dev-{seq}"), seq) });
+        text.push_str(&format!("{line}\n\n# after message {seq}\n"));
+    }
+    std::fs::write(&file, text).expect("write the recording");
+
+    let status = Arc::new(Connectors::default()).add(ConnectorStatus {
+        name: "test".into(),
+        kind: "replay",
+        dialect: "huawei",
+        identity: Vec::new(),
+        state: ConnectorState::Starting,
+        error: None,
+        signature: None,
+    });
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let settings = ReplaySettings {
+        file: file.clone(),
+        rate: 0.0,
+        repeat: false,
+        offset_file: None,
+    };
+    let replaying = runtime.spawn(replay::run(
+        settings,
+        ingest(&test),
+        status,
+        Arc::new(LastErrors::default()),
+        shutdown,
+    ));
+    wait_for("the three commands", || capture.received().len() == 3);
+    if let Some(text) = rewrite {
+        std::fs::write(&file, text).expect("rewrite the recording");
+    }
+    // Every command fails and no dead letter can be stored: the pipeline sends all three
+    // back, and the path lets their second attempt through.
+    test.dead_letters.refuse(true);
+    capture.fail();
+    let summary = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), replaying).await })
+        .expect("the replay finishes once every message is settled")
+        .expect("the replay task")
+        .expect("the replay");
+    let commands = capture
+        .received()
+        .iter()
+        .map(|c| (c.device.clone(), c.seq))
+        .collect();
+    (summary, commands)
+}
+
+#[test]
+fn a_replayed_message_sent_back_for_a_retry_is_read_again_from_its_own_line() {
+    let (summary, mut commands) = replay_with_retries(None);
+    assert_eq!((summary.delivered, summary.retried), (3, 3), "{summary:?}");
+    commands[..3].sort();
+    commands[3..].sort();
+    let once: Vec<_> = (1..=3).map(|n| (format!("dev-{n}"), Some(n))).collect();
+    assert_eq!(
+        commands,
+        [once.clone(), once].concat(),
+        "each retry is its own line again"
+    );
+}
+
+#[test]
+fn a_retry_whose_line_is_gone_is_reported_and_the_replay_still_finishes() {
+    let (summary, commands) = replay_with_retries(Some("# emptied\n"));
+    assert_eq!(
+        (summary.delivered, summary.retried, summary.bad_lines),
+        (3, 0, 3),
+        "{summary:?}"
+    );
+    assert_eq!(commands.len(), 3, "nothing was sent again: {commands:?}");
+}
+
 #[test]
 fn a_copy_arriving_while_the_first_is_in_flight_settles_as_the_first_does() {
     let runtime = runtime();

@@ -278,12 +278,25 @@ pub async fn run(
         while let Ok(place) = retry_rx.try_recv() {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let line = retries.read_at(place).await.map_err(cannot_read)?;
-            if let Some(Ok(Some(recorded))) =
-                line.map(|line| line.text.and_then(|t| parse_line(&t)))
-            {
-                summary.retried += 1;
-                if ingest.submit(deliver(place, recorded)).await.is_err() {
-                    return Ok(summary);
+            match line.map(|line| line.text.and_then(|t| parse_line(&t))) {
+                Some(Ok(Some(recorded))) => {
+                    summary.retried += 1;
+                    if ingest.submit(deliver(place, recorded)).await.is_err() {
+                        return Ok(summary);
+                    }
+                }
+                // The file changed under the replay: the line is gone, not waited for.
+                _ => {
+                    summary.bad_lines += 1;
+                    let message = format!(
+                        "{}:{}: the message sent back for a retry is no longer on its line \
+                         (the file changed); it is not delivered again",
+                        settings.file.display(),
+                        place.index + 1
+                    );
+                    tracing::error!(connector = ingest.connector(), "{message}");
+                    errors.push(place_name.clone(), &message);
+                    lock(&positions).outstanding.remove(&place.index);
                 }
             }
         }
