@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iotrules::command::{CommandPaths, Lanes, LogTransport, PathSettings};
 use iotrules::config::PipelineConfig;
-use iotrules::connector::ConnectorState;
 use iotrules::connector::replay::{self, ReplaySettings};
 use iotrules::metrics::Metrics;
 use iotrules::pipeline::{Acker, Delivery, Settle};
@@ -187,15 +186,7 @@ impl Bench {
     /// Replays `file` at `rate` (0: unlimited) until every message is acknowledged.
     fn replay(&self, file: &Path, rate: f64) -> Duration {
         let connectors = Arc::new(Connectors::default());
-        let status = connectors.add(ConnectorStatus {
-            name: "bench".into(),
-            kind: "replay",
-            dialect: "tuya",
-            identity: Vec::new(),
-            state: ConnectorState::Starting,
-            error: None,
-            signature: None,
-        });
+        let status = connectors.add(ConnectorStatus::starting("bench", "replay", "tuya"));
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         let settings = ReplaySettings {
             file: file.to_owned(),

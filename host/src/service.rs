@@ -15,11 +15,11 @@ use tokio::sync::watch;
 
 use crate::command::{CommandPaths, Lanes, MqttTransport};
 use crate::config::{Config, ConnectorKind};
+use crate::connector::Context;
 use crate::connector::amqp::{self, AmqpSettings};
 use crate::connector::mqtt::{self, LinkHandle, MqttSettings};
 use crate::connector::pulsar::{self, PulsarSettings};
 use crate::connector::replay::{self, ReplaySettings};
-use crate::connector::{ConnectorState, Context};
 use crate::metrics::Metrics;
 use crate::pipeline::{Parts, Pipeline};
 use crate::plugin::{
@@ -201,13 +201,13 @@ pub async fn run(
         let ingest = pipeline.ingest(&connector.name, dialect);
         let identity = crate::connector::identity(connector, config.clock.now_ms())?;
         let status = observed.connectors.add(ConnectorStatus {
-            name: connector.name.clone(),
-            kind: connector.kind.as_str(),
-            dialect: connector.dialect_name()?.as_str(),
             identity,
-            state: ConnectorState::Starting,
-            error: None,
             signature: sign_mode.map(|mode| crate::status::SignatureStatus::new(mode, 0)),
+            ..ConnectorStatus::starting(
+                &connector.name,
+                connector.kind.as_str(),
+                connector.dialect_name()?.as_str(),
+            )
         });
         let context = Context {
             ingest,

@@ -67,6 +67,21 @@ pub struct ConnectorStatus {
     pub signature: Option<SignatureStatus>,
 }
 
+impl ConnectorStatus {
+    /// A connector that is starting: no identity, no error, no signature policy shown.
+    pub fn starting(name: impl Into<String>, kind: &'static str, dialect: &'static str) -> Self {
+        ConnectorStatus {
+            name: name.into(),
+            kind,
+            dialect,
+            identity: Vec::new(),
+            state: ConnectorState::Starting,
+            error: None,
+            signature: None,
+        }
+    }
+}
+
 /// A connector's signature policy as `/status` shows it: the mode, the mismatches so far
 /// (`iotrules_signature_mismatches_total`), and under `warn`, once there are any, a warning
 /// that stays for the life of the process (the log says it once).

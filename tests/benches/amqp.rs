@@ -27,8 +27,8 @@ use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::Value;
 use iotrules::config::{Config, PipelineConfig};
+use iotrules::connector::Context;
 use iotrules::connector::amqp::{self, AmqpSettings};
-use iotrules::connector::{ConnectorState, Context};
 use iotrules::plugin::Clock;
 use iotrules::status::{ConnectorStatus, Connectors, LastErrors};
 use iotrules_tests::pipeline::{Capture, TestPipeline};
@@ -200,15 +200,11 @@ fn throughput(c: &mut Criterion) {
                     let (stop, shutdown) = tokio::sync::watch::channel(false);
                     let context = Context {
                         ingest: test.pipeline().ingest("bench", dialect.clone()),
-                        status: connectors.add(ConnectorStatus {
-                            name: "bench".into(),
-                            kind: "alibaba-amqp",
-                            dialect: "alibaba",
-                            identity: Vec::new(),
-                            state: ConnectorState::Starting,
-                            error: None,
-                            signature: None,
-                        }),
+                        status: connectors.add(ConnectorStatus::starting(
+                            "bench",
+                            "alibaba-amqp",
+                            "alibaba",
+                        )),
                         errors: Arc::new(LastErrors::default()),
                         metrics: test.metrics.clone(),
                         shutdown,

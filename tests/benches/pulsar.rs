@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::StreamExt as _;
 use iotrules::config::PipelineConfig;
+use iotrules::connector::Context;
 use iotrules::connector::pulsar::{self, PulsarSettings};
-use iotrules::connector::{ConnectorState, Context};
 use iotrules::status::{ConnectorStatus, Connectors, LastErrors};
 use iotrules::vendor::tuya::{Decoder, Env, Keys, Mode};
 use iotrules::vendor::{Dialect, SignMode};
@@ -96,15 +96,7 @@ fn connector(c: &mut Criterion) {
         runtime.handle(),
     );
     let connectors = Arc::new(Connectors::default());
-    let status = connectors.add(ConnectorStatus {
-        name: "bench".into(),
-        kind: "tuya-pulsar",
-        dialect: "tuya",
-        identity: Vec::new(),
-        state: ConnectorState::Starting,
-        error: None,
-        signature: None,
-    });
+    let status = connectors.add(ConnectorStatus::starting("bench", "tuya-pulsar", "tuya"));
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let context = Context {
         ingest: test.pipeline().ingest(

@@ -196,7 +196,6 @@ fn replay_with_retries(
     iotrules::connector::replay::ReplaySummary,
     Vec<(String, Option<u64>)>,
 ) {
-    use iotrules::connector::ConnectorState;
     use iotrules::connector::replay::{self, ReplaySettings};
     use iotrules::status::{ConnectorStatus, Connectors, LastErrors};
 
@@ -220,15 +219,8 @@ fn replay_with_retries(
     }
     std::fs::write(&file, text).expect("write the recording");
 
-    let status = Arc::new(Connectors::default()).add(ConnectorStatus {
-        name: "test".into(),
-        kind: "replay",
-        dialect: "huawei",
-        identity: Vec::new(),
-        state: ConnectorState::Starting,
-        error: None,
-        signature: None,
-    });
+    let status =
+        Arc::new(Connectors::default()).add(ConnectorStatus::starting("test", "replay", "huawei"));
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     let settings = ReplaySettings {
         file: file.clone(),
