@@ -222,6 +222,12 @@ pub async fn run(
         None => 0,
     };
     reader.skip_to(start).await.map_err(cannot_read)?;
+    // A line that is not a recorded message: counted, logged and reported, then passed over.
+    let report_bad = |index: usize, reason: &str| {
+        let message = format!("{}:{}: {reason}", settings.file.display(), index + 1);
+        tracing::error!(connector = ingest.connector(), "Line skipped: {message}");
+        errors.push(place_name.clone(), &message);
+    };
     if start > 0 {
         tracing::info!(
             connector = ingest.connector(),
@@ -288,14 +294,11 @@ pub async fn run(
                 // The file changed under the replay: the line is gone, not waited for.
                 _ => {
                     summary.bad_lines += 1;
-                    let message = format!(
-                        "{}:{}: the message sent back for a retry is no longer on its line \
-                         (the file changed); it is not delivered again",
-                        settings.file.display(),
-                        place.index + 1
+                    report_bad(
+                        place.index,
+                        "the message sent back for a retry is no longer on its line (the file \
+                         changed); it is not delivered again",
                     );
-                    tracing::error!(connector = ingest.connector(), "{message}");
-                    errors.push(place_name.clone(), &message);
                     lock(&positions).outstanding.remove(&place.index);
                 }
             }
@@ -329,9 +332,7 @@ pub async fn run(
             }
             Err(reason) => {
                 summary.bad_lines += 1;
-                let message = format!("{}:{}: {reason}", settings.file.display(), place.index + 1);
-                tracing::error!(connector = ingest.connector(), "Line skipped: {message}");
-                errors.push(place_name.clone(), &message);
+                report_bad(place.index, &reason);
                 mark_skipped(&positions, place.index);
                 continue;
             }
@@ -384,6 +385,14 @@ struct Place {
     offset: u64,
 }
 
+impl Place {
+    /// The first line.
+    const START: Place = Place {
+        index: 0,
+        offset: 0,
+    };
+}
+
 /// A line as read: its text without the line ending, or why it cannot be used.
 struct ReadLine {
     place: Place,
@@ -400,20 +409,13 @@ impl Reader {
     async fn open(path: &Path) -> std::io::Result<Self> {
         Ok(Reader {
             file: BufReader::with_capacity(64 * 1024, File::open(path).await?),
-            next: Place {
-                index: 0,
-                offset: 0,
-            },
+            next: Place::START,
         })
     }
 
     /// Back to the first line.
     async fn rewind(&mut self) -> std::io::Result<()> {
-        self.seek(Place {
-            index: 0,
-            offset: 0,
-        })
-        .await
+        self.seek(Place::START).await
     }
 
     async fn seek(&mut self, place: Place) -> std::io::Result<()> {
