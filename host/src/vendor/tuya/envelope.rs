@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::Keys;
+use super::{Keys, flat};
 use crate::vendor::crypto::{CipherError, constant_time_eq, md5_digest};
 use crate::vendor::{CowStr, DecodeError, SignMode, base64_field, clip, utf8};
 
@@ -90,7 +90,8 @@ pub struct Envelope {
 }
 
 /// An envelope's top-level fields in message order, each value as its raw JSON text.
-struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+#[derive(Debug, PartialEq)]
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a str)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -106,7 +107,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(6));
                 while let Some((key, value)) = map.next_entry::<CowStr<'de>, &'de RawValue>()? {
-                    fields.push((key.0, value));
+                    fields.push((key.0, value.get()));
                 }
                 Ok(Fields(fields))
             }
@@ -117,15 +118,23 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    /// Reads the envelope: the usual flat object directly, anything else through serde_json.
     fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
         let text = utf8("Tuya envelope", payload)?;
+        match flat::fields(text) {
+            Some(fields) => Ok(Fields(fields)),
+            None => Self::parse_json(text),
+        }
+    }
+
+    fn parse_json(text: &'a str) -> Result<Self, DecodeError> {
         serde_json::from_str(text).map_err(|source| DecodeError::Json {
             what: "Tuya envelope",
             source,
         })
     }
 
-    fn raw(&self, key: &str) -> Option<&'a RawValue> {
+    fn raw(&self, key: &str) -> Option<&'a str> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 
@@ -146,8 +155,8 @@ impl<'a> Fields<'a> {
         };
         // Plain digits (the normal case) parse directly; anything else (a quoted number,
         // a float) goes through the lenient reader.
-        let parsed = raw.get().parse::<u64>().ok().or_else(|| {
-            serde_json::from_str::<crate::vendor::LenientU64>(raw.get())
+        let parsed = raw.parse::<u64>().ok().or_else(|| {
+            serde_json::from_str::<crate::vendor::LenientU64>(raw)
                 .ok()
                 .and_then(|n| n.0)
         });
@@ -195,18 +204,17 @@ impl<'a> Fields<'a> {
             if key == SIGN {
                 continue;
             }
-            let text = raw.get();
-            let value: Cow<'a, str> = if text.starts_with('"') {
+            let value: Cow<'a, str> = if raw.starts_with('"') {
                 unquote(raw).ok_or_else(|| {
                     DecodeError::shape(
                         "Tuya envelope",
                         format!("`{}` is not a valid string", clip(key)),
                     )
                 })?
-            } else if text == "null" {
+            } else if *raw == "null" {
                 continue;
             } else {
-                Cow::Borrowed(text)
+                Cow::Borrowed(*raw)
             };
             if !value.is_empty() {
                 signed.push((key, value));
@@ -234,8 +242,7 @@ impl<'a> Fields<'a> {
 
 /// The text of a JSON string value. The envelope parse already checked it, so a string
 /// without escapes (the usual case, even for long base64) is sliced, not parsed again.
-fn unquote(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get();
+fn unquote(text: &str) -> Option<Cow<'_, str>> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if memchr::memchr(b'\\', inner.as_bytes()).is_some() {
         serde_json::from_str(text).ok()
@@ -329,6 +336,53 @@ pub fn sign_fields(access_key: &str, fields: &[(&str, &str)]) -> Result<String, 
                 })
         })
         .collect::<Result<_, _>>()?;
-    let borrowed = Fields(raws.iter().map(|(k, v)| (k.clone(), v.as_ref())).collect());
+    let borrowed = Fields(raws.iter().map(|(k, v)| (k.clone(), v.get())).collect());
     Ok(hex::encode(borrowed.signature_digest(access_key)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{Fields, flat};
+
+    /// An IoT Core envelope as Tuya writes it.
+    const ENVELOPE: &str =
+        r#"{"data":"q83vEjRWeJA+/=","protocol":4,"pv":"2.0","sign":"0123abcd","t":1631545543537}"#;
+
+    /// Bytes that change what a JSON text means.
+    const EDITS: &[u8] = b"\"\\{}[],:01-.eE+tfnul \t\n\x01";
+
+    #[test]
+    fn the_usual_envelope_is_read_directly_to_what_serde_json_reads() {
+        let quick = flat::fields(ENVELOPE).expect("a plain flat object");
+        assert_eq!(Fields(quick), Fields::parse_json(ENVELOPE).expect("valid"));
+    }
+
+    proptest! {
+        /// Envelopes with a few bytes replaced, inserted or removed: wherever the quick
+        /// reader answers, serde_json reads the text to the same fields, so it never accepts
+        /// what serde_json refuses nor reads a value differently.
+        #[test]
+        fn the_quick_reader_answers_only_what_serde_json_reads_the_same(
+            edits in proptest::collection::vec(
+                (0..ENVELOPE.len(), proptest::sample::select(EDITS), 0..3u8),
+                1..4,
+            )
+        ) {
+            let mut bytes = ENVELOPE.as_bytes().to_vec();
+            for (at, byte, how) in edits {
+                let at = at.min(bytes.len().saturating_sub(1));
+                match how {
+                    0 => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ => { bytes.remove(at); }
+                }
+            }
+            let text = std::str::from_utf8(&bytes).expect("ASCII edits of ASCII text");
+            if let Some(quick) = flat::fields(text) {
+                prop_assert_eq!(Some(Fields(quick)), Fields::parse_json(text).ok(), "{}", text);
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! - [`openapi`]: request signing for tokens and device commands.
 
 pub mod envelope;
+mod flat;
 pub mod normalize;
 pub mod openapi;
 
