@@ -102,6 +102,7 @@ fn bench(c: &mut Criterion) {
         "normalize-units",
         "testing/sequence",
         "testing/pass",
+        "testing/echo",
     ] {
         let file = name.rsplit('/').next().expect("name");
         install(dir.path(), file, &dist(name));
@@ -121,6 +122,7 @@ fn bench(c: &mut Criterion) {
         ("deadband", DEADBAND),
         ("normalize-units", NORMALIZE),
         ("sequence", "{}"),
+        ("echo", "{}"),
     ] {
         let mut step = registry
             .step(plugin, config, Limits::default(), Grants::default(), plugin)
