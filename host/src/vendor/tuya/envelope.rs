@@ -178,12 +178,9 @@ impl<'a> Fields<'a> {
         if mode == SignMode::Off {
             return Ok((sign, SignatureCheck::Unchecked));
         }
-        let mut received = [0u8; 16];
         let problem = if sign.is_empty() {
             Some("the envelope has no `sign`")
-        } else if hex::decode_to_slice(&sign, &mut received).is_err()
-            || !constant_time_eq(&self.signature_digest(access_key)?, &received)
-        {
+        } else if !hex_matches(&self.signature_digest(access_key)?, &sign) {
             Some(
                 "`sign` does not match the envelope signed with the configured access key (wrong key, or the message was altered)",
             )
@@ -238,6 +235,14 @@ impl<'a> Fields<'a> {
         text.extend_from_slice(access_key.as_bytes());
         Ok(md5_digest(&text))
     }
+}
+
+/// Whether `sign` is the lower-hex text of `digest`: the digest is written out and the texts
+/// compared, which costs less than reading the hex.
+fn hex_matches(digest: &[u8; 16], sign: &str) -> bool {
+    let mut expected = [0u8; 32];
+    hex::encode_to_slice(digest, &mut expected).is_ok()
+        && constant_time_eq(&expected, sign.as_bytes())
 }
 
 /// The text of a JSON string value. The envelope parse already checked it, so a string
@@ -344,7 +349,7 @@ pub fn sign_fields(access_key: &str, fields: &[(&str, &str)]) -> Result<String, 
 mod tests {
     use proptest::prelude::*;
 
-    use super::{Fields, flat};
+    use super::{Fields, SignMode, SignatureCheck, flat, sign_fields};
 
     /// An IoT Core envelope as Tuya writes it.
     const ENVELOPE: &str =
@@ -357,6 +362,35 @@ mod tests {
     fn the_usual_envelope_is_read_directly_to_what_serde_json_reads() {
         let quick = flat::fields(ENVELOPE).expect("a plain flat object");
         assert_eq!(Fields(quick), Fields::parse_json(ENVELOPE).expect("valid"));
+    }
+
+    #[test]
+    fn the_sign_matches_in_either_case_and_only_as_the_whole_digest() {
+        let key = "benchKEY0123456789abcdefghijklmn";
+        let sign = sign_fields(key, &[("data", r#""q83v""#), ("protocol", "4"), ("t", "1")])
+            .expect("signed");
+        let check = |sign: &str| {
+            let text = format!(r#"{{"data":"q83v","protocol":4,"t":1,"sign":"{sign}"}}"#);
+            let fields = Fields::parse(text.as_bytes()).expect("valid");
+            fields
+                .check_signature(key, SignMode::Warn)
+                .expect("warn mode")
+                .1
+        };
+        assert_eq!(check(&sign), SignatureCheck::Verified);
+        assert_eq!(check(&sign.to_ascii_uppercase()), SignatureCheck::Verified);
+        assert_eq!(
+            check(&sign[..31]),
+            SignatureCheck::Mismatch,
+            "one digit short"
+        );
+        assert_eq!(
+            check(&format!("{sign}0")),
+            SignatureCheck::Mismatch,
+            "one digit long"
+        );
+        let not_hex = format!("g{}", &sign[1..]);
+        assert_eq!(check(&not_hex), SignatureCheck::Mismatch, "not hex");
     }
 
     proptest! {
