@@ -479,6 +479,16 @@ impl<'de> serde::Deserialize<'de> for LenientU64 {
     }
 }
 
+impl LenientU64 {
+    /// Reads a raw JSON value: plain digits (the usual case) directly, anything else (a
+    /// quoted number, a float) through the lenient reader.
+    pub(crate) fn from_raw(text: &str) -> Option<u64> {
+        text.parse::<u64>()
+            .ok()
+            .or_else(|| serde_json::from_str::<LenientU64>(text).ok()?.0)
+    }
+}
+
 /// Decodes messages of one vendor dialect into events.
 ///
 /// One per connector, built from its configuration (keys are expanded once here, not per

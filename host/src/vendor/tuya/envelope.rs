@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 
 use super::{Keys, flat};
 use crate::vendor::crypto::{CipherError, constant_time_eq, md5_digest};
-use crate::vendor::{CowStr, DecodeError, SignMode, base64_field, clip, utf8};
+use crate::vendor::{CowStr, DecodeError, LenientU64, SignMode, base64_field, clip, utf8};
 
 /// The JSON key of the signature.
 const SIGN: &str = "sign";
@@ -153,14 +153,7 @@ impl<'a> Fields<'a> {
         let Some(raw) = self.raw(key) else {
             return Ok(None);
         };
-        // Plain digits (the normal case) parse directly; anything else (a quoted number,
-        // a float) goes through the lenient reader.
-        let parsed = raw.parse::<u64>().ok().or_else(|| {
-            serde_json::from_str::<crate::vendor::LenientU64>(raw)
-                .ok()
-                .and_then(|n| n.0)
-        });
-        parsed.map(Some).ok_or_else(|| {
+        LenientU64::from_raw(raw).map(Some).ok_or_else(|| {
             DecodeError::shape("Tuya envelope", format!("`{key}` is not a whole number"))
         })
     }

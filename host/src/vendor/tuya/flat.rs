@@ -10,48 +10,103 @@
 
 use std::borrow::Cow;
 
-/// The object's fields in order, each value as its raw JSON text; `None` if the text is not
-/// a flat object of plain values.
-pub(super) fn fields(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
+/// An object's fields in order, each value as its raw JSON text.
+pub(super) type Fields<'a> = Vec<(Cow<'a, str>, &'a str)>;
+
+/// The fields of a flat object of plain values; `None` for any other text.
+pub(super) fn fields(text: &str) -> Option<Fields<'_>> {
     let bytes = text.as_bytes();
-    let mut at = skip_space(bytes, 0);
+    let (fields, end) = object(text, skip_space(bytes, 0), None)?;
+    (skip_space(bytes, end) == bytes.len()).then_some(fields)
+}
+
+/// The fields of an object of plain values but for `list`, whose value must be an array of
+/// flat objects (a Tuya status body: `{"devId":…,"status":[{…},{…}]}`), and those objects'
+/// fields. `None` for any other text, for a `list` that is not an array, or for two of them.
+pub(super) fn fields_with_list<'a>(
+    text: &'a str,
+    list: &str,
+) -> Option<(Fields<'a>, Vec<Fields<'a>>)> {
+    let bytes = text.as_bytes();
+    let mut items = None;
+    let (fields, end) = object(text, skip_space(bytes, 0), Some((list, &mut items)))?;
+    (skip_space(bytes, end) == bytes.len()).then_some((fields, items.unwrap_or_default()))
+}
+
+/// Where a [`fields_with_list`] array goes.
+type List<'k, 'o, 'a> = Option<(&'k str, &'o mut Option<Vec<Fields<'a>>>)>;
+
+/// Reads the object opening at `at`: its fields and the index after it.
+fn object<'a>(
+    text: &'a str,
+    mut at: usize,
+    mut list: List<'_, '_, 'a>,
+) -> Option<(Fields<'a>, usize)> {
+    let bytes = text.as_bytes();
     if bytes.get(at) != Some(&b'{') {
         return None;
     }
     at = skip_space(bytes, at + 1);
     let mut fields = Vec::with_capacity(6);
     if bytes.get(at) == Some(&b'}') {
-        at += 1;
-    } else {
-        loop {
-            let key_end = string_end(bytes, at)?;
-            let key = &text[at + 1..key_end - 1];
-            at = skip_space(bytes, key_end);
-            if bytes.get(at) != Some(&b':') {
-                return None;
+        return Some((fields, at + 1));
+    }
+    loop {
+        let key_end = string_end(bytes, at)?;
+        let key = &text[at + 1..key_end - 1];
+        at = skip_space(bytes, key_end);
+        if bytes.get(at) != Some(&b':') {
+            return None;
+        }
+        at = skip_space(bytes, at + 1);
+        let value_end = match (bytes.get(at)?, &mut list) {
+            (b'[', Some((name, items))) if key == *name && items.is_none() => {
+                let (read, end) = array(text, at)?;
+                **items = Some(read);
+                end
             }
-            at = skip_space(bytes, at + 1);
-            let value_end = match bytes.get(at)? {
-                b'"' => string_end(bytes, at)?,
-                b'-' | b'0'..=b'9' => number_end(bytes, at)?,
-                b't' => literal_end(bytes, at, b"true")?,
-                b'f' => literal_end(bytes, at, b"false")?,
-                b'n' => literal_end(bytes, at, b"null")?,
-                _ => return None,
-            };
-            fields.push((Cow::Borrowed(key), &text[at..value_end]));
-            at = skip_space(bytes, value_end);
-            match bytes.get(at)? {
-                b',' => at = skip_space(bytes, at + 1),
-                b'}' => {
-                    at += 1;
-                    break;
-                }
-                _ => return None,
-            }
+            (_, Some((name, _))) if key == *name => return None,
+            (b'"', _) => string_end(bytes, at)?,
+            (b'-' | b'0'..=b'9', _) => number_end(bytes, at)?,
+            (b't', _) => literal_end(bytes, at, b"true")?,
+            (b'f', _) => literal_end(bytes, at, b"false")?,
+            (b'n', _) => literal_end(bytes, at, b"null")?,
+            _ => return None,
+        };
+        fields.push((Cow::Borrowed(key), &text[at..value_end]));
+        at = skip_space(bytes, value_end);
+        match bytes.get(at)? {
+            b',' => at = skip_space(bytes, at + 1),
+            b'}' => return Some((fields, at + 1)),
+            _ => return None,
         }
     }
-    (skip_space(bytes, at) == bytes.len()).then_some(fields)
+}
+
+/// Reads the array of flat objects opening at `at`: their fields and the index after it.
+fn array(text: &str, mut at: usize) -> Option<(Vec<Fields<'_>>, usize)> {
+    let bytes = text.as_bytes();
+    at = skip_space(bytes, at + 1);
+    let mut items = Vec::with_capacity(8);
+    if bytes.get(at) == Some(&b']') {
+        return Some((items, at + 1));
+    }
+    loop {
+        let (item, end) = object(text, at, None)?;
+        items.push(item);
+        at = skip_space(bytes, end);
+        match bytes.get(at)? {
+            b',' => at = skip_space(bytes, at + 1),
+            b']' => return Some((items, at + 1)),
+            _ => return None,
+        }
+    }
+}
+
+/// The text of a string value read here (it has no escapes, so it is its own text); `None`
+/// for any other value.
+pub(super) fn string(raw: &str) -> Option<&str> {
+    raw.strip_prefix('"')?.strip_suffix('"')
 }
 
 /// The first index from `at` that is not JSON whitespace.
@@ -65,20 +120,46 @@ fn skip_space(bytes: &[u8], mut at: usize) -> usize {
 /// The index after the closing quote of the string opening at `at`, if it has no escape
 /// and no control character.
 fn string_end(bytes: &[u8], at: usize) -> Option<usize> {
+    /// Keys and most values end within this many bytes: a loop over a table finds their end
+    /// sooner than `memchr2` is set up. Longer strings (the sealed field) go on with
+    /// `memchr2` and a vectorized check for control characters.
+    const SHORT: usize = 32;
     if bytes.get(at) != Some(&b'"') {
         return None;
     }
     let rest = &bytes[at + 1..];
-    let len = memchr::memchr2(b'"', b'\\', rest)?;
-    let inner = &rest[..len];
-    // A fold without an early exit, so that it is vectorized: a sealed field is hundreds of
-    // bytes.
-    let controls = inner.iter().fold(0u8, |seen, &b| seen | u8::from(b < 0x20));
-    if rest[len] == b'\\' || controls != 0 {
-        return None;
-    }
-    Some(at + 1 + len + 1)
+    let short = rest.len().min(SHORT);
+    let len = match rest[..short].iter().position(|&b| STOPS[usize::from(b)]) {
+        Some(len) => len,
+        None => {
+            let long = &rest[short..];
+            let len = memchr::memchr2(b'"', b'\\', long)?;
+            // A fold without an early exit, so that it is vectorized.
+            let controls = long[..len]
+                .iter()
+                .fold(0u8, |seen, &b| seen | u8::from(b < 0x20));
+            if controls != 0 {
+                return None;
+            }
+            short + len
+        }
+    };
+    (rest[len] == b'"').then_some(at + 1 + len + 1)
 }
+
+/// The bytes that end the plain part of a JSON string: a quote, a backslash, a control
+/// character.
+static STOPS: [bool; 256] = {
+    let mut stops = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        stops[byte] = true;
+        byte += 1;
+    }
+    stops[b'"' as usize] = true;
+    stops[b'\\' as usize] = true;
+    stops
+};
 
 /// The index after the number starting at `at`, in JSON's grammar
 /// `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`.
@@ -165,6 +246,41 @@ mod tests {
             read(r#"{"a":1,"a":2}"#),
             pairs(&[("a", "1"), ("a", "2")]),
             "duplicates are kept, as the serde reading keeps them"
+        );
+    }
+
+    #[test]
+    fn one_list_of_flat_objects_is_read_where_it_is_named() {
+        let text = r#"{"devId":"d1","status":[{"code":"a","value":1},{}, {"t":2}],"x":null}"#;
+        let (fields, items) = super::fields_with_list(text, "status").expect("read");
+        let expected: super::Fields<'_> = vec![
+            ("devId".into(), r#""d1""#),
+            ("status".into(), r#"[{"code":"a","value":1},{}, {"t":2}]"#),
+            ("x".into(), "null"),
+        ];
+        assert_eq!(fields, expected);
+        assert_eq!(items.len(), 3);
+        assert_eq!(
+            items[0],
+            vec![("code".into(), r#""a""#), ("value".into(), "1")]
+        );
+        assert!(items[1].is_empty());
+        assert_eq!(items[2], vec![("t".into(), "2")]);
+        for text in [
+            r#"{"status":null}"#,
+            r#"{"status":[1]}"#,
+            r#"{"status":[{"a":[]}]}"#,
+            r#"{"status":[],"status":[]}"#,
+            r#"{"other":[{}]}"#,
+            r#"{"status":[{}],}"#,
+            r#"{"status":[{},]}"#,
+        ] {
+            assert_eq!(super::fields_with_list(text, "status"), None, "{text}");
+        }
+        assert_eq!(
+            read(r#"{"status":[]}"#),
+            None,
+            "no list unless one is named"
         );
     }
 

@@ -14,7 +14,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Tree};
 
-use super::Envelope;
+use super::{Envelope, flat};
 use crate::event::{ATTR_BIZ_CODE, Device, Event, Json, Kind, Property, Value, Vendor};
 use crate::vendor::{CowStr, DecodeError, LenientU64, digest_id, parse_json_str};
 
@@ -37,7 +37,7 @@ fn memchr_bizcode(body: &[u8]) -> bool {
 }
 
 /// The protocol 4 body: `{"dataId","devId","productKey","status":[…]}`.
-#[derive(Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 struct StatusBody<'a> {
     #[serde(rename = "dataId", borrow, default)]
     data_id: Option<Cow<'a, str>>,
@@ -51,7 +51,7 @@ struct StatusBody<'a> {
 
 /// `status`, read entry by entry straight into properties (no list of entries in between);
 /// an entry with neither a `code` nor a dp id is left out.
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq)]
 struct StatusList(Vec<Property>);
 
 impl<'de> Deserialize<'de> for StatusList {
@@ -87,7 +87,7 @@ struct StatusItem<'a> {
     time_ms: Option<u64>,
     /// The dp id and its raw value, for devices that send no `code`; borrowed, since it is
     /// rarely needed.
-    dp: Option<(Cow<'a, str>, &'a RawValue)>,
+    dp: Option<(Cow<'a, str>, &'a str)>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for StatusItem<'a> {
@@ -109,7 +109,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for StatusItem<'a> {
                         "value" => item.value = Some(map.next_value()?),
                         "t" | "time" => item.time_ms = map.next_value::<LenientU64>()?.0,
                         dp if !dp.is_empty() && dp.bytes().all(|b| b.is_ascii_digit()) => {
-                            item.dp = Some((key, map.next_value()?));
+                            item.dp = Some((key, map.next_value::<&'de RawValue>()?.get()));
                         }
                         _ => {
                             map.next_value::<IgnoredAny>()?;
@@ -124,13 +124,45 @@ impl<'de: 'a, 'a> Deserialize<'de> for StatusItem<'a> {
     }
 }
 
-impl StatusItem<'_> {
+impl<'a> StatusItem<'a> {
+    /// One entry read by [`flat`], as the serde reading above reads it; `None` for a `code`
+    /// that is not a string, which serde_json refuses.
+    fn read_flat(fields: flat::Fields<'a>) -> Option<Self> {
+        let mut item = StatusItem::default();
+        for (key, raw) in fields {
+            match key.as_ref() {
+                "code" => item.code = Some(flat::string(raw)?.to_owned()),
+                "value" => item.value = Some(plain_value(raw)?),
+                "t" | "time" => {
+                    item.time_ms = match raw.parse::<u64>() {
+                        Ok(time) => Some(time),
+                        // A number other than plain digits (negative, a fraction, out of
+                        // range) is left to serde_json, which may refuse it.
+                        Err(_)
+                            if raw.starts_with([
+                                '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9',
+                            ]) =>
+                        {
+                            return None;
+                        }
+                        Err(_) => LenientU64::from_raw(raw),
+                    }
+                }
+                dp if !dp.is_empty() && dp.bytes().all(|b| b.is_ascii_digit()) => {
+                    item.dp = Some((key, raw));
+                }
+                _ => {}
+            }
+        }
+        Some(item)
+    }
+
     fn into_property(self) -> Option<Property> {
         let (dp_id, dp_raw) = self.dp.unzip();
         let value = match (self.value, dp_raw) {
             (Some(value), _) => value,
             // The dp form writes the value as text: `"1":"true"`.
-            (None, Some(raw)) => match serde_json::from_str::<Value>(raw.get()) {
+            (None, Some(raw)) => match serde_json::from_str::<Value>(raw) {
                 Ok(Value::Text(text)) => Value::from_lenient_text(&text),
                 Ok(other) => other,
                 Err(_) => Value::Null,
@@ -146,8 +178,76 @@ impl StatusItem<'_> {
     }
 }
 
+impl<'a> StatusBody<'a> {
+    /// Reads the body: the usual plain shape directly, anything else through serde_json.
+    fn parse(body: &'a str) -> Result<Self, DecodeError> {
+        match Self::read_flat(body) {
+            Some(parsed) => Ok(parsed),
+            None => parse_json_str(BODY, body),
+        }
+    }
+
+    /// The body read by [`flat`], to what serde_json would read, or `None` where the text
+    /// is not plain enough for it or serde_json would refuse it (a duplicate field, a
+    /// `code` that is not a string, an integer too large for 64 bits).
+    fn read_flat(body: &'a str) -> Option<Self> {
+        let (fields, items) = flat::fields_with_list(body, "status")?;
+        let mut parsed = StatusBody {
+            data_id: None,
+            dev_id: None,
+            product_key: None,
+            status: StatusList(Vec::with_capacity(items.len())),
+        };
+        let mut seen = [false; 3];
+        for (key, raw) in fields {
+            let (slot, index) = match key.as_ref() {
+                "dataId" => (&mut parsed.data_id, 0),
+                "devId" => (&mut parsed.dev_id, 1),
+                "productKey" => (&mut parsed.product_key, 2),
+                _ => continue,
+            };
+            if std::mem::replace(&mut seen[index], true) {
+                return None;
+            }
+            *slot = match raw {
+                "null" => None,
+                text => Some(Cow::Borrowed(flat::string(text)?)),
+            };
+        }
+        for item in items {
+            parsed
+                .status
+                .0
+                .extend(StatusItem::read_flat(item)?.into_property());
+        }
+        Some(parsed)
+    }
+}
+
+/// A plain JSON value's raw text as [`Value`], as its serde reading types it: integers that
+/// fit 64 bits directly; anything with a fraction or an exponent through serde_json, whose
+/// float reading this must match; `None` for a longer integer (serde_json reads it as a
+/// float; left to it), or for a number serde_json refuses (out of range).
+fn plain_value(raw: &str) -> Option<Value> {
+    Some(match raw {
+        "null" => Value::Null,
+        "true" => Value::Boolean(true),
+        "false" => Value::Boolean(false),
+        text if text.starts_with('"') => Value::Text(flat::string(text)?.to_owned()),
+        // serde_json reads `-0` as a float, too.
+        text if text == "-0" || text.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) => {
+            serde_json::from_str(text).ok()?
+        }
+        text if text.starts_with('-') => Value::Integer(text.parse().ok()?),
+        text => {
+            let whole: u64 = text.parse().ok()?;
+            i64::try_from(whole).map_or(Value::Float(whole as f64), Value::Integer)
+        }
+    })
+}
+
 fn status(source: &str, envelope: &Envelope, body: String) -> Result<Event, DecodeError> {
-    let parsed: StatusBody<'_> = parse_json_str(BODY, &body)?;
+    let parsed = StatusBody::parse(&body)?;
     let dev_id = parsed
         .dev_id
         .filter(|d| !d.is_empty())
@@ -442,8 +542,98 @@ fn into_text(body: Vec<u8>) -> Result<String, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::vendor::tuya::SignatureCheck;
+
+    /// A status body with every kind of entry: code and dp id, dp id alone, a float, a
+    /// quoted time, an integer past `i64`, a quoted negative time, a null value, an unknown key.
+    const STATUS: &str = r#"{"dataId":"16Qm","devId":"vdevx","productKey":"gXkH","status":[{"2":"white","code":"work_mode","t":1631545543536,"value":"white"},{"3":"764","code":"bright_value_v2","t":1631545543536,"value":764},{"code":"temp_current","t":"1631545543536","value":-23.5e0,"4":"23.5"},{"5":"true"},{"code":"big","value":18446744073709551615,"time":"-3"},{"code":"off","value":null,"extra":false}],"ts":7}"#;
+
+    /// Bytes that change what a JSON text means.
+    const EDITS: &[u8] = b"\"\\{}[],:019-.eE+tfnul \t\x01";
+
+    #[test]
+    fn the_usual_status_body_is_read_directly_to_what_serde_json_reads() {
+        let quick = StatusBody::read_flat(STATUS).expect("plain enough");
+        let serde: StatusBody<'_> = parse_json_str(BODY, STATUS).expect("valid");
+        assert_eq!(quick, serde);
+        assert_eq!(quick.status.0.len(), 6, "every entry has a code or a dp id");
+    }
+
+    #[test]
+    fn a_plain_value_is_typed_as_serde_json_types_it() {
+        for raw in [
+            r#""x""#,
+            "true",
+            "false",
+            "null",
+            "0",
+            "-0",
+            "764",
+            "-764",
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551615",
+            "-9223372036854775808",
+            "1.5",
+            "-2.5e3",
+            "1E2",
+            "0.1e-2",
+        ] {
+            let serde: Value = serde_json::from_str(raw).expect("valid");
+            assert_eq!(plain_value(raw), Some(serde), "{raw}");
+        }
+        for raw in ["18446744073709551616", "-9223372036854775809"] {
+            assert_eq!(plain_value(raw), None, "{raw} is left to serde_json");
+        }
+    }
+
+    #[test]
+    fn what_serde_json_refuses_is_left_to_it() {
+        for text in [
+            r#"{"devId":"a","devId":"b","status":[]}"#,
+            r#"{"devId":"a","status":[{"code":1,"value":1}]}"#,
+            r#"{"devId":"a","status":[{"code":null}]}"#,
+            r#"{"devId":"a","status":null}"#,
+            r#"{"devId":7,"status":[]}"#,
+            r#"{"devId":"a","status":[{"code":"c","t":1e31545543536}]}"#,
+        ] {
+            assert!(StatusBody::read_flat(text).is_none(), "{text}");
+            assert!(
+                parse_json_str::<StatusBody<'_>>(BODY, text).is_err(),
+                "{text}"
+            );
+        }
+    }
+
+    proptest! {
+        /// Status bodies with a few bytes replaced, inserted or removed: wherever the quick
+        /// reader answers, serde_json reads the body to the same device and properties.
+        #[test]
+        fn the_quick_status_reader_answers_only_what_serde_json_reads_the_same(
+            edits in proptest::collection::vec(
+                (0..STATUS.len(), proptest::sample::select(EDITS), 0..3u8),
+                1..4,
+            )
+        ) {
+            let mut bytes = STATUS.as_bytes().to_vec();
+            for (at, byte, how) in edits {
+                let at = at.min(bytes.len().saturating_sub(1));
+                match how {
+                    0 => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ => { bytes.remove(at); }
+                }
+            }
+            let text = std::str::from_utf8(&bytes).expect("ASCII edits of ASCII text");
+            if let Some(quick) = StatusBody::read_flat(text) {
+                let serde = parse_json_str::<StatusBody<'_>>(BODY, text).ok();
+                prop_assert_eq!(Some(quick), serde, "{}", text);
+            }
+        }
+    }
 
     fn envelope(protocol: u64) -> Envelope {
         Envelope {
