@@ -348,9 +348,6 @@ mod tests {
     const ENVELOPE: &str =
         r#"{"data":"q83vEjRWeJA+/=","protocol":4,"pv":"2.0","sign":"0123abcd","t":1631545543537}"#;
 
-    /// Bytes that change what a JSON text means.
-    const EDITS: &[u8] = b"\"\\{}[],:01-.eE+tfnul \t\n\x01";
-
     #[test]
     fn the_usual_envelope_is_read_directly_to_what_serde_json_reads() {
         let quick = flat::fields(ENVELOPE).expect("a plain flat object");
@@ -392,21 +389,9 @@ mod tests {
         /// what serde_json refuses nor reads a value differently.
         #[test]
         fn the_quick_reader_answers_only_what_serde_json_reads_the_same(
-            edits in proptest::collection::vec(
-                (0..ENVELOPE.len(), proptest::sample::select(EDITS), 0..3u8),
-                1..4,
-            )
+            edits in flat::testing::edits(ENVELOPE.len())
         ) {
-            let mut bytes = ENVELOPE.as_bytes().to_vec();
-            for (at, byte, how) in edits {
-                let at = at.min(bytes.len().saturating_sub(1));
-                match how {
-                    0 => bytes[at] = byte,
-                    1 => bytes.insert(at, byte),
-                    _ => { bytes.remove(at); }
-                }
-            }
-            let text = std::str::from_utf8(&bytes).expect("ASCII edits of ASCII text");
+            let text = &flat::testing::edited(ENVELOPE, &edits);
             if let Some(quick) = flat::fields(text) {
                 prop_assert_eq!(Some(Fields(quick)), Fields::parse_json(text).ok(), "{}", text);
             }

@@ -204,6 +204,39 @@ fn literal_end(bytes: &[u8], at: usize, word: &[u8]) -> Option<usize> {
     bytes[at..].starts_with(word).then_some(at + word.len())
 }
 
+/// Random edits of JSON texts, for the property tests that hold these readers to serde_json.
+#[cfg(test)]
+pub(super) mod testing {
+    use proptest::prelude::*;
+
+    /// Bytes that change what a JSON text means.
+    const EDITS: &[u8] = b"\"\\{}[],:019-.eE+tfnul \t\n\x01";
+
+    /// One to three edits of a text of `len` bytes: a place, a byte, and whether it replaces
+    /// (0), is inserted (1) or removes (2) the byte there.
+    pub(in crate::vendor::tuya) fn edits(
+        len: usize,
+    ) -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
+        proptest::collection::vec((0..len, proptest::sample::select(EDITS), 0..3u8), 1..4)
+    }
+
+    /// `text` with `edits` made.
+    pub(in crate::vendor::tuya) fn edited(text: &str, edits: &[(usize, u8, u8)]) -> String {
+        let mut bytes = text.as_bytes().to_vec();
+        for &(at, byte, how) in edits {
+            let at = at.min(bytes.len().saturating_sub(1));
+            match how {
+                0 => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                _ => {
+                    bytes.remove(at);
+                }
+            }
+        }
+        String::from_utf8(bytes).expect("ASCII edits of ASCII text")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::fields;

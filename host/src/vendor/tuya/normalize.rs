@@ -551,9 +551,6 @@ mod tests {
     /// quoted time, an integer past `i64`, a quoted negative time, a null value, an unknown key.
     const STATUS: &str = r#"{"dataId":"16Qm","devId":"vdevx","productKey":"gXkH","status":[{"2":"white","code":"work_mode","t":1631545543536,"value":"white"},{"3":"764","code":"bright_value_v2","t":1631545543536,"value":764},{"code":"temp_current","t":"1631545543536","value":-23.5e0,"4":"23.5"},{"5":"true"},{"code":"big","value":18446744073709551615,"time":"-3"},{"code":"off","value":null,"extra":false}],"ts":7}"#;
 
-    /// Bytes that change what a JSON text means.
-    const EDITS: &[u8] = b"\"\\{}[],:019-.eE+tfnul \t\x01";
-
     #[test]
     fn the_usual_status_body_is_read_directly_to_what_serde_json_reads() {
         let quick = StatusBody::read_flat(STATUS).expect("plain enough");
@@ -613,21 +610,9 @@ mod tests {
         /// reader answers, serde_json reads the body to the same device and properties.
         #[test]
         fn the_quick_status_reader_answers_only_what_serde_json_reads_the_same(
-            edits in proptest::collection::vec(
-                (0..STATUS.len(), proptest::sample::select(EDITS), 0..3u8),
-                1..4,
-            )
+            edits in flat::testing::edits(STATUS.len())
         ) {
-            let mut bytes = STATUS.as_bytes().to_vec();
-            for (at, byte, how) in edits {
-                let at = at.min(bytes.len().saturating_sub(1));
-                match how {
-                    0 => bytes[at] = byte,
-                    1 => bytes.insert(at, byte),
-                    _ => { bytes.remove(at); }
-                }
-            }
-            let text = std::str::from_utf8(&bytes).expect("ASCII edits of ASCII text");
+            let text = &flat::testing::edited(STATUS, &edits);
             if let Some(quick) = StatusBody::read_flat(text) {
                 let serde = parse_json_str::<StatusBody<'_>>(BODY, text).ok();
                 prop_assert_eq!(Some(quick), serde, "{}", text);
