@@ -1,12 +1,14 @@
-//! A quick reader for the common shape of a Tuya envelope: one flat JSON object whose values
-//! are plain strings, numbers, booleans or `null`.
+//! A quick reader for the common shapes of Tuya JSON: the envelope, one flat object of plain
+//! strings, numbers, booleans and `null`; and the protocol 4 status body, the same with one
+//! array of such objects.
 //!
-//! The envelope's sealed field is hundreds of base64 characters, and serde_json scans a
-//! string eight bytes at a time with three tests per word; here a vectorized `memchr2` finds
-//! its end. Only a strict subset of JSON is read: any escape, nested value, unusual number or
-//! stray byte answers `None`, and the caller reads the text with serde_json instead, whose
-//! error then names what is wrong. So this never accepts what serde_json refuses, and where
-//! it answers, it answers what serde_json's raw reading would (see the tests).
+//! serde_json scans a string eight bytes at a time with three tests per word, and the
+//! envelope's sealed field is hundreds of base64 characters; here a table ends short strings
+//! and a vectorized `memchr2` long ones. Only a strict subset of JSON is read: any escape,
+//! nested value, unusual number or stray byte answers `None`, and the caller reads the text
+//! with serde_json instead, whose error then names what is wrong. So this never accepts what
+//! serde_json refuses, and where it answers, it answers what serde_json's reading would (see
+//! the tests here, in `envelope` and in `normalize`).
 
 use std::borrow::Cow;
 

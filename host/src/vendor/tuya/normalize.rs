@@ -108,7 +108,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for StatusItem<'a> {
                         "code" => item.code = Some(map.next_value()?),
                         "value" => item.value = Some(map.next_value()?),
                         "t" | "time" => item.time_ms = map.next_value::<LenientU64>()?.0,
-                        dp if !dp.is_empty() && dp.bytes().all(|b| b.is_ascii_digit()) => {
+                        dp if is_dp_id(dp) => {
                             item.dp = Some((key, map.next_value::<&'de RawValue>()?.get()));
                         }
                         _ => {
@@ -124,6 +124,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for StatusItem<'a> {
     }
 }
 
+/// Whether a status entry's key is a dp id (`"2":"white"`): digits only.
+fn is_dp_id(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit())
+}
+
 impl<'a> StatusItem<'a> {
     /// One entry read by [`flat`], as the serde reading above reads it; `None` for a `code`
     /// that is not a string, which serde_json refuses.
@@ -134,21 +139,15 @@ impl<'a> StatusItem<'a> {
                 "code" => item.code = Some(flat::string(raw)?.to_owned()),
                 "value" => item.value = Some(plain_value(raw)?),
                 "t" | "time" => {
-                    item.time_ms = match raw.parse::<u64>() {
-                        Ok(time) => Some(time),
-                        // A number other than plain digits (negative, a fraction, out of
-                        // range) is left to serde_json, which may refuse it.
-                        Err(_)
-                            if raw.starts_with([
-                                '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9',
-                            ]) =>
-                        {
-                            return None;
-                        }
-                        Err(_) => LenientU64::from_raw(raw),
-                    }
+                    item.time_ms = if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+                        // A number: plain digits, or left to serde_json (a negative, a
+                        // fraction, one out of range), which may refuse it.
+                        Some(raw.parse().ok()?)
+                    } else {
+                        LenientU64::from_raw(raw)
+                    };
                 }
-                dp if !dp.is_empty() && dp.bytes().all(|b| b.is_ascii_digit()) => {
+                dp if is_dp_id(dp) => {
                     item.dp = Some((key, raw));
                 }
                 _ => {}
