@@ -9,8 +9,8 @@
 //! (every event acknowledged before the batch counts as done). Plugin state and dead letters
 //! are in SQLite, as in the service; `BENCH_STATE=memory` keeps plugin state in memory
 //! instead, to see what the SQLite commits cost. After it, the bench replays
-//! at half that rate and prints the latency percentiles per event, receipt to
-//! acknowledgement.
+//! at half that rate (or at `BENCH_RATE` events/s) and prints the latency percentiles per
+//! event, receipt to acknowledgement.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -286,7 +286,11 @@ fn throughput(c: &mut Criterion) {
     batch += 1;
     let file = bench.record(batch);
     let full = BATCH as f64 / bench.replay(&file, 0.0).as_secs_f64();
-    let rate = full / 2.0;
+    // BENCH_RATE=N: at N events/s instead, so that two builds compare at the same load.
+    let rate = match std::env::var("BENCH_RATE") {
+        Ok(rate) => rate.parse().expect("BENCH_RATE: events per second"),
+        Err(_) => full / 2.0,
+    };
     batch += 1;
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(BATCH as usize)));
     let ingest = bench.ingest();
