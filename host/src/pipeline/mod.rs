@@ -13,7 +13,7 @@
 //!   handled one after another, in order, while devices spread over the workers (with
 //!   `order = "connector"`, a connector's events all stay on one worker, in order). Every rule
 //!   whose `when` and `if` take the event runs, independently of the others. A worker takes
-//!   what is queued in batches (up to 4 events, never waiting for more) and runs them rule by
+//!   what is queued in batches (up to 32 events, never waiting for more) and runs them rule by
 //!   rule, so that one plugin's code and memory stay in the caches across the batch. Commands
 //!   are queued on their paths in the order the rules emitted them.
 //! - [`settle`]: the delivery is acknowledged only when every matching rule has finished,
