@@ -97,6 +97,104 @@ fn events_of_a_device_stay_in_order_across_workers() {
     }
 }
 
+/// A worker that fell behind takes what is queued as one batch and runs it rule by rule; what
+/// each event's rules send must still come out in the order of the rules, and the events of a
+/// device in their order. A first rule holds the only worker on a gate event (the `spin`
+/// plugin, stopped at its deadline) while the producer fills the queue behind it, so the
+/// batches that follow are full and hold many events of each device.
+#[test]
+fn a_batch_run_rule_by_rule_sends_each_events_commands_in_rule_order() {
+    const RULES: &str = r#"
+[[rule]]
+name = "gate"
+on_error = "drop"
+when = { device = "gate" }
+
+[[rule.step]]
+plugin = "spin"
+deadline_ms = 300
+
+[[rule]]
+name = "first"
+commands.via = "out"
+[[rule.step]]
+plugin = "echo"
+config = { command = "first" }
+
+[[rule]]
+name = "second"
+commands.via = "out"
+[[rule.step]]
+plugin = "echo"
+config = { command = "second" }
+
+[[rule]]
+name = "third"
+commands.via = "out"
+[[rule.step]]
+plugin = "echo"
+config = { command = "third" }
+"#;
+    const RULE_ORDER: [&str; 3] = ["first", "second", "third"];
+    let runtime = runtime();
+    let capture = Capture::open("out");
+    const QUEUE: usize = 96;
+    let mut test = TestPipeline::start(
+        &["testing/spin", "testing/echo"],
+        RULES,
+        settings(1, QUEUE, 1024),
+        capture.clone(),
+        runtime.handle(),
+    );
+    let ingest = ingest(&test);
+    let acks = Arc::new(Acks::default());
+    const DEVICES: u64 = 3;
+    const EACH: u64 = 100;
+    let queued_behind_the_gate = runtime.block_on(async {
+        ingest
+            .submit(acks.delivery(huawei_body("gate", 0)))
+            .await
+            .expect("submit");
+        let gate_passed = || capture.received().iter().any(|c| c.device == "gate");
+        let mut queued_behind_the_gate = 0;
+        for seq in 0..EACH {
+            for device in 0..DEVICES {
+                if !gate_passed() {
+                    queued_behind_the_gate += 1;
+                }
+                let body = huawei_body(&format!("dev-{device}"), seq);
+                ingest.submit(acks.delivery(body)).await.expect("submit");
+            }
+        }
+        queued_behind_the_gate
+    });
+    drop(ingest);
+    test.drain(&runtime);
+
+    // Without a full queue behind the gate this test would prove nothing.
+    assert!(
+        queued_behind_the_gate >= QUEUE,
+        "only {queued_behind_the_gate} events queued while the gate held the worker"
+    );
+    assert_eq!(acks.acked(), (DEVICES * EACH + 1) as usize);
+    let mut per_device: HashMap<String, Vec<(u64, String)>> = HashMap::new();
+    for command in capture.received() {
+        if command.device != "gate" {
+            per_device
+                .entry(command.device)
+                .or_default()
+                .push((command.seq.expect("seq"), command.name));
+        }
+    }
+    assert_eq!(per_device.len(), DEVICES as usize);
+    let expected: Vec<(u64, String)> = (0..EACH)
+        .flat_map(|seq| RULE_ORDER.iter().map(move |rule| (seq, rule.to_string())))
+        .collect();
+    for (device, commands) in per_device {
+        assert_eq!(commands, expected, "{device}");
+    }
+}
+
 #[test]
 fn no_event_is_acked_before_its_commands_are_confirmed_and_intake_waits_when_full() {
     let runtime = runtime();
