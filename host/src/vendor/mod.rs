@@ -416,6 +416,85 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for CowStr<'a> {
     }
 }
 
+/// A JSON object read one level deep: its fields in message order, each value as its raw
+/// JSON text. For reading a few fields of a message without building a tree of all of it;
+/// the text was checked as JSON when it was read, so a value read again is well-formed.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct RawObject<'a>(pub Vec<(Cow<'a, str>, &'a str)>);
+
+impl<'a> RawObject<'a> {
+    /// A raw value read as an object; `None` when it is another kind of value.
+    pub(crate) fn of(raw: &'a str) -> Option<Self> {
+        raw.starts_with('{')
+            .then(|| serde_json::from_str(raw).ok())
+            .flatten()
+    }
+
+    /// The raw value of `key`: the last one when the key repeats, as a tree keeps it.
+    pub(crate) fn get(&self, key: &str) -> Option<&'a str> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// The text of `key` when its value is a string.
+    pub(crate) fn text(&self, key: &str) -> Option<Cow<'a, str>> {
+        self.get(key).and_then(unquote)
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for RawObject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+            type Value = RawObject<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(6));
+                while let Some((key, value)) =
+                    map.next_entry::<CowStr<'de>, &'de serde_json::value::RawValue>()?
+                {
+                    fields.push((key.0, value.get()));
+                }
+                Ok(RawObject(fields))
+            }
+        }
+
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// A raw value read as an array of raw values; `None` when it is another kind of value.
+pub(crate) fn raw_array(raw: &str) -> Option<Vec<&str>> {
+    let items: Vec<&serde_json::value::RawValue> = raw
+        .starts_with('[')
+        .then(|| serde_json::from_str(raw).ok())
+        .flatten()?;
+    Some(
+        items
+            .into_iter()
+            .map(serde_json::value::RawValue::get)
+            .collect(),
+    )
+}
+
+/// The text of a raw JSON string value; `None` for any other value. A string without
+/// escapes (the usual case, even for long base64) is sliced, not parsed again.
+pub(crate) fn unquote(raw: &str) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if memchr::memchr(b'\\', inner.as_bytes()).is_some() {
+        serde_json::from_str(raw).ok()
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
 /// A number that a vendor writes either as a JSON number or as a string of digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct LenientU64(pub Option<u64>);

@@ -11,15 +11,14 @@
 //! why the envelope is read as raw JSON rather than through a typed struct.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::Deserialize;
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::{Keys, flat};
 use crate::vendor::crypto::{CipherError, constant_time_eq, md5_digest};
-use crate::vendor::{CowStr, DecodeError, LenientU64, SignMode, base64_field, clip, utf8};
+use crate::vendor::{
+    DecodeError, LenientU64, RawObject, SignMode, base64_field, clip, unquote, utf8,
+};
 
 /// The JSON key of the signature.
 const SIGN: &str = "sign";
@@ -93,30 +92,6 @@ pub struct Envelope {
 #[derive(Debug, PartialEq)]
 struct Fields<'a>(Vec<(Cow<'a, str>, &'a str)>);
 
-impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldsVisitor;
-
-        impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = Fields<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(6));
-                while let Some((key, value)) = map.next_entry::<CowStr<'de>, &'de RawValue>()? {
-                    fields.push((key.0, value.get()));
-                }
-                Ok(Fields(fields))
-            }
-        }
-
-        deserializer.deserialize_map(FieldsVisitor)
-    }
-}
-
 impl<'a> Fields<'a> {
     /// Reads the envelope: the usual flat object directly, anything else through serde_json.
     fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
@@ -128,10 +103,12 @@ impl<'a> Fields<'a> {
     }
 
     fn parse_json(text: &'a str) -> Result<Self, DecodeError> {
-        serde_json::from_str(text).map_err(|source| DecodeError::Json {
-            what: "Tuya envelope",
-            source,
-        })
+        serde_json::from_str(text)
+            .map(|RawObject(fields)| Fields(fields))
+            .map_err(|source| DecodeError::Json {
+                what: "Tuya envelope",
+                source,
+            })
     }
 
     fn raw(&self, key: &str) -> Option<&'a str> {
@@ -236,17 +213,6 @@ fn hex_matches(digest: &[u8; 16], sign: &str) -> bool {
     let mut expected = [0u8; 32];
     hex::encode_to_slice(digest, &mut expected).is_ok()
         && constant_time_eq(&expected, sign.as_bytes())
-}
-
-/// The text of a JSON string value. The envelope parse already checked it, so a string
-/// without escapes (the usual case, even for long base64) is sliced, not parsed again.
-fn unquote(text: &str) -> Option<Cow<'_, str>> {
-    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
-    if memchr::memchr(b'\\', inner.as_bytes()).is_some() {
-        serde_json::from_str(text).ok()
-    } else {
-        Some(Cow::Borrowed(inner))
-    }
 }
 
 /// Base64-decodes and decrypts a sealed field.

@@ -11,12 +11,14 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value as Tree;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value as Tree};
 
 use super::{Envelope, flat};
 use crate::event::{ATTR_BIZ_CODE, Device, Event, Json, Kind, Property, Value, Vendor};
-use crate::vendor::{CowStr, DecodeError, LenientU64, digest_id, parse_json_str};
+use crate::vendor::{
+    CowStr, DecodeError, LenientU64, RawObject, digest_id, parse_json_str, raw_array, unquote,
+};
 
 const BODY: &str = "Tuya message body";
 
@@ -283,66 +285,64 @@ fn status(source: &str, envelope: &Envelope, body: String) -> Result<Event, Deco
 
 /// Protocol 20 (`{"bizCode","bizData","devId","productKey","ts","uuid"}`) and the 1000 series.
 fn biz_message(source: &str, envelope: &Envelope, body: String) -> Result<Event, DecodeError> {
-    let tree: Tree = parse_json_str(BODY, &body)?;
-    let root = tree
-        .as_object()
-        .ok_or_else(|| DecodeError::shape(BODY, "not a JSON object"))?;
-    let biz_code = text(root, "bizCode").unwrap_or_default();
-    let empty = Map::new();
+    let root = root(&body)?;
+    let biz_code = root.text("bizCode").unwrap_or_default();
     let biz_data = ["bizData", "data"]
         .iter()
-        .find_map(|k| root.get(*k).and_then(Tree::as_object))
-        .unwrap_or(&empty);
+        .find_map(|k| root.get(k).and_then(RawObject::of))
+        .unwrap_or_default();
     let protocol = envelope.protocol.unwrap_or(0);
-    let kind = biz_kind(protocol, biz_code);
+    let kind = biz_kind(protocol, &biz_code);
 
-    let dev_id = text(root, "devId")
-        .or_else(|| text(biz_data, "devId"))
+    let dev_id = root
+        .text("devId")
+        .or_else(|| biz_data.text("devId"))
         .unwrap_or_default();
     let product = ["productKey", "productId"]
         .iter()
-        .find_map(|k| text(root, k).or_else(|| text(biz_data, k)))
-        .map(str::to_owned);
-    let name = match biz_code {
-        "nameUpdate" => text(biz_data, "name").map(str::to_owned),
+        .find_map(|k| root.text(k).or_else(|| biz_data.text(k)))
+        .map(Cow::into_owned);
+    let name = match &*biz_code {
+        "nameUpdate" => biz_data.text("name").map(Cow::into_owned),
         _ => None,
     };
-    let properties = match biz_code {
-        "deviceSignal" => signal_properties(biz_data),
-        "deviceDpCommand" => dp_command_properties(biz_data),
+    let properties = match &*biz_code {
+        "deviceSignal" => signal_properties(&biz_data),
+        "deviceDpCommand" => dp_command_properties(&biz_data),
         _ => ["properties", "status"]
             .iter()
-            .find_map(|k| biz_data.get(*k).or_else(|| root.get(*k)))
+            .find_map(|k| biz_data.get(k).or_else(|| root.get(k)))
             .map(items_to_properties)
             .unwrap_or_default(),
     };
-    let time_ms = number(root, "ts")
-        .or_else(|| number(biz_data, "time"))
+    let time_ms = number(&root, "ts")
+        .or_else(|| number(&biz_data, "time"))
         .or_else(|| properties.iter().filter_map(|p| p.time_ms).max())
         .or(envelope.time_ms)
         .unwrap_or(0);
-    let id = text(root, "dataId")
-        .or_else(|| text(biz_data, "dataId"))
-        .map_or_else(|| fallback_id(envelope, body.as_bytes()), str::to_owned);
+    let id = root
+        .text("dataId")
+        .or_else(|| biz_data.text("dataId"))
+        .map_or_else(|| fallback_id(envelope, body.as_bytes()), Cow::into_owned);
     let action = if biz_code.is_empty() {
         format!("protocol-{protocol}")
     } else {
-        biz_code.to_owned()
+        biz_code.to_string()
     };
-
+    let device = Device {
+        id: dev_id.into_owned(),
+        product,
+        name,
+    };
     let mut attributes = BTreeMap::new();
-    attributes.insert(ATTR_BIZ_CODE.to_owned(), biz_code.to_owned());
+    attributes.insert(ATTR_BIZ_CODE.to_owned(), biz_code.into_owned());
     Ok(Event {
         id,
         source: source.to_owned(),
         vendor: Vendor::Tuya,
         kind,
         action,
-        device: Device {
-            id: dev_id.to_owned(),
-            product,
-            name,
-        },
+        device,
         time_ms,
         properties,
         payload: Json::from_parsed(body),
@@ -368,77 +368,23 @@ fn biz_kind(protocol: u64, biz_code: &str) -> Kind {
     }
 }
 
-/// `deviceSignal`: `reportData[{memory, rssi, t}]` → one property per measurement.
-fn signal_properties(biz_data: &Map<String, Tree>) -> Vec<Property> {
-    let Some(reports) = biz_data.get("reportData").and_then(Tree::as_array) else {
+/// `deviceSignal`: `reportData[{memory, rssi, t}]` → one property per measurement, in the
+/// order of their names.
+fn signal_properties(biz_data: &RawObject<'_>) -> Vec<Property> {
+    let Some(reports) = biz_data.get("reportData").and_then(raw_array) else {
         return Vec::new();
     };
     reports
-        .iter()
-        .filter_map(Tree::as_object)
+        .into_iter()
+        .filter_map(RawObject::of)
         .flat_map(|report| {
-            let time_ms = number(report, "t");
-            report
-                .iter()
-                .filter(|(k, _)| k.as_str() != "t")
-                .map(move |(code, value)| Property {
-                    code: code.clone(),
-                    value: Value::from(value.clone()),
-                    time_ms,
-                    service: None,
-                })
-        })
-        .collect()
-}
-
-/// `deviceDpCommand`: `command[{dpId, value}]` → one property per datapoint commanded.
-fn dp_command_properties(biz_data: &Map<String, Tree>) -> Vec<Property> {
-    let Some(commands) = biz_data.get("command").and_then(Tree::as_array) else {
-        return Vec::new();
-    };
-    commands
-        .iter()
-        .filter_map(Tree::as_object)
-        .filter_map(|c| {
-            let code = match c.get("dpId").or_else(|| c.get("code"))? {
-                Tree::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            Some(Property::new(
-                code,
-                c.get("value").cloned().map_or(Value::Null, Value::from),
-            ))
-        })
-        .collect()
-}
-
-/// A list of `{code|dpId, value, t|time}` objects → properties; string values are typed
-/// leniently (the Smart Business platform writes `"true"`).
-fn items_to_properties(items: &Tree) -> Vec<Property> {
-    let Some(items) = items.as_array() else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .filter_map(Tree::as_object)
-        .filter_map(|item| {
-            let code =
-                text(item, "code")
-                    .map(str::to_owned)
-                    .or_else(|| match item.get("dpId")? {
-                        Tree::String(s) => Some(s.clone()),
-                        Tree::Number(n) => Some(n.to_string()),
-                        _ => None,
-                    })?;
-            let value = match item.get("value") {
-                Some(Tree::String(s)) => Value::from_lenient_text(s),
-                Some(other) => Value::from(other.clone()),
-                None => Value::Null,
-            };
-            let time_ms = number(item, "time").or_else(|| number(item, "t"));
-            Some(Property {
-                code,
-                value,
+            let time_ms = number(&report, "t");
+            // By name, each name once with its last value.
+            let measurements: BTreeMap<Cow<'_, str>, &str> =
+                report.0.into_iter().filter(|(k, _)| k != "t").collect();
+            measurements.into_iter().map(move |(code, raw)| Property {
+                code: code.into_owned(),
+                value: Value::from(tree(raw)),
                 time_ms,
                 service: None,
             })
@@ -446,20 +392,306 @@ fn items_to_properties(items: &Tree) -> Vec<Property> {
         .collect()
 }
 
+/// `deviceDpCommand`: `command[{dpId, value}]` → one property per datapoint commanded.
+fn dp_command_properties(biz_data: &RawObject<'_>) -> Vec<Property> {
+    let Some(commands) = biz_data.get("command").and_then(raw_array) else {
+        return Vec::new();
+    };
+    commands
+        .into_iter()
+        .filter_map(RawObject::of)
+        .filter_map(|command| {
+            let raw = command.get("dpId").or_else(|| command.get("code"))?;
+            let code = match unquote(raw) {
+                Some(text) => text.into_owned(),
+                None => tree(raw).to_string(),
+            };
+            Some(Property::new(
+                code,
+                command
+                    .get("value")
+                    .map_or(Value::Null, |raw| Value::from(tree(raw))),
+            ))
+        })
+        .collect()
+}
+
+/// A list of `{code|dpId, value, t|time}` objects → properties; string values are typed
+/// leniently (the Smart Business platform writes `"true"`).
+fn items_to_properties(items: &str) -> Vec<Property> {
+    serde_json::from_str::<Items>(items).map_or_else(|_| Vec::new(), |items| items.0)
+}
+
+/// Visitor methods that read a JSON scalar as the default (empty) value: a lenient reader
+/// skips a value of the wrong kind, as a tree's `as_object` or `as_array` would.
+macro_rules! scalars_read_as_empty {
+    () => {
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+    };
+}
+
+/// A list of items read in one pass straight into properties; anything but an array reads
+/// as empty, and an entry that is not an object, or has no code, is left out.
+#[derive(Default)]
+struct Items(Vec<Property>);
+
+impl<'de> Deserialize<'de> for Items {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ItemsVisitor;
+
+        impl<'de> Visitor<'de> for ItemsVisitor {
+            type Value = Items;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            scalars_read_as_empty!();
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Items, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Items::default())
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Items, A::Error> {
+                let mut properties = Vec::new();
+                while let Some(item) = seq.next_element::<Item<'de>>()? {
+                    properties.extend(item.into_property());
+                }
+                Ok(Items(properties))
+            }
+        }
+
+        deserializer.deserialize_any(ItemsVisitor)
+    }
+}
+
+/// One entry of an items list, each field as its raw JSON text (the last one where a key
+/// repeats); all `None` for an entry that is not an object.
+#[derive(Default)]
+struct Item<'a> {
+    code: Option<&'a str>,
+    dp_id: Option<&'a str>,
+    value: Option<&'a str>,
+    time: Option<&'a str>,
+    t: Option<&'a str>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Item<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ItemVisitor;
+
+        impl<'de> Visitor<'de> for ItemVisitor {
+            type Value = Item<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            scalars_read_as_empty!();
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Item<'de>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Item::default())
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Item<'de>, A::Error> {
+                let mut item = Item::default();
+                while let Some(CowStr(key)) = map.next_key::<CowStr<'de>>()? {
+                    let slot = match key.as_ref() {
+                        "code" => &mut item.code,
+                        "dpId" => &mut item.dp_id,
+                        "value" => &mut item.value,
+                        "time" => &mut item.time,
+                        "t" => &mut item.t,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(map.next_value::<&'de RawValue>()?.get());
+                }
+                // A `{…}` with none of the fields is still an entry (it has no code, so it
+                // is left out); only a value of another kind reads as the default.
+                Ok(item)
+            }
+        }
+
+        deserializer.deserialize_any(ItemVisitor)
+    }
+}
+
+impl Item<'_> {
+    fn into_property(self) -> Option<Property> {
+        let code = self
+            .code
+            .and_then(unquote)
+            .map(Cow::into_owned)
+            .or_else(|| {
+                let raw = self.dp_id?;
+                match unquote(raw) {
+                    Some(text) => Some(text.into_owned()),
+                    None => match tree(raw) {
+                        Tree::Number(n) => Some(n.to_string()),
+                        _ => None,
+                    },
+                }
+            })?;
+        let value = match self.value {
+            Some(raw) => match unquote(raw) {
+                Some(text) => Value::from_lenient_text(&text),
+                None => Value::from(tree(raw)),
+            },
+            None => Value::Null,
+        };
+        Some(Property {
+            code,
+            value,
+            time_ms: raw_number(self.time).or_else(|| raw_number(self.t)),
+            service: None,
+        })
+    }
+}
+
+/// The Smart Business body `{"bizCode","eventType","data":{…}}`, read in one pass: each
+/// field as its raw JSON text (the last one where a key repeats).
+struct BusinessBody<'a> {
+    biz_code: Option<&'a str>,
+    event_type: Option<&'a str>,
+    data: BusinessData<'a>,
+}
+
+/// `data`; all `None` when it is not an object.
+#[derive(Default)]
+struct BusinessData<'a> {
+    dev_id: Option<&'a str>,
+    product_id: Option<&'a str>,
+    device_name: Option<&'a str>,
+    data_id: Option<&'a str>,
+    namespace: Option<&'a str>,
+    time: Option<&'a str>,
+    status: Option<Items>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for BusinessBody<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BodyVisitor;
+
+        impl<'de> Visitor<'de> for BodyVisitor {
+            type Value = BusinessBody<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut body = BusinessBody {
+                    biz_code: None,
+                    event_type: None,
+                    data: BusinessData::default(),
+                };
+                while let Some(CowStr(key)) = map.next_key::<CowStr<'de>>()? {
+                    match key.as_ref() {
+                        "bizCode" => body.biz_code = Some(map.next_value::<&RawValue>()?.get()),
+                        "eventType" => {
+                            body.event_type = Some(map.next_value::<&RawValue>()?.get());
+                        }
+                        "data" => body.data = map.next_value()?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(body)
+            }
+        }
+
+        deserializer.deserialize_map(BodyVisitor)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for BusinessData<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DataVisitor;
+
+        impl<'de> Visitor<'de> for DataVisitor {
+            type Value = BusinessData<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            scalars_read_as_empty!();
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(BusinessData::default())
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut data = BusinessData::default();
+                while let Some(CowStr(key)) = map.next_key::<CowStr<'de>>()? {
+                    let slot = match key.as_ref() {
+                        "devId" => &mut data.dev_id,
+                        "productId" => &mut data.product_id,
+                        "deviceName" => &mut data.device_name,
+                        "dataId" => &mut data.data_id,
+                        "namespace" => &mut data.namespace,
+                        "time" => &mut data.time,
+                        "status" => {
+                            data.status = Some(map.next_value()?);
+                            continue;
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(map.next_value::<&'de RawValue>()?.get());
+                }
+                Ok(data)
+            }
+        }
+
+        deserializer.deserialize_any(DataVisitor)
+    }
+}
+
 /// The Smart Business body `{"bizCode","eventType","data"}`.
 pub fn business(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event, DecodeError> {
     let body = into_text(body)?;
-    let tree: Tree = parse_json_str(BODY, &body)?;
-    let root = tree
-        .as_object()
-        .ok_or_else(|| DecodeError::shape(BODY, "not a JSON object"))?;
-    let biz_code =
-        text(root, "bizCode").ok_or_else(|| DecodeError::shape(BODY, "missing `bizCode`"))?;
-    let event_type = text(root, "eventType").unwrap_or_default();
-    let empty = Map::new();
-    let data = root.get("data").and_then(Tree::as_object).unwrap_or(&empty);
+    let Ok(BusinessBody {
+        biz_code,
+        event_type,
+        data,
+    }) = serde_json::from_str(&body)
+    else {
+        return Err(root(&body)
+            .err()
+            .unwrap_or_else(|| DecodeError::shape(BODY, "an object too deeply nested to read")));
+    };
+    let text = |raw: Option<&str>| raw.and_then(|raw| unquote(raw).map(Cow::into_owned));
+    let biz_code = text(biz_code).ok_or_else(|| DecodeError::shape(BODY, "missing `bizCode`"))?;
+    let event_type = text(event_type).unwrap_or_default();
 
-    let kind = match (biz_code, event_type) {
+    let kind = match (biz_code.as_str(), event_type.as_str()) {
         ("device", "online") => Kind::Online,
         ("device", "offline") => Kind::Offline,
         ("device", "dp_report") => Kind::Properties,
@@ -467,36 +699,32 @@ pub fn business(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Even
         ("voice", "voice_nlu") => Kind::Message,
         _ => Kind::Other,
     };
-    let properties = if kind == Kind::Properties {
-        data.get("status")
-            .map(items_to_properties)
-            .unwrap_or_default()
-    } else {
-        Vec::new()
+    let properties = match data.status {
+        Some(Items(properties)) if kind == Kind::Properties => properties,
+        _ => Vec::new(),
     };
     let device = Device {
-        id: text(data, "devId").unwrap_or_default().to_owned(),
-        product: text(data, "productId").map(str::to_owned),
-        name: text(data, "deviceName").map(str::to_owned),
+        id: text(data.dev_id).unwrap_or_default(),
+        product: text(data.product_id),
+        name: text(data.device_name),
     };
-    let time_ms = number(data, "time")
+    let time_ms = raw_number(data.time)
         .or_else(|| properties.iter().filter_map(|p| p.time_ms).max())
         .or(envelope.time_ms)
         .unwrap_or(0);
-    let id =
-        text(data, "dataId").map_or_else(|| fallback_id(envelope, body.as_bytes()), str::to_owned);
+    let id = text(data.data_id).unwrap_or_else(|| fallback_id(envelope, body.as_bytes()));
 
     let mut attributes = BTreeMap::new();
-    attributes.insert(ATTR_BIZ_CODE.to_owned(), biz_code.to_owned());
-    if let Some(namespace) = text(data, "namespace") {
-        attributes.insert("namespace".to_owned(), namespace.to_owned());
+    attributes.insert(ATTR_BIZ_CODE.to_owned(), biz_code);
+    if let Some(namespace) = text(data.namespace) {
+        attributes.insert("namespace".to_owned(), namespace);
     }
     Ok(Event {
         id,
         source: source.to_owned(),
         vendor: Vendor::Tuya,
         kind,
-        action: event_type.to_owned(),
+        action: event_type,
         device,
         time_ms,
         properties,
@@ -505,15 +733,39 @@ pub fn business(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Even
     })
 }
 
-fn text<'a>(map: &'a Map<String, Tree>, key: &str) -> Option<&'a str> {
-    map.get(key).and_then(Tree::as_str)
+/// A body's top-level object, read one level deep; for any other body, the error that
+/// reading it whole gives (what is wrong with the JSON, or that it is not an object).
+fn root(body: &str) -> Result<RawObject<'_>, DecodeError> {
+    serde_json::from_str(body).or_else(|_| {
+        let tree: Tree = parse_json_str(BODY, body)?;
+        Err(DecodeError::shape(
+            BODY,
+            if tree.is_object() {
+                "an object too deeply nested to read"
+            } else {
+                "not a JSON object"
+            },
+        ))
+    })
 }
 
-fn number(map: &Map<String, Tree>, key: &str) -> Option<u64> {
-    match map.get(key)? {
-        Tree::Number(n) => n.as_u64(),
-        Tree::String(s) => s.trim().parse().ok(),
-        _ => None,
+/// A value read whole, for the few that are kept as they are (compound values, numbers
+/// written as codes). The text was checked as JSON when its object was read.
+fn tree(raw: &str) -> Tree {
+    serde_json::from_str(raw).unwrap_or(Tree::Null)
+}
+
+/// A whole number, written as a JSON number or a string of digits.
+fn number(object: &RawObject<'_>, key: &str) -> Option<u64> {
+    raw_number(object.get(key))
+}
+
+/// A raw value read as a whole number: a JSON number, or a string of digits.
+fn raw_number(raw: Option<&str>) -> Option<u64> {
+    let raw = raw?;
+    match unquote(raw) {
+        Some(text) => text.trim().parse().ok(),
+        None => raw.parse().ok(),
     }
 }
 
@@ -811,5 +1063,96 @@ mod tests {
     fn business_body_without_biz_code_is_refused() {
         let err = business("b", &envelope(0), br#"{"eventType":"x"}"#.to_vec()).unwrap_err();
         assert!(err.to_string().contains("bizCode"));
+    }
+
+    /// Bodies are read one level at a time, not as a tree; they must read as the tree did.
+    #[test]
+    fn a_repeated_key_reads_as_its_last_value_and_escaped_text_is_unescaped() {
+        let e = business(
+            "b",
+            &envelope(0),
+            br#"{"bizCode":"device","eventType":"online","data":{"devId":"first","devId":"d\u00fc\/1","time":"12"},"eventType":"dp_report","data":{"devId":"last","status":[{"code":"a\"b","value":"\u0031"}],"time":" 34 "}}"#.to_vec(),
+        )
+        .unwrap();
+        assert_eq!((e.kind, e.device.id.as_str()), (Kind::Properties, "last"));
+        assert_eq!(e.time_ms, 34, "a quoted time, trimmed");
+        assert_eq!(e.properties, vec![Property::new("a\"b", Value::Integer(1))]);
+    }
+
+    #[test]
+    fn measurements_are_listed_by_name_each_once_with_its_last_value() {
+        let e = core(
+            20,
+            r#"{"bizCode":"deviceSignal","bizData":{"reportData":[{"rssi":-70,"t":9,"memory":{"free":3,"all":8},"rssi":-61},"skipped"]},"devId":"d"}"#,
+        );
+        let codes: Vec<_> = e
+            .properties
+            .iter()
+            .map(|p| (p.code.as_str(), p.value.clone()))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                (
+                    "memory",
+                    Value::Json(Json::from(serde_json::json!({"all": 8, "free": 3})))
+                ),
+                ("rssi", Value::Integer(-61)),
+            ]
+        );
+    }
+
+    #[test]
+    fn datapoint_ids_written_as_numbers_become_codes_as_written() {
+        let commanded = core(
+            20,
+            r#"{"bizCode":"deviceDpCommand","bizData":{"command":[{"dpId":7,"value":{"b":1,"a":[2]}},{"code":"x"},{"value":1}]},"devId":"d"}"#,
+        );
+        assert_eq!(
+            commanded.properties,
+            vec![
+                Property::new(
+                    "7",
+                    Value::Json(Json::from(serde_json::json!({"a": [2], "b": 1})))
+                ),
+                Property::new("x", Value::Null),
+            ]
+        );
+        let reported = business(
+            "b",
+            &envelope(0),
+            br#"{"bizCode":"device","eventType":"dp_report","data":{"devId":"d","status":[{"dpId":12,"value":"on","t":"5"},{"dpId":1.5,"value":2},{"dpId":true,"value":3},{"code":9,"dpId":"9","value":false}]}}"#.to_vec(),
+        )
+        .unwrap();
+        let codes: Vec<_> = reported
+            .properties
+            .iter()
+            .map(|p| (p.code.as_str(), p.value.clone(), p.time_ms))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                ("12", Value::Text("on".into()), Some(5)),
+                ("1.5", Value::Integer(2), None),
+                ("9", Value::Boolean(false), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_says_so() {
+        for body in [&br#"["bizCode"]"#[..], br#""device""#] {
+            let err = business("b", &envelope(0), body.to_vec()).unwrap_err();
+            assert!(err.to_string().contains("not a JSON object"), "{err}");
+            let err = biz_message(
+                "b",
+                &envelope(20),
+                String::from_utf8(body.to_vec()).unwrap(),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("not a JSON object"), "{err}");
+        }
+        let err = business("b", &envelope(0), br#"{"bizCode":"device",}"#.to_vec()).unwrap_err();
+        assert!(matches!(err, DecodeError::Json { .. }), "{err}");
     }
 }
