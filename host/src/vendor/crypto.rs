@@ -6,7 +6,7 @@
 use aes::Aes128;
 use aes::cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use aes_gcm::Aes128Gcm;
-use aes_gcm::aead::{Aead, Nonce};
+use aes_gcm::aead::{Aead, AeadInOut, Nonce, Tag};
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha1::Sha1;
@@ -76,16 +76,23 @@ impl Aes128Key {
         buf
     }
 
-    /// AES-128-GCM over Tuya's layout `nonce(12) || ciphertext || tag(16)`, no associated data.
-    pub fn decrypt_gcm(&self, raw: &[u8]) -> Result<Vec<u8>, CipherError> {
-        if raw.len() < GCM_NONCE_LEN + GCM_TAG_LEN {
+    /// AES-128-GCM over Tuya's layout `nonce(12) || ciphertext || tag(16)`, no associated data,
+    /// in place: on success `buf` holds the plaintext; on failure its content is unspecified.
+    pub fn decrypt_gcm(&self, buf: &mut Vec<u8>) -> Result<(), CipherError> {
+        let Some(len) = buf.len().checked_sub(GCM_NONCE_LEN + GCM_TAG_LEN) else {
             return Err(CipherError::TooShortForGcm);
-        }
-        let (nonce, sealed) = raw.split_at(GCM_NONCE_LEN);
-        let nonce = Nonce::<Aes128Gcm>::try_from(nonce).map_err(|_| CipherError::TooShortForGcm)?;
+        };
+        let (nonce, rest) = buf.split_at_mut(GCM_NONCE_LEN);
+        let (sealed, tag) = rest.split_at_mut(len);
+        let nonce =
+            Nonce::<Aes128Gcm>::try_from(&*nonce).map_err(|_| CipherError::TooShortForGcm)?;
+        let tag = Tag::<Aes128Gcm>::try_from(&*tag).map_err(|_| CipherError::TooShortForGcm)?;
         self.gcm
-            .decrypt(&nonce, sealed)
-            .map_err(|_| CipherError::TagMismatch)
+            .decrypt_inout_detached(&nonce, &[], sealed.into(), &tag)
+            .map_err(|_| CipherError::TagMismatch)?;
+        buf.copy_within(GCM_NONCE_LEN..GCM_NONCE_LEN + len, 0);
+        buf.truncate(len);
+        Ok(())
     }
 
     /// AES-128-GCM in Tuya's layout, with the caller's nonce (demo data and tests).
@@ -295,8 +302,14 @@ mod tests {
         let key = Aes128Key::new(&KEY);
         let mut sealed = key.encrypt_gcm(&[7; 12], b"{\"a\":1}");
         *sealed.last_mut().unwrap() ^= 1;
-        assert_eq!(key.decrypt_gcm(&sealed), Err(CipherError::TagMismatch));
-        assert_eq!(key.decrypt_gcm(&[0; 27]), Err(CipherError::TooShortForGcm));
+        assert_eq!(
+            key.decrypt_gcm(&mut sealed.clone()),
+            Err(CipherError::TagMismatch)
+        );
+        assert_eq!(
+            key.decrypt_gcm(&mut vec![0; 27]),
+            Err(CipherError::TooShortForGcm)
+        );
     }
 
     #[test]
@@ -322,13 +335,15 @@ mod tests {
         #[test]
         fn gcm_round_trips(key in any::<[u8; 16]>(), nonce in any::<[u8; 12]>(), text in proptest::collection::vec(any::<u8>(), 0..300)) {
             let key = Aes128Key::new(&key);
-            prop_assert_eq!(key.decrypt_gcm(&key.encrypt_gcm(&nonce, &text)).unwrap(), text);
+            let mut sealed = key.encrypt_gcm(&nonce, &text);
+            key.decrypt_gcm(&mut sealed).unwrap();
+            prop_assert_eq!(sealed, text);
         }
 
         #[test]
         fn arbitrary_ciphertext_never_panics(key in any::<[u8; 16]>(), mut bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
             let key = Aes128Key::new(&key);
-            let _ = key.decrypt_gcm(&bytes);
+            let _ = key.decrypt_gcm(&mut bytes);
             let _ = key.decrypt_ecb_pkcs7(&mut bytes);
         }
     }

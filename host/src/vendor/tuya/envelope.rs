@@ -234,7 +234,10 @@ fn open(
             bytes.truncate(len);
             Ok(bytes)
         }
-        Mode::Gcm => keys.cipher.decrypt_gcm(&bytes).map_err(failed),
+        Mode::Gcm => {
+            keys.cipher.decrypt_gcm(&mut bytes).map_err(failed)?;
+            Ok(bytes)
+        }
     }
 }
 
