@@ -104,7 +104,7 @@ fn events_of_a_device_stay_in_order_across_workers() {
 /// batches that follow are full and hold many events of each device.
 #[test]
 fn a_batch_run_rule_by_rule_sends_each_events_commands_in_rule_order() {
-    const RULES: &str = r#"
+    const GATE: &str = r#"
 [[rule]]
 name = "gate"
 on_error = "drop"
@@ -113,35 +113,22 @@ when = { device = "gate" }
 [[rule.step]]
 plugin = "spin"
 deadline_ms = 300
-
-[[rule]]
-name = "first"
-commands.via = "out"
-[[rule.step]]
-plugin = "echo"
-config = { command = "first" }
-
-[[rule]]
-name = "second"
-commands.via = "out"
-[[rule.step]]
-plugin = "echo"
-config = { command = "second" }
-
-[[rule]]
-name = "third"
-commands.via = "out"
-[[rule.step]]
-plugin = "echo"
-config = { command = "third" }
 "#;
     const RULE_ORDER: [&str; 3] = ["first", "second", "third"];
+    // Each rule sends one `echo` command named after itself.
+    let rules: String = RULE_ORDER.iter().fold(GATE.to_owned(), |rules, name| {
+        rules
+            + &format!(
+                "[[rule]]\nname = \"{name}\"\ncommands.via = \"out\"\n[[rule.step]]\n\
+                 plugin = \"echo\"\nconfig = {{ command = \"{name}\" }}\n"
+            )
+    });
     let runtime = runtime();
     let capture = Capture::open("out");
     const QUEUE: usize = 96;
     let mut test = TestPipeline::start(
         &["testing/spin", "testing/echo"],
-        RULES,
+        &rules,
         settings(1, QUEUE, 1024),
         capture.clone(),
         runtime.handle(),
