@@ -295,3 +295,38 @@ fn decode_as_a_configured_connector_shows_its_identity_without_the_secret() {
         "{stderr}"
     );
 }
+
+/// The binary turns transparent huge pages off for itself (`main.rs` says why): the kernel
+/// shows it in the process's status. `decode` waits for its message on stdin meanwhile.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_binary_runs_without_transparent_huge_pages() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iotrules"))
+        .args(["decode", "--vendor", "huawei"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the iotrules binary starts");
+    let status = format!("/proc/{}/status", child.id());
+    let thp = || {
+        std::fs::read_to_string(&status)
+            .expect("the process's status")
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("THP_enabled:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .expect("the kernel reports THP_enabled")
+    };
+    // It starts with this process's setting and turns it off first thing in `main`.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = thp();
+    while seen != "0" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        seen = thp();
+    }
+    drop(child.stdin.take());
+    child.wait().expect("iotrules finishes");
+    assert_eq!(seen, "0", "THP_enabled of the running binary");
+}
