@@ -8,7 +8,8 @@ use std::cell::RefCell;
 use std::sync::Once;
 
 use crate::bindings::iotrules::plugin::host as imports;
-use crate::{Config, Ctx, Event, Host, Level, Outcome, Plugin};
+use crate::bindings::iotrules::plugin::types::EventView as HostView;
+use crate::{Config, Ctx, EventView, Host, Level, Outcome, Plugin};
 
 /// The host, reached through the component's imports.
 struct WasmHost;
@@ -63,12 +64,12 @@ pub fn init<P: Plugin>(slot: &RefCell<Option<P>>, config: String) -> Result<(), 
 }
 
 /// The WIT `handle` export: runs the kept plugin on one event.
-pub fn handle<P: Plugin>(slot: &RefCell<Option<P>>, event: Event) -> Result<Outcome, String> {
+pub fn handle<P: Plugin>(slot: &RefCell<Option<P>>, event: &HostView) -> Result<Outcome, String> {
     let mut slot = slot
         .try_borrow_mut()
         .map_err(|_| "handle called while the plugin is busy".to_owned())?;
     let plugin = slot
         .as_mut()
         .ok_or_else(|| "handle called before a successful init".to_owned())?;
-    plugin.handle(&event, &mut Ctx::new(&mut WasmHost))
+    plugin.handle(&EventView::of_host(event), &mut Ctx::new(&mut WasmHost))
 }

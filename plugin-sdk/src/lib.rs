@@ -2,15 +2,18 @@
 //!
 //! A plugin is a WebAssembly component implementing the `plugin` world of `wit/plugin.wit`
 //! (shipped with this crate; the WIT is the contract and documents every type): one step of
-//! a rule's chain that sees each event the rule passes it and answers keep, drop or replace,
-//! plus commands to send. This crate generates the guest bindings for that world and adds
+//! a rule's chain that sees each event the rule passes it and answers keep, drop, replace or
+//! update, plus commands to send. This crate generates the guest bindings for that world and adds
 //! what a plugin needs around them:
 //!
 //! - [`Plugin`], the trait a plugin implements, and [`export_plugin!`], which exports it. The
 //!   instance made by `init` lives between calls, so a plugin can keep caches in `self`.
-//! - The WIT types ([`Event`], [`Property`], [`Value`], [`Command`], [`Outcome`], …) with
-//!   helpers: [`Event::property_f64`] and friends, [`Command::new`]`(…).param(…).via(…)`,
-//!   [`Outcome::keep`]/[`drop`](Outcome::drop)/[`replace`](Outcome::replace)`(…).with_command(…)`.
+//! - [`EventView`], the event `handle` is given, which reads each field from the host only
+//!   when the plugin asks for it: [`EventView::property_f64`] and friends, `device()`, …
+//! - The WIT types ([`Event`], [`Property`], [`Value`], [`Command`], [`Outcome`],
+//!   [`Changes`], …) with helpers: [`Event::property_f64`] and friends,
+//!   [`Command::new`]`(…).param(…).via(…)`, [`Outcome::keep`]/[`drop`](Outcome::drop)/
+//!   [`update`](Outcome::update)/[`replace`](Outcome::replace)`(…).with_command(…)`.
 //! - [`Ctx`]: the host's log, clock and per-step state (typed as JSON through `serde`).
 //! - [`Config`]: the rule step's configuration, parsed with `serde`, with errors that name
 //!   the field.
@@ -35,10 +38,10 @@
 //!         Ok(Thermostat { settings: config.parse()? })
 //!     }
 //!
-//!     fn handle(&mut self, event: &Event, ctx: &mut Ctx) -> Result<Outcome, String> {
+//!     fn handle(&mut self, event: &EventView, ctx: &mut Ctx) -> Result<Outcome, String> {
 //!         let Some(t) = event.property_f64("temperature") else { return Ok(Outcome::keep()) };
 //!         if t < self.settings.ignore_below {
-//!             ctx.debug(format_args!("{}: {t} °C is below the floor", event.device.id));
+//!             ctx.debug(format_args!("{}: {t} °C is below the floor", event.device().id));
 //!             return Ok(Outcome::drop());
 //!         }
 //!         let mut outcome = Outcome::keep();
@@ -101,13 +104,15 @@ mod guest;
 mod host;
 mod model;
 pub mod testing;
+mod view;
 
 pub use bindings::iotrules::plugin::host::Level;
 pub use bindings::iotrules::plugin::types::{
-    Command, Device, Event, Kind, Outcome, Property, Value, Verdict,
+    Changes, Command, Device, Event, Kind, Outcome, Property, Value, Verdict,
 };
 pub use config::Config;
 pub use host::{Ctx, Host};
+pub use view::EventView;
 
 /// The guest's allocator. Every call hands the plugin its event as freshly allocated strings
 /// and lists (the component model's lowering asks the guest's `cabi_realloc` for each), which
@@ -128,7 +133,8 @@ static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_all
 /// The usual imports for writing a plugin.
 pub mod prelude {
     pub use crate::{
-        Command, Config, Ctx, Device, Event, Kind, Level, Outcome, Plugin, Property, Value, Verdict,
+        Changes, Command, Config, Ctx, Device, Event, EventView, Kind, Level, Outcome, Plugin,
+        Property, Value, Verdict,
     };
 }
 
@@ -144,7 +150,10 @@ pub trait Plugin: Sized + 'static {
     /// Decides what becomes of one event, and which commands to send. An error fails the
     /// event's step (the rule's `on_error` policy decides what then happens to it) and
     /// discards the call's state writes; the instance stays in use.
-    fn handle(&mut self, event: &Event, ctx: &mut Ctx<'_>) -> Result<Outcome, String>;
+    ///
+    /// `event` reads the event from the host one field at a time, as the plugin asks for
+    /// them (see [`EventView`]).
+    fn handle(&mut self, event: &EventView<'_>, ctx: &mut Ctx<'_>) -> Result<Outcome, String>;
 }
 
 /// Exports a [`Plugin`] implementation as the component's `init` and `handle`.
@@ -173,7 +182,7 @@ macro_rules! export_plugin {
                 }
 
                 fn handle(
-                    event: $crate::Event,
+                    event: &$crate::__private::bindings::iotrules::plugin::types::EventView,
                 ) -> ::core::result::Result<$crate::Outcome, ::std::string::String> {
                     INSTANCE.with(|slot| $crate::__private::handle::<$plugin>(slot, event))
                 }

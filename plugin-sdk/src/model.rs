@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::{Command, Device, Event, Kind, Outcome, Property, Value, Verdict};
+use crate::{Changes, Command, Device, Event, Kind, Outcome, Property, Value, Verdict};
 
 /// The vendor name of Alibaba Cloud IoT, whose device names are unique only within a product.
 const VENDOR_ALIBABA: &str = "alibaba";
@@ -295,14 +295,7 @@ impl Event {
     /// Sets an attribute, replacing its value if it exists, keeping the list sorted by name
     /// as the host sends it.
     pub fn set_attribute(&mut self, name: &str, value: impl Into<String>) {
-        let value = value.into();
-        match self
-            .attributes
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
-        {
-            Ok(index) => self.attributes[index].1 = value,
-            Err(index) => self.attributes.insert(index, (name.to_owned(), value)),
-        }
+        set_attribute(&mut self.attributes, name, value.into());
     }
 
     /// Removes an attribute and returns its value.
@@ -320,12 +313,23 @@ impl Event {
     /// device id, prefixed with the product for Alibaba, whose device names are unique only
     /// within a product.
     pub fn device_key(&self) -> String {
-        match &self.device.product {
-            Some(product) if self.vendor == VENDOR_ALIBABA => {
-                format!("{product}/{}", self.device.id)
-            }
-            _ => self.device.id.clone(),
-        }
+        device_key(&self.vendor, &self.device)
+    }
+}
+
+/// See [`Event::device_key`].
+pub(crate) fn device_key(vendor: &str, device: &Device) -> String {
+    match &device.product {
+        Some(product) if vendor == VENDOR_ALIBABA => format!("{product}/{}", device.id),
+        _ => device.id.clone(),
+    }
+}
+
+/// Sets an attribute in a list sorted by name, as the host sends them.
+pub(crate) fn set_attribute(attributes: &mut Vec<(String, String)>, name: &str, value: String) {
+    match attributes.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+        Ok(index) => attributes[index].1 = value,
+        Err(index) => attributes.insert(index, (name.to_owned(), value)),
     }
 }
 
@@ -414,6 +418,12 @@ impl Outcome {
         Self::with_verdict(Verdict::Replace(event))
     }
 
+    /// Pass the event on with these changes made. Only the changed fields cross back to the
+    /// host, so this is cheaper than [`Outcome::replace`] when a field or two change.
+    pub fn update(changes: Changes) -> Self {
+        Self::with_verdict(Verdict::Update(changes))
+    }
+
     fn with_verdict(verdict: Verdict) -> Self {
         Outcome {
             verdict,
@@ -448,6 +458,25 @@ impl Outcome {
         match &self.verdict {
             Verdict::Replace(event) => Some(event),
             _ => None,
+        }
+    }
+
+    /// The changes, if the verdict is update.
+    pub fn changes(&self) -> Option<&Changes> {
+        match &self.verdict {
+            Verdict::Update(changes) => Some(changes),
+            _ => None,
+        }
+    }
+
+    /// What the next step sees when this is the answer for `event`: `event` itself (keep),
+    /// nothing (drop), the replacement, or `event` with the changes made.
+    pub fn passed_on(&self, event: &Event) -> Option<Event> {
+        match &self.verdict {
+            Verdict::Keep => Some(event.clone()),
+            Verdict::Drop => None,
+            Verdict::Replace(replacement) => Some(replacement.clone()),
+            Verdict::Update(changes) => Some(changes.apply_to(event)),
         }
     }
 }

@@ -11,7 +11,7 @@
 //! struct Echo;
 //! impl Plugin for Echo {
 //!     fn init(_: &Config) -> Result<Self, String> { Ok(Echo) }
-//!     fn handle(&mut self, ev: &Event, ctx: &mut Ctx) -> Result<Outcome, String> {
+//!     fn handle(&mut self, ev: &EventView, ctx: &mut Ctx) -> Result<Outcome, String> {
 //!         ctx.set_state("last", &ev.property_f64("t"))?;
 //!         Ok(Outcome::keep())
 //!     }
@@ -28,7 +28,9 @@ use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 
-use crate::{Config, Ctx, Device, Event, Host, Kind, Level, Outcome, Plugin, Property, Value};
+use crate::{
+    Config, Ctx, Device, Event, EventView, Host, Kind, Level, Outcome, Plugin, Property, Value,
+};
 
 /// The clock a new [`TestHost`] starts at: 2024-01-01T00:00:00Z.
 pub const START_MS: u64 = 1_704_067_200_000;
@@ -74,7 +76,7 @@ impl TestHost {
     /// its state writes during the call are discarded.
     pub fn handle<P: Plugin>(&mut self, plugin: &mut P, event: &Event) -> Result<Outcome, String> {
         let before = self.state.clone();
-        let result = plugin.handle(event, &mut Ctx::new(self));
+        let result = plugin.handle(&EventView::of(event), &mut Ctx::new(self));
         if result.is_err() {
             self.state = before;
         }
@@ -263,8 +265,8 @@ mod tests {
         fn init(_: &Config) -> Result<Self, String> {
             Ok(Flaky)
         }
-        fn handle(&mut self, event: &Event, ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
-            ctx.set_state("seen", &event.id)?;
+        fn handle(&mut self, event: &EventView, ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
+            ctx.set_state("seen", &event.id())?;
             ctx.debug("handled");
             if event.property_bool("fail") == Some(true) {
                 return Err("asked to fail".to_owned());

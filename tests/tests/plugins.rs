@@ -543,3 +543,124 @@ fn a_step_over_its_byte_quota_is_refused_the_write_that_grows_it() {
     );
     assert_eq!(harness.state.len("bytes"), 4);
 }
+
+/// Events unlike each other in every field the view serves: an Alibaba device with a product
+/// and a name, Huawei properties in services with their own times, JSON and null values, text
+/// with quotes and non-ASCII, no attributes and several.
+fn varied_events() -> Vec<iotrules::event::Event> {
+    use iotrules::event::{Device, Json, Kind, Vendor};
+    let mut alibaba = event("lamp-1", 7, Vec::new());
+    alibaba.vendor = Vendor::Alibaba;
+    alibaba.kind = Kind::DeviceEvent;
+    alibaba.action = "thing.event.alarm.post".into();
+    alibaba.device = Device {
+        id: "a1B2.lamp-1".into(),
+        product: Some("a1B2".into()),
+        name: Some("lamp-1".into()),
+    };
+    alibaba.properties = vec![
+        Property::new("pos", Value::Json(Json::from_text("[1,2]".into()).unwrap())),
+        Property::new("note", Value::Text("say \"hi\" — 你好".into())),
+        Property::new("gone", Value::Null),
+    ];
+    alibaba
+        .attributes
+        .insert("topic".into(), "/sys/a1B2/lamp-1/event".into());
+    alibaba.attributes.insert("request-id".into(), "42".into());
+
+    let mut huawei = event("meter-9", 8, Vec::new());
+    huawei.vendor = Vendor::Huawei;
+    huawei.properties = vec![
+        Property::new("power", Value::Float(3.25)),
+        Property::new("power", Value::Integer(4)),
+    ];
+    huawei.properties[0].service = Some("Meter".into());
+    huawei.properties[0].time_ms = Some(1_700_000_000_123);
+    huawei.properties[1].service = Some("Backup".into());
+    huawei.attributes.clear();
+
+    vec![six_properties("t-1", 1), alibaba, huawei]
+}
+
+#[test]
+fn the_event_view_serves_every_field_as_the_event_holds_it() {
+    let harness = Harness::new();
+    loaded(&harness.load("mirror", "testing/mirror"));
+    let mut mirror = step(
+        &harness,
+        "mirror",
+        r#"{"codes": ["power", "pos", "absent"], "attributes": ["topic", "absent"]}"#,
+        Limits::default(),
+    );
+    for original in varied_events() {
+        let handled = mirror
+            .handle(&original)
+            .unwrap_or_else(|e| panic!("{}: {e}", original.id));
+        let Verdict::Replace(rebuilt) = handled.outcome.verdict else {
+            panic!("mirror replaces every event");
+        };
+        let mut rebuilt = *rebuilt;
+        let looked_up: Vec<(String, String)> = rebuilt
+            .attributes
+            .iter()
+            .filter(|(name, _)| name.starts_with("looked-up-"))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        rebuilt
+            .attributes
+            .retain(|name, _| !name.starts_with("looked-up-"));
+        assert_eq!(
+            rebuilt, original,
+            "the event rebuilt from the view's fields"
+        );
+
+        // One lookup by name each, answered with the first property of that code.
+        let property = |code: &str| {
+            original.property(code).map_or("none".to_owned(), |p| {
+                serde_json::to_string(&p.value).unwrap()
+            })
+        };
+        let attribute = |name: &str| original.attribute(name).unwrap_or("none").to_owned();
+        let mut expected = vec![
+            ("looked-up-attribute-absent".to_owned(), "none".to_owned()),
+            ("looked-up-attribute-topic".to_owned(), attribute("topic")),
+            ("looked-up-property-absent".to_owned(), "none".to_owned()),
+            ("looked-up-property-pos".to_owned(), property("pos")),
+            ("looked-up-property-power".to_owned(), property("power")),
+        ];
+        expected.sort();
+        assert_eq!(looked_up, expected, "{}", original.id);
+    }
+}
+
+#[test]
+fn a_plugin_built_for_the_0_1_0_world_runs_beside_current_ones() {
+    let harness = Harness::new();
+    loaded(&harness.load("legacy", "testing/legacy"));
+    loaded(&harness.load("echo", "testing/echo"));
+    let mut legacy = step(&harness, "legacy", "{}", Limits::default());
+    let mut current = step(&harness, "echo", "{}", Limits::default());
+    for original in varied_events() {
+        let old = legacy
+            .handle(&original)
+            .expect("the 0.1.0 plugin handles the event");
+        let new = current
+            .handle(&original)
+            .expect("the 0.2.0 plugin handles the event");
+        assert_eq!(
+            old.outcome.commands, new.outcome.commands,
+            "both send the same echo command"
+        );
+        let Verdict::Replace(passed_on) = old.outcome.verdict else {
+            panic!("legacy replaces every event");
+        };
+        let mut expected = original.clone();
+        expected
+            .attributes
+            .insert("legacy-world".into(), "0.1.0".into());
+        assert_eq!(
+            *passed_on, expected,
+            "the whole event went in and came back"
+        );
+    }
+}

@@ -1,25 +1,35 @@
-//! The host's event model ↔ the WIT types. Everything coming back from a guest is checked:
-//! JSON text must be JSON, the vendor must be known.
+//! The host's event model ↔ the WIT types of both world versions. Everything coming back
+//! from a guest is checked: JSON text must be JSON, the vendor must be known.
+//!
+//! 0.2.0 (`v2`) types are owned: the host hands them out one field at a time from the
+//! `event-view` methods. 0.1.0 (`v1`) borrows the host's strings for the whole event it
+//! lowers into every call; what a 0.1.0 guest sends back is moved into the 0.2.0 types and
+//! checked by the same code.
 
-use super::bindings::iotrules::plugin::types as wit;
+use super::bindings::iotrules_v1 as v1;
+use super::bindings::iotrules_v2 as v2;
 use super::{Outcome, Verdict};
 use crate::event::{Command, Device, Event, Json, Kind, Property, Value, Vendor};
 
-/// Runs `f` with `event` as the WIT type, borrowing its strings.
-pub(crate) fn with_wit_event<R>(event: &Event, f: impl FnOnce(wit::EventParam<'_>) -> R) -> R {
-    let properties: Vec<_> = event.properties.iter().map(property_to_wit).collect();
+/// Runs `f` with `event` as the 0.1.0 WIT type, borrowing its strings.
+pub(crate) fn with_v1_event<R>(event: &Event, f: impl FnOnce(v1::EventParam<'_>) -> R) -> R {
+    let properties: Vec<_> = event.properties.iter().map(property_to_v1).collect();
     let attributes: Vec<_> = event
         .attributes
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    f(wit::EventParam {
+    f(v1::EventParam {
         id: &event.id,
         source: &event.source,
         vendor: event.vendor.as_str(),
-        kind: kind_to_wit(event.kind),
+        kind: kind_to_v1(event.kind),
         action: &event.action,
-        device: device_to_wit(&event.device),
+        device: v1::DeviceParam {
+            id: &event.device.id,
+            product: event.device.product.as_deref(),
+            name: event.device.name.as_deref(),
+        },
         time_ms: event.time_ms,
         properties: &properties,
         payload: event.payload.as_str(),
@@ -27,43 +37,191 @@ pub(crate) fn with_wit_event<R>(event: &Event, f: impl FnOnce(wit::EventParam<'_
     })
 }
 
-fn kind_to_wit(kind: Kind) -> wit::Kind {
+fn property_to_v1(property: &Property) -> v1::PropertyParam<'_> {
+    v1::PropertyParam {
+        code: &property.code,
+        value: match &property.value {
+            Value::Null => v1::ValueParam::Null,
+            Value::Boolean(b) => v1::ValueParam::Boolean(*b),
+            Value::Integer(i) => v1::ValueParam::Integer(*i),
+            Value::Float(f) => v1::ValueParam::Float(*f),
+            Value::Text(s) => v1::ValueParam::Text(s),
+            Value::Json(json) => v1::ValueParam::Json(json.as_str()),
+        },
+        time_ms: property.time_ms,
+        service: property.service.as_deref(),
+    }
+}
+
+fn kind_to_v1(kind: Kind) -> v1::Kind {
     match kind {
-        Kind::Properties => wit::Kind::Properties,
-        Kind::Online => wit::Kind::Online,
-        Kind::Offline => wit::Kind::Offline,
-        Kind::Lifecycle => wit::Kind::Lifecycle,
-        Kind::DeviceEvent => wit::Kind::DeviceEvent,
-        Kind::Command => wit::Kind::Command,
-        Kind::CommandReply => wit::Kind::CommandReply,
-        Kind::Message => wit::Kind::Message,
-        Kind::Other => wit::Kind::Other,
+        Kind::Properties => v1::Kind::Properties,
+        Kind::Online => v1::Kind::Online,
+        Kind::Offline => v1::Kind::Offline,
+        Kind::Lifecycle => v1::Kind::Lifecycle,
+        Kind::DeviceEvent => v1::Kind::DeviceEvent,
+        Kind::Command => v1::Kind::Command,
+        Kind::CommandReply => v1::Kind::CommandReply,
+        Kind::Message => v1::Kind::Message,
+        Kind::Other => v1::Kind::Other,
     }
 }
 
-fn kind_from_wit(kind: wit::Kind) -> Kind {
+pub(crate) fn kind_to_v2(kind: Kind) -> v2::Kind {
     match kind {
-        wit::Kind::Properties => Kind::Properties,
-        wit::Kind::Online => Kind::Online,
-        wit::Kind::Offline => Kind::Offline,
-        wit::Kind::Lifecycle => Kind::Lifecycle,
-        wit::Kind::DeviceEvent => Kind::DeviceEvent,
-        wit::Kind::Command => Kind::Command,
-        wit::Kind::CommandReply => Kind::CommandReply,
-        wit::Kind::Message => Kind::Message,
-        wit::Kind::Other => Kind::Other,
+        Kind::Properties => v2::Kind::Properties,
+        Kind::Online => v2::Kind::Online,
+        Kind::Offline => v2::Kind::Offline,
+        Kind::Lifecycle => v2::Kind::Lifecycle,
+        Kind::DeviceEvent => v2::Kind::DeviceEvent,
+        Kind::Command => v2::Kind::Command,
+        Kind::CommandReply => v2::Kind::CommandReply,
+        Kind::Message => v2::Kind::Message,
+        Kind::Other => v2::Kind::Other,
     }
 }
 
-fn device_to_wit(device: &Device) -> wit::DeviceParam<'_> {
-    wit::DeviceParam {
-        id: &device.id,
-        product: device.product.as_deref(),
-        name: device.name.as_deref(),
+fn kind_from_v2(kind: v2::Kind) -> Kind {
+    match kind {
+        v2::Kind::Properties => Kind::Properties,
+        v2::Kind::Online => Kind::Online,
+        v2::Kind::Offline => Kind::Offline,
+        v2::Kind::Lifecycle => Kind::Lifecycle,
+        v2::Kind::DeviceEvent => Kind::DeviceEvent,
+        v2::Kind::Command => Kind::Command,
+        v2::Kind::CommandReply => Kind::CommandReply,
+        v2::Kind::Message => Kind::Message,
+        v2::Kind::Other => Kind::Other,
     }
 }
 
-fn device_from_wit(device: wit::DeviceResult) -> Device {
+fn kind_v1_to_v2(kind: v1::Kind) -> v2::Kind {
+    match kind {
+        v1::Kind::Properties => v2::Kind::Properties,
+        v1::Kind::Online => v2::Kind::Online,
+        v1::Kind::Offline => v2::Kind::Offline,
+        v1::Kind::Lifecycle => v2::Kind::Lifecycle,
+        v1::Kind::DeviceEvent => v2::Kind::DeviceEvent,
+        v1::Kind::Command => v2::Kind::Command,
+        v1::Kind::CommandReply => v2::Kind::CommandReply,
+        v1::Kind::Message => v2::Kind::Message,
+        v1::Kind::Other => v2::Kind::Other,
+    }
+}
+
+pub(crate) fn device_to_v2(device: &Device) -> v2::Device {
+    v2::Device {
+        id: device.id.clone(),
+        product: device.product.clone(),
+        name: device.name.clone(),
+    }
+}
+
+pub(crate) fn property_to_v2(property: &Property) -> v2::Property {
+    v2::Property {
+        code: property.code.clone(),
+        value: match &property.value {
+            Value::Null => v2::Value::Null,
+            Value::Boolean(b) => v2::Value::Boolean(*b),
+            Value::Integer(i) => v2::Value::Integer(*i),
+            Value::Float(f) => v2::Value::Float(*f),
+            Value::Text(s) => v2::Value::Text(s.clone()),
+            Value::Json(json) => v2::Value::Json(json.as_str().to_owned()),
+        },
+        time_ms: property.time_ms,
+        service: property.service.clone(),
+    }
+}
+
+pub(crate) fn attributes_to_v2(event: &Event) -> Vec<(String, String)> {
+    event
+        .attributes
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+/// The whole event, for `event-view.whole`.
+pub(crate) fn event_to_v2(event: &Event) -> v2::Event {
+    v2::Event {
+        id: event.id.clone(),
+        source: event.source.clone(),
+        vendor: event.vendor.as_str().to_owned(),
+        kind: kind_to_v2(event.kind),
+        action: event.action.clone(),
+        device: device_to_v2(&event.device),
+        time_ms: event.time_ms,
+        properties: event.properties.iter().map(property_to_v2).collect(),
+        payload: event.payload.as_str().to_owned(),
+        attributes: attributes_to_v2(event),
+    }
+}
+
+fn device_v1_to_v2(device: v1::DeviceResult) -> v2::Device {
+    v2::Device {
+        id: device.id,
+        product: device.product,
+        name: device.name,
+    }
+}
+
+fn property_v1_to_v2(property: v1::PropertyResult) -> v2::Property {
+    v2::Property {
+        code: property.code,
+        value: match property.value {
+            v1::ValueResult::Null => v2::Value::Null,
+            v1::ValueResult::Boolean(b) => v2::Value::Boolean(b),
+            v1::ValueResult::Integer(i) => v2::Value::Integer(i),
+            v1::ValueResult::Float(f) => v2::Value::Float(f),
+            v1::ValueResult::Text(s) => v2::Value::Text(s),
+            v1::ValueResult::Json(s) => v2::Value::Json(s),
+        },
+        time_ms: property.time_ms,
+        service: property.service,
+    }
+}
+
+fn event_v1_to_v2(event: v1::EventResult) -> v2::Event {
+    v2::Event {
+        id: event.id,
+        source: event.source,
+        vendor: event.vendor,
+        kind: kind_v1_to_v2(event.kind),
+        action: event.action,
+        device: device_v1_to_v2(event.device),
+        time_ms: event.time_ms,
+        properties: event
+            .properties
+            .into_iter()
+            .map(property_v1_to_v2)
+            .collect(),
+        payload: event.payload,
+        attributes: event.attributes,
+    }
+}
+
+/// A 0.1.0 guest's answer, checked like a 0.2.0 one.
+pub(crate) fn outcome_from_v1(outcome: v1::Outcome, original: &Event) -> Result<Outcome, String> {
+    let verdict = match outcome.verdict {
+        v1::Verdict::Keep => v2::Verdict::Keep,
+        v1::Verdict::Drop => v2::Verdict::Drop,
+        v1::Verdict::Replace(event) => v2::Verdict::Replace(event_v1_to_v2(event)),
+    };
+    let commands = outcome
+        .commands
+        .into_iter()
+        .map(|command| v2::Command {
+            via: command.via,
+            device: device_v1_to_v2(command.device),
+            name: command.name,
+            params: command.params,
+            reply_to: command.reply_to,
+        })
+        .collect();
+    outcome_from_v2(v2::Outcome { verdict, commands }, original)
+}
+
+fn device_from_v2(device: v2::Device) -> Device {
     Device {
         id: device.id,
         product: device.product,
@@ -71,32 +229,14 @@ fn device_from_wit(device: wit::DeviceResult) -> Device {
     }
 }
 
-fn property_to_wit(property: &Property) -> wit::PropertyParam<'_> {
-    wit::PropertyParam {
-        code: &property.code,
-        value: match &property.value {
-            Value::Null => wit::ValueParam::Null,
-            Value::Boolean(b) => wit::ValueParam::Boolean(*b),
-            Value::Integer(i) => wit::ValueParam::Integer(*i),
-            Value::Float(f) => wit::ValueParam::Float(*f),
-            Value::Text(s) => wit::ValueParam::Text(s),
-            Value::Json(json) => wit::ValueParam::Json(json.as_str()),
-        },
-        time_ms: property.time_ms,
-        service: property.service.as_deref(),
-    }
-}
-
-fn property_from_wit(property: wit::PropertyResult) -> Result<Property, String> {
+fn property_from_v2(property: v2::Property) -> Result<Property, String> {
     let value = match property.value {
-        wit::ValueResult::Null => Value::Null,
-        wit::ValueResult::Boolean(b) => Value::Boolean(b),
-        wit::ValueResult::Integer(i) => Value::Integer(i),
-        wit::ValueResult::Float(f) => Value::Float(f),
-        wit::ValueResult::Text(s) => Value::Text(s),
-        wit::ValueResult::Json(text) => {
-            Value::Json(json(&format!("property `{}`", property.code), text)?)
-        }
+        v2::Value::Null => Value::Null,
+        v2::Value::Boolean(b) => Value::Boolean(b),
+        v2::Value::Integer(i) => Value::Integer(i),
+        v2::Value::Float(f) => Value::Float(f),
+        v2::Value::Text(s) => Value::Text(s),
+        v2::Value::Json(text) => Value::Json(json(&format!("property `{}`", property.code), text)?),
     };
     Ok(Property {
         code: property.code,
@@ -106,13 +246,26 @@ fn property_from_wit(property: wit::PropertyResult) -> Result<Property, String> 
     })
 }
 
+fn properties_from_v2(properties: Vec<v2::Property>) -> Result<Vec<Property>, String> {
+    properties.into_iter().map(property_from_v2).collect()
+}
+
 fn json(what: &str, text: String) -> Result<Json, String> {
     Json::from_text(text).map_err(|e| format!("{what} is not JSON: {e}"))
 }
 
+/// A payload the plugin sent back: `original`'s, unparsed, when it is the same text (the
+/// common case), else parsed.
+fn payload_from_v2(payload: String, original: Option<&Event>, what: &str) -> Result<Json, String> {
+    match original {
+        Some(original) if original.payload.as_str() == payload => Ok(original.payload.clone()),
+        _ => json(what, payload),
+    }
+}
+
 /// `original` is the event the plugin was given: a payload it passed back unchanged (the
 /// common case) is not parsed again.
-fn event_from_wit(event: wit::EventResult, original: Option<&Event>) -> Result<Event, String> {
+fn event_from_v2(event: v2::Event, original: Option<&Event>) -> Result<Event, String> {
     let vendor = match event.vendor.as_str() {
         "tuya" => Vendor::Tuya,
         "alibaba" => Vendor::Alibaba,
@@ -129,50 +282,69 @@ fn event_from_wit(event: wit::EventResult, original: Option<&Event>) -> Result<E
         id: event.id,
         source: event.source,
         vendor,
-        kind: kind_from_wit(event.kind),
+        kind: kind_from_v2(event.kind),
         action: event.action,
-        device: device_from_wit(event.device),
+        device: device_from_v2(event.device),
         time_ms: event.time_ms,
-        properties: event
-            .properties
-            .into_iter()
-            .map(property_from_wit)
-            .collect::<Result<_, _>>()?,
-        payload: match original {
-            Some(original) if original.payload.as_str() == event.payload => {
-                original.payload.clone()
-            }
-            _ => json("replacement event payload", event.payload)?,
-        },
+        properties: properties_from_v2(event.properties)?,
+        payload: payload_from_v2(event.payload, original, "replacement event payload")?,
         attributes: event.attributes.into_iter().collect(),
     })
 }
 
-fn command_from_wit(command: wit::Command) -> Result<Command, String> {
+/// `original` with an `update` verdict's changes made.
+fn updated(changes: v2::Changes, original: &Event) -> Result<Event, String> {
+    Ok(Event {
+        id: original.id.clone(),
+        source: original.source.clone(),
+        vendor: original.vendor,
+        kind: changes.kind.map_or(original.kind, kind_from_v2),
+        action: changes.action.unwrap_or_else(|| original.action.clone()),
+        device: changes
+            .device
+            .map_or_else(|| original.device.clone(), device_from_v2),
+        time_ms: changes.time_ms.unwrap_or(original.time_ms),
+        properties: match changes.properties {
+            Some(properties) => properties_from_v2(properties)?,
+            None => original.properties.clone(),
+        },
+        payload: match changes.payload {
+            Some(payload) => payload_from_v2(payload, Some(original), "updated payload")?,
+            None => original.payload.clone(),
+        },
+        attributes: match changes.attributes {
+            Some(attributes) => attributes.into_iter().collect(),
+            None => original.attributes.clone(),
+        },
+    })
+}
+
+fn command_from_v2(command: v2::Command) -> Result<Command, String> {
     Ok(Command {
         params: json(
             &format!("params of command `{}`", command.name),
             command.params,
         )?,
         via: command.via,
-        device: device_from_wit(command.device),
+        device: device_from_v2(command.device),
         name: command.name,
         reply_to: command.reply_to,
     })
 }
 
-pub(crate) fn outcome_from_wit(outcome: wit::Outcome, original: &Event) -> Result<Outcome, String> {
+pub(crate) fn outcome_from_v2(outcome: v2::Outcome, original: &Event) -> Result<Outcome, String> {
     let verdict = match outcome.verdict {
-        wit::Verdict::Keep => Verdict::Keep,
-        wit::Verdict::Drop => Verdict::Drop,
-        wit::Verdict::Replace(event) => {
-            Verdict::Replace(Box::new(event_from_wit(event, Some(original))?))
+        v2::Verdict::Keep => Verdict::Keep,
+        v2::Verdict::Drop => Verdict::Drop,
+        v2::Verdict::Replace(event) => {
+            Verdict::Replace(Box::new(event_from_v2(event, Some(original))?))
         }
+        v2::Verdict::Update(changes) => Verdict::Replace(Box::new(updated(changes, original)?)),
     };
     let commands = outcome
         .commands
         .into_iter()
-        .map(command_from_wit)
+        .map(command_from_v2)
         .collect::<Result<_, _>>()?;
     Ok(Outcome { verdict, commands })
 }
@@ -180,6 +352,7 @@ pub(crate) fn outcome_from_wit(outcome: wit::Outcome, original: &Event) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin::bindings::iotrules_v1 as wit;
 
     fn sample() -> Event {
         let mut event = Event {
@@ -209,7 +382,7 @@ mod tests {
 
     /// What a guest that hands the event back unchanged returns: the borrowed event, owned.
     fn echoed(event: &Event) -> wit::EventResult {
-        with_wit_event(event, |event| wit::EventResult {
+        with_v1_event(event, |event| wit::EventResult {
             id: event.id.into(),
             source: event.source.into(),
             vendor: event.vendor.into(),
@@ -254,32 +427,81 @@ mod tests {
     #[test]
     fn an_event_survives_the_round_trip_through_the_wit_types() {
         let event = sample();
-        let back = event_from_wit(echoed(&event), None).unwrap();
-        assert_eq!(back, event);
-        let back = event_from_wit(echoed(&event), Some(&event)).unwrap();
+        assert_eq!(event_from_v2(event_to_v2(&event), None).unwrap(), event);
+        assert_eq!(
+            event_from_v2(event_to_v2(&event), Some(&event)).unwrap(),
+            event
+        );
+        // What a 0.1.0 guest that hands the event back unchanged returns.
+        let back = event_from_v2(event_v1_to_v2(echoed(&event)), Some(&event)).unwrap();
         assert_eq!(back, event);
     }
 
     #[test]
+    fn an_update_changes_only_the_fields_it_names() {
+        let original = sample();
+        let changes = v2::Changes {
+            kind: None,
+            action: Some("renamed".into()),
+            device: None,
+            time_ms: Some(99),
+            properties: Some(vec![property_to_v2(&Property::new(
+                "on",
+                Value::Boolean(false),
+            ))]),
+            payload: None,
+            attributes: None,
+        };
+        let outcome = v2::Outcome {
+            verdict: v2::Verdict::Update(changes),
+            commands: Vec::new(),
+        };
+        let Verdict::Replace(updated) = outcome_from_v2(outcome, &original).unwrap().verdict else {
+            panic!("an update passes on a changed event");
+        };
+        let mut expected = original.clone();
+        expected.action = "renamed".into();
+        expected.time_ms = 99;
+        expected.properties = vec![Property::new("on", Value::Boolean(false))];
+        assert_eq!(*updated, expected);
+
+        let broken = v2::Changes {
+            kind: None,
+            action: None,
+            device: None,
+            time_ms: None,
+            properties: None,
+            payload: Some("{broken".into()),
+            attributes: None,
+        };
+        let error = updated_or_error(broken, &original);
+        assert!(error.contains("updated payload is not JSON"), "{error}");
+    }
+
+    fn updated_or_error(changes: v2::Changes, original: &Event) -> String {
+        updated(changes, original).unwrap_err()
+    }
+
+    #[test]
     fn malformed_guest_output_is_refused_with_what_was_wrong() {
-        let mut wit_event = echoed(&sample());
-        wit_event.vendor = "acme".into();
-        assert!(
-            event_from_wit(wit_event, None)
-                .unwrap_err()
-                .contains("acme")
-        );
+        let mut v2_event = event_to_v2(&sample());
+        v2_event.vendor = "acme".into();
+        assert!(event_from_v2(v2_event, None).unwrap_err().contains("acme"));
 
         // A changed payload is checked even when the original was JSON.
         let original = sample();
-        let mut wit_event = echoed(&original);
-        wit_event.payload = "{broken".into();
-        let error = event_from_wit(wit_event, Some(&original)).unwrap_err();
+        let mut v1_event = echoed(&original);
+        v1_event.payload = "{broken".into();
+        let error = event_from_v2(event_v1_to_v2(v1_event), Some(&original)).unwrap_err();
         assert!(error.contains("payload is not JSON"), "{error}");
 
         let command = wit::Command {
             via: None,
-            device: echoed_device(&device_to_wit(&Device::new("d"))),
+            device: wit::DeviceResult {
+                id: "d".into(),
+                product: None,
+                name: None,
+            },
             name: "switch".into(),
             params: "{not json".into(),
             reply_to: None,
@@ -288,7 +510,7 @@ mod tests {
             verdict: wit::Verdict::Keep,
             commands: vec![command],
         };
-        let error = outcome_from_wit(outcome, &sample()).unwrap_err();
+        let error = outcome_from_v1(outcome, &sample()).unwrap_err();
         assert!(error.contains("params of command `switch`"), "{error}");
     }
 }

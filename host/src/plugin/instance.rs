@@ -2,17 +2,17 @@
 //! the rule grants), the host functions it imports, and the calls into it.
 
 use std::path::PathBuf;
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::iotrules::plugin::host::{self, Level};
-use super::bindings::{Plugin, PluginPre};
+use super::bindings::{v1, v2};
 use super::runtime::Runtime;
 use super::state::{PendingWrites, StateQuota, StateStore};
 use super::{Chain, Outcome, PluginError, convert};
@@ -91,7 +91,26 @@ pub struct HostState {
     /// The last panic report the guest logged during the current call (the SDK's panic hook
     /// logs one before the panic traps).
     panic: Option<String>,
+    /// The event of the 0.2.0 `handle` call in progress, which `event-view` reads.
+    viewed: Viewed,
 }
+
+/// The host side of a 0.2.0 plugin's `event-view` resource: the event of the call in
+/// progress, which the plugin reads through `HostState`. Every call's view has the same
+/// handle (there is only ever one event in a call), so there is nothing to allocate per call.
+pub struct EventView;
+
+/// The event a `handle` call is about, while the call runs.
+///
+/// A pointer, not a copy or an `Arc`: the event is the caller's, borrowed for the call, and
+/// cloning it per step would cost what the view exists to save.
+#[derive(Default)]
+struct Viewed(Option<NonNull<Event>>);
+
+// SAFETY: the pointer is only dereferenced on the thread running the call that set it
+// (`Instance::handle`), while the `&Event` it came from is borrowed by that call; `Event` is
+// `Sync`, so reading it from whichever thread owns the store is sound.
+unsafe impl Send for Viewed {}
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -102,68 +121,224 @@ impl WasiView for HostState {
     }
 }
 
-impl host::Host for HostState {
-    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        if matches!(level, Level::Error) && message.contains("panicked at ") {
+impl HostState {
+    fn log(&mut self, level: tracing::Level, message: String) {
+        if level == tracing::Level::ERROR && message.contains("panicked at ") {
             self.panic = Some(message.clone());
         }
         let plugin = &*self.plugin;
         let namespace = &*self.namespace;
         match level {
-            Level::Trace => {
+            tracing::Level::TRACE => {
                 tracing::trace!(target: LOG_TARGET, plugin, step = namespace, "{message}")
             }
-            Level::Debug => {
+            tracing::Level::DEBUG => {
                 tracing::debug!(target: LOG_TARGET, plugin, step = namespace, "{message}")
             }
-            Level::Info => {
+            tracing::Level::INFO => {
                 tracing::info!(target: LOG_TARGET, plugin, step = namespace, "{message}")
             }
-            Level::Warn => {
+            tracing::Level::WARN => {
                 tracing::warn!(target: LOG_TARGET, plugin, step = namespace, "{message}")
             }
-            Level::Error => {
+            tracing::Level::ERROR => {
                 tracing::error!(target: LOG_TARGET, plugin, step = namespace, "{message}")
             }
         }
-        Ok(())
     }
 
-    fn log_enabled(&mut self, level: Level) -> wasmtime::Result<bool> {
-        Ok(match level {
-            Level::Trace => tracing::enabled!(target: LOG_TARGET, tracing::Level::TRACE),
-            Level::Debug => tracing::enabled!(target: LOG_TARGET, tracing::Level::DEBUG),
-            Level::Info => tracing::enabled!(target: LOG_TARGET, tracing::Level::INFO),
-            Level::Warn => tracing::enabled!(target: LOG_TARGET, tracing::Level::WARN),
+    fn log_enabled(level: tracing::Level) -> bool {
+        match level {
+            tracing::Level::TRACE => tracing::enabled!(target: LOG_TARGET, tracing::Level::TRACE),
+            tracing::Level::DEBUG => tracing::enabled!(target: LOG_TARGET, tracing::Level::DEBUG),
+            tracing::Level::INFO => tracing::enabled!(target: LOG_TARGET, tracing::Level::INFO),
+            tracing::Level::WARN => tracing::enabled!(target: LOG_TARGET, tracing::Level::WARN),
             // Errors are always written: the panic report rides on them.
-            Level::Error => true,
-        })
-    }
-
-    fn now_ms(&mut self) -> wasmtime::Result<u64> {
-        Ok(self.clock.now_ms())
-    }
-
-    fn state_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        if let Some(pending) = self.pending.get(&key) {
-            return Ok(pending.map(<[u8]>::to_vec));
+            tracing::Level::ERROR => true,
         }
-        Ok(self.state.get(&self.namespace, &key))
     }
 
-    fn state_set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
-        Ok(self
-            .pending
-            .set(&*self.state, &self.namespace, self.quota, key, value))
+    fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
+        if let Some(pending) = self.pending.get(&key) {
+            return pending.map(<[u8]>::to_vec);
+        }
+        self.state.get(&self.namespace, &key)
     }
 
-    fn state_delete(&mut self, key: String) -> wasmtime::Result<()> {
+    fn state_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        self.pending
+            .set(&*self.state, &self.namespace, self.quota, key, value)
+    }
+
+    fn state_delete(&mut self, key: String) {
         self.pending.delete(&*self.state, &self.namespace, key);
-        Ok(())
+    }
+
+    /// The event the 0.2.0 `handle` call in progress is about.
+    fn viewed(&self) -> wasmtime::Result<&Event> {
+        match self.viewed.0 {
+            // SAFETY: `Instance::handle` sets the pointer from the `&Event` it was given
+            // before calling the guest and clears it when the call returns, and the guest
+            // can reach an `event-view` only during that call: the borrowed handle it gets
+            // is gone when the call returns, and it has no other.
+            Some(event) => Ok(unsafe { event.as_ref() }),
+            None => wasmtime::bail!("event-view used outside a handle call"),
+        }
     }
 }
 
-impl super::bindings::iotrules::plugin::types::Host for HostState {}
+/// The `host` interface, the same in both WIT versions but for the generated types.
+macro_rules! host_interface {
+    ($version:ident) => {
+        impl $version::iotrules::plugin::host::Host for HostState {
+            fn log(
+                &mut self,
+                level: $version::iotrules::plugin::host::Level,
+                message: String,
+            ) -> wasmtime::Result<()> {
+                HostState::log(self, host_level!($version, level), message);
+                Ok(())
+            }
+
+            fn log_enabled(
+                &mut self,
+                level: $version::iotrules::plugin::host::Level,
+            ) -> wasmtime::Result<bool> {
+                Ok(HostState::log_enabled(host_level!($version, level)))
+            }
+
+            fn now_ms(&mut self) -> wasmtime::Result<u64> {
+                Ok(self.clock.now_ms())
+            }
+
+            fn state_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+                Ok(HostState::state_get(self, key))
+            }
+
+            fn state_set(
+                &mut self,
+                key: String,
+                value: Vec<u8>,
+            ) -> wasmtime::Result<Result<(), String>> {
+                Ok(HostState::state_set(self, key, value))
+            }
+
+            fn state_delete(&mut self, key: String) -> wasmtime::Result<()> {
+                HostState::state_delete(self, key);
+                Ok(())
+            }
+        }
+    };
+}
+
+macro_rules! host_level {
+    ($version:ident, $level:expr) => {{
+        use $version::iotrules::plugin::host::Level;
+        match $level {
+            Level::Trace => tracing::Level::TRACE,
+            Level::Debug => tracing::Level::DEBUG,
+            Level::Info => tracing::Level::INFO,
+            Level::Warn => tracing::Level::WARN,
+            Level::Error => tracing::Level::ERROR,
+        }
+    }};
+}
+
+host_interface!(v1);
+host_interface!(v2);
+
+impl v1::iotrules::plugin::types::Host for HostState {}
+
+impl v2::iotrules::plugin::types::Host for HostState {}
+
+impl v2::iotrules::plugin::types::HostEventView for HostState {
+    fn id(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
+        Ok(self.viewed()?.id.clone())
+    }
+
+    fn source(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
+        Ok(self.viewed()?.source.clone())
+    }
+
+    fn vendor(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
+        Ok(self.viewed()?.vendor.as_str().to_owned())
+    }
+
+    fn kind(
+        &mut self,
+        _: Resource<EventView>,
+    ) -> wasmtime::Result<v2::iotrules::plugin::types::Kind> {
+        Ok(convert::kind_to_v2(self.viewed()?.kind))
+    }
+
+    fn action(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
+        Ok(self.viewed()?.action.clone())
+    }
+
+    fn device(
+        &mut self,
+        _: Resource<EventView>,
+    ) -> wasmtime::Result<v2::iotrules::plugin::types::Device> {
+        Ok(convert::device_to_v2(&self.viewed()?.device))
+    }
+
+    fn time_ms(&mut self, _: Resource<EventView>) -> wasmtime::Result<u64> {
+        Ok(self.viewed()?.time_ms)
+    }
+
+    fn properties(
+        &mut self,
+        _: Resource<EventView>,
+    ) -> wasmtime::Result<Vec<v2::iotrules::plugin::types::Property>> {
+        Ok(self
+            .viewed()?
+            .properties
+            .iter()
+            .map(convert::property_to_v2)
+            .collect())
+    }
+
+    fn property(
+        &mut self,
+        _: Resource<EventView>,
+        code: String,
+    ) -> wasmtime::Result<Option<v2::iotrules::plugin::types::Property>> {
+        let event = self.viewed()?;
+        Ok(event
+            .properties
+            .iter()
+            .find(|property| property.code == code)
+            .map(convert::property_to_v2))
+    }
+
+    fn payload(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
+        Ok(self.viewed()?.payload.as_str().to_owned())
+    }
+
+    fn attributes(&mut self, _: Resource<EventView>) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(convert::attributes_to_v2(self.viewed()?))
+    }
+
+    fn attribute(
+        &mut self,
+        _: Resource<EventView>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.viewed()?.attributes.get(&name).cloned())
+    }
+
+    fn whole(
+        &mut self,
+        _: Resource<EventView>,
+    ) -> wasmtime::Result<v2::iotrules::plugin::types::Event> {
+        Ok(convert::event_to_v2(self.viewed()?))
+    }
+
+    fn drop(&mut self, _: Resource<EventView>) -> wasmtime::Result<()> {
+        // The guest only ever borrows the view; there is nothing to free.
+        Ok(())
+    }
+}
 
 /// Caps linear memory, remembering a refused growth so the trap can be named.
 struct MemoryCap {
@@ -197,10 +372,24 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
+/// A compiled plugin, type-checked against the WIT world it was built for.
+pub(crate) enum Pre {
+    /// The current world: `handle` reads the event through an `event-view`.
+    V2(v2::PluginPre<HostState>),
+    /// 0.1.0: `handle` gets the whole event.
+    V1(v1::PluginPre<HostState>),
+}
+
+/// A live instance's exports.
+enum Bindings {
+    V2(v2::Plugin),
+    V1(v1::Plugin),
+}
+
 /// A live instance of one plugin version, configured for one rule step.
 pub struct Instance {
     store: Store<HostState>,
-    bindings: Plugin,
+    bindings: Bindings,
     runtime: Arc<Runtime>,
     limits: Limits,
 }
@@ -211,7 +400,7 @@ impl Instance {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         runtime: &Arc<Runtime>,
-        pre: &PluginPre<HostState>,
+        pre: &Pre,
         plugin: &Arc<str>,
         config: Option<&str>,
         limits: Limits,
@@ -240,14 +429,17 @@ impl Instance {
             clock,
             stderr,
             panic: None,
+            viewed: Viewed::default(),
         };
         let mut store = Store::new(runtime.engine(), data);
         store.limiter(|data| &mut data.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(runtime.deadline_ticks(limits.deadline));
-        let bindings = pre
-            .instantiate(&mut store)
-            .map_err(|error| classify(&store, limits, &error))?;
+        let bindings = match pre {
+            Pre::V2(pre) => pre.instantiate(&mut store).map(Bindings::V2),
+            Pre::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),
+        }
+        .map_err(|error| classify(&store, limits, &error))?;
         let mut instance = Instance {
             store,
             bindings,
@@ -267,7 +459,10 @@ impl Instance {
 
     fn init(&mut self, config: &str) -> Result<(), PluginError> {
         self.arm();
-        let result = self.bindings.call_init(&mut self.store, config);
+        let result = match &self.bindings {
+            Bindings::V2(plugin) => plugin.call_init(&mut self.store, config),
+            Bindings::V1(plugin) => plugin.call_init(&mut self.store, config),
+        };
         match result {
             Ok(Ok(())) => {
                 self.commit();
@@ -291,23 +486,32 @@ impl Instance {
     /// instance is spent (a trapped component cannot be entered again): drop it.
     pub fn handle(&mut self, event: &Event) -> Result<Outcome, PluginError> {
         self.arm();
-        let result = convert::with_wit_event(event, |input| {
-            self.bindings.call_handle(&mut self.store, input)
-        });
+        let result = match &self.bindings {
+            Bindings::V2(plugin) => {
+                self.store.data_mut().viewed = Viewed(Some(NonNull::from(event)));
+                // Every call's view has the same handle: the host knows which event it is.
+                let result = plugin.call_handle(&mut self.store, Resource::new_borrow(0));
+                self.store.data_mut().viewed = Viewed(None);
+                result
+                    .map(|handled| handled.map(|outcome| convert::outcome_from_v2(outcome, event)))
+            }
+            Bindings::V1(plugin) => {
+                convert::with_v1_event(event, |input| plugin.call_handle(&mut self.store, input))
+                    .map(|handled| handled.map(|outcome| convert::outcome_from_v1(outcome, event)))
+            }
+        };
         match result {
-            Ok(Ok(outcome)) => match convert::outcome_from_wit(outcome, event) {
-                Ok(outcome) => {
-                    self.commit();
-                    Ok(outcome)
-                }
-                Err(reason) => {
-                    self.rollback();
-                    Err(PluginError::Output {
-                        plugin: self.plugin(),
-                        reason,
-                    })
-                }
-            },
+            Ok(Ok(Ok(outcome))) => {
+                self.commit();
+                Ok(outcome)
+            }
+            Ok(Ok(Err(reason))) => {
+                self.rollback();
+                Err(PluginError::Output {
+                    plugin: self.plugin(),
+                    reason,
+                })
+            }
             Ok(Err(reason)) => {
                 self.rollback();
                 Err(PluginError::Failed {

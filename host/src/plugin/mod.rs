@@ -40,16 +40,31 @@ use std::time::Duration;
 
 use crate::event::{Command, Event};
 
-/// The guest interface, generated from the WIT world.
+/// The guest interfaces, generated from the WIT worlds: the current one (0.2.0,
+/// `plugin-sdk/wit`) and 0.1.0 (`host/wit/plugin-0.1.0`), whose plugins still run.
 pub(crate) mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../plugin-sdk/wit",
-        world: "plugin",
-        imports: { default: trappable },
-        // The event handed to `handle` borrows the host's strings instead of cloning them:
-        // they are copied into the guest's memory once, by the lowering, not twice.
-        ownership: Borrowing { duplicate_if_necessary: true },
-    });
+    pub(crate) mod v2 {
+        wasmtime::component::bindgen!({
+            path: "../plugin-sdk/wit",
+            world: "plugin",
+            imports: { default: trappable },
+            with: { "iotrules:plugin/types.event-view": super::super::instance::EventView },
+        });
+    }
+
+    pub(crate) mod v1 {
+        wasmtime::component::bindgen!({
+            path: "wit/plugin-0.1.0",
+            world: "plugin",
+            imports: { default: trappable },
+            // The event handed to `handle` borrows the host's strings instead of cloning them:
+            // they are copied into the guest's memory once, by the lowering, not twice.
+            ownership: Borrowing { duplicate_if_necessary: true },
+        });
+    }
+
+    pub(crate) use v1::iotrules::plugin::types as iotrules_v1;
+    pub(crate) use v2::iotrules::plugin::types as iotrules_v2;
 }
 
 /// What a plugin decided about an event.
@@ -85,7 +100,7 @@ pub enum PluginError {
     /// Not a component wasmtime can compile (a core module, garbage, a truncated file).
     #[error("plugin `{plugin}`: not a valid WebAssembly component: {reason}")]
     Compile { plugin: String, reason: String },
-    /// A component, but not of the `iotrules:plugin/plugin@0.1.0` world: a missing export or
+    /// A component, but not of the `iotrules:plugin` world (0.2.0, or 0.1.0): a missing export or
     /// import it asks for that the host does not offer.
     #[error("plugin `{plugin}`: does not implement the iotrules:plugin world: {reason}")]
     WrongWorld { plugin: String, reason: String },

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
-use super::bindings::PluginPre;
 use super::grants::GrantPolicy;
-use super::instance::{Clock, Grants, HostState, Instance, Limits};
+use super::instance::{Clock, Grants, Instance, Limits, Pre};
 use super::runtime::Runtime;
 use super::state::{MemoryStateStore, StateStore};
 use super::{Outcome, PluginError};
@@ -30,7 +29,7 @@ pub struct Version {
     /// Hex SHA-256 of the file.
     pub sha256: String,
     pub path: PathBuf,
-    pre: PluginPre<HostState>,
+    pre: Pre,
     /// Failures in a row, across every step running this version.
     failures: AtomicU32,
     /// Set once the version is quarantined: the error that tipped it. Read on every call, so
@@ -318,12 +317,7 @@ impl Registry {
 
     /// Instantiates the candidate and runs `init` with each config in use, against scratch
     /// state so a trial leaves nothing behind.
-    fn trial(
-        &self,
-        plugin: &Arc<str>,
-        pre: &PluginPre<HostState>,
-        slot: Option<&Slot>,
-    ) -> Result<(), PluginError> {
+    fn trial(&self, plugin: &Arc<str>, pre: &Pre, slot: Option<&Slot>) -> Result<(), PluginError> {
         let configs: Vec<Arc<str>> = slot
             .map(|slot| lock(&slot.configs).keys().cloned().collect())
             .unwrap_or_default();

@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::{Plugin, PluginPre};
-use super::instance::HostState;
+use super::bindings::{v1, v2};
+use super::instance::{HostState, Pre};
 use super::{Chain, PluginError};
 
 /// How the engine is set up. The defaults suit a service with tens of plugins and a few
@@ -76,7 +76,8 @@ impl Runtime {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
+        v2::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
+        v1::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
 
         let (stop, stopped) = mpsc::channel::<()>();
         let ticking = engine.clone();
@@ -111,8 +112,9 @@ impl Runtime {
         u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
     }
 
-    /// Compiles (or loads from the cache) a component and type-checks it against the world.
-    pub fn prepare(&self, plugin: &str, bytes: &[u8]) -> Result<PluginPre<HostState>, PluginError> {
+    /// Compiles (or loads from the cache) a component and type-checks it against the world:
+    /// the current one (0.2.0), else 0.1.0.
+    pub(crate) fn prepare(&self, plugin: &str, bytes: &[u8]) -> Result<Pre, PluginError> {
         let component = self.component(plugin, bytes)?;
         let wrong_world = |error: wasmtime::Error| PluginError::WrongWorld {
             plugin: plugin.to_owned(),
@@ -122,7 +124,20 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
-        PluginPre::new(pre).map_err(wrong_world)
+        match v2::PluginPre::new(pre.clone()) {
+            Ok(pre) => Ok(Pre::V2(pre)),
+            Err(current) => match v1::PluginPre::new(pre) {
+                Ok(pre) => Ok(Pre::V1(pre)),
+                Err(old) => Err(PluginError::WrongWorld {
+                    plugin: plugin.to_owned(),
+                    reason: format!(
+                        "as iotrules:plugin@0.2.0: {}; as 0.1.0: {}",
+                        Chain(&current),
+                        Chain(&old)
+                    ),
+                }),
+            },
+        }
     }
 
     /// The compiled component, from the cache when this engine compiled these bytes before.

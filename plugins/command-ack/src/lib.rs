@@ -63,12 +63,12 @@ impl Plugin for CommandAck {
         Ok(CommandAck { settings })
     }
 
-    fn handle(&mut self, event: &Event, _: &mut Ctx) -> Result<Outcome, String> {
-        if event.kind != Kind::Command {
+    fn handle(&mut self, event: &EventView, _: &mut Ctx) -> Result<Outcome, String> {
+        if event.kind() != Kind::Command {
             return Ok(Outcome::keep());
         }
         if let Some(actions) = &self.settings.actions
-            && !actions.contains(&event.action)
+            && !actions.iter().any(|action| action == event.action())
         {
             return Ok(Outcome::keep());
         }
@@ -78,7 +78,7 @@ impl Plugin for CommandAck {
         else {
             return Ok(Outcome::keep());
         };
-        let mut reply = Command::new(event.device.clone(), event.action.as_str())
+        let mut reply = Command::new(event.device(), event.action())
             .params(&self.settings.params)
             .reply_to(request);
         if let Some(via) = &self.settings.via {

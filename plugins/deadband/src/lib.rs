@@ -137,8 +137,8 @@ impl Plugin for Deadband {
         Ok(Deadband { settings })
     }
 
-    fn handle(&mut self, event: &Event, ctx: &mut Ctx) -> Result<Outcome, String> {
-        if event.kind != Kind::Properties {
+    fn handle(&mut self, event: &EventView, ctx: &mut Ctx) -> Result<Outcome, String> {
+        if event.kind() != Kind::Properties {
             return Ok(self.unmatched());
         }
         let readings: Vec<(&str, f64)> = self

@@ -294,13 +294,13 @@ impl Plugin for MotionLight {
         })
     }
 
-    fn handle(&mut self, event: &Event, ctx: &mut Ctx) -> Result<Outcome, String> {
-        if event.kind != Kind::Properties {
+    fn handle(&mut self, event: &EventView, ctx: &mut Ctx) -> Result<Outcome, String> {
+        if event.kind() != Kind::Properties {
             return Ok(Outcome::keep());
         }
-        let light = self.lights.iter().find(|l| l.is(&event.device));
+        let light = self.lights.iter().find(|l| l.is(event.device()));
         let light_value = light.and_then(|_| event.value(&self.light_datapoint));
-        let sensor_value = if self.is_sensor(&event.device) {
+        let sensor_value = if self.is_sensor(event.device()) {
             event.value(&self.settings.datapoint)
         } else {
             None
@@ -313,11 +313,11 @@ impl Plugin for MotionLight {
         let mut memory = before.clone();
         let mut commands = Vec::new();
         if let (Some(light), Some(value)) = (light, light_value) {
-            self.light_report(light, value, &mut memory);
+            self.light_report(light, &value, &mut memory);
         }
         if let Some(value) = sensor_value {
             let sensor = event.device_key();
-            match self.presence(value) {
+            match self.presence(&value) {
                 Some(Presence::Someone) => commands = self.someone(sensor, &mut memory),
                 Some(Presence::NoOne) => commands = self.no_one(&sensor, &mut memory),
                 None => ctx.debug(format_args!(
@@ -329,7 +329,7 @@ impl Plugin for MotionLight {
         if !commands.is_empty() {
             ctx.debug(format_args!(
                 "motion-light: {}: sending {} command(s)",
-                event.device.id,
+                event.device().id,
                 commands.len()
             ));
         }

@@ -132,13 +132,13 @@ impl Mapping {
             || self.round.is_some()
     }
 
-    fn applies_to(&self, event: &Event, property: &Property) -> bool {
+    fn applies_to(&self, event: &EventView, property: &Property) -> bool {
         property.code == self.from
-            && self.vendor.as_ref().is_none_or(|v| *v == event.vendor)
+            && self.vendor.as_ref().is_none_or(|v| v == event.vendor())
             && self
                 .product
                 .as_ref()
-                .is_none_or(|p| event.device.product.as_ref() == Some(p))
+                .is_none_or(|p| event.device().product.as_ref() == Some(p))
             && self
                 .service
                 .as_ref()
@@ -204,10 +204,10 @@ impl Plugin for NormalizeUnits {
         })
     }
 
-    fn handle(&mut self, event: &Event, ctx: &mut Ctx) -> Result<Outcome, String> {
+    fn handle(&mut self, event: &EventView, ctx: &mut Ctx) -> Result<Outcome, String> {
         // Most events carry nothing to convert: answer keep without copying the event.
         let mut plan: Vec<(usize, &Mapping)> = Vec::new();
-        for (index, property) in event.properties.iter().enumerate() {
+        for (index, property) in event.properties().iter().enumerate() {
             if let Some(mapping) = self.mappings.iter().find(|m| m.applies_to(event, property)) {
                 plan.push((index, mapping));
             }
@@ -217,17 +217,19 @@ impl Plugin for NormalizeUnits {
         }
 
         let mut properties: Vec<(Property, bool)> = event
-            .properties
+            .properties()
             .iter()
             .map(|p| (p.clone(), false))
             .collect();
         let mut added = Vec::new();
         for (index, mapping) in plan {
-            let original = &event.properties[index];
+            let original = &event.properties()[index];
             let Some(value) = mapping.convert(&original.value) else {
                 ctx.debug(format_args!(
                     "normalize-units: {}: `{}` is {}, not a number; left as it is",
-                    event.device.id, original.code, original.value
+                    event.device().id,
+                    original.code,
+                    original.value
                 ));
                 continue;
             };
@@ -259,13 +261,13 @@ impl Plugin for NormalizeUnits {
                 .iter()
                 .any(|(code, service)| *code == p.code && *service == p.service)
         };
-        let mut normalized = event.clone();
-        normalized.properties = properties
+        // Only the properties change, so only they go back to the host.
+        let properties = properties
             .into_iter()
             .filter(|(p, converted)| *converted || !displaced(p))
             .map(|(p, _)| p)
             .collect();
-        Ok(Outcome::replace(normalized))
+        Ok(Outcome::update(Changes::new().properties(properties)))
     }
 }
 
@@ -282,10 +284,32 @@ mod tests {
         {"from": "CurrentTemperature", "to": "temperature", "vendor": "alibaba"}
     ]}"#;
 
+    /// The plugin's answer, an update shown as the replacement it makes (the event the next
+    /// step sees), so the tests read the converted event whole.
     fn run(config: &str, ev: &Event) -> Outcome {
         let mut host = TestHost::new();
         let mut plugin: NormalizeUnits = host.init(config).unwrap();
-        host.handle(&mut plugin, ev).unwrap()
+        let out = host.handle(&mut plugin, ev).unwrap();
+        match out.changes() {
+            Some(changes) => Outcome::replace(changes.apply_to(ev)).with_commands(out.commands),
+            None => out,
+        }
+    }
+
+    #[test]
+    fn a_conversion_sends_back_only_the_properties() {
+        let mut host = TestHost::new();
+        let mut plugin: NormalizeUnits = host.init(CONFIG).unwrap();
+        let ev = event("d")
+            .vendor("tuya")
+            .property("va_temperature", 231)
+            .build();
+        let out = host.handle(&mut plugin, &ev).unwrap();
+        let changes = out.changes().expect("an update");
+        assert_eq!(
+            changes,
+            &Changes::new().properties(vec![Property::new("temperature", 23.1)])
+        );
     }
 
     fn normalized(ev: &Event) -> Event {

@@ -13,7 +13,7 @@ impl Plugin for BadInit {
         Err(REASON.to_owned())
     }
 
-    fn handle(&mut self, _: &Event, _: &mut Ctx) -> Result<Outcome, String> {
+    fn handle(&mut self, _: &EventView, _: &mut Ctx) -> Result<Outcome, String> {
         Ok(Outcome::keep())
     }
 }

@@ -29,9 +29,9 @@ impl Plugin for Echo {
         })
     }
 
-    fn handle(&mut self, event: &Event, _: &mut Ctx) -> Result<Outcome, String> {
+    fn handle(&mut self, event: &EventView, _: &mut Ctx) -> Result<Outcome, String> {
         let seq = event.property_i64("seq");
-        let command = Command::new(event.device.clone(), self.command.as_str()).param("seq", seq);
+        let command = Command::new(event.device(), self.command.as_str()).param("seq", seq);
         Ok(Outcome::keep().with_command(command))
     }
 }

@@ -21,22 +21,21 @@ impl Plugin for Hoard {
         config.parse()
     }
 
-    fn handle(&mut self, event: &Event, ctx: &mut Ctx) -> Result<Outcome, String> {
+    fn handle(&mut self, event: &EventView, ctx: &mut Ctx) -> Result<Outcome, String> {
         ctx.set_state_bytes("last", b"first")
             .map_err(|e| format!("hoard: {e}"))?;
-        ctx.set_state_bytes("last", event.id.as_bytes())
+        ctx.set_state_bytes("last", event.id().as_bytes())
             .map_err(|e| format!("hoard: {e}"))?;
-        if ctx.get_state_bytes("last").as_deref() != Some(event.id.as_bytes()) {
+        if ctx.get_state_bytes("last").as_deref() != Some(event.id().as_bytes()) {
             return Err("hoard: state-get did not see the call's last write".into());
         }
         let value = vec![b'h'; self.bytes as usize];
         for n in 0..self.keys {
-            ctx.set_state_bytes(&format!("{}/{n}", event.id), &value)
+            ctx.set_state_bytes(&format!("{}/{n}", event.id()), &value)
                 .map_err(|e| format!("hoard: {e}"))?;
         }
-        let mut event = event.clone();
-        event.set_attribute("hoard-written", self.keys.to_string());
-        Ok(Outcome::replace(event))
+        let changes = Changes::new().set_attribute(event, "hoard-written", self.keys.to_string());
+        Ok(Outcome::update(changes))
     }
 }
 

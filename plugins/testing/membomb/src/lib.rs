@@ -13,7 +13,7 @@ impl Plugin for MemBomb {
         Ok(MemBomb)
     }
 
-    fn handle(&mut self, _: &Event, _: &mut Ctx) -> Result<Outcome, String> {
+    fn handle(&mut self, _: &EventView, _: &mut Ctx) -> Result<Outcome, String> {
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         loop {
             hoard.push(std::hint::black_box(vec![0xA5; CHUNK]));

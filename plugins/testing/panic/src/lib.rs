@@ -10,8 +10,8 @@ impl Plugin for Panic {
         Ok(Panic)
     }
 
-    fn handle(&mut self, event: &Event, _: &mut Ctx) -> Result<Outcome, String> {
-        panic!("testing-panic: refusing event {}", event.id);
+    fn handle(&mut self, event: &EventView, _: &mut Ctx) -> Result<Outcome, String> {
+        panic!("testing-panic: refusing event {}", event.id());
     }
 }
 

@@ -10,7 +10,7 @@ impl Plugin for Pass {
         Ok(Pass)
     }
 
-    fn handle(&mut self, _: &Event, _: &mut Ctx) -> Result<Outcome, String> {
+    fn handle(&mut self, _: &EventView, _: &mut Ctx) -> Result<Outcome, String> {
         Ok(Outcome::keep())
     }
 }

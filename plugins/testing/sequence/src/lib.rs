@@ -37,15 +37,15 @@ impl Plugin for Sequence {
         })
     }
 
-    fn handle(&mut self, event: &Event, ctx: &mut Ctx) -> Result<Outcome, String> {
+    fn handle(&mut self, event: &EventView, ctx: &mut Ctx) -> Result<Outcome, String> {
         self.handled += 1;
         let total = ctx.get_state::<u64>("total")?.unwrap_or(0) + 1;
         ctx.set_state("total", &total)?;
-        let mut event = event.clone();
-        event.set_attribute("plugin-version", self.version.as_str());
-        event.set_attribute("plugin-sequence", self.handled.to_string());
-        event.set_attribute("plugin-total", total.to_string());
-        Ok(Outcome::replace(event))
+        let changes = Changes::new()
+            .set_attribute(event, "plugin-version", self.version.as_str())
+            .set_attribute(event, "plugin-sequence", self.handled.to_string())
+            .set_attribute(event, "plugin-total", total.to_string());
+        Ok(Outcome::update(changes))
     }
 }
 

@@ -10,7 +10,7 @@ impl Plugin for Spin {
         Ok(Spin)
     }
 
-    fn handle(&mut self, _: &Event, _: &mut Ctx) -> Result<Outcome, String> {
+    fn handle(&mut self, _: &EventView, _: &mut Ctx) -> Result<Outcome, String> {
         let mut turns = 0u64;
         loop {
             // black_box: the loop must burn fuel/time, not be proven endless and folded away.
