@@ -10,7 +10,8 @@
 //! are in SQLite, as in the service; `BENCH_STATE=memory` keeps plugin state in memory
 //! instead, to see what the SQLite commits cost. After it, the bench replays
 //! at half that rate (or at `BENCH_RATE` events/s) and prints the latency percentiles per
-//! event, receipt to acknowledgement.
+//! event, receipt to acknowledgement. `BENCH_PLUGINS=DIR` reads the plugins from `DIR`
+//! instead of `plugins/dist`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -60,8 +61,13 @@ commands.via = "log"
 plugin = "echo"
 "#;
 
+/// The built plugins: `plugins/dist`, or `BENCH_PLUGINS=DIR` (a `plugins/dist` kept from
+/// another build, to compare two builds of the plugins in one binary).
 fn dist() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist")
+    match std::env::var_os("BENCH_PLUGINS") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist"),
+    }
 }
 
 /// A status report of `device`, numbered `seq` (a unique `dataId`, so no duplicates).

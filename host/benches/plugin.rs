@@ -4,6 +4,10 @@
 //! the directory watcher (debounce included).
 //!
 //! Needs the built plugins: `scripts/build-plugins`.
+//!
+//! `BENCH_BASELINE_DIST=DIR` also runs the same plugins as built in `DIR` (a `plugins/dist`
+//! kept from an older build: plugins of the 0.1.0 world, say) under `NAME-baseline`, side by
+//! side with today's in the same run.
 
 /// The service's allocator (`main.rs`), so the figures are the binary's.
 #[global_allocator]
@@ -21,7 +25,14 @@ use iotrules::plugin::{
 };
 
 fn dist(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/dist/{name}.wasm"));
+    built_in(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist"),
+        name,
+    )
+}
+
+fn built_in(dist: &Path, name: &str) -> Vec<u8> {
+    let path = dist.join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "cannot read {}: {e}; run scripts/build-plugins first",
@@ -97,6 +108,7 @@ const NORMALIZE: &str = r#"{"mappings":[{"from":"bright_value_v2","to":"brightne
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let cache = tempfile::tempdir().expect("temp dir");
+    let baseline = std::env::var_os("BENCH_BASELINE_DIST").map(PathBuf::from);
     for name in [
         "deadband",
         "normalize-units",
@@ -106,6 +118,10 @@ fn bench(c: &mut Criterion) {
     ] {
         let file = name.rsplit('/').next().expect("name");
         install(dir.path(), file, &dist(name));
+        if let Some(baseline) = &baseline {
+            let file = format!("{file}-baseline");
+            install(dir.path(), &file, &built_in(baseline, name));
+        }
     }
     let registry = setup(cache.path(), dir.path());
     for report in registry.load_all().expect("load plugins") {
@@ -117,13 +133,19 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("plugin-handle");
     group.throughput(Throughput::Elements(1));
-    for (plugin, config) in [
+    let plugins = [
         ("pass", "{}"),
         ("deadband", DEADBAND),
         ("normalize-units", NORMALIZE),
         ("sequence", "{}"),
         ("echo", "{}"),
-    ] {
+    ];
+    let baselines = plugins.map(|(plugin, config)| (format!("{plugin}-baseline"), config));
+    let baselines = baselines
+        .iter()
+        .filter(|_| baseline.is_some())
+        .map(|(plugin, config)| (plugin.as_str(), *config));
+    for (plugin, config) in plugins.into_iter().chain(baselines) {
         let mut step = registry
             .step(plugin, config, Limits::default(), Grants::default(), plugin)
             .expect("step");
