@@ -163,6 +163,8 @@ struct PluginStatus {
     name: String,
     version: u64,
     sha256: String,
+    /// The `iotrules:plugin` world it was built for.
+    world: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     quarantined: Option<String>,
 }
@@ -203,6 +205,7 @@ pub fn status_json(observed: &Observed) -> serde_json::Value {
                 name,
                 version: version.number,
                 sha256: version.sha256.clone(),
+                world: version.world(),
                 quarantined: version.quarantined(),
             })
         })

@@ -638,6 +638,8 @@ fn a_plugin_built_for_the_0_1_0_world_runs_beside_current_ones() {
     let harness = Harness::new();
     loaded(&harness.load("legacy", "testing/legacy"));
     loaded(&harness.load("echo", "testing/echo"));
+    let world = |plugin: &str| harness.registry.slot(plugin).unwrap().current().world();
+    assert_eq!((world("legacy"), world("echo")), ("0.1.0", "0.2.0"));
     let mut legacy = step(&harness, "legacy", "{}", Limits::default());
     let mut current = step(&harness, "echo", "{}", Limits::default());
     for original in varied_events() {

@@ -26,7 +26,8 @@ mod watch;
 pub use grants::{GrantPolicy, system_dir};
 pub use instance::{Clock, Grants, Instance, Limits};
 pub use registry::{
-    DEFAULT_QUARANTINE_AFTER, Registry, ReloadReport, Slot, Step, StepOutcome, Version,
+    CURRENT_WORLD, DEFAULT_QUARANTINE_AFTER, Registry, ReloadReport, Slot, Step, StepOutcome,
+    Version,
 };
 pub use runtime::{Runtime, RuntimeConfig};
 pub use state::{

@@ -17,6 +17,9 @@ use super::{Outcome, PluginError};
 use crate::event::Event;
 use crate::sync::lock;
 
+/// The plugin world a component built with this repository's SDK implements.
+pub const CURRENT_WORLD: &str = "0.2.0";
+
 /// How many failures in a row quarantine a version, unless configured otherwise.
 pub const DEFAULT_QUARANTINE_AFTER: u32 = 5;
 
@@ -52,6 +55,15 @@ impl Version {
     /// The error that quarantined this version, if it is quarantined.
     pub fn quarantined(&self) -> Option<String> {
         self.quarantined.get().cloned()
+    }
+
+    /// The version of the `iotrules:plugin` world the component implements: `0.2.0`
+    /// ([`CURRENT_WORLD`]), or `0.1.0` for one built with an older SDK.
+    pub fn world(&self) -> &'static str {
+        match self.pre {
+            Pre::V2(_) => CURRENT_WORLD,
+            Pre::V1(_) => "0.1.0",
+        }
     }
 }
 
@@ -97,6 +109,8 @@ pub enum ReloadReport {
         plugin: String,
         version: u64,
         sha256: String,
+        /// The plugin world it was built for: `0.2.0`, or `0.1.0` (see [`Version::world`]).
+        world: &'static str,
         /// From reading the file to the swap: compile (or cache load), instantiate, init.
         took: Duration,
     },
@@ -231,12 +245,28 @@ impl Registry {
         let started = Instant::now();
         let report = self.load(&plugin, path, started);
         match &report {
-            ReloadReport::Loaded { version, took, .. } => tracing::info!(
-                plugin,
+            ReloadReport::Loaded {
                 version,
-                took_ms = took.as_millis() as u64,
-                "plugin loaded"
-            ),
+                world,
+                took,
+                ..
+            } => {
+                tracing::info!(
+                    plugin,
+                    version,
+                    world,
+                    took_ms = took.as_millis() as u64,
+                    "plugin loaded"
+                );
+                if *world != CURRENT_WORLD {
+                    tracing::info!(
+                        plugin,
+                        "plugin built for the iotrules:plugin@{world} world: it runs, but gets \
+                         the whole event on every call; rebuilt with the current SDK \
+                         ({CURRENT_WORLD}) it reads only the fields it uses"
+                    );
+                }
+            }
             ReloadReport::Rejected { error, .. } => {
                 tracing::error!(
                     plugin,
@@ -296,6 +326,7 @@ impl Registry {
             quarantined: OnceLock::new(),
         });
         let number = version.number;
+        let world = version.world();
         match slot {
             Some(slot) => slot.current.store(version),
             None => {
@@ -311,6 +342,7 @@ impl Registry {
             plugin: plugin.to_owned(),
             version: number,
             sha256,
+            world,
             took: started.elapsed(),
         }
     }
