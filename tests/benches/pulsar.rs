@@ -22,6 +22,11 @@ use iotrules::vendor::{Dialect, SignMode};
 use iotrules_tests::pipeline::{Capture, TestPipeline};
 use iotrules_tests::pulsar_broker::{BrokerConfig, PulsarBroker};
 
+/// The service's allocator (`main.rs`), as in the other benches, so the figures are the
+/// binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ACCESS_ID: &str = "benchAccessId";
 const ACCESS_KEY: &str = "benchKEY0123456789abcdefghijklmn";
 const BATCH: u64 = 10_000;
