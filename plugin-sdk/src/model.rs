@@ -270,10 +270,7 @@ impl Event {
 
     /// Sets the value of the first property with this code, or appends a new property.
     pub fn set_property(&mut self, code: &str, value: impl Into<Value>) {
-        match self.property_mut(code) {
-            Some(property) => property.value = value.into(),
-            None => self.properties.push(Property::new(code, value)),
-        }
+        set_property(&mut self.properties, code, value.into());
     }
 
     /// Removes every property with this code and returns the first of them.
@@ -322,6 +319,14 @@ pub(crate) fn device_key(vendor: &str, device: &Device) -> String {
     match &device.product {
         Some(product) if vendor == VENDOR_ALIBABA => format!("{product}/{}", device.id),
         _ => device.id.clone(),
+    }
+}
+
+/// Sets the value of the first property with this code, or appends a new property.
+pub(crate) fn set_property(properties: &mut Vec<Property>, code: &str, value: Value) {
+    match properties.iter_mut().find(|p| p.code == code) {
+        Some(property) => property.value = value,
+        None => properties.push(Property::new(code, value)),
     }
 }
 

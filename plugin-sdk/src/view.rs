@@ -314,10 +314,7 @@ impl Changes {
         let properties = self
             .properties
             .get_or_insert_with(|| event.properties().to_vec());
-        match properties.iter_mut().find(|p| p.code == code) {
-            Some(property) => property.value = value.into(),
-            None => properties.push(Property::new(code, value)),
-        }
+        crate::model::set_property(properties, code, value.into());
         self
     }
 

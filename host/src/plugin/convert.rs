@@ -10,6 +10,8 @@ use super::bindings::iotrules_v1 as v1;
 use super::bindings::iotrules_v2 as v2;
 use super::{Outcome, Verdict};
 use crate::event::{Command, Device, Event, Json, Kind, Property, Value, Vendor};
+use v1::Kind as V1Kind;
+use v2::Kind as V2Kind;
 
 /// Runs `f` with `event` as the 0.1.0 WIT type, borrowing its strings.
 pub(crate) fn with_v1_event<R>(event: &Event, f: impl FnOnce(v1::EventParam<'_>) -> R) -> R {
@@ -53,60 +55,37 @@ fn property_to_v1(property: &Property) -> v1::PropertyParam<'_> {
     }
 }
 
-fn kind_to_v1(kind: Kind) -> v1::Kind {
-    match kind {
-        Kind::Properties => v1::Kind::Properties,
-        Kind::Online => v1::Kind::Online,
-        Kind::Offline => v1::Kind::Offline,
-        Kind::Lifecycle => v1::Kind::Lifecycle,
-        Kind::DeviceEvent => v1::Kind::DeviceEvent,
-        Kind::Command => v1::Kind::Command,
-        Kind::CommandReply => v1::Kind::CommandReply,
-        Kind::Message => v1::Kind::Message,
-        Kind::Other => v1::Kind::Other,
-    }
+/// The same nine kinds in the host's model and in both WIT versions, matched by name.
+macro_rules! convert_kind {
+    ($kind:expr, $from:ident => $to:ident) => {
+        match $kind {
+            $from::Properties => $to::Properties,
+            $from::Online => $to::Online,
+            $from::Offline => $to::Offline,
+            $from::Lifecycle => $to::Lifecycle,
+            $from::DeviceEvent => $to::DeviceEvent,
+            $from::Command => $to::Command,
+            $from::CommandReply => $to::CommandReply,
+            $from::Message => $to::Message,
+            $from::Other => $to::Other,
+        }
+    };
 }
 
-pub(crate) fn kind_to_v2(kind: Kind) -> v2::Kind {
-    match kind {
-        Kind::Properties => v2::Kind::Properties,
-        Kind::Online => v2::Kind::Online,
-        Kind::Offline => v2::Kind::Offline,
-        Kind::Lifecycle => v2::Kind::Lifecycle,
-        Kind::DeviceEvent => v2::Kind::DeviceEvent,
-        Kind::Command => v2::Kind::Command,
-        Kind::CommandReply => v2::Kind::CommandReply,
-        Kind::Message => v2::Kind::Message,
-        Kind::Other => v2::Kind::Other,
-    }
+fn kind_to_v1(kind: Kind) -> V1Kind {
+    convert_kind!(kind, Kind => V1Kind)
 }
 
-fn kind_from_v2(kind: v2::Kind) -> Kind {
-    match kind {
-        v2::Kind::Properties => Kind::Properties,
-        v2::Kind::Online => Kind::Online,
-        v2::Kind::Offline => Kind::Offline,
-        v2::Kind::Lifecycle => Kind::Lifecycle,
-        v2::Kind::DeviceEvent => Kind::DeviceEvent,
-        v2::Kind::Command => Kind::Command,
-        v2::Kind::CommandReply => Kind::CommandReply,
-        v2::Kind::Message => Kind::Message,
-        v2::Kind::Other => Kind::Other,
-    }
+pub(crate) fn kind_to_v2(kind: Kind) -> V2Kind {
+    convert_kind!(kind, Kind => V2Kind)
 }
 
-fn kind_v1_to_v2(kind: v1::Kind) -> v2::Kind {
-    match kind {
-        v1::Kind::Properties => v2::Kind::Properties,
-        v1::Kind::Online => v2::Kind::Online,
-        v1::Kind::Offline => v2::Kind::Offline,
-        v1::Kind::Lifecycle => v2::Kind::Lifecycle,
-        v1::Kind::DeviceEvent => v2::Kind::DeviceEvent,
-        v1::Kind::Command => v2::Kind::Command,
-        v1::Kind::CommandReply => v2::Kind::CommandReply,
-        v1::Kind::Message => v2::Kind::Message,
-        v1::Kind::Other => v2::Kind::Other,
-    }
+fn kind_from_v2(kind: V2Kind) -> Kind {
+    convert_kind!(kind, V2Kind => Kind)
+}
+
+fn kind_v1_to_v2(kind: V1Kind) -> V2Kind {
+    convert_kind!(kind, V1Kind => V2Kind)
 }
 
 pub(crate) fn device_to_v2(device: &Device) -> v2::Device {
@@ -474,12 +453,8 @@ mod tests {
             payload: Some("{broken".into()),
             attributes: None,
         };
-        let error = updated_or_error(broken, &original);
+        let error = super::updated(broken, &original).unwrap_err();
         assert!(error.contains("updated payload is not JSON"), "{error}");
-    }
-
-    fn updated_or_error(changes: v2::Changes, original: &Event) -> String {
-        updated(changes, original).unwrap_err()
     }
 
     #[test]
