@@ -1,22 +1,19 @@
 //! The way in: a connector's deliveries become events queued on the worker of their device.
 
-use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
+use super::dedup::Admission;
 use super::report::MessageRefused;
 use super::settle::{self, Pending};
 use super::{Acker, Closed, Delivery, Shared};
 use crate::config::Order;
 use crate::event::{ATTR_SIGNATURE, Event};
 use crate::metrics::{Counter, Metrics};
-use crate::pipeline::Dedup;
-use crate::sync::lock;
 use crate::vendor::tuya::SignatureCheck;
 use crate::vendor::{Dialect, ErrorKind, RawMessage, SignMode};
 
@@ -94,94 +91,6 @@ impl SignatureWatch {
     }
 }
 
-/// The event ids the pipeline has seen, in shards by id so that connectors and workers
-/// rarely wait for one another.
-///
-/// A transport may deliver a message again while its first copy is still in flight (Alibaba
-/// redelivers what is unsettled after about 30 s; a command path with retries can hold the
-/// first copy longer). Acknowledging the copy at once would lose the message if the first
-/// then went back for a retry, or the process died: the transport would have forgotten it.
-/// So a copy of an id in flight is held, and settles the way the first copy settles, when it
-/// does; a copy of an id already done is acknowledged.
-pub(super) struct Seen {
-    shards: Box<[Mutex<SeenShard>]>,
-    hasher: RandomState,
-}
-
-struct SeenShard {
-    dedup: Dedup,
-    /// The ids whose first copy is in flight, with the copies that arrived meanwhile.
-    in_flight: HashMap<Box<str>, Vec<Pending>>,
-}
-
-/// What became of a delivery's id.
-enum Admission {
-    /// The first copy: it goes on, and its id is marked in flight.
-    First(Pending),
-    /// A copy of an id in flight: held until the first settles.
-    Held,
-    /// A copy of an id already done: to be acknowledged.
-    Done(Pending),
-}
-
-impl Seen {
-    /// Below this capacity the ids stay in one shard, so that `dedup_capacity` stays exact
-    /// where it is small enough to matter.
-    const SHARDED_FROM: usize = 16 * 1024;
-    const SHARDS: usize = 16;
-
-    /// Remembers ids for `window`, about `capacity` of them.
-    pub(super) fn new(window: Duration, capacity: usize) -> Self {
-        let count = if capacity >= Self::SHARDED_FROM {
-            Self::SHARDS
-        } else {
-            1
-        };
-        Seen {
-            shards: (0..count)
-                .map(|_| {
-                    Mutex::new(SeenShard {
-                        dedup: Dedup::new(window, capacity.div_ceil(count)),
-                        in_flight: HashMap::new(),
-                    })
-                })
-                .collect(),
-            hasher: RandomState::new(),
-        }
-    }
-
-    fn shard(&self, id: &str) -> MutexGuard<'_, SeenShard> {
-        let index = (self.hasher.hash_one(id) % self.shards.len() as u64) as usize;
-        lock(&self.shards[index])
-    }
-
-    fn admit(&self, id: &str, mut pending: Pending) -> Admission {
-        let mut shard = self.shard(id);
-        if shard.dedup.first_time(id, pending.received) {
-            shard.in_flight.entry(id.into()).or_default();
-            pending.dedup_id = Some(id.to_owned());
-            return Admission::First(pending);
-        }
-        match shard.in_flight.get_mut(id) {
-            Some(copies) => {
-                copies.push(pending);
-                Admission::Held
-            }
-            None => Admission::Done(pending),
-        }
-    }
-
-    /// The id is done: forgotten too when it goes back for a retry (so that its redelivery
-    /// is not taken for a duplicate). Returns the copies held meanwhile.
-    pub(super) fn finished(&self, id: &str, retry: bool) -> Vec<Pending> {
-        let mut shard = self.shard(id);
-        if retry {
-            shard.dedup.forget(id);
-        }
-        shard.in_flight.remove(id).unwrap_or_default()
-    }
-}
-
 /// A connector's way into the pipeline. Cheap to clone; the pipeline stops when every clone
 /// is dropped and [`Pipeline::drain`](super::Pipeline::drain) is called.
 #[derive(Clone)]
@@ -192,6 +101,9 @@ pub struct Ingest {
     dialect: Arc<Dialect>,
     counters: Arc<ConnectorCounters>,
     signature: Option<Arc<SignatureWatch>>,
+    /// Whether a copy of a message gets its event id again ([`Dialect::ids_identify_messages`]):
+    /// only then are the ids kept for de-duplication.
+    ids_identify_messages: bool,
 }
 
 impl Ingest {
@@ -204,6 +116,7 @@ impl Ingest {
         Ingest {
             signature: SignatureWatch::new(&shared.metrics, connector, &dialect).map(Arc::new),
             counters: Arc::new(ConnectorCounters::new(&shared.metrics, connector)),
+            ids_identify_messages: dialect.ids_identify_messages(),
             shared,
             senders,
             connector: Arc::from(connector),
@@ -308,23 +221,28 @@ impl Ingest {
         // then: an id marked in flight that no worker will ever finish would hold every
         // redelivery of the message, with its slot, for the life of the process.
         let queue = self.senders[worker].reserve().await.map_err(|_| Closed)?;
-        let pending = self.pending(acker, permit, received);
-        let pending = match shared.seen.admit(&event.id, pending) {
-            Admission::First(pending) => pending,
-            duplicate => {
-                self.counters.duplicate.inc();
-                tracing::debug!(
-                    target: "iotrules::event",
-                    connector = &*self.connector,
-                    id = %event.id,
-                    "Duplicate event dropped"
-                );
-                if let Admission::Done(pending) = duplicate {
-                    settle::finish(shared, pending, Ok(()));
+        let mut pending = self.pending(acker, permit, received);
+        if self.ids_identify_messages {
+            pending = match shared.seen.admit(&event.id, received, pending) {
+                Admission::First(mut pending, mark) => {
+                    pending.dedup = mark;
+                    pending
                 }
-                return Ok(());
-            }
-        };
+                duplicate => {
+                    self.counters.duplicate.inc();
+                    tracing::debug!(
+                        target: "iotrules::event",
+                        connector = &*self.connector,
+                        id = %event.id,
+                        "Duplicate event dropped"
+                    );
+                    if let Admission::Done(pending) = duplicate {
+                        settle::finish(shared, pending, Ok(()));
+                    }
+                    return Ok(());
+                }
+            };
+        }
         queue.send(Job {
             event,
             origin,
@@ -342,7 +260,7 @@ impl Ingest {
             acker,
             _permit: permit,
             received,
-            dedup_id: None,
+            dedup: None,
         }
     }
 

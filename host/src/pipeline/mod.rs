@@ -38,10 +38,10 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 
-pub use self::dedup::Dedup;
+use self::dedup::Seen;
 pub use self::delivery::{Acker, Delivery, Settle};
 pub use self::intake::Ingest;
-use self::intake::{Job, Seen};
+use self::intake::Job;
 use self::settle::{Attempts, Redelivery};
 use crate::command::CommandPaths;
 use crate::config::{Order, PipelineConfig};
@@ -69,7 +69,7 @@ struct Shared {
     in_flight: Arc<Semaphore>,
     max_in_flight: u32,
     /// Ids seen, and the copies of those still in flight.
-    seen: Seen,
+    seen: Seen<settle::Pending>,
     runtime: tokio::runtime::Handle,
     hasher: std::collections::hash_map::RandomState,
     order: Order,

@@ -9,6 +9,7 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
+use super::dedup::Mark;
 use super::intake::Origin;
 use super::report::{CommandFailed, DeadLetterStoreFailed};
 use super::{Acker, Settle, Shared};
@@ -24,8 +25,8 @@ pub(super) struct Pending {
     pub(super) acker: Acker,
     pub(super) _permit: OwnedSemaphorePermit,
     pub(super) received: Instant,
-    /// Its event id, once the de-duplication marked it in flight.
-    pub(super) dedup_id: Option<String>,
+    /// Its event id's mark, once the de-duplication marked it in flight.
+    pub(super) dedup: Option<Mark>,
 }
 
 /// A command queued on its path, waiting for confirmation.
@@ -215,15 +216,15 @@ pub(super) fn finish(shared: &Shared, pending: Pending, done: Result<(), ()>) {
         acker,
         _permit,
         received,
-        dedup_id,
+        dedup,
     } = pending;
     let how = if done.is_ok() {
         Settle::Ack
     } else {
         Settle::Retry
     };
-    let copies = dedup_id.map_or_else(Vec::new, |id| {
-        shared.seen.finished(&id, how == Settle::Retry)
+    let copies = dedup.map_or_else(Vec::new, |mark| {
+        shared.seen.finished(mark, how == Settle::Retry)
     });
     acker.settle(how);
     shared.metrics.event_latency.observe(received.elapsed());

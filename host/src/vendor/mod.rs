@@ -608,6 +608,13 @@ impl Dialect {
         }
     }
 
+    /// Whether a message sent again gets the same event id. A plain JSON message carries
+    /// nothing that identifies it, so each receipt gets a fresh id: no copy can be found by
+    /// it, and the pipeline does not keep those ids for de-duplication.
+    pub fn ids_identify_messages(&self) -> bool {
+        !matches!(self, Dialect::Json(_))
+    }
+
     /// Verifies, decrypts and normalizes one message.
     pub fn decode(&self, message: &RawMessage<'_>) -> Result<Event, DecodeError> {
         match self {
