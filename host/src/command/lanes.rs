@@ -217,6 +217,10 @@ async fn lane<T: Transport>(
     let capacity = settings.window.max(1);
     let mut window = Window::new();
     let mut closed = false;
+    // Fires no later than the first attempt's deadline. Attempts go out in order, so each
+    // later first has a later deadline: the timer is left where it is when the first is
+    // confirmed, and moved on when it fires early, rather than set for every attempt.
+    let mut expiry = std::pin::pin!(tokio::time::sleep(Duration::from_secs(86_400 * 365)));
     loop {
         while !closed && window.entries.len() < capacity {
             match jobs.try_recv() {
@@ -242,8 +246,14 @@ async fn lane<T: Transport>(
                 Ok(()) => {
                     let deadline = tokio::time::Instant::now() + settings.timeout;
                     let command = &window.entries[window.sent].job.command;
-                    let send = transport.send(command, window.connection);
-                    match tokio::time::timeout_at(deadline, send).await {
+                    let mut send = std::pin::pin!(transport.send(command, window.connection));
+                    // Most sends are taken at once (an MQTT link's queue has room): only one
+                    // that has to wait is given a timer.
+                    let sent = match futures::poll!(send.as_mut()) {
+                        std::task::Poll::Ready(sent) => Ok(sent),
+                        std::task::Poll::Pending => tokio::time::timeout_at(deadline, send).await,
+                    };
+                    match sent {
                         Ok(Ok(sent)) => Ok((sent, deadline)),
                         Ok(Err(failure)) => Err(failure),
                         Err(_) => Err(timed_out(settings.timeout)),
@@ -287,10 +297,18 @@ async fn lane<T: Transport>(
                 window.held = false;
                 continue;
             };
+            if expiry.deadline() > attempt.deadline {
+                expiry.as_mut().reset(attempt.deadline);
+            }
             tokio::select! {
                 biased;
-                settled = tokio::time::timeout_at(attempt.deadline, &mut attempt.confirmed) => {
-                    Woke::First(settled.unwrap_or_else(|_| Err(timed_out(settings.timeout))))
+                settled = &mut attempt.confirmed => Woke::First(settled),
+                () = &mut expiry => {
+                    if tokio::time::Instant::now() < attempt.deadline {
+                        expiry.as_mut().reset(attempt.deadline);
+                        continue;
+                    }
+                    Woke::First(Err(timed_out(settings.timeout)))
                 }
                 job = jobs.recv(), if can_take => Woke::Job(job),
             }
@@ -606,5 +624,82 @@ mod tests {
         // c1 went out after c0's last attempt: it needs no further send.
         assert_eq!(runtime.block_on(second).unwrap(), Ok(()));
         assert_eq!(peer.sent().len(), 6);
+    }
+
+    /// Blocks until `seconds` after `start`.
+    fn at(start: std::time::Instant, seconds: f64) {
+        let until = start + Duration::from_secs_f64(seconds);
+        std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
+    }
+
+    #[test]
+    fn an_attempt_is_given_up_at_its_own_deadline_not_at_an_earlier_one_s() {
+        let runtime = runtime();
+        let peer = Scripted::new();
+        let path = Lanes::start(
+            "out",
+            peer.clone(),
+            PathSettings {
+                lanes: 1,
+                queue: 16,
+                timeout: Duration::from_secs(4),
+                retries: 2,
+                rate_per_s: 0.0,
+                window: 2,
+            },
+            runtime.handle(),
+        );
+        let start = std::time::Instant::now();
+        let first = path.enqueue(named("a"));
+        peer.await_tries(&runtime, 1);
+        at(start, 1.0);
+        let second = path.enqueue(named("b"));
+        peer.await_tries(&runtime, 2);
+        // a is confirmed; b, sent a second after it, is still within its time at a's
+        // deadline (4 s) and is confirmed before its own (5 s).
+        at(start, 1.2);
+        peer.answer("a", Ok(()));
+        at(start, 4.5);
+        peer.answer("b", Ok(()));
+        assert_eq!(runtime.block_on(first).unwrap(), Ok(()));
+        assert_eq!(runtime.block_on(second).unwrap(), Ok(()));
+        assert_eq!(peer.sent(), on(1, &["a", "b"]), "nothing was sent again");
+    }
+
+    #[test]
+    fn an_attempt_never_confirmed_is_given_up_after_the_timeout_and_tried_again() {
+        let runtime = runtime();
+        let peer = Scripted::new();
+        let timeout = Duration::from_millis(300);
+        let path = Lanes::start(
+            "out",
+            peer.clone(),
+            PathSettings {
+                lanes: 1,
+                queue: 16,
+                timeout,
+                retries: 2,
+                rate_per_s: 0.0,
+                window: 2,
+            },
+            runtime.handle(),
+        );
+        let start = std::time::Instant::now();
+        let confirmation = path.enqueue(named("c"));
+        let error = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), confirmation).await })
+            .expect("given up within 30 s")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            error.reason,
+            "no confirmation within 300 ms (after 3 attempts)"
+        );
+        assert_eq!(peer.sent(), on(1, &["c", "c", "c"]));
+        assert!(
+            start.elapsed() >= timeout * 3,
+            "given up after {:?}, before three timeouts",
+            start.elapsed()
+        );
     }
 }
