@@ -59,8 +59,12 @@ impl MqttTransport {
     /// The topic and payload of `command`, or why it cannot be sent (a refusal: sending it
     /// again would not help).
     pub fn message(&self, command: &Command) -> Result<(String, Vec<u8>), String> {
-        let params: JsonValue = serde_json::from_str(command.params.as_str())
-            .map_err(|e| format!("the params are not JSON: {e}"))?;
+        // Read only where the message is built from the params' fields (a generic link
+        // sends them as they are).
+        let params = || -> Result<JsonValue, String> {
+            serde_json::from_str(command.params.as_str())
+                .map_err(|e| format!("the params are not JSON: {e}"))
+        };
         match &self.outbound {
             Outbound::Alibaba { topics, device } => {
                 same_device(command, device)?;
@@ -82,6 +86,7 @@ impl MqttTransport {
                              `thing.service.property.set` or `rrpc`"
                         ));
                     };
+                    let params = params()?;
                     let reply = AlinkReply {
                         id: request.clone(),
                         code: params
@@ -136,6 +141,7 @@ impl MqttTransport {
             }
             Outbound::Huawei { device, legacy } => {
                 same_device(command, device)?;
+                let params = params()?;
                 let code = params
                     .get("result_code")
                     .or_else(|| params.get("errcode"))

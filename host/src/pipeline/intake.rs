@@ -91,10 +91,49 @@ impl SignatureWatch {
     }
 }
 
-/// A connector's way into the pipeline. Cheap to clone; the pipeline stops when every clone
-/// is dropped and [`Pipeline::drain`](super::Pipeline::drain) is called.
+/// A connector's way into the pipeline. Cheap to clone (a reference count: a connector may
+/// clone it per message); the pipeline stops when every clone is dropped and
+/// [`Pipeline::drain`](super::Pipeline::drain) is called.
 #[derive(Clone)]
-pub struct Ingest {
+pub struct Ingest(Arc<Inlet>);
+
+impl Ingest {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        senders: Vec<mpsc::Sender<Job>>,
+        connector: &str,
+        dialect: Dialect,
+    ) -> Self {
+        Ingest(Arc::new(Inlet::new(shared, senders, connector, dialect)))
+    }
+
+    /// The connector's name.
+    pub fn connector(&self) -> &str {
+        &self.0.connector
+    }
+
+    /// Takes one delivery; waits while the pipeline is full. The delivery is settled later,
+    /// through its acker, when the pipeline is done with it.
+    pub async fn submit(&self, delivery: Delivery) -> Result<(), Closed> {
+        self.0.submit(delivery).await
+    }
+
+    /// Takes a message the connector could not read itself (an AMQP message its client
+    /// cannot decode): it goes to the dead letters as `kind` with `message` and what of it
+    /// could be read, and is then settled like any refused message (acknowledged once
+    /// stored). Waits while the pipeline is full.
+    pub async fn refuse(
+        &self,
+        delivery: Delivery,
+        kind: &'static str,
+        message: String,
+    ) -> Result<(), Closed> {
+        self.0.refuse(delivery, kind, message).await
+    }
+}
+
+/// What an [`Ingest`] holds.
+struct Inlet {
     shared: Arc<Shared>,
     senders: Vec<mpsc::Sender<Job>>,
     connector: Arc<str>,
@@ -106,14 +145,14 @@ pub struct Ingest {
     ids_identify_messages: bool,
 }
 
-impl Ingest {
-    pub(super) fn new(
+impl Inlet {
+    fn new(
         shared: Arc<Shared>,
         senders: Vec<mpsc::Sender<Job>>,
         connector: &str,
         dialect: Dialect,
     ) -> Self {
-        Ingest {
+        Inlet {
             signature: SignatureWatch::new(&shared.metrics, connector, &dialect).map(Arc::new),
             counters: Arc::new(ConnectorCounters::new(&shared.metrics, connector)),
             ids_identify_messages: dialect.ids_identify_messages(),
@@ -124,14 +163,7 @@ impl Ingest {
         }
     }
 
-    /// The connector's name.
-    pub fn connector(&self) -> &str {
-        &self.connector
-    }
-
-    /// Takes one delivery; waits while the pipeline is full. The delivery is settled later,
-    /// through its acker, when the pipeline is done with it.
-    pub async fn submit(&self, delivery: Delivery) -> Result<(), Closed> {
+    async fn submit(&self, delivery: Delivery) -> Result<(), Closed> {
         let permit = self.slot().await?;
         self.submit_with(delivery, permit, None).await
     }
@@ -146,11 +178,7 @@ impl Ingest {
             .map_err(|_| Closed)
     }
 
-    /// Takes a message the connector could not read itself (an AMQP message its client
-    /// cannot decode): it goes to the dead letters as `kind` with `message` and what of it
-    /// could be read, and is then settled like any refused message (acknowledged once
-    /// stored). Waits while the pipeline is full.
-    pub async fn refuse(
+    async fn refuse(
         &self,
         delivery: Delivery,
         kind: &'static str,
