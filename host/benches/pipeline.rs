@@ -265,6 +265,8 @@ fn profile(batches: u64) {
 }
 
 fn throughput(c: &mut Criterion) {
+    // As the binary runs (see the function).
+    iotrules::service::disable_transparent_huge_pages();
     if let Ok(batches) = std::env::var("BENCH_PROFILE") {
         profile(batches.parse().expect("BENCH_PROFILE: a number of batches"));
         return;

@@ -158,6 +158,8 @@ impl Bare {
 }
 
 fn throughput(c: &mut Criterion) {
+    // As the binary runs (see the function).
+    iotrules::service::disable_transparent_huge_pages();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

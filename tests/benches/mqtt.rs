@@ -180,6 +180,8 @@ fn round_of(
 }
 
 fn throughput(c: &mut Criterion) {
+    // As the binary runs (see the function).
+    iotrules::service::disable_transparent_huge_pages();
     // Batches of 2 000 unpaced publishes measure throughput, not flow control: a stock
     // mosquitto would drop what passes its queue of 1 000 for a slow subscriber.
     let broker = Mosquitto::start_with(

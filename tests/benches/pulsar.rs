@@ -83,6 +83,8 @@ fn run_batch(
 }
 
 fn connector(c: &mut Criterion) {
+    // As the binary runs (see the function).
+    iotrules::service::disable_transparent_huge_pages();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -147,6 +149,8 @@ fn connector(c: &mut Criterion) {
 }
 
 fn transport(c: &mut Criterion) {
+    // As the binary runs (see the function).
+    iotrules::service::disable_transparent_huge_pages();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
