@@ -410,9 +410,24 @@ fn write_batches(shared: &Shared) {
     }
 }
 
-/// Saves the calls in one transaction, each call all or none (a savepoint each); what
-/// became of each call, in order.
+/// Saves the calls in one transaction, each call all or none; what became of each call, in
+/// order.
+///
+/// The batch is written straight through first: a savepoint per call is two more statements
+/// per call, paid for a failure that hardly ever comes. Only when a write fails is the
+/// transaction rolled back and written again call by call, each in a savepoint, so that the
+/// failure drops only its own call's writes.
 fn save_batch(conn: &mut Connection, calls: &[Call]) -> Vec<Result<(), String>> {
+    let straight = (|| {
+        let tx = conn.transaction()?;
+        for call in calls {
+            save(&tx, &call.namespace, &call.writes)?;
+        }
+        tx.commit()
+    })();
+    if straight.is_ok() {
+        return calls.iter().map(|_| Ok(())).collect();
+    }
     let mut outcomes = Vec::with_capacity(calls.len());
     let committed = (|| {
         let mut tx = conn.transaction()?;
