@@ -500,10 +500,21 @@ mod tests {
         window: usize,
         runtime: &tokio::runtime::Runtime,
     ) -> Arc<Lanes> {
+        timing_out(transport, window, Duration::from_secs(60), runtime)
+    }
+
+    /// One lane of `window` over `transport` whose attempts time out after `timeout`,
+    /// retrying twice.
+    fn timing_out(
+        transport: Scripted,
+        window: usize,
+        timeout: Duration,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Arc<Lanes> {
         let settings = PathSettings {
             lanes: 1,
             queue: 16,
-            timeout: Duration::from_secs(60),
+            timeout,
             retries: 2,
             rate_per_s: 0.0,
             window,
@@ -636,19 +647,7 @@ mod tests {
     fn an_attempt_is_given_up_at_its_own_deadline_not_at_an_earlier_one_s() {
         let runtime = runtime();
         let peer = Scripted::new();
-        let path = Lanes::start(
-            "out",
-            peer.clone(),
-            PathSettings {
-                lanes: 1,
-                queue: 16,
-                timeout: Duration::from_secs(4),
-                retries: 2,
-                rate_per_s: 0.0,
-                window: 2,
-            },
-            runtime.handle(),
-        );
+        let path = timing_out(peer.clone(), 2, Duration::from_secs(4), &runtime);
         let start = std::time::Instant::now();
         let first = path.enqueue(named("a"));
         peer.await_tries(&runtime, 1);
@@ -671,19 +670,7 @@ mod tests {
         let runtime = runtime();
         let peer = Scripted::new();
         let timeout = Duration::from_millis(300);
-        let path = Lanes::start(
-            "out",
-            peer.clone(),
-            PathSettings {
-                lanes: 1,
-                queue: 16,
-                timeout,
-                retries: 2,
-                rate_per_s: 0.0,
-                window: 2,
-            },
-            runtime.handle(),
-        );
+        let path = timing_out(peer.clone(), 2, timeout, &runtime);
         let start = std::time::Instant::now();
         let confirmation = path.enqueue(named("c"));
         let error = runtime
