@@ -42,6 +42,10 @@ pub const MAX_PACKET: usize = 1024 * 1024;
 /// Commands handed to a connection and not yet taken by it (it takes them while its window
 /// of publishes waiting for their PUBACK, `command_window`, has room).
 const REQUESTS_QUEUED: usize = 256;
+/// The most inbound publishes handed to the pipeline in one submission ([`Session::next_run`]).
+const RUN_COUNT: usize = 64;
+/// The most bytes of topics and payloads in one submission, unless its first is larger.
+const RUN_BYTES: usize = 64 * 1024;
 /// How long connecting, logging in and subscribing may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// The first pause before reconnecting, doubled up to [`MAX_PAUSE`].
@@ -945,6 +949,11 @@ impl Inbox {
         self.queue.is_empty()
     }
 
+    /// The size of the next publish to pop, if any.
+    fn peek_size(&self) -> Option<usize> {
+        self.queue.front().map(Self::size)
+    }
+
     fn clear(&mut self) {
         self.queue.clear();
         self.bytes = 0;
@@ -1011,12 +1020,15 @@ impl Session {
                     self.received.left_unacked, self.received.budget
                 ));
             }
-            if submitting.is_none()
-                && let Some(publish) = self.received.pop()
-            {
-                let delivery = self.delivery(publish);
+            if submitting.is_none() && !self.received.is_empty() {
+                let run = self.next_run();
                 let ingest = context.ingest.clone();
-                submitting = Some(Box::pin(async move { ingest.submit(delivery).await }));
+                submitting = Some(Box::pin(async move {
+                    for delivery in run {
+                        ingest.submit(delivery).await?;
+                    }
+                    Ok(())
+                }));
             }
             tokio::select! {
                 biased;
@@ -1196,6 +1208,24 @@ impl Session {
                 return self.last_pkid;
             }
         }
+    }
+
+    /// The next publishes to hand to the pipeline, in order: as many as are waiting, up to
+    /// [`RUN_COUNT`] and [`RUN_BYTES`] (at least one). A run goes in one submission, so the
+    /// session's loop turns once per run rather than once per publish; what a run holds is
+    /// outside the inbox's budget, which that bound keeps small.
+    fn next_run(&mut self) -> Vec<pipeline::Delivery> {
+        let mut run = Vec::new();
+        let mut bytes = 0;
+        while run.len() < RUN_COUNT
+            && let Some(size) = self.received.peek_size()
+            && (run.is_empty() || bytes + size <= RUN_BYTES)
+            && let Some(publish) = self.received.pop()
+        {
+            bytes += size;
+            run.push(self.delivery(publish));
+        }
+        run
     }
 
     /// The delivery of an inbound publish: its payload, its topic, and for QoS 1 an acker
