@@ -137,12 +137,9 @@ struct Inlet {
     shared: Arc<Shared>,
     senders: Vec<mpsc::Sender<Job>>,
     connector: Arc<str>,
-    dialect: Arc<Dialect>,
+    dialect: Dialect,
     counters: Arc<ConnectorCounters>,
-    signature: Option<Arc<SignatureWatch>>,
-    /// Whether a copy of a message gets its event id again ([`Dialect::ids_identify_messages`]):
-    /// only then are the ids kept for de-duplication.
-    ids_identify_messages: bool,
+    signature: Option<SignatureWatch>,
 }
 
 impl Inlet {
@@ -153,13 +150,12 @@ impl Inlet {
         dialect: Dialect,
     ) -> Self {
         Inlet {
-            signature: SignatureWatch::new(&shared.metrics, connector, &dialect).map(Arc::new),
+            signature: SignatureWatch::new(&shared.metrics, connector, &dialect),
             counters: Arc::new(ConnectorCounters::new(&shared.metrics, connector)),
-            ids_identify_messages: dialect.ids_identify_messages(),
             shared,
             senders,
             connector: Arc::from(connector),
-            dialect: Arc::new(dialect),
+            dialect,
         }
     }
 
@@ -250,7 +246,8 @@ impl Inlet {
         // redelivery of the message, with its slot, for the life of the process.
         let queue = self.senders[worker].reserve().await.map_err(|_| Closed)?;
         let mut pending = self.pending(acker, permit, received);
-        if self.ids_identify_messages {
+        // Only ids that a copy of the message would carry again are kept.
+        if self.dialect.ids_identify_messages() {
             pending = match shared.seen.admit(&event.id, received, pending) {
                 Admission::First(mut pending, mark) => {
                     pending.dedup = mark;
