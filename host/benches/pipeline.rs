@@ -11,7 +11,12 @@
 //! instead, to see what the SQLite commits cost. After it, the bench replays
 //! at half that rate (or at `BENCH_RATE` events/s) and prints the latency percentiles per
 //! event, receipt to acknowledgement. `BENCH_PLUGINS=DIR` reads the plugins from `DIR`
-//! instead of `plugins/dist`.
+//! instead of `plugins/dist`; `BENCH_IO_THREADS=N` gives the async runtime `N` threads instead
+//! of the service's default 2.
+//!
+//! `BENCH_PROFILE=N` prints CPU time per event instead (see [`profile`]), and beside it the
+//! CPU time of the work itself on the same messages in the same run: decode and the three
+//! plugin calls, one after another in one thread, with the same kind of state store.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,12 +29,12 @@ use iotrules::connector::replay::{self, ReplaySettings};
 use iotrules::metrics::Metrics;
 use iotrules::pipeline::{Acker, Delivery, Settle};
 use iotrules::pipeline::{Ingest, Parts, Pipeline};
-use iotrules::plugin::{Registry, Runtime, RuntimeConfig};
+use iotrules::plugin::{Grants, Limits, Registry, Runtime, RuntimeConfig, Step};
 use iotrules::rules::Rules;
 use iotrules::status::{ConnectorStatus, Connectors, LastErrors};
 use iotrules::store::{SqliteStateStore, Store};
 use iotrules::vendor::tuya::{Decoder, Keys, Mode};
-use iotrules::vendor::{Dialect, SignMode};
+use iotrules::vendor::{Dialect, RawMessage, SignMode};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -94,7 +99,10 @@ struct Bench {
 impl Bench {
     fn new() -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(
+                std::env::var("BENCH_IO_THREADS")
+                    .map_or(2, |n| n.parse().expect("BENCH_IO_THREADS")),
+            )
             .enable_all()
             .build()
             .expect("runtime");
@@ -118,12 +126,11 @@ impl Bench {
         // Plugin state in SQLite, as the service keeps it (deadband writes on every kept event).
         let store = Arc::new(Store::open(cache.path().join("iotrules.db")).expect("store"));
         // BENCH_STATE=memory: state in memory instead, to see what SQLite costs.
-        let state: Arc<dyn iotrules::plugin::StateStore> =
-            if std::env::var("BENCH_STATE").is_ok_and(|v| v == "memory") {
-                Arc::new(iotrules::plugin::MemoryStateStore::new())
-            } else {
-                Arc::new(SqliteStateStore::new(store.clone()))
-            };
+        let state: Arc<dyn iotrules::plugin::StateStore> = if memory_state() {
+            Arc::new(iotrules::plugin::MemoryStateStore::new())
+        } else {
+            Arc::new(SqliteStateStore::new(store.clone()))
+        };
         let registry = Arc::new(Registry::new(plugin_runtime, plugins.path(), state));
         registry.load_all().expect("plugins");
         let rules_dir = tempfile::tempdir().expect("temp dir");
@@ -217,6 +224,11 @@ impl Bench {
     }
 }
 
+/// `BENCH_STATE=memory`: plugin state in memory instead of SQLite.
+fn memory_state() -> bool {
+    std::env::var("BENCH_STATE").is_ok_and(|v| v == "memory")
+}
+
 /// CPU time of the whole process (every thread), user and system.
 fn cpu_time() -> (Duration, Duration) {
     // SAFETY: getrusage writes the struct it is given and reads nothing else.
@@ -262,6 +274,90 @@ fn profile(batches: u64) {
         per_event(system_after - system),
         events / wall.as_secs_f64()
     );
+    let work = alone(&bench, &files);
+    let pipeline = (user_after - user) + (system_after - system);
+    println!(
+        "pipeline/profile: the work alone (decode + the 3 plugin calls, one thread, same \
+         messages) {:.1} µs/event; pipeline ÷ work {:.2}",
+        per_event(work),
+        pipeline.as_secs_f64() / work.as_secs_f64()
+    );
+}
+
+/// The CPU time of the work itself on the messages of `files`, without the pipeline: each
+/// decoded, then handed to the three rules' plugins in turn, in this thread, with plugin state
+/// kept as the pipeline's is (in SQLite, or in memory with `BENCH_STATE=memory`). Reading the
+/// recordings is left out, as the connector's part.
+fn alone(bench: &Bench, files: &[PathBuf]) -> Duration {
+    let cache = tempfile::tempdir().expect("temp dir");
+    let plugin_runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_owned()),
+        ..RuntimeConfig::default()
+    })
+    .expect("plugin runtime");
+    // The state kept as the pipeline keeps it: committing what the plugins write is part of
+    // their work.
+    let store = Arc::new(Store::open(cache.path().join("alone.db")).expect("store"));
+    let durable = (!memory_state()).then(|| Arc::new(SqliteStateStore::new(store)));
+    let state: Arc<dyn iotrules::plugin::StateStore> = match &durable {
+        Some(durable) => durable.clone(),
+        None => Arc::new(iotrules::plugin::MemoryStateStore::new()),
+    };
+    let registry = Registry::new(plugin_runtime, bench.dir.path(), state);
+    registry.load_all().expect("plugins");
+    let mut steps = [
+        (
+            "deadband",
+            r#"{"datapoints":["temp_current"],"threshold":0.5}"#,
+            "temperature",
+        ),
+        (
+            "normalize-units",
+            r#"{"mappings":[{"from":"bright_value_v2","to":"brightness","range":{"from":[10,1000],"to":[0,100]},"round":0}]}"#,
+            "brightness",
+        ),
+        ("echo", "{}", "echo"),
+    ]
+    .map(|(plugin, config, rule)| {
+        registry
+            .step(plugin, config, Limits::default(), Grants::default(), rule)
+            .expect("step")
+    });
+    let dialect = Dialect::Tuya(Decoder::new(bench.keys.clone(), SignMode::Enforce));
+    let run = |payloads: &[String], steps: &mut [Step]| {
+        for payload in payloads {
+            let event = dialect
+                .decode(&RawMessage::new("bench", payload.as_bytes()))
+                .expect("decode");
+            for step in steps.iter_mut() {
+                std::hint::black_box(step.handle(&event).expect("handled"));
+            }
+        }
+    };
+    let payloads: Vec<Vec<String>> = files
+        .iter()
+        .map(|file| {
+            std::fs::read_to_string(file)
+                .expect("recording")
+                .lines()
+                .map(|line| {
+                    let line: serde_json::Value = serde_json::from_str(line).expect("line");
+                    line["payload"].as_str().expect("payload").to_owned()
+                })
+                .collect()
+        })
+        .collect();
+    // Warm up, as the pipeline was, on the first recording.
+    run(&payloads[0], &mut steps);
+    let (user, system) = cpu_time();
+    for batch in &payloads {
+        run(batch, &mut steps);
+    }
+    if let Some(durable) = &durable {
+        durable.flush();
+    }
+    let (user_after, system_after) = cpu_time();
+    (user_after - user) + (system_after - system)
 }
 
 fn throughput(c: &mut Criterion) {
