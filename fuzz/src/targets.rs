@@ -23,11 +23,11 @@ use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::messaging::message::DecodeIntoMessage;
 use fe2o3_amqp::types::primitives::Value;
 use iotrules::config::Config;
+use iotrules::dialect::json::TopicTemplate;
+use iotrules::dialect::tuya::{self, Mode};
+use iotrules::dialect::{DecodeError, Dialect, RawMessage, SignMode, alibaba, huawei};
 use iotrules::event::{Event, Json};
 use iotrules::rules::RuleSet;
-use iotrules::vendor::json::TopicTemplate;
-use iotrules::vendor::tuya::{self, Mode};
-use iotrules::vendor::{DecodeError, Dialect, RawMessage, SignMode, alibaba, huawei};
 use rumqttc::mqttbytes::v4::Packet;
 
 /// A target: arbitrary bytes in, a panic when it finds a bug.
@@ -178,7 +178,7 @@ pub fn json(data: &[u8]) {
         return;
     };
     let properties = [property("topic", &text(topic))];
-    let decoder = iotrules::vendor::json::Decoder::new(template);
+    let decoder = iotrules::dialect::json::Decoder::new(template);
     check(decoder.decode(&RawMessage::new("fuzz", payload).with_properties(&properties)));
 }
 
@@ -187,7 +187,7 @@ static EVENT: LazyLock<Event> = LazyLock::new(|| {
     let template = TopicTemplate::parse("home/{device}/#").expect("a valid template");
     let properties = [property("topic", "home/lamp-1/state")];
     let payload = br#"{"temp":21.5,"on":true,"level":3,"name":"lamp","color":{"x":0.3,"y":[1,2]},"none":null}"#;
-    iotrules::vendor::json::Decoder::new(template)
+    iotrules::dialect::json::Decoder::new(template)
         .decode(&RawMessage::new("fuzz", payload).with_properties(&properties))
         .expect("the fixed event decodes")
 });
@@ -266,9 +266,9 @@ pub fn mqtt_publish(data: &[u8]) {
         let message = RawMessage::new("fuzz", &payload).with_properties(&properties);
         check(alibaba::Decoder::new(false).decode(&message));
         check(huawei::Decoder::new().decode(&message));
-        static JSON: LazyLock<iotrules::vendor::json::Decoder> = LazyLock::new(|| {
+        static JSON: LazyLock<iotrules::dialect::json::Decoder> = LazyLock::new(|| {
             let template = TopicTemplate::parse("+/{device}/#").expect("a valid template");
-            iotrules::vendor::json::Decoder::new(template)
+            iotrules::dialect::json::Decoder::new(template)
         });
         check(JSON.decode(&message));
     }

@@ -4,8 +4,8 @@
 //! `cargo bench -p iotrules --bench decode`; criterion reports elements/s = events/s.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use iotrules::vendor::tuya::{BusinessDecoder, Decoder, Keys, Mode};
-use iotrules::vendor::{Dialect, RawMessage, SignMode, alibaba, huawei};
+use iotrules::dialect::tuya::{BusinessDecoder, Decoder, Keys, Mode};
+use iotrules::dialect::{Dialect, RawMessage, SignMode, alibaba, huawei};
 use std::hint::black_box;
 
 /// The allocator of the `iotrules` binary, so the figures are the service's.

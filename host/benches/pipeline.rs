@@ -26,6 +26,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iotrules::command::{CommandPaths, Lanes, LogTransport, PathSettings};
 use iotrules::config::PipelineConfig;
 use iotrules::connector::replay::{self, ReplaySettings};
+use iotrules::dialect::tuya::{Decoder, Keys, Mode};
+use iotrules::dialect::{Dialect, RawMessage, SignMode};
 use iotrules::metrics::Metrics;
 use iotrules::pipeline::{Acker, Delivery, Settle};
 use iotrules::pipeline::{Ingest, Parts, Pipeline};
@@ -33,8 +35,6 @@ use iotrules::plugin::{Grants, Limits, Registry, Runtime, RuntimeConfig, Step};
 use iotrules::rules::Rules;
 use iotrules::status::{ConnectorStatus, Connectors, LastErrors};
 use iotrules::store::{SqliteStateStore, Store};
-use iotrules::vendor::tuya::{Decoder, Keys, Mode};
-use iotrules::vendor::{Dialect, RawMessage, SignMode};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

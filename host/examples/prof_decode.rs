@@ -8,8 +8,8 @@
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use iotrules::vendor::tuya::{Decoder, Keys, Mode};
-use iotrules::vendor::{RawMessage, SignMode};
+use iotrules::dialect::tuya::{Decoder, Keys, Mode};
+use iotrules::dialect::{RawMessage, SignMode};
 const STATUS: &str = r#"{"dataId":"16QmtsL4F28GzL2cEpVZzAQl","devId":"vdevxJ4SXRVxfCQG","productKey":"gXkH1zxF","status":[{"2":"white","code":"work_mode","t":1631545543536,"value":"white"},{"3":"764","code":"bright_value_v2","t":1631545543536,"value":764},{"code":"temp_current","t":1631545543536,"value":23.5,"4":"23.5"}]}"#;
 fn main() {
     let keys = Keys::new("benchAccessId", "benchKEY0123456789abcdefghijklmn").unwrap();

@@ -15,9 +15,9 @@
 
 use std::path::Path;
 
+use iotrules::dialect::base64_encode;
+use iotrules::dialect::tuya::{Keys, Mode};
 use iotrules::time::Utc;
-use iotrules::vendor::base64_encode;
-use iotrules::vendor::tuya::{Keys, Mode};
 use serde::Serialize;
 use serde::ser::Serializer;
 

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use iotrules::vendor::tuya::{Keys, Mode};
+use iotrules::dialect::tuya::{Keys, Mode};
 
 /// The demo project's credentials. Not a real Tuya project: safe to publish.
 const DEMO_ACCESS_ID: &str = "demoaccessid0000iotr";

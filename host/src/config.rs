@@ -49,8 +49,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
-use crate::vendor::crypto::SignMethod;
-use crate::vendor::{Dialect, SignMode, alibaba, huawei, json, tuya};
+use crate::dialect::crypto::SignMethod;
+use crate::dialect::{Dialect, SignMode, alibaba, huawei, json, tuya};
 
 /// A configuration file, read and checked.
 #[derive(Debug, Clone)]

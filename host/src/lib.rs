@@ -1,7 +1,7 @@
 //! iotrules: takes device events from IoT clouds (Tuya, Alibaba, Huawei) and MQTT, verifies
 //! and decrypts them, normalizes each into one [`event::Event`], and runs it through rules.
 //!
-//! The normalized model ([`event`]) and the vendor dialects ([`vendor`]) are pure, tested
+//! The normalized model ([`event`]) and the vendor dialects ([`dialect`]) are pure, tested
 //! code for every credential, signature, envelope and payload the clouds use. On top of
 //! them: the WebAssembly plugin host ([`plugin`]), the rule files that select events and run
 //! them through plugin chains ([`rules`], tested with [`ruletest`]), the local SQLite file
@@ -13,6 +13,7 @@ pub mod admin;
 pub mod command;
 pub mod config;
 pub mod connector;
+pub mod dialect;
 pub mod event;
 pub mod metrics;
 pub mod pipeline;
@@ -25,4 +26,3 @@ pub mod store;
 mod sync;
 pub mod time;
 pub mod tls;
-pub mod vendor;

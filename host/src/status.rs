@@ -88,7 +88,7 @@ impl ConnectorStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SignatureStatus {
     /// `enforce`, `warn` or `off`.
-    pub mode: crate::vendor::SignMode,
+    pub mode: crate::dialect::SignMode,
     /// Envelopes whose signature did not match.
     pub mismatches: u64,
     /// What the mismatches mean for this mode, when there are any.
@@ -98,8 +98,8 @@ pub struct SignatureStatus {
 
 impl SignatureStatus {
     /// The status of `mode` after `mismatches`.
-    pub fn new(mode: crate::vendor::SignMode, mismatches: u64) -> Self {
-        use crate::vendor::SignMode;
+    pub fn new(mode: crate::dialect::SignMode, mismatches: u64) -> Self {
+        use crate::dialect::SignMode;
         let warning = match mode {
             SignMode::Warn if mismatches > 0 => Some(format!(
                 "{mismatches} message(s) whose envelope signature did not match were processed \
@@ -166,7 +166,7 @@ impl ConnectorHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vendor::SignMode;
+    use crate::dialect::SignMode;
 
     #[test]
     fn warn_mode_shows_a_warning_once_a_mismatch_was_let_through() {

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use iotrules::vendor::tuya::{Keys, Mode};
+use iotrules::dialect::tuya::{Keys, Mode};
 use serde_json::Value;
 
 const ACCESS_KEY: &str = "cliTestKey-0123456789abcdefXYZ";

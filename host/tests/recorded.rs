@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use iotrules::dialect::tuya::{self, Keys};
+use iotrules::dialect::{DecodeError, Dialect, ErrorKind, RawMessage, SignMode, alibaba, huawei};
 use iotrules::event::{Event, Kind, Value};
-use iotrules::vendor::tuya::{self, Keys};
-use iotrules::vendor::{DecodeError, Dialect, ErrorKind, RawMessage, SignMode, alibaba, huawei};
 
 /// The published demo project the Tuya recordings are sealed with (not from the environment:
 /// these are fixed test data).

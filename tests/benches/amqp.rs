@@ -182,7 +182,7 @@ fn throughput(c: &mut Criterion) {
         runtime.handle(),
     );
     let dialect =
-        iotrules::vendor::Dialect::Alibaba(iotrules::vendor::alibaba::Decoder::new(false));
+        iotrules::dialect::Dialect::Alibaba(iotrules::dialect::alibaba::Decoder::new(false));
     let connectors = Arc::new(Connectors::default());
     let mut iteration = 0u64;
 

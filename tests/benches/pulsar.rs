@@ -16,9 +16,9 @@ use futures::StreamExt as _;
 use iotrules::config::PipelineConfig;
 use iotrules::connector::Context;
 use iotrules::connector::pulsar::{self, PulsarSettings};
+use iotrules::dialect::tuya::{Decoder, Env, Keys, Mode};
+use iotrules::dialect::{Dialect, SignMode};
 use iotrules::status::{ConnectorStatus, Connectors, LastErrors};
-use iotrules::vendor::tuya::{Decoder, Env, Keys, Mode};
-use iotrules::vendor::{Dialect, SignMode};
 use iotrules_tests::pipeline::{Capture, TestPipeline};
 use iotrules_tests::pulsar_broker::{BrokerConfig, PulsarBroker};
 

@@ -4,7 +4,7 @@
 //!
 //! Each server checks every request's signature with its own implementation of the algorithm
 //! as `shared/PROTOCOLS.md` documents it (the hmac/sha crates directly, nothing from
-//! `iotrules::vendor`), refuses a bad one with the vendor's error, records every request with
+//! `iotrules::dialect`), refuses a bad one with the vendor's error, records every request with
 //! how it was answered, and can be told to fail: a token code once, a 5xx, throttling, a
 //! permanent vendor code for a device.
 

@@ -117,7 +117,7 @@ impl TuyaSetup {
             path,
             runtime.handle(),
         );
-        let dialect = iotrules::vendor::Dialect::Huawei(iotrules::vendor::huawei::Decoder::new());
+        let dialect = iotrules::dialect::Dialect::Huawei(iotrules::dialect::huawei::Decoder::new());
         let ingest = test.pipeline().ingest("test", dialect);
         TuyaSetup {
             runtime,
@@ -436,7 +436,7 @@ impl AlibabaSetup {
             runtime.handle(),
         );
         let dialect =
-            iotrules::vendor::Dialect::Alibaba(iotrules::vendor::alibaba::Decoder::new(false));
+            iotrules::dialect::Dialect::Alibaba(iotrules::dialect::alibaba::Decoder::new(false));
         let ingest = test.pipeline().ingest("test", dialect);
         AlibabaSetup {
             runtime,

@@ -41,7 +41,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn ingest(test: &TestPipeline) -> iotrules::pipeline::Ingest {
-    let dialect = iotrules::vendor::Dialect::Huawei(iotrules::vendor::huawei::Decoder::new());
+    let dialect = iotrules::dialect::Dialect::Huawei(iotrules::dialect::huawei::Decoder::new());
     test.pipeline().ingest("test", dialect)
 }
 

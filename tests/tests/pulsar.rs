@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use iotrules::config::Config;
 use iotrules::connector::ConnectorState;
+use iotrules::dialect::tuya::{self, Env, Mode};
 use iotrules::plugin::MemoryStateStore;
 use iotrules::service::{self, Observed};
 use iotrules::store::MemoryDeadLetters;
-use iotrules::vendor::tuya::{self, Env, Mode};
 use iotrules_tests::pulsar_broker::{BrokerConfig, MessageId, PulsarBroker, TestCa, sequence};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use iotrules::dialect::tuya::{self, Keys};
+use iotrules::dialect::{Dialect, RawMessage, SignMode, alibaba, huawei};
 use iotrules::event::Event;
 use iotrules::plugin::ReloadReport;
 use iotrules::rules::{RuleOutcome, RuleRuntime, RuleSet};
-use iotrules::vendor::tuya::{self, Keys};
-use iotrules::vendor::{Dialect, RawMessage, SignMode, alibaba, huawei};
 use iotrules_tests::plugins::Harness;
 
 /// The published demo project the Tuya recordings are sealed with.

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use iotrules::config::Config;
+use iotrules::dialect::{Dialect, RawMessage, SignMode, alibaba, huawei, tuya};
 use iotrules::event::ATTR_SIGNATURE;
-use iotrules::vendor::{Dialect, RawMessage, SignMode, alibaba, huawei, tuya};
 
 #[derive(Debug, Args)]
 pub struct DecodeArgs {
@@ -170,7 +170,7 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map_or_else(|| "standard input".to_owned(), |p| p.display().to_string());
     let refused =
-        |e: iotrules::vendor::DecodeError| anyhow::anyhow!("{origin}: {} error: {e}", e.kind());
+        |e: iotrules::dialect::DecodeError| anyhow::anyhow!("{origin}: {} error: {e}", e.kind());
 
     let mut out = std::io::stdout().lock();
     if args.raw {

@@ -1,6 +1,6 @@
 //! The `alibaba-openapi` path: commands through Alibaba Cloud IoT Platform's RPC OpenAPI
 //! (`https://iot.{region}.aliyuncs.com`, version 2018-01-20), each call signed with the
-//! AccessKey ([`crate::vendor::alibaba::openapi`]) and POSTed as a form.
+//! AccessKey ([`crate::dialect::alibaba::openapi`]) and POSTed as a form.
 //!
 //! Which call a command becomes, by its name (the device's `product` is the `ProductKey`;
 //! its `name`, or else its id without the `{product}.` prefix, is the `DeviceName`):
@@ -28,9 +28,9 @@ use serde::Deserialize;
 use super::http::{HttpClient, Url};
 use super::{Failure, Transport};
 use crate::config::{CommandPathConfig, ConfigError};
+use crate::dialect::alibaba::openapi::{self, ApiCredentials, CallContext, RpcRequest};
 use crate::event::Command;
 use crate::plugin::Clock;
-use crate::vendor::alibaba::openapi::{self, ApiCredentials, CallContext, RpcRequest};
 
 /// The command name that becomes `SetDeviceProperty`.
 pub const SET_PROPERTY: &str = "property/set";

@@ -34,9 +34,9 @@ use tokio::sync::oneshot;
 
 use super::{Failure, Sent, Transport};
 use crate::connector::mqtt::{LinkHandle, Outbound, Outgoing};
+use crate::dialect::alibaba::{AlinkReply, AlinkRequest};
+use crate::dialect::huawei::reply;
 use crate::event::{Command, Json, Property, Value};
-use crate::vendor::alibaba::{AlinkReply, AlinkRequest};
-use crate::vendor::huawei::reply;
 
 /// Publishes commands on an MQTT link.
 pub struct MqttTransport {
@@ -76,7 +76,7 @@ impl MqttTransport {
                             command.params.as_str().into(),
                         ));
                     }
-                    let topic = if name == crate::vendor::alibaba::mqtt::METHOD_PROPERTY_SET {
+                    let topic = if name == crate::dialect::alibaba::mqtt::METHOD_PROPERTY_SET {
                         topics.property_set_reply()
                     } else if segment(name) {
                         topics.service_reply(name)
@@ -135,7 +135,7 @@ impl MqttTransport {
                     return Err(format!("name \"{}\" cannot go into a topic", command.name));
                 }
                 let topic = topic
-                    .replace(crate::vendor::json::DEVICE, device)
+                    .replace(crate::dialect::json::DEVICE, device)
                     .replace("{name}", &command.name);
                 Ok((topic, command.params.as_str().into()))
             }
@@ -283,8 +283,8 @@ fn typed(value: &JsonValue) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialect::alibaba::Topics;
     use crate::event::Device;
-    use crate::vendor::alibaba::Topics;
 
     fn command(device: &str, name: &str, params: &str, reply_to: Option<&str>) -> Command {
         Command {

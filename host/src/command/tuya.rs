@@ -1,6 +1,6 @@
 //! The `tuya-openapi` path: a command becomes `POST /v1.0/iot-03/devices/{id}/commands` with
 //! `{"commands":[{"code": name, "value": params}]}` on Tuya's cloud OpenAPI, signed
-//! ([`crate::vendor::tuya::openapi`]) and carrying an access token.
+//! ([`crate::dialect::tuya::openapi`]) and carrying an access token.
 //!
 //! Token: one per path, shared by its lanes behind an async lock, so concurrent lanes wait for
 //! one token call instead of each making its own. It is fetched on first use
@@ -23,10 +23,10 @@ use serde_json::value::RawValue;
 use super::http::{HttpClient, Url, path_only};
 use super::{Failure, Transport};
 use crate::config::{CommandPathConfig, ConfigError};
+use crate::dialect::tuya::Region;
+use crate::dialect::tuya::openapi::{self, ApiCredentials, DpCommand, Request};
 use crate::event::Command;
 use crate::plugin::Clock;
-use crate::vendor::tuya::Region;
-use crate::vendor::tuya::openapi::{self, ApiCredentials, DpCommand, Request};
 
 /// A token is renewed this long before its `expire_time`, so that no request goes out with
 /// a token about to expire in flight.

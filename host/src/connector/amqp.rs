@@ -22,8 +22,8 @@ use fe2o3_amqp::{Receiver, Session};
 use tokio::sync::mpsc;
 
 use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
+use crate::dialect::{alibaba, huawei};
 use crate::pipeline;
-use crate::vendor::{alibaba, huawei};
 
 /// The idle time-outs Alibaba accepts in the open frame.
 const IDLE_TIMEOUT_S: std::ops::RangeInclusive<u64> = 30..=300;

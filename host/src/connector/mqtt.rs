@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::command::PathSettings;
 use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
+use crate::dialect::{alibaba, huawei};
 use crate::pipeline;
-use crate::vendor::{alibaba, huawei};
 
 /// The largest packet sent or accepted (Alibaba's limit is 256 KiB; IoTDA's 1 MiB). Public
 /// for the fuzz targets, which read packets as this connector does.

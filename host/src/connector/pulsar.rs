@@ -25,10 +25,10 @@ use tokio::sync::mpsc;
 
 use super::{Backoff, Context};
 use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
+use crate::dialect::tuya;
 use crate::pipeline::Closed;
 use crate::pipeline::{Acker, Delivery, Settle};
 use crate::sync::lock;
-use crate::vendor::tuya;
 
 /// Messages each partition's consumer may hold ahead of the pipeline at most (the FLOW
 /// permits it grants the broker, and the size of its receive queue).

@@ -12,10 +12,10 @@ use super::report::MessageRefused;
 use super::settle::{self, Pending};
 use super::{Acker, Closed, Delivery, Shared};
 use crate::config::Order;
+use crate::dialect::tuya::SignatureCheck;
+use crate::dialect::{Dialect, ErrorKind, RawMessage, SignMode};
 use crate::event::{ATTR_SIGNATURE, Event};
 use crate::metrics::{Counter, Metrics};
-use crate::vendor::tuya::SignatureCheck;
-use crate::vendor::{Dialect, ErrorKind, RawMessage, SignMode};
 
 /// An event on its way to a worker.
 pub(super) struct Job {

@@ -156,7 +156,7 @@ impl Pipeline {
     }
 
     /// The way in for a connector named `connector`, decoding with `dialect`.
-    pub fn ingest(&self, connector: &str, dialect: crate::vendor::Dialect) -> Ingest {
+    pub fn ingest(&self, connector: &str, dialect: crate::dialect::Dialect) -> Ingest {
         Ingest::new(
             self.shared.clone(),
             self.senders.clone(),

@@ -253,7 +253,7 @@ fn event_from_v2(event: v2::Event, original: Option<&Event>) -> Result<Event, St
         other => {
             return Err(format!(
                 "replacement event has unknown vendor `{}`",
-                crate::vendor::clip(other)
+                crate::dialect::clip(other)
             ));
         }
     };

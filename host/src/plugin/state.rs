@@ -237,7 +237,7 @@ impl PendingWrites {
             return Err(format!(
                 "state value of {} bytes under `{}` is over the {MAX_VALUE_BYTES}-byte limit",
                 value.len(),
-                crate::vendor::clip(&key)
+                crate::dialect::clip(&key)
             ));
         }
         let (stored, current, already_set) = match self.writes.get(&key) {

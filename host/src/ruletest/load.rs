@@ -16,9 +16,9 @@ use super::format::{
     CommandDoc, DeviceDoc, ErrorDoc, EventDoc, ExpectDoc, FileDoc, InputDoc, RawDoc, RawVendor,
     SignDoc, TestDoc, VerdictDoc,
 };
+use crate::dialect::{Dialect, RawMessage, SignMode, alibaba, huawei, tuya};
 use crate::event::{Device, Event, Json as EventJson, Kind, Property, Value};
 use crate::rules::{Position, RuleError, RuleSet, TEST_SUFFIX, to_json};
-use crate::vendor::{Dialect, RawMessage, SignMode, alibaba, huawei, tuya};
 
 /// The subdirectory of the rules directory whose `*.toml` files are all test files.
 pub const TESTS_DIR: &str = "tests";

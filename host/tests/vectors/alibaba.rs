@@ -4,8 +4,8 @@
 //! A case whose `expect` has an `error` must be refused; every other expected field present in
 //! a case is compared, and a missing one is skipped, so smaller vector sets work too.
 
-use iotrules::vendor::alibaba::{AmqpCredentials, DeviceCredentials, openapi};
-use iotrules::vendor::crypto::SignMethod;
+use iotrules::dialect::alibaba::{AmqpCredentials, DeviceCredentials, openapi};
+use iotrules::dialect::crypto::SignMethod;
 use serde_json::Value;
 
 use crate::common::{check_cases, expect_eq, str_of};

@@ -1,8 +1,8 @@
 //! Checks of `huawei_mqtt.json`: device MQTT credentials from a device id, secret, hour stamp
 //! and sign type.
 
+use iotrules::dialect::huawei::{DeviceCredentials, SignType};
 use iotrules::time::Utc;
-use iotrules::vendor::huawei::{DeviceCredentials, SignType};
 use serde_json::Value;
 
 use crate::common::{check_cases, expect_eq, str_of};

@@ -1,8 +1,8 @@
 //! Checks of `tuya_pulsar.json`, `tuya_business.json` and `tuya_openapi.json`.
 
-use iotrules::vendor::tuya::openapi::{self, ApiCredentials, Request};
-use iotrules::vendor::tuya::{BusinessDecoder, Decoder, Env, Keys};
-use iotrules::vendor::{DecodeError, Dialect, RawMessage, SignMode};
+use iotrules::dialect::tuya::openapi::{self, ApiCredentials, Request};
+use iotrules::dialect::tuya::{BusinessDecoder, Decoder, Env, Keys};
+use iotrules::dialect::{DecodeError, Dialect, RawMessage, SignMode};
 use serde_json::Value;
 
 use crate::common::{check_cases, expect_eq, load, str_of};
@@ -83,7 +83,7 @@ fn tuya_pulsar_credentials_topic_and_subscription_derive_from_the_keys() {
     let keys = keys(&doc);
     let auth = &doc["auth"];
     assert_eq!(
-        Some(iotrules::vendor::tuya::AUTH_METHOD),
+        Some(iotrules::dialect::tuya::AUTH_METHOD),
         auth["method"].as_str()
     );
     assert_eq!(Some(keys.access_id()), auth["username"].as_str());

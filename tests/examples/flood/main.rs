@@ -42,7 +42,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iotrules::vendor::tuya::{self, Env};
+use iotrules::dialect::tuya::{self, Env};
 use iotrules_tests::mosquitto::{Mosquitto, Peer};
 use iotrules_tests::pulsar_broker::{BrokerConfig, PulsarBroker};
 use iotrules_tests::service_config::{LOCAL, TUYA_ID, TUYA_KEY};

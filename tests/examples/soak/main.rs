@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use iotrules::vendor::tuya::Env;
+use iotrules::dialect::tuya::Env;
 use iotrules_tests::mosquitto::{Mosquitto, Peer};
 use iotrules_tests::pulsar_broker::{BrokerConfig, PulsarBroker};
 use iotrules_tests::rabbitmq;

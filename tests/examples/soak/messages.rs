@@ -1,7 +1,7 @@
 //! The messages offered: sealed Tuya envelopes (and tampered ones), Alibaba property
 //! reports, plain JSON for the generic link.
 
-use iotrules::vendor::tuya::{self, Mode};
+use iotrules::dialect::tuya::{self, Mode};
 
 use crate::{NOW, TUYA_ID, TUYA_KEY};
 

@@ -15,8 +15,8 @@ pub mod mqtt;
 mod normalize;
 pub mod openapi;
 
+use crate::dialect::{DecodeError, RawMessage, base64_field};
 use crate::event::Event;
-use crate::vendor::{DecodeError, RawMessage, base64_field};
 
 pub use amqp::AmqpCredentials;
 pub use mqtt::{AlinkReply, AlinkRequest, DeviceCredentials, Topics};
@@ -86,8 +86,8 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialect::{ErrorKind, base64_encode};
     use crate::event::Kind;
-    use crate::vendor::{ErrorKind, base64_encode};
     use proptest::prelude::*;
 
     const STATUS: &str = r#"{"status":"online","iotId":"i1","productKey":"a1Pk","deviceName":"lamp","time":"2018-08-31 15:32:28.205","utcTime":"2018-08-31T07:32:28.205Z","lastTime":"2018-08-31 15:32:28.195","utcLastTime":"2018-08-31T07:32:28.195Z","clientIp":"123.123.123.123"}"#;

@@ -15,10 +15,10 @@ use serde_json::Value as Tree;
 use serde_json::value::RawValue;
 
 use super::{Envelope, flat};
-use crate::event::{ATTR_BIZ_CODE, Device, Event, Json, Kind, Property, Value, Vendor};
-use crate::vendor::{
+use crate::dialect::{
     CowStr, DecodeError, LenientU64, RawObject, digest_id, parse_json_str, raw_array, unquote,
 };
+use crate::event::{ATTR_BIZ_CODE, Device, Event, Json, Kind, Property, Value, Vendor};
 
 const BODY: &str = "Tuya message body";
 
@@ -796,7 +796,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::vendor::tuya::SignatureCheck;
+    use crate::dialect::tuya::SignatureCheck;
 
     /// A status body with every kind of entry: code and dp id, dp id alone, a float, a
     /// quoted time, an integer past `i64`, a quoted negative time, a null value, an unknown key.
@@ -923,7 +923,7 @@ mod tests {
     #[test]
     fn status_without_device_is_a_json_error_naming_the_field() {
         let err = iot_core("s", &envelope(4), br#"{"status":[]}"#.to_vec()).unwrap_err();
-        assert_eq!(err.kind(), crate::vendor::ErrorKind::Json);
+        assert_eq!(err.kind(), crate::dialect::ErrorKind::Json);
         assert!(err.to_string().contains("devId"));
         let err = iot_core(
             "s",
@@ -931,7 +931,7 @@ mod tests {
             br#"{"devId":"d","status":{"code":1}}"#.to_vec(),
         )
         .unwrap_err();
-        assert_eq!(err.kind(), crate::vendor::ErrorKind::Json);
+        assert_eq!(err.kind(), crate::dialect::ErrorKind::Json);
     }
 
     #[test]

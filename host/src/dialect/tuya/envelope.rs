@@ -15,8 +15,8 @@ use std::borrow::Cow;
 use serde_json::value::RawValue;
 
 use super::{Keys, flat};
-use crate::vendor::crypto::{CipherError, constant_time_eq, md5_digest};
-use crate::vendor::{
+use crate::dialect::crypto::{CipherError, constant_time_eq, md5_digest};
+use crate::dialect::{
     DecodeError, LenientU64, RawObject, SignMode, base64_field, clip, unquote, utf8,
 };
 

@@ -10,9 +10,9 @@ use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
 use super::mqtt;
+use crate::dialect::clip;
 use crate::event::{Json, Property, Value};
 use crate::time::Utc;
-use crate::vendor::clip;
 
 /// The largest legacy `mid` (it is a 16-bit counter that skips 0).
 pub const MAX_MID: u64 = 65_535;

@@ -10,9 +10,9 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
+use crate::dialect::crypto::SignMethod;
+use crate::dialect::{DecodeError, parse_json};
 use crate::event::{Json, Property, Value};
-use crate::vendor::crypto::SignMethod;
-use crate::vendor::{DecodeError, parse_json};
 
 /// The MQTT-over-TLS port. New accounts cannot use plain MQTT on 1883.
 pub const TLS_PORT: u16 = 8883;
@@ -406,7 +406,7 @@ impl<'de> Deserialize<'de> for AlinkId {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vendor::ErrorKind;
+    use crate::dialect::ErrorKind;
     use proptest::prelude::*;
 
     const SECRET: &str = "not-a-real-device-secret";

@@ -42,15 +42,15 @@ use super::{
     ATTR_CODE, ATTR_IOT_ID, ENVELOPE_AMQP, ENVELOPE_MQTT, GENERATE_TIME_PROPERTY,
     MESSAGE_ID_PROPERTY, TOPIC_PROPERTY,
 };
+use crate::dialect::{
+    CowStr, DecodeError, LenientU64, RawMessage, body_as_payload, crypto, parse_json_str,
+    receipt_id, utf8,
+};
 use crate::event::{
     ATTR_ENVELOPE, ATTR_GATEWAY, ATTR_MESSAGE_ID, ATTR_REQUEST_ID, ATTR_TOPIC, Device, Event, Json,
     Kind, Property, Value, Vendor,
 };
 use crate::time;
-use crate::vendor::{
-    CowStr, DecodeError, LenientU64, RawMessage, body_as_payload, crypto, parse_json_str,
-    receipt_id, utf8,
-};
 
 const TOPIC: &str = "Alibaba topic";
 const BODY: &str = "Alibaba body";
@@ -106,7 +106,7 @@ struct Topic<'a> {
 impl<'a> Topic<'a> {
     fn parse(text: &'a str) -> Result<Self, DecodeError> {
         let bad = |problem: &str| {
-            DecodeError::shape(TOPIC, format!("`{}` {problem}", crate::vendor::clip(text)))
+            DecodeError::shape(TOPIC, format!("`{}` {problem}", crate::dialect::clip(text)))
         };
         let rest = text
             .strip_prefix('/')
@@ -174,7 +174,7 @@ impl<'a> Topic<'a> {
                 TOPIC,
                 format!(
                     "`{}` has an empty product key or device name",
-                    crate::vendor::clip(text)
+                    crate::dialect::clip(text)
                 ),
             ));
         }
@@ -562,8 +562,8 @@ pub(crate) fn decode(message: &RawMessage<'_>) -> Result<Event, DecodeError> {
                 BODY,
                 format!(
                     "`{field}` is `{}` but the topic names `{}`",
-                    crate::vendor::clip(&named),
-                    crate::vendor::clip(from_topic)
+                    crate::dialect::clip(&named),
+                    crate::dialect::clip(from_topic)
                 ),
             ));
         }
@@ -710,7 +710,7 @@ fn latest(properties: &[Property]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vendor::ErrorKind;
+    use crate::dialect::ErrorKind;
 
     fn decode_on(topic: &str, body: &str) -> Result<Event, DecodeError> {
         decode_with(&[(TOPIC_PROPERTY, topic)], body)

@@ -14,8 +14,8 @@ pub mod mqtt;
 mod normalize;
 pub mod reply;
 
+use crate::dialect::{DecodeError, RawMessage};
 use crate::event::Event;
-use crate::vendor::{DecodeError, RawMessage};
 
 pub use amqp::AmqpCredentials;
 pub use mqtt::{DeviceCredentials, HourStampError, SignType};

@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::vendor::crypto::{hmac_sha256, sha256_hex};
+use crate::dialect::crypto::{hmac_sha256, sha256_hex};
 
 /// Path of the token call (`grant_type=1` is the simple mode for cloud projects).
 pub const TOKEN_PATH: &str = "/v1.0/token";

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::dialect::base64_encode;
+use crate::dialect::crypto::hmac_sha1;
 use crate::event::Json;
 use crate::time;
-use crate::vendor::base64_encode;
-use crate::vendor::crypto::hmac_sha1;
 
 /// The IoT Platform API version these actions belong to.
 pub const API_VERSION: &str = "2018-01-20";

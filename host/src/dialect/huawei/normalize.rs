@@ -37,15 +37,15 @@ use serde_json::value::RawValue;
 
 use super::mqtt::{DeviceTopic, Route};
 use super::{ATTR_SERVICE_ID, ENVELOPE_AMQP, ENVELOPE_MQTT};
+use crate::dialect::{
+    CowStr, DecodeError, LenientU64, RawMessage, body_as_payload, crypto, digest_id, parse_json,
+    parse_json_str, receipt_id, utf8,
+};
 use crate::event::{
     ATTR_BIZ_CODE, ATTR_ENVELOPE, ATTR_GATEWAY, ATTR_MID, ATTR_REQUEST_ID, ATTR_TOPIC, Device,
     Event, Json, Kind, Property, Value, Vendor,
 };
 use crate::time;
-use crate::vendor::{
-    CowStr, DecodeError, LenientU64, RawMessage, body_as_payload, crypto, digest_id, parse_json,
-    parse_json_str, receipt_id, utf8,
-};
 
 const PUSH: &str = "Huawei push body";
 const PUSH_BODY: &str = "Huawei push `notify_data.body`";
@@ -578,7 +578,7 @@ fn latest(properties: &[Property]) -> Option<u64> {
 mod tests {
     use super::super::Decoder;
     use super::*;
-    use crate::vendor::ErrorKind;
+    use crate::dialect::ErrorKind;
 
     fn decode(topic: Option<&str>, body: &str) -> Result<Event, DecodeError> {
         let properties: Vec<(String, String)> = topic

@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-use crate::vendor::base64_encode;
-use crate::vendor::crypto::SignMethod;
+use crate::dialect::base64_encode;
+use crate::dialect::crypto::SignMethod;
 
 /// The AMQP port: Alibaba accepts only `amqps://`.
 pub const AMQPS_PORT: u16 = 5671;

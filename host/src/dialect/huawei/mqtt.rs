@@ -11,9 +11,9 @@
 
 use std::fmt;
 
+use crate::dialect::clip;
+use crate::dialect::crypto::hmac_sha256;
 use crate::time;
-use crate::vendor::clip;
-use crate::vendor::crypto::hmac_sha256;
 
 /// MQTT over TLS 1.2, the port to use.
 pub const TLS_PORT: u16 = 8883;

@@ -216,14 +216,14 @@ pub(super) mod testing {
 
     /// One to three edits of a text of `len` bytes: a place, a byte, and whether it replaces
     /// (0), is inserted (1) or removes (2) the byte there.
-    pub(in crate::vendor::tuya) fn edits(
+    pub(in crate::dialect::tuya) fn edits(
         len: usize,
     ) -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
         proptest::collection::vec((0..len, proptest::sample::select(EDITS), 0..3u8), 1..4)
     }
 
     /// `text` with `edits` made.
-    pub(in crate::vendor::tuya) fn edited(text: &str, edits: &[(usize, u8, u8)]) -> String {
+    pub(in crate::dialect::tuya) fn edited(text: &str, edits: &[(usize, u8, u8)]) -> String {
         let mut bytes = text.as_bytes().to_vec();
         for &(at, byte, how) in edits {
             let at = at.min(bytes.len().saturating_sub(1));

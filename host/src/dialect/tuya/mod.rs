@@ -13,9 +13,9 @@ pub mod openapi;
 
 use std::fmt;
 
+use crate::dialect::crypto::{Aes128Key, md5_hex};
+use crate::dialect::{DecodeError, KeyError, RawMessage, SignMode, base64_encode};
 use crate::event::{ATTR_ENVELOPE, ATTR_SIGNATURE, ATTR_TRACE_ID, Event};
-use crate::vendor::crypto::{Aes128Key, md5_hex};
-use crate::vendor::{DecodeError, KeyError, RawMessage, SignMode, base64_encode};
 
 pub use envelope::{Envelope, Mode, SignatureCheck};
 
@@ -314,8 +314,8 @@ fn annotate(event: &mut Event, envelope_name: &str, envelope: &Envelope, message
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialect::ErrorKind;
     use crate::event::Kind;
-    use crate::vendor::ErrorKind;
     use proptest::prelude::*;
 
     const ACCESS_KEY: &str = "abcdefgh0123456789ABCDEFijklmnop";
