@@ -50,7 +50,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 use crate::dialect::crypto::SignMethod;
-use crate::dialect::{Dialect, SignMode, alibaba, huawei, json, tuya};
+use crate::dialect::{Dialect, DialectName, SignMode, huawei, json, tuya};
 
 /// A configuration file, read and checked.
 #[derive(Debug, Clone)]
@@ -212,9 +212,9 @@ pub struct ConnectorConfig {
     #[serde(default)]
     pub access_key: Option<Secret>,
     /// Tuya: what to do with a message whose signature does not match (default `warn`,
-    /// see [`SignName`]).
-    #[serde(default)]
-    pub sign: SignName,
+    /// see [`default_sign`]).
+    #[serde(default = "default_sign")]
+    pub sign: SignMode,
     /// Alibaba: bodies arrive base64-encoded (a console option).
     #[serde(default)]
     pub body_base64: bool,
@@ -473,62 +473,15 @@ impl ConnectorKind {
     }
 }
 
-/// Vendor dialects, as named in the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DialectName {
-    /// Tuya message service (Pulsar), IoT Core envelope.
-    Tuya,
-    /// Tuya Smart Business Platform envelope.
-    TuyaBusiness,
-    /// Alibaba Cloud IoT.
-    Alibaba,
-    /// Huawei Cloud IoTDA.
-    Huawei,
-    /// Plain JSON on any broker, the device taken from the topic (`mqtt` links).
-    Json,
-}
-
-impl DialectName {
-    /// The name as written in the config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DialectName::Tuya => "tuya",
-            DialectName::TuyaBusiness => "tuya-business",
-            DialectName::Alibaba => "alibaba",
-            DialectName::Huawei => "huawei",
-            DialectName::Json => "json",
-        }
-    }
-}
-
-/// Tuya signature policy, as named in the config.
+/// A connector's Tuya signature policy when the config names none: `warn`.
 ///
-/// `warn` is the default: no official Tuya SDK checks the envelope's `sign` and the rule
-/// has not been confirmed on live traffic, so a first deployment whose messages were signed
-/// differently would otherwise send every real message to the dead letters. Mismatches are
-/// counted (`iotrules_signature_mismatches_total`), logged once and shown in `/status`;
-/// `enforce` is the setting once they stay at zero.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SignName {
-    /// Refuse a message whose signature does not match.
-    Enforce,
-    /// Accept it, marked `signature=mismatch` (the default).
-    #[default]
-    Warn,
-    /// Do not check.
-    Off,
-}
-
-impl From<SignName> for SignMode {
-    fn from(name: SignName) -> Self {
-        match name {
-            SignName::Enforce => SignMode::Enforce,
-            SignName::Warn => SignMode::Warn,
-            SignName::Off => SignMode::Off,
-        }
-    }
+/// No official Tuya SDK checks the envelope's `sign` and the rule has not been confirmed on
+/// live traffic, so a first deployment whose messages were signed differently would
+/// otherwise send every real message to the dead letters. Mismatches are counted
+/// (`iotrules_signature_mismatches_total`), logged once and shown in `/status`; `enforce` is
+/// the setting once they stay at zero.
+fn default_sign() -> SignMode {
+    SignMode::Warn
 }
 
 impl ConnectorConfig {
@@ -578,7 +531,7 @@ impl ConnectorConfig {
 
     /// The decoder for this connector's messages.
     pub fn dialect(&self) -> Result<Dialect, ConfigError> {
-        let tuya_keys = || -> Result<tuya::Keys, ConfigError> {
+        let keys = || {
             let key = self.access_key.as_ref().ok_or_else(|| {
                 self.invalid("access_key is required for the Tuya dialects (the decryption key)")
             })?;
@@ -586,21 +539,12 @@ impl ConnectorConfig {
             tuya::Keys::new(id.to_owned(), key.expose())
                 .map_err(|e| self.invalid(format!("access_key: {e}")))
         };
-        Ok(match self.dialect_name()? {
-            DialectName::Tuya => Dialect::Tuya(tuya::Decoder::new(tuya_keys()?, self.sign.into())),
-            DialectName::TuyaBusiness => {
-                Dialect::TuyaBusiness(tuya::BusinessDecoder::new(tuya_keys()?, self.sign.into()))
-            }
-            DialectName::Alibaba => Dialect::Alibaba(alibaba::Decoder::new(self.body_base64)),
-            DialectName::Huawei => Dialect::Huawei(huawei::Decoder::new()),
-            DialectName::Json => {
-                let template = self.required(&self.device_topic, "device_topic")?;
-                Dialect::Json(json::Decoder::new(
-                    json::TopicTemplate::parse(template)
-                        .map_err(|e| self.invalid(format!("device_topic: {e}")))?,
-                ))
-            }
-        })
+        let template = || {
+            json::TopicTemplate::parse(self.required(&self.device_topic, "device_topic")?)
+                .map_err(|e| self.invalid(format!("device_topic: {e}")))
+        };
+        self.dialect_name()?
+            .build(self.sign, self.body_base64, keys, template)
     }
 
     /// An error in this connector's settings.

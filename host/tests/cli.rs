@@ -171,6 +171,44 @@ fn missing_key_and_bad_property_are_explained() {
     );
 }
 
+#[test]
+fn a_json_message_decodes_with_the_device_from_its_topic() {
+    let body = br#"{"temperature":21.5}"#;
+    let topic = "devices/pump-7/telemetry";
+    let output = decode(
+        &[
+            "--vendor",
+            "json",
+            "--device-topic",
+            "devices/{device}/telemetry",
+            "--property",
+            &format!("topic={topic}"),
+        ],
+        body,
+        None,
+    );
+    let event = stdout_json(&output);
+    assert_eq!(event["device"]["id"], "pump-7");
+    assert_eq!(event["payload"]["temperature"], 21.5);
+
+    let output = decode(
+        &["--vendor", "json", "--property", &format!("topic={topic}")],
+        body,
+        None,
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--device-topic is required"), "{stderr}");
+
+    let output = decode(&["--vendor", "tuya-cloud"], body, None);
+    assert_eq!(output.status.code(), Some(2), "a usage error");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unknown dialect `tuya-cloud`: expected tuya, tuya-business"),
+        "{stderr}"
+    );
+}
+
 fn demo(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/messages")

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use iotrules::config::Config;
-use iotrules::dialect::{Dialect, RawMessage, SignMode, alibaba, huawei, tuya};
+use iotrules::dialect::{Dialect, DialectName, RawMessage, SignMode, json, tuya};
 use iotrules::event::ATTR_SIGNATURE;
 
 #[derive(Debug, Args)]
@@ -15,9 +15,10 @@ pub struct DecodeArgs {
     /// The file holding the raw message; `-` or nothing reads standard input.
     file: Option<PathBuf>,
 
-    /// Which dialect the message is in (or give --config and --connector).
-    #[arg(long, value_enum, required_unless_present = "connector")]
-    vendor: Option<VendorArg>,
+    /// Which dialect the message is in: tuya, tuya-business, alibaba, huawei or json (or give
+    /// --config and --connector).
+    #[arg(long, required_unless_present = "connector")]
+    vendor: Option<DialectName>,
 
     /// Decode as this connector of --config does (its dialect, keys and signature policy),
     /// and print the identity it presents to its broker (URL, topic, subscription,
@@ -42,9 +43,9 @@ pub struct DecodeArgs {
     #[arg(long = "property", value_name = "KEY=VALUE", value_parser = parse_property)]
     properties: Vec<(String, String)>,
 
-    /// What to do when the envelope signature does not match (Tuya).
-    #[arg(long, value_enum, default_value_t = SignArg::Enforce)]
-    sign: SignArg,
+    /// What to do when the envelope signature does not match (Tuya): enforce, warn or off.
+    #[arg(long, default_value = "enforce")]
+    sign: SignMode,
 
     /// The Alibaba AMQP body is base64 (the subscription's username had `encode=base64`).
     #[arg(long)]
@@ -54,41 +55,14 @@ pub struct DecodeArgs {
     #[arg(long)]
     raw: bool,
 
+    /// The json dialect: where the device is in the topic, as a connector's `device_topic`
+    /// (`devices/{device}/telemetry`); the topic itself is the `topic` property.
+    #[arg(long, value_name = "TEMPLATE")]
+    device_topic: Option<String>,
+
     /// The connector name to put in the event's `source` (default: --connector, or `decode`).
     #[arg(long)]
     source: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum VendorArg {
-    /// Tuya message service, IoT Core envelope (`data`, `protocol`, `sign`).
-    Tuya,
-    /// Tuya Smart Business Platform envelope (`encryptPayload`).
-    TuyaBusiness,
-    /// Alibaba Cloud IoT, AMQP subscription body or device MQTT payload (needs `topic`).
-    Alibaba,
-    /// Huawei Cloud IoTDA, AMQP push body or device MQTT payload.
-    Huawei,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum SignArg {
-    /// Refuse a message whose signature does not match.
-    Enforce,
-    /// Accept it with a warning.
-    Warn,
-    /// Do not check.
-    Off,
-}
-
-impl From<SignArg> for SignMode {
-    fn from(arg: SignArg) -> Self {
-        match arg {
-            SignArg::Enforce => SignMode::Enforce,
-            SignArg::Warn => SignMode::Warn,
-            SignArg::Off => SignMode::Off,
-        }
-    }
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {
@@ -124,20 +98,19 @@ fn dialect(args: &DecodeArgs) -> anyhow::Result<Dialect> {
         (_, _, Some(vendor)) => vendor,
         _ => bail!("give --vendor, or --config and --connector"),
     };
-    let tuya_keys = || -> anyhow::Result<tuya::Keys> {
+    let keys = || -> anyhow::Result<tuya::Keys> {
         let Some(key) = args.access_key.as_deref() else {
             bail!("--access-key (or IOTRULES_ACCESS_KEY) is required to decrypt Tuya messages");
         };
         Ok(tuya::Keys::new(args.access_id.clone(), key)?)
     };
-    Ok(match vendor {
-        VendorArg::Tuya => Dialect::Tuya(tuya::Decoder::new(tuya_keys()?, args.sign.into())),
-        VendorArg::TuyaBusiness => {
-            Dialect::TuyaBusiness(tuya::BusinessDecoder::new(tuya_keys()?, args.sign.into()))
-        }
-        VendorArg::Alibaba => Dialect::Alibaba(alibaba::Decoder::new(args.body_base64)),
-        VendorArg::Huawei => Dialect::Huawei(huawei::Decoder::new()),
-    })
+    let template = || -> anyhow::Result<json::TopicTemplate> {
+        let Some(template) = args.device_topic.as_deref() else {
+            bail!("--device-topic is required for the json dialect (the connector's device_topic)");
+        };
+        json::TopicTemplate::parse(template).map_err(|e| anyhow::anyhow!("--device-topic: {e}"))
+    };
+    vendor.build(args.sign, args.body_base64, keys, template)
 }
 
 fn read_input(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {

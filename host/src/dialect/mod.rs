@@ -568,6 +568,79 @@ impl LenientU64 {
     }
 }
 
+/// The dialects by name, as configs, rule tests and `iotrules decode --vendor` write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DialectName {
+    /// Tuya message service (Pulsar), IoT Core envelope.
+    Tuya,
+    /// Tuya Smart Business Platform envelope.
+    TuyaBusiness,
+    /// Alibaba Cloud IoT.
+    Alibaba,
+    /// Huawei Cloud IoTDA.
+    Huawei,
+    /// Plain JSON on any broker, the device taken from the topic (`mqtt` links).
+    Json,
+}
+
+impl DialectName {
+    const ALL: [DialectName; 5] = [
+        DialectName::Tuya,
+        DialectName::TuyaBusiness,
+        DialectName::Alibaba,
+        DialectName::Huawei,
+        DialectName::Json,
+    ];
+
+    /// The name as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialectName::Tuya => "tuya",
+            DialectName::TuyaBusiness => "tuya-business",
+            DialectName::Alibaba => "alibaba",
+            DialectName::Huawei => "huawei",
+            DialectName::Json => "json",
+        }
+    }
+
+    /// The dialect of this name: `sign` is the Tuya dialects' signature policy,
+    /// `body_base64` Alibaba's base64 bodies; `keys` is asked for by the Tuya dialects only,
+    /// `template` (where the device is in the topic) by the JSON dialect only.
+    pub fn build<E>(
+        self,
+        sign: SignMode,
+        body_base64: bool,
+        keys: impl FnOnce() -> Result<tuya::Keys, E>,
+        template: impl FnOnce() -> Result<json::TopicTemplate, E>,
+    ) -> Result<Dialect, E> {
+        Ok(match self {
+            DialectName::Tuya => Dialect::Tuya(tuya::Decoder::new(keys()?, sign)),
+            DialectName::TuyaBusiness => {
+                Dialect::TuyaBusiness(tuya::BusinessDecoder::new(keys()?, sign))
+            }
+            DialectName::Alibaba => Dialect::Alibaba(alibaba::Decoder::new(body_base64)),
+            DialectName::Huawei => Dialect::Huawei(huawei::Decoder::new()),
+            DialectName::Json => Dialect::Json(json::Decoder::new(template()?)),
+        })
+    }
+}
+
+impl std::str::FromStr for DialectName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DialectName::ALL
+            .into_iter()
+            .find(|name| name.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown dialect `{s}`: expected tuya, tuya-business, alibaba, huawei or json"
+                )
+            })
+    }
+}
+
 /// Decodes messages of one vendor dialect into events.
 ///
 /// One per connector, built from its configuration (keys are expanded once here, not per
@@ -589,12 +662,17 @@ pub enum Dialect {
 impl Dialect {
     /// The dialect's name, as configs, dead letters and `/status` write it.
     pub fn name(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// Which dialect it is.
+    pub fn kind(&self) -> DialectName {
         match self {
-            Dialect::Tuya(_) => "tuya",
-            Dialect::TuyaBusiness(_) => "tuya-business",
-            Dialect::Alibaba(_) => "alibaba",
-            Dialect::Huawei(_) => "huawei",
-            Dialect::Json(_) => "json",
+            Dialect::Tuya(_) => DialectName::Tuya,
+            Dialect::TuyaBusiness(_) => DialectName::TuyaBusiness,
+            Dialect::Alibaba(_) => DialectName::Alibaba,
+            Dialect::Huawei(_) => DialectName::Huawei,
+            Dialect::Json(_) => DialectName::Json,
         }
     }
 
@@ -641,6 +719,21 @@ impl Dialect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dialect_name_reads_as_it_is_written_and_an_unknown_one_is_named() {
+        for name in DialectName::ALL {
+            assert_eq!(name.as_str().parse::<DialectName>(), Ok(name));
+        }
+        assert_eq!(
+            "tuya-cloud".parse::<DialectName>(),
+            Err(
+                "unknown dialect `tuya-cloud`: expected tuya, tuya-business, alibaba, huawei or \
+                 json"
+                    .to_owned()
+            )
+        );
+    }
 
     #[test]
     fn a_shape_error_names_the_field_and_expected_type_but_not_the_value() {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::dialect::{DialectName, SignMode};
 use crate::event::{Kind, Vendor};
 
 /// A test file: `[[test]]` tables.
@@ -98,7 +99,7 @@ pub(crate) struct DeviceTable {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDoc {
-    pub(crate) vendor: RawVendor,
+    pub(crate) vendor: DialectName,
     pub(crate) file: Spanned<String>,
     #[serde(default)]
     pub(crate) properties: BTreeMap<String, String>,
@@ -106,30 +107,12 @@ pub(crate) struct RawDoc {
     #[serde(default)]
     pub(crate) access_id: String,
     #[serde(default)]
-    pub(crate) sign: SignDoc,
+    pub(crate) sign: SignMode,
     #[serde(default)]
     pub(crate) body_base64: bool,
+    /// The json dialect: where the device is in the topic (the `topic` property).
+    pub(crate) device_topic: Option<String>,
     pub(crate) source: Option<String>,
-}
-
-/// The dialects of `iotrules decode --vendor`.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum RawVendor {
-    Tuya,
-    TuyaBusiness,
-    Alibaba,
-    Huawei,
-}
-
-/// `iotrules decode --sign`.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum SignDoc {
-    #[default]
-    Enforce,
-    Warn,
-    Off,
 }
 
 /// One expectation, in `[[test.expect]]` or `[[test.input.expect]]`.

@@ -13,10 +13,10 @@ use super::check::{
     VERDICT,
 };
 use super::format::{
-    CommandDoc, DeviceDoc, ErrorDoc, EventDoc, ExpectDoc, FileDoc, InputDoc, RawDoc, RawVendor,
-    SignDoc, TestDoc, VerdictDoc,
+    CommandDoc, DeviceDoc, ErrorDoc, EventDoc, ExpectDoc, FileDoc, InputDoc, RawDoc, TestDoc,
+    VerdictDoc,
 };
-use crate::dialect::{Dialect, RawMessage, SignMode, alibaba, huawei, tuya};
+use crate::dialect::{Dialect, RawMessage, json, tuya};
 use crate::event::{Device, Event, Json as EventJson, Kind, Property, Value};
 use crate::rules::{Position, RuleError, RuleSet, TEST_SUFFIX, to_json};
 
@@ -541,39 +541,30 @@ impl Builder<'_> {
                 return None;
             }
         };
-        let sign = match doc.sign {
-            SignDoc::Enforce => SignMode::Enforce,
-            SignDoc::Warn => SignMode::Warn,
-            SignDoc::Off => SignMode::Off,
-        };
-        let keys = |builder: &mut Self| -> Option<tuya::Keys> {
+        let keys = || {
             let variable = doc.access_key_env.as_deref().unwrap_or(ACCESS_KEY_ENV);
-            let Ok(key) = std::env::var(variable) else {
-                builder.error(
-                    start,
-                    test,
-                    format!(
-                        "raw: a Tuya message needs the project's access key: set ${variable} \
-                         (or name another variable in `access_key_env`)"
-                    ),
-                );
-                return None;
-            };
-            match tuya::Keys::new(doc.access_id.clone(), key) {
-                Ok(keys) => Some(keys),
-                Err(e) => {
-                    builder.error(start, test, format!("raw: ${variable}: {e}"));
-                    None
-                }
-            }
+            let key = std::env::var(variable).map_err(|_| {
+                format!(
+                    "raw: a Tuya message needs the project's access key: set ${variable} (or \
+                     name another variable in `access_key_env`)"
+                )
+            })?;
+            tuya::Keys::new(doc.access_id.clone(), key)
+                .map_err(|e| format!("raw: ${variable}: {e}"))
         };
-        let dialect = match doc.vendor {
-            RawVendor::Tuya => Dialect::Tuya(tuya::Decoder::new(keys(self)?, sign)),
-            RawVendor::TuyaBusiness => {
-                Dialect::TuyaBusiness(tuya::BusinessDecoder::new(keys(self)?, sign))
+        let template = || {
+            let template = doc.device_topic.as_deref().ok_or_else(|| {
+                "raw: a json message needs `device_topic`, where the device is in its `topic`"
+                    .to_owned()
+            })?;
+            json::TopicTemplate::parse(template).map_err(|e| format!("raw.device_topic: {e}"))
+        };
+        let dialect = match doc.vendor.build(doc.sign, doc.body_base64, keys, template) {
+            Ok(dialect) => dialect,
+            Err(message) => {
+                self.error(start, test, message);
+                return None;
             }
-            RawVendor::Alibaba => Dialect::Alibaba(alibaba::Decoder::new(doc.body_base64)),
-            RawVendor::Huawei => Dialect::Huawei(huawei::Decoder::new()),
         };
         Some(Raw {
             dialect,

@@ -31,7 +31,8 @@
 //! Or a captured vendor message, decoded as `iotrules decode` does:
 //! `raw = { vendor = "alibaba", file = "../examples/messages/alibaba-property-post.json",
 //! properties = { topic = "…" } }` (with `access_key_env`, default `IOTRULES_ACCESS_KEY`,
-//! `access_id`, `sign`, `body_base64` and `source` as the decode command's options).
+//! `access_id`, `sign`, `body_base64`, `device_topic` and `source` as the decode command's
+//! options).
 //!
 //! Time: each test has a clock that starts at [`START_MS`] and moves only when an input says
 //! `after_s = N` (seconds, before that input). Plugins read it through `now-ms`, as in the

@@ -310,6 +310,35 @@ fn a_raw_tuya_input_needs_its_access_key_variable() {
 }
 
 #[test]
+fn a_raw_json_input_needs_its_device_topic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("m.json"), r#"{"t":1}"#).expect("write");
+    let path = dir.path().join("t.test.toml");
+    let without = one_input(
+        "raw = { vendor = \"json\", file = \"m.json\", properties = { topic = \"d/a\" } }",
+        "verdict = \"keep\"",
+    );
+    let errors = match parse(&path, &without, &rules()) {
+        Ok(_) => panic!("accepted"),
+        Err(errors) => errors,
+    };
+    assert!(
+        errors[0]
+            .reason
+            .contains("a json message needs `device_topic`"),
+        "{errors:?}"
+    );
+    let with = one_input(
+        "raw = { vendor = \"json\", file = \"m.json\", properties = { topic = \"d/a\" }, \
+         device_topic = \"d/{device}\" }",
+        "verdict = \"keep\"",
+    );
+    if let Err(errors) = parse(&path, &with, &rules()) {
+        panic!("refused: {errors:?}");
+    }
+}
+
+#[test]
 fn test_files_are_test_toml_files_and_the_tests_folder() {
     let dir = tempfile::tempdir().expect("temp dir");
     let tests = dir.path().join(TESTS_DIR);
