@@ -77,7 +77,7 @@ pub struct Config {
     pub command_paths: Vec<CommandPathConfig>,
     /// The clock connectors stamp credentials with: the system's, unless a test pins it
     /// (brokers under test know the passwords a fixed time derives).
-    pub clock: crate::plugin::Clock,
+    pub clock: crate::time::Clock,
     /// The environment variables the file references (`${NAME}`), sorted: that is where
     /// its secrets come from, so no rule may grant them to a plugin.
     pub env_references: Vec<String>,
@@ -919,7 +919,7 @@ impl Config {
             dead_letters: raw.dead_letters,
             connectors,
             command_paths,
-            clock: crate::plugin::Clock::System,
+            clock: crate::time::Clock::System,
             env_references: env_references(text),
         };
         config.check()?;
@@ -1051,7 +1051,7 @@ impl Config {
             dead_letters: DeadLettersConfig::default(),
             connectors: Vec::new(),
             command_paths: Vec::new(),
-            clock: crate::plugin::Clock::System,
+            clock: crate::time::Clock::System,
             env_references: Vec::new(),
         }
     }

@@ -2,9 +2,12 @@
 //!
 //! Vendors put time into credentials (Huawei's `YYYYMMDDHH` password key, Alibaba's ISO 8601
 //! request timestamp) and into payloads (`20151212T121212Z`, `2018-08-31T07:32:28.205Z`).
-//! Everything here is pure and takes the time as an argument, so callers can inject a fixed
-//! clock in tests. The conversion is Howard Hinnant's proleptic-Gregorian day algorithm.
+//! The conversions are pure and take the time as an argument; the service reads the time
+//! through a [`Clock`], which rule tests and other tests pin. The conversion is Howard
+//! Hinnant's proleptic-Gregorian day algorithm.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const MS_PER_DAY: i64 = 86_400_000;
@@ -14,6 +17,28 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Where the service reads the time: plugins' `now-ms`, signed requests, the dead letters'
+/// retention.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    /// The host's system clock, as the service runs.
+    #[default]
+    System,
+    /// The time its owner last stored, in Unix ms: rule tests (`iotrules test`) pin the
+    /// clock so a plugin that reads the time behaves the same on every run.
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    /// The time now, in Unix ms.
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Clock::System => now_ms(),
+            Clock::Manual(time) => time.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A UTC date and time broken into fields.

@@ -29,8 +29,8 @@ use fe2o3_amqp::types::primitives::Value;
 use iotrules::config::{Config, PipelineConfig};
 use iotrules::connector::Context;
 use iotrules::connector::amqp::{self, AmqpSettings};
-use iotrules::plugin::Clock;
 use iotrules::status::{ConnectorStatus, Connectors, LastErrors};
+use iotrules::time::Clock;
 use iotrules_tests::pipeline::{Capture, TestPipeline};
 use iotrules_tests::rabbitmq::{Broker, Outgoing};
 

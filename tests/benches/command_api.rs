@@ -18,7 +18,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iotrules::command::{CommandPath, CommandPaths};
 use iotrules::config::Config;
 use iotrules::event::{Command, Device, Json};
-use iotrules::plugin::Clock;
+use iotrules::time::Clock;
 use iotrules_tests::cloud_api::{AlibabaServer, Tls, TuyaProject, TuyaServer};
 
 #[global_allocator]

@@ -114,7 +114,7 @@ fn connector(c: &mut Criterion) {
         errors: Arc::new(LastErrors::default()),
         metrics: test.metrics.clone(),
         shutdown,
-        clock: iotrules::plugin::Clock::System,
+        clock: iotrules::time::Clock::System,
     };
     let settings = PulsarSettings {
         url: broker.url(),

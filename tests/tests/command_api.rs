@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use iotrules::command::{CommandPath, CommandPaths};
 use iotrules::config::{Config, PipelineConfig};
 use iotrules::pipeline::Delivery;
-use iotrules::plugin::Clock;
+use iotrules::time::Clock;
 use iotrules_tests::cloud_api::{AlibabaServer, Tls, TuyaProject, TuyaServer};
 use iotrules_tests::pipeline::{Acks, TestPipeline, huawei_body};
 

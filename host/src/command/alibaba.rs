@@ -30,7 +30,7 @@ use super::{Failure, Transport};
 use crate::config::{CommandPathConfig, ConfigError};
 use crate::dialect::alibaba::openapi::{self, ApiCredentials, CallContext, RpcRequest};
 use crate::event::Command;
-use crate::plugin::Clock;
+use crate::time::Clock;
 
 /// The command name that becomes `SetDeviceProperty`.
 pub const SET_PROPERTY: &str = "property/set";

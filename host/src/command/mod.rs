@@ -40,7 +40,7 @@ pub use self::tuya::TuyaTransport;
 pub use self::webhook::WebhookTransport;
 use crate::config::{CommandPathConfig, CommandPathKind};
 use crate::event::Command;
-use crate::plugin::Clock;
+use crate::time::Clock;
 
 /// Why a command was not delivered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

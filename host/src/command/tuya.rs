@@ -26,7 +26,7 @@ use crate::config::{CommandPathConfig, ConfigError};
 use crate::dialect::tuya::Region;
 use crate::dialect::tuya::openapi::{self, ApiCredentials, DpCommand, Request};
 use crate::event::Command;
-use crate::plugin::Clock;
+use crate::time::Clock;
 
 /// A token is renewed this long before its `expire_time`, so that no request goes out with
 /// a token about to expire in flight.

@@ -24,8 +24,8 @@ use tokio::sync::watch;
 use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
 use crate::metrics::Metrics;
 use crate::pipeline::Ingest;
-use crate::plugin::Clock;
 use crate::status::{ConnectorHandle, LastErrors};
+use crate::time::Clock;
 
 /// What a connector is doing, for `/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

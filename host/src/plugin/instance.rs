@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{Resource, ResourceTable};
@@ -17,6 +16,7 @@ use super::runtime::Runtime;
 use super::state::{PendingWrites, StateQuota, StateStore};
 use super::{Chain, Outcome, PluginError, convert};
 use crate::event::Event;
+use crate::time::Clock;
 
 /// Per-step limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,27 +47,6 @@ pub struct Grants {
     pub env: Vec<String>,
     /// Host directories mounted read-only at the same path inside the guest.
     pub read_dirs: Vec<PathBuf>,
-}
-
-/// What a plugin's `now-ms` import reads.
-#[derive(Debug, Clone, Default)]
-pub enum Clock {
-    /// The host's system clock, as the service runs.
-    #[default]
-    System,
-    /// The time its owner last stored, in Unix ms: rule tests (`iotrules test`) pin the
-    /// clock so a plugin that reads the time behaves the same on every run.
-    Manual(Arc<AtomicU64>),
-}
-
-impl Clock {
-    /// The time now, in Unix ms.
-    pub fn now_ms(&self) -> u64 {
-        match self {
-            Clock::System => crate::time::now_ms(),
-            Clock::Manual(time) => time.load(Ordering::Relaxed),
-        }
-    }
 }
 
 /// The `tracing` target of plugin log lines (filter with `RUST_LOG=iotrules::plugin=debug`).

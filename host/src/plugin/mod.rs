@@ -24,7 +24,7 @@ mod state;
 mod watch;
 
 pub use grants::{GrantPolicy, system_dir};
-pub use instance::{Clock, Grants, Instance, Limits};
+pub use instance::{Grants, Instance, Limits};
 pub use registry::{
     CURRENT_WORLD, DEFAULT_QUARANTINE_AFTER, Registry, ReloadReport, Slot, Step, StepOutcome,
     Version,

@@ -10,12 +10,13 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
 use super::grants::GrantPolicy;
-use super::instance::{Clock, Grants, Instance, Limits, Pre};
+use super::instance::{Grants, Instance, Limits, Pre};
 use super::runtime::Runtime;
 use super::state::{MemoryStateStore, StateStore};
 use super::{Outcome, PluginError};
 use crate::event::Event;
 use crate::sync::lock;
+use crate::time::Clock;
 
 /// The plugin world a component built with this repository's SDK implements.
 pub const CURRENT_WORLD: &str = "0.2.0";

@@ -10,8 +10,9 @@ use super::START_MS;
 use super::check::{self, RuleRun};
 use super::load::{RuleTest, Source};
 use crate::event::Event;
-use crate::plugin::{Clock, MemoryStateStore, Registry, Runtime};
+use crate::plugin::{MemoryStateStore, Registry, Runtime};
 use crate::rules::{Position, RuleResult, RuleSet};
+use crate::time::Clock;
 
 /// Runs tests against the plugins of one directory. Its registry keeps state in memory,
 /// reads the test clock, and never quarantines a plugin (a test that makes a plugin fail

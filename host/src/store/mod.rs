@@ -241,7 +241,7 @@ impl Store {
     /// evicted at once (so a lowered limit applies at start) and after each letter added.
     /// `clock` dates the age limit; rule tests and the tests here pin it. Only the service
     /// sets limits: the commands that inspect the file never evict.
-    pub fn with_retention(mut self, limits: Retention, clock: crate::plugin::Clock) -> Store {
+    pub fn with_retention(mut self, limits: Retention, clock: crate::time::Clock) -> Store {
         let retainer = retention::Retainer::new(limits, clock);
         retainer.enforce(&self.conn(), &self.path, true);
         self.retainer = Some(retainer);

@@ -26,8 +26,8 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 
 use crate::metrics::{Counter, Metrics};
-use crate::plugin::Clock;
 use crate::sync::lock;
+use crate::time::Clock;
 
 /// How many, how much and how old the dead letters may be; the oldest go first.
 ///
