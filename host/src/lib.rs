@@ -26,3 +26,4 @@ pub mod store;
 mod sync;
 pub mod time;
 pub mod tls;
+pub mod watch;

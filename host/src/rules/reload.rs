@@ -3,17 +3,15 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
-use std::thread;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{EventKind, RecursiveMode};
-use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 
 use super::error::RuleError;
 use super::set::{RuleSet, is_rule_file};
 use crate::plugin::Registry;
 use crate::sync::lock;
+use crate::watch::DirWatcher;
 
 /// What a successful reload changed, by rule name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -146,57 +144,26 @@ pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
 /// Watches the rules directory while it lives and reloads on every change to a rule file;
 /// dropping it stops watching.
 pub struct RulesWatcher {
-    _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+    _dir: DirWatcher,
 }
 
 impl RulesWatcher {
     /// Starts watching `rules`' directory (not subdirectories). A batch of changes to rule
     /// files triggers one [`Rules::reload`] on a thread of its own.
     pub fn start(rules: Arc<Rules>, debounce: Duration) -> notify::Result<Self> {
-        let (changes, changed) = mpsc::channel::<BTreeSet<PathBuf>>();
-        let mut debouncer =
-            new_debouncer(
-                debounce,
-                None,
-                move |result: DebounceEventResult| match result {
-                    Ok(events) => {
-                        let batch: BTreeSet<PathBuf> = events
-                            .iter()
-                            .filter(|event| {
-                                matches!(
-                                    event.kind,
-                                    EventKind::Create(_)
-                                        | EventKind::Modify(_)
-                                        | EventKind::Remove(_)
-                                )
-                            })
-                            .flat_map(|event| event.paths.iter())
-                            .filter(|path| is_rule_file(path))
-                            .cloned()
-                            .collect();
-                        if !batch.is_empty() {
-                            let _ = changes.send(batch);
-                        }
-                    }
-                    Err(errors) => {
-                        for error in errors {
-                            tracing::error!("Watching the rules directory: {error}");
-                        }
-                    }
-                },
-            )?;
-        debouncer.watch(rules.dir(), RecursiveMode::NonRecursive)?;
-        thread::Builder::new()
-            .name("iotrules-rules-reload".into())
-            .spawn(move || {
-                while let Ok(_batch) = changed.recv() {
-                    // Later batches already queued are covered by this reload.
-                    while changed.try_recv().is_ok() {}
-                    let _ = rules.reload();
-                }
-            })?;
+        let dir = rules.dir().to_owned();
+        let reload = move |_: BTreeSet<PathBuf>| {
+            let _ = rules.reload();
+        };
         Ok(RulesWatcher {
-            _debouncer: debouncer,
+            _dir: DirWatcher::start(
+                &dir,
+                "rules",
+                debounce,
+                is_rule_file,
+                "iotrules-rules-reload",
+                reload,
+            )?,
         })
     }
 }
