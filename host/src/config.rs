@@ -1332,6 +1332,20 @@ mod tests {
     }
 
     #[test]
+    fn a_broker_url_of_another_scheme_is_refused_without_showing_its_password() {
+        let error = |toml: &str| connector(toml).unwrap_err().to_string();
+        let amqp = error(
+            "kind = \"huawei-amqp\"\naccess_key = \"ak\"\naccess_code = \"c\"\n\
+             url = \"http://u:s3cret@h\"",
+        );
+        assert!(amqp.contains("expected amqps://"), "{amqp}");
+        assert!(!amqp.contains("s3cret"), "{amqp}");
+        let pulsar = error(&format!("{TUYA}\nurl = \"pulsar+ssl://u:s3cret@h:7285\""));
+        assert!(pulsar.contains("credentials do not belong"), "{pulsar}");
+        assert!(!pulsar.contains("s3cret"), "{pulsar}");
+    }
+
+    #[test]
     fn alibaba_hosts_derive_and_each_connection_has_its_client_id() {
         let config = connector(
             r#"

@@ -21,6 +21,7 @@ use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 use fe2o3_amqp::{Receiver, Session};
 use tokio::sync::mpsc;
 
+use super::endpoint::{Endpoint, Scheme};
 use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
 use crate::dialect::{alibaba, huawei};
 use crate::pipeline;
@@ -105,11 +106,7 @@ impl AmqpSettings {
         let explicit_url = match &config.url {
             Some(url) => {
                 let url = url.as_str();
-                if !(url.starts_with("amqps://") || url.starts_with("amqp://")) {
-                    return Err(config.invalid(format!(
-                        "url \"{url}\": expected amqps://HOST:PORT (or amqp:// without TLS)"
-                    )));
-                }
+                Endpoint::parse_named(url, Scheme::AMQP).map_err(|e| config.invalid(e))?;
                 Some(url.to_owned())
             }
             None => None,
@@ -244,7 +241,7 @@ const MAX_PAUSE: Duration = Duration::from_secs(20);
 /// Runs the connector until the service stops: one task per login (`connections = N`), each
 /// connecting, receiving and reconnecting on its own.
 pub async fn run(settings: AmqpSettings, context: super::Context) -> anyhow::Result<()> {
-    let endpoint = match Endpoint::parse_named(&settings.url) {
+    let endpoint = match Endpoint::parse_named(&settings.url, Scheme::AMQP) {
         Ok(endpoint) => endpoint,
         Err(error) => {
             context.failed(&error);
@@ -282,54 +279,6 @@ pub async fn run(settings: AmqpSettings, context: super::Context) -> anyhow::Res
 }
 
 /// Where to connect, from the URL.
-#[derive(Debug)]
-struct Endpoint {
-    tls: bool,
-    host: String,
-    port: u16,
-}
-
-impl Endpoint {
-    /// [`Endpoint::parse`], the error naming the URL (without its `user:password@`).
-    fn parse_named(url: &str) -> Result<Self, String> {
-        Self::parse(url)
-            .map_err(|reason| format!("url \"{}\": {reason}", crate::config::redacted_url(url)))
-    }
-
-    /// `amqps://HOST[:PORT]` (5671) or `amqp://HOST[:PORT]` (5672); an IPv6 host in brackets.
-    fn parse(url: &str) -> Result<Self, String> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("amqps://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("amqp://") {
-            (false, rest)
-        } else {
-            return Err("expected amqps://HOST:PORT or amqp://HOST:PORT".into());
-        };
-        let authority = rest.split('/').next().unwrap_or_default();
-        if authority.contains('@') {
-            return Err("credentials do not belong in the URL (they are derived)".into());
-        }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !port.contains(']') => {
-                let port = port
-                    .parse()
-                    .map_err(|_| format!("\"{port}\" is not a port"))?;
-                (host, port)
-            }
-            _ => (authority, if tls { 5671 } else { 5672 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err("no host".into());
-        }
-        Ok(Endpoint {
-            tls,
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
 /// Why a connection ended.
 enum Ended {
     /// The service is stopping (or the pipeline closed): do not reconnect.
@@ -443,7 +392,7 @@ impl Connection {
     }
 
     fn endpoint_text(&self) -> String {
-        format!("{}:{}", self.endpoint.host, self.endpoint.port)
+        self.endpoint.address()
     }
 
     /// Connects (TCP, TLS for `amqps://`), logs in with SASL PLAIN, begins a session and
@@ -815,24 +764,25 @@ mod tests {
 
     #[test]
     fn endpoints_take_the_scheme_default_port_and_refuse_credentials_in_the_url() {
-        let tls = Endpoint::parse("amqps://iot.example.com").unwrap();
+        let tls = Endpoint::parse("amqps://iot.example.com", Scheme::AMQP).unwrap();
         assert_eq!(
             (tls.tls, tls.host.as_str(), tls.port),
             (true, "iot.example.com", 5671)
         );
-        let plain = Endpoint::parse("amqp://127.0.0.1:5673/").unwrap();
+        let plain = Endpoint::parse("amqp://127.0.0.1:5673/", Scheme::AMQP).unwrap();
         assert_eq!(
             (plain.tls, plain.host.as_str(), plain.port),
             (false, "127.0.0.1", 5673)
         );
-        let v6 = Endpoint::parse("amqp://[::1]:5672").unwrap();
+        let v6 = Endpoint::parse("amqp://[::1]:5672", Scheme::AMQP).unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 5672));
-        assert!(Endpoint::parse("amqp://user:pw@host:5672").is_err());
-        let error = Endpoint::parse_named("amqps://user:s3cret@host:5671").unwrap_err();
+        assert!(Endpoint::parse("amqp://user:pw@host:5672", Scheme::AMQP).is_err());
+        let error =
+            Endpoint::parse_named("amqps://user:s3cret@host:5671", Scheme::AMQP).unwrap_err();
         assert!(error.contains("credentials do not belong"), "{error}");
         assert!(!error.contains("s3cret"), "{error}");
-        assert!(Endpoint::parse("amqp://host:port").is_err());
-        assert!(Endpoint::parse("http://host").is_err());
+        assert!(Endpoint::parse("amqp://host:port", Scheme::AMQP).is_err());
+        assert!(Endpoint::parse("http://host", Scheme::AMQP).is_err());
     }
 
     #[test]

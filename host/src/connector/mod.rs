@@ -12,6 +12,7 @@
 //! [`Acker`]: crate::pipeline::Acker
 
 pub mod amqp;
+pub mod endpoint;
 pub mod mqtt;
 pub mod pulsar;
 pub mod replay;

@@ -31,6 +31,7 @@ use rumqttc::mqttbytes::{Error as CodecError, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use super::endpoint::{Endpoint, Scheme};
 use crate::command::PathSettings;
 use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
 use crate::dialect::{alibaba, huawei};
@@ -183,12 +184,14 @@ impl MqttSettings {
             ));
         }
         let explicit = match &config.url {
-            Some(url) => Some(Endpoint::parse(url.as_str()).map_err(|reason| {
-                config.invalid(format!(
-                    "url \"{}\": {reason}",
-                    crate::config::redacted_url(url.as_str())
-                ))
-            })?),
+            Some(url) => Some(
+                Endpoint::parse(url.as_str(), Scheme::MQTT).map_err(|reason| {
+                    config.invalid(format!(
+                        "url \"{}\": {reason}",
+                        crate::config::redacted_url(url.as_str())
+                    ))
+                })?,
+            ),
             None => None,
         };
         let (endpoint, login, subscriptions, outbound) = match config.kind {
@@ -365,7 +368,7 @@ impl MqttSettings {
     pub fn identity(&self, now_ms: u64) -> Vec<(String, String)> {
         let credentials = self.login.credentials(now_ms);
         vec![
-            ("url".into(), self.endpoint.url()),
+            ("url".into(), self.endpoint.url(Scheme::MQTT)),
             ("client-id".into(), credentials.client_id),
             ("username".into(), credentials.username),
             ("subscriptions".into(), self.subscriptions.join(" ")),
@@ -376,61 +379,6 @@ impl MqttSettings {
 /// True if `text` can be one level of a topic.
 fn topic_segment(text: &str) -> bool {
     !text.is_empty() && !text.contains(['/', '+', '#', '\0'])
-}
-
-/// Where to connect, from the URL.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    /// `mqtts://`.
-    pub tls: bool,
-    /// The host name or address.
-    pub host: String,
-    /// The port.
-    pub port: u16,
-}
-
-impl Endpoint {
-    /// `mqtts://HOST[:PORT]` (8883) or `mqtt://HOST[:PORT]` (1883); an IPv6 host in brackets.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("mqtt://") {
-            (false, rest)
-        } else {
-            return Err("expected mqtts://HOST:PORT (or mqtt:// without TLS)".into());
-        };
-        let authority = rest.split('/').next().unwrap_or_default();
-        if authority.contains('@') {
-            return Err("credentials do not belong in the URL".into());
-        }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !port.contains(']') => {
-                let port = port
-                    .parse()
-                    .map_err(|_| format!("\"{port}\" is not a port"))?;
-                (host, port)
-            }
-            _ => (authority, if tls { 8883 } else { 1883 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err("no host".into());
-        }
-        Ok(Endpoint {
-            tls,
-            host: host.to_owned(),
-            port,
-        })
-    }
-
-    fn url(&self) -> String {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        if self.host.contains(':') {
-            format!("{scheme}://[{}]:{}", self.host, self.port)
-        } else {
-            format!("{scheme}://{}:{}", self.host, self.port)
-        }
-    }
 }
 
 /// One publish the command path asks for, answered when the broker acknowledged it (QoS 1)
@@ -1274,19 +1222,21 @@ mod tests {
 
     #[test]
     fn endpoints_take_the_scheme_default_port_and_refuse_credentials_in_the_url() {
-        let tls = Endpoint::parse("mqtts://iot.example.com").unwrap();
+        let tls = Endpoint::parse("mqtts://iot.example.com", Scheme::MQTT).unwrap();
         assert_eq!(
             (tls.tls, tls.host.as_str(), tls.port),
             (true, "iot.example.com", 8883)
         );
-        let plain = Endpoint::parse("mqtt://127.0.0.1:1884").unwrap();
+        let plain = Endpoint::parse("mqtt://127.0.0.1:1884", Scheme::MQTT).unwrap();
         assert_eq!((plain.tls, plain.port), (false, 1884));
-        assert_eq!(plain.url(), "mqtt://127.0.0.1:1884");
+        assert_eq!(plain.url(Scheme::MQTT), "mqtt://127.0.0.1:1884");
         assert_eq!(
-            Endpoint::parse("mqtt://[::1]:1").unwrap().url(),
+            Endpoint::parse("mqtt://[::1]:1", Scheme::MQTT)
+                .unwrap()
+                .url(Scheme::MQTT),
             "mqtt://[::1]:1"
         );
-        assert!(Endpoint::parse("mqtt://u:p@host").is_err());
+        assert!(Endpoint::parse("mqtt://u:p@host", Scheme::MQTT).is_err());
         let text = "[[connector]]\nname = \"link\"\nkind = \"mqtt\"\n\
                     url = \"mqtts://u:s3cret@broker.example.com\"\nsubscribe = [\"a/#\"]\n\
                     device_topic = \"a/{device}\"\n";
@@ -1295,6 +1245,6 @@ mod tests {
             .to_string();
         assert!(error.contains("credentials do not belong"), "{error}");
         assert!(!error.contains("s3cret"), "{error}");
-        assert!(Endpoint::parse("tcp://host").is_err());
+        assert!(Endpoint::parse("tcp://host", Scheme::MQTT).is_err());
     }
 }

@@ -23,6 +23,7 @@ use pulsar::{
 };
 use tokio::sync::mpsc;
 
+use super::endpoint::{Endpoint, Scheme};
 use super::{Backoff, Context};
 use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
 use crate::dialect::tuya;
@@ -96,18 +97,7 @@ impl PulsarSettings {
         let url = match (&config.url, &config.region) {
             (Some(url), _) => {
                 let url = url.as_str();
-                let shown = crate::config::redacted_url(url);
-                if !(url.starts_with("pulsar://") || url.starts_with("pulsar+ssl://")) {
-                    return Err(config.invalid(format!(
-                        "url \"{shown}\": expected pulsar+ssl://HOST:PORT (or pulsar:// without TLS)"
-                    )));
-                }
-                if shown != url {
-                    return Err(config.invalid(format!(
-                        "url \"{shown}\": credentials do not belong in the URL (they derive \
-                         from access_id and access_key)"
-                    )));
-                }
+                Endpoint::parse_named(url, Scheme::PULSAR).map_err(|e| config.invalid(e))?;
                 url.to_owned()
             }
             (None, Some(region)) => region
@@ -393,17 +383,11 @@ async fn connect(settings: &PulsarSettings) -> Result<Pulsar<TokioExecutor>, End
 /// connector's trust (system roots and `ca_file`), and a CONNECT with the `auth1`
 /// credentials. `None` if all of it works (the failure was further on).
 async fn probe(settings: &PulsarSettings) -> Option<String> {
-    let address = settings
-        .url
-        .split_once("://")
-        .map_or(settings.url.as_str(), |(_, rest)| rest)
-        .trim_end_matches('/');
-    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
-    let address = if address.contains(':') {
-        address.to_owned()
-    } else {
-        format!("{address}:{}", if settings.tls() { 6651 } else { 6650 })
+    let endpoint = match Endpoint::parse_named(&settings.url, Scheme::PULSAR) {
+        Ok(endpoint) => endpoint,
+        Err(error) => return Some(error),
     };
+    let address = endpoint.address();
     let connecting = tokio::time::timeout(CHECK_TIMEOUT, tokio::net::TcpStream::connect(&address));
     let stream = match connecting.await {
         Ok(Ok(stream)) => stream,
@@ -422,9 +406,14 @@ async fn probe(settings: &PulsarSettings) -> Option<String> {
         Ok(config) => config,
         Err(e) => return Some(e.to_string()),
     };
-    let name = match rustls::pki_types::ServerName::try_from(host.to_owned()) {
+    let name = match rustls::pki_types::ServerName::try_from(endpoint.host.clone()) {
         Ok(name) => name,
-        Err(e) => return Some(format!("{host} is not a valid TLS server name: {e}")),
+        Err(e) => {
+            return Some(format!(
+                "{} is not a valid TLS server name: {e}",
+                endpoint.host
+            ));
+        }
     };
     let tls = tokio_rustls::TlsConnector::from(config).connect(name, stream);
     match tokio::time::timeout(CHECK_TIMEOUT, tls).await {
