@@ -2,6 +2,7 @@
 //! plugin components.
 
 pub mod cloud_api;
+pub mod http;
 pub mod mosquitto;
 pub mod mqtt_proxy;
 pub mod pipeline;

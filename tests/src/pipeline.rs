@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::http::Requests;
 use iotrules::command::{CommandError, CommandPath, CommandPaths, Confirmer};
 use iotrules::config::PipelineConfig;
 use iotrules::event::Command;
@@ -15,7 +16,6 @@ use iotrules::pipeline::{Parts, Pipeline};
 use iotrules::rules::Rules;
 use iotrules::status::LastErrors;
 use iotrules::store::{DeadLetterRecord, DeadLetterSink, MemoryDeadLetters};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::plugins::{Harness, built, install};
 
@@ -315,27 +315,8 @@ async fn serve_connection(
     bodies: Arc<Mutex<Vec<String>>>,
     answer: bool,
 ) -> std::io::Result<()> {
-    let mut stream = BufReader::new(stream);
-    loop {
-        let mut length = 0usize;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if stream.read_line(&mut line).await? == 0 {
-                return Ok(());
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        stream.read_exact(&mut body).await?;
+    let mut requests = Requests::new(stream);
+    while let Some(body) = requests.next().await? {
         bodies
             .lock()
             .unwrap()
@@ -344,9 +325,7 @@ async fn serve_connection(
             // Hold the connection open without answering.
             std::future::pending::<()>().await;
         }
-        stream
-            .get_mut()
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-            .await?;
+        requests.ok().await?;
     }
+    Ok(())
 }

@@ -16,9 +16,9 @@ use iotrules::connector::ConnectorState;
 use iotrules::connector::amqp::AmqpSettings;
 use iotrules::service::{self, Observed};
 use iotrules::time::Clock;
+use iotrules_tests::http::Requests;
 use iotrules_tests::pipeline::huawei_body;
 use iotrules_tests::rabbitmq::{Broker, Outgoing, Proxy};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 /// The pinned clock: the timestamp in every username and Alibaba password.
@@ -173,27 +173,8 @@ async fn serve(
     commands: Arc<std::sync::Mutex<Vec<Sent>>>,
     mut open: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let mut stream = BufReader::new(stream);
-    loop {
-        let mut length = 0usize;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if stream.read_line(&mut line).await? == 0 {
-                return Ok(());
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        stream.read_exact(&mut body).await?;
+    let mut requests = Requests::new(stream);
+    while let Some(body) = requests.next().await? {
         let command: serde_json::Value = serde_json::from_slice(&body).expect("command JSON");
         commands.lock().unwrap().push((
             command["device"]["id"]
@@ -204,11 +185,9 @@ async fn serve(
             command["params"]["seq"].as_u64(),
         ));
         let _ = open.wait_for(|open| *open).await;
-        stream
-            .get_mut()
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-            .await?;
+        requests.ok().await?;
     }
+    Ok(())
 }
 
 /// The service, running on its own runtime with the pinned clock, its commands going to a

@@ -13,8 +13,8 @@ use iotrules::dialect::tuya::{self, Env, Mode};
 use iotrules::plugin::MemoryStateStore;
 use iotrules::service::{self, Observed};
 use iotrules::store::MemoryDeadLetters;
+use iotrules_tests::http::Requests;
 use iotrules_tests::pulsar_broker::{BrokerConfig, MessageId, PulsarBroker, TestCa, sequence};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 const ACCESS_ID: &str = "p7test4accessid";
@@ -143,27 +143,8 @@ async fn serve(
     seen: Arc<Mutex<Vec<Seen>>>,
     holding: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::io::Result<()> {
-    let mut stream = BufReader::new(stream);
-    loop {
-        let mut length = 0usize;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if stream.read_line(&mut line).await? == 0 {
-                return Ok(());
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        stream.read_exact(&mut body).await?;
+    let mut requests = Requests::new(stream);
+    while let Some(body) = requests.next().await? {
         let command: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         seen.lock().unwrap().push(Seen {
             device: command["device"]["id"]
@@ -176,11 +157,9 @@ async fn serve(
         while holding.load(std::sync::atomic::Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        stream
-            .get_mut()
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-            .await?;
+        requests.ok().await?;
     }
+    Ok(())
 }
 
 /// The service, running in this test's runtime.

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use fe2o3_amqp::types::messaging::{ApplicationProperties, Message};
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue};
+use iotrules_tests::http::Requests;
 use iotrules_tests::mosquitto::Mosquitto;
 use iotrules_tests::pulsar_broker::sequence;
 use iotrules_tests::rabbitmq;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 use crate::ledger::Seen;
@@ -50,27 +50,8 @@ pub(crate) async fn serve(
     stream: tokio::net::TcpStream,
     seen: Arc<Mutex<Vec<Seen>>>,
 ) -> std::io::Result<()> {
-    let mut stream = BufReader::new(stream);
-    loop {
-        let mut length = 0usize;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if stream.read_line(&mut line).await? == 0 {
-                return Ok(());
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        stream.read_exact(&mut body).await?;
+    let mut requests = Requests::new(stream);
+    while let Some(body) = requests.next().await? {
         let command: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         seen.lock().unwrap().push(Seen {
             device: command["device"]["id"]
@@ -80,11 +61,9 @@ pub(crate) async fn serve(
             seq: command["params"]["seq"].as_u64(),
             at: sequence(),
         });
-        stream
-            .get_mut()
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-            .await?;
+        requests.ok().await?;
     }
+    Ok(())
 }
 
 /// A TCP relay in front of RabbitMQ that can be taken down: its connections are cut and new
