@@ -10,3 +10,16 @@ pub mod plugins;
 pub mod pulsar_broker;
 pub mod rabbitmq;
 pub mod service_config;
+
+/// Waits up to 30 s for `done`, checking every 10 ms; fails the test naming `what` if it
+/// never is.
+pub fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

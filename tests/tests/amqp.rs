@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use iotrules::config::Config;
 use iotrules::connector::ConnectorState;
@@ -19,6 +19,7 @@ use iotrules::time::Clock;
 use iotrules_tests::http::Requests;
 use iotrules_tests::pipeline::huawei_body;
 use iotrules_tests::rabbitmq::{Broker, Outgoing, Proxy};
+use iotrules_tests::wait_for;
 use tokio::sync::watch;
 
 /// The pinned clock: the timestamp in every username and Alibaba password.
@@ -91,18 +92,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-/// Waits up to 30 s for `done`.
-fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// An Alibaba property report of device `a1Pk/lamp` with property `seq`.

@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use iotrules::command::{CommandPath, CommandPaths};
 use iotrules::config::{Config, PipelineConfig};
@@ -14,6 +13,7 @@ use iotrules::pipeline::Delivery;
 use iotrules::time::Clock;
 use iotrules_tests::cloud_api::{AlibabaServer, Tls, TuyaProject, TuyaServer};
 use iotrules_tests::pipeline::{Acks, TestPipeline, huawei_body};
+use iotrules_tests::wait_for;
 
 /// The pinned clock's start.
 const NOW: u64 = 1_700_000_000_000;
@@ -26,18 +26,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-/// Waits up to 20 s for `done`.
-fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A rule sending every event's device the command `command` through `path`.

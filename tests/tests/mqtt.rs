@@ -19,6 +19,7 @@ use iotrules::service::{self, Observed};
 use iotrules::time::Clock;
 use iotrules_tests::mosquitto::{Mosquitto, Peer};
 use iotrules_tests::mqtt_proxy::Proxy;
+use iotrules_tests::wait_for;
 use tokio::sync::watch;
 
 /// The pinned clock (2023-11-14T22:13:20Z): Alibaba's timestamp and Huawei's hour stamp.
@@ -105,18 +106,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-/// Waits up to 30 s for `done`.
-fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The service on its own runtime with the pinned clock and the `command-ack` and `echo`

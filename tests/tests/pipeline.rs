@@ -13,6 +13,7 @@ use iotrules::config::PipelineConfig;
 use iotrules::store::{SqliteStateStore, Store};
 use iotrules_tests::pipeline::{Acks, Capture, HttpServer, TestPipeline, binary, huawei_body};
 use iotrules_tests::plugins::Harness;
+use iotrules_tests::wait_for;
 
 const ECHO_RULE: &str = r#"
 [[rule]]
@@ -43,18 +44,6 @@ fn runtime() -> tokio::runtime::Runtime {
 fn ingest(test: &TestPipeline) -> iotrules::pipeline::Ingest {
     let dialect = iotrules::dialect::Dialect::Huawei(iotrules::dialect::huawei::Decoder::new());
     test.pipeline().ingest("test", dialect)
-}
-
-/// Waits up to 20 s for `done`.
-fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
