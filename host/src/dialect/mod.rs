@@ -716,6 +716,39 @@ impl Dialect {
     }
 }
 
+/// Generators for the dialects' property tests.
+#[cfg(test)]
+pub(crate) mod test_strategies {
+    use proptest::prelude::*;
+
+    /// JSON shaped like a vendor's bodies: objects with the vendor's `keys`, holding values
+    /// of any kind (among them the vendor's `words`), so the right keys hold wrong kinds of
+    /// values.
+    pub(crate) fn json_like(
+        keys: &'static [&'static str],
+        words: &'static [&'static str],
+    ) -> impl Strategy<Value = serde_json::Value> {
+        let keys = proptest::sample::select(keys);
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            proptest::sample::select(words).prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                proptest::collection::vec((keys.clone(), inner), 0..6).prop_map(|kv| {
+                    serde_json::Value::Object(
+                        kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                    )
+                }),
+            ]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -100,61 +100,47 @@ mod tests {
 
     /// JSON shaped like Huawei bodies, with the right keys holding wrong kinds of values.
     fn json_strategy() -> impl Strategy<Value = serde_json::Value> {
-        let keys = prop_oneof![
-            Just("resource"),
-            Just("event"),
-            Just("event_time"),
-            Just("event_time_ms"),
-            Just("request_id"),
-            Just("notify_data"),
-            Just("header"),
-            Just("body"),
-            Just("device_id"),
-            Just("gateway_id"),
-            Just("services"),
-            Just("service_id"),
-            Just("properties"),
-            Just("paras"),
-            Just("status"),
-            Just("object_device_id"),
-            Just("msgType"),
-            Just("mid"),
-            Just("data"),
-            Just("serviceData"),
-            Just("eventTime"),
-        ];
-        let leaf = prop_oneof![
-            Just(serde_json::Value::Null),
-            any::<bool>().prop_map(serde_json::Value::from),
-            any::<i64>().prop_map(serde_json::Value::from),
-            any::<f64>().prop_map(serde_json::Value::from),
-            prop_oneof![
-                Just("device.property"),
-                Just("device.status"),
-                Just("device.event"),
-                Just("device"),
-                Just("report"),
-                Just("ONLINE"),
-                Just("$ota"),
-                Just("deviceReq"),
-                Just("deviceRsp"),
-                Just("cloudReq"),
-                Just("20151212T121212Z"),
-                Just("x"),
-            ]
-            .prop_map(serde_json::Value::from),
-        ];
-        leaf.prop_recursive(4, 48, 6, move |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
-                proptest::collection::vec((keys.clone(), inner), 0..6).prop_map(|kv| {
-                    serde_json::Value::Object(
-                        kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-                    )
-                }),
-            ]
-        })
+        crate::dialect::test_strategies::json_like(KEYS, WORDS)
     }
+
+    const KEYS: &[&str] = &[
+        "resource",
+        "event",
+        "event_time",
+        "event_time_ms",
+        "request_id",
+        "notify_data",
+        "header",
+        "body",
+        "device_id",
+        "gateway_id",
+        "services",
+        "service_id",
+        "properties",
+        "paras",
+        "status",
+        "object_device_id",
+        "msgType",
+        "mid",
+        "data",
+        "serviceData",
+        "eventTime",
+    ];
+
+    const WORDS: &[&str] = &[
+        "device.property",
+        "device.status",
+        "device.event",
+        "device",
+        "report",
+        "ONLINE",
+        "$ota",
+        "deviceReq",
+        "deviceRsp",
+        "cloudReq",
+        "20151212T121212Z",
+        "x",
+    ];
 
     fn value_strategy() -> impl Strategy<Value = Value> {
         prop_oneof![

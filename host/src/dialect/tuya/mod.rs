@@ -517,50 +517,36 @@ mod tests {
 
     /// JSON shaped like Tuya bodies, with the right keys holding wrong kinds of values.
     fn json_strategy() -> impl Strategy<Value = serde_json::Value> {
-        let keys = prop_oneof![
-            Just("devId"),
-            Just("status"),
-            Just("code"),
-            Just("value"),
-            Just("t"),
-            Just("bizCode"),
-            Just("bizData"),
-            Just("data"),
-            Just("eventType"),
-            Just("productKey"),
-            Just("reportData"),
-            Just("command"),
-            Just("1"),
-            Just("dataId"),
-            Just("name"),
-            Just("time"),
-            Just("properties"),
-        ];
-        let leaf = prop_oneof![
-            Just(serde_json::Value::Null),
-            any::<bool>().prop_map(serde_json::Value::from),
-            any::<i64>().prop_map(serde_json::Value::from),
-            any::<f64>().prop_map(serde_json::Value::from),
-            prop_oneof![
-                Just("online"),
-                Just("offline"),
-                Just("device"),
-                Just("dp_report"),
-                Just("nameUpdate"),
-                Just("deviceSignal"),
-                Just("x")
-            ]
-            .prop_map(serde_json::Value::from),
-        ];
-        leaf.prop_recursive(4, 48, 6, move |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
-                proptest::collection::vec((keys.clone(), inner), 0..6).prop_map(|kv| {
-                    serde_json::Value::Object(
-                        kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-                    )
-                }),
-            ]
-        })
+        crate::dialect::test_strategies::json_like(KEYS, WORDS)
     }
+
+    const KEYS: &[&str] = &[
+        "devId",
+        "status",
+        "code",
+        "value",
+        "t",
+        "bizCode",
+        "bizData",
+        "data",
+        "eventType",
+        "productKey",
+        "reportData",
+        "command",
+        "1",
+        "dataId",
+        "name",
+        "time",
+        "properties",
+    ];
+
+    const WORDS: &[&str] = &[
+        "online",
+        "offline",
+        "device",
+        "dp_report",
+        "nameUpdate",
+        "deviceSignal",
+        "x",
+    ];
 }
