@@ -9,6 +9,7 @@ pub mod pipeline;
 pub mod plugins;
 pub mod pulsar_broker;
 pub mod rabbitmq;
+pub mod service;
 pub mod service_config;
 
 /// Waits up to 30 s for `done`, checking every 10 ms; fails the test naming `what` if it

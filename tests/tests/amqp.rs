@@ -8,17 +8,14 @@
 //! clock [`NOW`]; every test has queues of its own on the one node of this binary.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
 use iotrules::config::Config;
 use iotrules::connector::ConnectorState;
 use iotrules::connector::amqp::AmqpSettings;
-use iotrules::service::{self, Observed};
-use iotrules::time::Clock;
 use iotrules_tests::http::Requests;
 use iotrules_tests::pipeline::huawei_body;
 use iotrules_tests::rabbitmq::{Broker, Outgoing, Proxy};
+use iotrules_tests::service::TestService;
 use iotrules_tests::wait_for;
 use tokio::sync::watch;
 
@@ -182,12 +179,16 @@ async fn serve(
 /// The service, running on its own runtime with the pinned clock, its commands going to a
 /// [`Gate`].
 struct Service {
-    runtime: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
-    stop: watch::Sender<bool>,
-    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
-    observed: Arc<Observed>,
+    running: TestService,
     gate: Gate,
+}
+
+impl std::ops::Deref for Service {
+    type Target = TestService;
+
+    fn deref(&self) -> &TestService {
+        &self.running
+    }
 }
 
 const ECHO_RULE: &str = r#"
@@ -205,28 +206,8 @@ impl Service {
     fn start(connectors: &str, rules: &str, open: bool) -> Service {
         let runtime = runtime();
         let gate = Gate::start(&runtime, open);
-        let dir = tempfile::tempdir().expect("temp dir");
-        let plugins = dir.path().join("plugins");
-        let rules_dir = dir.path().join("rules");
-        std::fs::create_dir_all(&plugins).unwrap();
-        std::fs::create_dir_all(&rules_dir).unwrap();
-        std::fs::create_dir_all(dir.path().join("state")).unwrap();
-        iotrules_tests::plugins::install(
-            &plugins,
-            "echo",
-            &iotrules_tests::plugins::built("testing/echo"),
-        );
-        std::fs::write(rules_dir.join("rules.toml"), rules).unwrap();
-        let text = format!(
-            r#"
-rules = "rules"
-plugins = "plugins"
-store = "state/iotrules.db"
-
-[pipeline]
-workers = 2
-shutdown_timeout_s = 1
-{connectors}
+        let settings = format!(
+            r#"{connectors}
 [[command_path]]
 name = "out"
 kind = "webhook"
@@ -235,70 +216,13 @@ timeout_ms = 60000
 "#,
             gate.address
         );
-        let file = dir.path().join("iotrules.toml");
-        std::fs::write(&file, &text).unwrap();
-        let mut config = Config::parse(&file, &text).expect("config");
-        config.clock = Clock::Manual(Arc::new(AtomicU64::new(NOW)));
-        let (stop, stop_rx) = watch::channel(false);
-        let (observed_tx, observed_rx) = std::sync::mpsc::channel();
-        let task = runtime.spawn(async move {
-            let store =
-                Arc::new(iotrules::store::Store::open(&config.store).map_err(|e| e.to_string())?);
-            let state = Arc::new(iotrules::store::SqliteStateStore::new(store.clone()));
-            let core = service::load_core(&config, store, state).map_err(|e| e.to_string())?;
-            service::run(&config, core, stop_rx, |observed| {
-                let _ = observed_tx.send(observed.clone());
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            Ok(())
-        });
-        let observed = observed_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the service starts");
-        Service {
-            runtime,
-            _dir: dir,
-            stop,
-            task: Some(task),
-            observed,
-            gate,
-        }
+        let running =
+            TestService::start(runtime, &[("echo", "testing/echo")], rules, &settings, NOW);
+        Service { running, gate }
     }
 
-    fn connector(&self, name: &str) -> iotrules::status::ConnectorStatus {
-        self.observed
-            .connectors
-            .all()
-            .into_iter()
-            .find(|c| c.name == name)
-            .expect("connector in /status")
-    }
-
-    fn wait_running(&self, name: &str) {
-        wait_for(&format!("connector {name} running"), || {
-            self.connector(name).state == ConnectorState::Running
-        });
-    }
-
-    fn stop(mut self) {
-        let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            self.runtime
-                .block_on(task)
-                .expect("service task")
-                .expect("service ran");
-        }
-    }
-
-    fn dead_letters(&self) -> u64 {
-        self.observed
-            .metrics
-            .dead_letters
-            .members()
-            .iter()
-            .map(|(_, c)| c.get())
-            .sum()
+    fn stop(self) {
+        self.running.stop();
     }
 }
 

@@ -8,19 +8,15 @@
 //! derive at the pinned clock [`NOW`].
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use iotrules::config::Config;
 use iotrules::connector::ConnectorState;
 use iotrules::connector::mqtt::MqttSettings;
-use iotrules::service::{self, Observed};
-use iotrules::time::Clock;
 use iotrules_tests::mosquitto::{Mosquitto, Peer};
 use iotrules_tests::mqtt_proxy::Proxy;
+use iotrules_tests::service::TestService;
 use iotrules_tests::wait_for;
-use tokio::sync::watch;
 
 /// The pinned clock (2023-11-14T22:13:20Z): Alibaba's timestamp and Huawei's hour stamp.
 const NOW: u64 = 1_700_000_000_000;
@@ -110,86 +106,25 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// The service on its own runtime with the pinned clock and the `command-ack` and `echo`
 /// plugins.
-struct Service {
-    runtime: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
-    stop: watch::Sender<bool>,
-    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
-    observed: Arc<Observed>,
+struct Service(TestService);
+
+impl std::ops::Deref for Service {
+    type Target = TestService;
+
+    fn deref(&self) -> &TestService {
+        &self.0
+    }
 }
 
 impl Service {
     fn start(connectors: &str, rules: &str) -> Service {
-        let runtime = runtime();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let plugins = dir.path().join("plugins");
-        let rules_dir = dir.path().join("rules");
-        std::fs::create_dir_all(&plugins).unwrap();
-        std::fs::create_dir_all(&rules_dir).unwrap();
-        std::fs::create_dir_all(dir.path().join("state")).unwrap();
-        for (name, built) in [("command-ack", "command-ack"), ("echo", "testing/echo")] {
-            iotrules_tests::plugins::install(
-                &plugins,
-                name,
-                &iotrules_tests::plugins::built(built),
-            );
-        }
-        std::fs::write(rules_dir.join("rules.toml"), rules).unwrap();
-        let text = format!(
-            r#"
-rules = "rules"
-plugins = "plugins"
-store = "state/iotrules.db"
-
-[pipeline]
-workers = 2
-shutdown_timeout_s = 1
-{connectors}
-"#
-        );
-        let file = dir.path().join("iotrules.toml");
-        std::fs::write(&file, &text).unwrap();
-        let mut config = Config::parse(&file, &text).expect("config");
-        config.clock = Clock::Manual(Arc::new(AtomicU64::new(NOW)));
-        let (stop, stop_rx) = watch::channel(false);
-        let (observed_tx, observed_rx) = std::sync::mpsc::channel();
-        let task = runtime.spawn(async move {
-            let store =
-                Arc::new(iotrules::store::Store::open(&config.store).map_err(|e| e.to_string())?);
-            let state = Arc::new(iotrules::store::SqliteStateStore::new(store.clone()));
-            let core = service::load_core(&config, store, state).map_err(|e| e.to_string())?;
-            service::run(&config, core, stop_rx, |observed| {
-                let _ = observed_tx.send(observed.clone());
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            Ok(())
-        });
-        let observed = observed_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the service starts");
-        Service {
-            runtime,
-            _dir: dir,
-            stop,
-            task: Some(task),
-            observed,
-        }
-    }
-
-    fn connector(&self, name: &str) -> iotrules::status::ConnectorStatus {
-        self.observed
-            .connectors
-            .all()
-            .into_iter()
-            .find(|c| c.name == name)
-            .expect("connector in /status")
-    }
-
-    fn wait_running(&self, name: &str) {
-        wait_for(&format!("connector {name} running"), || {
-            self.connector(name).state == ConnectorState::Running
-        });
+        Service(TestService::start(
+            runtime(),
+            &[("command-ack", "command-ack"), ("echo", "testing/echo")],
+            rules,
+            connectors,
+            NOW,
+        ))
     }
 
     /// Commands of `path` with `result` (`sent`, `failed`).
@@ -204,24 +139,8 @@ shutdown_timeout_s = 1
             .sum()
     }
 
-    fn dead_letters(&self) -> u64 {
-        self.observed
-            .metrics
-            .dead_letters
-            .members()
-            .iter()
-            .map(|(_, c)| c.get())
-            .sum()
-    }
-
-    fn stop(mut self) {
-        let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            self.runtime
-                .block_on(task)
-                .expect("service task")
-                .expect("service ran");
-        }
+    fn stop(self) {
+        self.0.stop();
     }
 }
 
