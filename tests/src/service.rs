@@ -88,11 +88,6 @@ shutdown_timeout_s = 1
         }
     }
 
-    /// The runtime it runs on.
-    pub fn runtime(&self) -> &tokio::runtime::Runtime {
-        &self.runtime
-    }
-
     /// Connector `name` as `/status` shows it.
     pub fn connector(&self, name: &str) -> ConnectorStatus {
         self.observed
