@@ -22,11 +22,11 @@ use bytes::BytesMut;
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::messaging::message::DecodeIntoMessage;
 use fe2o3_amqp::types::primitives::Value;
-use iotrules::config::Config;
 use iotrules::dialect::json::TopicTemplate;
 use iotrules::dialect::tuya::{self, Mode};
 use iotrules::dialect::{DecodeError, Dialect, RawMessage, SignMode, alibaba, huawei};
 use iotrules::event::{Event, Json};
+use iotrules::plan::Plan;
 use iotrules::rules::RuleSet;
 use rumqttc::mqttbytes::v4::Packet;
 
@@ -215,18 +215,20 @@ pub fn rules(data: &[u8]) {
     }
 }
 
-/// The service configuration: parsed and checked; a config that loads then derives what the
-/// service derives at start-up (each connector's dialect and identity).
+/// The service configuration: parsed, checked and planned (every connector and command path
+/// read by its kind); a plan then gives what the service derives at start-up (each
+/// connector's dialect and identity, the files no grant may reach).
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match Config::parse(Path::new("/fuzz/iotrules.toml"), text) {
-        Ok(config) => {
-            let _ = config.command_path_names();
-            for connector in &config.connectors {
-                let _ = connector.dialect().map(|d| d.name());
-                let _ = iotrules::connector::identity(connector, 1_700_000_000_000);
+    match Plan::parse(Path::new("/fuzz/iotrules.toml"), text) {
+        Ok(plan) => {
+            let _ = plan.command_path_names();
+            let _ = plan.grant_policy();
+            for connector in &plan.connectors {
+                let _ = connector.dialect.name();
+                let _ = connector.connector.identity(1_700_000_000_000);
             }
         }
         Err(error) => {

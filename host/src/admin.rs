@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
@@ -11,9 +12,26 @@ use axum::routing::get;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::connector::ConnectorState;
-use crate::service::Observed;
-use crate::status::{ConnectorStatus, RecentError};
+use crate::metrics::Metrics;
+use crate::plugin::Registry;
+use crate::rules::Rules;
+use crate::status::{ConnectorState, ConnectorStatus, Connectors, LastErrors, RecentError};
+
+/// What the admin server (and the service's summary) reads.
+pub struct Observed {
+    /// The counters.
+    pub metrics: Arc<Metrics>,
+    /// Recent errors.
+    pub errors: Arc<LastErrors>,
+    /// Connector states.
+    pub connectors: Arc<Connectors>,
+    /// The rules in service.
+    pub rules: Arc<Rules>,
+    /// The plugins.
+    pub registry: Arc<Registry>,
+    /// When the service started.
+    pub started: Instant,
+}
 
 /// A running admin server.
 pub struct AdminServer {

@@ -7,7 +7,7 @@
 //! them through plugin chains ([`rules`], tested with [`ruletest`]), the local SQLite file
 //! for dead letters and plugin state ([`store`]), and the running service: [`config`],
 //! [`connector`]s, the [`pipeline`], [`command`] paths, [`metrics`] and the [`admin`] API,
-//! put together by [`service`].
+//! planned from the config by [`plan`] and put together by [`service`].
 
 pub mod admin;
 pub mod command;
@@ -17,6 +17,7 @@ pub mod dialect;
 pub mod event;
 pub mod metrics;
 pub mod pipeline;
+pub mod plan;
 pub mod plugin;
 pub mod rules;
 pub mod ruletest;

@@ -1,4 +1,4 @@
-//! The running service: everything `iotrules run` starts, from a [`Config`].
+//! The running service: everything `iotrules run` starts, from a [`Plan`].
 //!
 //! Start-up order: the store, the plugin runtime and registry (every `NAME.wasm`), the rules
 //! (refused as a whole if any file has an error: there is no previous set to fall back on
@@ -13,37 +13,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use crate::command::{CommandPaths, Lanes, MqttTransport};
-use crate::config::{Config, ConnectorKind};
+use crate::admin::Observed;
+use crate::command::CommandPaths;
 use crate::connector::Context;
-use crate::connector::amqp::{self, AmqpSettings};
-use crate::connector::mqtt::{self, LinkHandle, MqttSettings};
-use crate::connector::pulsar::{self, PulsarSettings};
-use crate::connector::replay::{self, ReplaySettings};
 use crate::metrics::Metrics;
 use crate::pipeline::{Parts, Pipeline};
-use crate::plugin::{
-    GrantPolicy, Registry, ReloadReport, Runtime, RuntimeConfig, StateStore, Watcher,
-};
+use crate::plan::Plan;
+use crate::plugin::{Registry, ReloadReport, Runtime, RuntimeConfig, StateStore, Watcher};
 use crate::rules::{Rules, RulesWatcher};
 use crate::status::{ConnectorStatus, Connectors, LastErrors};
 use crate::store::DeadLetterSink;
-
-/// What the admin server and the summary read.
-pub struct Observed {
-    /// The counters.
-    pub metrics: Arc<Metrics>,
-    /// Recent errors.
-    pub errors: Arc<LastErrors>,
-    /// Connector states.
-    pub connectors: Arc<Connectors>,
-    /// The rules in service.
-    pub rules: Arc<Rules>,
-    /// The plugins.
-    pub registry: Arc<Registry>,
-    /// When the service started.
-    pub started: Instant,
-}
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,18 +64,18 @@ impl std::error::Error for RulesRefused {}
 /// Loads plugins and rules. A refused rule set is a [`RulesRefused`] error with every
 /// problem.
 pub fn load_core(
-    config: &Config,
+    plan: &Plan,
     dead_letters: Arc<dyn DeadLetterSink>,
     state: Arc<dyn StateStore>,
 ) -> anyhow::Result<Core> {
+    let config = &plan.config;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(config.cache.clone()),
         ..RuntimeConfig::default()
     })
     .context("cannot start the plugin runtime")?;
     let registry = Arc::new(
-        Registry::new(runtime, &config.plugins, state)
-            .with_grant_policy(GrantPolicy::from_config(config)),
+        Registry::new(runtime, &config.plugins, state).with_grant_policy(plan.grant_policy()),
     );
     let reports = registry.load_all().with_context(|| {
         format!(
@@ -119,13 +98,14 @@ pub fn load_core(
     })
 }
 
-/// Runs the service until its connectors finish or `stop` turns true.
+/// Runs the service of `plan` until its connectors finish or `stop` turns true.
 pub async fn run(
-    config: &Config,
+    plan: &Plan,
     core: Core,
     stop: watch::Receiver<bool>,
     on_start: impl FnOnce(&Arc<Observed>),
 ) -> anyhow::Result<(Ending, Arc<Observed>)> {
+    let config = &plan.config;
     let Core {
         registry,
         rules,
@@ -154,21 +134,16 @@ pub async fn run(
     count_reloads(&observed);
 
     let runtime = tokio::runtime::Handle::current();
-    let mut paths = CommandPaths::start_with_clock(&config.command_paths, &config.clock, &runtime)?;
-    // Each MQTT link is also the command path of its name: the path is there before the
-    // pipeline that sends on it, the connection (its connector task) comes with the others.
-    let mut links = std::collections::HashMap::new();
-    for connector in config.connectors.iter().filter(|c| c.kind.is_mqtt_link()) {
-        let settings = MqttSettings::from_config(connector)?;
-        let handle = LinkHandle::new(settings.reconnect_wait);
-        let transport = MqttTransport::new(handle.clone(), settings.outbound.clone());
-        paths.insert(Lanes::start(
-            &connector.name,
-            transport,
-            settings.path,
-            &runtime,
-        ));
-        links.insert(connector.name.clone(), (settings, handle));
+    let mut paths = CommandPaths::start(&plan.command_paths, &config.clock, &runtime)?;
+    // A connector that is also a command path (an MQTT link) starts it here, before the
+    // pipeline that sends on it; its receiving task starts with the other connectors'.
+    let mut started = Vec::with_capacity(plan.connectors.len());
+    for planned in &plan.connectors {
+        let start = planned.connector.start(&planned.name, &runtime);
+        if let Some(path) = start.command_path {
+            paths.insert(path);
+        }
+        started.push((planned, start.run));
     }
     let pipeline = Pipeline::start(
         &config.pipeline,
@@ -195,69 +170,24 @@ pub async fn run(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut connectors = tokio::task::JoinSet::new();
-    for connector in &config.connectors {
-        let dialect = connector.dialect()?;
+    for (planned, run) in started {
+        let dialect = planned.dialect.clone();
         let sign_mode = dialect.sign_mode();
-        let ingest = pipeline.ingest(&connector.name, dialect);
-        let identity = crate::connector::identity(connector, config.clock.now_ms())?;
         let status = observed.connectors.add(ConnectorStatus {
-            identity,
+            identity: planned.connector.identity(config.clock.now_ms()),
             signature: sign_mode.map(|mode| crate::status::SignatureStatus::new(mode, 0)),
-            ..ConnectorStatus::starting(
-                &connector.name,
-                connector.kind.as_str(),
-                connector.dialect_name()?.as_str(),
-            )
+            ..ConnectorStatus::starting(&planned.name, planned.kind, dialect.name())
         });
         let context = Context {
-            ingest,
+            ingest: pipeline.ingest(&planned.name, dialect),
             status,
             errors: errors.clone(),
             metrics: metrics.clone(),
             shutdown: shutdown_rx.clone(),
             clock: config.clock.clone(),
         };
-        let name = connector.name.clone();
-        match connector.kind {
-            ConnectorKind::Replay => {
-                let settings = ReplaySettings {
-                    file: connector
-                        .file
-                        .as_ref()
-                        .map(|f| f.as_str())
-                        .unwrap_or_default()
-                        .into(),
-                    rate: connector.rate,
-                    repeat: connector.repeat,
-                    offset_file: connector.offset_file.as_ref().map(|f| f.as_str().into()),
-                };
-                connectors.spawn(async move {
-                    let Context {
-                        ingest,
-                        status,
-                        errors,
-                        shutdown,
-                        ..
-                    } = context;
-                    let result = replay::run(settings, ingest, status, errors, shutdown).await;
-                    (name, result.map(|_| ()).map_err(anyhow::Error::msg))
-                });
-            }
-            ConnectorKind::TuyaPulsar | ConnectorKind::TuyaBusiness => {
-                let settings = PulsarSettings::from_config(connector)?;
-                connectors.spawn(async move { (name, pulsar::run(settings, context).await) });
-            }
-            ConnectorKind::AlibabaAmqp | ConnectorKind::HuaweiAmqp => {
-                let settings = AmqpSettings::from_config(connector)?;
-                connectors.spawn(async move { (name, amqp::run(settings, context).await) });
-            }
-            ConnectorKind::AlibabaMqtt | ConnectorKind::HuaweiMqtt | ConnectorKind::Mqtt => {
-                let Some((settings, handle)) = links.remove(&connector.name) else {
-                    anyhow::bail!("connector \"{name}\": its command path was not started");
-                };
-                connectors.spawn(async move { (name, mqtt::run(settings, handle, context).await) });
-            }
-        }
+        let name = planned.name.clone();
+        connectors.spawn(async move { (name, run(context).await) });
     }
     on_start(&observed);
 

@@ -5,8 +5,26 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::connector::ConnectorState;
 use crate::sync::lock;
+
+/// What a connector is doing, for `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectorState {
+    /// Starting or connecting.
+    Starting,
+    /// Receiving.
+    Running,
+    /// Lost its connection (or never got one) and trying again after a pause; the error
+    /// says why.
+    Reconnecting,
+    /// Done: a replay that reached the end of its file.
+    Finished,
+    /// Stopped by an error it cannot recover from.
+    Failed,
+    /// Stopped for shutdown.
+    Stopped,
+}
 
 /// How many recent errors are kept.
 pub const KEPT_ERRORS: usize = 32;

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iotrules::command::{CommandPath, CommandPaths};
-use iotrules::config::Config;
 use iotrules::event::{Command, Device, Json};
+use iotrules::plan::Plan;
 use iotrules::time::Clock;
 use iotrules_tests::cloud_api::{AlibabaServer, Tls, TuyaProject, TuyaServer};
 
@@ -28,12 +28,11 @@ const BATCH: u64 = 1_000;
 const NOW: u64 = 1_700_000_000_000;
 
 fn path(text: &str, runtime: &tokio::runtime::Runtime) -> Arc<dyn CommandPath> {
-    let config = Config::parse(std::path::Path::new("bench.toml"), text).expect("config");
+    let plan = Plan::parse(std::path::Path::new("bench.toml"), text).expect("config");
     let clock = Clock::Manual(Arc::new(AtomicU64::new(NOW)));
-    let paths = CommandPaths::start_with_clock(&config.command_paths, &clock, runtime.handle())
-        .expect("path");
+    let paths = CommandPaths::start(&plan.command_paths, &clock, runtime.handle()).expect("path");
     paths
-        .get(&config.command_paths[0].name)
+        .get(&plan.command_paths[0].name)
         .expect("path")
         .clone()
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use iotrules::config::Config;
+use iotrules::plan::Plan;
 use iotrules::service;
 use iotrules_tests::mosquitto::{Mosquitto, Peer};
 use tokio::sync::watch;
@@ -104,14 +104,14 @@ publish_topic = "qos0/{{device}}/set"
     );
     let file = dir.join("iotrules.toml");
     std::fs::write(&file, &text).unwrap();
-    let config = Config::parse(&file, &text).expect("config");
+    let plan = Plan::parse(&file, &text).expect("config");
     let (stop, stop_rx) = watch::channel(false);
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     runtime.spawn(async move {
-        let store = Arc::new(iotrules::store::Store::open(&config.store).expect("store"));
+        let store = Arc::new(iotrules::store::Store::open(&plan.config.store).expect("store"));
         let state = Arc::new(iotrules::store::SqliteStateStore::new(store.clone()));
-        let core = service::load_core(&config, store, state).expect("core");
-        let observed = service::run(&config, core, stop_rx, |observed| {
+        let core = service::load_core(&plan, store, state).expect("core");
+        let observed = service::run(&plan, core, stop_rx, |observed| {
             let _ = started_tx.send(observed.clone());
         });
         let _ = observed.await;
@@ -124,7 +124,7 @@ publish_topic = "qos0/{{device}}/set"
         .connectors
         .all()
         .iter()
-        .any(|c| c.state != iotrules::connector::ConnectorState::Running)
+        .any(|c| c.state != iotrules::status::ConnectorState::Running)
     {
         assert!(
             start.elapsed() < Duration::from_secs(30),

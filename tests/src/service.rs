@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use iotrules::admin::Observed;
 use iotrules::config::Config;
-use iotrules::connector::ConnectorState;
-use iotrules::service::{self, Observed};
+use iotrules::plan::Plan;
+use iotrules::service;
+use iotrules::status::ConnectorState;
 use iotrules::status::ConnectorStatus;
 use iotrules::time::Clock;
 use tokio::sync::watch;
@@ -62,14 +64,16 @@ shutdown_timeout_s = 1
         std::fs::write(&file, &text).unwrap();
         let mut config = Config::parse(&file, &text).expect("config");
         config.clock = Clock::Manual(Arc::new(AtomicU64::new(now_ms)));
+        let plan = Plan::new(config).expect("plan");
         let (stop, stop_rx) = watch::channel(false);
         let (observed_tx, observed_rx) = std::sync::mpsc::channel();
         let task = runtime.spawn(async move {
-            let store =
-                Arc::new(iotrules::store::Store::open(&config.store).map_err(|e| e.to_string())?);
+            let store = Arc::new(
+                iotrules::store::Store::open(&plan.config.store).map_err(|e| e.to_string())?,
+            );
             let state = Arc::new(iotrules::store::SqliteStateStore::new(store.clone()));
-            let core = service::load_core(&config, store, state).map_err(|e| e.to_string())?;
-            service::run(&config, core, stop_rx, |observed| {
+            let core = service::load_core(&plan, store, state).map_err(|e| e.to_string())?;
+            service::run(&plan, core, stop_rx, |observed| {
                 let _ = observed_tx.send(observed.clone());
             })
             .await

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use iotrules::config::Config;
-use iotrules::connector::ConnectorState;
 use iotrules::connector::amqp::AmqpSettings;
+use iotrules::status::ConnectorState;
 use iotrules_tests::http::Requests;
 use iotrules_tests::pipeline::huawei_body;
 use iotrules_tests::rabbitmq::{Broker, Outgoing, Proxy};

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use iotrules::command::{CommandPath, CommandPaths};
-use iotrules::config::{Config, PipelineConfig};
+use iotrules::config::PipelineConfig;
 use iotrules::pipeline::Delivery;
+use iotrules::plan::Plan;
 use iotrules::time::Clock;
 use iotrules_tests::cloud_api::{AlibabaServer, Tls, TuyaProject, TuyaServer};
 use iotrules_tests::pipeline::{Acks, TestPipeline, huawei_body};
@@ -49,14 +50,14 @@ fn path(
     clock: &Arc<AtomicU64>,
     runtime: &tokio::runtime::Runtime,
 ) -> Arc<dyn CommandPath> {
-    let config = Config::parse(std::path::Path::new("iotrules.toml"), text).expect("config");
-    let paths = CommandPaths::start_with_clock(
-        &config.command_paths,
+    let plan = Plan::parse(std::path::Path::new("iotrules.toml"), text).expect("config");
+    let paths = CommandPaths::start(
+        &plan.command_paths,
         &Clock::Manual(clock.clone()),
         runtime.handle(),
     )
     .expect("path starts");
-    let name = &config.command_paths[0].name;
+    let name = &plan.command_paths[0].name;
     paths.get(name).expect("the path").clone()
 }
 

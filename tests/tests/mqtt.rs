@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use iotrules::config::Config;
-use iotrules::connector::ConnectorState;
 use iotrules::connector::mqtt::MqttSettings;
+use iotrules::status::ConnectorState;
 use iotrules_tests::mosquitto::{Mosquitto, Peer};
 use iotrules_tests::mqtt_proxy::Proxy;
 use iotrules_tests::service::TestService;

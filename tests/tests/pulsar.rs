@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use iotrules::config::Config;
-use iotrules::connector::ConnectorState;
+use iotrules::admin::Observed;
 use iotrules::dialect::tuya::{self, Env, Mode};
+use iotrules::plan::Plan;
 use iotrules::plugin::MemoryStateStore;
-use iotrules::service::{self, Observed};
+use iotrules::service;
+use iotrules::status::ConnectorState;
 use iotrules::store::MemoryDeadLetters;
 use iotrules_tests::http::Requests;
 use iotrules_tests::pulsar_broker::{BrokerConfig, MessageId, PulsarBroker, TestCa, sequence};
@@ -207,10 +208,10 @@ url = "http://{}/commands"
             webhook.address
         );
         std::fs::write(&file, &text).unwrap();
-        let config = Config::parse(&file, &text).expect("config");
+        let plan = Plan::parse(&file, &text).expect("config");
         let dead_letters = Arc::new(MemoryDeadLetters::default());
         let core = service::load_core(
-            &config,
+            &plan,
             dead_letters.clone(),
             Arc::new(MemoryStateStore::default()),
         )
@@ -218,7 +219,7 @@ url = "http://{}/commands"
         let (stop, stop_rx) = watch::channel(false);
         let (started_tx, started) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            let result = service::run(&config, core, stop_rx, move |observed| {
+            let result = service::run(&plan, core, stop_rx, move |observed| {
                 let _ = started_tx.send(observed.clone());
             })
             .await;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use iotrules::config::Config;
+use iotrules::plan::Plan;
 use iotrules::plugin::MemoryStateStore;
 use iotrules::service;
 use iotrules::store::MemoryDeadLetters;
@@ -19,8 +19,8 @@ pub struct CheckArgs {
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     super::init_logging(Some("error"), false);
-    let config = match Config::load(&args.config) {
-        Ok(config) => config,
+    let plan = match Plan::load(&args.config) {
+        Ok(plan) => plan,
         Err(error) => {
             println!("{error}");
             return Ok(ExitCode::FAILURE);
@@ -28,8 +28,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     };
     // The plugins run their `init` against scratch state: a check changes nothing the
     // service keeps.
+    let config = &plan.config;
     let core = service::load_core(
-        &config,
+        &plan,
         Arc::new(MemoryDeadLetters::default()),
         Arc::new(MemoryStateStore::new()),
     );
@@ -48,7 +49,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         problems.extend(core.plugin_errors.iter().cloned());
         problems.extend(service::unknown_paths(
             &core.rules.current(),
-            &config.command_path_names(),
+            &plan.command_path_names(),
         ));
     }
     if problems.is_empty() {
@@ -58,14 +59,12 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 core.registry.names().len(),
             )
         });
-        for connector in &config.connectors {
-            // The config was checked: the identity derives.
-            let identity =
-                iotrules::connector::identity(connector, config.clock.now_ms()).unwrap_or_default();
+        for connector in &plan.connectors {
+            let identity = connector.connector.identity(config.clock.now_ms());
             println!(
                 "connector {} ({}): {}",
                 connector.name,
-                connector.kind.as_str(),
+                connector.kind,
                 super::identity_text(&identity)
             );
         }
@@ -73,7 +72,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             "{}: ok ({} connector(s), {} command path(s), {plugins} plugin(s), {rules} rule(s))",
             config.file.display(),
             config.connectors.len(),
-            config.command_path_names().len(),
+            plan.command_path_names().len(),
         );
         Ok(ExitCode::SUCCESS)
     } else {

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use iotrules::config::Config;
 use iotrules::dialect::{Dialect, DialectName, RawMessage, SignMode, json, tuya};
 use iotrules::event::ATTR_SIGNATURE;
+use iotrules::plan::Plan;
 
 #[derive(Debug, Args)]
 pub struct DecodeArgs {
@@ -74,22 +74,22 @@ fn parse_property(text: &str) -> Result<(String, String), String> {
 
 /// The dialect of `--connector` in `--config`, after printing the connector's identity.
 fn connector_dialect(config: &std::path::Path, name: &str) -> anyhow::Result<Dialect> {
-    let config = Config::load(config)?;
-    let Some(connector) = config.connectors.iter().find(|c| c.name == name) else {
-        let names: Vec<&str> = config.connectors.iter().map(|c| c.name.as_str()).collect();
+    let plan = Plan::load(config)?;
+    let Some(connector) = plan.connector(name) else {
+        let names: Vec<&str> = plan.connectors.iter().map(|c| c.name.as_str()).collect();
         bail!(
             "{}: no connector \"{name}\" (it has: {})",
-            config.file.display(),
+            plan.config.file.display(),
             names.join(", ")
         );
     };
-    let identity = iotrules::connector::identity(connector, config.clock.now_ms())?;
+    let identity = connector.connector.identity(plan.config.clock.now_ms());
     eprintln!(
         "iotrules: connector {name} ({}): {}",
-        connector.kind.as_str(),
+        connector.kind,
         super::identity_text(&identity)
     );
-    Ok(connector.dialect()?)
+    Ok(connector.dialect.clone())
 }
 
 fn dialect(args: &DecodeArgs) -> anyhow::Result<Dialect> {

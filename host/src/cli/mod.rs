@@ -139,7 +139,7 @@ fn open_store(
             .with_context(|| format!("cannot create the store's directory {}", dir.display()))?;
     }
     let store = iotrules::store::Store::open(&config.store)?
-        .with_retention(config.dead_letters.retention(), config.clock.clone());
+        .with_retention((&config.dead_letters).into(), config.clock.clone());
     let store = std::sync::Arc::new(store);
     let state = iotrules::store::SqliteStateStore::new(store.clone());
     Ok((store, std::sync::Arc::new(state)))

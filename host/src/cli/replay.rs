@@ -9,18 +9,18 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use iotrules::command::CommandPaths;
-use iotrules::config::Config;
 use iotrules::metrics::Metrics;
 use iotrules::pipeline::{Acker, Delivery, Settle};
 use iotrules::pipeline::{Parts, Pipeline};
+use iotrules::plan::Plan;
 use iotrules::service;
 use iotrules::status::LastErrors;
 use iotrules::store::{DeadLetter, Filter, SqliteStateStore, Store};
 
 pub fn run(config: PathBuf, ids: Vec<i64>, filter: Filter) -> anyhow::Result<ExitCode> {
     super::init_logging(None, false);
-    let config = Config::load(&config)?;
-    let store = Arc::new(Store::open_existing(&config.store)?);
+    let plan = Plan::load(&config)?;
+    let store = Arc::new(Store::open_existing(&plan.config.store)?);
     let letters = select(&store, &ids, &filter)?;
     if letters.is_empty() {
         println!("No dead letters to replay.");
@@ -31,7 +31,7 @@ pub fn run(config: PathBuf, ids: Vec<i64>, filter: Filter) -> anyhow::Result<Exi
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let outcome = runtime.block_on(replay(&config, store, letters))?;
+    let outcome = runtime.block_on(replay(&plan, store, letters))?;
     println!(
         "Replayed {} dead letter(s): {} processed and removed, {} stored again with a new \
          reason, {} kept (not acknowledged, or their connector is not in the config).",
@@ -72,12 +72,13 @@ struct Outcome {
 }
 
 async fn replay(
-    config: &Config,
+    plan: &Plan,
     store: Arc<Store>,
     letters: Vec<DeadLetter>,
 ) -> anyhow::Result<Outcome> {
+    let config = &plan.config;
     let core = service::load_core(
-        config,
+        plan,
         store.clone(),
         Arc::new(SqliteStateStore::new(store.clone())),
     )?;
@@ -88,7 +89,7 @@ async fn replay(
         Parts {
             rules: core.rules,
             registry: core.registry,
-            paths: CommandPaths::start(&config.command_paths, &runtime)?,
+            paths: CommandPaths::start(&plan.command_paths, &config.clock, &runtime)?,
             dead_letters: core.dead_letters,
             metrics: metrics.clone(),
             errors: Arc::new(LastErrors::default()),
@@ -97,10 +98,10 @@ async fn replay(
     )
     .context("cannot start the pipeline workers")?;
     let mut ingests = HashMap::new();
-    for connector in &config.connectors {
+    for connector in &plan.connectors {
         ingests.insert(
             connector.name.clone(),
-            pipeline.ingest(&connector.name, connector.dialect()?),
+            pipeline.ingest(&connector.name, connector.dialect.clone()),
         );
     }
     let total = letters.len();

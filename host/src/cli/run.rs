@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
-use iotrules::config::Config;
+use iotrules::plan::Plan;
 use iotrules::plugin::StateStore;
 use iotrules::service::{self, Ending};
 use iotrules::store::DeadLetterSink;
@@ -35,24 +35,24 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     super::init_logging(args.log.as_deref(), args.verbose);
-    let config = Config::load(&args.config)?;
-    let (dead_letters, state) = super::open_store(&config)?;
+    let plan = Plan::load(&args.config)?;
+    let (dead_letters, state) = super::open_store(&plan.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.io_threads.max(1))
         .thread_name("iotrules-io")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, dead_letters, state))
+    runtime.block_on(serve(plan, dead_letters, state))
 }
 
 async fn serve(
-    config: Config,
+    plan: Plan,
     dead_letters: Arc<dyn DeadLetterSink>,
     state: Arc<dyn StateStore>,
 ) -> anyhow::Result<ExitCode> {
-    let core = service::load_core(&config, dead_letters, state)?;
-    for problem in service::unknown_paths(&core.rules.current(), &config.command_path_names()) {
+    let core = service::load_core(&plan, dead_letters, state)?;
+    for problem in service::unknown_paths(&core.rules.current(), &plan.command_path_names()) {
         tracing::warn!("{problem}");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -65,12 +65,12 @@ async fn serve(
         std::process::exit(130);
     });
     let rules = core.rules.current().rules().len();
-    let (ending, observed) = service::run(&config, core, stop_rx, |_| {
+    let (ending, observed) = service::run(&plan, core, stop_rx, |_| {
         tracing::info!(
-            connectors = config.connectors.len(),
+            connectors = plan.connectors.len(),
             rules,
             "iotrules is running (config {})",
-            config.file.display()
+            plan.config.file.display()
         );
     })
     .await?;

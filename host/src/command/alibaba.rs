@@ -22,12 +22,13 @@
 //! `SUCCESS`) is retried on `TIMEOUT` and refused otherwise (`OFFLINE`, `HALFCONN`, …).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use super::http::{HttpClient, Url};
-use super::{Failure, Transport};
-use crate::config::{CommandPathConfig, ConfigError};
+use super::{CommandPath, Configured, Failure, Kind, Lanes, PathSettings, SharedConfig, Transport};
+use crate::config::{ConfigError, Expanded, Secret, Table};
 use crate::dialect::alibaba::openapi::{self, ApiCredentials, CallContext, RpcRequest};
 use crate::event::Command;
 use crate::time::Clock;
@@ -36,6 +37,35 @@ use crate::time::Clock;
 pub const SET_PROPERTY: &str = "property/set";
 /// The command name that becomes `RRpc`.
 pub const RRPC: &str = "rrpc";
+
+/// The `alibaba-openapi` kind.
+pub const KIND: Kind = Kind {
+    name: "alibaba-openapi",
+    read: |table| Ok(Box::new(AlibabaSettings::from_config(table)?)),
+};
+
+/// An `alibaba-openapi` path's own keys.
+#[derive(Deserialize)]
+struct AlibabaConfig {
+    /// The API's URL, overriding the one `region` gives.
+    #[serde(default)]
+    url: Option<Expanded>,
+    /// The region id (`cn-shanghai`, …), also sent as `RegionId`.
+    #[serde(default)]
+    region: Option<Expanded>,
+    /// The AccessKey id.
+    #[serde(default)]
+    access_key_id: Option<Expanded>,
+    /// The AccessKey secret (the signing key).
+    #[serde(default)]
+    access_key_secret: Option<Secret>,
+    /// `IotInstanceId` of an enterprise instance (omit for the public one).
+    #[serde(default)]
+    iot_instance_id: Option<Expanded>,
+    /// `https://` URLs: a PEM file of CA certificates trusted besides the system's.
+    #[serde(default)]
+    ca_file: Option<Expanded>,
+}
 
 /// An `alibaba-openapi` path's settings, checked.
 #[derive(Debug, Clone)]
@@ -52,40 +82,33 @@ pub struct AlibabaSettings {
     pub instance_id: Option<String>,
     /// `Timeout` of `RRpc`, in ms.
     pub rrpc_timeout_ms: u32,
+    /// The lanes, time-out and retries.
+    pub lanes: PathSettings,
 }
 
 impl AlibabaSettings {
-    /// From the path's config; the error names the path and the field.
-    pub fn from_config(config: &CommandPathConfig) -> Result<Self, ConfigError> {
-        let invalid = |reason: String| ConfigError::Invalid {
-            place: format!("command_path \"{}\"", config.name),
-            reason,
-        };
+    /// From the path's table; the error names the path and the key.
+    pub fn from_config(table: &Table) -> Result<Self, ConfigError> {
+        let (shared, config) = table.read_both::<SharedConfig, AlibabaConfig>()?;
+        let lanes = shared.settings(table)?;
+        let url_given = config.url.as_ref().map(|url| url.as_str().to_owned());
+        if let Some(url) = &url_given {
+            Url::parse(url).map_err(|reason| table.invalid(reason))?;
+        }
         let region = config
             .region
             .as_ref()
             .filter(|r| !r.as_str().is_empty())
             .ok_or_else(|| {
-                invalid("an alibaba-openapi path needs `region` (e.g. cn-shanghai)".into())
+                table.invalid("an alibaba-openapi path needs `region` (e.g. cn-shanghai)")
             })?
             .as_str()
             .to_owned();
-        let url = match &config.url {
-            Some(url) => url.as_str().to_owned(),
-            None => format!("https://{}/", openapi::endpoint(&region)),
-        };
-        let url = Url::parse(&url).map_err(invalid)?;
-        let access_key_id = config
-            .access_key_id
-            .as_ref()
-            .filter(|id| !id.as_str().is_empty())
-            .ok_or_else(|| invalid("an alibaba-openapi path needs `access_key_id`".into()))?;
-        let secret = config
-            .access_key_secret
-            .as_ref()
-            .filter(|key| !key.expose().is_empty())
-            .ok_or_else(|| invalid("an alibaba-openapi path needs `access_key_secret`".into()))?;
-        let rrpc_timeout_ms = u32::try_from(config.timeout_ms.saturating_sub(1000))
+        let url = url_given.unwrap_or_else(|| format!("https://{}/", openapi::endpoint(&region)));
+        let url = Url::parse(&url).map_err(|reason| table.invalid(reason))?;
+        let access_key_id = table.required(&config.access_key_id, "access_key_id")?;
+        let secret = table.required_secret(&config.access_key_secret, "access_key_secret")?;
+        let rrpc_timeout_ms = u32::try_from(shared.timeout_ms.saturating_sub(1000))
             .unwrap_or(u32::MAX)
             .clamp(
                 *openapi::RRPC_TIMEOUT_MS.start(),
@@ -94,10 +117,10 @@ impl AlibabaSettings {
         Ok(AlibabaSettings {
             url,
             region,
-            ca_file: config.ca_file.as_ref().map(|f| PathBuf::from(f.as_str())),
+            ca_file: config.ca_file.as_ref().map(|f| table.path(f)),
             credentials: ApiCredentials {
-                access_key_id: access_key_id.as_str().to_owned(),
-                access_key_secret: secret.expose().to_owned(),
+                access_key_id: access_key_id.to_owned(),
+                access_key_secret: secret.to_owned(),
             },
             instance_id: config
                 .iot_instance_id
@@ -105,7 +128,29 @@ impl AlibabaSettings {
                 .map(|id| id.as_str().to_owned())
                 .filter(|id| !id.is_empty()),
             rrpc_timeout_ms,
+            lanes,
         })
+    }
+}
+
+impl Configured for AlibabaSettings {
+    fn settings(&self) -> PathSettings {
+        self.lanes
+    }
+
+    fn files(&self) -> Vec<(PathBuf, &'static str)> {
+        super::ca_file(&self.ca_file)
+    }
+
+    fn start(
+        &self,
+        name: &str,
+        clock: &Clock,
+        runtime: &tokio::runtime::Handle,
+    ) -> anyhow::Result<Arc<dyn CommandPath>> {
+        let transport = AlibabaTransport::new(self.clone(), clock.clone())
+            .map_err(|e| anyhow::anyhow!("command_path \"{name}\": {e}"))?;
+        Ok(Lanes::start(name, transport, self.lanes, runtime))
     }
 }
 

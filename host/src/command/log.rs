@@ -6,8 +6,41 @@ use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use super::{Failure, Transport};
+use super::{CommandPath, Configured, Failure, Kind, Lanes, PathSettings, SharedConfig, Transport};
+use crate::config::{ConfigError, Table};
 use crate::event::{Command, Json};
+use crate::time::Clock;
+
+/// The `log` kind: it takes only the keys every path shares.
+pub const KIND: Kind = Kind { name: "log", read };
+
+fn read(table: &Table) -> Result<Box<dyn Configured>, ConfigError> {
+    let settings = table.read::<SharedConfig>()?.settings(table)?;
+    Ok(Box::new(LogPath(settings)))
+}
+
+/// A `log` path as configured.
+struct LogPath(PathSettings);
+
+impl Configured for LogPath {
+    fn settings(&self) -> PathSettings {
+        self.0
+    }
+
+    fn start(
+        &self,
+        name: &str,
+        _clock: &Clock,
+        runtime: &tokio::runtime::Handle,
+    ) -> anyhow::Result<Arc<dyn CommandPath>> {
+        Ok(Lanes::start(
+            name,
+            LogTransport::stdout(name),
+            self.0,
+            runtime,
+        ))
+    }
+}
 
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 

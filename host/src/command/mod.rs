@@ -11,7 +11,8 @@
 //! memory.
 //!
 //! A lane sends one command at a time and waits for its confirmation, unless its transport
-//! keeps order on one connection and confirms each command by its own answer (an MQTT link):
+//! keeps order on one connection and confirms each command by its own answer (an MQTT link,
+//! `crate::connector::mqtt`):
 //! then up to a window of commands are in flight together, confirmed in order, and sent again
 //! in order after a failure ([`lanes`](self::lanes)). The HTTP paths do not pipeline (see
 //! [`Transport::send`]).
@@ -20,7 +21,6 @@ pub mod alibaba;
 pub mod http;
 mod lanes;
 mod log;
-mod mqtt;
 pub mod tuya;
 mod webhook;
 
@@ -35,10 +35,9 @@ use tokio::sync::oneshot;
 pub use self::alibaba::AlibabaTransport;
 pub use self::lanes::Lanes;
 pub use self::log::LogTransport;
-pub use self::mqtt::MqttTransport;
 pub use self::tuya::TuyaTransport;
 pub use self::webhook::WebhookTransport;
-use crate::config::{CommandPathConfig, CommandPathKind};
+use crate::config::{ConfigError, Table};
 use crate::event::Command;
 use crate::time::Clock;
 
@@ -192,16 +191,130 @@ pub struct PathSettings {
     pub window: usize,
 }
 
-impl From<&CommandPathConfig> for PathSettings {
-    fn from(config: &CommandPathConfig) -> Self {
-        PathSettings {
-            lanes: config.lanes,
-            queue: config.queue,
-            timeout: Duration::from_millis(config.timeout_ms),
-            retries: config.retries,
-            rate_per_s: config.rate_per_s,
-            window: 1,
+/// Every kind of command path, one line each. (A device MQTT link is a connector that is
+/// also a command path: see `crate::connector::Connector::start`.)
+pub const KINDS: &[&Kind] = &[&log::KIND, &webhook::KIND, &tuya::KIND, &alibaba::KIND];
+
+/// A kind of command path: its name in the config and how it reads its table.
+pub struct Kind {
+    /// `kind = "…"`.
+    pub name: &'static str,
+    /// Reads a table of this kind: its own keys and the ones every path shares
+    /// ([`SharedConfig`]).
+    pub read: fn(&Table) -> Result<Box<dyn Configured>, ConfigError>,
+}
+
+/// A command path as its kind read it from the config, ready to start.
+pub trait Configured: Send + Sync {
+    /// Its lanes, queues, time-out and retries.
+    fn settings(&self) -> PathSettings;
+
+    /// The files it reads (a CA file), each with what it is: no rule may grant a plugin a
+    /// directory that holds one.
+    fn files(&self) -> Vec<(std::path::PathBuf, &'static str)> {
+        Vec::new()
+    }
+
+    /// Starts the path named `name` on `runtime`; the vendor APIs sign requests and time
+    /// their tokens with `clock` (the service's, pinned in tests).
+    fn start(
+        &self,
+        name: &str,
+        clock: &Clock,
+        runtime: &tokio::runtime::Handle,
+    ) -> anyhow::Result<Arc<dyn CommandPath>>;
+}
+
+/// A `[[command_path]]` read by its kind.
+pub struct Planned {
+    /// Its name.
+    pub name: String,
+    /// Its kind.
+    pub kind: &'static str,
+    /// The path, to start.
+    pub path: Box<dyn Configured>,
+}
+
+impl std::fmt::Debug for Planned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Planned")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a `[[command_path]]` table by the kind it names.
+pub fn plan(table: &Table) -> Result<Planned, ConfigError> {
+    let Some(kind) = KINDS.iter().find(|kind| kind.name == table.kind) else {
+        let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
+        return Err(table.unknown_kind(&names));
+    };
+    Ok(Planned {
+        name: table.name.clone(),
+        kind: kind.name,
+        path: (kind.read)(table)?,
+    })
+}
+
+/// A command path's CA file, as [`Configured::files`] names it.
+pub fn ca_file(file: &Option<std::path::PathBuf>) -> Vec<(std::path::PathBuf, &'static str)> {
+    file.iter()
+        .map(|file| (file.clone(), "a command path's CA file"))
+        .collect()
+}
+
+/// The keys every command path takes.
+#[derive(serde::Deserialize)]
+pub struct SharedConfig {
+    /// Attempts started per second at most, over all lanes (0, the default: no limit). The
+    /// vendors' APIs throttle per account; this keeps a burst of commands under their limit.
+    #[serde(default)]
+    pub rate_per_s: f64,
+    /// How long one delivery attempt may take, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Further attempts after a failed one (with backoff), before the command fails.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Commands waiting to be sent, per lane, before the workers wait.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Lanes sending in parallel; commands for one device always take the same lane, in order.
+    #[serde(default = "default_lanes")]
+    pub lanes: usize,
+}
+
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_queue() -> usize {
+    256
+}
+fn default_lanes() -> usize {
+    4
+}
+
+impl SharedConfig {
+    /// The settings, checked.
+    pub fn settings(&self, table: &Table) -> Result<PathSettings, ConfigError> {
+        if self.lanes == 0 || self.queue == 0 {
+            return Err(table.invalid("lanes and queue must be at least 1"));
         }
+        if !(self.rate_per_s.is_finite() && self.rate_per_s >= 0.0) {
+            return Err(table.invalid("rate_per_s must be 0 (no limit) or more"));
+        }
+        Ok(PathSettings {
+            lanes: self.lanes,
+            queue: self.queue,
+            timeout: Duration::from_millis(self.timeout_ms),
+            retries: self.retries,
+            rate_per_s: self.rate_per_s,
+            window: 1,
+        })
     }
 }
 
@@ -257,51 +370,15 @@ pub struct CommandPaths {
 }
 
 impl CommandPaths {
-    /// Starts every configured path on `runtime`, on the system clock.
+    /// Starts every planned path on `runtime`, with `clock`.
     pub fn start(
-        configs: &[CommandPathConfig],
-        runtime: &tokio::runtime::Handle,
-    ) -> anyhow::Result<Self> {
-        Self::start_with_clock(configs, &Clock::System, runtime)
-    }
-
-    /// Starts every configured path on `runtime`; the vendor APIs sign requests and time
-    /// their tokens with `clock` (the service's, pinned in tests).
-    pub fn start_with_clock(
-        configs: &[CommandPathConfig],
+        planned: &[Planned],
         clock: &Clock,
         runtime: &tokio::runtime::Handle,
     ) -> anyhow::Result<Self> {
         let mut paths = CommandPaths::default();
-        for config in configs {
-            let settings = PathSettings::from(config);
-            let path: Arc<dyn CommandPath> = match config.kind {
-                CommandPathKind::Log => Lanes::start(
-                    &config.name,
-                    LogTransport::stdout(&config.name),
-                    settings,
-                    runtime,
-                ),
-                CommandPathKind::Webhook => Lanes::start(
-                    &config.name,
-                    WebhookTransport::new(config)?,
-                    settings,
-                    runtime,
-                ),
-                CommandPathKind::TuyaOpenapi => {
-                    let tuya = tuya::TuyaSettings::from_config(config)?;
-                    let transport = TuyaTransport::new(&tuya, clock.clone())
-                        .map_err(|e| anyhow::anyhow!("command_path \"{}\": {e}", config.name))?;
-                    Lanes::start(&config.name, transport, settings, runtime)
-                }
-                CommandPathKind::AlibabaOpenapi => {
-                    let alibaba = alibaba::AlibabaSettings::from_config(config)?;
-                    let transport = AlibabaTransport::new(alibaba, clock.clone())
-                        .map_err(|e| anyhow::anyhow!("command_path \"{}\": {e}", config.name))?;
-                    Lanes::start(&config.name, transport, settings, runtime)
-                }
-            };
-            paths.insert(path);
+        for path in planned {
+            paths.insert(path.path.start(&path.name, clock, runtime)?);
         }
         Ok(paths)
     }

@@ -16,13 +16,14 @@
 //! status is a refusal.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::http::{HttpClient, Url, path_only};
-use super::{Failure, Transport};
-use crate::config::{CommandPathConfig, ConfigError};
+use super::{CommandPath, Configured, Failure, Kind, Lanes, PathSettings, SharedConfig, Transport};
+use crate::config::{ConfigError, Expanded, Secret, Table};
 use crate::dialect::tuya::Region;
 use crate::dialect::tuya::openapi::{self, ApiCredentials, DpCommand, Request};
 use crate::event::Command;
@@ -35,6 +36,32 @@ pub const REFRESH_MARGIN_MS: u64 = 60_000;
 /// The codes that say the token is expired, invalid or revoked: renew it and call again.
 const TOKEN_CODES: [i64; 3] = [openapi::TOKEN_INVALID_CODE, 1011, 1012];
 
+/// The `tuya-openapi` kind.
+pub const KIND: Kind = Kind {
+    name: "tuya-openapi",
+    read: |table| Ok(Box::new(TuyaSettings::from_config(table)?)),
+};
+
+/// A `tuya-openapi` path's own keys.
+#[derive(Deserialize)]
+struct TuyaConfig {
+    /// The API's base URL, overriding the one `region` gives.
+    #[serde(default)]
+    url: Option<Expanded>,
+    /// The data centre (`cn`, `us`, `us-east`, `eu`, `eu-west`, `in`).
+    #[serde(default)]
+    region: Option<Expanded>,
+    /// The cloud project's access id (`client_id`).
+    #[serde(default)]
+    access_id: Option<Expanded>,
+    /// The cloud project's access secret (the signing key).
+    #[serde(default)]
+    access_key: Option<Secret>,
+    /// `https://` URLs: a PEM file of CA certificates trusted besides the system's.
+    #[serde(default)]
+    ca_file: Option<Expanded>,
+}
+
 /// A `tuya-openapi` path's settings, checked.
 #[derive(Debug, Clone)]
 pub struct TuyaSettings {
@@ -44,51 +71,64 @@ pub struct TuyaSettings {
     pub ca_file: Option<PathBuf>,
     /// `access_id` and `access_key`.
     pub credentials: ApiCredentials,
+    /// The lanes, time-out and retries.
+    pub lanes: PathSettings,
 }
 
 impl TuyaSettings {
-    /// From the path's config; the error names the path and the field.
-    pub fn from_config(config: &CommandPathConfig) -> Result<Self, ConfigError> {
-        let invalid = |reason: String| ConfigError::Invalid {
-            place: format!("command_path \"{}\"", config.name),
-            reason,
-        };
+    /// From the path's table; the error names the path and the key.
+    pub fn from_config(table: &Table) -> Result<Self, ConfigError> {
+        let (shared, config) = table.read_both::<SharedConfig, TuyaConfig>()?;
+        let lanes = shared.settings(table)?;
         let url = match (&config.url, &config.region) {
             (Some(url), _) => url.as_str().to_owned(),
             (None, Some(region)) => {
                 let region = region
                     .as_str()
                     .parse::<Region>()
-                    .map_err(|e| invalid(format!("region: {e}")))?;
+                    .map_err(|e| table.invalid(format!("region: {e}")))?;
                 format!("https://{}", region.openapi_host())
             }
             (None, None) => {
-                return Err(invalid(
+                return Err(table.invalid(
                     "a tuya-openapi path needs `region` (cn, us, us-east, eu, eu-west, in) or \
-                     `url`"
-                        .into(),
+                     `url`",
                 ));
             }
         };
-        let url = Url::parse(&url).map_err(invalid)?;
-        let access_id = config
-            .access_id
-            .as_ref()
-            .filter(|id| !id.as_str().is_empty())
-            .ok_or_else(|| invalid("a tuya-openapi path needs `access_id`".into()))?;
-        let access_key = config
-            .access_key
-            .as_ref()
-            .filter(|key| !key.expose().is_empty())
-            .ok_or_else(|| invalid("a tuya-openapi path needs `access_key`".into()))?;
+        let url = Url::parse(&url).map_err(|reason| table.invalid(reason))?;
+        let access_id = table.required(&config.access_id, "access_id")?;
+        let access_key = table.required_secret(&config.access_key, "access_key")?;
         Ok(TuyaSettings {
             url,
-            ca_file: config.ca_file.as_ref().map(|f| PathBuf::from(f.as_str())),
+            ca_file: config.ca_file.as_ref().map(|f| table.path(f)),
             credentials: ApiCredentials {
-                client_id: access_id.as_str().to_owned(),
-                secret: access_key.expose().to_owned(),
+                client_id: access_id.to_owned(),
+                secret: access_key.to_owned(),
             },
+            lanes,
         })
+    }
+}
+
+impl Configured for TuyaSettings {
+    fn settings(&self) -> PathSettings {
+        self.lanes
+    }
+
+    fn files(&self) -> Vec<(PathBuf, &'static str)> {
+        super::ca_file(&self.ca_file)
+    }
+
+    fn start(
+        &self,
+        name: &str,
+        clock: &Clock,
+        runtime: &tokio::runtime::Handle,
+    ) -> anyhow::Result<Arc<dyn CommandPath>> {
+        let transport = TuyaTransport::new(self, clock.clone())
+            .map_err(|e| anyhow::anyhow!("command_path \"{name}\": {e}"))?;
+        Ok(Lanes::start(name, transport, self.lanes, runtime))
     }
 }
 

@@ -4,10 +4,16 @@
 //! connections ([`HttpClient`]). The body is the command as `iotrules` serializes it
 //! (`device`, `name`, `params`, …).
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
 use super::http::{HttpClient, Url};
-use super::{Failure, Transport};
-use crate::config::CommandPathConfig;
+use super::{CommandPath, Configured, Failure, Kind, Lanes, PathSettings, SharedConfig, Transport};
+use crate::config::{ConfigError, Expanded, Secret, Table};
 use crate::event::Command;
+use crate::time::Clock;
 
 /// POSTs commands to one URL.
 pub struct WebhookTransport {
@@ -17,24 +23,73 @@ pub struct WebhookTransport {
     authorization: Option<String>,
 }
 
-impl WebhookTransport {
-    /// From a `webhook` path's config.
-    pub fn new(config: &CommandPathConfig) -> anyhow::Result<Self> {
-        let url = config
-            .url
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("command_path \"{}\": no url", config.name))?;
-        Self::for_url(
-            url.as_str(),
-            config.authorization.as_ref().map(|s| s.expose().to_owned()),
-            config
-                .ca_file
-                .as_ref()
-                .map(|f| std::path::Path::new(f.as_str())),
-        )
-        .map_err(|reason| anyhow::anyhow!("command_path \"{}\": {reason}", config.name))
+/// The `webhook` kind.
+pub const KIND: Kind = Kind {
+    name: "webhook",
+    read,
+};
+
+/// A `webhook` path's own keys.
+#[derive(Deserialize)]
+struct WebhookConfig {
+    /// The URL commands are POSTed to (`http://` or `https://`).
+    #[serde(default)]
+    url: Option<Expanded>,
+    /// An `Authorization` header value.
+    #[serde(default)]
+    authorization: Option<Secret>,
+    /// `https://` URLs: a PEM file of CA certificates trusted besides the system's.
+    #[serde(default)]
+    ca_file: Option<Expanded>,
+}
+
+fn read(table: &Table) -> Result<Box<dyn Configured>, ConfigError> {
+    let (shared, own) = table.read_both::<SharedConfig, WebhookConfig>()?;
+    let settings = shared.settings(table)?;
+    let url = table.required(&own.url, "url")?;
+    Url::parse(url).map_err(|reason| table.invalid(reason))?;
+    Ok(Box::new(Webhook {
+        url: url.to_owned(),
+        authorization: own.authorization,
+        ca_file: own.ca_file.as_ref().map(|f| table.path(f)),
+        settings,
+    }))
+}
+
+/// A `webhook` path as configured.
+struct Webhook {
+    url: String,
+    authorization: Option<Secret>,
+    ca_file: Option<PathBuf>,
+    settings: PathSettings,
+}
+
+impl Configured for Webhook {
+    fn settings(&self) -> PathSettings {
+        self.settings
     }
 
+    fn files(&self) -> Vec<(PathBuf, &'static str)> {
+        super::ca_file(&self.ca_file)
+    }
+
+    fn start(
+        &self,
+        name: &str,
+        _clock: &Clock,
+        runtime: &tokio::runtime::Handle,
+    ) -> anyhow::Result<Arc<dyn CommandPath>> {
+        let transport = WebhookTransport::for_url(
+            &self.url,
+            self.authorization.as_ref().map(|s| s.expose().to_owned()),
+            self.ca_file.as_deref(),
+        )
+        .map_err(|reason| anyhow::anyhow!("command_path \"{name}\": {reason}"))?;
+        Ok(Lanes::start(name, transport, self.settings, runtime))
+    }
+}
+
+impl WebhookTransport {
     /// For an `http://` or `https://host[:port][/path]` URL.
     pub fn for_url(
         url: &str,

@@ -19,11 +19,14 @@ use fe2o3_amqp::types::definitions::{self, AmqpError};
 use fe2o3_amqp::types::messaging::{AmqpValue, Body, Message, Modified};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 use fe2o3_amqp::{Receiver, Session};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::endpoint::{Endpoint, Scheme};
-use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
-use crate::dialect::{alibaba, huawei};
+use super::{Configured, Connector, Kind, Start};
+use crate::config::{ConfigError, Expanded, Secret, Table};
+use crate::dialect::crypto::SignMethod;
+use crate::dialect::{Dialect, DialectName, SignMode, alibaba, huawei};
 use crate::pipeline;
 
 /// The idle time-outs Alibaba accepts in the open frame.
@@ -84,133 +87,299 @@ pub struct AmqpSettings {
 /// `credit` say: Alibaba's messages reach 256 KiB.
 const MIN_MESSAGE_SIZE: usize = 256 * 1024;
 
+/// The server-side subscriptions: `alibaba-amqp` and `huawei-amqp`.
+pub const KIND: Kind = Kind {
+    names: &["alibaba-amqp", "huawei-amqp"],
+    read,
+};
+
+/// The keys both AMQP kinds take.
+#[derive(Deserialize)]
+struct AmqpConfig {
+    /// The kind's own dialect (`alibaba` or `huawei`), which it implies.
+    #[serde(default)]
+    dialect: Option<DialectName>,
+    /// The broker URL (`amqps://host:port`, `amqp://…`); Alibaba derives it by default.
+    #[serde(default)]
+    url: Option<Expanded>,
+    /// A PEM file of CA certificates trusted besides the system's.
+    #[serde(default)]
+    ca_file: Option<Expanded>,
+    /// Alibaba's `iotInstanceId` (empty for the public instance), Huawei's `instanceId`.
+    #[serde(default)]
+    instance_id: Option<Expanded>,
+    /// The source address of the receiver link (Alibaba: ignored by the server, empty by
+    /// default; Huawei: the queue).
+    #[serde(default)]
+    source: Option<Expanded>,
+    /// The idle time-out announced in the open frame, in seconds (30 to 300).
+    #[serde(default = "default_idle_timeout_s")]
+    idle_timeout_s: u64,
+    /// Messages the server may send ahead of acknowledgements, per connection.
+    #[serde(default = "default_credit")]
+    credit: u32,
+    /// Connections opened in parallel, each with one receiver (Alibaba: about one per 500
+    /// messages/s, at most 128 per consumer group).
+    #[serde(default = "default_connections")]
+    connections: usize,
+    /// Bytes of messages held ahead of the pipeline at most: credit times the largest
+    /// message accepted.
+    #[serde(default = "super::default_buffer_bytes")]
+    buffer_bytes: usize,
+}
+
+fn default_idle_timeout_s() -> u64 {
+    60
+}
+fn default_credit() -> u32 {
+    20
+}
+fn default_connections() -> usize {
+    1
+}
+
+/// `alibaba-amqp`'s own keys.
+#[derive(Deserialize)]
+struct AlibabaConfig {
+    /// The account id (`uid`) of a public instance's host.
+    #[serde(default)]
+    uid: Option<Expanded>,
+    /// The region id of a public instance (`cn-shanghai`, …).
+    #[serde(default)]
+    region: Option<Expanded>,
+    /// The AccessKey id (`authId`).
+    #[serde(default)]
+    access_key_id: Option<Expanded>,
+    /// The AccessKey secret (the password's HMAC key).
+    #[serde(default)]
+    access_key_secret: Option<Secret>,
+    /// The consumer group id; replicas sharing a group share its messages.
+    #[serde(default)]
+    consumer_group: Option<Expanded>,
+    /// The client id in the username (default `iotrules-{connector name}`; with several
+    /// connections each gets `-{n}` appended).
+    #[serde(default)]
+    client_id: Option<Expanded>,
+    /// The password's HMAC (`hmacmd5`, `hmacsha1`, `hmacsha256`).
+    #[serde(default)]
+    sign_method: SignMethod,
+    /// Bodies arrive base64-encoded (a console option).
+    #[serde(default)]
+    body_base64: bool,
+}
+
+/// `huawei-amqp`'s own keys.
+#[derive(Deserialize)]
+struct HuaweiConfig {
+    /// The access key paired with `access_code`.
+    #[serde(default)]
+    access_key: Option<Secret>,
+    /// The access code (the SASL password).
+    #[serde(default)]
+    access_code: Option<Secret>,
+    /// The queue to receive from (or give `source`).
+    #[serde(default)]
+    queue: Option<Expanded>,
+}
+
+fn read(table: &Table) -> Result<Configured, ConfigError> {
+    let (dialect, settings) = read_settings(table)?;
+    Ok((dialect, Box::new(settings)))
+}
+
 impl AmqpSettings {
-    /// Checks an `alibaba-amqp` / `huawei-amqp` connector's config and derives its settings.
-    pub fn from_config(config: &ConnectorConfig) -> Result<Self, ConfigError> {
+    /// Checks a `alibaba-amqp` / `huawei-amqp` connector's table and derives its settings.
+    pub fn from_config(table: &Table) -> Result<Self, ConfigError> {
+        read_settings(table).map(|(_, settings)| settings)
+    }
+}
+
+/// The dialect and the settings of a `alibaba-amqp` / `huawei-amqp` connector's table.
+fn read_settings(table: &Table) -> Result<(Dialect, AmqpSettings), ConfigError> {
+    let (dialect, settings) = if table.kind == "alibaba-amqp" {
+        let (common, own) = table.read_both::<AmqpConfig, AlibabaConfig>()?;
+        let dialect = super::dialect_name(table, &[DialectName::Alibaba], common.dialect)?;
+        let dialect = dialect.build(
+            SignMode::Warn,
+            own.body_base64,
+            super::not_needed(table),
+            super::not_needed(table),
+        )?;
+        (dialect, AmqpSettings::alibaba(table, &common, &own)?)
+    } else {
+        let (common, own) = table.read_both::<AmqpConfig, HuaweiConfig>()?;
+        let dialect = super::dialect_name(table, &[DialectName::Huawei], common.dialect)?;
+        let dialect = dialect.build(
+            SignMode::Warn,
+            false,
+            super::not_needed(table),
+            super::not_needed(table),
+        )?;
+        (dialect, AmqpSettings::huawei(table, &common, &own)?)
+    };
+    Ok((dialect, settings))
+}
+
+impl Connector for AmqpSettings {
+    fn files(&self) -> Vec<(PathBuf, &'static str)> {
+        super::ca_file(&self.ca_file)
+    }
+
+    fn identity(&self, now_ms: u64) -> Vec<(String, String)> {
+        AmqpSettings::identity(self, now_ms)
+    }
+
+    fn start(&self, _name: &str, _runtime: &tokio::runtime::Handle) -> Start {
+        let settings = self.clone();
+        Start::receiving(move |context| run(settings, context))
+    }
+}
+
+/// What both kinds derive from [`AmqpConfig`], checked.
+struct Common {
+    url: Option<String>,
+    instance_id: String,
+    ca_file: Option<PathBuf>,
+    idle_timeout: Duration,
+    max_message_size: u64,
+}
+
+impl Common {
+    fn check(table: &Table, config: &AmqpConfig) -> Result<Self, ConfigError> {
         if !IDLE_TIMEOUT_S.contains(&config.idle_timeout_s) {
-            return Err(config.invalid(format!(
+            return Err(table.invalid(format!(
                 "idle_timeout_s {} is outside 30..=300 (the servers refuse others)",
                 config.idle_timeout_s
             )));
         }
         if config.credit == 0 {
-            return Err(config.invalid("credit must be at least 1"));
+            return Err(table.invalid("credit must be at least 1"));
         }
         if !(1..=MAX_CONNECTIONS).contains(&config.connections) {
-            return Err(config.invalid(format!(
+            return Err(table.invalid(format!(
                 "connections must be 1 to {MAX_CONNECTIONS} (the limit per consumer group)"
             )));
         }
-        let max_message_size =
-            (config.buffer_bytes / config.credit as usize).max(MIN_MESSAGE_SIZE) as u64;
-        let explicit_url = match &config.url {
+        let url = match &config.url {
             Some(url) => {
                 let url = url.as_str();
-                Endpoint::parse_named(url, Scheme::AMQP).map_err(|e| config.invalid(e))?;
+                Endpoint::parse_named(url, Scheme::AMQP).map_err(|e| table.invalid(e))?;
                 Some(url.to_owned())
             }
             None => None,
         };
-        let instance_id = config
-            .instance_id
-            .as_ref()
-            .map_or("", |i| i.as_str())
-            .to_owned();
-        let ca_file = config.ca_file.as_ref().map(|f| f.as_str().into());
-        let idle_timeout = Duration::from_secs(config.idle_timeout_s);
-        match config.kind {
-            ConnectorKind::AlibabaAmqp => {
-                let url = match explicit_url {
-                    Some(url) => url,
-                    None if !instance_id.is_empty() => format!(
-                        "amqps://{}:{}",
-                        alibaba::amqp::instance_host(&instance_id),
-                        alibaba::amqp::AMQPS_PORT
-                    ),
-                    None => {
-                        let (Some(uid), Some(region)) = (&config.uid, &config.region) else {
-                            return Err(config.invalid(
-                                "an alibaba-amqp connector needs `uid` and `region` (public \
-                                 instance), `instance_id`, or `url`",
-                            ));
-                        };
-                        format!(
-                            "amqps://{}:{}",
-                            alibaba::amqp::public_instance_host(uid.as_str(), region.as_str()),
-                            alibaba::amqp::AMQPS_PORT
-                        )
-                    }
-                };
-                let access_key_id = config.required(&config.access_key_id, "access_key_id")?;
-                let secret =
-                    config.required_secret(&config.access_key_secret, "access_key_secret")?;
-                let group = config.required(&config.consumer_group, "consumer_group")?;
-                let client_id = config.client_id.as_ref().map_or_else(
-                    || format!("iotrules-{}", config.name),
-                    |c| c.as_str().to_owned(),
-                );
-                if client_id.contains('|') {
-                    return Err(config.invalid("client_id must not contain `|`"));
-                }
-                let logins = (0..config.connections)
-                    .map(|n| {
-                        AmqpLogin::Alibaba(alibaba::AmqpCredentials {
-                            client_id: if config.connections == 1 {
-                                client_id.clone()
-                            } else {
-                                format!("{client_id}-{n}")
-                            },
-                            access_key_id: access_key_id.to_owned(),
-                            access_key_secret: secret.to_owned(),
-                            iot_instance_id: instance_id.clone(),
-                            consumer_group_id: group.to_owned(),
-                            sign_method: config.sign_method,
-                            encode_base64: config.body_base64,
-                        })
-                    })
-                    .collect();
-                Ok(AmqpSettings {
-                    url,
-                    hostname: None,
-                    logins,
-                    source: config.source.as_ref().map_or("", |s| s.as_str()).to_owned(),
-                    credit: config.credit,
-                    idle_timeout,
-                    ca_file,
-                    max_message_size,
-                })
-            }
-            ConnectorKind::HuaweiAmqp => {
-                let Some(url) = explicit_url else {
-                    return Err(config.invalid(
-                        "a huawei-amqp connector needs `url` (amqps://HOST:5671, the AMQP access \
-                         address on the console's Access Details page)",
+        Ok(Common {
+            url,
+            instance_id: config
+                .instance_id
+                .as_ref()
+                .map_or("", |i| i.as_str())
+                .to_owned(),
+            ca_file: config.ca_file.as_ref().map(|f| table.path(f)),
+            idle_timeout: Duration::from_secs(config.idle_timeout_s),
+            max_message_size: (config.buffer_bytes / config.credit as usize).max(MIN_MESSAGE_SIZE)
+                as u64,
+        })
+    }
+}
+
+impl AmqpSettings {
+    /// Checks an `alibaba-amqp` connector's table and derives its settings.
+    fn alibaba(
+        table: &Table,
+        config: &AmqpConfig,
+        own: &AlibabaConfig,
+    ) -> Result<Self, ConfigError> {
+        let common = Common::check(table, config)?;
+        let url = match common.url {
+            Some(url) => url,
+            None if !common.instance_id.is_empty() => format!(
+                "amqps://{}:{}",
+                alibaba::amqp::instance_host(&common.instance_id),
+                alibaba::amqp::AMQPS_PORT
+            ),
+            None => {
+                let (Some(uid), Some(region)) = (&own.uid, &own.region) else {
+                    return Err(table.invalid(
+                        "an alibaba-amqp connector needs `uid` and `region` (public instance), \
+                         `instance_id`, or `url`",
                     ));
                 };
-                let access_key = config.required_secret(&config.access_key, "access_key")?;
-                let access_code = config.required_secret(&config.access_code, "access_code")?;
-                let credentials =
-                    huawei::AmqpCredentials::new(access_key, access_code, instance_id);
-                let queue = match (&config.queue, &config.source) {
-                    (Some(_), Some(_)) => {
-                        return Err(config.invalid("give `queue` or `source`, not both"));
-                    }
-                    (Some(name), None) | (None, Some(name)) => name.as_str().to_owned(),
-                    (None, None) => huawei::amqp::DEFAULT_QUEUE.to_owned(),
-                };
-                Ok(AmqpSettings {
-                    url,
-                    hostname: Some(huawei::amqp::VHOST.to_owned()),
-                    logins: vec![AmqpLogin::Huawei(credentials); config.connections],
-                    source: queue,
-                    credit: config.credit,
-                    idle_timeout,
-                    ca_file,
-                    max_message_size,
-                })
+                format!(
+                    "amqps://{}:{}",
+                    alibaba::amqp::public_instance_host(uid.as_str(), region.as_str()),
+                    alibaba::amqp::AMQPS_PORT
+                )
             }
-            other => Err(config.invalid(format!("{} is not an AMQP connector", other.as_str()))),
+        };
+        let access_key_id = table.required(&own.access_key_id, "access_key_id")?;
+        let secret = table.required_secret(&own.access_key_secret, "access_key_secret")?;
+        let group = table.required(&own.consumer_group, "consumer_group")?;
+        let client_id = own.client_id.as_ref().map_or_else(
+            || format!("iotrules-{}", table.name),
+            |c| c.as_str().to_owned(),
+        );
+        if client_id.contains('|') {
+            return Err(table.invalid("client_id must not contain `|`"));
         }
+        let logins = (0..config.connections)
+            .map(|n| {
+                AmqpLogin::Alibaba(alibaba::AmqpCredentials {
+                    client_id: if config.connections == 1 {
+                        client_id.clone()
+                    } else {
+                        format!("{client_id}-{n}")
+                    },
+                    access_key_id: access_key_id.to_owned(),
+                    access_key_secret: secret.to_owned(),
+                    iot_instance_id: common.instance_id.clone(),
+                    consumer_group_id: group.to_owned(),
+                    sign_method: own.sign_method,
+                    encode_base64: own.body_base64,
+                })
+            })
+            .collect();
+        Ok(AmqpSettings {
+            url,
+            hostname: None,
+            logins,
+            source: config.source.as_ref().map_or("", |s| s.as_str()).to_owned(),
+            credit: config.credit,
+            idle_timeout: common.idle_timeout,
+            ca_file: common.ca_file,
+            max_message_size: common.max_message_size,
+        })
+    }
+
+    /// Checks a `huawei-amqp` connector's table and derives its settings.
+    fn huawei(table: &Table, config: &AmqpConfig, own: &HuaweiConfig) -> Result<Self, ConfigError> {
+        let common = Common::check(table, config)?;
+        let Some(url) = common.url else {
+            return Err(table.invalid(
+                "a huawei-amqp connector needs `url` (amqps://HOST:5671, the AMQP access address \
+                 on the console's Access Details page)",
+            ));
+        };
+        let access_key = table.required_secret(&own.access_key, "access_key")?;
+        let access_code = table.required_secret(&own.access_code, "access_code")?;
+        let credentials = huawei::AmqpCredentials::new(access_key, access_code, common.instance_id);
+        let queue = match (&own.queue, &config.source) {
+            (Some(_), Some(_)) => {
+                return Err(table.invalid("give `queue` or `source`, not both"));
+            }
+            (Some(name), None) | (None, Some(name)) => name.as_str().to_owned(),
+            (None, None) => huawei::amqp::DEFAULT_QUEUE.to_owned(),
+        };
+        Ok(AmqpSettings {
+            url,
+            hostname: Some(huawei::amqp::VHOST.to_owned()),
+            logins: vec![AmqpLogin::Huawei(credentials); config.connections],
+            source: queue,
+            credit: config.credit,
+            idle_timeout: common.idle_timeout,
+            ca_file: common.ca_file,
+            max_message_size: common.max_message_size,
+        })
     }
 
     /// What identifies the connector to the broker at `now_ms`, without secrets (`/status`,
@@ -761,6 +930,70 @@ fn property_text(value: SimpleValue) -> Option<String> {
 mod tests {
     use super::*;
     use fe2o3_amqp::types::messaging::Data;
+
+    /// The settings of the `[[connector]]` named `c` of `toml`, from `/etc/iot/iotrules.toml`.
+    fn settings(toml: &str) -> AmqpSettings {
+        let text = format!("[[connector]]\nname = \"c\"\n{toml}");
+        let config =
+            crate::config::Config::parse(std::path::Path::new("/etc/iot/iotrules.toml"), &text)
+                .expect("config");
+        AmqpSettings::from_config(&config.connectors[0]).expect("settings")
+    }
+
+    #[test]
+    fn alibaba_hosts_derive_and_each_connection_has_its_client_id() {
+        let settings = settings(
+            r#"
+            kind = "alibaba-amqp"
+            uid = "1941269044154518"
+            region = "cn-shanghai"
+            access_key_id = "LTAIexample"
+            access_key_secret = "secret-that-must-not-show"
+            consumer_group = "DEFAULT_GROUP"
+            connections = 2
+            ca_file = "ca.pem"
+            "#,
+        );
+        assert_eq!(
+            settings.url,
+            "amqps://1941269044154518.iot-amqp.cn-shanghai.aliyuncs.com:5671"
+        );
+        assert_eq!(
+            settings.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/iot/ca.pem"))
+        );
+        assert_eq!(settings.credit, 20);
+        let usernames: Vec<String> = settings.logins.iter().map(|l| l.username(7)).collect();
+        assert_eq!(
+            usernames,
+            [
+                "iotrules-c-0|authMode=aksign,signMethod=hmacsha256,timestamp=7,authId=LTAIexample,iotInstanceId=,consumerGroupId=DEFAULT_GROUP|",
+                "iotrules-c-1|authMode=aksign,signMethod=hmacsha256,timestamp=7,authId=LTAIexample,iotInstanceId=,consumerGroupId=DEFAULT_GROUP|",
+            ]
+        );
+        let shown = format!("{settings:?} {:?}", settings.identity(7));
+        assert!(!shown.contains("secret-that-must-not-show"), "{shown}");
+    }
+
+    #[test]
+    fn huawei_receives_from_the_default_queue_on_vhost_default() {
+        let settings = settings(
+            r#"
+            kind = "huawei-amqp"
+            url = "amqps://abc.iot-amqps.cn-north-4.myhuaweicloud.com:5671"
+            access_key = "AK12"
+            access_code = "code-that-must-not-show"
+            instance_id = "inst-9"
+            "#,
+        );
+        assert_eq!(settings.source, "DefaultQueue");
+        assert_eq!(settings.hostname.as_deref(), Some("default"));
+        assert_eq!(
+            settings.logins[0].username(5),
+            "accessKey=AK12|timestamp=5|instanceId=inst-9"
+        );
+        assert!(!format!("{settings:?}").contains("code-that-must-not-show"));
+    }
 
     #[test]
     fn endpoints_take_the_scheme_default_port_and_refuse_credentials_in_the_url() {

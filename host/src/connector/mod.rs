@@ -8,6 +8,11 @@
 //! the backpressure a connector passes on to its broker (by not granting more credit, not
 //! reading further, …). Those types are the pipeline's: it defines what it takes.
 //!
+//! Each kind of connector lives in its own module and owns its settings: the struct its
+//! `[[connector]]` table is read into, their checks, the identity it presents to its peer,
+//! and its run ([`Connector`]). [`KINDS`] lists the kinds, one line each; nothing else in
+//! the crate names them.
+//!
 //! [`Delivery`]: crate::pipeline::Delivery
 //! [`Acker`]: crate::pipeline::Acker
 
@@ -17,67 +22,206 @@ pub mod mqtt;
 pub mod pulsar;
 pub mod replay;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::watch;
 
-use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
+use crate::command::CommandPath;
+use crate::config::{ConfigError, Expanded, Secret, Table};
+use crate::dialect::{Dialect, DialectName, SignMode, json, tuya};
 use crate::metrics::Metrics;
 use crate::pipeline::Ingest;
-use crate::status::{ConnectorHandle, LastErrors};
+use crate::status::{ConnectorHandle, ConnectorState, LastErrors};
 use crate::time::Clock;
 
-/// What a connector is doing, for `/status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ConnectorState {
-    /// Starting or connecting.
-    Starting,
-    /// Receiving.
-    Running,
-    /// Lost its connection (or never got one) and trying again after a pause; the error
-    /// says why.
-    Reconnecting,
-    /// Done: a replay that reached the end of its file.
-    Finished,
-    /// Stopped by an error it cannot recover from.
-    Failed,
-    /// Stopped for shutdown.
-    Stopped,
+/// Every kind of connector, one line each.
+pub const KINDS: &[&Kind] = &[&replay::KIND, &pulsar::KIND, &amqp::KIND, &mqtt::KIND];
+
+/// A kind of connector (or a family of kinds sharing one transport): the names `kind = "…"`
+/// takes for it, and how it reads its table.
+pub struct Kind {
+    /// Its names in the config.
+    pub names: &'static [&'static str],
+    /// Reads a table whose `kind` is one of [`names`](Self::names): the dialect of the
+    /// messages it receives, and the connector ready to start.
+    pub read: fn(&Table) -> Result<Configured, ConfigError>,
 }
 
-/// A connector's name, shared by everything that reports on it.
-pub type ConnectorName = Arc<str>;
+/// What a kind makes of its table: the dialect of the messages the connector receives, and
+/// the connector.
+pub type Configured = (Dialect, Box<dyn Connector>);
 
-/// What identifies a connector to its peer at `now_ms`, without secrets: the file of a
-/// replay; the URL, topic, subscription or username of a cloud connector. `/status`, `check`
-/// and `decode --connector` show it, so that a login the broker refuses can be compared with
-/// what the vendor's console expects.
-pub fn identity(
-    config: &ConnectorConfig,
-    now_ms: u64,
-) -> Result<Vec<(String, String)>, ConfigError> {
-    Ok(match config.kind {
-        ConnectorKind::Replay => vec![(
-            "file".into(),
-            config
-                .file
-                .as_ref()
-                .map(|f| f.as_str())
-                .unwrap_or_default()
-                .to_owned(),
-        )],
-        ConnectorKind::TuyaPulsar | ConnectorKind::TuyaBusiness => {
-            pulsar::PulsarSettings::from_config(config)?.identity()
+/// A connector as its kind read it from the config, ready to start (as often as a test
+/// likes: starting does not consume it).
+pub trait Connector: Send + Sync {
+    /// What identifies the connector to its peer at `now_ms`, without secrets: the file of a
+    /// replay; the URL, topic, subscription or username of a cloud connector. `/status`,
+    /// `check` and `decode --connector` show it, so that a login the broker refuses can be
+    /// compared with what the vendor's console expects.
+    fn identity(&self, now_ms: u64) -> Vec<(String, String)>;
+
+    /// The files it reads, each with what it is (`a replay file`): no rule may grant a
+    /// plugin a directory that holds one.
+    fn files(&self) -> Vec<(PathBuf, &'static str)> {
+        Vec::new()
+    }
+
+    /// True for a connector that is also the command path of its name (a device MQTT link:
+    /// what it publishes goes out on the connection it receives on).
+    fn is_command_path(&self) -> bool {
+        false
+    }
+
+    /// Starts the connector named `name` on `runtime`: the command path it also is, if it
+    /// is one, and the task that receives, to run once the pipeline takes its deliveries.
+    fn start(&self, name: &str, runtime: &tokio::runtime::Handle) -> Start;
+}
+
+/// A started connector ([`Connector::start`]).
+pub struct Start {
+    /// The command path of the connector's name, for a connector that is one: it must be in
+    /// service before the pipeline that sends on it.
+    pub command_path: Option<Arc<dyn CommandPath>>,
+    /// Receives until the connector finishes or the service stops.
+    pub run: Box<dyn FnOnce(Context) -> BoxFuture<'static, anyhow::Result<()>> + Send>,
+}
+
+impl Start {
+    /// A connector that only receives, by `run`.
+    pub fn receiving<F>(run: impl FnOnce(Context) -> F + Send + 'static) -> Start
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        Start {
+            command_path: None,
+            run: Box::new(move |context| Box::pin(run(context))),
         }
-        ConnectorKind::AlibabaAmqp | ConnectorKind::HuaweiAmqp => {
-            amqp::AmqpSettings::from_config(config)?.identity(now_ms)
-        }
-        ConnectorKind::AlibabaMqtt | ConnectorKind::HuaweiMqtt | ConnectorKind::Mqtt => {
-            mqtt::MqttSettings::from_config(config)?.identity(now_ms)
-        }
+    }
+}
+
+/// A `[[connector]]` read by its kind: what `run`, `check`, `decode` and `dead-letters
+/// replay` start from.
+pub struct Planned {
+    /// Its name.
+    pub name: String,
+    /// Its kind, as the config names it.
+    pub kind: &'static str,
+    /// The decoder of its messages.
+    pub dialect: Dialect,
+    /// The connector.
+    pub connector: Box<dyn Connector>,
+}
+
+impl std::fmt::Debug for Planned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Planned")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("dialect", &self.dialect.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a `[[connector]]` table by the kind it names.
+pub fn plan(table: &Table) -> Result<Planned, ConfigError> {
+    let Some((kind, name)) = KINDS.iter().find_map(|kind| {
+        let name = kind.names.iter().find(|name| **name == table.kind)?;
+        Some((kind, *name))
+    }) else {
+        let names: Vec<&str> = KINDS.iter().flat_map(|k| k.names.iter().copied()).collect();
+        return Err(table.unknown_kind(&names));
+    };
+    let (dialect, connector) = (kind.read)(table)?;
+    Ok(Planned {
+        name: table.name.clone(),
+        kind: name,
+        dialect,
+        connector,
     })
+}
+
+/// The dialect a connector's messages are in: `chosen` if it is one of `carried`, or the
+/// first of `carried` when none is chosen. An empty `carried` takes any dialect, and one
+/// must be chosen (a replay).
+pub fn dialect_name(
+    table: &Table,
+    carried: &[DialectName],
+    chosen: Option<DialectName>,
+) -> Result<DialectName, ConfigError> {
+    match (chosen, carried.first()) {
+        (None, Some(implied)) => Ok(*implied),
+        (None, None) => Err(table.invalid(format!("`dialect` is required for {}", table.a_kind()))),
+        (Some(name), _) if carried.is_empty() || carried.contains(&name) => Ok(name),
+        (Some(name), _) => Err(table.invalid(format!(
+            "{} does not carry dialect \"{}\" (it carries {})",
+            table.a_kind(),
+            name.as_str(),
+            carried
+                .iter()
+                .map(|d| format!("\"{}\"", d.as_str()))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ))),
+    }
+}
+
+/// The keys of the Tuya dialects: the access id (shown, not needed to decrypt) and the
+/// access key that decrypts.
+pub fn tuya_keys(
+    table: &Table,
+    access_id: &Option<Expanded>,
+    access_key: &Option<Secret>,
+) -> Result<tuya::Keys, ConfigError> {
+    let key = access_key.as_ref().ok_or_else(|| {
+        table.invalid("access_key is required for the Tuya dialects (the decryption key)")
+    })?;
+    let id = access_id.as_ref().map_or("", |id| id.as_str());
+    tuya::Keys::new(id.to_owned(), key.expose())
+        .map_err(|e| table.invalid(format!("access_key: {e}")))
+}
+
+/// Where the `json` dialect finds the device in a topic (`device_topic`).
+pub fn topic_template(
+    table: &Table,
+    device_topic: &Option<Expanded>,
+) -> Result<json::TopicTemplate, ConfigError> {
+    json::TopicTemplate::parse(table.required(device_topic, "device_topic")?)
+        .map_err(|e| table.invalid(format!("device_topic: {e}")))
+}
+
+/// A connector's Tuya signature policy when the config names none: `warn`.
+///
+/// No official Tuya SDK checks the envelope's `sign` and the rule has not been confirmed on
+/// live traffic, so a first deployment whose messages were signed differently would
+/// otherwise send every real message to the dead letters. Mismatches are counted
+/// (`iotrules_signature_mismatches_total`), logged once and shown in `/status`; `enforce` is
+/// the setting once they stay at zero.
+pub fn default_sign() -> SignMode {
+    SignMode::Warn
+}
+
+/// A connector's CA file, as [`Connector::files`] names it.
+pub fn ca_file(file: &Option<PathBuf>) -> Vec<(PathBuf, &'static str)> {
+    file.iter()
+        .map(|file| (file.clone(), "a connector's CA file"))
+        .collect()
+}
+
+/// The default `buffer_bytes`: inbound messages read from the transport and not yet taken
+/// by the pipeline, in bytes at most (MQTT links: what does not fit is dropped at QoS 0 or
+/// left for the broker to send again at QoS 1; AMQP: credit times the largest message
+/// accepted; Pulsar: the read-ahead times the largest message).
+pub fn default_buffer_bytes() -> usize {
+    16 * 1024 * 1024
+}
+
+/// A dialect that needs neither keys nor a topic template, for the closures of
+/// [`DialectName::build`] that its kind never calls.
+pub fn not_needed<T>(table: &Table) -> impl FnOnce() -> Result<T, ConfigError> + '_ {
+    move || Err(table.invalid(format!("{} has no such setting", table.a_kind())))
 }
 
 /// What every connector runs with: where deliveries go and where it reports.

@@ -21,12 +21,13 @@ use pulsar::{
     Authentication, ConnectionRetryOptions, Consumer, OperationRetryOptions, Pulsar, SubType,
     TokioExecutor,
 };
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::endpoint::{Endpoint, Scheme};
-use super::{Backoff, Context};
-use crate::config::{ConfigError, ConnectorConfig, ConnectorKind};
-use crate::dialect::tuya;
+use super::{Backoff, Configured, Connector, Context, Kind, Start};
+use crate::config::{ConfigError, Expanded, Secret, Table};
+use crate::dialect::{Dialect, DialectName, SignMode, tuya};
 use crate::pipeline::Closed;
 use crate::pipeline::{Acker, Delivery, Settle};
 use crate::sync::lock;
@@ -83,45 +84,143 @@ impl std::fmt::Debug for PulsarSettings {
     }
 }
 
+/// The Tuya message service kinds: `tuya-pulsar` (the IoT Core envelope, or
+/// `dialect = "tuya-business"`) and `tuya-business` (the Smart Business envelope).
+pub const KIND: Kind = Kind {
+    names: &["tuya-pulsar", "tuya-business"],
+    read,
+};
+
+/// A Tuya connector's table.
+#[derive(Deserialize)]
+struct PulsarConfig {
+    /// `tuya` or `tuya-business` (a `tuya-business` connector carries only the latter).
+    #[serde(default)]
+    dialect: Option<DialectName>,
+    /// The project's access id.
+    #[serde(default)]
+    access_id: Option<Expanded>,
+    /// The project's access key (the decryption key).
+    #[serde(default)]
+    access_key: Option<Secret>,
+    /// What to do with a message whose signature does not match (default `warn`, see
+    /// [`default_sign`](super::default_sign)).
+    #[serde(default = "super::default_sign")]
+    sign: SignMode,
+    /// The broker URL, overriding the one `region` gives (`pulsar+ssl://host:port`,
+    /// `pulsar://…`).
+    #[serde(default)]
+    url: Option<Expanded>,
+    /// A PEM file of CA certificates trusted besides the system's.
+    #[serde(default)]
+    ca_file: Option<Expanded>,
+    /// The data centre (`cn`, `us`, `us-east`, `eu`, `eu-west`, `in`).
+    #[serde(default)]
+    region: Option<Expanded>,
+    /// The production (`prod`) or test (`test`) message channel.
+    #[serde(default)]
+    env: tuya::Env,
+    /// The subscription is `{access_id}-{subscription_suffix}`.
+    #[serde(default = "default_subscription_suffix")]
+    subscription_suffix: Expanded,
+    /// Rebuild the consumer when no message arrived for this long, in seconds (0: never).
+    /// Pulsar consumers are known to stop silently after a connection loss; a rebuilt one
+    /// gets the unacknowledged messages again, and duplicates are dropped by event id.
+    #[serde(default = "default_stall_timeout_s")]
+    stall_timeout_s: u64,
+    /// Bytes of messages read ahead of the pipeline at most (as a number of messages by
+    /// [`READ_AHEAD_MESSAGE`]).
+    #[serde(default = "super::default_buffer_bytes")]
+    buffer_bytes: usize,
+}
+
+fn default_subscription_suffix() -> Expanded {
+    Expanded::from("sub")
+}
+
+fn default_stall_timeout_s() -> u64 {
+    300
+}
+
+fn read(table: &Table) -> Result<Configured, ConfigError> {
+    let (dialect, settings) = read_settings(table)?;
+    Ok((dialect, Box::new(settings)))
+}
+
 impl PulsarSettings {
-    /// Checks a `tuya-pulsar` / `tuya-business` connector's config and derives its settings.
-    pub fn from_config(config: &ConnectorConfig) -> Result<Self, ConfigError> {
-        debug_assert!(matches!(
-            config.kind,
-            ConnectorKind::TuyaPulsar | ConnectorKind::TuyaBusiness
-        ));
-        let access_id = config.required(&config.access_id, "access_id")?;
-        let access_key = config.required_secret(&config.access_key, "access_key")?;
+    /// Checks a Tuya connector's table and derives its settings.
+    pub fn from_config(table: &Table) -> Result<Self, ConfigError> {
+        read_settings(table).map(|(_, settings)| settings)
+    }
+}
+
+/// The dialect and the settings of a Tuya connector's table.
+fn read_settings(table: &Table) -> Result<(Dialect, PulsarSettings), ConfigError> {
+    let config: PulsarConfig = table.read()?;
+    let carried: &[DialectName] = match table.kind.as_str() {
+        "tuya-business" => &[DialectName::TuyaBusiness],
+        _ => &[DialectName::Tuya, DialectName::TuyaBusiness],
+    };
+    let dialect = super::dialect_name(table, carried, config.dialect)?.build(
+        config.sign,
+        false,
+        || super::tuya_keys(table, &config.access_id, &config.access_key),
+        super::not_needed(table),
+    )?;
+    let settings = PulsarSettings::derive(table, &config)?;
+    Ok((dialect, settings))
+}
+
+impl Connector for PulsarSettings {
+    fn files(&self) -> Vec<(PathBuf, &'static str)> {
+        super::ca_file(&self.ca_file)
+    }
+
+    fn identity(&self, _now_ms: u64) -> Vec<(String, String)> {
+        PulsarSettings::identity(self)
+    }
+
+    fn start(&self, _name: &str, _runtime: &tokio::runtime::Handle) -> Start {
+        let settings = self.clone();
+        Start::receiving(move |context| run(settings, context))
+    }
+}
+
+impl PulsarSettings {
+    /// Checks a Tuya connector's table and derives its settings.
+    fn derive(table: &Table, config: &PulsarConfig) -> Result<Self, ConfigError> {
+        let access_id = table.required(&config.access_id, "access_id")?;
+        let access_key = table.required_secret(&config.access_key, "access_key")?;
         let keys = tuya::Keys::new(access_id, access_key)
-            .map_err(|e| config.invalid(format!("access_key: {e}")))?;
+            .map_err(|e| table.invalid(format!("access_key: {e}")))?;
         let url = match (&config.url, &config.region) {
             (Some(url), _) => {
                 let url = url.as_str();
-                Endpoint::parse_named(url, Scheme::PULSAR).map_err(|e| config.invalid(e))?;
+                Endpoint::parse_named(url, Scheme::PULSAR).map_err(|e| table.invalid(e))?;
                 url.to_owned()
             }
             (None, Some(region)) => region
                 .as_str()
                 .parse::<tuya::Region>()
-                .map_err(|e| config.invalid(format!("region: {e}")))?
+                .map_err(|e| table.invalid(format!("region: {e}")))?
                 .pulsar_url()
                 .to_owned(),
             (None, None) => {
-                return Err(config.invalid(
+                return Err(table.invalid(
                     "a Tuya connector needs `region` (cn, us, us-east, eu, eu-west, in) or `url`",
                 ));
             }
         };
         let suffix = config.subscription_suffix.as_str();
         if suffix.is_empty() {
-            return Err(config.invalid("subscription_suffix must not be empty"));
+            return Err(table.invalid("subscription_suffix must not be empty"));
         }
         Ok(PulsarSettings {
             url,
             topic: keys.topic(config.env),
             subscription: keys.subscription(suffix),
             keys,
-            ca_file: config.ca_file.as_ref().map(|f| f.as_str().into()),
+            ca_file: config.ca_file.as_ref().map(|f| table.path(f)),
             stall_timeout: (config.stall_timeout_s > 0)
                 .then(|| Duration::from_secs(config.stall_timeout_s)),
             receiver_queue: u32::try_from(config.buffer_bytes / READ_AHEAD_MESSAGE)
@@ -773,6 +872,7 @@ fn refused_authentication(error: &pulsar::Error) -> bool {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::plan::Plan;
 
     const KEY: &str = "secretKEY0123456789abcdefXYZ";
 
@@ -814,12 +914,12 @@ mod tests {
             "[[connector]]\nname = \"tuya\"\nkind = \"tuya-pulsar\"\naccess_id = \"accessid1\"\n\
              access_key = \"{KEY}\"\nurl = \"pulsar+ssl://me:s3cret@mqe.tuyaeu.com:7285\"\n"
         );
-        let error = Config::parse(Path::new("x.toml"), &text)
+        let error = Plan::parse(Path::new("x.toml"), &text)
             .unwrap_err()
             .to_string();
         assert!(error.contains("credentials do not belong"), "{error}");
         assert!(!error.contains("s3cret"), "{error}");
-        let error = Config::parse(
+        let error = Plan::parse(
             Path::new("x.toml"),
             &text.replace("pulsar+ssl://", "http://"),
         )

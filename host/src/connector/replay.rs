@@ -32,10 +32,12 @@ use tokio::fs::File;
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
-use super::ConnectorState;
+use super::{Configured, Connector, Context, Kind, Start};
+use crate::config::{ConfigError, Expanded, Secret, Table};
+use crate::dialect::{DialectName, SignMode};
 use crate::pipeline::Ingest;
 use crate::pipeline::{Acker, Delivery, Settle};
-use crate::status::{ConnectorHandle, LastErrors};
+use crate::status::{ConnectorHandle, ConnectorState, LastErrors};
 use crate::sync::lock;
 
 /// A recorded message.
@@ -92,6 +94,108 @@ pub fn parse_line(line: &str) -> Result<Option<Recorded>, String> {
         properties,
         payload,
     }))
+}
+
+/// The `replay` kind.
+pub const KIND: Kind = Kind {
+    names: &["replay"],
+    read,
+};
+
+/// A `replay` connector's table.
+#[derive(Deserialize)]
+struct ReplayConfig {
+    /// The vendor dialect the recorded messages are in (any; required).
+    #[serde(default)]
+    dialect: Option<DialectName>,
+    /// The Tuya dialects: the project's access id.
+    #[serde(default)]
+    access_id: Option<Expanded>,
+    /// The Tuya dialects: the project's access key (the decryption key).
+    #[serde(default)]
+    access_key: Option<Secret>,
+    /// The Tuya dialects: what to do with a message whose signature does not match.
+    #[serde(default = "super::default_sign")]
+    sign: SignMode,
+    /// The Alibaba dialect: bodies are base64-encoded (a console option).
+    #[serde(default)]
+    body_base64: bool,
+    /// The `json` dialect: where the device id is in a message's topic.
+    #[serde(default)]
+    device_topic: Option<Expanded>,
+    /// The recorded messages, JSON lines.
+    #[serde(default)]
+    file: Option<Expanded>,
+    /// Messages per second; 0 (the default) is as fast as the pipeline takes them.
+    #[serde(default)]
+    rate: f64,
+    /// Start again at the first line after the last; otherwise stop.
+    #[serde(default, rename = "loop")]
+    repeat: bool,
+    /// Where to keep the position of the first unacknowledged line, so that a restart
+    /// resumes there (and redelivers what was not acknowledged).
+    #[serde(default)]
+    offset_file: Option<Expanded>,
+}
+
+fn read(table: &Table) -> Result<Configured, ConfigError> {
+    let config: ReplayConfig = table.read()?;
+    let dialect = super::dialect_name(table, &[], config.dialect)?.build(
+        config.sign,
+        config.body_base64,
+        || super::tuya_keys(table, &config.access_id, &config.access_key),
+        || super::topic_template(table, &config.device_topic),
+    )?;
+    let Some(file) = &config.file else {
+        return Err(table.invalid("a replay connector needs `file`"));
+    };
+    if !(config.rate.is_finite() && config.rate >= 0.0) {
+        return Err(table.invalid("rate must be 0 (unlimited) or more"));
+    }
+    if config.repeat && config.offset_file.is_some() {
+        return Err(table.invalid(
+            "`loop` and `offset_file` do not go together: a looping replay has no position to \
+             resume",
+        ));
+    }
+    let settings = ReplaySettings {
+        file: table.path(file),
+        rate: config.rate,
+        repeat: config.repeat,
+        offset_file: config.offset_file.as_ref().map(|f| table.path(f)),
+    };
+    Ok((dialect, Box::new(settings)))
+}
+
+impl Connector for ReplaySettings {
+    fn files(&self) -> Vec<(PathBuf, &'static str)> {
+        let offset = self
+            .offset_file
+            .iter()
+            .map(|f| (f.clone(), "a replay offset file"));
+        std::iter::once((self.file.clone(), "a replay file"))
+            .chain(offset)
+            .collect()
+    }
+
+    fn identity(&self, _now_ms: u64) -> Vec<(String, String)> {
+        vec![("file".into(), self.file.display().to_string())]
+    }
+
+    fn start(&self, _name: &str, _runtime: &tokio::runtime::Handle) -> Start {
+        let settings = self.clone();
+        Start::receiving(move |context: Context| async move {
+            let Context {
+                ingest,
+                status,
+                errors,
+                shutdown,
+                ..
+            } = context;
+            let summary = run(settings, ingest, status, errors, shutdown).await;
+            summary.map(|_| ()).map_err(anyhow::Error::msg)
+        })
+    }
 }
 
 /// A replay connector's settings.

@@ -159,6 +159,25 @@ fn scalar(value: serde_json::Value) -> Option<Value> {
     })
 }
 
+/// The topic and payload of `command` on an `mqtt` link publishing on `topic` (a template of
+/// `{device}` and `{name}`): the params as they are.
+pub fn command_message(
+    topic: &str,
+    command: &crate::event::Command,
+) -> Result<(String, Vec<u8>), String> {
+    let device = command.device.id.as_str();
+    if !super::topic_segment(device) {
+        return Err(format!("device id \"{device}\" cannot go into a topic"));
+    }
+    if command.name.contains(['+', '#', '\0']) {
+        return Err(format!("name \"{}\" cannot go into a topic", command.name));
+    }
+    let topic = topic
+        .replace(DEVICE, device)
+        .replace("{name}", &command.name);
+    Ok((topic, command.params.as_str().into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

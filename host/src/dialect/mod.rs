@@ -199,6 +199,22 @@ impl DecodeError {
 pub struct KeyError(pub String);
 
 /// Cuts untrusted text to a length fit for an error message.
+/// True if `text` can be one level of an MQTT topic (no `/`, wildcard or NUL).
+pub fn topic_segment(text: &str) -> bool {
+    !text.is_empty() && !text.contains(['/', '+', '#', '\0'])
+}
+
+/// A command's params as JSON, for the encodings that read fields of them.
+pub(crate) fn command_params(command: &crate::event::Command) -> Result<serde_json::Value, String> {
+    serde_json::from_str(command.params.as_str())
+        .map_err(|e| format!("the params are not JSON: {e}"))
+}
+
+/// A field of a command's params as JSON text.
+pub(crate) fn json_field(params: &serde_json::Value, key: &str) -> Option<crate::event::Json> {
+    params.get(key).map(crate::event::Json::from_serializable)
+}
+
 pub(crate) fn clip(text: &str) -> String {
     const MAX: usize = 64;
     match text.char_indices().nth(MAX) {

@@ -65,7 +65,9 @@ pub struct GrantPolicy {
 }
 
 impl GrantPolicy {
-    /// The policy of `config`: its `${NAME}` references, and its files.
+    /// The policy of `config`: its `${NAME}` references, and its own files (the config, the
+    /// store, the plugin cache). The files its connectors and command paths read are their
+    /// kinds' to name: add them with [`protecting`](Self::protecting).
     pub fn from_config(config: &Config) -> Self {
         let mut policy = GrantPolicy {
             env: config.env_references.iter().cloned().collect(),
@@ -83,23 +85,21 @@ impl GrantPolicy {
         add(&config.file, "the config file", false);
         add(&config.store, "the store", false);
         add(&config.cache, "the plugin cache", true);
-        for connector in &config.connectors {
-            for (file, what) in [
-                (&connector.ca_file, "a connector's CA file"),
-                (&connector.file, "a replay file"),
-                (&connector.offset_file, "a replay offset file"),
-            ] {
-                if let Some(file) = file {
-                    add(Path::new(file.as_str()), what, false);
-                }
-            }
-        }
-        for path in &config.command_paths {
-            if let Some(file) = &path.ca_file {
-                add(Path::new(file.as_str()), "a command path's CA file", false);
-            }
-        }
         policy
+    }
+
+    /// The policy protecting `files` too, each with what it is (`a replay file`).
+    pub fn protecting(mut self, files: impl IntoIterator<Item = (PathBuf, &'static str)>) -> Self {
+        for (path, what) in files {
+            if !path.as_os_str().is_empty() {
+                self.protected.push(Protected {
+                    path: resolve(&path),
+                    what,
+                    dir: false,
+                });
+            }
+        }
+        self
     }
 
     /// Whether a plugin may be granted the environment variable `name`; the error says why
@@ -226,8 +226,9 @@ mod tests {
                     [[command_path]]\nname = \"hook\"\nkind = \"webhook\"\n\
                     url = \"https://hooks.example.com/\"\nauthorization = \"${HOOK_AUTH:-x}\"\n\
                     ca_file = \"certs/ca.pem\"\n";
-        let config = Config::parse(&file, text).expect("config");
-        GrantPolicy::from_config(&config)
+        crate::plan::Plan::parse(&file, text)
+            .expect("config")
+            .grant_policy()
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, params};
 
+use crate::config::DeadLettersConfig;
 use crate::metrics::{Counter, Metrics};
 use crate::sync::lock;
 use crate::time::Clock;
@@ -68,6 +69,17 @@ impl Default for Retention {
             max_rows: Self::DEFAULT_MAX_ROWS,
             max_bytes: Self::DEFAULT_MAX_BYTES,
             max_age: Self::DEFAULT_MAX_AGE,
+        }
+    }
+}
+
+impl From<&DeadLettersConfig> for Retention {
+    /// The limits of `[dead_letters]`, in the store's units.
+    fn from(config: &DeadLettersConfig) -> Self {
+        Retention {
+            max_rows: config.max_rows,
+            max_bytes: config.max_mb.saturating_mul(1 << 20),
+            max_age: Duration::from_secs(config.max_age_days.saturating_mul(86_400)),
         }
     }
 }
@@ -374,6 +386,22 @@ mod tests {
                 |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)),
             )
             .expect("recount")
+    }
+
+    #[test]
+    fn the_config_s_default_limits_are_the_store_s() {
+        assert_eq!(
+            Retention::from(&DeadLettersConfig::default()),
+            Retention::default()
+        );
+        let limits = DeadLettersConfig {
+            max_rows: 1_000_000,
+            max_mb: 64,
+            max_age_days: 2,
+        };
+        let retention = Retention::from(&limits);
+        assert_eq!(retention.max_bytes, 64 << 20);
+        assert_eq!(retention.max_age, Duration::from_secs(2 * 86_400));
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! Sizes of the things held are estimates, on the generous side: the bound is the allowance a
 //! flood gets over the idle size, not a prediction.
 
-use iotrules::config::{Config, ConnectorKind};
 use iotrules::connector::mqtt::MqttSettings;
 use iotrules::connector::pulsar::PulsarSettings;
+use iotrules::plan::Plan;
 
 /// What an event in flight holds besides copies of its message: the decoded event (id,
 /// device, properties, attributes), its job, its settle record, its command and the
@@ -25,6 +25,15 @@ const DEDUP_ENTRY_OVERHEAD: u64 = 128;
 /// Commands an MQTT link's connection takes ahead of its window (`REQUESTS_QUEUED` in
 /// `host/src/connector/mqtt.rs`).
 const LINK_REQUESTS_QUEUED: u64 = 256;
+
+/// A connector's inbound buffer: what it reads ahead of the pipeline.
+fn inbound(items: &mut Vec<Item>, name: &str, buffer: usize) {
+    items.push(Item {
+        what: format!("connector {name} inbound"),
+        bytes: buffer as u64,
+        how: format!("buffer_bytes {buffer}"),
+    });
+}
 
 /// One bounded buffer and what it may hold.
 #[derive(Debug, Clone)]
@@ -44,20 +53,16 @@ pub(crate) struct Offered {
     pub(crate) partitions: u64,
 }
 
-/// The items of `config`'s bound.
-pub(crate) fn items(config: &Config, offered: &Offered) -> Result<Vec<Item>, String> {
+/// The items of `plan`'s bound.
+pub(crate) fn items(plan: &Plan, offered: &Offered) -> Result<Vec<Item>, String> {
+    let config = &plan.config;
     let message = offered.message_bytes;
     let mut items = Vec::new();
     for connector in &config.connectors {
-        let buffer = connector.buffer_bytes as u64;
-        items.push(Item {
-            what: format!("connector {} inbound", connector.name),
-            bytes: buffer,
-            how: format!("buffer_bytes {buffer}"),
-        });
-        match connector.kind {
-            ConnectorKind::TuyaPulsar | ConnectorKind::TuyaBusiness => {
+        match connector.kind.as_str() {
+            "tuya-pulsar" | "tuya-business" => {
                 let settings = PulsarSettings::from_config(connector).map_err(|e| e.to_string())?;
+                inbound(&mut items, &connector.name, settings.buffer_bytes);
                 let queue = u64::from(settings.receiver_queue);
                 items.push(Item {
                     what: format!("connector {} read-ahead", connector.name),
@@ -68,8 +73,9 @@ pub(crate) fn items(config: &Config, offered: &Offered) -> Result<Vec<Item>, Str
                     ),
                 });
             }
-            kind if kind.is_mqtt_link() => {
+            "alibaba-mqtt" | "huawei-mqtt" | "mqtt" => {
                 let settings = MqttSettings::from_config(connector).map_err(|e| e.to_string())?;
+                inbound(&mut items, &connector.name, settings.buffer_bytes);
                 let path = settings.path;
                 let commands =
                     (path.lanes * (path.queue + path.window)) as u64 + LINK_REQUESTS_QUEUED;
@@ -83,17 +89,18 @@ pub(crate) fn items(config: &Config, offered: &Offered) -> Result<Vec<Item>, Str
                     ),
                 });
             }
-            _ => {}
+            other => return Err(format!("the bound knows no {other} connector")),
         }
     }
-    for path in &config.command_paths {
-        let commands = (path.lanes * path.queue) as u64;
+    for path in &plan.command_paths {
+        let settings = path.path.settings();
+        let commands = (settings.lanes * settings.queue) as u64;
         items.push(Item {
             what: format!("command path {}", path.name),
             bytes: commands * COMMAND_BYTES,
             how: format!(
                 "{} lanes x queue {} x {COMMAND_BYTES} B",
-                path.lanes, path.queue
+                settings.lanes, settings.queue
             ),
         });
     }

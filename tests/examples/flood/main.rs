@@ -398,11 +398,10 @@ fn run(settings: Settings) -> Result<bool, String> {
     let stopped = service.stop(&kept_log);
 
     // The bound.
-    let config =
-        iotrules::config::Config::parse(std::path::Path::new("iotrules.toml"), &config_text)
-            .map_err(|e| format!("the flood's own config: {e}"))?;
+    let plan = iotrules::plan::Plan::parse(std::path::Path::new("iotrules.toml"), &config_text)
+        .map_err(|e| format!("the flood's own config: {e}"))?;
     let items = bound::items(
-        &config,
+        &plan,
         &bound::Offered {
             message_bytes: load.largest_message,
             id_bytes: load.longest_id,
@@ -423,8 +422,8 @@ fn run(settings: Settings) -> Result<bool, String> {
         settings.quiet,
         settings.devices,
         settings.window,
-        config.pipeline.workers,
-        config.pipeline.max_in_flight
+        plan.config.pipeline.workers,
+        plan.config.pipeline.max_in_flight
     );
     println!(
         "rate: {:.0} messages/s answered during the flood ({} offered in it, both \

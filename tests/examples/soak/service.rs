@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use iotrules::admin::Observed;
 use iotrules::config::Config;
-use iotrules::connector::ConnectorState;
 use iotrules::connector::amqp::AmqpSettings;
+use iotrules::plan::Plan;
 use iotrules::plugin::MemoryStateStore;
-use iotrules::service::{self, Observed};
+use iotrules::service;
+use iotrules::status::ConnectorState;
 use iotrules::time::Clock;
 use iotrules_tests::plugins::{built, install, retagged};
 use iotrules_tests::service_config::{mqtt_link, tuya_connector};
@@ -170,12 +172,13 @@ impl Service {
         std::fs::write(&file, config_text).expect("config");
         let mut config = Config::parse(&file, config_text).expect("config");
         config.clock = Clock::Manual(Arc::new(AtomicU64::new(NOW)));
+        let plan = Plan::new(config).expect("plan");
         let (stop, stop_rx) = watch::channel(false);
         let (observed_tx, observed_rx) = std::sync::mpsc::channel();
         let task = runtime.spawn(async move {
-            let core = service::load_core(&config, letters, Arc::new(MemoryStateStore::default()))
+            let core = service::load_core(&plan, letters, Arc::new(MemoryStateStore::default()))
                 .map_err(|e| format!("{e:#}"))?;
-            service::run(&config, core, stop_rx, |observed| {
+            service::run(&plan, core, stop_rx, |observed| {
                 let _ = observed_tx.send(observed.clone());
             })
             .await

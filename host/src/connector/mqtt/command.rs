@@ -1,42 +1,25 @@
-//! The command side of a device MQTT link: each command becomes one publish on the link's
-//! connection ([`crate::connector::mqtt`]), confirmed by its PUBACK. A lane keeps up to the
-//! link's `command_window` of them in flight ([`Transport::send`]).
+//! The command side of an MQTT link: each command becomes one publish on the link's
+//! connection, confirmed by its PUBACK. A lane keeps up to the link's `command_window` of
+//! them in flight ([`Transport::send`]).
 //!
-//! What a command means on a device link (the link speaks as the device):
-//! - a command with `reply_to` answers the request the device received, on the reply topic
-//!   of that request;
-//! - a command without it is the device's own upward message: a property report, an event,
-//!   a custom topic's message.
-//!
-//! | link | `reply_to` | `name` | publish |
-//! |---|---|---|---|
-//! | `alibaba-mqtt` | Alink `id` | `thing.service.property.set` | `…/property/set_reply`, Alink reply |
-//! | `alibaba-mqtt` | RRPC message id | `rrpc` | `…/rrpc/response/{id}`, `params` as the body |
-//! | `alibaba-mqtt` | Alink `id` | service identifier | `…/thing/service/{name}_reply`, Alink reply |
-//! | `alibaba-mqtt` | – | `thing.event.property.post` | `…/thing/event/property/post`, Alink request |
-//! | `alibaba-mqtt` | – | `thing.event.{id}.post` | `…/thing/event/{id}/post`, Alink request |
-//! | `alibaba-mqtt` | – | `user/…` | `/{pk}/{dn}/user/…`, `params` as the body |
-//! | `huawei-mqtt` legacy | `mid` | any | `deviceRsp` on `…/data/json` |
-//! | `huawei-mqtt` legacy | – | service id | `deviceReq` report on `…/data/json` |
-//! | `huawei-mqtt` | `request_id` | `properties.set` | `…/properties/set/response/request_id=…` |
-//! | `huawei-mqtt` | `request_id` | any other | `…/commands/response/request_id=…` |
-//! | `huawei-mqtt` | – | service id | `…/sys/properties/report`, the params as its properties |
-//!
-//! Alibaba replies take `code` (default 200), `data` (default `{}`) and `message` from the
-//! params; Huawei replies take `result_code` (or `errcode`, default 0), `response_name`,
-//! `paras` (or `body`) and `result_desc`.
+//! What a command means on a device link (the link speaks as the device): a command with
+//! `reply_to` answers the request the device received, on the reply topic of that request; a
+//! command without it is the device's own upward message (a property report, an event, a
+//! custom topic's message). The topics and payloads are the dialect's:
+//! [`alibaba::mqtt::command_message`], [`huawei::reply::command_message`]; an `mqtt` link
+//! publishes the params as they are ([`json::command_message`]). A device link speaks for
+//! one device: a command for another is refused, not sent as this one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde_json::Value as JsonValue;
 use tokio::sync::oneshot;
 
-use super::{Failure, Sent, Transport};
-use crate::connector::mqtt::{LinkHandle, Outbound, Outgoing};
-use crate::dialect::alibaba::{AlinkReply, AlinkRequest};
-use crate::dialect::huawei::reply;
-use crate::event::{Command, Json, Property, Value};
+use super::Outbound;
+use super::link::{LinkHandle, Outgoing};
+use crate::command::{Failure, Sent, Transport};
+use crate::dialect::{alibaba, huawei, json};
+use crate::event::Command;
 
 /// Publishes commands on an MQTT link.
 pub struct MqttTransport {
@@ -59,126 +42,18 @@ impl MqttTransport {
     /// The topic and payload of `command`, or why it cannot be sent (a refusal: sending it
     /// again would not help).
     pub fn message(&self, command: &Command) -> Result<(String, Vec<u8>), String> {
-        // Read only where the message is built from the params' fields (a generic link
-        // sends them as they are).
-        let params = || -> Result<JsonValue, String> {
-            serde_json::from_str(command.params.as_str())
-                .map_err(|e| format!("the params are not JSON: {e}"))
-        };
         match &self.outbound {
             Outbound::Alibaba { topics, device } => {
                 same_device(command, device)?;
-                let name = command.name.as_str();
-                if let Some(request) = &command.reply_to {
-                    if name == "rrpc" {
-                        return Ok((
-                            topics.rrpc_response(request),
-                            command.params.as_str().into(),
-                        ));
-                    }
-                    let topic = if name == crate::dialect::alibaba::mqtt::METHOD_PROPERTY_SET {
-                        topics.property_set_reply()
-                    } else if segment(name) {
-                        topics.service_reply(name)
-                    } else {
-                        return Err(format!(
-                            "cannot answer with \"{name}\": name a service identifier, \
-                             `thing.service.property.set` or `rrpc`"
-                        ));
-                    };
-                    let params = params()?;
-                    let reply = AlinkReply {
-                        id: request.clone(),
-                        code: params
-                            .get("code")
-                            .and_then(JsonValue::as_i64)
-                            .unwrap_or(200),
-                        data: json_field(&params, "data")
-                            .unwrap_or_else(|| Json::from_serializable(&serde_json::Map::new())),
-                        message: params
-                            .get("message")
-                            .and_then(JsonValue::as_str)
-                            .unwrap_or("success")
-                            .to_owned(),
-                    };
-                    return Ok((topic, reply.encode()));
-                }
-                if let Some(suffix) = name.strip_prefix("user/") {
-                    if suffix.is_empty() || suffix.contains(['+', '#']) {
-                        return Err(format!("\"{name}\" is not a custom topic"));
-                    }
-                    return Ok((topics.full_topic(name), command.params.as_str().into()));
-                }
-                let topic = match name.split('.').collect::<Vec<_>>().as_slice() {
-                    ["thing", "event", "property", "post"] => topics.property_post(),
-                    ["thing", "event", identifier, "post"] if segment(identifier) => {
-                        topics.event_post(identifier)
-                    }
-                    _ => {
-                        return Err(format!(
-                            "\"{name}\" is not something a device sends: use \
-                             `thing.event.property.post`, `thing.event.{{id}}.post` or a \
-                             `user/...` topic (or set reply_to to answer a request)"
-                        ));
-                    }
-                };
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
-                let request = AlinkRequest::new(id, name, command.params.clone());
-                Ok((topic, request.encode()))
-            }
-            Outbound::Generic { topic } => {
-                let device = command.device.id.as_str();
-                if !segment(device) {
-                    return Err(format!("device id \"{device}\" cannot go into a topic"));
-                }
-                if command.name.contains(['+', '#', '\0']) {
-                    return Err(format!("name \"{}\" cannot go into a topic", command.name));
-                }
-                let topic = topic
-                    .replace(crate::dialect::json::DEVICE, device)
-                    .replace("{name}", &command.name);
-                Ok((topic, command.params.as_str().into()))
+                alibaba::mqtt::command_message(topics, command, || {
+                    self.next_id.fetch_add(1, Ordering::Relaxed).to_string()
+                })
             }
             Outbound::Huawei { device, legacy } => {
                 same_device(command, device)?;
-                let params = params()?;
-                let code = params
-                    .get("result_code")
-                    .or_else(|| params.get("errcode"))
-                    .and_then(JsonValue::as_i64)
-                    .unwrap_or(0);
-                let publish = match (&command.reply_to, legacy) {
-                    (Some(mid), true) => {
-                        let mid = mid
-                            .parse()
-                            .map_err(|_| format!("reply_to \"{mid}\" is not a legacy mid"))?;
-                        let body = json_field(&params, "body");
-                        reply::device_rsp(device, mid, code, body.as_ref())
-                    }
-                    (Some(request_id), false) if command.name == "properties.set" => {
-                        let desc = params
-                            .get("result_desc")
-                            .and_then(JsonValue::as_str)
-                            .unwrap_or(if code == 0 { "success" } else { "failure" });
-                        reply::properties_set_response(device, request_id, code, desc)
-                    }
-                    (Some(request_id), false) => {
-                        let paras = json_field(&params, "paras");
-                        let name = params.get("response_name").and_then(JsonValue::as_str);
-                        reply::command_response(device, request_id, code, name, paras.as_ref())
-                    }
-                    (None, legacy) => {
-                        let properties = service_properties(&command.name, &params)?;
-                        if *legacy {
-                            reply::device_req(device, &properties, None)
-                        } else {
-                            reply::property_report(device, &properties, None)
-                        }
-                    }
-                };
-                let publish = publish.map_err(|e| e.to_string())?;
-                Ok((publish.topic, publish.payload))
+                huawei::reply::command_message(device, *legacy, command)
             }
+            Outbound::Generic { topic } => json::command_message(topic, command),
         }
     }
 }
@@ -238,53 +113,13 @@ fn same_device(command: &Command, device: &str) -> Result<(), String> {
     }
 }
 
-/// True if `text` can be one topic level.
-fn segment(text: &str) -> bool {
-    !text.is_empty() && !text.contains(['/', '+', '#', '\0'])
-}
-
-/// A field of the params as JSON text.
-fn json_field(params: &JsonValue, key: &str) -> Option<Json> {
-    params.get(key).map(Json::from_serializable)
-}
-
-/// The params object as the properties of service `service` (a Huawei report groups
-/// properties by service).
-fn service_properties(service: &str, params: &JsonValue) -> Result<Vec<Property>, String> {
-    let JsonValue::Object(map) = params else {
-        return Err(format!(
-            "a property report needs an object of properties as params (service \"{service}\")"
-        ));
-    };
-    Ok(map
-        .iter()
-        .map(|(code, value)| {
-            let mut property = Property::new(code.clone(), typed(value));
-            property.service = Some(service.to_owned());
-            property
-        })
-        .collect())
-}
-
-/// A JSON value as a property value.
-fn typed(value: &JsonValue) -> Value {
-    match value {
-        JsonValue::Null => Value::Null,
-        JsonValue::Bool(b) => Value::Boolean(*b),
-        JsonValue::Number(n) => match n.as_i64() {
-            Some(i) => Value::Integer(i),
-            None => n.as_f64().map_or(Value::Null, Value::Float),
-        },
-        JsonValue::String(text) => Value::Text(text.clone()),
-        other => Value::Json(Json::from_serializable(other)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use serde_json::Value as JsonValue;
+
     use super::*;
     use crate::dialect::alibaba::Topics;
-    use crate::event::Device;
+    use crate::event::{Device, Json};
 
     fn command(device: &str, name: &str, params: &str, reply_to: Option<&str>) -> Command {
         Command {

@@ -403,6 +403,86 @@ impl<'de> Deserialize<'de> for AlinkId {
     }
 }
 
+/// The topic and payload of `command` on a device link of `topics` (the link speaks as that
+/// device), or why it cannot be sent (a refusal: sending it again would not help):
+///
+/// | `reply_to` | `name` | publish |
+/// |---|---|---|
+/// | Alink `id` | `thing.service.property.set` | `…/property/set_reply`, Alink reply |
+/// | RRPC message id | `rrpc` | `…/rrpc/response/{id}`, `params` as the body |
+/// | Alink `id` | service identifier | `…/thing/service/{name}_reply`, Alink reply |
+/// | – | `thing.event.property.post` | `…/thing/event/property/post`, Alink request |
+/// | – | `thing.event.{id}.post` | `…/thing/event/{id}/post`, Alink request |
+/// | – | `user/…` | `/{pk}/{dn}/user/…`, `params` as the body |
+///
+/// Replies take `code` (default 200), `data` (default `{}`) and `message` from the params;
+/// a request is numbered by `next_id`.
+pub fn command_message(
+    topics: &Topics,
+    command: &crate::event::Command,
+    next_id: impl FnOnce() -> String,
+) -> Result<(String, Vec<u8>), String> {
+    use serde_json::Value as JsonValue;
+
+    use crate::dialect::{command_params, json_field, topic_segment};
+    let name = command.name.as_str();
+    if let Some(request) = &command.reply_to {
+        if name == "rrpc" {
+            return Ok((
+                topics.rrpc_response(request),
+                command.params.as_str().into(),
+            ));
+        }
+        let topic = if name == METHOD_PROPERTY_SET {
+            topics.property_set_reply()
+        } else if topic_segment(name) {
+            topics.service_reply(name)
+        } else {
+            return Err(format!(
+                "cannot answer with \"{name}\": name a service identifier, \
+                 `thing.service.property.set` or `rrpc`"
+            ));
+        };
+        let params = command_params(command)?;
+        let reply = AlinkReply {
+            id: request.clone(),
+            code: params
+                .get("code")
+                .and_then(JsonValue::as_i64)
+                .unwrap_or(200),
+            data: json_field(&params, "data")
+                .unwrap_or_else(|| Json::from_serializable(&serde_json::Map::new())),
+            message: params
+                .get("message")
+                .and_then(JsonValue::as_str)
+                .unwrap_or("success")
+                .to_owned(),
+        };
+        return Ok((topic, reply.encode()));
+    }
+    if let Some(suffix) = name.strip_prefix("user/") {
+        if suffix.is_empty() || suffix.contains(['+', '#']) {
+            return Err(format!("\"{name}\" is not a custom topic"));
+        }
+        return Ok((topics.full_topic(name), command.params.as_str().into()));
+    }
+    let topic = match name.split('.').collect::<Vec<_>>().as_slice() {
+        ["thing", "event", "property", "post"] => topics.property_post(),
+        ["thing", "event", identifier, "post"] if topic_segment(identifier) => {
+            topics.event_post(identifier)
+        }
+        _ => {
+            return Err(format!(
+                "\"{name}\" is not something a device sends: use \
+                 `thing.event.property.post`, `thing.event.{{id}}.post` or a \
+                 `user/...` topic (or set reply_to to answer a request)"
+            ));
+        }
+    };
+    let request = AlinkRequest::new(next_id(), name, command.params.clone());
+    Ok((topic, request.encode()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

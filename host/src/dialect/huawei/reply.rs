@@ -326,6 +326,84 @@ fn to_vec<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// The topic and payload of `command` on the device link of `device` (`legacy`: the v1
+/// topics), or why it cannot be sent (a refusal: sending it again would not help):
+///
+/// | `reply_to` | `name` | publish |
+/// |---|---|---|
+/// | legacy `mid` | any | `deviceRsp` on `…/data/json` |
+/// | – (legacy) | service id | `deviceReq` report on `…/data/json` |
+/// | `request_id` | `properties.set` | `…/properties/set/response/request_id=…` |
+/// | `request_id` | any other | `…/commands/response/request_id=…` |
+/// | – | service id | `…/sys/properties/report`, the params as its properties |
+///
+/// Replies take `result_code` (or `errcode`, default 0), `response_name`, `paras` (or
+/// `body`) and `result_desc` from the params.
+pub fn command_message(
+    device: &str,
+    legacy: bool,
+    command: &crate::event::Command,
+) -> Result<(String, Vec<u8>), String> {
+    use serde_json::Value as JsonValue;
+
+    use crate::dialect::{command_params, json_field};
+    let params = command_params(command)?;
+    let code = params
+        .get("result_code")
+        .or_else(|| params.get("errcode"))
+        .and_then(JsonValue::as_i64)
+        .unwrap_or(0);
+    let publish = match (&command.reply_to, legacy) {
+        (Some(mid), true) => {
+            let mid = mid
+                .parse()
+                .map_err(|_| format!("reply_to \"{mid}\" is not a legacy mid"))?;
+            let body = json_field(&params, "body");
+            device_rsp(device, mid, code, body.as_ref())
+        }
+        (Some(request_id), false) if command.name == "properties.set" => {
+            let desc = params
+                .get("result_desc")
+                .and_then(JsonValue::as_str)
+                .unwrap_or(if code == 0 { "success" } else { "failure" });
+            properties_set_response(device, request_id, code, desc)
+        }
+        (Some(request_id), false) => {
+            let paras = json_field(&params, "paras");
+            let name = params.get("response_name").and_then(JsonValue::as_str);
+            command_response(device, request_id, code, name, paras.as_ref())
+        }
+        (None, legacy) => {
+            let properties = service_properties(&command.name, params)?;
+            if legacy {
+                device_req(device, &properties, None)
+            } else {
+                property_report(device, &properties, None)
+            }
+        }
+    };
+    let publish = publish.map_err(|e| e.to_string())?;
+    Ok((publish.topic, publish.payload))
+}
+
+/// The params object as the properties of service `service` (a report groups properties by
+/// service).
+fn service_properties(service: &str, params: serde_json::Value) -> Result<Vec<Property>, String> {
+    let serde_json::Value::Object(map) = params else {
+        return Err(format!(
+            "a property report needs an object of properties as params (service \"{service}\")"
+        ));
+    };
+    Ok(map
+        .into_iter()
+        .map(|(code, value)| {
+            let mut property = Property::new(code, Value::from(value));
+            property.service = Some(service.to_owned());
+            property
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
