@@ -828,7 +828,7 @@ fn located(error: &toml::de::Error) -> (Option<String>, &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn env(name: &str) -> Option<String> {
@@ -886,7 +886,9 @@ mod tests {
         assert_eq!(format!("{secret:?}"), "***");
     }
 
-    const MINIMAL: &str = r#"
+    /// A config with one replay connector and one command path, in `/etc/iot` for the tests
+    /// that resolve its paths.
+    pub(crate) const MINIMAL: &str = r#"
         rules = "r"
         plugins = "p"
         [[connector]]

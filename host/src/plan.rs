@@ -102,20 +102,8 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::MINIMAL;
     use crate::dialect::DialectName;
-
-    const MINIMAL: &str = r#"
-        rules = "r"
-        plugins = "p"
-        [[connector]]
-        name = "a"
-        kind = "replay"
-        dialect = "huawei"
-        file = "a.jsonl"
-        [[command_path]]
-        name = "out"
-        kind = "log"
-    "#;
 
     fn connector(toml: &str) -> Result<Plan, ConfigError> {
         Plan::parse(

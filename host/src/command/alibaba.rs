@@ -21,13 +21,12 @@
 //! refusal. `RRpc` that reaches the API but not the device (`RrpcCode` other than
 //! `SUCCESS`) is retried on `TIMEOUT` and refused otherwise (`OFFLINE`, `HALFCONN`, …).
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use super::http::{HttpClient, Url};
-use super::{CommandPath, Configured, Failure, Kind, Lanes, PathSettings, SharedConfig, Transport};
+use super::{Failure, Kind, PathConfig, PathSettings, SharedConfig, Transport};
 use crate::config::{ConfigError, Expanded, Secret, Table};
 use crate::dialect::alibaba::openapi::{self, ApiCredentials, CallContext, RpcRequest};
 use crate::event::Command;
@@ -133,24 +132,19 @@ impl AlibabaSettings {
     }
 }
 
-impl Configured for AlibabaSettings {
-    fn settings(&self) -> PathSettings {
+impl PathConfig for AlibabaSettings {
+    type Transport = AlibabaTransport;
+
+    fn lanes(&self) -> PathSettings {
         self.lanes
     }
 
-    fn files(&self) -> Vec<(PathBuf, &'static str)> {
-        super::ca_file(&self.ca_file)
+    fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
-    fn start(
-        &self,
-        name: &str,
-        clock: &Clock,
-        runtime: &tokio::runtime::Handle,
-    ) -> anyhow::Result<Arc<dyn CommandPath>> {
-        let transport = AlibabaTransport::new(self.clone(), clock.clone())
-            .map_err(|e| anyhow::anyhow!("command_path \"{name}\": {e}"))?;
-        Ok(Lanes::start(name, transport, self.lanes, runtime))
+    fn transport(&self, _name: &str, clock: &Clock) -> Result<AlibabaTransport, String> {
+        AlibabaTransport::new(self.clone(), clock.clone())
     }
 }
 

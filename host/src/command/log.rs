@@ -6,7 +6,7 @@ use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use super::{CommandPath, Configured, Failure, Kind, Lanes, PathSettings, SharedConfig, Transport};
+use super::{Configured, Failure, Kind, PathConfig, PathSettings, SharedConfig, Transport};
 use crate::config::{ConfigError, Table};
 use crate::event::{Command, Json};
 use crate::time::Clock;
@@ -22,23 +22,15 @@ fn read(table: &Table) -> Result<Box<dyn Configured>, ConfigError> {
 /// A `log` path as configured.
 struct LogPath(PathSettings);
 
-impl Configured for LogPath {
-    fn settings(&self) -> PathSettings {
+impl PathConfig for LogPath {
+    type Transport = LogTransport;
+
+    fn lanes(&self) -> PathSettings {
         self.0
     }
 
-    fn start(
-        &self,
-        name: &str,
-        _clock: &Clock,
-        runtime: &tokio::runtime::Handle,
-    ) -> anyhow::Result<Arc<dyn CommandPath>> {
-        Ok(Lanes::start(
-            name,
-            LogTransport::stdout(name),
-            self.0,
-            runtime,
-        ))
+    fn transport(&self, name: &str, _clock: &Clock) -> Result<LogTransport, String> {
+        Ok(LogTransport::stdout(name))
     }
 }
 

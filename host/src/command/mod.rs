@@ -204,16 +204,15 @@ pub struct Kind {
     pub read: fn(&Table) -> Result<Box<dyn Configured>, ConfigError>,
 }
 
-/// A command path as its kind read it from the config, ready to start.
+/// A command path as its kind read it from the config, ready to start. Every kind is one
+/// through [`PathConfig`].
 pub trait Configured: Send + Sync {
     /// Its lanes, queues, time-out and retries.
     fn settings(&self) -> PathSettings;
 
     /// The files it reads (a CA file), each with what it is: no rule may grant a plugin a
     /// directory that holds one.
-    fn files(&self) -> Vec<(std::path::PathBuf, &'static str)> {
-        Vec::new()
-    }
+    fn files(&self) -> Vec<(std::path::PathBuf, &'static str)>;
 
     /// Starts the path named `name` on `runtime`; the vendor APIs sign requests and time
     /// their tokens with `clock` (the service's, pinned in tests).
@@ -223,6 +222,50 @@ pub trait Configured: Send + Sync {
         clock: &Clock,
         runtime: &tokio::runtime::Handle,
     ) -> anyhow::Result<Arc<dyn CommandPath>>;
+}
+
+/// What a kind's settings tell the path's [`Lanes`]: how many, and the transport they send
+/// with.
+pub trait PathConfig: Send + Sync {
+    /// The transport of the kind.
+    type Transport: Transport;
+
+    /// Its lanes, queues, time-out and retries.
+    fn lanes(&self) -> PathSettings;
+
+    /// A PEM file of CA certificates it trusts besides the system's.
+    fn ca_file(&self) -> Option<&std::path::Path> {
+        None
+    }
+
+    /// The transport of the path named `name`, on `clock`; an error says why it cannot be
+    /// made (an unreadable CA file).
+    fn transport(&self, name: &str, clock: &Clock) -> Result<Self::Transport, String>;
+}
+
+impl<T: PathConfig> Configured for T {
+    fn settings(&self) -> PathSettings {
+        self.lanes()
+    }
+
+    fn files(&self) -> Vec<(std::path::PathBuf, &'static str)> {
+        self.ca_file()
+            .map(|file| (file.to_owned(), "a command path's CA file"))
+            .into_iter()
+            .collect()
+    }
+
+    fn start(
+        &self,
+        name: &str,
+        clock: &Clock,
+        runtime: &tokio::runtime::Handle,
+    ) -> anyhow::Result<Arc<dyn CommandPath>> {
+        let transport = self
+            .transport(name, clock)
+            .map_err(|reason| anyhow::anyhow!("command_path \"{name}\": {reason}"))?;
+        Ok(Lanes::start(name, transport, self.lanes(), runtime))
+    }
 }
 
 /// A `[[command_path]]` read by its kind.
@@ -255,13 +298,6 @@ pub fn plan(table: &Table) -> Result<Planned, ConfigError> {
         kind: kind.name,
         path: (kind.read)(table)?,
     })
-}
-
-/// A command path's CA file, as [`Configured::files`] names it.
-pub fn ca_file(file: &Option<std::path::PathBuf>) -> Vec<(std::path::PathBuf, &'static str)> {
-    file.iter()
-        .map(|file| (file.clone(), "a command path's CA file"))
-        .collect()
 }
 
 /// The keys every command path takes.

@@ -15,14 +15,13 @@
 //! itself cannot go through and is not retried. HTTP 5xx and 429 are retried; another non-2xx
 //! status is a refusal.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::http::{HttpClient, Url, path_only};
-use super::{CommandPath, Configured, Failure, Kind, Lanes, PathSettings, SharedConfig, Transport};
+use super::{Failure, Kind, PathConfig, PathSettings, SharedConfig, Transport};
 use crate::config::{ConfigError, Expanded, Secret, Table};
 use crate::dialect::tuya::Region;
 use crate::dialect::tuya::openapi::{self, ApiCredentials, DpCommand, Request};
@@ -111,24 +110,19 @@ impl TuyaSettings {
     }
 }
 
-impl Configured for TuyaSettings {
-    fn settings(&self) -> PathSettings {
+impl PathConfig for TuyaSettings {
+    type Transport = TuyaTransport;
+
+    fn lanes(&self) -> PathSettings {
         self.lanes
     }
 
-    fn files(&self) -> Vec<(PathBuf, &'static str)> {
-        super::ca_file(&self.ca_file)
+    fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
-    fn start(
-        &self,
-        name: &str,
-        clock: &Clock,
-        runtime: &tokio::runtime::Handle,
-    ) -> anyhow::Result<Arc<dyn CommandPath>> {
-        let transport = TuyaTransport::new(self, clock.clone())
-            .map_err(|e| anyhow::anyhow!("command_path \"{name}\": {e}"))?;
-        Ok(Lanes::start(name, transport, self.lanes, runtime))
+    fn transport(&self, _name: &str, clock: &Clock) -> Result<TuyaTransport, String> {
+        TuyaTransport::new(self, clock.clone())
     }
 }
 

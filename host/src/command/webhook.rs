@@ -4,13 +4,12 @@
 //! connections ([`HttpClient`]). The body is the command as `iotrules` serializes it
 //! (`device`, `name`, `params`, …).
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use super::http::{HttpClient, Url};
-use super::{CommandPath, Configured, Failure, Kind, Lanes, PathSettings, SharedConfig, Transport};
+use super::{Configured, Failure, Kind, PathConfig, PathSettings, SharedConfig, Transport};
 use crate::config::{ConfigError, Expanded, Secret, Table};
 use crate::event::Command;
 use crate::time::Clock;
@@ -64,28 +63,23 @@ struct Webhook {
     settings: PathSettings,
 }
 
-impl Configured for Webhook {
-    fn settings(&self) -> PathSettings {
+impl PathConfig for Webhook {
+    type Transport = WebhookTransport;
+
+    fn lanes(&self) -> PathSettings {
         self.settings
     }
 
-    fn files(&self) -> Vec<(PathBuf, &'static str)> {
-        super::ca_file(&self.ca_file)
+    fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
-    fn start(
-        &self,
-        name: &str,
-        _clock: &Clock,
-        runtime: &tokio::runtime::Handle,
-    ) -> anyhow::Result<Arc<dyn CommandPath>> {
-        let transport = WebhookTransport::for_url(
+    fn transport(&self, _name: &str, _clock: &Clock) -> Result<WebhookTransport, String> {
+        WebhookTransport::for_url(
             &self.url,
             self.authorization.as_ref().map(|s| s.expose().to_owned()),
             self.ca_file.as_deref(),
         )
-        .map_err(|reason| anyhow::anyhow!("command_path \"{name}\": {reason}"))?;
-        Ok(Lanes::start(name, transport, self.settings, runtime))
     }
 }
 

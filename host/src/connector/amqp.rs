@@ -23,10 +23,13 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::endpoint::{Endpoint, Scheme};
-use super::{Configured, Connector, Kind, Start};
+use super::{
+    Backoff, Connector, Context, Ended, Kind, Sessions, Start, only_dialect, reconnecting,
+};
 use crate::config::{ConfigError, Expanded, Secret, Table};
+use crate::dialect::DialectName::{Alibaba, Huawei};
 use crate::dialect::crypto::SignMethod;
-use crate::dialect::{Dialect, DialectName, SignMode, alibaba, huawei};
+use crate::dialect::{Dialect, DialectName, alibaba, huawei};
 use crate::pipeline;
 
 /// The idle time-outs Alibaba accepts in the open frame.
@@ -90,7 +93,7 @@ const MIN_MESSAGE_SIZE: usize = 256 * 1024;
 /// The server-side subscriptions: `alibaba-amqp` and `huawei-amqp`.
 pub const KIND: Kind = Kind {
     names: &["alibaba-amqp", "huawei-amqp"],
-    read,
+    read: |table| super::configured(AmqpSettings::read(table)),
 };
 
 /// The keys both AMQP kinds take.
@@ -182,42 +185,24 @@ struct HuaweiConfig {
     queue: Option<Expanded>,
 }
 
-fn read(table: &Table) -> Result<Configured, ConfigError> {
-    let (dialect, settings) = read_settings(table)?;
-    Ok((dialect, Box::new(settings)))
-}
-
 impl AmqpSettings {
-    /// Checks a `alibaba-amqp` / `huawei-amqp` connector's table and derives its settings.
+    /// Checks a `alibaba-amqp` or `huawei-amqp` connector's table and derives its settings.
     pub fn from_config(table: &Table) -> Result<Self, ConfigError> {
-        read_settings(table).map(|(_, settings)| settings)
+        Self::read(table).map(|(_, settings)| settings)
     }
-}
 
-/// The dialect and the settings of a `alibaba-amqp` / `huawei-amqp` connector's table.
-fn read_settings(table: &Table) -> Result<(Dialect, AmqpSettings), ConfigError> {
-    let (dialect, settings) = if table.kind == "alibaba-amqp" {
-        let (common, own) = table.read_both::<AmqpConfig, AlibabaConfig>()?;
-        let dialect = super::dialect_name(table, &[DialectName::Alibaba], common.dialect)?;
-        let dialect = dialect.build(
-            SignMode::Warn,
-            own.body_base64,
-            super::not_needed(table),
-            super::not_needed(table),
-        )?;
-        (dialect, AmqpSettings::alibaba(table, &common, &own)?)
-    } else {
-        let (common, own) = table.read_both::<AmqpConfig, HuaweiConfig>()?;
-        let dialect = super::dialect_name(table, &[DialectName::Huawei], common.dialect)?;
-        let dialect = dialect.build(
-            SignMode::Warn,
-            false,
-            super::not_needed(table),
-            super::not_needed(table),
-        )?;
-        (dialect, AmqpSettings::huawei(table, &common, &own)?)
-    };
-    Ok((dialect, settings))
+    /// The dialect and the settings of a `alibaba-amqp` or `huawei-amqp` connector's table.
+    fn read(table: &Table) -> Result<(Dialect, Self), ConfigError> {
+        if table.kind == "alibaba-amqp" {
+            let (common, own) = table.read_both::<AmqpConfig, AlibabaConfig>()?;
+            let dialect = only_dialect(table, Alibaba, common.dialect, own.body_base64, &None)?;
+            Ok((dialect, AmqpSettings::alibaba(table, &common, &own)?))
+        } else {
+            let (common, own) = table.read_both::<AmqpConfig, HuaweiConfig>()?;
+            let dialect = only_dialect(table, Huawei, common.dialect, false, &None)?;
+            Ok((dialect, AmqpSettings::huawei(table, &common, &own)?))
+        }
+    }
 }
 
 impl Connector for AmqpSettings {
@@ -417,18 +402,7 @@ pub async fn run(settings: AmqpSettings, context: super::Context) -> anyhow::Res
             anyhow::bail!(error);
         }
     };
-    let tls = if endpoint.tls {
-        match crate::tls::client_config(settings.ca_file.as_deref()) {
-            Ok(config) => Some(tokio_rustls::TlsConnector::from(config)),
-            Err(e) => {
-                let error = e.to_string();
-                context.failed(&error);
-                anyhow::bail!(error);
-            }
-        }
-    } else {
-        None
-    };
+    let tls = super::tls_connector(&context, &endpoint, settings.ca_file.as_deref())?;
     let settings = Arc::new(settings);
     let endpoint = Arc::new(endpoint);
     let mut connections = tokio::task::JoinSet::new();
@@ -447,15 +421,6 @@ pub async fn run(settings: AmqpSettings, context: super::Context) -> anyhow::Res
     Ok(())
 }
 
-/// Where to connect, from the URL.
-/// Why a connection ended.
-enum Ended {
-    /// The service is stopping (or the pipeline closed): do not reconnect.
-    Stopping,
-    /// It failed or was lost: reconnect after a pause. `worked` when it had been receiving.
-    Lost { error: String, worked: bool },
-}
-
 /// One of the connector's connections, with its login: connects, receives and reconnects
 /// until the service stops.
 struct Connection {
@@ -466,32 +431,29 @@ struct Connection {
     context: super::Context,
 }
 
+impl Sessions for Connection {
+    async fn session(&mut self, _context: &mut Context) -> Ended {
+        match self.connect_and_receive().await {
+            Ended::Lost { error, worked } if self.settings.logins.len() > 1 => Ended::Lost {
+                error: format!("connection {}: {error}", self.index + 1),
+                worked,
+            },
+            ended => ended,
+        }
+    }
+}
+
 impl Connection {
     async fn run(mut self) {
-        let mut backoff = super::Backoff::new(FIRST_PAUSE, MAX_PAUSE);
-        loop {
-            if self.context.stopping() {
-                return;
-            }
-            match self.connect_and_receive().await {
-                Ended::Stopping => return,
-                Ended::Lost { error, worked } => {
-                    if worked {
-                        backoff.reset();
-                    }
-                    let pause = backoff.next_pause();
-                    let error = if self.settings.logins.len() > 1 {
-                        format!("connection {}: {error}", self.index + 1)
-                    } else {
-                        error
-                    };
-                    self.context.disconnected(&error, pause);
-                    if self.context.pause(pause).await {
-                        return;
-                    }
-                }
-            }
-        }
+        let mut context = self.context.clone();
+        // A connection's session never ends fatally (its settings were checked at start), so
+        // the supervisor's result says nothing `/status` does not.
+        let _ = reconnecting(
+            &mut context,
+            Backoff::new(FIRST_PAUSE, MAX_PAUSE),
+            &mut self,
+        )
+        .await;
     }
 
     /// One connection: log in, attach, receive until it is lost or the service stops.
@@ -507,21 +469,13 @@ impl Connection {
         let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.open(&username, now)).await;
         let (mut connection, mut session, receiver) = match opened {
             Ok(Ok(opened)) => opened,
-            Ok(Err(error)) => {
-                return Ended::Lost {
-                    error,
-                    worked: false,
-                };
-            }
+            Ok(Err(error)) => return Ended::failed(error),
             Err(_) => {
-                return Ended::Lost {
-                    error: format!(
-                        "{}: no answer within {} s (connect, log in as \"{username}\", attach)",
-                        self.endpoint_text(),
-                        HANDSHAKE_TIMEOUT.as_secs()
-                    ),
-                    worked: false,
-                };
+                return Ended::failed(format!(
+                    "{}: no answer within {} s (connect, log in as \"{username}\", attach)",
+                    self.endpoint_text(),
+                    HANDSHAKE_TIMEOUT.as_secs()
+                ));
             }
         };
         self.context.connected();
@@ -545,6 +499,7 @@ impl Connection {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
                 Ended::Stopping
             }
+            fatal @ Ended::Fatal(_) => fatal,
             Ended::Lost { error, .. } => {
                 drop(link);
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -552,10 +507,7 @@ impl Connection {
                     let _ = connection.close().await;
                 })
                 .await;
-                Ended::Lost {
-                    error,
-                    worked: true,
-                }
+                Ended::lost(error)
             }
         }
     }
@@ -673,7 +625,7 @@ impl Link {
     /// pipeline says, until the link fails or the service stops.
     async fn receive(&mut self, context: &mut super::Context) -> Ended {
         if let Err(e) = self.receiver.set_credit(self.window).await {
-            return lost(format!("cannot grant link credit: {e}"));
+            return Ended::lost(format!("cannot grant link credit: {e}"));
         }
         loop {
             tokio::select! {
@@ -681,7 +633,7 @@ impl Link {
                 _ = context.shutdown.changed() => return Ended::Stopping,
                 Some(settlement) = self.settlements.recv() => {
                     if let Err(error) = self.settle(settlement).await {
-                        return lost(error);
+                        return Ended::lost(error);
                     }
                 }
                 received = self.receiver.recv::<Body<Value>>() => {
@@ -690,11 +642,11 @@ impl Link {
                         // The transfer arrived whole, and only its content is wrong: the link
                         // is fine. Reconnecting would bring the same message back forever.
                         Err(RecvError::MessageDecode(error)) => self.undecodable(error),
-                        Err(e) => return lost(format!("the link was lost: {e}")),
+                        Err(e) => return Ended::lost(format!("the link was lost: {e}")),
                     };
                     self.unsettled += 1;
                     if let Err(error) = self.top_up().await {
-                        return lost(error);
+                        return Ended::lost(error);
                     }
                     if let Some(ended) = self.submit(submission, context).await {
                         return ended;
@@ -730,7 +682,7 @@ impl Link {
                 _ = context.shutdown.changed() => return Some(Ended::Stopping),
                 Some(settlement) = self.settlements.recv() => {
                     if let Err(error) = self.settle(settlement).await {
-                        return Some(lost(error));
+                        return Some(Ended::lost(error));
                     }
                 }
             }
@@ -860,13 +812,6 @@ enum Submission {
     Message(pipeline::Delivery),
     /// A message the client could not decode: straight to the dead letters, with why.
     Undecodable(pipeline::Delivery, String),
-}
-
-fn lost(error: String) -> Ended {
-    Ended::Lost {
-        error,
-        worked: true,
-    }
 }
 
 /// What the dialect gets of a received AMQP message: its body as bytes ([`body_bytes`]) and

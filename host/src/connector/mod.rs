@@ -54,6 +54,13 @@ pub struct Kind {
 /// the connector.
 pub type Configured = (Dialect, Box<dyn Connector>);
 
+/// A kind's [`Kind::read`] from what its settings' own reading gives.
+pub fn configured<S: Connector + 'static>(
+    read: Result<(Dialect, S), ConfigError>,
+) -> Result<Configured, ConfigError> {
+    read.map(|(dialect, settings)| (dialect, Box::new(settings) as Box<dyn Connector>))
+}
+
 /// A connector as its kind read it from the config, ready to start (as often as a test
 /// likes: starting does not consume it).
 pub trait Connector: Send + Sync {
@@ -168,19 +175,49 @@ pub fn dialect_name(
     }
 }
 
-/// The keys of the Tuya dialects: the access id (shown, not needed to decrypt) and the
-/// access key that decrypts.
-pub fn tuya_keys(
+/// The keys of the Tuya dialects, which the Tuya connectors take, and a replay of Tuya
+/// messages.
+#[derive(serde::Deserialize)]
+pub struct TuyaKeys {
+    /// The project's access id (shown, not needed to decrypt).
+    #[serde(default)]
+    pub access_id: Option<Expanded>,
+    /// The project's access key (the decryption key).
+    #[serde(default)]
+    pub access_key: Option<Secret>,
+    /// What to do with a message whose signature does not match (default `warn`, see
+    /// [`default_sign`]).
+    #[serde(default = "default_sign")]
+    pub sign: SignMode,
+}
+
+impl TuyaKeys {
+    /// The keys, checked.
+    pub fn keys(&self, table: &Table) -> Result<tuya::Keys, ConfigError> {
+        let key = self.access_key.as_ref().ok_or_else(|| {
+            table.invalid("access_key is required for the Tuya dialects (the decryption key)")
+        })?;
+        let id = self.access_id.as_ref().map_or("", |id| id.as_str());
+        tuya::Keys::new(id.to_owned(), key.expose())
+            .map_err(|e| table.invalid(format!("access_key: {e}")))
+    }
+}
+
+/// The dialect of a kind that carries one dialect needing no keys (`alibaba`, `huawei`,
+/// `json`): the one it implies, or the same one named. `device_topic` is for `json`.
+pub fn only_dialect(
     table: &Table,
-    access_id: &Option<Expanded>,
-    access_key: &Option<Secret>,
-) -> Result<tuya::Keys, ConfigError> {
-    let key = access_key.as_ref().ok_or_else(|| {
-        table.invalid("access_key is required for the Tuya dialects (the decryption key)")
-    })?;
-    let id = access_id.as_ref().map_or("", |id| id.as_str());
-    tuya::Keys::new(id.to_owned(), key.expose())
-        .map_err(|e| table.invalid(format!("access_key: {e}")))
+    carried: DialectName,
+    chosen: Option<DialectName>,
+    body_base64: bool,
+    device_topic: &Option<Expanded>,
+) -> Result<Dialect, ConfigError> {
+    dialect_name(table, &[carried], chosen)?.build(
+        SignMode::Warn,
+        body_base64,
+        || Err(table.invalid(format!("{} carries no Tuya dialect", table.a_kind()))),
+        || topic_template(table, device_topic),
+    )
 }
 
 /// Where the `json` dialect finds the device in a topic (`device_topic`).
@@ -216,12 +253,6 @@ pub fn ca_file(file: &Option<PathBuf>) -> Vec<(PathBuf, &'static str)> {
 /// accepted; Pulsar: the read-ahead times the largest message).
 pub fn default_buffer_bytes() -> usize {
     16 * 1024 * 1024
-}
-
-/// A dialect that needs neither keys nor a topic template, for the closures of
-/// [`DialectName::build`] that its kind never calls.
-pub fn not_needed<T>(table: &Table) -> impl FnOnce() -> Result<T, ConfigError> + '_ {
-    move || Err(table.invalid(format!("{} has no such setting", table.a_kind())))
 }
 
 /// What every connector runs with: where deliveries go and where it reports.
@@ -297,6 +328,99 @@ impl Context {
         tokio::select! {
             () = tokio::time::sleep(pause) => self.stopping(),
             _ = self.shutdown.changed() => true,
+        }
+    }
+}
+
+/// How one session of a connector (a connection, or a client and its consumer) ended.
+pub enum Ended {
+    /// The service is stopping (or the pipeline closed): the connector returns.
+    Stopping,
+    /// The connection failed, was refused or went quiet: reconnect after a pause.
+    Lost {
+        /// Why.
+        error: String,
+        /// The session had been receiving (or lasted long enough): the backoff starts over.
+        worked: bool,
+    },
+    /// A setting that no retry can fix (an unreadable `ca_file`): the connector fails.
+    Fatal(String),
+}
+
+impl Ended {
+    /// A session lost after it had been receiving.
+    pub fn lost(error: impl Into<String>) -> Ended {
+        Ended::Lost {
+            error: error.into(),
+            worked: true,
+        }
+    }
+
+    /// A session that failed before it received anything.
+    pub fn failed(error: impl Into<String>) -> Ended {
+        Ended::Lost {
+            error: error.into(),
+            worked: false,
+        }
+    }
+}
+
+/// A transport's sessions, as [`reconnecting`] runs them.
+pub trait Sessions: Send {
+    /// One session, from connecting to its end.
+    fn session(&mut self, context: &mut Context) -> impl Future<Output = Ended> + Send;
+}
+
+/// The supervisor every transport runs its sessions under: it runs one session after another
+/// until the service stops. After a lost session it reports the error (`/status`, the log,
+/// the metrics), waits `backoff`'s next pause (from the start again after a session that
+/// worked; a shutdown cuts it short) and runs another; a fatal end fails the connector with
+/// its error.
+pub async fn reconnecting(
+    context: &mut Context,
+    mut backoff: Backoff,
+    sessions: &mut impl Sessions,
+) -> anyhow::Result<()> {
+    loop {
+        if context.stopping() {
+            return Ok(());
+        }
+        match sessions.session(context).await {
+            Ended::Stopping => return Ok(()),
+            Ended::Fatal(error) => {
+                context.failed(&error);
+                anyhow::bail!(error);
+            }
+            Ended::Lost { error, worked } => {
+                if worked {
+                    backoff.reset();
+                }
+                let pause = backoff.next_pause();
+                context.disconnected(&error, pause);
+                if context.pause(pause).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// The TLS connector of a connection to `endpoint` when it wants TLS (the system's roots and
+/// `ca_file`); an unreadable CA file fails the connector, as no retry can fix it.
+pub fn tls_connector(
+    context: &Context,
+    endpoint: &endpoint::Endpoint,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<tokio_rustls::TlsConnector>> {
+    if !endpoint.tls {
+        return Ok(None);
+    }
+    match crate::tls::client_config(ca_file) {
+        Ok(config) => Ok(Some(tokio_rustls::TlsConnector::from(config))),
+        Err(e) => {
+            let error = e.to_string();
+            context.failed(&error);
+            anyhow::bail!(error)
         }
     }
 }

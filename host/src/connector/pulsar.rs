@@ -25,9 +25,9 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::endpoint::{Endpoint, Scheme};
-use super::{Backoff, Configured, Connector, Context, Kind, Start};
-use crate::config::{ConfigError, Expanded, Secret, Table};
-use crate::dialect::{Dialect, DialectName, SignMode, tuya};
+use super::{Backoff, Connector, Context, Ended, Kind, Sessions, Start, TuyaKeys, reconnecting};
+use crate::config::{ConfigError, Expanded, Table};
+use crate::dialect::{Dialect, DialectName, tuya};
 use crate::pipeline::Closed;
 use crate::pipeline::{Acker, Delivery, Settle};
 use crate::sync::lock;
@@ -88,25 +88,15 @@ impl std::fmt::Debug for PulsarSettings {
 /// `dialect = "tuya-business"`) and `tuya-business` (the Smart Business envelope).
 pub const KIND: Kind = Kind {
     names: &["tuya-pulsar", "tuya-business"],
-    read,
+    read: |table| super::configured(PulsarSettings::read(table)),
 };
 
-/// A Tuya connector's table.
+/// A Tuya connector's own keys (besides [`TuyaKeys`]).
 #[derive(Deserialize)]
 struct PulsarConfig {
     /// `tuya` or `tuya-business` (a `tuya-business` connector carries only the latter).
     #[serde(default)]
     dialect: Option<DialectName>,
-    /// The project's access id.
-    #[serde(default)]
-    access_id: Option<Expanded>,
-    /// The project's access key (the decryption key).
-    #[serde(default)]
-    access_key: Option<Secret>,
-    /// What to do with a message whose signature does not match (default `warn`, see
-    /// [`default_sign`](super::default_sign)).
-    #[serde(default = "super::default_sign")]
-    sign: SignMode,
     /// The broker URL, overriding the one `region` gives (`pulsar+ssl://host:port`,
     /// `pulsar://…`).
     #[serde(default)]
@@ -142,33 +132,27 @@ fn default_stall_timeout_s() -> u64 {
     300
 }
 
-fn read(table: &Table) -> Result<Configured, ConfigError> {
-    let (dialect, settings) = read_settings(table)?;
-    Ok((dialect, Box::new(settings)))
-}
-
 impl PulsarSettings {
-    /// Checks a Tuya connector's table and derives its settings.
+    /// Checks a `tuya-pulsar` or `tuya-business` connector's table and derives its settings.
     pub fn from_config(table: &Table) -> Result<Self, ConfigError> {
-        read_settings(table).map(|(_, settings)| settings)
+        Self::read(table).map(|(_, settings)| settings)
     }
-}
 
-/// The dialect and the settings of a Tuya connector's table.
-fn read_settings(table: &Table) -> Result<(Dialect, PulsarSettings), ConfigError> {
-    let config: PulsarConfig = table.read()?;
-    let carried: &[DialectName] = match table.kind.as_str() {
-        "tuya-business" => &[DialectName::TuyaBusiness],
-        _ => &[DialectName::Tuya, DialectName::TuyaBusiness],
-    };
-    let dialect = super::dialect_name(table, carried, config.dialect)?.build(
-        config.sign,
-        false,
-        || super::tuya_keys(table, &config.access_id, &config.access_key),
-        super::not_needed(table),
-    )?;
-    let settings = PulsarSettings::derive(table, &config)?;
-    Ok((dialect, settings))
+    /// The dialect and the settings of a `tuya-pulsar` or `tuya-business` connector's table.
+    fn read(table: &Table) -> Result<(Dialect, Self), ConfigError> {
+        let (config, tuya) = table.read_both::<PulsarConfig, TuyaKeys>()?;
+        let carried: &[DialectName] = match table.kind.as_str() {
+            "tuya-business" => &[DialectName::TuyaBusiness],
+            _ => &[DialectName::Tuya, DialectName::TuyaBusiness],
+        };
+        let dialect = super::dialect_name(table, carried, config.dialect)?.build(
+            tuya.sign,
+            false,
+            || tuya.keys(table),
+            || Err(table.invalid("the Tuya dialects take no `device_topic`")),
+        )?;
+        Ok((dialect, PulsarSettings::derive(table, &config, &tuya)?))
+    }
 }
 
 impl Connector for PulsarSettings {
@@ -188,9 +172,9 @@ impl Connector for PulsarSettings {
 
 impl PulsarSettings {
     /// Checks a Tuya connector's table and derives its settings.
-    fn derive(table: &Table, config: &PulsarConfig) -> Result<Self, ConfigError> {
-        let access_id = table.required(&config.access_id, "access_id")?;
-        let access_key = table.required_secret(&config.access_key, "access_key")?;
+    fn derive(table: &Table, config: &PulsarConfig, tuya: &TuyaKeys) -> Result<Self, ConfigError> {
+        let access_id = table.required(&tuya.access_id, "access_id")?;
+        let access_key = table.required_secret(&tuya.access_key, "access_key")?;
         let keys = tuya::Keys::new(access_id, access_key)
             .map_err(|e| table.invalid(format!("access_key: {e}")))?;
         let url = match (&config.url, &config.region) {
@@ -253,20 +237,6 @@ impl PulsarSettings {
     fn tls(&self) -> bool {
         self.url.starts_with("pulsar+ssl://")
     }
-}
-
-/// How one session (a client and its consumer) ended.
-enum Ended {
-    /// The service is stopping (or the pipeline closed): the connector returns.
-    Stopping,
-    /// The connection failed, was refused or went quiet: rebuild after a pause.
-    Lost {
-        error: String,
-        /// The session received, or lasted [`WORKED_AFTER`]: the backoff starts over.
-        worked: bool,
-    },
-    /// A setting that no retry can fix (an unreadable `ca_file`).
-    Fatal(String),
 }
 
 /// A delivery being handed to the pipeline (which may wait while it is full).
@@ -358,33 +328,30 @@ impl Drop for Settler {
 /// again to the rebuilt consumer, and the pipeline drops the duplicate by event id.
 pub async fn run(settings: PulsarSettings, mut context: Context) -> anyhow::Result<()> {
     crate::tls::install_provider();
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut pending = Pending::new();
-    loop {
-        if context.stopping() {
-            break;
-        }
-        match session(&settings, &mut context, &mut pending).await {
-            Ended::Stopping => break,
-            Ended::Fatal(error) => {
-                let error = format!("{}: {error}", context.place());
-                context.failed(&error);
-                anyhow::bail!(error);
-            }
-            Ended::Lost { error, worked } => {
-                if worked {
-                    backoff.reset();
-                }
-                let pause = backoff.next_pause();
-                context.disconnected(&error, pause);
-                if context.pause(pause).await {
-                    break;
-                }
-            }
-        }
-    }
+    let mut sessions = PulsarSessions {
+        settings: &settings,
+        pending: &mut pending,
+    };
+    reconnecting(&mut context, backoff, &mut sessions).await?;
     context.stopped();
     Ok(())
+}
+
+/// The connector's sessions, one after another, and what they still hold of the pipeline's.
+struct PulsarSessions<'a> {
+    settings: &'a PulsarSettings,
+    pending: &'a mut Pending,
+}
+
+impl Sessions for PulsarSessions<'_> {
+    async fn session(&mut self, context: &mut Context) -> Ended {
+        match session(self.settings, context, self.pending).await {
+            Ended::Fatal(error) => Ended::Fatal(format!("{}: {error}", context.place())),
+            ended => ended,
+        }
+    }
 }
 
 /// One client and consumer, from connecting to losing them (or stopping).

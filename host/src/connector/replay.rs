@@ -32,9 +32,9 @@ use tokio::fs::File;
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
-use super::{Configured, Connector, Context, Kind, Start};
-use crate::config::{ConfigError, Expanded, Secret, Table};
-use crate::dialect::{DialectName, SignMode};
+use super::{Configured, Connector, Context, Kind, Start, TuyaKeys};
+use crate::config::{ConfigError, Expanded, Table};
+use crate::dialect::DialectName;
 use crate::pipeline::Ingest;
 use crate::pipeline::{Acker, Delivery, Settle};
 use crate::status::{ConnectorHandle, ConnectorState, LastErrors};
@@ -102,21 +102,12 @@ pub const KIND: Kind = Kind {
     read,
 };
 
-/// A `replay` connector's table.
+/// A `replay` connector's own keys (besides the Tuya dialects' [`TuyaKeys`]).
 #[derive(Deserialize)]
 struct ReplayConfig {
     /// The vendor dialect the recorded messages are in (any; required).
     #[serde(default)]
     dialect: Option<DialectName>,
-    /// The Tuya dialects: the project's access id.
-    #[serde(default)]
-    access_id: Option<Expanded>,
-    /// The Tuya dialects: the project's access key (the decryption key).
-    #[serde(default)]
-    access_key: Option<Secret>,
-    /// The Tuya dialects: what to do with a message whose signature does not match.
-    #[serde(default = "super::default_sign")]
-    sign: SignMode,
     /// The Alibaba dialect: bodies are base64-encoded (a console option).
     #[serde(default)]
     body_base64: bool,
@@ -139,11 +130,11 @@ struct ReplayConfig {
 }
 
 fn read(table: &Table) -> Result<Configured, ConfigError> {
-    let config: ReplayConfig = table.read()?;
+    let (config, tuya) = table.read_both::<ReplayConfig, TuyaKeys>()?;
     let dialect = super::dialect_name(table, &[], config.dialect)?.build(
-        config.sign,
+        tuya.sign,
         config.body_base64,
-        || super::tuya_keys(table, &config.access_id, &config.access_key),
+        || tuya.keys(table),
         || super::topic_template(table, &config.device_topic),
     )?;
     let Some(file) = &config.file else {

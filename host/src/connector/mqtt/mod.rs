@@ -36,11 +36,12 @@ pub use self::command::MqttTransport;
 pub use self::link::{LinkHandle, Outgoing};
 pub use self::session::{publish_parts, run};
 use super::endpoint::{Endpoint, Scheme};
-use super::{Configured, Connector, Kind, Start};
+use super::{Connector, Kind, Start, only_dialect};
 use crate::command::{Lanes, PathSettings};
 use crate::config::{ConfigError, Expanded, Secret, Table};
+use crate::dialect::DialectName::{Alibaba, Huawei, Json};
 use crate::dialect::crypto::SignMethod;
-use crate::dialect::{Dialect, DialectName, SignMode, alibaba, huawei};
+use crate::dialect::{Dialect, DialectName, alibaba, huawei};
 
 /// The largest packet sent or accepted (Alibaba's limit is 256 KiB; IoTDA's 1 MiB). Public
 /// for the fuzz targets, which read packets as this connector does.
@@ -151,7 +152,7 @@ pub struct MqttSettings {
 /// The MQTT links: `alibaba-mqtt`, `huawei-mqtt` and `mqtt` (any broker, plain JSON).
 pub const KIND: Kind = Kind {
     names: &["alibaba-mqtt", "huawei-mqtt", "mqtt"],
-    read,
+    read: |table| super::configured(MqttSettings::read(table)),
 };
 
 /// The keys every MQTT link takes.
@@ -301,57 +302,36 @@ struct PlainConfig {
 /// subscribes to, how its commands become publishes.
 type Parts = (Endpoint, MqttLogin, Vec<String>, Outbound);
 
-fn read(table: &Table) -> Result<Configured, ConfigError> {
-    let (dialect, settings) = read_settings(table)?;
-    Ok((dialect, Box::new(settings)))
-}
-
 impl MqttSettings {
     /// Checks a MQTT link connector's table and derives its settings.
     pub fn from_config(table: &Table) -> Result<Self, ConfigError> {
-        read_settings(table).map(|(_, settings)| settings)
+        Self::read(table).map(|(_, settings)| settings)
     }
-}
 
-/// The dialect and the settings of a MQTT link connector's table.
-fn read_settings(table: &Table) -> Result<(Dialect, MqttSettings), ConfigError> {
-    let (dialect, link, parts) = match table.kind.as_str() {
-        "alibaba-mqtt" => {
-            let (link, own) = table.read_both::<LinkConfig, AlibabaConfig>()?;
-            let dialect = super::dialect_name(table, &[DialectName::Alibaba], link.dialect)?
-                .build(
-                    SignMode::Warn,
-                    false,
-                    super::not_needed(table),
-                    super::not_needed(table),
-                )?;
-            let explicit = MqttSettings::explicit_url(table, &link)?;
-            (dialect, link, alibaba_parts(table, explicit, &own)?)
-        }
-        "huawei-mqtt" => {
-            let (link, own) = table.read_both::<LinkConfig, HuaweiConfig>()?;
-            let dialect = super::dialect_name(table, &[DialectName::Huawei], link.dialect)?.build(
-                SignMode::Warn,
-                false,
-                super::not_needed(table),
-                super::not_needed(table),
-            )?;
-            let explicit = MqttSettings::explicit_url(table, &link)?;
-            (dialect, link, huawei_parts(table, explicit, &own)?)
-        }
-        _ => {
-            let (link, own) = table.read_both::<LinkConfig, PlainConfig>()?;
-            let dialect = super::dialect_name(table, &[DialectName::Json], link.dialect)?.build(
-                SignMode::Warn,
-                false,
-                super::not_needed(table),
-                || super::topic_template(table, &own.device_topic),
-            )?;
-            let explicit = MqttSettings::explicit_url(table, &link)?;
-            (dialect, link, plain_parts(table, explicit, &own)?)
-        }
-    };
-    Ok((dialect, MqttSettings::new(table, &link, parts)?))
+    /// The dialect and the settings of a MQTT link connector's table.
+    fn read(table: &Table) -> Result<(Dialect, Self), ConfigError> {
+        let (dialect, link, parts) = match table.kind.as_str() {
+            "alibaba-mqtt" => {
+                let (link, own) = table.read_both::<LinkConfig, AlibabaConfig>()?;
+                let dialect = only_dialect(table, Alibaba, link.dialect, false, &None)?;
+                let explicit = MqttSettings::explicit_url(table, &link)?;
+                (dialect, link, alibaba_parts(table, explicit, &own)?)
+            }
+            "huawei-mqtt" => {
+                let (link, own) = table.read_both::<LinkConfig, HuaweiConfig>()?;
+                let dialect = only_dialect(table, Huawei, link.dialect, false, &None)?;
+                let explicit = MqttSettings::explicit_url(table, &link)?;
+                (dialect, link, huawei_parts(table, explicit, &own)?)
+            }
+            _ => {
+                let (link, own) = table.read_both::<LinkConfig, PlainConfig>()?;
+                let dialect = only_dialect(table, Json, link.dialect, false, &own.device_topic)?;
+                let explicit = MqttSettings::explicit_url(table, &link)?;
+                (dialect, link, plain_parts(table, explicit, &own)?)
+            }
+        };
+        Ok((dialect, MqttSettings::new(table, &link, parts)?))
+    }
 }
 
 impl Connector for MqttSettings {

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::link::{LinkHandle, Outgoing};
 use super::{Credentials, MAX_PACKET, MqttSettings};
-use crate::connector::{Backoff, Context};
+use crate::connector::{Backoff, Context, Ended, Sessions, reconnecting, tls_connector};
 use crate::pipeline;
 
 /// Commands handed to a connection and not yet taken by it (it takes them while its window
@@ -40,61 +40,43 @@ pub async fn run(
     handle: Arc<LinkHandle>,
     mut context: Context,
 ) -> anyhow::Result<()> {
-    let tls = if settings.endpoint.tls {
-        match crate::tls::client_config(settings.ca_file.as_deref()) {
-            Ok(config) => Some(tokio_rustls::TlsConnector::from(config)),
-            Err(e) => {
-                let error = e.to_string();
-                context.failed(&error);
-                anyhow::bail!(error);
-            }
-        }
-    } else {
-        None
+    let tls = tls_connector(&context, &settings.endpoint, settings.ca_file.as_deref())?;
+    let mut sessions = LinkSessions {
+        settings: &settings,
+        tls: tls.as_ref(),
+        handle: &handle,
     };
-    let mut backoff = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
-    loop {
-        if context.stopping() {
-            break;
-        }
-        let mut connection = Connection {
-            settings: &settings,
-            tls: tls.as_ref(),
-            context: &mut context,
-            handle: &handle,
-        };
-        match connection.run().await {
-            Ended::Stopping => break,
-            Ended::Lost { error, worked } => {
-                handle.set(None);
-                if worked {
-                    backoff.reset();
-                }
-                let pause = backoff.next_pause();
-                context.disconnected(&error, pause);
-                if context.pause(pause).await {
-                    break;
-                }
-            }
-        }
-    }
+    reconnecting(
+        &mut context,
+        Backoff::new(FIRST_PAUSE, MAX_PAUSE),
+        &mut sessions,
+    )
+    .await?;
     // The handle keeps the last connection: a stopping link drains on it (Session::drain).
     context.stopped();
     Ok(())
 }
 
-/// Why a connection ended.
-enum Ended {
-    /// The service is stopping (or the pipeline closed): do not reconnect.
-    Stopping,
-    /// It failed or was lost: reconnect after a pause. `worked` when it had been receiving.
-    Lost { error: String, worked: bool },
+/// The link's connections, one after another.
+struct LinkSessions<'a> {
+    settings: &'a MqttSettings,
+    tls: Option<&'a tokio_rustls::TlsConnector>,
+    handle: &'a Arc<LinkHandle>,
 }
 
-fn lost(error: String) -> Ended {
-    Ended::Lost {
-        error,
-        worked: true,
+impl Sessions for LinkSessions<'_> {
+    async fn session(&mut self, context: &mut Context) -> Ended {
+        let mut connection = Connection {
+            settings: self.settings,
+            tls: self.tls,
+            context,
+            handle: self.handle,
+        };
+        let ended = connection.run().await;
+        if let Ended::Lost { .. } = ended {
+            self.handle.set(None);
+        }
+        ended
     }
 }
 
@@ -518,7 +500,7 @@ impl Session {
                 let packet = match self.wire.next_packet() {
                     Ok(Some(packet)) => packet,
                     Ok(None) => break,
-                    Err(error) => return lost(error),
+                    Err(error) => return Ended::lost(error),
                 };
                 if let Some(ended) = self.packet(packet) {
                     return ended;
@@ -529,7 +511,7 @@ impl Session {
                 && self.received.is_empty()
                 && self.unsettled == 0
             {
-                return lost(format!(
+                return Ended::lost(format!(
                     "reconnecting: {} QoS 1 publishes did not fit the inbound buffer \
                      (buffer_bytes = {}), and the broker sends them again at the next \
                      connection",
@@ -558,7 +540,7 @@ impl Session {
                             Settled::Ack(pkid) => {
                                 let puback = Packet::PubAck(PubAck::new(pkid));
                                 if let Err(error) = self.wire.queue(puback) {
-                                    return lost(error);
+                                    return Ended::lost(error);
                                 }
                             }
                             Settled::Again(publish) => self.received.again(publish),
@@ -566,7 +548,7 @@ impl Session {
                         next = self.acks.try_recv().ok();
                     }
                     if let Err(error) = self.wire.flush().await {
-                        return lost(error);
+                        return Ended::lost(error);
                     }
                 }
                 submitted = async {
@@ -582,24 +564,24 @@ impl Session {
                 }
                 filled = self.wire.fill() => {
                     if let Err(error) = filled {
-                        return lost(error);
+                        return Ended::lost(error);
                     }
                 }
                 Some(outgoing) = self.requests.recv(), if self.waiting.len() < self.window => {
                     if let Err(error) = self.publish_all(outgoing).await {
-                        return lost(error);
+                        return Ended::lost(error);
                     }
                 }
                 _ = ping.tick() => {
                     if self.awaiting_pong {
-                        return lost(format!(
+                        return Ended::lost(format!(
                             "no PINGRESP within the keep-alive of {} s",
                             keep_alive.as_secs()
                         ));
                     }
                     self.awaiting_pong = true;
                     if let Err(error) = self.wire.send(Packet::PingReq).await {
-                        return lost(error);
+                        return Ended::lost(error);
                     }
                 }
             }
@@ -674,7 +656,7 @@ impl Session {
                 }
             }
             Packet::PingResp => self.awaiting_pong = false,
-            Packet::Disconnect => return Some(lost("the broker disconnected".into())),
+            Packet::Disconnect => return Some(Ended::lost("the broker disconnected")),
             _ => {}
         }
         None
