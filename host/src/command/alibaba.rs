@@ -44,25 +44,20 @@ pub const KIND: Kind = Kind {
 };
 
 /// An `alibaba-openapi` path's own keys.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct AlibabaConfig {
     /// The API's URL, overriding the one `region` gives.
-    #[serde(default)]
     url: Option<Expanded>,
     /// The region id (`cn-shanghai`, …), also sent as `RegionId`.
-    #[serde(default)]
     region: Option<Expanded>,
     /// The AccessKey id.
-    #[serde(default)]
     access_key_id: Option<Expanded>,
     /// The AccessKey secret (the signing key).
-    #[serde(default)]
     access_key_secret: Option<Secret>,
     /// `IotInstanceId` of an enterprise instance (omit for the public one).
-    #[serde(default)]
     iot_instance_id: Option<Expanded>,
     /// `https://` URLs: a PEM file of CA certificates trusted besides the system's.
-    #[serde(default)]
     ca_file: Option<Expanded>,
 }
 

@@ -302,36 +302,31 @@ pub fn plan(table: &Table) -> Result<Planned, ConfigError> {
 
 /// The keys every command path takes.
 #[derive(serde::Deserialize)]
+#[serde(default)]
 pub struct SharedConfig {
     /// Attempts started per second at most, over all lanes (0, the default: no limit). The
     /// vendors' APIs throttle per account; this keeps a burst of commands under their limit.
-    #[serde(default)]
     pub rate_per_s: f64,
     /// How long one delivery attempt may take, in milliseconds.
-    #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Further attempts after a failed one (with backoff), before the command fails.
-    #[serde(default = "default_retries")]
     pub retries: u32,
     /// Commands waiting to be sent, per lane, before the workers wait.
-    #[serde(default = "default_queue")]
     pub queue: usize,
     /// Lanes sending in parallel; commands for one device always take the same lane, in order.
-    #[serde(default = "default_lanes")]
     pub lanes: usize,
 }
 
-fn default_timeout_ms() -> u64 {
-    5_000
-}
-fn default_retries() -> u32 {
-    2
-}
-fn default_queue() -> usize {
-    256
-}
-fn default_lanes() -> usize {
-    4
+impl Default for SharedConfig {
+    fn default() -> Self {
+        SharedConfig {
+            rate_per_s: 0.0,
+            timeout_ms: 5_000,
+            retries: 2,
+            queue: 256,
+            lanes: 4,
+        }
+    }
 }
 
 impl SharedConfig {
@@ -440,6 +435,20 @@ impl CommandPaths {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_s_defaults_are_four_lanes_of_256_five_seconds_and_two_retries() {
+        let text = "[[command_path]]\nname = \"out\"\nkind = \"log\"\n";
+        let config = crate::config::Config::parse(std::path::Path::new("x.toml"), text).unwrap();
+        let path = plan(&config.command_paths[0]).unwrap();
+        let settings = path.path.settings();
+        assert_eq!(
+            (settings.lanes, settings.queue, settings.window),
+            (4, 256, 1)
+        );
+        assert_eq!(settings.timeout, Duration::from_secs(5));
+        assert_eq!((settings.retries, settings.rate_per_s), (2, 0.0));
+    }
 
     #[test]
     fn the_rate_limit_lets_a_bucket_through_then_spaces_attempts_at_the_rate() {

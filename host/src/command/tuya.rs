@@ -42,22 +42,18 @@ pub const KIND: Kind = Kind {
 };
 
 /// A `tuya-openapi` path's own keys.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct TuyaConfig {
     /// The API's base URL, overriding the one `region` gives.
-    #[serde(default)]
     url: Option<Expanded>,
     /// The data centre (`cn`, `us`, `us-east`, `eu`, `eu-west`, `in`).
-    #[serde(default)]
     region: Option<Expanded>,
     /// The cloud project's access id (`client_id`).
-    #[serde(default)]
     access_id: Option<Expanded>,
     /// The cloud project's access secret (the signing key).
-    #[serde(default)]
     access_key: Option<Secret>,
     /// `https://` URLs: a PEM file of CA certificates trusted besides the system's.
-    #[serde(default)]
     ca_file: Option<Expanded>,
 }
 
@@ -145,15 +141,12 @@ pub struct TuyaTransport {
 }
 
 /// How Tuya answered: `{"success": …, "code": …, "msg": …, "result": …}`.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct Reply {
-    #[serde(default)]
     success: bool,
-    #[serde(default)]
     code: Option<serde_json::Value>,
-    #[serde(default)]
     msg: Option<String>,
-    #[serde(default)]
     result: Option<Box<RawValue>>,
 }
 

@@ -29,16 +29,14 @@ pub const KIND: Kind = Kind {
 };
 
 /// A `webhook` path's own keys.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct WebhookConfig {
     /// The URL commands are POSTed to (`http://` or `https://`).
-    #[serde(default)]
     url: Option<Expanded>,
     /// An `Authorization` header value.
-    #[serde(default)]
     authorization: Option<Secret>,
     /// `https://` URLs: a PEM file of CA certificates trusted besides the system's.
-    #[serde(default)]
     ca_file: Option<Expanded>,
 }
 

@@ -98,90 +98,79 @@ pub const KIND: Kind = Kind {
 
 /// The keys both AMQP kinds take.
 #[derive(Deserialize)]
+#[serde(default)]
 struct AmqpConfig {
     /// The kind's own dialect (`alibaba` or `huawei`), which it implies.
-    #[serde(default)]
     dialect: Option<DialectName>,
     /// The broker URL (`amqps://host:port`, `amqp://…`); Alibaba derives it by default.
-    #[serde(default)]
     url: Option<Expanded>,
     /// A PEM file of CA certificates trusted besides the system's.
-    #[serde(default)]
     ca_file: Option<Expanded>,
     /// Alibaba's `iotInstanceId` (empty for the public instance), Huawei's `instanceId`.
-    #[serde(default)]
     instance_id: Option<Expanded>,
     /// The source address of the receiver link (Alibaba: ignored by the server, empty by
     /// default; Huawei: the queue).
-    #[serde(default)]
     source: Option<Expanded>,
     /// The idle time-out announced in the open frame, in seconds (30 to 300).
-    #[serde(default = "default_idle_timeout_s")]
     idle_timeout_s: u64,
     /// Messages the server may send ahead of acknowledgements, per connection.
-    #[serde(default = "default_credit")]
     credit: u32,
     /// Connections opened in parallel, each with one receiver (Alibaba: about one per 500
     /// messages/s, at most 128 per consumer group).
-    #[serde(default = "default_connections")]
     connections: usize,
     /// Bytes of messages held ahead of the pipeline at most: credit times the largest
     /// message accepted.
-    #[serde(default = "super::default_buffer_bytes")]
     buffer_bytes: usize,
 }
 
-fn default_idle_timeout_s() -> u64 {
-    60
-}
-fn default_credit() -> u32 {
-    20
-}
-fn default_connections() -> usize {
-    1
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            dialect: None,
+            url: None,
+            ca_file: None,
+            instance_id: None,
+            source: None,
+            idle_timeout_s: 60,
+            credit: 20,
+            connections: 1,
+            buffer_bytes: super::default_buffer_bytes(),
+        }
+    }
 }
 
 /// `alibaba-amqp`'s own keys.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct AlibabaConfig {
     /// The account id (`uid`) of a public instance's host.
-    #[serde(default)]
     uid: Option<Expanded>,
     /// The region id of a public instance (`cn-shanghai`, …).
-    #[serde(default)]
     region: Option<Expanded>,
     /// The AccessKey id (`authId`).
-    #[serde(default)]
     access_key_id: Option<Expanded>,
     /// The AccessKey secret (the password's HMAC key).
-    #[serde(default)]
     access_key_secret: Option<Secret>,
     /// The consumer group id; replicas sharing a group share its messages.
-    #[serde(default)]
     consumer_group: Option<Expanded>,
     /// The client id in the username (default `iotrules-{connector name}`; with several
     /// connections each gets `-{n}` appended).
-    #[serde(default)]
     client_id: Option<Expanded>,
     /// The password's HMAC (`hmacmd5`, `hmacsha1`, `hmacsha256`).
-    #[serde(default)]
     sign_method: SignMethod,
     /// Bodies arrive base64-encoded (a console option).
-    #[serde(default)]
     body_base64: bool,
 }
 
 /// `huawei-amqp`'s own keys.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct HuaweiConfig {
     /// The access key paired with `access_code`.
-    #[serde(default)]
     access_key: Option<Secret>,
     /// The access code (the SASL password).
-    #[serde(default)]
     access_code: Option<Secret>,
     /// The queue to receive from (or give `source`).
-    #[serde(default)]
     queue: Option<Expanded>,
 }
 

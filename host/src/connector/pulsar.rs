@@ -93,43 +93,43 @@ pub const KIND: Kind = Kind {
 
 /// A Tuya connector's own keys (besides [`TuyaKeys`]).
 #[derive(Deserialize)]
+#[serde(default)]
 struct PulsarConfig {
     /// `tuya` or `tuya-business` (a `tuya-business` connector carries only the latter).
-    #[serde(default)]
     dialect: Option<DialectName>,
     /// The broker URL, overriding the one `region` gives (`pulsar+ssl://host:port`,
     /// `pulsar://…`).
-    #[serde(default)]
     url: Option<Expanded>,
     /// A PEM file of CA certificates trusted besides the system's.
-    #[serde(default)]
     ca_file: Option<Expanded>,
     /// The data centre (`cn`, `us`, `us-east`, `eu`, `eu-west`, `in`).
-    #[serde(default)]
     region: Option<Expanded>,
     /// The production (`prod`) or test (`test`) message channel.
-    #[serde(default)]
     env: tuya::Env,
     /// The subscription is `{access_id}-{subscription_suffix}`.
-    #[serde(default = "default_subscription_suffix")]
     subscription_suffix: Expanded,
     /// Rebuild the consumer when no message arrived for this long, in seconds (0: never).
     /// Pulsar consumers are known to stop silently after a connection loss; a rebuilt one
     /// gets the unacknowledged messages again, and duplicates are dropped by event id.
-    #[serde(default = "default_stall_timeout_s")]
     stall_timeout_s: u64,
     /// Bytes of messages read ahead of the pipeline at most (as a number of messages by
     /// [`READ_AHEAD_MESSAGE`]).
-    #[serde(default = "super::default_buffer_bytes")]
     buffer_bytes: usize,
 }
 
-fn default_subscription_suffix() -> Expanded {
-    Expanded::from("sub")
-}
-
-fn default_stall_timeout_s() -> u64 {
-    300
+impl Default for PulsarConfig {
+    fn default() -> Self {
+        PulsarConfig {
+            dialect: None,
+            url: None,
+            ca_file: None,
+            region: None,
+            env: tuya::Env::default(),
+            subscription_suffix: Expanded::from("sub"),
+            stall_timeout_s: 300,
+            buffer_bytes: super::default_buffer_bytes(),
+        }
+    }
 }
 
 impl PulsarSettings {

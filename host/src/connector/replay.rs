@@ -103,29 +103,24 @@ pub const KIND: Kind = Kind {
 };
 
 /// A `replay` connector's own keys (besides the Tuya dialects' [`TuyaKeys`]).
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct ReplayConfig {
     /// The vendor dialect the recorded messages are in (any; required).
-    #[serde(default)]
     dialect: Option<DialectName>,
     /// The Alibaba dialect: bodies are base64-encoded (a console option).
-    #[serde(default)]
     body_base64: bool,
     /// The `json` dialect: where the device id is in a message's topic.
-    #[serde(default)]
     device_topic: Option<Expanded>,
     /// The recorded messages, JSON lines.
-    #[serde(default)]
     file: Option<Expanded>,
     /// Messages per second; 0 (the default) is as fast as the pipeline takes them.
-    #[serde(default)]
     rate: f64,
     /// Start again at the first line after the last; otherwise stop.
-    #[serde(default, rename = "loop")]
+    #[serde(rename = "loop")]
     repeat: bool,
     /// Where to keep the position of the first unacknowledged line, so that a restart
     /// resumes there (and redelivers what was not acknowledged).
-    #[serde(default)]
     offset_file: Option<Expanded>,
 }
 

@@ -157,38 +157,30 @@ pub const KIND: Kind = Kind {
 
 /// The keys every MQTT link takes.
 #[derive(Deserialize)]
+#[serde(default)]
 struct LinkConfig {
     /// The kind's own dialect (`alibaba`, `huawei`, `json`), which it implies.
-    #[serde(default)]
     dialect: Option<DialectName>,
     /// The broker (`mqtts://host:8883`, `mqtt://host:1883`); `alibaba-mqtt` derives it by
     /// default.
-    #[serde(default)]
     url: Option<Expanded>,
     /// A PEM file of CA certificates trusted besides the system's.
-    #[serde(default)]
     ca_file: Option<Expanded>,
     /// The maximum QoS of subscriptions and the QoS of publishes (0 or 1).
-    #[serde(default = "default_qos")]
     qos: u8,
     /// Start a clean session at every connection (the broker forgets the subscriptions and
     /// the QoS 1 messages that arrived while the link was away). The default keeps a
     /// persistent session, so nothing published meanwhile is lost.
-    #[serde(default)]
     clean_session: bool,
     /// The keep-alive interval announced at connection, in seconds.
-    #[serde(default = "default_keep_alive_s")]
     keep_alive_s: u64,
     /// As a command path: how long a publish may wait for its PUBACK, in ms.
-    #[serde(default = "default_command_timeout_ms")]
     command_timeout_ms: u64,
     /// As a command path: further attempts after a failed publish.
-    #[serde(default = "default_command_retries")]
     command_retries: u32,
     /// As a command path: how long a command waits for the link to (re)connect before that
     /// attempt fails, in seconds. A broker blip then delays commands instead of burning their
     /// retries while the link is away.
-    #[serde(default = "default_command_reconnect_wait_s")]
     command_reconnect_wait_s: u64,
     /// As a command path: QoS 1 publishes sent and not yet acknowledged (PUBACK), at most,
     /// over the link's lanes; each lane sends its devices' commands in order within it and
@@ -196,105 +188,87 @@ struct LinkConfig {
     /// to announce a limit (MQTT 5's receive maximum), so the default is the one a stock
     /// mosquitto announces to MQTT 5 clients (`max_inflight_messages`, 20); 1 sends one
     /// command at a time.
-    #[serde(default = "default_command_window")]
     command_window: usize,
     /// Bytes of inbound publishes waiting for the pipeline at most: what does not fit is
     /// dropped at QoS 0 or left for the broker to send again at QoS 1.
-    #[serde(default = "super::default_buffer_bytes")]
     buffer_bytes: usize,
 }
 
-fn default_qos() -> u8 {
-    1
-}
-fn default_keep_alive_s() -> u64 {
-    60
-}
-fn default_command_timeout_ms() -> u64 {
-    5_000
-}
-fn default_command_retries() -> u32 {
-    2
-}
-fn default_command_reconnect_wait_s() -> u64 {
-    60
-}
-fn default_command_window() -> usize {
-    20
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            dialect: None,
+            url: None,
+            ca_file: None,
+            qos: 1,
+            clean_session: false,
+            keep_alive_s: 60,
+            command_timeout_ms: 5_000,
+            command_retries: 2,
+            command_reconnect_wait_s: 60,
+            command_window: 20,
+            buffer_bytes: super::default_buffer_bytes(),
+        }
+    }
 }
 
 /// `alibaba-mqtt`'s own keys: the device it logs in as.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct AlibabaConfig {
     /// The device's product key.
-    #[serde(default)]
     product_key: Option<Expanded>,
     /// The device's name.
-    #[serde(default)]
     device_name: Option<Expanded>,
     /// The device secret the login is derived from.
-    #[serde(default)]
     device_secret: Option<Secret>,
     /// The region id of a public instance (`cn-shanghai`, …).
-    #[serde(default)]
     region: Option<Expanded>,
     /// An enterprise instance's id, whose host it connects to.
-    #[serde(default)]
     instance_id: Option<Expanded>,
     /// The client id (default: the device's `{pk}.{dn}`).
-    #[serde(default)]
     client_id: Option<Expanded>,
     /// The password's HMAC (`hmacmd5`, `hmacsha1`, `hmacsha256`).
-    #[serde(default)]
     sign_method: SignMethod,
     /// Custom topics to subscribe to besides the thing-model ones, as the suffix after
     /// `/{pk}/{dn}/` (`user/get`).
-    #[serde(default)]
     user_topics: Vec<Expanded>,
 }
 
 /// `huawei-mqtt`'s own keys: the device it logs in as.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct HuaweiConfig {
     /// The device id IoTDA assigned (`{product_id}_{node_id}`).
-    #[serde(default)]
     device_id: Option<Expanded>,
     /// The device secret the login is derived from.
-    #[serde(default)]
     device_secret: Option<Secret>,
     /// `"0"` (the broker does not check the client id's hour stamp, the default) or `"1"`
     /// (it does).
-    #[serde(default)]
     sign_type: huawei::SignType,
     /// Speak the legacy v1 topics (`/huawei/v1/devices/...`) instead of IoTDA's
     /// `$oc/devices/...`.
-    #[serde(default)]
     legacy: bool,
 }
 
 /// `mqtt`'s own keys.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct PlainConfig {
     /// The topic filters to subscribe to; `$share/{group}/{filter}` shares a filter's
     /// messages between the links (replicas) of one group.
-    #[serde(default)]
     subscribe: Vec<Expanded>,
     /// Where the device id is in a received topic, e.g. `zigbee2mqtt/{device}` (`+` matches
     /// any level, a final `#` any rest).
-    #[serde(default)]
     device_topic: Option<Expanded>,
     /// The topic a command is published on, e.g. `zigbee2mqtt/{device}/set` (`{device}` is
     /// the command's device id, `{name}` its name); the params are the payload.
-    #[serde(default)]
     publish_topic: Option<Expanded>,
     /// The client id (default `iotrules-{connector name}`).
-    #[serde(default)]
     client_id: Option<Expanded>,
     /// The username, if the broker wants a login.
-    #[serde(default)]
     username: Option<Expanded>,
     /// The password of `username`.
-    #[serde(default)]
     password: Option<Secret>,
 }
 
@@ -597,6 +571,21 @@ impl MqttSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_s_defaults_are_a_persistent_qos_1_session_with_a_window_of_20() {
+        let text = "[[connector]]\nname = \"meter\"\nkind = \"huawei-mqtt\"\n\
+                    url = \"mqtt://h:1\"\ndevice_id = \"d\"\ndevice_secret = \"s\"\n";
+        let config = crate::config::Config::parse(std::path::Path::new("x.toml"), text).unwrap();
+        let settings = MqttSettings::from_config(&config.connectors[0]).unwrap();
+        assert_eq!(settings.qos, QoS::AtLeastOnce);
+        assert!(!settings.clean_session);
+        assert_eq!(settings.keep_alive, Duration::from_secs(60));
+        assert_eq!(settings.path.timeout, Duration::from_millis(5_000));
+        assert_eq!((settings.path.retries, settings.path.window), (2, 20));
+        assert_eq!(settings.reconnect_wait, Duration::from_secs(60));
+        assert_eq!(settings.buffer_bytes, 16 * 1024 * 1024);
+    }
 
     #[test]
     fn endpoints_take_the_scheme_default_port_and_refuse_credentials_in_the_url() {
