@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 
 use super::Failure;
+use crate::endpoint::{Endpoint, Scheme, UrlError};
 
 /// The most of an answer's body that is read; a longer answer is a failure (a vendor API
 /// answers a command in well under a kilobyte).
@@ -55,66 +56,36 @@ impl Url {
     /// credentials go in the path's `authorization` or the vendor's keys).
     pub fn parse(url: &str) -> Result<Url, String> {
         let shown = crate::config::redacted_url(url);
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("http://") {
-            (false, rest)
-        } else {
-            return Err(format!("url \"{shown}\" is neither http:// nor https://"));
+        let (endpoint, rest) = Endpoint::split(url, Scheme::HTTP).map_err(|e| match e {
+            UrlError::Scheme(_) => format!("url \"{shown}\" is neither http:// nor https://"),
+            UrlError::Credentials => format!(
+                "url \"{shown}\": credentials do not belong in the URL (give them as the path's \
+                 `authorization`)"
+            ),
+            UrlError::NoHost => format!("url \"{shown}\" has no host"),
+            UrlError::Port(port) => format!("url \"{shown}\": bad port \"{port}\""),
+            UrlError::Unclosed => format!("url \"{shown}\": unclosed `[`"),
+        })?;
+        let target = match rest {
+            "" => "/",
+            path if path.starts_with('/') => path,
+            _ => {
+                return Err(format!(
+                    "url \"{shown}\": a query or fragment needs a path (`/?…`)"
+                ));
+            }
         };
-        let (authority, target) = match rest.find(['/', '?', '#']) {
-            Some(at) if rest[at..].starts_with('/') => (&rest[..at], &rest[at..]),
-            Some(at) => (&rest[..at], ""),
-            None => (rest, "/"),
-        };
-        if authority.contains('@') {
-            return Err(format!(
-                "url \"{shown}\": credentials do not belong in the URL (give them as the \
-                 path's `authorization`)"
-            ));
-        }
-        if target.is_empty() {
-            return Err(format!(
-                "url \"{shown}\": a query or fragment needs a path (`/?…`)"
-            ));
-        }
-        // `[v6]:port`, `[v6]`, `host:port` or `host`.
-        let (host, port) = match authority.strip_prefix('[') {
-            Some(bracketed) => match bracketed.split_once(']') {
-                Some((host, "")) => (host, None),
-                Some((host, port)) => (host, Some(port.trim_start_matches(':'))),
-                None => return Err(format!("url \"{shown}\": unclosed `[`")),
-            },
-            None => match authority.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            },
-        };
-        let port = match port {
-            Some(port) => port
-                .parse::<u16>()
-                .map_err(|_| format!("url \"{shown}\": bad port \"{port}\""))?,
-            None if tls => 443,
-            None => 80,
-        };
-        if host.is_empty() {
-            return Err(format!("url \"{shown}\" has no host"));
-        }
         Ok(Url {
-            tls,
-            host: host.to_owned(),
-            port,
+            tls: endpoint.tls,
+            host: endpoint.host,
+            port: endpoint.port,
             target: target.to_owned(),
         })
     }
 
     /// `host:port`, as the `Host` header and the connection take it.
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        crate::endpoint::address(&self.host, self.port)
     }
 }
 

@@ -22,7 +22,6 @@ use fe2o3_amqp::{Receiver, Session};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::endpoint::{Endpoint, Scheme};
 use super::{
     Backoff, Connector, Context, Ended, Kind, Sessions, Start, only_dialect, reconnecting,
 };
@@ -30,6 +29,7 @@ use crate::config::{ConfigError, Expanded, Secret, Table};
 use crate::dialect::DialectName::{Alibaba, Huawei};
 use crate::dialect::crypto::SignMethod;
 use crate::dialect::{Dialect, DialectName, alibaba, huawei};
+use crate::endpoint::{Endpoint, Scheme};
 use crate::pipeline;
 
 /// The idle time-outs Alibaba accepts in the open frame.

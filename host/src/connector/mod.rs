@@ -17,7 +17,6 @@
 //! [`Acker`]: crate::pipeline::Acker
 
 pub mod amqp;
-pub mod endpoint;
 pub mod mqtt;
 pub mod pulsar;
 pub mod replay;
@@ -409,7 +408,7 @@ pub async fn reconnecting(
 /// `ca_file`); an unreadable CA file fails the connector, as no retry can fix it.
 pub fn tls_connector(
     context: &Context,
-    endpoint: &endpoint::Endpoint,
+    endpoint: &crate::endpoint::Endpoint,
     ca_file: Option<&std::path::Path>,
 ) -> anyhow::Result<Option<tokio_rustls::TlsConnector>> {
     if !endpoint.tls {

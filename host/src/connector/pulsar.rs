@@ -24,10 +24,10 @@ use pulsar::{
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::endpoint::{Endpoint, Scheme};
 use super::{Backoff, Connector, Context, Ended, Kind, Sessions, Start, TuyaKeys, reconnecting};
 use crate::config::{ConfigError, Expanded, Table};
 use crate::dialect::{Dialect, DialectName, tuya};
+use crate::endpoint::{Endpoint, Scheme};
 use crate::pipeline::Closed;
 use crate::pipeline::{Acker, Delivery, Settle};
 use crate::sync::lock;

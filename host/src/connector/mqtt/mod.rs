@@ -35,13 +35,13 @@ use serde::Deserialize;
 pub use self::command::MqttTransport;
 pub use self::link::{LinkHandle, Outgoing};
 pub use self::session::{publish_parts, run};
-use super::endpoint::{Endpoint, Scheme};
 use super::{Connector, Kind, Start, only_dialect};
 use crate::command::{Lanes, PathSettings};
 use crate::config::{ConfigError, Expanded, Secret, Table};
 use crate::dialect::DialectName::{Alibaba, Huawei, Json};
 use crate::dialect::crypto::SignMethod;
 use crate::dialect::{Dialect, DialectName, alibaba, huawei};
+use crate::endpoint::{Endpoint, Scheme};
 
 /// The largest packet sent or accepted (Alibaba's limit is 256 KiB; IoTDA's 1 MiB). Public
 /// for the fuzz targets, which read packets as this connector does.
