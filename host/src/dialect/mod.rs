@@ -199,6 +199,50 @@ impl DecodeError {
 pub struct KeyError(pub String);
 
 /// Cuts untrusted text to a length fit for an error message.
+/// A JSON object of named values kept in the order sent, each value read as `T` (Huawei's
+/// `properties`, `paras` and `serviceData`; Alibaba's `items` and `params`). `null` reads as
+/// empty. A visitor, so values go straight into `T` without an intermediate tree.
+#[derive(Debug)]
+pub(crate) struct Named<T>(pub Vec<(String, T)>);
+
+impl<T> Default for Named<T> {
+    fn default() -> Self {
+        Named(Vec::new())
+    }
+}
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Named<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NamedVisitor<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for NamedVisitor<T> {
+            type Value = Named<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of named values")
+            }
+            fn visit_unit<E>(self) -> Result<Named<T>, E> {
+                Ok(Named::default())
+            }
+            fn visit_none<E>(self) -> Result<Named<T>, E> {
+                Ok(Named::default())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Named<T>, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some(entry) = map.next_entry::<String, T>()? {
+                    entries.push(entry);
+                }
+                Ok(Named(entries))
+            }
+        }
+
+        d.deserialize_any(NamedVisitor(std::marker::PhantomData))
+    }
+}
+
 /// True if `text` can be one level of an MQTT topic (no `/`, wildcard or NUL).
 pub fn topic_segment(text: &str) -> bool {
     !text.is_empty() && !text.contains(['/', '+', '#', '\0'])

@@ -43,7 +43,7 @@ use super::{
     MESSAGE_ID_PROPERTY, TOPIC_PROPERTY,
 };
 use crate::dialect::{
-    CowStr, DecodeError, LenientU64, RawMessage, body_as_payload, crypto, parse_json_str,
+    CowStr, DecodeError, LenientU64, Named, RawMessage, body_as_payload, crypto, parse_json_str,
     receipt_id, utf8,
 };
 use crate::event::{
@@ -183,43 +183,13 @@ impl<'a> Topic<'a> {
 }
 
 /// Named values in the order sent: AMQP `items`, Alink `params`, an event's `value`.
-#[derive(Debug, Default)]
-struct Params(Vec<(String, Item)>);
+type Params = Named<Item>;
 
 /// One named value: the long form `{"value":v,"time":ms}` or the value itself.
 #[derive(Debug)]
 struct Item {
     value: Value,
     time_ms: Option<u64>,
-}
-
-impl<'de> Deserialize<'de> for Params {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ParamsVisitor;
-
-        impl<'de> Visitor<'de> for ParamsVisitor {
-            type Value = Params;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object of named values")
-            }
-            fn visit_unit<E>(self) -> Result<Params, E> {
-                Ok(Params::default())
-            }
-            fn visit_none<E>(self) -> Result<Params, E> {
-                Ok(Params::default())
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Params, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
-                while let Some(entry) = map.next_entry::<String, Item>()? {
-                    entries.push(entry);
-                }
-                Ok(Params(entries))
-            }
-        }
-
-        d.deserialize_any(ParamsVisitor)
-    }
 }
 
 impl<'de> Deserialize<'de> for Item {

@@ -29,17 +29,15 @@
 //!   are lifecycle; anything else is other.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::mqtt::{DeviceTopic, Route};
 use super::{ATTR_SERVICE_ID, ENVELOPE_AMQP, ENVELOPE_MQTT};
 use crate::dialect::{
-    CowStr, DecodeError, LenientU64, RawMessage, body_as_payload, crypto, digest_id, parse_json,
-    parse_json_str, receipt_id, utf8,
+    CowStr, DecodeError, LenientU64, Named, RawMessage, body_as_payload, crypto, digest_id,
+    parse_json, parse_json_str, receipt_id, utf8,
 };
 use crate::event::{
     ATTR_BIZ_CODE, ATTR_ENVELOPE, ATTR_GATEWAY, ATTR_MID, ATTR_REQUEST_ID, ATTR_TOPIC, Device,
@@ -57,38 +55,7 @@ const OTA_SERVICE: &str = "$ota";
 
 /// A JSON object of named values (`properties`, `paras`, `serviceData`), kept in the order
 /// sent. `null` reads as empty.
-#[derive(Debug, Default)]
-struct Params(Vec<(String, Value)>);
-
-impl<'de> Deserialize<'de> for Params {
-    /// A visitor, so values go straight into [`Value`] without an intermediate tree.
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ParamsVisitor;
-
-        impl<'de> Visitor<'de> for ParamsVisitor {
-            type Value = Params;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object of named values")
-            }
-            fn visit_unit<E>(self) -> Result<Params, E> {
-                Ok(Params::default())
-            }
-            fn visit_none<E>(self) -> Result<Params, E> {
-                Ok(Params::default())
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Params, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
-                while let Some(entry) = map.next_entry::<String, Value>()? {
-                    entries.push(entry);
-                }
-                Ok(Params(entries))
-            }
-        }
-
-        d.deserialize_any(ParamsVisitor)
-    }
-}
+type Params = Named<Value>;
 
 impl Params {
     fn extend_into(self, out: &mut Vec<Property>, service: Option<&str>, time_ms: Option<u64>) {

@@ -68,17 +68,26 @@ impl<'de> Deserialize<'de> for StatusList {
                 f.write_str("a sequence")
             }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StatusList, A::Error> {
-                let mut properties = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-                while let Some(item) = seq.next_element::<StatusItem<'de>>()? {
-                    properties.extend(item.into_property());
-                }
-                Ok(StatusList(properties))
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<StatusList, A::Error> {
+                properties(seq, StatusItem::into_property).map(StatusList)
             }
         }
 
         deserializer.deserialize_seq(ListVisitor)
     }
+}
+
+/// The properties of a list of entries, read as `E` and each turned into at most one property
+/// by `into` (both status lists: IoT Core's `status`, Smart Business's `data.status`).
+fn properties<'de, A: SeqAccess<'de>, E: Deserialize<'de>>(
+    mut seq: A,
+    into: impl Fn(E) -> Option<Property>,
+) -> Result<Vec<Property>, A::Error> {
+    let mut properties = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+    while let Some(entry) = seq.next_element::<E>()? {
+        properties.extend(into(entry));
+    }
+    Ok(properties)
 }
 
 /// One entry of `status`: `{"code","value","t","<dpId>":"<value as text>"}`.
@@ -470,12 +479,8 @@ impl<'de> Deserialize<'de> for Items {
                 Ok(Items::default())
             }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Items, A::Error> {
-                let mut properties = Vec::new();
-                while let Some(item) = seq.next_element::<Item<'de>>()? {
-                    properties.extend(item.into_property());
-                }
-                Ok(Items(properties))
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Items, A::Error> {
+                properties(seq, Item::into_property).map(Items)
             }
         }
 
