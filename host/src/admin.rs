@@ -93,7 +93,7 @@ fn exposure_warning(address: SocketAddr) -> Option<String> {
 }
 
 /// The routes, for serving or for calling in tests.
-pub fn router(observed: Arc<Observed>) -> Router {
+pub(crate) fn router(observed: Arc<Observed>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

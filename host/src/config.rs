@@ -230,7 +230,7 @@ impl Table {
     }
 
     /// What the kind is called in errors: `a tuya-pulsar connector`, `an alibaba-openapi path`.
-    pub fn a_kind(&self) -> String {
+    pub(crate) fn a_kind(&self) -> String {
         // By the sound: "an mqtt connector" (em-queue-tee).
         let vowel_sound =
             self.kind.starts_with(['a', 'e', 'i', 'o', 'u']) || self.kind.starts_with("mqtt");
@@ -263,7 +263,7 @@ impl Table {
     }
 
     /// A required secret, or an error naming it.
-    pub fn required_secret<'a>(
+    pub(crate) fn required_secret<'a>(
         &self,
         value: &'a Option<Secret>,
         key: &str,
@@ -284,7 +284,7 @@ impl Table {
     }
 
     /// The error for a `kind` no registry knows, listing the `known` ones, at the kind's line.
-    pub fn unknown_kind(&self, known: &[&str]) -> ConfigError {
+    pub(crate) fn unknown_kind(&self, known: &[&str]) -> ConfigError {
         let known: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
         self.error_at(
             self.kind_span.start,
@@ -309,7 +309,7 @@ impl Table {
     /// The table's keys as two structs, each taking its fields: a kind's own keys beside the
     /// keys it shares with other kinds (every MQTT link's, every command path's). A key that
     /// is a field of neither is an error, as with [`read`](Self::read).
-    pub fn read_both<A: DeserializeOwned, B: DeserializeOwned>(
+    pub(crate) fn read_both<A: DeserializeOwned, B: DeserializeOwned>(
         &self,
     ) -> Result<(A, B), ConfigError> {
         let (span, keys) = self.keys()?;
@@ -406,7 +406,7 @@ impl Table {
 /// The `section` of `[[connector]]` tables.
 pub const CONNECTOR: &str = "connector";
 /// The `section` of `[[command_path]]` tables.
-pub const COMMAND_PATH: &str = "command_path";
+pub(crate) const COMMAND_PATH: &str = "command_path";
 
 /// The fields a derived `Deserialize` of `T` takes, as it names them to the deserializer
 /// (renamed ones by their new name); empty for a type that is not a struct.
@@ -482,7 +482,7 @@ pub struct Secret(String);
 
 impl Secret {
     /// The secret itself, for the code that needs it (a key derivation, a header).
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -501,7 +501,10 @@ impl<'de> Deserialize<'de> for Secret {
 
 /// Expands `${NAME}`, `${NAME:-default}` and `$$` in `text`, looking names up with `lookup`.
 /// The error names the variable; it never contains a value.
-pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+pub(crate) fn expand_env(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('$') {
@@ -551,7 +554,7 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
 /// The names of the `${NAME}` and `${NAME:-default}` references in `text` (comments
 /// included: a name there is at worst refused to rules needlessly), sorted, each once.
 /// `$${…}` is a literal and names nothing.
-pub fn env_references(text: &str) -> Vec<String> {
+pub(crate) fn env_references(text: &str) -> Vec<String> {
     let mut names = std::collections::BTreeSet::new();
     let mut rest = text;
     while let Some(at) = rest.find('$') {
@@ -588,7 +591,7 @@ fn clip(text: &str) -> &str {
 /// The URL parsers refuse credentials in a URL (they are derived, or configured apart as
 /// secrets), and say so; echoing the refused URL whole would print the password they were
 /// refusing into the log and `/status`.
-pub fn redacted_url(url: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn redacted_url(url: &str) -> std::borrow::Cow<'_, str> {
     let start = url.find("://").map_or(0, |at| at + 3);
     let authority_end = url[start..]
         .find(['/', '?', '#'])

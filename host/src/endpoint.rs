@@ -37,7 +37,7 @@ impl Scheme {
         tls_port: 443,
     };
     /// `pulsar://` (6650) and `pulsar+ssl://` (6651).
-    pub const PULSAR: Scheme = Scheme {
+    pub(crate) const PULSAR: Scheme = Scheme {
         plain: "pulsar",
         tls: "pulsar+ssl",
         plain_port: 6650,
@@ -143,7 +143,7 @@ impl Endpoint {
     }
 
     /// [`Endpoint::parse`], the error naming the URL (without its `user:password@`).
-    pub fn parse_named(url: &str, scheme: Scheme) -> Result<Self, String> {
+    pub(crate) fn parse_named(url: &str, scheme: Scheme) -> Result<Self, String> {
         Self::parse(url, scheme)
             .map_err(|reason| format!("url \"{}\": {reason}", crate::config::redacted_url(url)))
     }

@@ -17,26 +17,26 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 /// Attribute: the MQTT topic or the AMQP `topic` application property the message came on.
-pub const ATTR_TOPIC: &str = "topic";
+pub(crate) const ATTR_TOPIC: &str = "topic";
 /// Attribute: the transport's message id (AMQP `messageId`, Pulsar message id).
-pub const ATTR_MESSAGE_ID: &str = "message-id";
+pub(crate) const ATTR_MESSAGE_ID: &str = "message-id";
 /// Attribute: a request id that a reply must echo (Alink `id`, Huawei `request_id`).
-pub const ATTR_REQUEST_ID: &str = "request-id";
+pub(crate) const ATTR_REQUEST_ID: &str = "request-id";
 /// Attribute: Huawei legacy command correlation number (`mid`, 1–65535).
-pub const ATTR_MID: &str = "mid";
+pub(crate) const ATTR_MID: &str = "mid";
 /// Attribute: Tuya's trace id (the Pulsar `tid` message property).
-pub const ATTR_TRACE_ID: &str = "trace-id";
+pub(crate) const ATTR_TRACE_ID: &str = "trace-id";
 /// Attribute: the vendor's business code or category (Tuya `bizCode`, Huawei `resource`).
-pub const ATTR_BIZ_CODE: &str = "biz-code";
+pub(crate) const ATTR_BIZ_CODE: &str = "biz-code";
 /// Attribute: the envelope the message arrived in (`tuya-pulsar`, `tuya-business`, `alibaba-amqp`, …).
-pub const ATTR_ENVELOPE: &str = "envelope";
+pub(crate) const ATTR_ENVELOPE: &str = "envelope";
 /// Attribute: how the envelope's signature was treated: `verified`, `mismatch` (warn mode let the
 /// message through) or `unchecked` (mode off, or the vendor does not sign).
 pub const ATTR_SIGNATURE: &str = "signature";
 /// Attribute: how a non-JSON body was carried in the payload: `text` (a JSON string) or `base64`.
-pub const ATTR_CONTENT: &str = "content";
+pub(crate) const ATTR_CONTENT: &str = "content";
 /// Attribute: the gateway a sub-device's message came through.
-pub const ATTR_GATEWAY: &str = "gateway";
+pub(crate) const ATTR_GATEWAY: &str = "gateway";
 
 /// A JSON document kept as its exact text.
 ///
@@ -71,7 +71,7 @@ impl Json {
     }
 
     /// Serializes any value; serialization of plain data cannot fail, so this does not either.
-    pub fn from_serializable<T: Serialize + ?Sized>(value: &T) -> Self {
+    pub(crate) fn from_serializable<T: Serialize + ?Sized>(value: &T) -> Self {
         serde_json::to_string(value).map_or_else(|_| Self::null(), Json)
     }
 
@@ -278,7 +278,7 @@ impl Value {
     /// Types a value that a vendor sent as text (Tuya's Smart Business platform writes
     /// `"true"` for a boolean). Only exact, canonical spellings are converted, so a text
     /// datapoint such as a PIN `"0123"` is never turned into a number.
-    pub fn from_lenient_text(text: &str) -> Value {
+    pub(crate) fn from_lenient_text(text: &str) -> Value {
         match text {
             "true" => return Value::Boolean(true),
             "false" => return Value::Boolean(false),

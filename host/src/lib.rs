@@ -14,7 +14,7 @@ pub mod command;
 pub mod config;
 pub mod connector;
 pub mod dialect;
-pub mod endpoint;
+pub(crate) mod endpoint;
 pub mod event;
 pub mod metrics;
 pub mod pipeline;

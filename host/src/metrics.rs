@@ -19,7 +19,7 @@ pub struct Counter(AtomicU64);
 
 impl Counter {
     /// Adds one.
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.add(1);
     }
 
@@ -45,12 +45,12 @@ impl Gauge {
     }
 
     /// Adds one.
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one away (never below zero).
-    pub fn dec(&self) {
+    pub(crate) fn dec(&self) {
         let _ = self
             .0
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
@@ -63,7 +63,7 @@ impl Gauge {
 }
 
 /// Upper bounds of the latency buckets, in seconds: 1 µs to 1 s.
-pub const LATENCY_BUCKETS: [f64; 16] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 16] = [
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.05,
     0.25, 1.0,
 ];
@@ -78,7 +78,7 @@ pub struct Histogram {
 
 impl Histogram {
     /// Records one observation.
-    pub fn observe(&self, elapsed: Duration) {
+    pub(crate) fn observe(&self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         if let Some(bucket) = LATENCY_BUCKETS.iter().position(|&le| seconds <= le) {
             self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
@@ -141,7 +141,7 @@ impl<M: Default> Family<M> {
 
     /// Makes `member` the one for these label values: for a counter kept by a part
     /// created before the metrics (the store's evictions), so none of its counts is lost.
-    pub fn adopt(&self, values: &[&str], member: Arc<M>) {
+    pub(crate) fn adopt(&self, values: &[&str], member: Arc<M>) {
         debug_assert_eq!(values.len(), self.labels.len(), "{}", self.name);
         let key: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
         lock(&self.members).insert(key, member);

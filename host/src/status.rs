@@ -27,7 +27,7 @@ pub enum ConnectorState {
 }
 
 /// How many recent errors are kept.
-pub const KEPT_ERRORS: usize = 32;
+pub(crate) const KEPT_ERRORS: usize = 32;
 
 /// One recent error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -166,7 +166,7 @@ pub struct ConnectorHandle {
 impl ConnectorHandle {
     /// Replaces the identity (a connector whose username carries a timestamp shows the one
     /// of its latest login).
-    pub fn set_identity(&self, identity: Vec<(String, String)>) {
+    pub(crate) fn set_identity(&self, identity: Vec<(String, String)>) {
         if let Some(status) = lock(&self.all.0).get_mut(self.index) {
             status.identity = identity;
         }

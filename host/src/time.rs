@@ -94,13 +94,13 @@ impl Utc {
 }
 
 /// `YYYYMMDDHH` in UTC: the hour stamp in Huawei's MQTT client id and password key.
-pub fn format_hour_stamp(ms: u64) -> String {
+pub(crate) fn format_hour_stamp(ms: u64) -> String {
     let t = Utc::from_ms(ms);
     format!("{:04}{:02}{:02}{:02}", t.year, t.month, t.day, t.hour)
 }
 
 /// `YYYY-MM-DDThh:mm:ssZ` in UTC: Alibaba's OpenAPI `Timestamp` parameter.
-pub fn format_iso_seconds(ms: u64) -> String {
+pub(crate) fn format_iso_seconds(ms: u64) -> String {
     let t = Utc::from_ms(ms);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
@@ -109,7 +109,7 @@ pub fn format_iso_seconds(ms: u64) -> String {
 }
 
 /// Parses Huawei's compact UTC form `yyyyMMddTHHmmssZ` (e.g. `20151212T121212Z`).
-pub fn parse_compact(text: &str) -> Option<u64> {
+pub(crate) fn parse_compact(text: &str) -> Option<u64> {
     let b = text.as_bytes();
     if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
         return None;

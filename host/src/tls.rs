@@ -26,7 +26,7 @@ pub fn install_provider() {
 
 /// Why a TLS client configuration could not be built.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     /// The CA file could not be read or holds no certificate.
     #[error("ca_file {path}: {reason}")]
     CaFile { path: String, reason: String },
@@ -36,7 +36,7 @@ pub enum TlsError {
 }
 
 /// Reads every certificate of a PEM file.
-pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let fail = |reason: String| TlsError::CaFile {
         path: path.display().to_string(),
         reason,
@@ -52,7 +52,10 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
 }
 
 /// The trust roots: the system's (unless `system` is false) and the CA file's.
-pub fn root_store(ca_file: Option<&Path>, system: bool) -> Result<rustls::RootCertStore, TlsError> {
+pub(crate) fn root_store(
+    ca_file: Option<&Path>,
+    system: bool,
+) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     if system {
         let found = rustls_native_certs::load_native_certs();
@@ -77,7 +80,7 @@ pub fn root_store(ca_file: Option<&Path>, system: bool) -> Result<rustls::RootCe
 }
 
 /// A client configuration trusting the system roots and `ca_file`.
-pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     install_provider();
     let roots = root_store(ca_file, true)?;
     Ok(Arc::new(

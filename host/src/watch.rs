@@ -10,7 +10,7 @@ use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 
 /// Watches one directory (not its subdirectories) while it lives; dropping it stops watching.
-pub struct DirWatcher {
+pub(crate) struct DirWatcher {
     _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
 }
 

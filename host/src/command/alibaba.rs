@@ -33,9 +33,9 @@ use crate::event::Command;
 use crate::time::Clock;
 
 /// The command name that becomes `SetDeviceProperty`.
-pub const SET_PROPERTY: &str = "property/set";
+pub(crate) const SET_PROPERTY: &str = "property/set";
 /// The command name that becomes `RRpc`.
-pub const RRPC: &str = "rrpc";
+pub(crate) const RRPC: &str = "rrpc";
 
 /// The `alibaba-openapi` kind.
 pub const KIND: Kind = Kind {
@@ -63,7 +63,7 @@ struct AlibabaConfig {
 
 /// An `alibaba-openapi` path's settings, checked.
 #[derive(Debug, Clone)]
-pub struct AlibabaSettings {
+pub(crate) struct AlibabaSettings {
     /// The API's URL.
     pub url: Url,
     /// `RegionId`.
@@ -147,7 +147,7 @@ impl PathConfig for AlibabaSettings {
 /// `Throttling.User`, …), the service being unavailable or failing (`ServiceUnavailable`,
 /// `InternalError`, `iot.system.*`), and `iot.common.InvokeTimeout`. Anything else is a
 /// refusal, codes not known here included.
-pub fn classify(code: &str) -> bool {
+pub(crate) fn classify(code: &str) -> bool {
     code.starts_with("Throttling")
         || code.starts_with("ServiceUnavailable")
         || code.starts_with("InternalError")
@@ -191,7 +191,7 @@ impl Reply {
 }
 
 /// Sends commands through Alibaba's IoT OpenAPI.
-pub struct AlibabaTransport {
+pub(crate) struct AlibabaTransport {
     client: HttpClient,
     target: String,
     settings: AlibabaSettings,

@@ -19,7 +19,7 @@ use crate::endpoint::{Endpoint, Scheme, UrlError};
 
 /// The most of an answer's body that is read; a longer answer is a failure (a vendor API
 /// answers a command in well under a kilobyte).
-pub const MAX_ANSWER: usize = 1 << 20;
+pub(crate) const MAX_ANSWER: usize = 1 << 20;
 
 /// An answer: its status and body.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ pub struct Answer {
 
 impl Answer {
     /// The start of the body as text, for error messages.
-    pub fn excerpt(&self) -> String {
+    pub(crate) fn excerpt(&self) -> String {
         let text = String::from_utf8_lossy(&self.body[..self.body.len().min(200)]);
         text.trim().to_owned()
     }
@@ -40,7 +40,7 @@ impl Answer {
 
 /// A parsed `http://` or `https://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Url {
+pub(crate) struct Url {
     /// `https://` or not.
     pub tls: bool,
     /// The host, without brackets or port.
@@ -84,13 +84,13 @@ impl Url {
     }
 
     /// `host:port`, as the `Host` header and the connection take it.
-    pub fn authority(&self) -> String {
+    pub(crate) fn authority(&self) -> String {
         crate::endpoint::address(&self.host, self.port)
     }
 }
 
 /// Requests to one origin over kept-alive connections.
-pub struct HttpClient {
+pub(crate) struct HttpClient {
     authority: String,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
@@ -205,7 +205,7 @@ impl HttpClient {
 
 /// The path of a request target, without its query: a query may carry a signature or an
 /// access key id, which errors do not repeat.
-pub fn path_only(target: &str) -> &str {
+pub(crate) fn path_only(target: &str) -> &str {
     target.split('?').next().unwrap_or(target)
 }
 

@@ -32,11 +32,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-pub use self::alibaba::AlibabaTransport;
 pub use self::lanes::Lanes;
 pub use self::log::LogTransport;
-pub use self::tuya::TuyaTransport;
-pub use self::webhook::WebhookTransport;
 use crate::config::{ConfigError, Table};
 use crate::event::Command;
 use crate::time::Clock;
@@ -52,7 +49,7 @@ pub struct CommandError {
 }
 
 /// Resolves when the path has delivered the command, or given up on it.
-pub type Confirmation = oneshot::Receiver<Result<(), CommandError>>;
+pub(crate) type Confirmation = oneshot::Receiver<Result<(), CommandError>>;
 
 /// The path's side of a [`Confirmation`]: how it answers for one command.
 pub type Confirmer = oneshot::Sender<Result<(), CommandError>>;
@@ -152,7 +149,7 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 /// The confirmation of an attempt still to come.
-pub type Confirming = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
+pub(crate) type Confirming = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
 
 /// An attempt handed to the peer: what [`Transport::send`] returns.
 pub struct Sent {
@@ -193,7 +190,7 @@ pub struct PathSettings {
 
 /// Every kind of command path, one line each. (A device MQTT link is a connector that is
 /// also a command path: see `crate::connector::Connector::start`.)
-pub const KINDS: &[&Kind] = &[&log::KIND, &webhook::KIND, &tuya::KIND, &alibaba::KIND];
+pub(crate) const KINDS: &[&Kind] = &[&log::KIND, &webhook::KIND, &tuya::KIND, &alibaba::KIND];
 
 /// A kind of command path: its name in the config and how it reads its table.
 pub struct Kind {
@@ -226,7 +223,7 @@ pub trait Configured: Send + Sync {
 
 /// What a kind's settings tell the path's [`Lanes`]: how many, and the transport they send
 /// with.
-pub trait PathConfig: Send + Sync {
+pub(crate) trait PathConfig: Send + Sync {
     /// The transport of the kind.
     type Transport: Transport;
 
@@ -303,7 +300,7 @@ pub fn plan(table: &Table) -> Result<Planned, ConfigError> {
 /// The keys every command path takes.
 #[derive(serde::Deserialize)]
 #[serde(default)]
-pub struct SharedConfig {
+pub(crate) struct SharedConfig {
     /// Attempts started per second at most, over all lanes (0, the default: no limit). The
     /// vendors' APIs throttle per account; this keeps a burst of commands under their limit.
     pub rate_per_s: f64,
@@ -353,7 +350,7 @@ impl SharedConfig {
 /// attempts (at least one), refilled at `rate_per_s`. An attempt waits for its slot, so a
 /// burst of commands goes out at the vendor's pace instead of being throttled and retried.
 #[derive(Debug)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     /// Time between two attempts at the sustained rate.
     interval: Duration,
     /// How far ahead of the sustained pace a burst may run (the bucket size less one).

@@ -30,7 +30,7 @@ use crate::time::Clock;
 
 /// A token is renewed this long before its `expire_time`, so that no request goes out with
 /// a token about to expire in flight.
-pub const REFRESH_MARGIN_MS: u64 = 60_000;
+pub(crate) const REFRESH_MARGIN_MS: u64 = 60_000;
 
 /// The codes that say the token is expired, invalid or revoked: renew it and call again.
 const TOKEN_CODES: [i64; 3] = [openapi::TOKEN_INVALID_CODE, 1011, 1012];
@@ -59,7 +59,7 @@ struct TuyaConfig {
 
 /// A `tuya-openapi` path's settings, checked.
 #[derive(Debug, Clone)]
-pub struct TuyaSettings {
+pub(crate) struct TuyaSettings {
     /// The API's base URL.
     pub url: Url,
     /// Extra trusted CAs.
@@ -131,7 +131,7 @@ struct Token {
 }
 
 /// Sends commands through Tuya's OpenAPI.
-pub struct TuyaTransport {
+pub(crate) struct TuyaTransport {
     client: HttpClient,
     /// The base URL's path, without a trailing `/`, before every API path.
     prefix: String,
@@ -186,7 +186,7 @@ struct Granted {
 /// (concurrent requests over the limit), 1111 (system busy). The token codes are handled
 /// before this. Everything else, including codes not known here, is a refusal: retrying a
 /// request the API judged wrong only repeats the refusal (and counts against the quota).
-pub fn classify(code: Option<i64>) -> bool {
+pub(crate) fn classify(code: Option<i64>) -> bool {
     matches!(code, Some(500 | 1110 | 1111))
 }
 

@@ -15,7 +15,7 @@ use crate::event::Command;
 use crate::time::Clock;
 
 /// POSTs commands to one URL.
-pub struct WebhookTransport {
+pub(crate) struct WebhookTransport {
     client: HttpClient,
     /// The request target (path and query).
     target: String,
@@ -83,7 +83,7 @@ impl PathConfig for Webhook {
 
 impl WebhookTransport {
     /// For an `http://` or `https://host[:port][/path]` URL.
-    pub fn for_url(
+    pub(crate) fn for_url(
         url: &str,
         authorization: Option<String>,
         ca_file: Option<&std::path::Path>,

@@ -37,7 +37,7 @@ use crate::status::{ConnectorHandle, ConnectorState, LastErrors};
 use crate::time::Clock;
 
 /// Every kind of connector, one line each.
-pub const KINDS: &[&Kind] = &[&replay::KIND, &pulsar::KIND, &amqp::KIND, &mqtt::KIND];
+pub(crate) const KINDS: &[&Kind] = &[&replay::KIND, &pulsar::KIND, &amqp::KIND, &mqtt::KIND];
 
 /// A kind of connector (or a family of kinds sharing one transport): the names `kind = "…"`
 /// takes for it, and how it reads its table.
@@ -152,7 +152,7 @@ pub fn plan(table: &Table) -> Result<Planned, ConfigError> {
 /// The dialect a connector's messages are in: `chosen` if it is one of `carried`, or the
 /// first of `carried` when none is chosen. An empty `carried` takes any dialect, and one
 /// must be chosen (a replay).
-pub fn dialect_name(
+pub(crate) fn dialect_name(
     table: &Table,
     carried: &[DialectName],
     chosen: Option<DialectName>,
@@ -177,7 +177,7 @@ pub fn dialect_name(
 /// The keys of the Tuya dialects, which the Tuya connectors take, and a replay of Tuya
 /// messages.
 #[derive(serde::Deserialize)]
-pub struct TuyaKeys {
+pub(crate) struct TuyaKeys {
     /// The project's access id (shown, not needed to decrypt).
     #[serde(default)]
     pub access_id: Option<Expanded>,
@@ -204,7 +204,7 @@ impl TuyaKeys {
 
 /// The dialect of a kind that carries one dialect needing no keys (`alibaba`, `huawei`,
 /// `json`): the one it implies, or the same one named. `device_topic` is for `json`.
-pub fn only_dialect(
+pub(crate) fn only_dialect(
     table: &Table,
     carried: DialectName,
     chosen: Option<DialectName>,
@@ -220,7 +220,7 @@ pub fn only_dialect(
 }
 
 /// Where the `json` dialect finds the device in a topic (`device_topic`).
-pub fn topic_template(
+pub(crate) fn topic_template(
     table: &Table,
     device_topic: &Option<Expanded>,
 ) -> Result<json::TopicTemplate, ConfigError> {
@@ -235,7 +235,7 @@ pub fn topic_template(
 /// otherwise send every real message to the dead letters. Mismatches are counted
 /// (`iotrules_signature_mismatches_total`), logged once and shown in `/status`; `enforce` is
 /// the setting once they stay at zero.
-pub fn default_sign() -> SignMode {
+pub(crate) fn default_sign() -> SignMode {
     SignMode::Warn
 }
 
@@ -250,7 +250,7 @@ pub fn ca_file(file: &Option<PathBuf>) -> Vec<(PathBuf, &'static str)> {
 /// by the pipeline, in bytes at most (MQTT links: what does not fit is dropped at QoS 0 or
 /// left for the broker to send again at QoS 1; AMQP: credit times the largest message
 /// accepted; Pulsar: the read-ahead times the largest message).
-pub fn default_buffer_bytes() -> usize {
+pub(crate) fn default_buffer_bytes() -> usize {
     16 * 1024 * 1024
 }
 
@@ -290,7 +290,7 @@ impl Context {
     }
 
     /// Reports a failed or lost connection that will be tried again in `pause`.
-    pub fn disconnected(&self, error: &str, pause: Duration) {
+    pub(crate) fn disconnected(&self, error: &str, pause: Duration) {
         let message = format!("{error} (trying again in {:.1} s)", pause.as_secs_f64());
         tracing::warn!(connector = %self.name(), "{message}");
         self.errors.push(self.place(), error);
@@ -332,7 +332,7 @@ impl Context {
 }
 
 /// How one session of a connector (a connection, or a client and its consumer) ended.
-pub enum Ended {
+pub(crate) enum Ended {
     /// The service is stopping (or the pipeline closed): the connector returns.
     Stopping,
     /// The connection failed, was refused or went quiet: reconnect after a pause.
@@ -365,7 +365,7 @@ impl Ended {
 }
 
 /// A transport's sessions, as [`reconnecting`] runs them.
-pub trait Sessions: Send {
+pub(crate) trait Sessions: Send {
     /// One session, from connecting to its end.
     fn session(&mut self, context: &mut Context) -> impl Future<Output = Ended> + Send;
 }
@@ -375,7 +375,7 @@ pub trait Sessions: Send {
 /// the metrics), waits `backoff`'s next pause (from the start again after a session that
 /// worked; a shutdown cuts it short) and runs another; a fatal end fails the connector with
 /// its error.
-pub async fn reconnecting(
+pub(crate) async fn reconnecting(
     context: &mut Context,
     mut backoff: Backoff,
     sessions: &mut impl Sessions,
@@ -406,7 +406,7 @@ pub async fn reconnecting(
 
 /// The TLS connector of a connection to `endpoint` when it wants TLS (the system's roots and
 /// `ca_file`); an unreadable CA file fails the connector, as no retry can fix it.
-pub fn tls_connector(
+pub(crate) fn tls_connector(
     context: &Context,
     endpoint: &crate::endpoint::Endpoint,
     ca_file: Option<&std::path::Path>,
@@ -431,7 +431,7 @@ pub fn tls_connector(
 /// moment do not come back in lockstep. [`reset`](Backoff::reset) after a connection that
 /// worked.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     next: Duration,
@@ -448,7 +448,7 @@ impl Backoff {
     }
 
     /// The pause before the next attempt.
-    pub fn next_pause(&mut self) -> Duration {
+    pub(crate) fn next_pause(&mut self) -> Duration {
         use rand::Rng as _;
         let ceiling = self.next;
         self.next = (self.next * 2).min(self.max);

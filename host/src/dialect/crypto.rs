@@ -15,9 +15,9 @@ use sha2::Sha256;
 /// AES block size in bytes.
 const BLOCK: usize = 16;
 /// GCM nonce length in Tuya's layout `nonce || ciphertext || tag`.
-pub const GCM_NONCE_LEN: usize = 12;
+pub(crate) const GCM_NONCE_LEN: usize = 12;
 /// GCM tag length in Tuya's layout.
-pub const GCM_TAG_LEN: usize = 16;
+pub(crate) const GCM_TAG_LEN: usize = 16;
 
 /// Why a ciphertext could not be decrypted. The text is safe to show: it never contains key
 /// material or plaintext.
@@ -37,7 +37,7 @@ pub enum CipherError {
 
 /// AES-128 with the key schedule computed once, for ECB and GCM use by one connector.
 #[derive(Clone)]
-pub struct Aes128Key {
+pub(crate) struct Aes128Key {
     ecb: Aes128,
     gcm: Aes128Gcm,
 }
@@ -53,7 +53,7 @@ impl Aes128Key {
     }
 
     /// AES-128-ECB decryption in place, then PKCS#7 unpadding; returns the plaintext length.
-    pub fn decrypt_ecb_pkcs7(&self, buf: &mut [u8]) -> Result<usize, CipherError> {
+    pub(crate) fn decrypt_ecb_pkcs7(&self, buf: &mut [u8]) -> Result<usize, CipherError> {
         if buf.is_empty() {
             return Err(CipherError::Empty);
         }
@@ -66,7 +66,7 @@ impl Aes128Key {
     }
 
     /// AES-128-ECB encryption with PKCS#7 padding (demo data and tests).
-    pub fn encrypt_ecb_pkcs7(&self, plaintext: &[u8]) -> Vec<u8> {
+    pub(crate) fn encrypt_ecb_pkcs7(&self, plaintext: &[u8]) -> Vec<u8> {
         let pad = BLOCK - plaintext.len() % BLOCK;
         let mut buf = Vec::with_capacity(plaintext.len() + pad);
         buf.extend_from_slice(plaintext);
@@ -78,7 +78,7 @@ impl Aes128Key {
 
     /// AES-128-GCM over Tuya's layout `nonce(12) || ciphertext || tag(16)`, no associated data,
     /// in place: on success `buf` holds the plaintext; on failure its content is unspecified.
-    pub fn decrypt_gcm(&self, buf: &mut Vec<u8>) -> Result<(), CipherError> {
+    pub(crate) fn decrypt_gcm(&self, buf: &mut Vec<u8>) -> Result<(), CipherError> {
         let Some(len) = buf.len().checked_sub(GCM_NONCE_LEN + GCM_TAG_LEN) else {
             return Err(CipherError::TooShortForGcm);
         };
@@ -96,7 +96,7 @@ impl Aes128Key {
     }
 
     /// AES-128-GCM in Tuya's layout, with the caller's nonce (demo data and tests).
-    pub fn encrypt_gcm(&self, nonce: &[u8; GCM_NONCE_LEN], plaintext: &[u8]) -> Vec<u8> {
+    pub(crate) fn encrypt_gcm(&self, nonce: &[u8; GCM_NONCE_LEN], plaintext: &[u8]) -> Vec<u8> {
         let nonce = Nonce::<Aes128Gcm>::from(*nonce);
         let sealed = self
             .gcm
@@ -123,7 +123,7 @@ fn pkcs7_unpadded_len(buf: &[u8]) -> Option<usize> {
 }
 
 /// Lower-case hex MD5 of the concatenation of `parts`.
-pub fn md5_hex(parts: &[&[u8]]) -> String {
+pub(crate) fn md5_hex(parts: &[&[u8]]) -> String {
     let mut md5 = Md5::new();
     for part in parts {
         md5.update(part);
@@ -132,7 +132,7 @@ pub fn md5_hex(parts: &[&[u8]]) -> String {
 }
 
 /// The 16-byte MD5 digest of `bytes`.
-pub fn md5_digest(bytes: &[u8]) -> [u8; 16] {
+pub(crate) fn md5_digest(bytes: &[u8]) -> [u8; 16] {
     Md5::digest(bytes).into()
 }
 
@@ -213,7 +213,7 @@ pub fn hmac_sha1(key: &[u8], message: &[u8]) -> Vec<u8> {
 }
 
 /// Lower-case hex SHA-256 (Tuya's content hash).
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
@@ -221,7 +221,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// they first differ: a signature compared byte by byte with an early exit tells a sender,
 /// through the time of the refusal, how many leading bytes of a forged one are right.
 /// The lengths are public (a digest's size), so a length mismatch returns at once.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -14,7 +14,7 @@ use super::{DecodeError, RawMessage, body_as_payload, receipt_id};
 use crate::event::{ATTR_TOPIC, Device, Event, Json, Kind, Property, Value, Vendor};
 
 /// The placeholder of the device id in a topic template.
-pub const DEVICE: &str = "{device}";
+pub(crate) const DEVICE: &str = "{device}";
 
 /// What the properties of a bare JSON object are (its top-level fields are the values).
 const ACTION_STATE: &str = "state";
@@ -161,7 +161,7 @@ fn scalar(value: serde_json::Value) -> Option<Value> {
 
 /// The topic and payload of `command` on an `mqtt` link publishing on `topic` (a template of
 /// `{device}` and `{name}`): the params as they are.
-pub fn command_message(
+pub(crate) fn command_message(
     topic: &str,
     command: &crate::event::Command,
 ) -> Result<(String, Vec<u8>), String> {

@@ -176,7 +176,7 @@ impl DecodeError {
     }
 
     /// A shape error: `what` names the message part, `problem` says what is wrong with it.
-    pub fn shape(what: &'static str, problem: impl Into<String>) -> Self {
+    pub(crate) fn shape(what: &'static str, problem: impl Into<String>) -> Self {
         DecodeError::Shape {
             what,
             problem: problem.into(),
@@ -244,7 +244,7 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Named<T> {
 }
 
 /// True if `text` can be one level of an MQTT topic (no `/`, wildcard or NUL).
-pub fn topic_segment(text: &str) -> bool {
+pub(crate) fn topic_segment(text: &str) -> bool {
     !text.is_empty() && !text.contains(['/', '+', '#', '\0'])
 }
 
@@ -484,7 +484,7 @@ pub(crate) struct RawObject<'a>(pub Vec<(Cow<'a, str>, &'a str)>);
 
 impl<'a> RawObject<'a> {
     /// A raw value read as an object; `None` when it is another kind of value.
-    pub(crate) fn of(raw: &'a str) -> Option<Self> {
+    pub fn of(raw: &'a str) -> Option<Self> {
         raw.starts_with('{')
             .then(|| serde_json::from_str(raw).ok())
             .flatten()
@@ -496,7 +496,7 @@ impl<'a> RawObject<'a> {
     }
 
     /// The text of `key` when its value is a string.
-    pub(crate) fn text(&self, key: &str) -> Option<Cow<'a, str>> {
+    pub fn text(&self, key: &str) -> Option<Cow<'a, str>> {
         self.get(key).and_then(unquote)
     }
 }
@@ -756,7 +756,7 @@ impl Dialect {
     /// Whether a message sent again gets the same event id. A plain JSON message carries
     /// nothing that identifies it, so each receipt gets a fresh id: no copy can be found by
     /// it, and the pipeline does not keep those ids for de-duplication.
-    pub fn ids_identify_messages(&self) -> bool {
+    pub(crate) fn ids_identify_messages(&self) -> bool {
         !matches!(self, Dialect::Json(_))
     }
 

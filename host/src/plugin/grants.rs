@@ -89,7 +89,10 @@ impl GrantPolicy {
     }
 
     /// The policy protecting `files` too, each with what it is (`a replay file`).
-    pub fn protecting(mut self, files: impl IntoIterator<Item = (PathBuf, &'static str)>) -> Self {
+    pub(crate) fn protecting(
+        mut self,
+        files: impl IntoIterator<Item = (PathBuf, &'static str)>,
+    ) -> Self {
         for (path, what) in files {
             if !path.as_os_str().is_empty() {
                 self.protected.push(Protected {
@@ -104,7 +107,7 @@ impl GrantPolicy {
 
     /// Whether a plugin may be granted the environment variable `name`; the error says why
     /// not.
-    pub fn check_env(&self, name: &str) -> Result<(), String> {
+    pub(crate) fn check_env(&self, name: &str) -> Result<(), String> {
         if self.env.contains(name) {
             return Err(format!(
                 "grants.env: \"{name}\" is referenced by the config (`${{{name}}}`), where \
@@ -116,7 +119,7 @@ impl GrantPolicy {
 
     /// Whether a plugin may be granted the directory `dir` (absolute); the error names the
     /// service file it would reach.
-    pub fn check_read_dir(&self, dir: &Path) -> Result<(), String> {
+    pub(crate) fn check_read_dir(&self, dir: &Path) -> Result<(), String> {
         let resolved = resolve(dir);
         for protected in &self.protected {
             let reaches = protected.path.starts_with(&resolved)

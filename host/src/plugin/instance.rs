@@ -56,7 +56,7 @@ const LOG_TARGET: &str = "iotrules::plugin";
 const STDERR_CAPACITY: usize = 4096;
 
 /// The store's data: WASI, the memory cap, the host functions' context.
-pub struct HostState {
+pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryCap,
@@ -377,7 +377,7 @@ impl Instance {
     /// Instantiates `pre` in a fresh store and calls `init(config)` (with no config, only
     /// instantiates: enough to prove the component links and starts).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn start(
+    pub fn start(
         runtime: &Arc<Runtime>,
         pre: &Pre,
         plugin: &Arc<str>,
@@ -429,11 +429,6 @@ impl Instance {
             instance.init(config)?;
         }
         Ok(instance)
-    }
-
-    /// Replaces the clock the `now-ms` import reads.
-    pub fn set_clock(&mut self, clock: Clock) {
-        self.store.data_mut().clock = clock;
     }
 
     fn init(&mut self, config: &str) -> Result<(), PluginError> {

@@ -24,16 +24,12 @@ mod state;
 mod watch;
 
 pub use grants::{GrantPolicy, system_dir};
-pub use instance::{Grants, Instance, Limits};
-pub use registry::{
-    CURRENT_WORLD, DEFAULT_QUARANTINE_AFTER, Registry, ReloadReport, Slot, Step, StepOutcome,
-    Version,
-};
+pub use instance::{Grants, Limits};
+pub use registry::StepOutcome;
+pub use registry::{DEFAULT_QUARANTINE_AFTER, Registry, ReloadReport, Step, Version};
 pub use runtime::{Runtime, RuntimeConfig};
-pub use state::{
-    Durable, MAX_KEY_BYTES, MAX_SETS_PER_CALL, MAX_VALUE_BYTES, MemoryStateStore, StateQuota,
-    StateStore, StateUsage,
-};
+pub use state::{Durable, StateUsage};
+pub use state::{MAX_SETS_PER_CALL, MemoryStateStore, StateQuota, StateStore};
 pub use watch::{DEFAULT_DEBOUNCE, Watcher};
 
 use std::fmt;

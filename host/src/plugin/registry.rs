@@ -19,7 +19,7 @@ use crate::sync::lock;
 use crate::time::Clock;
 
 /// The plugin world a component built with this repository's SDK implements.
-pub const CURRENT_WORLD: &str = "0.2.0";
+pub(crate) const CURRENT_WORLD: &str = "0.2.0";
 
 /// How many failures in a row quarantine a version, unless configured otherwise.
 pub const DEFAULT_QUARANTINE_AFTER: u32 = 5;
@@ -169,7 +169,7 @@ impl Registry {
 
     /// The grants the rules using these plugins may not give (the config's secrets; by
     /// default only the system directories, which the rule loader always refuses).
-    pub fn with_grant_policy(mut self, policy: GrantPolicy) -> Self {
+    pub(crate) fn with_grant_policy(mut self, policy: GrantPolicy) -> Self {
         self.grant_policy = policy;
         self
     }
@@ -186,7 +186,7 @@ impl Registry {
     }
 
     /// The clock every instance's `now-ms` reads (the system clock unless set).
-    pub fn with_clock(mut self, clock: Clock) -> Self {
+    pub(crate) fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
     }

@@ -27,9 +27,9 @@ use std::collections::hash_map::Entry;
 use std::sync::Mutex;
 
 /// The longest state key, in bytes.
-pub const MAX_KEY_BYTES: usize = 1024;
+pub(crate) const MAX_KEY_BYTES: usize = 1024;
 /// The largest state value, in bytes.
-pub const MAX_VALUE_BYTES: usize = 64 << 10;
+pub(crate) const MAX_VALUE_BYTES: usize = 64 << 10;
 /// The most distinct keys one call may set.
 pub const MAX_SETS_PER_CALL: usize = 1000;
 

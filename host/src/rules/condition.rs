@@ -30,12 +30,12 @@ use cel::{Context, Env, Program};
 use crate::event::{Event, Value};
 
 /// The variables an expression may use.
-pub const VARIABLES: [&str; 3] = ["event", "props", "payload"];
+pub(crate) const VARIABLES: [&str; 3] = ["event", "props", "payload"];
 
 /// How deep an expression's syntax tree may nest (`a && b && c` is two levels, each
 /// parenthesized call one more): far beyond hand-written conditions, far below what
 /// overflows a worker thread's stack when evaluated.
-pub const MAX_DEPTH: usize = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// The stack of the thread that parses expressions: the parser recurses on nesting before
 /// [`MAX_DEPTH`] can be checked.

@@ -14,7 +14,7 @@ pub struct Position {
 
 impl Position {
     /// The position of byte `offset` in `text` (clamped to the text's end).
-    pub fn of_offset(text: &str, offset: usize) -> Self {
+    pub(crate) fn of_offset(text: &str, offset: usize) -> Self {
         let mut offset = offset.min(text.len());
         while !text.is_char_boundary(offset) {
             offset -= 1;
@@ -45,7 +45,7 @@ pub struct RuleError {
 }
 
 impl RuleError {
-    pub(crate) fn new(
+    pub fn new(
         file: &Path,
         position: Option<Position>,
         rule: Option<&str>,

@@ -61,11 +61,11 @@ pub use condition::EventScope;
 pub use error::{Position, RuleError};
 pub use format::OnError;
 pub(crate) use format::to_json;
-pub use reload::{DEFAULT_DEBOUNCE, ReloadResult, ReloadSummary, Rules, RulesWatcher};
-pub use rule::{
-    ANY_PATH, ConditionError, DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_MB, MAX_DEADLINE_MS, Rule,
-};
-pub use run::{RefusedCommand, RuleOutcome, RuleResult, RuleRuntime, StepError, StepVersion};
+pub(crate) use reload::RulesWatcher;
+pub use reload::{DEFAULT_DEBOUNCE, Rules};
+pub use rule::Rule;
+pub use run::{RefusedCommand, RuleResult, StepError};
+pub use run::{RuleOutcome, RuleRuntime};
 pub use set::{RuleSet, TEST_SUFFIX};
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub struct ReloadSummary {
 }
 
 /// The result of one reload, as subscribers receive it.
-pub type ReloadResult = Result<ReloadSummary, Vec<RuleError>>;
+pub(crate) type ReloadResult = Result<ReloadSummary, Vec<RuleError>>;
 
 /// The rules in service: a [`RuleSet`] read lock-free by the workers and swapped atomically
 /// by [`Rules::reload`]. A set with any error never replaces the serving one.
@@ -62,12 +62,12 @@ impl Rules {
 
     /// Whether `set` is the set new events run on (cheaper than [`Rules::current`]: no
     /// reference count is touched).
-    pub fn is_current(&self, set: &Arc<RuleSet>) -> bool {
+    pub(crate) fn is_current(&self, set: &Arc<RuleSet>) -> bool {
         Arc::ptr_eq(&self.current.load(), set)
     }
 
     /// The generation of [`Rules::current`]; workers compare it to rebuild their runtimes.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         *lock(&self.generation)
     }
 
@@ -143,7 +143,7 @@ pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Watches the rules directory while it lives and reloads on every change to a rule file;
 /// dropping it stops watching.
-pub struct RulesWatcher {
+pub(crate) struct RulesWatcher {
     _dir: DirWatcher,
 }
 

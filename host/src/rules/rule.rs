@@ -14,11 +14,11 @@ use crate::event::Event;
 use crate::plugin::{Grants, Limits, StateQuota};
 
 /// A step's deadline unless the rule says otherwise.
-pub const DEFAULT_DEADLINE_MS: u64 = 50;
+pub(crate) const DEFAULT_DEADLINE_MS: u64 = 50;
 /// A step's memory cap unless the rule says otherwise.
-pub const DEFAULT_MEMORY_MB: u64 = 32;
+pub(crate) const DEFAULT_MEMORY_MB: u64 = 32;
 /// The longest deadline a step may ask for: a step holds up its device's events while it runs.
-pub const MAX_DEADLINE_MS: u64 = 10_000;
+pub(crate) const MAX_DEADLINE_MS: u64 = 10_000;
 
 /// A loaded rule: which events it takes (`when`, then `if`) and the plugin steps it runs them
 /// through. Immutable; the per-worker state (plugin instances) lives in
@@ -65,7 +65,7 @@ pub(crate) struct StepSpec {
 }
 
 /// `commands.allow = ["*"]`: any configured path.
-pub const ANY_PATH: &str = "*";
+pub(crate) const ANY_PATH: &str = "*";
 
 /// The command paths a step's plugin may send through.
 ///
@@ -133,7 +133,7 @@ impl Rule {
     /// A disabled rule matches no event. Its format, patterns and expression are checked like
     /// the others', its plugins are not: a rule can wait, disabled, for its plugin to be
     /// deployed.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.enabled
     }
 
@@ -160,7 +160,7 @@ impl Rule {
     /// Every command path the rule names, in `commands.via` or `commands.allow`, of the rule
     /// or a step (`"*"` left out), with where and as what: for checking them against the
     /// configured paths.
-    pub fn named_paths<'r>(&'r self) -> Vec<(&'r str, Position, String)> {
+    pub(crate) fn named_paths<'r>(&'r self) -> Vec<(&'r str, Position, String)> {
         let mut named = Vec::new();
         let mut add = |name: &'r str, position: Position, what: String| {
             if name != ANY_PATH {
@@ -234,7 +234,7 @@ pub struct ConditionError {
 }
 
 /// Turns one parsed `[[rule]]` into a [`Rule`], collecting every problem it has.
-pub(crate) fn build(
+pub fn build(
     file: &Path,
     text: &str,
     doc: Spanned<RuleDoc>,

@@ -117,7 +117,7 @@ impl RuleResult<'_> {
 }
 
 impl RuleRuntime {
-    pub(crate) fn new(rule: Arc<Rule>, steps: Vec<Step>) -> Self {
+    pub fn new(rule: Arc<Rule>, steps: Vec<Step>) -> Self {
         RuleRuntime { rule, steps }
     }
 

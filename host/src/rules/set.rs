@@ -41,7 +41,7 @@ impl RuleSet {
 
     /// Refuses every grant that reaches the config's secrets ([`GrantPolicy`]), of every rule
     /// (a disabled rule's too: enabling it must not be what lets a secret out).
-    pub fn check_grants(&self, policy: &GrantPolicy) -> Result<(), Vec<RuleError>> {
+    pub(crate) fn check_grants(&self, policy: &GrantPolicy) -> Result<(), Vec<RuleError>> {
         let mut errors = Vec::new();
         for rule in &self.rules {
             for (index, spec) in rule.steps.iter().enumerate() {
@@ -78,7 +78,7 @@ impl RuleSet {
     }
 
     /// [`RuleSet::load_dir`] without the plugins: the format, names, patterns and expressions.
-    pub fn parse_dir(dir: &Path) -> Result<RuleSet, Vec<RuleError>> {
+    pub(crate) fn parse_dir(dir: &Path) -> Result<RuleSet, Vec<RuleError>> {
         let files = rule_files(dir).map_err(|e| {
             vec![RuleError::new(
                 dir,

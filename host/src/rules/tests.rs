@@ -7,6 +7,8 @@ use std::sync::Arc;
 use super::*;
 use crate::event::{Device, Event, Json, Kind, Property, Value, Vendor};
 use crate::plugin::{MemoryStateStore, Registry, Runtime, RuntimeConfig};
+use crate::rules::reload::ReloadSummary;
+use crate::rules::rule::ConditionError;
 
 /// Parses one file named `rules/t.toml`.
 fn parse(text: &str) -> Result<RuleSet, Vec<RuleError>> {

@@ -38,7 +38,7 @@ pub(crate) struct Patterns {
 impl Patterns {
     /// Compiles `patterns`: `*` is any run of characters, `?` any one, `[…]` a class and
     /// `{a,b}` alternatives. Fails on a malformed pattern, naming it.
-    pub(crate) fn new(patterns: &[String]) -> Result<Self, String> {
+    pub fn new(patterns: &[String]) -> Result<Self, String> {
         let mut exact = Vec::new();
         let mut prefixes = Vec::new();
         let mut globs = GlobSetBuilder::new();
@@ -135,7 +135,7 @@ impl When {
 }
 
 /// A vendor by its rule name.
-pub(crate) fn vendor(name: &str) -> Result<Vendor, String> {
+pub fn vendor(name: &str) -> Result<Vendor, String> {
     VENDORS
         .into_iter()
         .find(|v| v.as_str() == name)
@@ -148,7 +148,7 @@ pub(crate) fn vendor(name: &str) -> Result<Vendor, String> {
 }
 
 /// A kind by its rule name.
-pub(crate) fn kind(name: &str) -> Result<Kind, String> {
+pub fn kind(name: &str) -> Result<Kind, String> {
     KINDS
         .into_iter()
         .find(|k| k.as_str() == name)

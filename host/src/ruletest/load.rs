@@ -112,7 +112,7 @@ impl std::fmt::Debug for Raw {
 
 impl Raw {
     /// Decodes the message as `iotrules decode` would.
-    pub(crate) fn decode(&self) -> Result<Event, String> {
+    pub fn decode(&self) -> Result<Event, String> {
         let message =
             RawMessage::new(&self.source, &self.payload).with_properties(&self.properties);
         self.dialect.decode(&message).map_err(|e| {
@@ -135,7 +135,7 @@ pub(crate) struct Expectation {
 
 /// The test files of `dir`: its `*.test.toml` files, then the `*.toml` files of its `tests/`
 /// subdirectory, each group in name order; hidden files are skipped.
-pub fn test_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub(crate) fn test_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = toml_files(dir, |name| name.ends_with(TEST_SUFFIX))?;
     let tests = dir.join(TESTS_DIR);
     if tests.is_dir() {

@@ -67,8 +67,9 @@ mod format;
 mod load;
 mod run;
 
-pub use load::{RuleTest, TESTS_DIR, TestFile, load_dir, parse, test_files};
-pub use run::{Failure, Runner, TestReport};
+pub use load::{TESTS_DIR, load_dir, parse};
+
+pub use run::{Runner, TestReport};
 
 /// Where every test's clock starts: 2025-11-23T08:00:00Z, the time of the bundled demo
 /// messages.

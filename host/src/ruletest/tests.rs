@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::json;
 
 use super::check::{self, RuleRun};
-use super::load::{RuleTest, Source};
+use super::load::{RuleTest, Source, test_files};
 use super::*;
 use crate::event::{Device, Kind, Value, Vendor};
 use crate::rules::RuleSet;

@@ -219,7 +219,7 @@ impl Store {
     }
 
     /// Records `letters` in one transaction, all or none, then applies the retention once.
-    pub fn add_all(&self, letters: &[DeadLetterRecord]) -> Result<(), StoreError> {
+    pub(crate) fn add_all(&self, letters: &[DeadLetterRecord]) -> Result<(), StoreError> {
         if letters.is_empty() {
             return Ok(());
         }

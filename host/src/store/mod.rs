@@ -96,7 +96,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Why the store could not be opened or used. Every variant names the file.
 #[derive(Debug, thiserror::Error)]

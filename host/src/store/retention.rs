@@ -56,11 +56,11 @@ pub struct Retention {
 
 impl Retention {
     /// A million letters.
-    pub const DEFAULT_MAX_ROWS: u64 = 1_000_000;
+    pub(crate) const DEFAULT_MAX_ROWS: u64 = 1_000_000;
     /// 1 GiB.
-    pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+    pub(crate) const DEFAULT_MAX_BYTES: u64 = 1 << 30;
     /// A week.
-    pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+    pub(crate) const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
 impl Default for Retention {

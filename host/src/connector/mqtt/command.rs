@@ -22,7 +22,7 @@ use crate::dialect::{alibaba, huawei, json};
 use crate::event::Command;
 
 /// Publishes commands on an MQTT link.
-pub struct MqttTransport {
+pub(crate) struct MqttTransport {
     link: Arc<LinkHandle>,
     outbound: Outbound,
     /// Alink request ids of the device's own messages.

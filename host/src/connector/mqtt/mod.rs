@@ -32,8 +32,9 @@ use std::time::Duration;
 use rumqttc::mqttbytes::QoS;
 use serde::Deserialize;
 
-pub use self::command::MqttTransport;
-pub use self::link::{LinkHandle, Outgoing};
+pub(crate) use self::command::MqttTransport;
+pub use self::link::LinkHandle;
+pub use self::link::Outgoing;
 pub use self::session::{publish_parts, run};
 use super::{Connector, Kind, Start, only_dialect};
 use crate::command::{Lanes, PathSettings};

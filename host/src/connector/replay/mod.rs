@@ -31,7 +31,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-pub use self::recording::{MAX_LINE_BYTES, Recorded, parse_line, read_offset, run};
+pub use self::recording::{Recorded, run};
+
 use super::{Configured, Connector, Context, Kind, Start, TuyaKeys};
 use crate::config::{ConfigError, Expanded, Table};
 use crate::dialect::DialectName;

@@ -39,7 +39,7 @@ struct Line {
 }
 
 /// Parses one line: `Ok(None)` for a blank or comment line.
-pub fn parse_line(line: &str) -> Result<Option<Recorded>, String> {
+pub(crate) fn parse_line(line: &str) -> Result<Option<Recorded>, String> {
     let text = line.trim();
     if text.is_empty() || text.starts_with('#') {
         return Ok(None);
@@ -118,7 +118,7 @@ impl Drop for Positions {
 }
 
 /// Reads an offset file: the 0-based index of the first line to deliver. No file is line 0.
-pub fn read_offset(file: &Path) -> Result<usize, String> {
+pub(crate) fn read_offset(file: &Path) -> Result<usize, String> {
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -332,7 +332,7 @@ pub async fn run(
 
 /// The longest line a recording may hold, its line ending included. A longer line is
 /// reported and skipped, and never held in memory whole.
-pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Where a line is: its 0-based index, and the byte offset it starts at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

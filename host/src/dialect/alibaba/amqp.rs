@@ -10,16 +10,16 @@ use crate::dialect::base64_encode;
 use crate::dialect::crypto::SignMethod;
 
 /// The AMQP port: Alibaba accepts only `amqps://`.
-pub const AMQPS_PORT: u16 = 5671;
+pub(crate) const AMQPS_PORT: u16 = 5671;
 
 /// The AMQP host of the public instance: `${uid}.iot-amqp.${region}.aliyuncs.com`, where
 /// `uid` is the Alibaba Cloud account id.
-pub fn public_instance_host(uid: &str, region: &str) -> String {
+pub(crate) fn public_instance_host(uid: &str, region: &str) -> String {
     format!("{uid}.iot-amqp.{region}.aliyuncs.com")
 }
 
 /// The AMQP host of an enterprise instance: `${iotInstanceId}.amqp.iothub.aliyuncs.com`.
-pub fn instance_host(iot_instance_id: &str) -> String {
+pub(crate) fn instance_host(iot_instance_id: &str) -> String {
     format!("{iot_instance_id}.amqp.iothub.aliyuncs.com")
 }
 

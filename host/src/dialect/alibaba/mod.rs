@@ -19,18 +19,19 @@ use crate::dialect::{DecodeError, RawMessage, base64_field};
 use crate::event::Event;
 
 pub use amqp::AmqpCredentials;
-pub use mqtt::{AlinkReply, AlinkRequest, DeviceCredentials, Topics};
-pub use openapi::{ApiCredentials, CallContext, RpcRequest, SignedRequest};
+pub use mqtt::DeviceCredentials;
+pub use mqtt::Topics;
+pub use openapi::ApiCredentials;
 
 /// Attribute: the device's `iotId`, Alibaba's globally unique device id.
-pub const ATTR_IOT_ID: &str = "iot-id";
+pub(crate) const ATTR_IOT_ID: &str = "iot-id";
 /// Attribute: an Alink reply's `code` (200 is success).
-pub const ATTR_CODE: &str = "code";
+pub(crate) const ATTR_CODE: &str = "code";
 
 /// The [`crate::event::ATTR_ENVELOPE`] value of an AMQP subscription body.
-pub const ENVELOPE_AMQP: &str = "alibaba-amqp";
+pub(crate) const ENVELOPE_AMQP: &str = "alibaba-amqp";
 /// The [`crate::event::ATTR_ENVELOPE`] value of a device-side MQTT (`/sys/...`) payload.
-pub const ENVELOPE_MQTT: &str = "alibaba-mqtt";
+pub(crate) const ENVELOPE_MQTT: &str = "alibaba-mqtt";
 
 /// The transport property holding the topic: the AMQP application property `topic`, or the
 /// MQTT topic.

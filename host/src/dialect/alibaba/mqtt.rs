@@ -22,17 +22,17 @@ pub const TCP_PORT: u16 = 1883;
 /// Alink method of a property report.
 pub const METHOD_PROPERTY_POST: &str = "thing.event.property.post";
 /// Alink method of a property-set request from the cloud.
-pub const METHOD_PROPERTY_SET: &str = "thing.service.property.set";
+pub(crate) const METHOD_PROPERTY_SET: &str = "thing.service.property.set";
 /// The only Alink protocol version.
-pub const ALINK_VERSION: &str = "1.0";
+pub(crate) const ALINK_VERSION: &str = "1.0";
 
 /// The public instance's MQTT host for a product: `${pk}.iot-as-mqtt.${region}.aliyuncs.com`.
-pub fn public_instance_host(product_key: &str, region: &str) -> String {
+pub(crate) fn public_instance_host(product_key: &str, region: &str) -> String {
     format!("{product_key}.iot-as-mqtt.{region}.aliyuncs.com")
 }
 
 /// An enterprise instance's MQTT host: `${iotInstanceId}.mqtt.iothub.aliyuncs.com`.
-pub fn instance_host(iot_instance_id: &str) -> String {
+pub(crate) fn instance_host(iot_instance_id: &str) -> String {
     format!("{iot_instance_id}.mqtt.iothub.aliyuncs.com")
 }
 
@@ -169,7 +169,7 @@ impl Topics {
     }
 
     /// Where the device answers a property-set request.
-    pub fn property_set_reply(&self) -> String {
+    pub(crate) fn property_set_reply(&self) -> String {
         self.sys("thing/service/property/set_reply")
     }
 
@@ -179,12 +179,12 @@ impl Topics {
     }
 
     /// Where the device answers a call of service `identifier`.
-    pub fn service_reply(&self, identifier: &str) -> String {
+    pub(crate) fn service_reply(&self, identifier: &str) -> String {
         self.sys(&format!("thing/service/{identifier}_reply"))
     }
 
     /// Where the device raises the thing-model event `identifier`.
-    pub fn event_post(&self, identifier: &str) -> String {
+    pub(crate) fn event_post(&self, identifier: &str) -> String {
         self.sys(&format!("thing/event/{identifier}/post"))
     }
 
@@ -194,12 +194,12 @@ impl Topics {
     }
 
     /// The filter to subscribe to for synchronous calls (RRPC) from the cloud.
-    pub fn rrpc_request_filter(&self) -> String {
+    pub(crate) fn rrpc_request_filter(&self) -> String {
         self.sys("rrpc/request/+")
     }
 
     /// Where to answer the RRPC request that came on `.../rrpc/request/${message_id}`.
-    pub fn rrpc_response(&self, message_id: &str) -> String {
+    pub(crate) fn rrpc_response(&self, message_id: &str) -> String {
         self.sys(&format!("rrpc/response/{message_id}"))
     }
 }
@@ -417,7 +417,7 @@ impl<'de> Deserialize<'de> for AlinkId {
 ///
 /// Replies take `code` (default 200), `data` (default `{}`) and `message` from the params;
 /// a request is numbered by `next_id`.
-pub fn command_message(
+pub(crate) fn command_message(
     topics: &Topics,
     command: &crate::event::Command,
     next_id: impl FnOnce() -> String,

@@ -410,7 +410,7 @@ struct Reading {
 }
 
 /// Normalizes one message; its `topic` property says what the body is.
-pub(crate) fn decode(message: &RawMessage<'_>) -> Result<Event, DecodeError> {
+pub fn decode(message: &RawMessage<'_>) -> Result<Event, DecodeError> {
     let topic_text = message.property(TOPIC_PROPERTY).ok_or_else(|| {
         DecodeError::shape(
             TOPIC,

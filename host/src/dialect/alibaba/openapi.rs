@@ -15,16 +15,16 @@ use crate::event::Json;
 use crate::time;
 
 /// The IoT Platform API version these actions belong to.
-pub const API_VERSION: &str = "2018-01-20";
+pub(crate) const API_VERSION: &str = "2018-01-20";
 /// The only signature method of SignatureVersion 1.0.
-pub const SIGNATURE_METHOD: &str = "HMAC-SHA1";
+pub(crate) const SIGNATURE_METHOD: &str = "HMAC-SHA1";
 /// The signature version.
-pub const SIGNATURE_VERSION: &str = "1.0";
+pub(crate) const SIGNATURE_VERSION: &str = "1.0";
 /// The RRpc `Timeout` range the API accepts, in ms.
-pub const RRPC_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 1000..=8000;
+pub(crate) const RRPC_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 1000..=8000;
 
 /// The API host of a region: `iot.${region}.aliyuncs.com`.
-pub fn endpoint(region: &str) -> String {
+pub(crate) fn endpoint(region: &str) -> String {
     format!("iot.{region}.aliyuncs.com")
 }
 
@@ -155,7 +155,7 @@ impl RpcRequest {
 
     /// `SetDeviceProperty`: sets properties; `items` is the property map, e.g.
     /// `{"PowerSwitch":1}`.
-    pub fn set_device_property(product_key: &str, device_name: &str, items: &Json) -> Self {
+    pub(crate) fn set_device_property(product_key: &str, device_name: &str, items: &Json) -> Self {
         Self::new("SetDeviceProperty")
             .param("ProductKey", product_key)
             .param("DeviceName", device_name)
@@ -163,7 +163,7 @@ impl RpcRequest {
     }
 
     /// `InvokeThingService`: calls the thing-model service `identifier` with `args`.
-    pub fn invoke_thing_service(
+    pub(crate) fn invoke_thing_service(
         product_key: &str,
         device_name: &str,
         identifier: &str,

@@ -13,7 +13,7 @@ pub const PORT: u16 = 5671;
 /// The AMQP virtual host IoTDA expects in the open frame's hostname.
 pub const VHOST: &str = "default";
 /// The queue every instance has; rules can forward to other queues.
-pub const DEFAULT_QUEUE: &str = "DefaultQueue";
+pub(crate) const DEFAULT_QUEUE: &str = "DefaultQueue";
 
 /// The access credentials for IoTDA's AMQP endpoint. `Debug` never shows the access code.
 #[derive(Clone, PartialEq, Eq)]

@@ -18,16 +18,16 @@ use crate::dialect::{DecodeError, RawMessage};
 use crate::event::Event;
 
 pub use amqp::AmqpCredentials;
-pub use mqtt::{DeviceCredentials, HourStampError, SignType};
-pub use reply::{Publish, ReplyError};
+pub use mqtt::{DeviceCredentials, SignType};
+pub use reply::Publish;
 
 /// Attribute: the Huawei `service_id` (`serviceId`) a command or property request is for.
-pub const ATTR_SERVICE_ID: &str = "service-id";
+pub(crate) const ATTR_SERVICE_ID: &str = "service-id";
 
 /// The [`crate::event::ATTR_ENVELOPE`] value of an AMQP push.
-pub const ENVELOPE_AMQP: &str = "huawei-amqp";
+pub(crate) const ENVELOPE_AMQP: &str = "huawei-amqp";
 /// The [`crate::event::ATTR_ENVELOPE`] value of a device MQTT message.
-pub const ENVELOPE_MQTT: &str = "huawei-mqtt";
+pub(crate) const ENVELOPE_MQTT: &str = "huawei-mqtt";
 
 /// The transport property holding the MQTT topic (or the AMQP `topic` property).
 const TOPIC_PROPERTY: &str = "topic";

@@ -172,23 +172,23 @@ fn check_hour_stamp(stamp: &str) -> Result<(), HourStampError> {
 }
 
 /// Legacy v1: where a device publishes reports (`deviceReq`) and command answers (`deviceRsp`).
-pub fn legacy_data_topic(device_id: &str) -> String {
+pub(crate) fn legacy_data_topic(device_id: &str) -> String {
     format!("{LEGACY_PREFIX}{device_id}/data/json")
 }
 
 /// Legacy v1: where commands (`cloudReq`) arrive; the device subscribes to it.
-pub fn legacy_command_topic(device_id: &str) -> String {
+pub(crate) fn legacy_command_topic(device_id: &str) -> String {
     format!("{LEGACY_PREFIX}{device_id}/command/json")
 }
 
 /// IoTDA: where a device reports property values.
-pub fn properties_report_topic(device_id: &str) -> String {
+pub(crate) fn properties_report_topic(device_id: &str) -> String {
     format!("{OC_PREFIX}{device_id}/sys/properties/report")
 }
 
 /// IoTDA: the filter a device subscribes to for commands (each arrives on
 /// `.../sys/commands/request_id=${rid}`).
-pub fn commands_filter(device_id: &str) -> String {
+pub(crate) fn commands_filter(device_id: &str) -> String {
     format!("{OC_PREFIX}{device_id}/sys/commands/#")
 }
 
@@ -198,12 +198,12 @@ pub fn command_topic(device_id: &str, request_id: &str) -> String {
 }
 
 /// IoTDA: where the answer to command `request_id` goes (within 20 s).
-pub fn command_response_topic(device_id: &str, request_id: &str) -> String {
+pub(crate) fn command_response_topic(device_id: &str, request_id: &str) -> String {
     format!("{OC_PREFIX}{device_id}/sys/commands/response/request_id={request_id}")
 }
 
 /// IoTDA: the filter a device subscribes to for property-set requests.
-pub fn properties_set_filter(device_id: &str) -> String {
+pub(crate) fn properties_set_filter(device_id: &str) -> String {
     format!("{OC_PREFIX}{device_id}/sys/properties/set/#")
 }
 
@@ -213,12 +213,12 @@ pub fn properties_set_topic(device_id: &str, request_id: &str) -> String {
 }
 
 /// IoTDA: where the answer to property-set request `request_id` goes.
-pub fn properties_set_response_topic(device_id: &str, request_id: &str) -> String {
+pub(crate) fn properties_set_response_topic(device_id: &str, request_id: &str) -> String {
     format!("{OC_PREFIX}{device_id}/sys/properties/set/response/request_id={request_id}")
 }
 
 /// IoTDA: the filter a device subscribes to for property-get requests.
-pub fn properties_get_filter(device_id: &str) -> String {
+pub(crate) fn properties_get_filter(device_id: &str) -> String {
     format!("{OC_PREFIX}{device_id}/sys/properties/get/#")
 }
 
@@ -233,7 +233,7 @@ pub fn properties_get_response_topic(device_id: &str, request_id: &str) -> Strin
 }
 
 /// IoTDA: free-form messages from the platform to the device.
-pub fn messages_down_topic(device_id: &str) -> String {
+pub(crate) fn messages_down_topic(device_id: &str) -> String {
     format!("{OC_PREFIX}{device_id}/sys/messages/down")
 }
 
@@ -281,7 +281,7 @@ pub(crate) struct DeviceTopic<'a> {
 
 impl<'a> DeviceTopic<'a> {
     /// Recognizes a legacy or IoTDA device topic; `None` for anything else (an AMQP push).
-    pub(crate) fn parse(topic: &'a str) -> Option<Self> {
+    pub fn parse(topic: &'a str) -> Option<Self> {
         let (path, query) = match topic.split_once('?') {
             Some((path, query)) => (path, Some(query)),
             None => (topic, None),

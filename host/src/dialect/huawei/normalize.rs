@@ -312,7 +312,7 @@ struct Reading {
 }
 
 /// Normalizes a device MQTT payload published on `topic_text`, already taken apart as `topic`.
-pub(crate) fn mqtt(
+pub fn mqtt(
     message: &RawMessage<'_>,
     topic_text: &str,
     topic: DeviceTopic<'_>,

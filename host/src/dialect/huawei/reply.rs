@@ -15,7 +15,7 @@ use crate::event::{Json, Property, Value};
 use crate::time::Utc;
 
 /// The largest legacy `mid` (it is a 16-bit counter that skips 0).
-pub const MAX_MID: u64 = 65_535;
+pub(crate) const MAX_MID: u64 = 65_535;
 
 /// One MQTT publication: the topic and the exact payload bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub enum ReplyError {
 /// Legacy `deviceRsp`, the answer to `cloudReq` number `mid`. It goes to the **data** topic,
 /// not a response topic: the legacy protocol has only the one uplink.
 /// `errcode` 0 means success; `body` (an object, by Huawei's docs) is omitted when `None`.
-pub fn device_rsp(
+pub(crate) fn device_rsp(
     device_id: &str,
     mid: u64,
     errcode: i64,
@@ -72,7 +72,7 @@ pub fn device_rsp(
 
 /// Legacy `deviceReq`: a property report, one `data` item per service (in the order the
 /// services first appear). See [`property_report`] for how the event time is chosen.
-pub fn device_req(
+pub(crate) fn device_req(
     device_id: &str,
     properties: &[Property],
     default_time_ms: Option<u64>,
@@ -113,7 +113,7 @@ pub fn device_req(
 
 /// IoTDA command response `{"result_code","response_name","paras"}` for command `request_id`.
 /// `result_code` 0 means success; `response_name` and `paras` are omitted when `None`.
-pub fn command_response(
+pub(crate) fn command_response(
     device_id: &str,
     request_id: &str,
     result_code: i64,
@@ -142,7 +142,7 @@ pub fn command_response(
 
 /// IoTDA property-set response `{"result_code","result_desc"}` (`0`, `"success"` when the
 /// values were applied).
-pub fn properties_set_response(
+pub(crate) fn properties_set_response(
     device_id: &str,
     request_id: &str,
     result_code: i64,
@@ -185,7 +185,7 @@ pub fn properties_get_response(
 /// A service's `event_time` is the latest `time_ms` of its properties, else `default_time_ms`;
 /// with neither it is left out and the platform stamps the arrival time. When a code repeats
 /// within a service, the last value wins (a JSON object cannot hold it twice).
-pub fn property_report(
+pub(crate) fn property_report(
     device_id: &str,
     properties: &[Property],
     default_time_ms: Option<u64>,
@@ -339,7 +339,7 @@ fn to_vec<T: Serialize>(value: &T) -> Vec<u8> {
 ///
 /// Replies take `result_code` (or `errcode`, default 0), `response_name`, `paras` (or
 /// `body`) and `result_desc` from the params.
-pub fn command_message(
+pub(crate) fn command_message(
     device: &str,
     legacy: bool,
     command: &crate::event::Command,

@@ -23,7 +23,7 @@ use crate::dialect::{
 /// The JSON key of the signature.
 const SIGN: &str = "sign";
 /// The Pulsar message property that names the IoT Core encryption mode.
-pub const ENCRYPTION_PROPERTY: &str = "em";
+pub(crate) const ENCRYPTION_PROPERTY: &str = "em";
 
 /// Which cipher mode sealed the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,7 +242,7 @@ fn open(
 }
 
 /// Verifies and decrypts an IoT Core envelope; `em` is the message's encryption property.
-pub fn open_iot_core(
+pub(crate) fn open_iot_core(
     keys: &Keys,
     sign_mode: SignMode,
     payload: &[u8],
@@ -265,7 +265,7 @@ pub fn open_iot_core(
 }
 
 /// Verifies and decrypts a Smart Business envelope.
-pub fn open_business(
+pub(crate) fn open_business(
     keys: &Keys,
     sign_mode: SignMode,
     payload: &[u8],
@@ -291,7 +291,10 @@ pub fn open_business(
 
 /// Computes the `sign` for envelope fields given as `(key, raw JSON value)` pairs: used to
 /// seal demo and test messages exactly as Tuya does.
-pub fn sign_fields(access_key: &str, fields: &[(&str, &str)]) -> Result<String, DecodeError> {
+pub(crate) fn sign_fields(
+    access_key: &str,
+    fields: &[(&str, &str)],
+) -> Result<String, DecodeError> {
     let raws: Vec<(Cow<'_, str>, Box<RawValue>)> = fields
         .iter()
         .map(|(k, v)| {

@@ -17,7 +17,9 @@ use crate::dialect::crypto::{Aes128Key, md5_hex};
 use crate::dialect::{DecodeError, KeyError, RawMessage, SignMode, base64_encode};
 use crate::event::{ATTR_ENVELOPE, ATTR_SIGNATURE, ATTR_TRACE_ID, Event};
 
-pub use envelope::{Envelope, Mode, SignatureCheck};
+pub use envelope::Mode;
+
+pub use envelope::{Envelope, SignatureCheck};
 
 /// The Pulsar authentication method name Tuya's brokers require.
 pub const AUTH_METHOD: &str = "auth1";
@@ -27,7 +29,7 @@ const TRACE_PROPERTY: &str = "tid";
 /// A Tuya data centre.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Region {
+pub(crate) enum Region {
     /// China.
     Cn,
     /// Western America.
@@ -54,7 +56,7 @@ impl Region {
     }
 
     /// The OpenAPI host.
-    pub fn openapi_host(self) -> &'static str {
+    pub(crate) fn openapi_host(self) -> &'static str {
         match self {
             Region::Cn => "openapi.tuyacn.com",
             Region::Us => "openapi.tuyaus.com",

@@ -23,7 +23,11 @@ use crate::event::{ATTR_BIZ_CODE, Device, Event, Json, Kind, Property, Value, Ve
 const BODY: &str = "Tuya message body";
 
 /// Normalizes an IoT Core body according to the envelope's `protocol`.
-pub fn iot_core(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event, DecodeError> {
+pub(crate) fn iot_core(
+    source: &str,
+    envelope: &Envelope,
+    body: Vec<u8>,
+) -> Result<Event, DecodeError> {
     let body = into_text(body)?;
     match envelope.protocol {
         Some(4) => status(source, envelope, body),

@@ -12,9 +12,9 @@ use serde::Serialize;
 use crate::dialect::crypto::{hmac_sha256, sha256_hex};
 
 /// Path of the token call (`grant_type=1` is the simple mode for cloud projects).
-pub const TOKEN_PATH: &str = "/v1.0/token";
+pub(crate) const TOKEN_PATH: &str = "/v1.0/token";
 /// The error code Tuya returns for an invalid or expired token: get a new one and retry.
-pub const TOKEN_INVALID_CODE: i64 = 1010;
+pub(crate) const TOKEN_INVALID_CODE: i64 = 1010;
 
 /// The project's OpenAPI credentials. `Debug` never shows the secret.
 #[derive(Clone)]
@@ -142,7 +142,7 @@ pub fn headers(
 }
 
 /// The token refresh path for a refresh token.
-pub fn refresh_path(refresh_token: &str) -> String {
+pub(crate) fn refresh_path(refresh_token: &str) -> String {
     format!("{TOKEN_PATH}/{refresh_token}")
 }
 
@@ -166,7 +166,7 @@ pub fn command_path(device_id: &str) -> Result<String, String> {
 
 /// True if `text` is one URL path segment that needs no escaping and means no directory
 /// move: unreserved characters only (RFC 3986 less `~`), and neither `.` nor `..`.
-pub fn is_plain_segment(text: &str) -> bool {
+pub(crate) fn is_plain_segment(text: &str) -> bool {
     !text.is_empty()
         && text != "."
         && text != ".."
@@ -177,13 +177,13 @@ pub fn is_plain_segment(text: &str) -> bool {
 
 /// One datapoint to set.
 #[derive(Debug, Clone, Serialize)]
-pub struct DpCommand<'a> {
+pub(crate) struct DpCommand<'a> {
     pub code: &'a str,
     pub value: &'a serde_json::value::RawValue,
 }
 
 /// The command body `{"commands":[{"code":…,"value":…}]}`.
-pub fn command_body(commands: &[DpCommand<'_>]) -> Vec<u8> {
+pub(crate) fn command_body(commands: &[DpCommand<'_>]) -> Vec<u8> {
     #[derive(Serialize)]
     struct Body<'a> {
         commands: &'a [DpCommand<'a>],
