@@ -13,13 +13,15 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod shared;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use iotrules::event::{Device, Event, Json, Kind, Property, Value, Vendor};
+use iotrules::event::{Device, Event};
 use iotrules::plugin::{
     DEFAULT_DEBOUNCE, Grants, Limits, MemoryStateStore, Registry, Runtime, RuntimeConfig, Watcher,
 };
@@ -42,31 +44,7 @@ fn built_in(dist: &Path, name: &str) -> Vec<u8> {
 }
 
 fn event(seq: u64) -> Event {
-    Event {
-        id: format!("bench-{seq}"),
-        source: "bench".into(),
-        vendor: Vendor::Tuya,
-        kind: Kind::Properties,
-        action: "devicePropertyMessage".into(),
-        device: Device::new("vdevo123456789"),
-        time_ms: 1_763_884_800_000 + seq,
-        properties: vec![
-            Property::new("switch", Value::Boolean(true)),
-            Property::new("temp_current", Value::Integer(215 + (seq % 100) as i64)),
-            Property::new("temp_set", Value::Integer(220)),
-            Property::new("mode", Value::Text("auto".into())),
-            Property::new("humidity", Value::Float(41.5)),
-            Property::new("bright_value_v2", Value::Integer(500)),
-        ],
-        payload: Json::from_text(
-            r#"{"devId":"vdevo123456789","productKey":"p","status":[{"code":"switch","value":true}]}"#
-                .into(),
-        )
-        .expect("JSON"),
-        attributes: [("topic".to_owned(), "persistent://x/out/event".to_owned())]
-            .into_iter()
-            .collect(),
-    }
+    shared::thermostat(seq, Device::new("vdevo123456789"))
 }
 
 /// `bytes` with a custom section appended: same behaviour, new file hash, so a new version.

@@ -6,43 +6,24 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod shared;
+
 use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use iotrules::event::{Device, Event, Json, Kind, Property, Value, Vendor};
+use iotrules::event::{Device, Event};
 use iotrules::rules::RuleSet;
 
 fn event() -> Event {
-    Event {
-        id: "bench-1".into(),
-        source: "tuya-eu".into(),
-        vendor: Vendor::Tuya,
-        kind: Kind::Properties,
-        action: "devicePropertyMessage".into(),
-        device: Device {
+    shared::thermostat(
+        0,
+        Device {
             id: "vdevo123456789".into(),
             product: Some("keyLamp01".into()),
             name: None,
         },
-        time_ms: 1_763_884_800_000,
-        properties: vec![
-            Property::new("switch", Value::Boolean(true)),
-            Property::new("temp_current", Value::Integer(215)),
-            Property::new("temp_set", Value::Integer(220)),
-            Property::new("mode", Value::Text("auto".into())),
-            Property::new("humidity", Value::Float(41.5)),
-            Property::new("bright_value_v2", Value::Integer(500)),
-        ],
-        payload: Json::from_text(
-            r#"{"devId":"vdevo123456789","productKey":"p","status":[{"code":"switch","value":true}]}"#
-                .into(),
-        )
-        .expect("JSON"),
-        attributes: [("topic".to_owned(), "persistent://x/out/event".to_owned())]
-            .into_iter()
-            .collect(),
-    }
+    )
 }
 
 /// `count` rules, each `[[rule]]` with `head` (numbered by `{i}`) and one step.

@@ -148,6 +148,9 @@ pub enum Vendor {
 }
 
 impl Vendor {
+    /// Every vendor, in the order error messages list them.
+    pub const ALL: [Vendor; 4] = [Vendor::Tuya, Vendor::Alibaba, Vendor::Huawei, Vendor::Mqtt];
+
     /// The lower-case name used in rules, metrics and the plugin interface.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -195,6 +198,19 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in the order error messages list them.
+    pub const ALL: [Kind; 9] = [
+        Kind::Properties,
+        Kind::Online,
+        Kind::Offline,
+        Kind::Lifecycle,
+        Kind::DeviceEvent,
+        Kind::Command,
+        Kind::CommandReply,
+        Kind::Message,
+        Kind::Other,
+    ];
+
     /// The kebab-case name used in rules and the plugin interface.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -534,17 +550,7 @@ mod tests {
 
     #[test]
     fn kinds_use_their_interface_names() {
-        for kind in [
-            Kind::Properties,
-            Kind::Online,
-            Kind::Offline,
-            Kind::Lifecycle,
-            Kind::DeviceEvent,
-            Kind::Command,
-            Kind::CommandReply,
-            Kind::Message,
-            Kind::Other,
-        ] {
+        for kind in Kind::ALL {
             assert_eq!(
                 serde_json::to_string(&kind).unwrap(),
                 format!("\"{}\"", kind.as_str())

@@ -176,28 +176,12 @@ impl HttpClient {
             ))
         };
         match &self.tls {
-            None => {
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(handshake_failed)?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                Ok(sender)
-            }
+            None => handshake(stream).await.map_err(handshake_failed),
             Some((connector, name)) => {
                 let stream = connector.connect(name.clone(), stream).await.map_err(|e| {
                     Failure::retry(format!("TLS handshake with {} failed: {e}", self.authority))
                 })?;
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(handshake_failed)?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                Ok(sender)
+                handshake(stream).await.map_err(handshake_failed)
             }
         }
     }
@@ -207,6 +191,18 @@ impl HttpClient {
 /// access key id, which errors do not repeat.
 pub(crate) fn path_only(target: &str) -> &str {
     target.split('?').next().unwrap_or(target)
+}
+
+/// An HTTP/1.1 connection over `stream`, its driver spawned: the sender of its requests.
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
 }
 
 #[cfg(test)]

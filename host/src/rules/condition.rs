@@ -19,7 +19,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock, OnceLock};
 
-use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::common::ast::{EntryExpr, Expr, IdedEntryExpr, IdedExpr};
 use cel::common::types::{
     CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString,
 };
@@ -190,6 +190,17 @@ impl Condition {
     }
 }
 
+/// The expressions of a map's or a struct's entries: each key and value, each field value.
+fn entry_exprs(entries: &[IdedEntryExpr]) -> Vec<&IdedExpr> {
+    entries
+        .iter()
+        .flat_map(|entry| match &entry.expr {
+            EntryExpr::MapEntry(entry) => vec![&entry.key, &entry.value],
+            EntryExpr::StructField(field) => vec![&field.value],
+        })
+        .collect()
+}
+
 /// The depth of the syntax tree.
 fn depth(expr: &IdedExpr) -> usize {
     let children: Vec<&IdedExpr> = match &expr.expr {
@@ -207,22 +218,8 @@ fn depth(expr: &IdedExpr) -> usize {
             &comp.result,
         ],
         Expr::List(list) => list.elements.iter().collect(),
-        Expr::Map(map) => map
-            .entries
-            .iter()
-            .flat_map(|entry| match &entry.expr {
-                EntryExpr::MapEntry(entry) => vec![&entry.key, &entry.value],
-                EntryExpr::StructField(field) => vec![&field.value],
-            })
-            .collect(),
-        Expr::Struct(object) => object
-            .entries
-            .iter()
-            .flat_map(|entry| match &entry.expr {
-                EntryExpr::MapEntry(entry) => vec![&entry.key, &entry.value],
-                EntryExpr::StructField(field) => vec![&field.value],
-            })
-            .collect(),
+        Expr::Map(map) => entry_exprs(&map.entries),
+        Expr::Struct(object) => entry_exprs(&object.entries),
         Expr::Select(select) => vec![&*select.operand],
         _ => Vec::new(),
     };

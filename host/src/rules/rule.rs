@@ -234,11 +234,7 @@ pub struct ConditionError {
 }
 
 /// Turns one parsed `[[rule]]` into a [`Rule`], collecting every problem it has.
-pub fn build(
-    file: &Path,
-    text: &str,
-    doc: Spanned<RuleDoc>,
-) -> Result<Rule, Vec<RuleError>> {
+pub fn build(file: &Path, text: &str, doc: Spanned<RuleDoc>) -> Result<Rule, Vec<RuleError>> {
     let at = |offset: usize| Some(Position::of_offset(text, offset));
     let rule_span = doc.span();
     let doc = doc.into_inner();

@@ -7,20 +7,10 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use crate::event::{Event, Kind, Vendor};
 
 /// The vendors a rule may name, in the order error messages list them.
-const VENDORS: [Vendor; 4] = [Vendor::Tuya, Vendor::Alibaba, Vendor::Huawei, Vendor::Mqtt];
+const VENDORS: [Vendor; 4] = Vendor::ALL;
 
 /// The kinds a rule may name.
-const KINDS: [Kind; 9] = [
-    Kind::Properties,
-    Kind::Online,
-    Kind::Offline,
-    Kind::Lifecycle,
-    Kind::DeviceEvent,
-    Kind::Command,
-    Kind::CommandReply,
-    Kind::Message,
-    Kind::Other,
-];
+const KINDS: [Kind; 9] = Kind::ALL;
 
 /// One string field's accepted values: any of a list of patterns.
 ///
