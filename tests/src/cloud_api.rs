@@ -20,6 +20,8 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use sha2::Digest as _;
 
+use crate::tls::TestCa;
+
 /// One request as a server saw it, and its answer.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -70,33 +72,11 @@ pub struct Tls {
 impl Tls {
     /// A fresh CA and server certificate.
     pub fn generate() -> Tls {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
-        iotrules::tls::install_provider();
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::new(Vec::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "iotrules cloud API test CA");
-        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let server_key = KeyPair::generate().expect("server key");
-        let server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("server params")
-            .signed_by(&server_key, &issuer)
-            .expect("server certificate");
+        let ca = TestCa::generate();
         let dir = tempfile::tempdir().expect("temp dir");
-        let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&ca_file, ca.pem()).expect("write CA");
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
-        let config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(vec![server.der().clone()], key)
-            .expect("server TLS config");
         Tls {
-            ca_file,
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            ca_file: ca.write(dir.path()),
+            acceptor: ca.acceptor(),
             _dir: dir,
         }
     }

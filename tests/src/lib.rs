@@ -11,6 +11,7 @@ pub mod pulsar_broker;
 pub mod rabbitmq;
 pub mod service;
 pub mod service_config;
+pub mod tls;
 
 /// Waits up to 30 s for `done`, checking every 10 ms; fails the test naming `what` if it
 /// never is.

@@ -19,10 +19,12 @@
 
 use std::io::Write as _;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::tls::TestCa;
 
 /// A running mosquitto.
 pub struct Mosquitto {
@@ -79,7 +81,7 @@ impl Mosquitto {
             .expect("run mosquitto_passwd (is mosquitto installed? scripts/test installs it)");
         assert!(converted.success(), "mosquitto_passwd -U failed");
 
-        let ca_file = write_tls_material(path);
+        let ca_file = TestCa::generate().write(path);
         let config = path.join("mosquitto.conf");
         let text = format!(
             "per_listener_settings false\n\
@@ -215,29 +217,6 @@ fn running_as_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
-}
-
-/// Generates a CA and a server certificate for `localhost` and 127.0.0.1 in `dir`
-/// (`ca.pem`, `server.pem`, `server.key`); returns the CA file.
-fn write_tls_material(dir: &Path) -> PathBuf {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "iotrules mosquitto test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
-        .expect("CA certificate");
-    let server_key = KeyPair::generate().expect("server key");
-    let server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .expect("server params")
-        .signed_by(&server_key, &ca)
-        .expect("server certificate");
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).expect("ca.pem");
-    std::fs::write(dir.join("server.pem"), server.pem()).expect("server.pem");
-    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).expect("server.key");
-    ca_file
 }
 
 /// What a peer received: (topic, payload) in arrival order.

@@ -50,44 +50,7 @@ pub struct Acked {
     pub at: u64,
 }
 
-/// TLS material: a generated CA and a server certificate for `localhost` and 127.0.0.1.
-pub struct TestCa {
-    /// The CA certificate, PEM: what a client must trust.
-    pub ca_pem: String,
-    server: Arc<rustls::ServerConfig>,
-}
-
-impl TestCa {
-    /// Generates a CA and a server certificate it signs.
-    pub fn generate() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "iotrules test CA");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
-            .expect("CA certificate");
-        let server_key = KeyPair::generate().expect("server key");
-        let server_params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .expect("server params");
-        let server_cert = server_params
-            .signed_by(&server_key, &ca)
-            .expect("server certificate");
-        iotrules::tls::install_provider();
-        let key = rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der())
-            .expect("server key DER");
-        let server = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(vec![server_cert.der().clone(), ca.der().clone()], key)
-            .expect("server TLS config");
-        TestCa {
-            ca_pem: ca.pem(),
-            server: Arc::new(server),
-        }
-    }
-}
+pub use crate::tls::TestCa;
 
 /// How the broker is set up.
 pub struct BrokerConfig {
@@ -407,7 +370,7 @@ async fn connection(
 ) {
     match shared.config.tls.clone() {
         Some(ca) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(ca.server.clone());
+            let acceptor = ca.acceptor();
             if let Ok(stream) = acceptor.accept(stream).await {
                 serve(stream, id, muted, shared).await;
             }

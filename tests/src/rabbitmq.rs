@@ -27,6 +27,8 @@ use fe2o3_amqp::types::messaging::{ApplicationProperties, Message};
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue};
 use fe2o3_amqp::{Connection, Sender, Session};
 
+use crate::tls::TestCa;
+
 /// The user the tests publish as.
 pub const PUBLISHER: (&str, &str) = ("iotrules-publisher", "publisher-password");
 
@@ -84,7 +86,7 @@ impl Broker {
             .expect("temp dir")
             .keep();
         let (amqp_port, amqps_port) = (free_port(), free_port());
-        let ca_file = write_certificates(&dir);
+        let ca_file = TestCa::generate().write(&dir);
         let mut all_users = vec![(PUBLISHER.0.to_owned(), PUBLISHER.1.to_owned())];
         all_users.extend(users.iter().cloned());
         std::fs::write(dir.join("definitions.json"), definitions(&all_users)).expect("write");
@@ -334,33 +336,6 @@ fn definitions(users: &[(String, String)]) -> String {
         "permissions": permissions,
     })
     .to_string()
-}
-
-/// A CA and a server certificate for `localhost` / 127.0.0.1 signed by it (rustls refuses a
-/// self-signed CA used as the server certificate); returns the CA's PEM file.
-fn write_certificates(dir: &Path) -> PathBuf {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "iotrules test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().expect("server key");
-    let server_params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("server params");
-    let server = server_params
-        .signed_by(&server_key, &issuer)
-        .expect("server certificate");
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).expect("write CA");
-    std::fs::write(dir.join("server.pem"), server.pem()).expect("write server cert");
-    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).expect("write key");
-    ca_file
 }
 
 /// A TCP relay in front of the broker whose connections a test can cut, as a network (or a
