@@ -13,15 +13,64 @@ pub mod service;
 pub mod service_config;
 pub mod tls;
 
+use std::time::{Duration, Instant};
+
+/// The rule `echo-all`: every event through the `echo` plugin, its command sent through the
+/// command path `out`.
+pub const ECHO_RULE: &str = r#"
+[[rule]]
+name = "echo-all"
+commands.via = "out"
+
+[[rule.step]]
+plugin = "echo"
+"#;
+
+/// A runtime of two worker threads, as the tests and benches run their peers and services
+/// on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// Waits up to 30 s for `done`, checking every 10 ms; fails the test naming `what` if it
 /// never is.
 pub fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let start = std::time::Instant::now();
+    wait_within(
+        Duration::from_secs(30),
+        Duration::from_millis(10),
+        done,
+        || format!("timed out waiting for {what}"),
+    );
+}
+
+/// Waits up to `limit` for `done`, checking every `every`; fails the test with what `why`
+/// says then (a count of what is missing, the state of the peers).
+pub fn wait_within(
+    limit: Duration,
+    every: Duration,
+    mut done: impl FnMut() -> bool,
+    why: impl Fn() -> String,
+) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{}", why());
+        std::thread::sleep(every);
+    }
+}
+
+/// [`wait_for`] for async tests: waits up to 60 s, checking every 20 ms, without blocking
+/// the runtime's thread meanwhile.
+pub async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !done() {
         assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
+            tokio::time::Instant::now() < deadline,
             "timed out waiting for {what}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -2,6 +2,7 @@
 //! own with the test plugins and rules, the clock pinned, and what it observes (`/status`,
 //! the metrics) at hand.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -9,13 +10,85 @@ use std::time::Duration;
 use iotrules::admin::Observed;
 use iotrules::config::Config;
 use iotrules::plan::Plan;
+use iotrules::plugin::StateStore;
 use iotrules::service;
 use iotrules::status::ConnectorState;
 use iotrules::status::ConnectorStatus;
+use iotrules::store::DeadLetterSink;
 use iotrules::time::Clock;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::wait_for;
+
+/// The head of a service's config over a directory [`lay_out`] made: where its rules,
+/// plugins and store are. Its own tables follow.
+pub const CONFIG_HEAD: &str = r#"
+rules = "rules"
+plugins = "plugins"
+store = "state/iotrules.db"
+"#;
+
+/// Lays out a service directory in `dir`: `plugins/` with the built `plugins` installed (the
+/// name to install as, the built plugin), the rule file `rules/rules.toml`, and an empty
+/// `state/`.
+pub fn lay_out(dir: &Path, plugins: &[(&str, &str)], rules: &str) {
+    for sub in ["plugins", "rules", "state"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("directory");
+    }
+    for (name, built) in plugins {
+        crate::plugins::install(&dir.join("plugins"), name, &crate::plugins::built(built));
+    }
+    std::fs::write(dir.join("rules/rules.toml"), rules).expect("write the rules");
+}
+
+/// A service spawned by [`spawn`].
+pub struct Spawned {
+    /// Stops the service when it says `true`.
+    pub stop: watch::Sender<bool>,
+    /// What the service observes, once it is up.
+    pub started: oneshot::Receiver<Arc<Observed>>,
+    /// The service: how it ended.
+    pub task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+/// Runs the service of `plan` on `runtime`, its dead letters going to `dead_letters` and
+/// its plugins' state to `state`: loads the plugins and rules and serves until stopped.
+pub fn spawn(
+    runtime: &tokio::runtime::Handle,
+    plan: Plan,
+    dead_letters: Arc<dyn DeadLetterSink>,
+    state: Arc<dyn StateStore>,
+) -> Spawned {
+    let (stop, stop_rx) = watch::channel(false);
+    let (started_tx, started) = oneshot::channel();
+    let task = runtime.spawn(async move {
+        let core = service::load_core(&plan, dead_letters, state).map_err(|e| format!("{e:#}"))?;
+        service::run(&plan, core, stop_rx, move |observed| {
+            let _ = started_tx.send(observed.clone());
+        })
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+        Ok(())
+    });
+    Spawned {
+        stop,
+        started,
+        task,
+    }
+}
+
+/// Waits on `runtime` up to `limit` for the service [`spawn`] started to be up; returns what
+/// it observes.
+pub fn wait_started(
+    runtime: &tokio::runtime::Runtime,
+    started: oneshot::Receiver<Arc<Observed>>,
+    limit: Duration,
+) -> Arc<Observed> {
+    runtime
+        .block_on(async { tokio::time::timeout(limit, started).await })
+        .expect("the service starts")
+        .expect("the service starts")
+}
 
 /// A running service; [`TestService::stop`] stops it and checks it ended well.
 pub struct TestService {
@@ -40,21 +113,9 @@ impl TestService {
         now_ms: u64,
     ) -> TestService {
         let dir = tempfile::tempdir().expect("temp dir");
-        let plugins_dir = dir.path().join("plugins");
-        let rules_dir = dir.path().join("rules");
-        std::fs::create_dir_all(&plugins_dir).unwrap();
-        std::fs::create_dir_all(&rules_dir).unwrap();
-        std::fs::create_dir_all(dir.path().join("state")).unwrap();
-        for (name, built) in plugins {
-            crate::plugins::install(&plugins_dir, name, &crate::plugins::built(built));
-        }
-        std::fs::write(rules_dir.join("rules.toml"), rules).unwrap();
+        lay_out(dir.path(), plugins, rules);
         let text = format!(
-            r#"
-rules = "rules"
-plugins = "plugins"
-store = "state/iotrules.db"
-
+            r#"{CONFIG_HEAD}
 [pipeline]
 workers = 2
 shutdown_timeout_s = 1
@@ -65,24 +126,14 @@ shutdown_timeout_s = 1
         let mut config = Config::parse(&file, &text).expect("config");
         config.clock = Clock::Manual(Arc::new(AtomicU64::new(now_ms)));
         let plan = Plan::new(config).expect("plan");
-        let (stop, stop_rx) = watch::channel(false);
-        let (observed_tx, observed_rx) = std::sync::mpsc::channel();
-        let task = runtime.spawn(async move {
-            let store = Arc::new(
-                iotrules::store::Store::open(&plan.config.store).map_err(|e| e.to_string())?,
-            );
-            let state = Arc::new(iotrules::store::SqliteStateStore::new(store.clone()));
-            let core = service::load_core(&plan, store, state).map_err(|e| e.to_string())?;
-            service::run(&plan, core, stop_rx, |observed| {
-                let _ = observed_tx.send(observed.clone());
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            Ok(())
-        });
-        let observed = observed_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the service starts");
+        let store = Arc::new(iotrules::store::Store::open(&plan.config.store).expect("store"));
+        let state = Arc::new(iotrules::store::SqliteStateStore::new(store.clone()));
+        let Spawned {
+            stop,
+            started,
+            task,
+        } = spawn(runtime.handle(), plan, store, state);
+        let observed = wait_started(&runtime, started, Duration::from_secs(30));
         TestService {
             runtime,
             _dir: dir,
