@@ -1,12 +1,11 @@
 //! Pieces for pipeline tests: numbered vendor messages, a pipeline over real plugins and rule
-//! files, a command path that records (and can hold) what it is given, a local HTTP server
-//! for the webhook path, and the `iotrules` binary.
+//! files, a command path that records (and can hold) what it is given, and the `iotrules`
+//! binary.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::http::Requests;
 use iotrules::command::{CommandError, CommandPath, CommandPaths, Confirmer};
 use iotrules::config::PipelineConfig;
 use iotrules::event::Command;
@@ -275,57 +274,4 @@ impl Acks {
     pub fn retried(&self) -> usize {
         self.retried.load(Ordering::SeqCst)
     }
-}
-
-/// A local HTTP/1.1 server for the webhook path: records each request body and answers 200,
-/// or, while holding, reads requests and never answers.
-pub struct HttpServer {
-    pub address: std::net::SocketAddr,
-    bodies: Arc<Mutex<Vec<String>>>,
-}
-
-impl HttpServer {
-    /// Serves on a free port of 127.0.0.1 from `runtime`.
-    pub fn start(runtime: &tokio::runtime::Handle, answer: bool) -> Self {
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let recorded = bodies.clone();
-        runtime.spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let recorded = recorded.clone();
-                tokio::spawn(async move {
-                    let _ = serve_connection(stream, recorded, answer).await;
-                });
-            }
-        });
-        HttpServer { address, bodies }
-    }
-
-    /// The request bodies received so far.
-    pub fn bodies(&self) -> Vec<String> {
-        self.bodies.lock().unwrap().clone()
-    }
-}
-
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    bodies: Arc<Mutex<Vec<String>>>,
-    answer: bool,
-) -> std::io::Result<()> {
-    let mut requests = Requests::new(stream);
-    while let Some(body) = requests.next().await? {
-        bodies
-            .lock()
-            .unwrap()
-            .push(String::from_utf8_lossy(&body).into_owned());
-        if !answer {
-            // Hold the connection open without answering.
-            std::future::pending::<()>().await;
-        }
-        requests.ok().await?;
-    }
-    Ok(())
 }

@@ -4,25 +4,19 @@
 //! the acknowledgement, the webhook path against a local HTTP server, `check`.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use iotrules::config::PipelineConfig;
 use iotrules::store::{SqliteStateStore, Store};
-use iotrules_tests::pipeline::{Acks, Capture, HttpServer, TestPipeline, binary, huawei_body};
+use iotrules_tests::http::Webhook;
+use iotrules_tests::pipeline::{Acks, Capture, TestPipeline, binary, huawei_body};
 use iotrules_tests::plugins::Harness;
-use iotrules_tests::wait_for;
-
-const ECHO_RULE: &str = r#"
-[[rule]]
-name = "echo-all"
-commands.via = "out"
-
-[[rule.step]]
-plugin = "echo"
-"#;
+use iotrules_tests::service::{CONFIG_HEAD, lay_out};
+use iotrules_tests::{ECHO_RULE, runtime, wait_for};
 
 fn settings(workers: usize, queue: usize, max_in_flight: usize) -> PipelineConfig {
     PipelineConfig {
@@ -33,44 +27,56 @@ fn settings(workers: usize, queue: usize, max_in_flight: usize) -> PipelineConfi
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn ingest(test: &TestPipeline) -> iotrules::pipeline::Ingest {
     let dialect = iotrules::dialect::Dialect::Huawei(iotrules::dialect::huawei::Decoder::new());
     test.pipeline().ingest("test", dialect)
+}
+
+/// A pipeline with `settings` over the `echo` plugin and [`ECHO_RULE`], its commands going to
+/// `capture`.
+fn echo_pipeline(
+    runtime: &tokio::runtime::Runtime,
+    capture: &Arc<Capture>,
+    settings: PipelineConfig,
+) -> TestPipeline {
+    TestPipeline::start(
+        &["testing/echo"],
+        ECHO_RULE,
+        settings,
+        capture.clone(),
+        runtime.handle(),
+    )
+}
+
+/// Submits `bodies` to `test`'s pipeline in turn, each waiting for room, then drains the
+/// pipeline; returns how their deliveries were settled.
+fn run_through(
+    runtime: &tokio::runtime::Runtime,
+    test: &mut TestPipeline,
+    bodies: impl IntoIterator<Item = String>,
+) -> Arc<Acks> {
+    let ingest = ingest(test);
+    let acks = Arc::new(Acks::default());
+    runtime.block_on(async {
+        for body in bodies {
+            ingest.submit(acks.delivery(body)).await.expect("submit");
+        }
+    });
+    drop(ingest);
+    test.drain(runtime);
+    acks
 }
 
 #[test]
 fn events_of_a_device_stay_in_order_across_workers() {
     let runtime = runtime();
     let capture = Capture::open("out");
-    let mut test = TestPipeline::start(
-        &["testing/echo"],
-        ECHO_RULE,
-        settings(4, 8, 64),
-        capture.clone(),
-        runtime.handle(),
-    );
-    let ingest = ingest(&test);
-    let acks = Arc::new(Acks::default());
+    let mut test = echo_pipeline(&runtime, &capture, settings(4, 8, 64));
     const DEVICES: u64 = 8;
     const EACH: u64 = 200;
-    runtime.block_on(async {
-        for seq in 0..EACH {
-            for device in 0..DEVICES {
-                let body = huawei_body(&format!("dev-{device}"), seq);
-                ingest.submit(acks.delivery(body)).await.expect("submit");
-            }
-        }
-    });
-    drop(ingest);
-    test.drain(&runtime);
+    let bodies = (0..EACH)
+        .flat_map(|seq| (0..DEVICES).map(move |device| huawei_body(&format!("dev-{device}"), seq)));
+    let acks = run_through(&runtime, &mut test, bodies);
 
     assert_eq!(acks.acked(), (DEVICES * EACH) as usize);
     let mut per_device: HashMap<String, Vec<u64>> = HashMap::new();
@@ -176,13 +182,7 @@ fn no_event_is_acked_before_its_commands_are_confirmed_and_intake_waits_when_ful
     let runtime = runtime();
     let capture = Capture::closed("out");
     const MAX_IN_FLIGHT: usize = 32;
-    let mut test = TestPipeline::start(
-        &["testing/echo"],
-        ECHO_RULE,
-        settings(2, 4, MAX_IN_FLIGHT),
-        capture.clone(),
-        runtime.handle(),
-    );
+    let mut test = echo_pipeline(&runtime, &capture, settings(2, 4, MAX_IN_FLIGHT));
     let ingest = ingest(&test);
     let acks = Arc::new(Acks::default());
     let submitted = Arc::new(AtomicUsize::new(0));
@@ -220,26 +220,13 @@ fn no_event_is_acked_before_its_commands_are_confirmed_and_intake_waits_when_ful
 fn a_duplicate_is_acked_without_running_rules_and_garbage_becomes_a_dead_letter() {
     let runtime = runtime();
     let capture = Capture::open("out");
-    let mut test = TestPipeline::start(
-        &["testing/echo"],
-        ECHO_RULE,
-        settings(2, 8, 64),
-        capture.clone(),
-        runtime.handle(),
-    );
-    let ingest = ingest(&test);
-    let acks = Arc::new(Acks::default());
-    runtime.block_on(async {
-        for body in [
-            huawei_body("dev-a", 1),
-            huawei_body("dev-a", 1),
-            "{\"resource\": 7".to_owned(),
-        ] {
-            ingest.submit(acks.delivery(body)).await.expect("submit");
-        }
-    });
-    drop(ingest);
-    test.drain(&runtime);
+    let mut test = echo_pipeline(&runtime, &capture, settings(2, 8, 64));
+    let bodies = [
+        huawei_body("dev-a", 1),
+        huawei_body("dev-a", 1),
+        "{\"resource\": 7".to_owned(),
+    ];
+    let acks = run_through(&runtime, &mut test, bodies);
 
     assert_eq!(acks.acked(), 3);
     assert_eq!(capture.received().len(), 1);
@@ -275,13 +262,7 @@ fn replay_with_retries(
 
     let runtime = runtime();
     let capture = Capture::closed("out");
-    let test = TestPipeline::start(
-        &["testing/echo"],
-        ECHO_RULE,
-        settings(2, 8, 64),
-        capture.clone(),
-        runtime.handle(),
-    );
+    let test = echo_pipeline(&runtime, &capture, settings(2, 8, 64));
     // Comment and blank lines between the messages, so a line's place in the file is not a
     // multiple of anything.
     let dir = tempfile::tempdir().expect("temp dir");
@@ -360,13 +341,7 @@ fn a_copy_arriving_while_the_first_is_in_flight_settles_as_the_first_does() {
     let runtime = runtime();
     for (outcome, store_works) in [("acked", true), ("retried", false)] {
         let capture = Capture::closed("out");
-        let mut test = TestPipeline::start(
-            &["testing/echo"],
-            ECHO_RULE,
-            settings(2, 8, 64),
-            capture.clone(),
-            runtime.handle(),
-        );
+        let mut test = echo_pipeline(&runtime, &capture, settings(2, 8, 64));
         let ingest = ingest(&test);
         let first = Arc::new(Acks::default());
         let copy = Arc::new(Acks::default());
@@ -419,13 +394,7 @@ fn a_message_whose_dead_letter_cannot_be_stored_goes_back_with_pauses_then_is_he
     let mut config = settings(2, 8, 64);
     config.redelivery_attempts = 3;
     config.redelivery_delay_ms = 20;
-    let mut test = TestPipeline::start(
-        &["testing/echo"],
-        ECHO_RULE,
-        config,
-        capture.clone(),
-        runtime.handle(),
-    );
+    let mut test = echo_pipeline(&runtime, &capture, config);
     test.dead_letters.refuse(true);
     let ingest = ingest(&test);
     // A transport that delivers the message again at once each time it is sent back, as
@@ -560,36 +529,25 @@ config = { keys = 1, bytes = 8 }
 fn a_plugin_failure_dead_letters_the_raw_message_under_the_rules_policy() {
     let runtime = runtime();
     let capture = Capture::open("out");
-    let rules = r#"
+    let rules = format!(
+        r#"
 [[rule]]
 name = "panics"
 on_error = "dead-letter"
 
 [[rule.step]]
 plugin = "panic"
-
-[[rule]]
-name = "echo-all"
-commands.via = "out"
-
-[[rule.step]]
-plugin = "echo"
-"#;
+{ECHO_RULE}"#
+    );
     let mut test = TestPipeline::start(
         &["testing/echo", "testing/panic"],
-        rules,
+        &rules,
         settings(2, 8, 64),
         capture.clone(),
         runtime.handle(),
     );
-    let ingest = ingest(&test);
-    let acks = Arc::new(Acks::default());
     let body = huawei_body("dev-a", 1);
-    runtime
-        .block_on(ingest.submit(acks.delivery(body.clone())))
-        .expect("submit");
-    drop(ingest);
-    test.drain(&runtime);
+    let acks = run_through(&runtime, &mut test, [body.clone()]);
 
     assert_eq!(acks.acked(), 1);
     // The other rule ran independently.
@@ -624,14 +582,8 @@ config = { sensors = ["pir-1"], lights = ["lamp-1"], via = "operator-hook" }
         capture.clone(),
         runtime.handle(),
     );
-    let ingest = ingest(&test);
-    let acks = Arc::new(Acks::default());
     let body = huawei_body("pir-1", 1).replace("\"seq\":1", "\"pir\":\"pir\"");
-    runtime
-        .block_on(ingest.submit(acks.delivery(body)))
-        .expect("submit");
-    drop(ingest);
-    test.drain(&runtime);
+    let acks = run_through(&runtime, &mut test, [body]);
 
     assert_eq!(acks.acked(), 1);
     assert!(capture.received().is_empty(), "nothing is sent");
@@ -656,13 +608,7 @@ config = { sensors = ["pir-1"], lights = ["lamp-1"], via = "operator-hook" }
 fn bad_rule_files_are_refused_with_their_reason_while_the_old_rules_keep_serving() {
     let runtime = runtime();
     let capture = Capture::open("out");
-    let mut test = TestPipeline::start(
-        &["testing/echo"],
-        ECHO_RULE,
-        settings(2, 8, 64),
-        capture.clone(),
-        runtime.handle(),
-    );
+    let mut test = echo_pipeline(&runtime, &capture, settings(2, 8, 64));
     let ingest = ingest(&test);
     let acks = Arc::new(Acks::default());
     let file = test.rules_dir.path().join("rules.toml");
@@ -746,16 +692,7 @@ struct ServiceDir {
 impl ServiceDir {
     fn new(lines: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let plugins = dir.path().join("plugins");
-        let rules = dir.path().join("rules");
-        std::fs::create_dir_all(&plugins).unwrap();
-        std::fs::create_dir_all(&rules).unwrap();
-        iotrules_tests::plugins::install(
-            &plugins,
-            "echo",
-            &iotrules_tests::plugins::built("testing/echo"),
-        );
-        std::fs::write(rules.join("echo.toml"), ECHO_RULE).unwrap();
+        lay_out(dir.path(), &[("echo", "testing/echo")], ECHO_RULE);
         let recorded: Vec<String> = (1..=lines)
             .map(|seq| {
                 serde_json::json!({ "payload": huawei_body(&format!("dev-{}", seq % 3), seq) })
@@ -769,11 +706,7 @@ impl ServiceDir {
     fn config(&self, path: &str) -> std::path::PathBuf {
         let config = self.dir.path().join("iotrules.toml");
         let text = format!(
-            r#"
-rules = "rules"
-plugins = "plugins"
-store = "state/iotrules.db"
-
+            r#"{CONFIG_HEAD}
 [pipeline]
 workers = 2
 
@@ -789,7 +722,6 @@ name = "out"
 {path}
 "#
         );
-        std::fs::create_dir_all(self.dir.path().join("state")).unwrap();
         std::fs::write(&config, text).unwrap();
         config
     }
@@ -799,16 +731,50 @@ name = "out"
     }
 }
 
-fn seqs_in(stdout: &str) -> Vec<u64> {
-    let mut seqs: Vec<u64> = stdout
+/// The values of the JSON lines `output` holds (a command per line of the log path, a dead
+/// letter per line of `dead-letters list --json`).
+fn json_lines(output: &str) -> Vec<serde_json::Value> {
+    output
         .lines()
-        .map(|line| {
-            let value: serde_json::Value = serde_json::from_str(line).expect(line);
-            value["params"]["seq"].as_u64().expect(line)
-        })
+        .map(|line| serde_json::from_str(line).expect(line))
+        .collect()
+}
+
+/// The `seq` params of the commands the log path printed in `stdout`, sorted.
+fn seqs_in(stdout: &str) -> Vec<u64> {
+    let mut seqs: Vec<u64> = json_lines(stdout)
+        .iter()
+        .map(|command| command["params"]["seq"].as_u64().expect("seq"))
         .collect();
     seqs.sort_unstable();
     seqs
+}
+
+/// Runs `iotrules` with the words of `command` and `--config config` to its end.
+fn iotrules(command: &[&str], config: &Path) -> Output {
+    Command::new(binary())
+        .args(command)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap_or_else(|e| panic!("run iotrules {}: {e}", command.join(" ")))
+}
+
+/// Runs `iotrules check` on `config`, which must fail with exit code 1; returns what it
+/// printed.
+fn check_fails(config: &Path) -> String {
+    let bad = iotrules(&["check"], config);
+    let stdout = String::from_utf8_lossy(&bad.stdout).into_owned();
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    stdout
+}
+
+/// An address of 127.0.0.1 nothing listens on (a port that was just free).
+fn free_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 #[test]
@@ -816,7 +782,7 @@ fn a_crash_before_the_ack_redelivers_on_the_next_start_and_nothing_after_it() {
     let runtime = runtime();
     let service = ServiceDir::new(20);
     // First run: the webhook never answers, so nothing is confirmed, so nothing is acked.
-    let silent = HttpServer::start(runtime.handle(), false);
+    let silent = Webhook::start(runtime.handle(), false);
     let config = service.config(&format!(
         "kind = \"webhook\"\nurl = \"http://{}/commands\"\ntimeout_ms = 60000\nretries = 0",
         silent.address
@@ -828,12 +794,11 @@ fn a_crash_before_the_ack_redelivers_on_the_next_start_and_nothing_after_it() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start iotrules");
-    wait_for("the first webhook request", || !silent.bodies().is_empty());
+    wait_for("the first webhook request", || silent.count() > 0);
     std::thread::sleep(Duration::from_millis(300));
     child.kill().expect("kill -9");
     let _ = child.wait();
-    let body: serde_json::Value = serde_json::from_str(&silent.bodies()[0]).unwrap();
-    assert_eq!(body["name"], "echo");
+    assert_eq!(silent.seen()[0].name, "echo");
     assert!(
         service
             .offset()
@@ -843,7 +808,7 @@ fn a_crash_before_the_ack_redelivers_on_the_next_start_and_nothing_after_it() {
     );
 
     // Second run: the webhook answers; every message is delivered (again) and acked.
-    let answering = HttpServer::start(runtime.handle(), true);
+    let answering = Webhook::start(runtime.handle(), true);
     let config = service.config(&format!(
         "kind = \"webhook\"\nurl = \"http://{}/commands\"",
         answering.address
@@ -857,13 +822,9 @@ fn a_crash_before_the_ack_redelivers_on_the_next_start_and_nothing_after_it() {
         .expect("run iotrules");
     assert!(status.success());
     let mut seqs: Vec<u64> = answering
-        .bodies()
+        .seen()
         .iter()
-        .map(|b| {
-            serde_json::from_str::<serde_json::Value>(b).unwrap()["params"]["seq"]
-                .as_u64()
-                .unwrap()
-        })
+        .map(|command| command.seq.unwrap())
         .collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
@@ -871,11 +832,7 @@ fn a_crash_before_the_ack_redelivers_on_the_next_start_and_nothing_after_it() {
 
     // Third run: nothing left to deliver.
     let config = service.config("kind = \"log\"");
-    let output = Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run iotrules");
+    let output = iotrules(&["run"], &config);
     assert!(output.status.success());
     assert_eq!(
         seqs_in(&String::from_utf8_lossy(&output.stdout)),
@@ -887,11 +844,7 @@ fn a_crash_before_the_ack_redelivers_on_the_next_start_and_nothing_after_it() {
 fn the_log_path_prints_every_command_and_the_summary_counts_them() {
     let service = ServiceDir::new(12);
     let config = service.config("kind = \"log\"");
-    let output = Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run iotrules");
+    let output = iotrules(&["run"], &config);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert_eq!(
@@ -916,11 +869,7 @@ fn the_log_path_prints_every_command_and_the_summary_counts_them() {
 fn check_reports_every_problem_with_its_place_and_fails() {
     let service = ServiceDir::new(1);
     let config = service.config("kind = \"log\"");
-    let ok = Command::new(binary())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run iotrules check");
+    let ok = iotrules(&["check"], &config);
     assert!(
         ok.status.success(),
         "{}",
@@ -934,23 +883,11 @@ fn check_reports_every_problem_with_its_place_and_fails() {
     )
     .unwrap();
     std::fs::write(rules.join("broken.toml"), "[[rule]]\nname = 3\n").unwrap();
-    let bad = Command::new(binary())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run iotrules check");
-    let stdout = String::from_utf8_lossy(&bad.stdout);
-    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    let stdout = check_fails(&config);
     assert!(stdout.contains("broken.toml:2:"), "{stdout}");
 
     std::fs::remove_file(rules.join("broken.toml")).unwrap();
-    let bad = Command::new(binary())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run iotrules check");
-    let stdout = String::from_utf8_lossy(&bad.stdout);
-    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    let stdout = check_fails(&config);
     assert!(
         stdout.contains("more.toml:1:1: rule \"other\": commands.via names \"nowhere\""),
         "{stdout}"
@@ -966,13 +903,7 @@ fn check_reports_every_problem_with_its_place_and_fails() {
         )
     };
     std::fs::write(rules.join("more.toml"), granting("out", &state)).unwrap();
-    let bad = Command::new(binary())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run iotrules check");
-    let stdout = String::from_utf8_lossy(&bad.stdout);
-    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    let stdout = check_fails(&config);
     assert!(
         stdout.contains(&format!(
             "more.toml:8:21: rule \"other\": step 1 (plugin \"echo\"): grants.read_dirs: \"{}\" \
@@ -986,13 +917,7 @@ fn check_reports_every_problem_with_its_place_and_fails() {
     let tables = service.dir.path().join("tables");
     std::fs::create_dir_all(&tables).unwrap();
     std::fs::write(rules.join("more.toml"), granting("elsewhere", &tables)).unwrap();
-    let bad = Command::new(binary())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run iotrules check");
-    let stdout = String::from_utf8_lossy(&bad.stdout);
-    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    let stdout = check_fails(&config);
     assert!(
         stdout.contains("more.toml:1:1: rule \"other\": commands.allow names \"elsewhere\""),
         "{stdout}"
@@ -1022,10 +947,7 @@ fn the_demo_runs_end_to_end_with_the_counts_its_recording_promises() {
 
     // The hallway lamp: on when the PIR sees someone, off when it no longer does; nothing
     // for the lamp switched on by hand.
-    let commands: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect(line))
-        .collect();
+    let commands = json_lines(&stdout);
     assert_eq!(commands.len(), 2, "{stdout}");
     for (command, on) in commands.iter().zip([true, false]) {
         assert_eq!(command["path"], "tuya-openapi");
@@ -1059,10 +981,7 @@ fn the_demo_runs_end_to_end_with_the_counts_its_recording_promises() {
         .output()
         .expect("list dead letters");
     assert!(listed.status.success());
-    let letters: Vec<serde_json::Value> = String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).expect(line))
-        .collect();
+    let letters = json_lines(&String::from_utf8_lossy(&listed.stdout));
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0]["connector"], "tuya-demo");
     assert_eq!(letters[0]["kind"], "signature");
@@ -1085,12 +1004,7 @@ fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
 #[test]
 fn the_admin_api_reports_metrics_health_and_status_and_sigterm_stops_cleanly() {
     let service = ServiceDir::new(10);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let address = free_address();
     let config = service.config(&format!(
         "kind = \"log\"\n\n[admin]\nlisten = \"{address}\""
     ));
@@ -1159,18 +1073,11 @@ fn commands_a_path_gives_up_on_become_dead_letters_and_replay_once_it_works() {
     let service = ServiceDir::new(5);
     // Nothing listens on this port: every command fails, every event becomes a dead letter
     // (kind `command`), and the deliveries are acknowledged.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = free_address();
     let config = service.config(&format!(
         "kind = \"webhook\"\nurl = \"http://{closed}/\"\nretries = 1\ntimeout_ms = 2000"
     ));
-    let output = Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run iotrules");
+    let output = iotrules(&["run"], &config);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(
@@ -1180,16 +1087,9 @@ fn commands_a_path_gives_up_on_become_dead_letters_and_replay_once_it_works() {
     assert!(stderr.contains("dead letters stored: 5"), "{stderr}");
     assert_eq!(service.offset().as_deref(), Some("{\"next_line\": 6}\n"));
 
-    let list = |config: &std::path::Path| {
-        let output = Command::new(binary())
-            .args(["dead-letters", "list", "--json", "--config"])
-            .arg(config)
-            .output()
-            .expect("list");
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(|line| serde_json::from_str::<serde_json::Value>(line).expect(line))
-            .collect::<Vec<_>>()
+    let list = |config: &Path| {
+        let output = iotrules(&["dead-letters", "list", "--json"], config);
+        json_lines(&String::from_utf8_lossy(&output.stdout))
     };
     let letters = list(&config);
     assert_eq!(letters.len(), 5);
@@ -1207,11 +1107,7 @@ fn commands_a_path_gives_up_on_become_dead_letters_and_replay_once_it_works() {
 
     // The path works now: replaying sends every command and empties the store.
     let config = service.config("kind = \"log\"");
-    let output = Command::new(binary())
-        .args(["dead-letters", "replay", "--config"])
-        .arg(&config)
-        .output()
-        .expect("replay");
+    let output = iotrules(&["dead-letters", "replay"], &config);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
