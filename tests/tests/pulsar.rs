@@ -4,33 +4,25 @@
 //! at the broker.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use iotrules::admin::Observed;
 use iotrules::dialect::tuya::{self, Env, Mode};
 use iotrules::plan::Plan;
 use iotrules::plugin::MemoryStateStore;
-use iotrules::service;
 use iotrules::status::ConnectorState;
 use iotrules::store::MemoryDeadLetters;
-use iotrules_tests::http::Requests;
-use iotrules_tests::pulsar_broker::{BrokerConfig, MessageId, PulsarBroker, TestCa, sequence};
+use iotrules_tests::http::Webhook;
+use iotrules_tests::pulsar_broker::{BrokerConfig, MessageId, PulsarBroker, TestCa};
+use iotrules_tests::service::{CONFIG_HEAD, Spawned, lay_out, spawn};
+use iotrules_tests::{ECHO_RULE, wait_until};
 use tokio::sync::watch;
 
 const ACCESS_ID: &str = "p7test4accessid";
 const ACCESS_KEY: &str = "kx3mq9ta0123456789abcdefzz77";
 const BUSINESS_ID: &str = "b2business4id";
 const BUSINESS_KEY: &str = "bizkey00fedcba9876543210yy88";
-
-const ECHO_RULE: &str = r#"
-[[rule]]
-name = "echo-all"
-commands.via = "out"
-
-[[rule.step]]
-plugin = "echo"
-"#;
 
 fn keys(id: &str, key: &str) -> tuya::Keys {
     tuya::Keys::new(id, key).expect("keys")
@@ -80,6 +72,18 @@ fn sealed(
     )
 }
 
+/// Publishes a status report of `device`/`seq` sealed with `keys` in `mode` (see [`sealed`]).
+fn publish_sealed(
+    broker: &PulsarBroker,
+    keys: &tuya::Keys,
+    device: &str,
+    seq: u64,
+    mode: Mode,
+) -> MessageId {
+    let (payload, properties) = sealed(keys, device, seq, mode);
+    publish(broker, &payload, &properties)
+}
+
 fn publish(
     broker: &PulsarBroker,
     payload: &str,
@@ -89,78 +93,10 @@ fn publish(
     broker.publish(None, payload.as_bytes(), &properties)
 }
 
-/// One command the webhook received: the device, the echoed `seq`, and when (in the
-/// broker's [`sequence`]).
-#[derive(Debug, Clone)]
-struct Seen {
-    device: String,
-    seq: Option<u64>,
-    at: u64,
-}
-
-/// The webhook the `out` command path posts to: records each command and answers 200.
-struct Webhook {
-    address: std::net::SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    /// While true, requests are read but not answered.
-    holding: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Webhook {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let holding = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (recorded, held) = (seen.clone(), holding.clone());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (recorded, held) = (recorded.clone(), held.clone());
-                tokio::spawn(async move {
-                    let _ = serve(stream, recorded, held).await;
-                });
-            }
-        });
-        Webhook {
-            address,
-            seen,
-            holding,
-        }
-    }
-
-    /// Holds every answer from now on (`true`) or answers again (`false`).
-    fn hold(&self, holding: bool) {
-        self.holding
-            .store(holding, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-async fn serve(
-    stream: tokio::net::TcpStream,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    holding: Arc<std::sync::atomic::AtomicBool>,
-) -> std::io::Result<()> {
-    let mut requests = Requests::new(stream);
-    while let Some(body) = requests.next().await? {
-        let command: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        seen.lock().unwrap().push(Seen {
-            device: command["device"]["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            seq: command["params"]["seq"].as_u64(),
-            at: sequence(),
-        });
-        while holding.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        requests.ok().await?;
-    }
-    Ok(())
+/// The webhook the `out` command path posts to, on this test's runtime: records each
+/// command and answers 200 while `open`.
+fn webhook(open: bool) -> Webhook {
+    Webhook::start(&tokio::runtime::Handle::current(), open)
 }
 
 /// The service, running in this test's runtime.
@@ -169,7 +105,7 @@ struct Service {
     observed: Arc<Observed>,
     dead_letters: Arc<MemoryDeadLetters>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
 }
 
 impl Service {
@@ -177,23 +113,10 @@ impl Service {
     /// sending to `webhook`.
     async fn start(connectors: &str, webhook: &Webhook) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let plugins = dir.path().join("plugins");
-        let rules = dir.path().join("rules");
-        std::fs::create_dir_all(&plugins).unwrap();
-        std::fs::create_dir_all(&rules).unwrap();
-        iotrules_tests::plugins::install(
-            &plugins,
-            "echo",
-            &iotrules_tests::plugins::built("testing/echo"),
-        );
-        std::fs::write(rules.join("echo.toml"), ECHO_RULE).unwrap();
+        lay_out(dir.path(), &[("echo", "testing/echo")], ECHO_RULE);
         let file = dir.path().join("iotrules.toml");
         let text = format!(
-            r#"
-rules = "rules"
-plugins = "plugins"
-store = "state/iotrules.db"
-
+            r#"{CONFIG_HEAD}
 [pipeline]
 workers = 2
 shutdown_timeout_s = 5
@@ -210,23 +133,16 @@ url = "http://{}/commands"
         std::fs::write(&file, &text).unwrap();
         let plan = Plan::parse(&file, &text).expect("config");
         let dead_letters = Arc::new(MemoryDeadLetters::default());
-        let core = service::load_core(
-            &plan,
+        let Spawned {
+            stop,
+            started,
+            task,
+        } = spawn(
+            &tokio::runtime::Handle::current(),
+            plan,
             dead_letters.clone(),
             Arc::new(MemoryStateStore::default()),
-        )
-        .expect("core");
-        let (stop, stop_rx) = watch::channel(false);
-        let (started_tx, started) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let result = service::run(&plan, core, stop_rx, move |observed| {
-                let _ = started_tx.send(observed.clone());
-            })
-            .await;
-            if let Err(e) = result {
-                panic!("the service failed: {e:#}");
-            }
-        });
+        );
         let observed = started.await.expect("the service started");
         Service {
             _dir: dir,
@@ -248,10 +164,13 @@ url = "http://{}/commands"
 
     async fn stop(self) {
         let _ = self.stop.send(true);
-        tokio::time::timeout(Duration::from_secs(30), self.task)
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(30), self.task)
             .await
             .expect("the service stops")
-            .expect("the service task");
+            .expect("the service task")
+        {
+            panic!("the service failed: {e}");
+        }
     }
 }
 
@@ -270,16 +189,36 @@ stall_timeout_s = 2
     )
 }
 
-/// Waits (up to 60 s) until `done`, checking every 20 ms.
-async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The Tuya keys, the test broker for them, the webhook (`open` or holding every answer),
+/// and the service reading the broker through one `tuya-pulsar` connector named `tuya` with
+/// `extra` settings.
+async fn one_connector(extra: &str, open: bool) -> (tuya::Keys, PulsarBroker, Webhook, Service) {
+    let keys = keys(ACCESS_ID, ACCESS_KEY);
+    let broker = PulsarBroker::start(broker_config(&keys, None)).await;
+    let webhook = webhook(open);
+    let connectors = connector_toml(
+        "tuya",
+        "tuya-pulsar",
+        ACCESS_ID,
+        ACCESS_KEY,
+        &broker.url(),
+        extra,
+    );
+    let service = Service::start(&connectors, &webhook).await;
+    (keys, broker, webhook, service)
+}
+
+/// The envelope of `payload` with the first hex digit of its `sign` changed.
+fn tamper_sign(payload: &str) -> String {
+    let sign_at = payload.find("\"sign\":\"").expect("sign") + 8;
+    let mut tampered = payload.to_owned();
+    let flipped = if &payload[sign_at..sign_at + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
+    tampered.replace_range(sign_at..sign_at + 1, flipped);
+    tampered
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,7 +231,7 @@ async fn ecb_gcm_and_business_messages_arrive_as_their_events_over_tls_and_plain
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-    let webhook = Webhook::start().await;
+    let webhook = webhook(true);
     let connectors = connector_toml(
         "tuya",
         "tuya-pulsar",
@@ -310,11 +249,9 @@ async fn ecb_gcm_and_business_messages_arrive_as_their_events_over_tls_and_plain
     );
     let service = Service::start(&connectors, &webhook).await;
 
-    let (ecb, ecb_properties) = sealed(&tuya_keys, "lamp-ecb", 1, Mode::Ecb);
-    let (gcm, gcm_properties) = sealed(&tuya_keys, "lamp-gcm", 2, Mode::Gcm);
     let ids = [
-        publish(&tuya_broker, &ecb, &ecb_properties),
-        publish(&tuya_broker, &gcm, &gcm_properties),
+        publish_sealed(&tuya_broker, &tuya_keys, "lamp-ecb", 1, Mode::Ecb),
+        publish_sealed(&tuya_broker, &tuya_keys, "lamp-gcm", 2, Mode::Gcm),
     ];
     let business =
         business_keys.seal_business(1_700_000_000_003, business_body("desk-biz", 3).as_bytes());
@@ -350,7 +287,7 @@ async fn ecb_gcm_and_business_messages_arrive_as_their_events_over_tls_and_plain
 async fn wrong_credentials_are_refused_with_a_clear_error_while_another_connector_delivers() {
     let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
     let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
-    let webhook = Webhook::start().await;
+    let webhook = webhook(true);
     let wrong_key = "wrongkey0123456789abcdef0000";
     let connectors = connector_toml(
         "bad",
@@ -369,8 +306,7 @@ async fn wrong_credentials_are_refused_with_a_clear_error_while_another_connecto
     );
     let service = Service::start(&connectors, &webhook).await;
 
-    let (payload, properties) = sealed(&tuya_keys, "lamp", 1, Mode::Gcm);
-    let id = publish(&broker, &payload, &properties);
+    let id = publish_sealed(&broker, &tuya_keys, "lamp", 1, Mode::Gcm);
     wait_until("the good connector's delivery", || broker.is_acked(id)).await;
     assert_eq!(webhook.seen().len(), 1);
 
@@ -404,24 +340,13 @@ async fn wrong_credentials_are_refused_with_a_clear_error_while_another_connecto
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_message_is_lost_or_acked_before_processing_when_the_broker_restarts_mid_stream() {
     const COUNT: u64 = 1000;
-    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
-    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
-    let webhook = Webhook::start().await;
-    let connectors = connector_toml(
-        "tuya",
-        "tuya-pulsar",
-        ACCESS_ID,
-        ACCESS_KEY,
-        &broker.url(),
-        "",
-    );
-    let service = Service::start(&connectors, &webhook).await;
+    let (tuya_keys, broker, webhook, service) = one_connector("", true).await;
 
     let mut ids: HashMap<MessageId, u64> = HashMap::new();
     for seq in 1..=COUNT {
         let mode = if seq % 2 == 0 { Mode::Gcm } else { Mode::Ecb };
-        let (payload, properties) = sealed(&tuya_keys, &format!("dev-{}", seq % 5), seq, mode);
-        ids.insert(publish(&broker, &payload, &properties), seq);
+        let id = publish_sealed(&broker, &tuya_keys, &format!("dev-{}", seq % 5), seq, mode);
+        ids.insert(id, seq);
     }
     wait_until("a third of the messages acked", || {
         broker.acked_count() >= COUNT as usize / 3
@@ -470,32 +395,12 @@ async fn no_message_is_lost_or_acked_before_processing_when_the_broker_restarts_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_signature_and_a_garbage_payload_become_dead_letters_and_are_acked() {
-    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
-    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
-    let webhook = Webhook::start().await;
-    let connectors = connector_toml(
-        "tuya",
-        "tuya-pulsar",
-        ACCESS_ID,
-        ACCESS_KEY,
-        &broker.url(),
-        "sign = \"enforce\"",
-    );
-    let service = Service::start(&connectors, &webhook).await;
+    let (tuya_keys, broker, webhook, service) = one_connector("sign = \"enforce\"", true).await;
 
     let (payload, properties) = sealed(&tuya_keys, "lamp", 1, Mode::Ecb);
-    let sign_at = payload.find("\"sign\":\"").expect("sign") + 8;
-    let mut tampered = payload.clone();
-    let flipped = if &payload[sign_at..sign_at + 1] == "0" {
-        "1"
-    } else {
-        "0"
-    };
-    tampered.replace_range(sign_at..sign_at + 1, flipped);
-    let bad_sign = publish(&broker, &tampered, &properties);
+    let bad_sign = publish(&broker, &tamper_sign(&payload), &properties);
     let garbage = broker.publish(None, b"\x00\x01 not json".to_vec(), &[("em", "aes_gcm")]);
-    let (good_payload, good_properties) = sealed(&tuya_keys, "lamp", 2, Mode::Gcm);
-    let good = publish(&broker, &good_payload, &good_properties);
+    let good = publish_sealed(&broker, &tuya_keys, "lamp", 2, Mode::Gcm);
 
     wait_until("all three acked", || {
         [bad_sign, garbage, good]
@@ -521,33 +426,9 @@ async fn a_tampered_signature_and_a_garbage_payload_become_dead_letters_and_are_
     service.stop().await;
 }
 
-/// The envelope of `payload` with the first hex digit of its `sign` changed.
-fn tamper_sign(payload: &str) -> String {
-    let sign_at = payload.find("\"sign\":\"").expect("sign") + 8;
-    let mut tampered = payload.to_owned();
-    let flipped = if &payload[sign_at..sign_at + 1] == "0" {
-        "1"
-    } else {
-        "0"
-    };
-    tampered.replace_range(sign_at..sign_at + 1, flipped);
-    tampered
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_default_a_signature_mismatch_is_processed_marked_counted_and_shown_in_status() {
-    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
-    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
-    let webhook = Webhook::start().await;
-    let connectors = connector_toml(
-        "tuya",
-        "tuya-pulsar",
-        ACCESS_ID,
-        ACCESS_KEY,
-        &broker.url(),
-        "",
-    );
-    let service = Service::start(&connectors, &webhook).await;
+    let (tuya_keys, broker, webhook, service) = one_connector("", true).await;
     let status = || iotrules::admin::status_json(&service.observed)["connectors"][0].clone();
     assert_eq!(status()["signature"]["mode"], "warn");
     assert_eq!(status()["signature"]["mismatches"], 0);
@@ -555,8 +436,7 @@ async fn by_default_a_signature_mismatch_is_processed_marked_counted_and_shown_i
 
     let (payload, properties) = sealed(&tuya_keys, "lamp", 1, Mode::Ecb);
     let bad_sign = publish(&broker, &tamper_sign(&payload), &properties);
-    let (good_payload, good_properties) = sealed(&tuya_keys, "lamp", 2, Mode::Gcm);
-    let good = publish(&broker, &good_payload, &good_properties);
+    let good = publish_sealed(&broker, &tuya_keys, "lamp", 2, Mode::Gcm);
     wait_until("both acked", || {
         broker.is_acked(bad_sign) && broker.is_acked(good)
     })
@@ -588,28 +468,15 @@ async fn by_default_a_signature_mismatch_is_processed_marked_counted_and_shown_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_whose_connection_goes_silent_is_rebuilt_and_gets_what_was_pending() {
-    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
-    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
-    let webhook = Webhook::start().await;
-    let connectors = connector_toml(
-        "tuya",
-        "tuya-pulsar",
-        ACCESS_ID,
-        ACCESS_KEY,
-        &broker.url(),
-        "",
-    );
-    let service = Service::start(&connectors, &webhook).await;
+    let (tuya_keys, broker, webhook, service) = one_connector("", true).await;
 
-    let (first, properties) = sealed(&tuya_keys, "lamp", 1, Mode::Gcm);
-    let first = publish(&broker, &first, &properties);
+    let first = publish_sealed(&broker, &tuya_keys, "lamp", 1, Mode::Gcm);
     wait_until("the first message acked", || broker.is_acked(first)).await;
     let subscribed = broker.subscribes();
 
     // The connection stays open and says nothing more: no messages, no PONGs.
     broker.mute_connections();
-    let (second, properties) = sealed(&tuya_keys, "lamp", 2, Mode::Gcm);
-    let second = publish(&broker, &second, &properties);
+    let second = publish_sealed(&broker, &tuya_keys, "lamp", 2, Mode::Gcm);
     wait_until("the second message acked on a rebuilt consumer", || {
         broker.is_acked(second)
     })
@@ -643,7 +510,7 @@ async fn the_pipeline_holds_no_more_of_a_connector_s_messages_than_its_byte_budg
         "{in_flight} messages of at least {smallest} bytes in flight with a budget of {BUDGET}"
     );
     assert_eq!(broker.acked_count(), 0);
-    webhook.hold(false);
+    webhook.open(true);
     wait_until("every message acked", || {
         broker.acked_count() == COUNT as usize
     })
@@ -674,7 +541,7 @@ async fn a_consumer_held_back_by_a_full_pipeline_keeps_its_session() {
         "the session was rebuilt while the pipeline held the connector back: {:?}",
         service.observed.errors.recent()
     );
-    webhook.hold(false);
+    webhook.open(true);
     wait_until("every message acked", || {
         broker.acked_count() == COUNT as usize
     })
@@ -699,19 +566,8 @@ struct HeldBack {
 }
 
 async fn held_back(count: u64, budget: usize) -> HeldBack {
-    let tuya_keys = keys(ACCESS_ID, ACCESS_KEY);
-    let broker = PulsarBroker::start(broker_config(&tuya_keys, None)).await;
-    let webhook = Webhook::start().await;
-    webhook.hold(true);
-    let connectors = connector_toml(
-        "tuya",
-        "tuya-pulsar",
-        ACCESS_ID,
-        ACCESS_KEY,
-        &broker.url(),
-        &format!("buffer_bytes = {budget}"),
-    );
-    let service = Service::start(&connectors, &webhook).await;
+    let (tuya_keys, broker, webhook, service) =
+        one_connector(&format!("buffer_bytes = {budget}"), false).await;
     let mut smallest = usize::MAX;
     for seq in 1..=count {
         let (payload, properties) = sealed(&tuya_keys, &format!("dev-{}", seq % 5), seq, Mode::Ecb);
