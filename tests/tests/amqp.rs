@@ -7,17 +7,14 @@
 //! The broker knows the exact usernames and passwords the connectors derive at the pinned
 //! clock [`NOW`]; every test has queues of its own on the one node of this binary.
 
-use std::sync::Arc;
-
 use iotrules::config::Config;
 use iotrules::connector::amqp::AmqpSettings;
 use iotrules::status::ConnectorState;
-use iotrules_tests::http::Requests;
+use iotrules_tests::http::Webhook;
 use iotrules_tests::pipeline::huawei_body;
 use iotrules_tests::rabbitmq::{Broker, Outgoing, Proxy};
 use iotrules_tests::service::TestService;
-use iotrules_tests::wait_for;
-use tokio::sync::watch;
+use iotrules_tests::{ECHO_RULE, runtime, wait_for};
 
 /// The pinned clock: the timestamp in every username and Alibaba password.
 const NOW: u64 = 1_700_000_000_000;
@@ -83,14 +80,6 @@ fn broker() -> &'static Broker {
     Broker::start(&users())
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// An Alibaba property report of device `a1Pk/lamp` with property `seq`.
 fn alibaba_property(seq: u64) -> Vec<u8> {
     format!(
@@ -110,77 +99,29 @@ fn alibaba_properties(topic: &str, message_id: &str) -> Vec<(String, String)> {
 
 const PROPERTY_TOPIC: &str = "/a1Pk/lamp/thing/event/property/post";
 
+/// An Alibaba property report with property `seq`, as message `message_id`.
+fn property_message(seq: u64, message_id: &str) -> Outgoing {
+    (
+        alibaba_property(seq),
+        alibaba_properties(PROPERTY_TOPIC, message_id),
+    )
+}
+
+/// Property reports `1..=count`, message ids `{prefix}{seq}`.
+fn numbered(count: u64, prefix: &str) -> Vec<Outgoing> {
+    (1..=count)
+        .map(|seq| property_message(seq, &format!("{prefix}{seq}")))
+        .collect()
+}
+
 /// A command as the webhook got it: device id, name, `seq` param.
 type Sent = (String, String, Option<u64>);
 
-/// A webhook that records each command (device, name, `seq`) and answers only while open:
-/// closed, it holds every request, so nothing it got is confirmed.
-struct Gate {
-    address: std::net::SocketAddr,
-    commands: Arc<std::sync::Mutex<Vec<Sent>>>,
-    open: watch::Sender<bool>,
-}
-
-impl Gate {
-    fn start(runtime: &tokio::runtime::Runtime, open: bool) -> Gate {
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        let commands = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (open_tx, open_rx) = watch::channel(open);
-        let recorded = commands.clone();
-        runtime.spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (recorded, open) = (recorded.clone(), open_rx.clone());
-                tokio::spawn(async move {
-                    let _ = serve(stream, recorded, open).await;
-                });
-            }
-        });
-        Gate {
-            address,
-            commands,
-            open: open_tx,
-        }
-    }
-
-    fn commands(&self) -> Vec<Sent> {
-        self.commands.lock().unwrap().clone()
-    }
-
-    fn open(&self) {
-        let _ = self.open.send(true);
-    }
-}
-
-async fn serve(
-    stream: tokio::net::TcpStream,
-    commands: Arc<std::sync::Mutex<Vec<Sent>>>,
-    mut open: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let mut requests = Requests::new(stream);
-    while let Some(body) = requests.next().await? {
-        let command: serde_json::Value = serde_json::from_slice(&body).expect("command JSON");
-        commands.lock().unwrap().push((
-            command["device"]["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            command["name"].as_str().unwrap_or_default().to_owned(),
-            command["params"]["seq"].as_u64(),
-        ));
-        let _ = open.wait_for(|open| *open).await;
-        requests.ok().await?;
-    }
-    Ok(())
-}
-
 /// The service, running on its own runtime with the pinned clock, its commands going to a
-/// [`Gate`].
+/// webhook.
 struct Service {
     running: TestService,
-    gate: Gate,
+    webhook: Webhook,
 }
 
 impl std::ops::Deref for Service {
@@ -191,21 +132,12 @@ impl std::ops::Deref for Service {
     }
 }
 
-const ECHO_RULE: &str = r#"
-[[rule]]
-name = "echo-all"
-commands.via = "out"
-
-[[rule.step]]
-plugin = "echo"
-"#;
-
 impl Service {
     /// Starts the service with `connectors` (TOML), the rules `rules` over the `echo`
-    /// plugin, and the command path `out` to a gate that is `open` or closed.
+    /// plugin, and the command path `out` to a webhook that is `open` or holds every answer.
     fn start(connectors: &str, rules: &str, open: bool) -> Service {
         let runtime = runtime();
-        let gate = Gate::start(&runtime, open);
+        let webhook = Webhook::start(runtime.handle(), open);
         let settings = format!(
             r#"{connectors}
 [[command_path]]
@@ -214,16 +146,41 @@ kind = "webhook"
 url = "http://{}/"
 timeout_ms = 60000
 "#,
-            gate.address
+            webhook.address
         );
         let running =
             TestService::start(runtime, &[("echo", "testing/echo")], rules, &settings, NOW);
-        Service { running, gate }
+        Service { running, webhook }
+    }
+
+    /// Waits for the command of the one good message, and the dead letter of the bad one.
+    fn wait_command_and_dead_letter(&self) {
+        wait_for("the good message's command", || self.commands().len() == 1);
+        wait_for("the dead letter", || self.dead_letters() == 1);
+    }
+
+    /// The commands the webhook got so far.
+    fn commands(&self) -> Vec<Sent> {
+        self.webhook
+            .seen()
+            .into_iter()
+            .map(|c| (c.device, c.name, c.seq))
+            .collect()
     }
 
     fn stop(self) {
         self.running.stop();
     }
+}
+
+/// The service with one `alibaba-amqp` connector `ali` reading `queue` at `url`, and the echo
+/// rule.
+fn echo_alibaba(url: &str, queue: &str) -> Service {
+    Service::start(
+        &alibaba("ali", url, queue, ALIBABA_SECRET, ""),
+        ECHO_RULE,
+        true,
+    )
 }
 
 fn publish(broker: &Broker, queue: &str, messages: Vec<Outgoing>) {
@@ -270,10 +227,7 @@ config = { command = "lifecycle" }
         broker,
         queue,
         vec![
-            (
-                alibaba_property(7),
-                alibaba_properties(PROPERTY_TOPIC, "m-property"),
-            ),
+            property_message(7, "m-property"),
             (
                 status.as_bytes().to_vec(),
                 alibaba_properties("/as/mqtt/status/a1Pk/lamp", "m-status"),
@@ -289,8 +243,8 @@ config = { command = "lifecycle" }
         rules,
         true,
     );
-    wait_for("three commands", || service.gate.commands().len() == 3);
-    let mut commands = service.gate.commands();
+    wait_for("three commands", || service.commands().len() == 3);
+    let mut commands = service.commands();
     commands.sort();
     let device = "a1Pk.lamp".to_owned();
     assert_eq!(
@@ -339,9 +293,8 @@ commands.via = "out"
 plugin = "echo"
 "#;
     let service = Service::start(&huawei("hw", &broker.url()), rules, true);
-    wait_for("ten commands", || service.gate.commands().len() == 10);
+    wait_for("ten commands", || service.commands().len() == 10);
     let mut seqs: Vec<u64> = service
-        .gate
         .commands()
         .into_iter()
         .map(|(device, _, seq)| {
@@ -359,22 +312,15 @@ plugin = "echo"
 fn a_tls_connection_through_the_configured_ca_file_receives() {
     let broker = broker();
     let queue = "alibaba-tls";
-    publish(
-        broker,
-        queue,
-        vec![(
-            alibaba_property(1),
-            alibaba_properties(PROPERTY_TOPIC, "m-tls"),
-        )],
-    );
+    publish(broker, queue, vec![property_message(1, "m-tls")]);
     let ca = format!("ca_file = \"{}\"", broker.ca_file.display());
     let service = Service::start(
         &alibaba("ali-tls", &broker.tls_url(), queue, ALIBABA_SECRET, &ca),
         ECHO_RULE,
         true,
     );
-    wait_for("the command", || service.gate.commands().len() == 1);
-    assert_eq!(service.gate.commands()[0].2, Some(1));
+    wait_for("the command", || service.commands().len() == 1);
+    assert_eq!(service.commands()[0].2, Some(1));
     broker.wait_for_counts(queue, 0, 0);
     service.stop();
 }
@@ -383,14 +329,7 @@ fn a_tls_connection_through_the_configured_ca_file_receives() {
 fn a_refused_login_is_reported_with_its_username_while_the_other_connector_runs() {
     let broker = broker();
     let queue = "alibaba-good";
-    publish(
-        broker,
-        queue,
-        vec![(
-            alibaba_property(5),
-            alibaba_properties(PROPERTY_TOPIC, "m-good"),
-        )],
-    );
+    publish(broker, queue, vec![property_message(5, "m-good")]);
     let connectors = [
         alibaba("ali-bad", &broker.url(), "alibaba-bad", "wrong-secret", ""),
         alibaba("ali-good", &broker.url(), queue, ALIBABA_SECRET, ""),
@@ -398,7 +337,7 @@ fn a_refused_login_is_reported_with_its_username_while_the_other_connector_runs(
     .concat();
     let service = Service::start(&connectors, ECHO_RULE, true);
     wait_for("the good connector's command", || {
-        service.gate.commands().len() == 1
+        service.commands().len() == 1
     });
     wait_for("the bad connector's error", || {
         service.connector("ali-bad").error.is_some()
@@ -428,15 +367,7 @@ fn a_dropped_connection_loses_nothing_and_nothing_is_acked_before_processing() {
     let queue = "alibaba-numbered";
     const MESSAGES: u64 = 1_000;
     const CREDIT: u64 = 20;
-    let messages = (1..=MESSAGES)
-        .map(|seq| {
-            (
-                alibaba_property(seq),
-                alibaba_properties(PROPERTY_TOPIC, &format!("m-{seq}")),
-            )
-        })
-        .collect();
-    publish(broker, queue, messages);
+    publish(broker, queue, numbered(MESSAGES, "m-"));
     // The command path holds every confirmation: the connector takes no more than its
     // credit, and the broker still holds every message, none settled.
     let proxy_runtime = runtime();
@@ -453,7 +384,7 @@ fn a_dropped_connection_loses_nothing_and_nothing_is_acked_before_processing() {
         false,
     );
     wait_for("commands waiting at the gate", || {
-        !service.gate.commands().is_empty()
+        !service.commands().is_empty()
     });
     broker.wait_for_counts(queue, MESSAGES - CREDIT, CREDIT);
 
@@ -463,13 +394,12 @@ fn a_dropped_connection_loses_nothing_and_nothing_is_acked_before_processing() {
         service.observed.metrics.connects.with(&["ali", "ok"]).get() >= 2
     });
     service.wait_running("ali");
-    service.gate.open();
+    service.webhook.open(true);
     broker.wait_for_counts(queue, 0, 0);
     wait_for("every message processed", || {
-        service.gate.commands().len() >= MESSAGES as usize
+        service.commands().len() >= MESSAGES as usize
     });
     let mut seqs: Vec<u64> = service
-        .gate
         .commands()
         .into_iter()
         .filter_map(|(_, _, seq)| seq)
@@ -500,21 +430,11 @@ fn garbage_is_dead_lettered_and_accepted() {
                 b"{\"items\": 7".to_vec(),
                 alibaba_properties(PROPERTY_TOPIC, "m-garbage"),
             ),
-            (
-                alibaba_property(2),
-                alibaba_properties(PROPERTY_TOPIC, "m-2"),
-            ),
+            property_message(2, "m-2"),
         ],
     );
-    let service = Service::start(
-        &alibaba("ali", &broker.url(), queue, ALIBABA_SECRET, ""),
-        ECHO_RULE,
-        true,
-    );
-    wait_for("the good message's command", || {
-        service.gate.commands().len() == 1
-    });
-    wait_for("the dead letter", || service.dead_letters() == 1);
+    let service = echo_alibaba(&broker.url(), queue);
+    service.wait_command_and_dead_letter();
     broker.wait_for_counts(queue, 0, 0);
     service.stop();
 }
@@ -529,25 +449,12 @@ fn a_message_the_client_cannot_decode_is_rejected_and_dead_lettered_without_a_re
     publish(
         broker,
         queue,
-        vec![
-            (alibaba_property(1), damaged),
-            (
-                alibaba_property(2),
-                alibaba_properties(PROPERTY_TOPIC, "m-2"),
-            ),
-        ],
+        vec![(alibaba_property(1), damaged), property_message(2, "m-2")],
     );
     let proxy_runtime = runtime();
     let proxy = Proxy::start_corrupting(proxy_runtime.handle(), broker.amqp_port, MARKER);
-    let service = Service::start(
-        &alibaba("ali", &proxy.url(), queue, ALIBABA_SECRET, ""),
-        ECHO_RULE,
-        true,
-    );
-    wait_for("the good message's command", || {
-        service.gate.commands().len() == 1
-    });
-    wait_for("the dead letter", || service.dead_letters() == 1);
+    let service = echo_alibaba(&proxy.url(), queue);
+    service.wait_command_and_dead_letter();
     // Settled (rejected) and gone from the queue, not redelivered after a reconnect.
     broker.wait_for_counts(queue, 0, 0);
     let letters = service
@@ -571,15 +478,7 @@ fn four_connections_share_a_queue_and_process_every_message() {
     let broker = broker();
     let queue = "alibaba-four";
     const MESSAGES: u64 = 200;
-    let messages = (1..=MESSAGES)
-        .map(|seq| {
-            (
-                alibaba_property(seq),
-                alibaba_properties(PROPERTY_TOPIC, &format!("m4-{seq}")),
-            )
-        })
-        .collect();
-    publish(broker, queue, messages);
+    publish(broker, queue, numbered(MESSAGES, "m4-"));
     let service = Service::start(
         &alibaba(
             "four",
@@ -592,7 +491,7 @@ fn four_connections_share_a_queue_and_process_every_message() {
         true,
     );
     wait_for("every command", || {
-        service.gate.commands().len() == MESSAGES as usize
+        service.commands().len() == MESSAGES as usize
     });
     broker.wait_for_counts(queue, 0, 0);
     assert_eq!(
