@@ -7,8 +7,9 @@
 //! Every test has its own broker, which knows the exact usernames and passwords the links
 //! derive at the pinned clock [`NOW`].
 
-use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::time::Duration;
 
 use iotrules::config::Config;
 use iotrules::connector::mqtt::MqttSettings;
@@ -16,7 +17,8 @@ use iotrules::status::ConnectorState;
 use iotrules_tests::mosquitto::{Mosquitto, Peer};
 use iotrules_tests::mqtt_proxy::Proxy;
 use iotrules_tests::service::TestService;
-use iotrules_tests::wait_for;
+use iotrules_tests::service_config::{LOCAL, mqtt_link};
+use iotrules_tests::{runtime, wait_for, wait_within};
 
 /// The pinned clock (2023-11-14T22:13:20Z): Alibaba's timestamp and Huawei's hour stamp.
 const NOW: u64 = 1_700_000_000_000;
@@ -75,9 +77,6 @@ fn users() -> Vec<(String, String)> {
         .collect()
 }
 
-/// The login of the generic `mqtt` links.
-const LOCAL: (&str, &str) = ("local", "local-password");
-
 /// A generic `mqtt` link sharing zigbee2mqtt-style topics in group `iot`.
 fn generic(name: &str, url: &str) -> String {
     format!(
@@ -94,14 +93,6 @@ publish_topic = "zigbee2mqtt/{{device}}/set"
 "#,
         LOCAL.0, LOCAL.1
     )
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 /// The service on its own runtime with the pinned clock and the `command-ack` and `echo`
@@ -176,6 +167,80 @@ fn json(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes).expect("JSON payload")
 }
 
+/// The topics of the Huawei device's IoTDA command responses.
+fn response_filter() -> String {
+    format!("$oc/devices/{HUAWEI_DEVICE}/sys/commands/response/#")
+}
+
+/// Sends the Huawei device an IoTDA `switch` command for each `n` in `range`, as the cloud
+/// does, request id `{prefix}{n}`.
+fn send_commands(cloud: &tokio::runtime::Runtime, peer: &Peer, prefix: &str, range: Range<usize>) {
+    let request = format!(
+        r#"{{"object_device_id":"{HUAWEI_DEVICE}","service_id":"Light","command_name":"switch","paras":{{}}}}"#
+    );
+    for n in range {
+        cloud.block_on(peer.publish(
+            &format!("$oc/devices/{HUAWEI_DEVICE}/sys/commands/request_id={prefix}{n}"),
+            request.as_bytes(),
+        ));
+    }
+}
+
+/// The service with a Huawei link `hw` on `broker` (with `extra` settings) answering every
+/// command, once the link runs; and the cloud's client `client_id` on its runtime, subscribed
+/// to the answers.
+fn answering_link(
+    broker: &Mosquitto,
+    extra: &str,
+    client_id: &str,
+) -> (Service, tokio::runtime::Runtime, Peer) {
+    let service = Service::start(&huawei("hw", &broker.url(), extra), &ack_rule("hw", "{}"));
+    service.wait_running("hw");
+    let cloud = runtime();
+    let peer = cloud.block_on(Peer::connect(broker, client_id, &[&response_filter()]));
+    (service, cloud, peer)
+}
+
+/// Waits up to 60 s until `peer` got the answer to every request id of `expected`; checks
+/// that no command failed and none became a dead letter, and stops the service.
+fn every_answer(service: Service, broker: &Mosquitto, peer: &Peer, expected: &BTreeSet<String>) {
+    wait_within(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || answered(peer) == *expected,
+        || {
+            format!(
+                "{} answers missing: {:?} (link: {:?}, events in {:?}, commands {:?}, dead \
+                 letters {}, in flight {}, received {}); broker drops {:?}, log:\n{}",
+                expected.difference(&answered(peer)).count(),
+                expected
+                    .difference(&answered(peer))
+                    .take(5)
+                    .collect::<Vec<_>>(),
+                service.connector("hw"),
+                counts(&service.observed.metrics.events_in),
+                counts(&service.observed.metrics.commands),
+                service.dead_letters(),
+                service.observed.metrics.in_flight.get(),
+                peer.received().len(),
+                broker.dropped(),
+                broker.log()
+            )
+        },
+    );
+    assert_eq!(service.commands("hw", "failed"), 0);
+    assert_eq!(service.dead_letters(), 0);
+    service.stop();
+}
+
+/// The request ids of the command responses `peer` received.
+fn answered(peer: &Peer) -> BTreeSet<String> {
+    peer.received()
+        .into_iter()
+        .filter_map(|(topic, _)| topic.rsplit_once("request_id=").map(|(_, r)| r.to_owned()))
+        .collect()
+}
+
 #[test]
 fn huawei_legacy_cloud_request_is_answered_with_a_device_rsp_of_the_same_mid() {
     let broker = Mosquitto::start(&users(), false);
@@ -218,9 +283,8 @@ fn huawei_iotda_command_over_tls_is_answered_on_its_response_topic() {
         &ack_rule("hw", "{ result_code = 0, paras = { done = true } }"),
     );
     service.wait_running("hw");
-    let response_filter = format!("$oc/devices/{HUAWEI_DEVICE}/sys/commands/response/#");
     let cloud = runtime();
-    let peer = cloud.block_on(Peer::connect(&broker, "cloud-iotda", &[&response_filter]));
+    let peer = cloud.block_on(Peer::connect(&broker, "cloud-iotda", &[&response_filter()]));
     let request = format!(
         r#"{{"object_device_id":"{HUAWEI_DEVICE}","service_id":"Light","command_name":"switch","paras":{{"on":true}}}}"#
     );
@@ -324,60 +388,20 @@ fn a_broker_restart_mid_stream_loses_no_command_with_qos_1() {
     // requests: a stock mosquitto keeps 1 020 for a client that is behind, and drops the rest.
     let _alone = one_load_at_a_time();
     let broker = Mosquitto::start(&users(), true);
-    let service = Service::start(&huawei("hw", &broker.url(), ""), &ack_rule("hw", "{}"));
-    service.wait_running("hw");
-    let response_filter = format!("$oc/devices/{HUAWEI_DEVICE}/sys/commands/response/#");
-    let cloud = runtime();
-    let peer = cloud.block_on(Peer::connect(&broker, "cloud-restart", &[&response_filter]));
-    let request = format!(
-        r#"{{"object_device_id":"{HUAWEI_DEVICE}","service_id":"Light","command_name":"switch","paras":{{}}}}"#
-    );
-    let publish = |from: usize, to: usize| {
-        for n in from..to {
-            cloud.block_on(peer.publish(
-                &format!("$oc/devices/{HUAWEI_DEVICE}/sys/commands/request_id=r-{n}"),
-                request.as_bytes(),
-            ));
-        }
-    };
-    let answered = || -> BTreeSet<String> {
-        peer.received()
-            .into_iter()
-            .filter_map(|(topic, _)| topic.rsplit_once("request_id=").map(|(_, r)| r.to_owned()))
-            .collect()
-    };
-    publish(0, 400);
-    wait_for("some answers before the restart", || answered().len() >= 10);
+    let (service, cloud, peer) = answering_link(&broker, "", "cloud-restart");
+    send_commands(&cloud, &peer, "r-", 0..400);
+    wait_for("some answers before the restart", || {
+        answered(&peer).len() >= 10
+    });
     broker.restart();
-    let at_restart = answered().len();
+    let at_restart = answered(&peer).len();
     assert!(
         at_restart < 400,
         "every command was answered before the restart: nothing was in flight"
     );
-    publish(400, 800);
+    send_commands(&cloud, &peer, "r-", 400..800);
     let expected: BTreeSet<String> = (0..800).map(|n| format!("r-{n}")).collect();
-    let start = Instant::now();
-    while answered() != expected {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{} answers missing: {:?} (link: {:?}, events in {:?}, commands {:?}, dead \
-             letters {}, in flight {}, received {}); broker drops {:?}, log:\n{}",
-            expected.difference(&answered()).count(),
-            expected.difference(&answered()).take(5).collect::<Vec<_>>(),
-            service.connector("hw"),
-            counts(&service.observed.metrics.events_in),
-            counts(&service.observed.metrics.commands),
-            service.dead_letters(),
-            service.observed.metrics.in_flight.get(),
-            peer.received().len(),
-            broker.dropped(),
-            broker.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(service.commands("hw", "failed"), 0);
-    assert_eq!(service.dead_letters(), 0);
-    service.stop();
+    every_answer(service, &broker, &peer, &expected);
 }
 
 #[test]
@@ -385,48 +409,16 @@ fn a_broker_outage_longer_than_every_attempt_delays_the_answers_without_dead_let
     // Three attempts of 1 s each fit into the 5 s outage: commands must wait for the link to
     // come back rather than use up their attempts while it is away.
     let broker = Mosquitto::start(&users(), true);
-    let service = Service::start(
-        &huawei("hw", &broker.url(), "command_timeout_ms = 1000"),
-        &ack_rule("hw", "{}"),
-    );
-    service.wait_running("hw");
-    let response_filter = format!("$oc/devices/{HUAWEI_DEVICE}/sys/commands/response/#");
-    let cloud = runtime();
-    let peer = cloud.block_on(Peer::connect(&broker, "cloud-outage", &[&response_filter]));
-    let request = format!(
-        r#"{{"object_device_id":"{HUAWEI_DEVICE}","service_id":"Light","command_name":"switch","paras":{{}}}}"#
-    );
+    let (service, cloud, peer) =
+        answering_link(&broker, "command_timeout_ms = 1000", "cloud-outage");
     const COMMANDS: usize = 300;
-    for n in 0..COMMANDS {
-        cloud.block_on(peer.publish(
-            &format!("$oc/devices/{HUAWEI_DEVICE}/sys/commands/request_id=o-{n}"),
-            request.as_bytes(),
-        ));
-    }
-    let answered = || -> BTreeSet<String> {
-        peer.received()
-            .into_iter()
-            .filter_map(|(topic, _)| topic.rsplit_once("request_id=").map(|(_, r)| r.to_owned()))
-            .collect()
-    };
-    wait_for("some answers before the outage", || answered().len() >= 10);
+    send_commands(&cloud, &peer, "o-", 0..COMMANDS);
+    wait_for("some answers before the outage", || {
+        answered(&peer).len() >= 10
+    });
     broker.restart_after(Duration::from_secs(5));
     let expected: BTreeSet<String> = (0..COMMANDS).map(|n| format!("o-{n}")).collect();
-    let start = Instant::now();
-    while answered() != expected {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{} answers missing (link: {:?}, commands {:?}, dead letters {})",
-            expected.difference(&answered()).count(),
-            service.connector("hw"),
-            counts(&service.observed.metrics.commands),
-            service.dead_letters(),
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(service.commands("hw", "failed"), 0);
-    assert_eq!(service.dead_letters(), 0);
-    service.stop();
+    every_answer(service, &broker, &peer, &expected);
 }
 
 #[test]
@@ -490,24 +482,9 @@ config = {{ command = "set" }}
     service.stop();
 }
 
-/// A generic link `m` taking `in/{device}` and answering each event with one command on
-/// `out/{device}` (the `echo` plugin: `{"seq": N}`), for the load tests.
-fn echo_link(url: &str) -> (String, String) {
-    let link = format!(
-        r#"
-[[connector]]
-name = "m"
-kind = "mqtt"
-url = "{url}"
-username = "{}"
-password = "{}"
-subscribe = ["in/#"]
-device_topic = "in/{{device}}"
-publish_topic = "out/{{device}}"
-"#,
-        LOCAL.0, LOCAL.1
-    );
-    let rule = r#"
+/// The rule answering each event of the link `m` with one command on the link (the `echo`
+/// plugin: `{"seq": N}`), for the load tests.
+const ECHO_LINK_RULE: &str = r#"
 [[rule]]
 name = "echo"
 when = { source = "m", vendor = "mqtt" }
@@ -517,7 +494,14 @@ commands.via = "m"
 plugin = "echo"
 config = { command = "set" }
 "#;
-    (link, rule.to_owned())
+
+/// The service with a generic link `m` on the broker at `url` (with `extra` settings),
+/// taking `in/{device}` and answering each event on `out/{device}` ([`ECHO_LINK_RULE`]);
+/// returned once the link runs.
+fn echo_service(url: &str, extra: &str) -> Service {
+    let service = Service::start(&format!("{}{extra}\n", mqtt_link(url)), ECHO_LINK_RULE);
+    service.wait_running("m");
+    service
 }
 
 /// A device status of about 300 bytes carrying `seq`, as the load tests publish it.
@@ -626,32 +610,31 @@ fn echo_load_with(
     publish: impl FnOnce(&tokio::runtime::Runtime, &Peer, &Peer) -> BTreeMap<String, u64>,
 ) -> u64 {
     let _alone = one_load_at_a_time();
-    let (link, rule) = echo_link(&broker.url());
-    let link = format!("{link}{extra}\n");
-    let service = Service::start(&link, &rule);
-    service.wait_running("m");
+    let service = echo_service(&broker.url(), extra);
     let cloud = runtime();
     let commands = cloud.block_on(Peer::connect(&broker, "load-commands", &["out/#"]));
     let witness = cloud.block_on(Peer::connect(&broker, "load-witness", &["in/#"]));
     let devices = cloud.block_on(Peer::connect(&broker, "load-devices", &[]));
     let sent = publish(&cloud, &devices, &commands);
     let total: u64 = sent.values().sum();
-    let start = Instant::now();
-    while (commands.count() as u64) < total || (witness.count() as u64) < total {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "{} of {total} commands arrived (link: {:?}, events in {:?}, commands {:?}, \
-             dead letters {:?}, in flight {}); broker drops: {:?}",
-            commands.count(),
-            service.connector("m"),
-            counts(&service.observed.metrics.events_in),
-            counts(&service.observed.metrics.commands),
-            counts(&service.observed.metrics.dead_letters),
-            service.observed.metrics.in_flight.get(),
-            broker.dropped(),
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_within(
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        || (commands.count() as u64) >= total && (witness.count() as u64) >= total,
+        || {
+            format!(
+                "{} of {total} commands arrived (link: {:?}, events in {:?}, commands {:?}, \
+                 dead letters {:?}, in flight {}); broker drops: {:?}",
+                commands.count(),
+                service.connector("m"),
+                counts(&service.observed.metrics.events_in),
+                counts(&service.observed.metrics.commands),
+                counts(&service.observed.metrics.dead_letters),
+                service.observed.metrics.in_flight.get(),
+                broker.dropped(),
+            )
+        },
+    );
     // A straggler (a duplicate) would arrive right behind the last one.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
@@ -676,8 +659,6 @@ fn echo_load_with(
     service.stop();
     not_kept
 }
-
-use std::collections::BTreeMap;
 
 /// Devices publishing in the load tests.
 const LOAD_DEVICES: usize = 100;
@@ -802,9 +783,7 @@ fn a_broker_restart_under_a_steady_load_keeps_the_order_of_every_device() {
         true,
         "max_inflight_messages 0\nmax_queued_messages 0",
     );
-    let (link, rule) = echo_link(&broker.url());
-    let service = Service::start(&link, &rule);
-    service.wait_running("m");
+    let service = echo_service(&broker.url(), "");
     let cloud = runtime();
     let commands = cloud.block_on(Peer::connect(&broker, "restart-commands", &["out/#"]));
     let witness = cloud.block_on(Peer::connect(&broker, "restart-witness", &["in/#"]));
@@ -823,7 +802,6 @@ fn a_broker_restart_under_a_steady_load_keeps_the_order_of_every_device() {
         }
     });
     let total: u64 = sent.values().sum();
-    let start = Instant::now();
     let distinct = || -> usize {
         commands
             .received()
@@ -832,14 +810,12 @@ fn a_broker_restart_under_a_steady_load_keeps_the_order_of_every_device() {
             .collect::<BTreeSet<_>>()
             .len()
     };
-    while (distinct() as u64) < total {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{} of {total} commands arrived",
-            distinct()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_within(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || distinct() as u64 >= total,
+        || format!("{} of {total} commands arrived", distinct()),
+    );
     // Each device's first answers come in the order the broker forwarded its inputs (as a
     // witness subscriber, itself through the restart, got them).
     let first_occurrences = |received: &[(String, Vec<u8>)], prefix: &str| {
@@ -877,9 +853,7 @@ fn a_lane_keeps_a_window_of_commands_in_flight_while_their_pubacks_are_held() {
     let broker = Mosquitto::start(&users(), false);
     let cloud = runtime();
     let proxy = cloud.block_on(Proxy::start(broker.port, true));
-    let (link, rule) = echo_link(&proxy.url());
-    let service = Service::start(&link, &rule);
-    service.wait_running("m");
+    let service = echo_service(&proxy.url(), "");
     let commands = cloud.block_on(Peer::connect(&broker, "window-commands", &["out/#"]));
     let devices = cloud.block_on(Peer::connect(&broker, "window-devices", &[]));
     for seq in 0..COMMANDS {
@@ -923,9 +897,7 @@ fn a_broker_restart_with_a_window_in_flight_sends_it_again_in_order_and_loses_no
     );
     let cloud = runtime();
     let proxy = cloud.block_on(Proxy::start(broker.port, true));
-    let (link, rule) = echo_link(&proxy.url());
-    let service = Service::start(&link, &rule);
-    service.wait_running("m");
+    let service = echo_service(&proxy.url(), "");
     let commands = cloud.block_on(Peer::connect(&broker, "fault-commands", &["out/#"]));
     let devices = cloud.block_on(Peer::connect(&broker, "fault-devices", &[]));
     for seq in 0..PER_DEVICE {
