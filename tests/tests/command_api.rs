@@ -14,20 +14,12 @@ use iotrules::plan::Plan;
 use iotrules::time::Clock;
 use iotrules_tests::cloud_api::{AlibabaServer, Tls, TuyaProject, TuyaServer};
 use iotrules_tests::pipeline::{Acks, TestPipeline, huawei_body};
-use iotrules_tests::wait_for;
+use iotrules_tests::{runtime, wait_for};
 
 /// The pinned clock's start.
 const NOW: u64 = 1_700_000_000_000;
 const TUYA_SECRET: &str = "tuya-test-secret";
 const ALIBABA_SECRET: &str = "alibaba-test-secret";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 /// A rule sending every event's device the command `command` through `path`.
 fn echo_rule(rule: &str, command: &str, path: &str) -> String {
@@ -135,6 +127,16 @@ impl TuyaSetup {
         self.test.metrics.commands.with(&["tuya", result]).get()
     }
 
+    /// Asserts that the server's calls so far, each (path, answer), were `expected`.
+    fn assert_calls(&self, expected: &[(&str, &str)]) {
+        let calls = self.server.calls();
+        let calls: Vec<(&str, &str)> = calls
+            .iter()
+            .map(|(path, answer)| (path.as_str(), answer.as_str()))
+            .collect();
+        assert_eq!(calls, expected);
+    }
+
     fn stop(mut self) {
         drop(self.ingest);
         self.test.drain(&self.runtime);
@@ -194,18 +196,12 @@ fn a_tuya_token_is_refreshed_before_it_expires() {
     // 30 s before expiry: within the refresh margin, so the next command refreshes first.
     setup.clock.store(NOW + 570_000, Ordering::SeqCst);
     setup.event("vdev1", 2);
-    let calls = setup.server.calls();
-    let paths: Vec<&str> = calls.iter().map(|(p, _)| p.as_str()).collect();
-    assert_eq!(
-        paths,
-        [
-            "/v1.0/token",
-            "/v1.0/iot-03/devices/vdev1/commands",
-            "/v1.0/token/REFRESH",
-            "/v1.0/iot-03/devices/vdev1/commands",
-        ]
-    );
-    assert!(calls.iter().all(|(_, answer)| answer == "ok"), "{calls:#?}");
+    setup.assert_calls(&[
+        ("/v1.0/token", "ok"),
+        ("/v1.0/iot-03/devices/vdev1/commands", "ok"),
+        ("/v1.0/token/REFRESH", "ok"),
+        ("/v1.0/iot-03/devices/vdev1/commands", "ok"),
+    ]);
     let requests = setup.server.requests();
     assert_eq!(requests[2].target, "/v1.0/token/refresh-1");
     assert_eq!(requests[3].headers["access_token"], "access-2");
@@ -219,19 +215,13 @@ fn tuya_code_1010_renews_the_token_and_sends_the_command_again() {
     setup.event("vdev1", 1);
     setup.server.revoke_next(1);
     setup.event("vdev1", 2);
-    let calls = setup.server.calls();
-    let expected = [
+    setup.assert_calls(&[
         ("/v1.0/token", "ok"),
         ("/v1.0/iot-03/devices/vdev1/commands", "ok"),
         ("/v1.0/iot-03/devices/vdev1/commands", "1010"),
         ("/v1.0/token/REFRESH", "ok"),
         ("/v1.0/iot-03/devices/vdev1/commands", "ok"),
-    ];
-    let calls: Vec<(&str, &str)> = calls
-        .iter()
-        .map(|(p, a)| (p.as_str(), a.as_str()))
-        .collect();
-    assert_eq!(calls, expected);
+    ]);
     // No retry was configured: the second send is the token renewal's, not the lane's.
     assert_eq!(setup.commands("sent"), 2);
     assert!(setup.test.dead_letters.letters().is_empty());
@@ -246,21 +236,13 @@ fn an_expired_tuya_token_that_cannot_be_refreshed_is_replaced_by_a_new_grant() {
     setup.clock.store(NOW + 3_600_000, Ordering::SeqCst);
     setup.server.forget_refresh_tokens();
     setup.event("vdev1", 2);
-    let calls = setup.server.calls();
-    let calls: Vec<(&str, &str)> = calls
-        .iter()
-        .map(|(p, a)| (p.as_str(), a.as_str()))
-        .collect();
-    assert_eq!(
-        calls,
-        [
-            ("/v1.0/token", "ok"),
-            ("/v1.0/iot-03/devices/vdev1/commands", "ok"),
-            ("/v1.0/token/REFRESH", "1011"),
-            ("/v1.0/token", "ok"),
-            ("/v1.0/iot-03/devices/vdev1/commands", "ok"),
-        ]
-    );
+    setup.assert_calls(&[
+        ("/v1.0/token", "ok"),
+        ("/v1.0/iot-03/devices/vdev1/commands", "ok"),
+        ("/v1.0/token/REFRESH", "1011"),
+        ("/v1.0/token", "ok"),
+        ("/v1.0/iot-03/devices/vdev1/commands", "ok"),
+    ]);
     setup.stop();
 }
 
@@ -268,10 +250,7 @@ fn an_expired_tuya_token_that_cannot_be_refreshed_is_replaced_by_a_new_grant() {
 fn a_tuya_call_signed_with_the_wrong_key_is_refused_with_1004_and_not_retried() {
     let setup = TuyaSetup::signing_with("not-the-key", 7200, "retries = 3");
     setup.event("vdev1", 1);
-    assert_eq!(
-        setup.server.calls(),
-        [("/v1.0/token".to_owned(), "1004".to_owned())]
-    );
+    setup.assert_calls(&[("/v1.0/token", "1004")]);
     let letters = setup.test.dead_letters.letters();
     assert_eq!(letters.len(), 1, "{letters:#?}");
     assert!(
