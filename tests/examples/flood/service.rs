@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use iotrules_tests::plugins::{built, install};
+use iotrules_tests::service::{CONFIG_HEAD, lay_out};
 use iotrules_tests::service_config::{mqtt_link, tuya_connector};
 
 /// The service's configuration: the Tuya connector on the Pulsar test broker and a generic
@@ -16,11 +16,7 @@ use iotrules_tests::service_config::{mqtt_link, tuya_connector};
 /// `[pipeline]` and buffers keep their defaults: those are what a user runs.
 pub(crate) fn service_config(pulsar_url: &str, mosquitto_url: &str, admin_port: u16) -> String {
     format!(
-        r#"
-rules = "rules"
-plugins = "plugins"
-store = "state/iotrules.db"
-cache = "cache"
+        r#"{CONFIG_HEAD}cache = "cache"
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
@@ -72,13 +68,12 @@ impl Service {
             .prefix("iotrules-flood-")
             .tempdir()
             .expect("temp dir");
-        for sub in ["plugins", "rules", "state", "cache"] {
-            std::fs::create_dir_all(dir.path().join(sub)).expect("directory");
-        }
-        let plugins = dir.path().join("plugins");
-        install(&plugins, "deadband", &built("deadband"));
-        install(&plugins, "echo", &built("testing/echo"));
-        std::fs::write(dir.path().join("rules/flood.toml"), rules_text()).expect("rules");
+        lay_out(
+            dir.path(),
+            &[("deadband", "deadband"), ("echo", "testing/echo")],
+            &rules_text(),
+        );
+        std::fs::create_dir_all(dir.path().join("cache")).expect("directory");
         let config_file = dir.path().join("iotrules.toml");
         std::fs::write(&config_file, config_text).expect("config");
         let log = std::fs::File::create(dir.path().join("service.log")).expect("service.log");

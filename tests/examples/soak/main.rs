@@ -48,6 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iotrules::dialect::tuya::Env;
+use iotrules_tests::http::Webhook;
 use iotrules_tests::mosquitto::{Mosquitto, Peer};
 use iotrules_tests::pulsar_broker::{BrokerConfig, PulsarBroker};
 use iotrules_tests::rabbitmq;
@@ -58,7 +59,7 @@ use crate::ledger::{Class, LINKS, Ledger, Link, Seen, StampedLetters, digest};
 use crate::load::{Load, alibaba_load, mqtt_load, tuya_load};
 use crate::messages::{mqtt_message, tuya_keys};
 use crate::outcome::{analyse, order, pulsar_acked, total_pulsar};
-use crate::peers::{AmqpPublisher, Relay, Webhook, session_leftovers};
+use crate::peers::{AmqpPublisher, Relay, session_leftovers};
 use crate::service::{Service, ServiceHandle, amqp_users, service_config};
 
 /// The pinned clock: the AMQP login's timestamp (RabbitMQ knows the exact password).
@@ -190,7 +191,7 @@ fn run(settings: Settings) -> Result<bool, String> {
         true,
         "max_inflight_messages 0\nmax_queued_messages 0",
     ));
-    let webhook = peers_runtime.block_on(Webhook::start());
+    let webhook = Webhook::start(peers_runtime.handle(), true);
     let commands_peer =
         peers_runtime.block_on(Peer::connect(&mosquitto, "soak-commands", &["out/#"]));
     let devices_peer = peers_runtime.block_on(Peer::connect(&mosquitto, "soak-devices", &[]));
@@ -588,5 +589,13 @@ fn run(settings: Settings) -> Result<bool, String> {
 }
 
 fn received_by_webhook(webhook: &Webhook) -> Vec<Seen> {
-    webhook.seen.lock().unwrap().clone()
+    webhook
+        .seen()
+        .into_iter()
+        .map(|seen| Seen {
+            device: seen.device,
+            seq: seen.seq,
+            at: seen.at,
+        })
+        .collect()
 }

@@ -1,70 +1,17 @@
-//! The soak's own peers: the webhook that records commands, the relay in front of RabbitMQ,
-//! a lasting AMQP publisher, and a look into the MQTT link's session.
+//! The soak's own peers: the relay in front of RabbitMQ, a lasting AMQP publisher, and a
+//! look into the MQTT link's session.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fe2o3_amqp::types::messaging::{ApplicationProperties, Message};
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue};
-use iotrules_tests::http::Requests;
 use iotrules_tests::mosquitto::Mosquitto;
-use iotrules_tests::pulsar_broker::sequence;
 use iotrules_tests::rabbitmq;
 use tokio::sync::watch;
 
-use crate::ledger::Seen;
 use crate::{LOCAL, QUEUE};
-
-/// The webhook the `out` path posts to: records each command and answers 200.
-pub(crate) struct Webhook {
-    pub(crate) address: std::net::SocketAddr,
-    pub(crate) seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Webhook {
-    pub(crate) async fn start() -> Webhook {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let recorded = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let recorded = recorded.clone();
-                tokio::spawn(async move {
-                    let _ = serve(stream, recorded).await;
-                });
-            }
-        });
-        Webhook { address, seen }
-    }
-
-    pub(crate) fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-}
-
-pub(crate) async fn serve(
-    stream: tokio::net::TcpStream,
-    seen: Arc<Mutex<Vec<Seen>>>,
-) -> std::io::Result<()> {
-    let mut requests = Requests::new(stream);
-    while let Some(body) = requests.next().await? {
-        let command: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        seen.lock().unwrap().push(Seen {
-            device: command["device"]["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            seq: command["params"]["seq"].as_u64(),
-            at: sequence(),
-        });
-        requests.ok().await?;
-    }
-    Ok(())
-}
 
 /// A TCP relay in front of RabbitMQ that can be taken down: its connections are cut and new
 /// ones refused until it is up again, which is what the connector sees of a node restart.

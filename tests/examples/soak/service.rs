@@ -10,10 +10,10 @@ use iotrules::config::Config;
 use iotrules::connector::amqp::AmqpSettings;
 use iotrules::plan::Plan;
 use iotrules::plugin::MemoryStateStore;
-use iotrules::service;
 use iotrules::status::ConnectorState;
 use iotrules::time::Clock;
 use iotrules_tests::plugins::{built, install, retagged};
+use iotrules_tests::service::{CONFIG_HEAD, Spawned, lay_out, spawn, wait_started};
 use iotrules_tests::service_config::{mqtt_link, tuya_connector};
 use tokio::sync::watch;
 
@@ -28,11 +28,7 @@ pub(crate) fn service_config(
     webhook: std::net::SocketAddr,
 ) -> String {
     format!(
-        r#"
-rules = "rules"
-plugins = "plugins"
-store = "state/iotrules.db"
-
+        r#"{CONFIG_HEAD}
 [pipeline]
 workers = 2
 shutdown_timeout_s = 5
@@ -157,37 +153,28 @@ impl Service {
             .prefix("iotrules-soak-")
             .tempdir()
             .expect("temp dir");
-        for sub in ["plugins", "rules", "state"] {
-            std::fs::create_dir_all(dir.path().join(sub)).expect("directory");
-        }
-        let plugins = dir.path().join("plugins");
-        install(&plugins, "echo", &built("testing/echo"));
+        lay_out(dir.path(), &[("echo", "testing/echo")], &rules_text(0));
         install(
-            &plugins,
+            &dir.path().join("plugins"),
             "flaky",
             &retagged(&built("testing/echo"), "flaky-0"),
         );
-        std::fs::write(dir.path().join("rules/soak.toml"), rules_text(0)).expect("rules");
         let file = dir.path().join("iotrules.toml");
         std::fs::write(&file, config_text).expect("config");
         let mut config = Config::parse(&file, config_text).expect("config");
         config.clock = Clock::Manual(Arc::new(AtomicU64::new(NOW)));
         let plan = Plan::new(config).expect("plan");
-        let (stop, stop_rx) = watch::channel(false);
-        let (observed_tx, observed_rx) = std::sync::mpsc::channel();
-        let task = runtime.spawn(async move {
-            let core = service::load_core(&plan, letters, Arc::new(MemoryStateStore::default()))
-                .map_err(|e| format!("{e:#}"))?;
-            service::run(&plan, core, stop_rx, |observed| {
-                let _ = observed_tx.send(observed.clone());
-            })
-            .await
-            .map_err(|e| format!("{e:#}"))?;
-            Ok(())
-        });
-        let observed = observed_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the service starts");
+        let Spawned {
+            stop,
+            started,
+            task,
+        } = spawn(
+            runtime.handle(),
+            plan,
+            letters,
+            Arc::new(MemoryStateStore::default()),
+        );
+        let observed = wait_started(&runtime, started, Duration::from_secs(60));
         Service {
             runtime,
             dir,
@@ -202,7 +189,7 @@ impl Service {
     }
 
     pub(crate) fn rules_file(&self) -> std::path::PathBuf {
-        self.dir.path().join("rules/soak.toml")
+        self.dir.path().join("rules/rules.toml")
     }
 
     pub(crate) fn running(&self, name: &str) -> bool {
