@@ -160,11 +160,7 @@ impl Bare {
 fn throughput(c: &mut Criterion) {
     // As the binary runs (see the function).
     iotrules::service::disable_transparent_huge_pages();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = iotrules_tests::runtime();
     let users: Vec<(String, String)> = [1, 4]
         .into_iter()
         .flat_map(|n| settings("amqp://x:1", "q", n).logins)

@@ -62,11 +62,7 @@ fn send(path: &Arc<dyn CommandPath>, name: &str, runtime: &tokio::runtime::Runti
 }
 
 fn throughput(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = iotrules_tests::runtime();
     let tls = Tls::generate();
     let tuya = TuyaServer::start(
         runtime.handle(),

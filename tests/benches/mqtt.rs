@@ -22,10 +22,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use iotrules::plan::Plan;
-use iotrules::service;
 use iotrules_tests::mosquitto::{Mosquitto, Peer};
+use iotrules_tests::service::{CONFIG_HEAD, Spawned, lay_out, spawn, wait_started};
+use iotrules_tests::wait_for;
 use tokio::sync::watch;
 
 #[global_allocator]
@@ -63,22 +65,9 @@ fn start_service(
     dir: &std::path::Path,
     url: &str,
 ) -> watch::Sender<bool> {
-    let plugins = dir.join("plugins");
-    let rules = dir.join("rules");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::create_dir_all(&rules).unwrap();
-    iotrules_tests::plugins::install(
-        &plugins,
-        "echo",
-        &iotrules_tests::plugins::built("testing/echo"),
-    );
-    std::fs::write(rules.join("rules.toml"), RULE).unwrap();
+    lay_out(dir, &[("echo", "testing/echo")], RULE);
     let text = format!(
-        r#"
-rules = "rules"
-plugins = "plugins"
-store = "iotrules.db"
-
+        r#"{CONFIG_HEAD}
 [[connector]]
 name = "z"
 kind = "mqtt"
@@ -105,33 +94,17 @@ publish_topic = "qos0/{{device}}/set"
     let file = dir.join("iotrules.toml");
     std::fs::write(&file, &text).unwrap();
     let plan = Plan::parse(&file, &text).expect("config");
-    let (stop, stop_rx) = watch::channel(false);
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
-    runtime.spawn(async move {
-        let store = Arc::new(iotrules::store::Store::open(&plan.config.store).expect("store"));
-        let state = Arc::new(iotrules::store::SqliteStateStore::new(store.clone()));
-        let core = service::load_core(&plan, store, state).expect("core");
-        let observed = service::run(&plan, core, stop_rx, |observed| {
-            let _ = started_tx.send(observed.clone());
-        });
-        let _ = observed.await;
+    let store = Arc::new(iotrules::store::Store::open(&plan.config.store).expect("store"));
+    let state = Arc::new(iotrules::store::SqliteStateStore::new(store.clone()));
+    let Spawned { stop, started, .. } = spawn(runtime.handle(), plan, store, state);
+    let observed = wait_started(runtime, started, Duration::from_secs(30));
+    wait_for("the link connects", || {
+        observed
+            .connectors
+            .all()
+            .iter()
+            .all(|c| c.state == iotrules::status::ConnectorState::Running)
     });
-    let observed = started_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the service starts");
-    let start = Instant::now();
-    while observed
-        .connectors
-        .all()
-        .iter()
-        .any(|c| c.state != iotrules::status::ConnectorState::Running)
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the link connects"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
     stop
 }
 
@@ -179,6 +152,17 @@ fn round_of(
     start.elapsed()
 }
 
+/// Adds the bench `name` to `group`: each iteration a round that `round` runs and times.
+fn bench(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    mut round: impl FnMut() -> Duration,
+) {
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| round()).sum())
+    });
+}
+
 fn throughput(c: &mut Criterion) {
     // As the binary runs (see the function).
     iotrules::service::disable_transparent_huge_pages();
@@ -189,11 +173,7 @@ fn throughput(c: &mut Criterion) {
         false,
         "max_inflight_messages 0\nmax_queued_messages 0",
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = iotrules_tests::runtime();
     let dir = tempfile::tempdir().expect("temp dir");
     let stop = start_service(&runtime, dir.path(), &broker.url());
     let (publisher, raw, commands, commands_qos0) = runtime.block_on(async {
@@ -209,26 +189,14 @@ fn throughput(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
-    group.bench_function("mosquitto-pub-sub", |b| {
-        b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| {
-                    round(&runtime, &publisher, &raw, |n| {
-                        format!("bench/raw/{}", n % 16)
-                    })
-                })
-                .sum()
+    bench(&mut group, "mosquitto-pub-sub", || {
+        round(&runtime, &publisher, &raw, |n| {
+            format!("bench/raw/{}", n % 16)
         })
     });
-    group.bench_function("link-in-plugin-out", |b| {
-        b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| {
-                    round(&runtime, &publisher, &commands, |n| {
-                        format!("zigbee2mqtt/lamp-{}", n % 16)
-                    })
-                })
-                .sum()
+    bench(&mut group, "link-in-plugin-out", || {
+        round(&runtime, &publisher, &commands, |n| {
+            format!("zigbee2mqtt/lamp-{}", n % 16)
         })
     });
     group.finish();
@@ -237,37 +205,25 @@ fn throughput(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH_QOS0));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(30));
-    group.bench_function("mosquitto-pub-sub", |b| {
-        b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| {
-                    round_of(
-                        &runtime,
-                        &publisher,
-                        &raw,
-                        |n| format!("bench/raw/{}", n % 16),
-                        BATCH_QOS0,
-                        false,
-                    )
-                })
-                .sum()
-        })
+    bench(&mut group, "mosquitto-pub-sub", || {
+        round_of(
+            &runtime,
+            &publisher,
+            &raw,
+            |n| format!("bench/raw/{}", n % 16),
+            BATCH_QOS0,
+            false,
+        )
     });
-    group.bench_function("link-in-plugin-out", |b| {
-        b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| {
-                    round_of(
-                        &runtime,
-                        &publisher,
-                        &commands_qos0,
-                        |n| format!("qos0/lamp-{}", n % 16),
-                        BATCH_QOS0,
-                        false,
-                    )
-                })
-                .sum()
-        })
+    bench(&mut group, "link-in-plugin-out", || {
+        round_of(
+            &runtime,
+            &publisher,
+            &commands_qos0,
+            |n| format!("qos0/lamp-{}", n % 16),
+            BATCH_QOS0,
+            false,
+        )
     });
     group.finish();
     let _ = stop.send(true);

@@ -82,16 +82,44 @@ fn run_batch(
     start.elapsed()
 }
 
-fn connector(c: &mut Criterion) {
-    // As the binary runs (see the function).
+/// The bench's runtime, as the binary runs (see the function), the keys and the broker.
+fn set_up() -> (tokio::runtime::Runtime, Keys, PulsarBroker) {
     iotrules::service::disable_transparent_huge_pages();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = iotrules_tests::runtime();
     let keys = Keys::new(ACCESS_ID, ACCESS_KEY).expect("keys");
     let broker = broker(&runtime, &keys);
+    (runtime, keys, broker)
+}
+
+/// The bench `pulsar/{name}`: batches of [`BATCH`] messages published to `broker`, each
+/// timed until the broker has every ACK.
+fn bench_batches(
+    c: &mut Criterion,
+    name: &str,
+    runtime: &tokio::runtime::Runtime,
+    broker: &PulsarBroker,
+    keys: &Keys,
+) {
+    let mut batch = 0;
+    let mut group = c.benchmark_group("pulsar");
+    group.throughput(Throughput::Elements(BATCH));
+    group.sample_size(10);
+    group.bench_function(name, |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                batch += 1;
+                let payloads = messages(keys, batch);
+                total += run_batch(runtime, broker, &payloads);
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+fn connector(c: &mut Criterion) {
+    let (runtime, keys, broker) = set_up();
     let test = TestPipeline::start(
         &["testing/pass"],
         RULES,
@@ -128,36 +156,13 @@ fn connector(c: &mut Criterion) {
     };
     let running = runtime.spawn(pulsar::run(settings, context));
 
-    let mut batch = 0;
-    let mut group = c.benchmark_group("pulsar");
-    group.throughput(Throughput::Elements(BATCH));
-    group.sample_size(10);
-    group.bench_function("connector-pass-through", |b| {
-        b.iter_custom(|iterations| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iterations {
-                batch += 1;
-                let payloads = messages(&keys, batch);
-                total += run_batch(&runtime, &broker, &payloads);
-            }
-            total
-        })
-    });
-    group.finish();
+    bench_batches(c, "connector-pass-through", &runtime, &broker, &keys);
     let _ = stop.send(true);
     let _ = runtime.block_on(running);
 }
 
 fn transport(c: &mut Criterion) {
-    // As the binary runs (see the function).
-    iotrules::service::disable_transparent_huge_pages();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let keys = Keys::new(ACCESS_ID, ACCESS_KEY).expect("keys");
-    let broker = broker(&runtime, &keys);
+    let (runtime, keys, broker) = set_up();
     let url = broker.url();
     let topic = keys.topic(Env::Prod);
     let auth = keys.pulsar_auth_data().into_bytes();
@@ -185,22 +190,7 @@ fn transport(c: &mut Criterion) {
                 .await;
         }
     });
-    let mut batch = 0;
-    let mut group = c.benchmark_group("pulsar");
-    group.throughput(Throughput::Elements(BATCH));
-    group.sample_size(10);
-    group.bench_function("transport-only", |b| {
-        b.iter_custom(|iterations| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iterations {
-                batch += 1;
-                let payloads = messages(&keys, batch);
-                total += run_batch(&runtime, &broker, &payloads);
-            }
-            total
-        })
-    });
-    group.finish();
+    bench_batches(c, "transport-only", &runtime, &broker, &keys);
     consuming.abort();
 }
 
