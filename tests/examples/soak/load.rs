@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iotrules_tests::mosquitto::Peer;
-use iotrules_tests::pulsar_broker::PulsarBroker;
+use iotrules_tests::pulsar_broker::{MessageId, PulsarBroker};
 
 use crate::Settings;
 use crate::ledger::{Class, Ledger, Link, Offer};
@@ -110,18 +110,90 @@ impl Numbering {
 
 pub(crate) const TICK: Duration = Duration::from_millis(20);
 
+/// What one tick of a connector's load sends: its numbered messages (device, seq, whether the
+/// device is flaky) and the numbers of its bad ones (counted from 1).
+pub(crate) struct Due {
+    pub(crate) numbered: Vec<(usize, u64, bool)>,
+    pub(crate) bad: std::ops::Range<u64>,
+}
+
+/// One connector's load over time: its [`Pace`] and [`Numbering`] on a [`TICK`].
+pub(crate) struct Schedule {
+    pace: Pace,
+    numbering: Numbering,
+    bad_count: u64,
+    tick: tokio::time::Interval,
+}
+
+impl Schedule {
+    pub(crate) fn new(link: Link, load: &Load) -> Schedule {
+        Schedule {
+            pace: Pace::new(link),
+            numbering: Numbering::new(load.settings.devices),
+            bad_count: 0,
+            tick: tokio::time::interval(TICK),
+        }
+    }
+
+    /// Waits for the next tick and says what is due then; `None` once the load is to stop.
+    pub(crate) async fn next(&mut self, load: &Load) -> Option<Due> {
+        if load.done.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.tick.tick().await;
+        let (numbered, bad) = self.pace.due(load);
+        let numbered = (0..numbered)
+            .map(|_| {
+                let (device, seq) = self.numbering.next();
+                (device, seq, load.is_flaky(device))
+            })
+            .collect();
+        let first_bad = self.bad_count + 1;
+        self.bad_count += bad;
+        Some(Due {
+            numbered,
+            bad: first_bad..self.bad_count + 1,
+        })
+    }
+}
+
+impl Offer {
+    /// The numbered message `seq` of `device` on `link`.
+    fn numbered(link: Link, device: usize, seq: u64, flaky: bool) -> Offer {
+        Offer {
+            link,
+            device,
+            seq,
+            class: if flaky { Class::Flaky } else { Class::Stable },
+            pulsar: None,
+        }
+    }
+
+    /// The same offer, kept by the Pulsar broker as `id`.
+    fn in_pulsar(self, id: MessageId) -> Offer {
+        Offer {
+            pulsar: Some(id),
+            ..self
+        }
+    }
+
+    /// The bad message number `n` on `link`.
+    fn bad(link: Link, n: u64) -> Offer {
+        Offer {
+            link,
+            device: 0,
+            seq: n,
+            class: Class::Bad,
+            pulsar: None,
+        }
+    }
+}
+
 pub(crate) async fn tuya_load(load: Arc<Load>, broker: Arc<PulsarBroker>) {
     let keys = tuya_keys();
-    let mut pace = Pace::new(Link::Tuya);
-    let mut numbering = Numbering::new(load.settings.devices);
-    let mut bad_count = 0u64;
-    let mut tick = tokio::time::interval(TICK);
-    while !load.done.load(Ordering::SeqCst) {
-        tick.tick().await;
-        let (numbered, bad) = pace.due(&load);
-        for _ in 0..numbered {
-            let (device, seq) = numbering.next();
-            let flaky = load.is_flaky(device);
+    let mut schedule = Schedule::new(Link::Tuya, &load);
+    while let Some(due) = schedule.next(&load).await {
+        for (device, seq, flaky) in due.numbered {
             let name = Link::Tuya.device_id(device, flaky);
             let (payload, properties) = tuya_message(&keys, &name, seq);
             let properties: Vec<(&str, &str)> =
@@ -133,17 +205,10 @@ pub(crate) async fn tuya_load(load: Arc<Load>, broker: Arc<PulsarBroker>) {
             let id = broker.publish(Some(partition), payload.as_bytes(), &properties);
             ledger.record(
                 payload.as_bytes(),
-                Offer {
-                    link: Link::Tuya,
-                    device,
-                    seq,
-                    class: if flaky { Class::Flaky } else { Class::Stable },
-                    pulsar: Some(id),
-                },
+                Offer::numbered(Link::Tuya, device, seq, flaky).in_pulsar(id),
             );
         }
-        for _ in 0..bad {
-            bad_count += 1;
+        for bad_count in due.bad {
             let (payload, properties) = if bad_count.is_multiple_of(2) {
                 let (sealed, properties) = tuya_message(&keys, "tampered", bad_count);
                 (tamper_sign(&sealed).into_bytes(), properties)
@@ -157,58 +222,23 @@ pub(crate) async fn tuya_load(load: Arc<Load>, broker: Arc<PulsarBroker>) {
                 properties.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let mut ledger = load.ledger.lock().unwrap();
             let id = broker.publish(None, payload.clone(), &properties);
-            ledger.record(
-                &payload,
-                Offer {
-                    link: Link::Tuya,
-                    device: 0,
-                    seq: bad_count,
-                    class: Class::Bad,
-                    pulsar: Some(id),
-                },
-            );
+            ledger.record(&payload, Offer::bad(Link::Tuya, bad_count).in_pulsar(id));
         }
     }
 }
 
 pub(crate) async fn alibaba_load(load: Arc<Load>, mut publisher: AmqpPublisher) {
-    let mut pace = Pace::new(Link::Ali);
-    let mut numbering = Numbering::new(load.settings.devices);
-    let mut bad_count = 0u64;
-    let mut tick = tokio::time::interval(TICK);
-    while !load.done.load(Ordering::SeqCst) {
-        tick.tick().await;
-        let (numbered, bad) = pace.due(&load);
+    let mut schedule = Schedule::new(Link::Ali, &load);
+    while let Some(due) = schedule.next(&load).await {
         let mut batch = Vec::new();
-        for _ in 0..numbered {
-            let (device, seq) = numbering.next();
-            let flaky = load.is_flaky(device);
+        for (device, seq, flaky) in due.numbered {
             let (body, properties) = alibaba_message(&Link::Ali.device_name(device, flaky), seq);
-            load.record(
-                &body,
-                Offer {
-                    link: Link::Ali,
-                    device,
-                    seq,
-                    class: if flaky { Class::Flaky } else { Class::Stable },
-                    pulsar: None,
-                },
-            );
+            load.record(&body, Offer::numbered(Link::Ali, device, seq, flaky));
             batch.push((body, properties));
         }
-        for _ in 0..bad {
-            bad_count += 1;
+        for bad_count in due.bad {
             let body = format!("{{\"items\": {bad_count}").into_bytes();
-            load.record(
-                &body,
-                Offer {
-                    link: Link::Ali,
-                    device: 0,
-                    seq: bad_count,
-                    class: Class::Bad,
-                    pulsar: None,
-                },
-            );
+            load.record(&body, Offer::bad(Link::Ali, bad_count));
             batch.push((
                 body,
                 alibaba_properties(&format!("garbage-{bad_count}"), "as-00"),
@@ -222,44 +252,21 @@ pub(crate) async fn alibaba_load(load: Arc<Load>, mut publisher: AmqpPublisher) 
 
 /// Returns the publisher: dropped, it would lose what its client has not sent yet.
 pub(crate) async fn mqtt_load(load: Arc<Load>, devices: Peer) -> Peer {
-    let mut pace = Pace::new(Link::Mqtt);
-    let mut numbering = Numbering::new(load.settings.devices);
-    let mut bad_count = 0u64;
-    let mut tick = tokio::time::interval(TICK);
-    while !load.done.load(Ordering::SeqCst) {
-        tick.tick().await;
-        let (numbered, bad) = pace.due(&load);
-        for _ in 0..numbered {
-            let (device, seq) = numbering.next();
-            let flaky = load.is_flaky(device);
+    let mut schedule = Schedule::new(Link::Mqtt, &load);
+    while let Some(due) = schedule.next(&load).await {
+        for (device, seq, flaky) in due.numbered {
             let name = Link::Mqtt.device_id(device, flaky);
             let payload = mqtt_message(&name, seq);
             load.record(
                 payload.as_bytes(),
-                Offer {
-                    link: Link::Mqtt,
-                    device,
-                    seq,
-                    class: if flaky { Class::Flaky } else { Class::Stable },
-                    pulsar: None,
-                },
+                Offer::numbered(Link::Mqtt, device, seq, flaky),
             );
             devices.publish(&format!("in/{name}"), payload).await;
         }
-        for _ in 0..bad {
-            bad_count += 1;
+        for bad_count in due.bad {
             // A topic the link subscribes to (`in/#`) that does not fit `in/{device}`.
             let payload = format!("garbage {bad_count}");
-            load.record(
-                payload.as_bytes(),
-                Offer {
-                    link: Link::Mqtt,
-                    device: 0,
-                    seq: bad_count,
-                    class: Class::Bad,
-                    pulsar: None,
-                },
-            );
+            load.record(payload.as_bytes(), Offer::bad(Link::Mqtt, bad_count));
             devices.publish("in/not/a-device", payload).await;
         }
     }
