@@ -21,19 +21,21 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fe2o3_amqp::types::messaging::{ApplicationProperties, Message};
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue};
 use fe2o3_amqp::{Connection, Sender, Session};
 
 use crate::tls::TestCa;
+use crate::wait_within;
 
 /// The user the tests publish as.
 pub const PUBLISHER: (&str, &str) = ("iotrules-publisher", "publisher-password");
 
-/// A message to publish: its body and its application properties (as strings).
-pub type Outgoing = (Vec<u8>, Vec<(String, String)>);
+/// A message to publish: its body and its application properties (as strings; the names
+/// may be anything that makes one).
+pub type Outgoing<K = String> = (Vec<u8>, Vec<(K, String)>);
 
 /// The vhost every connection lands in.
 pub const VHOST: &str = "default";
@@ -237,64 +239,26 @@ impl Broker {
     /// Sends `messages` (body, application properties) to queue `queue` as [`PUBLISHER`],
     /// and returns once the broker accepted each.
     pub async fn publish(&self, queue: &str, messages: Vec<Outgoing>) {
-        let url = format!(
-            "amqp://{}:{}@127.0.0.1:{}",
-            PUBLISHER.0, PUBLISHER.1, self.amqp_port
-        );
-        let mut connection = Connection::builder()
-            .container_id(format!("iotrules-test-publisher-{queue}"))
-            .hostname(format!("vhost:{VHOST}").as_str())
-            .open(url.as_str())
-            .await
-            .expect("the publisher connects");
-        let mut session = Session::begin(&mut connection).await.expect("session");
-        let mut sender = Sender::attach(&mut session, "publisher", format!("/queue/{queue}"))
-            .await
-            .expect("attach the publisher");
-        // Sent back to back, the outcomes awaited after (thousands of messages take
-        // milliseconds, not a round trip each).
-        let mut outcomes = Vec::with_capacity(messages.len());
-        for (body, properties) in messages {
-            let mut application = ApplicationProperties::builder();
-            for (key, value) in properties {
-                application = application.insert(key, SimpleValue::String(value));
-            }
-            let message = Message::builder()
-                .application_properties(application.build())
-                .data(Binary::from(body))
-                .build();
-            outcomes.push(sender.send_batchable(message).await.expect("send"));
-        }
-        for outcome in outcomes {
-            let outcome = outcome.await.expect("outcome");
-            outcome.accepted_or("not accepted").expect("accepted");
-        }
-        // Every message is accepted: how the broker takes the goodbyes does not matter, and
-        // they must not hang the caller. (fe2o3-amqp 0.18's session engine can wait for a
-        // remote `end` that never comes once its links are gone: a bench hung here.)
-        let goodbyes = async {
-            let _ = sender.close().await;
-            let _ = session.end().await;
-            let _ = connection.close().await;
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), goodbyes).await;
+        let container = format!("iotrules-test-publisher-{queue}");
+        let mut publisher = Publisher::open(self, &container, "publisher", queue).await;
+        publisher.send(messages).await;
+        publisher.close().await;
     }
 
     /// Waits up to 30 s until `queue` holds `ready` ready and `unacked` unacknowledged
     /// messages.
     pub fn wait_for_counts(&self, queue: &str, ready: u64, unacked: u64) {
-        let start = Instant::now();
-        loop {
-            let counts = self.queue_counts(queue);
-            if counts == (ready, unacked) {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "queue {queue}: (ready, unacked) = {counts:?}, expected ({ready}, {unacked})"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_within(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || self.queue_counts(queue) == (ready, unacked),
+            || {
+                format!(
+                    "queue {queue}: (ready, unacked) = {:?}, expected ({ready}, {unacked})",
+                    self.queue_counts(queue)
+                )
+            },
+        );
     }
 }
 
@@ -336,6 +300,74 @@ fn definitions(users: &[(String, String)]) -> String {
         "permissions": permissions,
     })
     .to_string()
+}
+
+/// An AMQP 1.0 sender to one queue, logged in as [`PUBLISHER`], open until closed.
+pub struct Publisher {
+    connection: fe2o3_amqp::connection::ConnectionHandle<()>,
+    session: fe2o3_amqp::session::SessionHandle<()>,
+    sender: Sender,
+}
+
+impl Publisher {
+    /// Connects to `broker` as container `container` and attaches the sender `name` to
+    /// `queue` (which declares the queue).
+    pub async fn open(broker: &Broker, container: &str, name: &str, queue: &str) -> Publisher {
+        let url = format!(
+            "amqp://{}:{}@127.0.0.1:{}",
+            PUBLISHER.0, PUBLISHER.1, broker.amqp_port
+        );
+        let mut connection = Connection::builder()
+            .container_id(container)
+            .hostname(format!("vhost:{VHOST}").as_str())
+            .open(url.as_str())
+            .await
+            .expect("the publisher connects");
+        let mut session = Session::begin(&mut connection).await.expect("session");
+        let sender = Sender::attach(&mut session, name, format!("/queue/{queue}"))
+            .await
+            .expect("attach the publisher");
+        Publisher {
+            connection,
+            session,
+            sender,
+        }
+    }
+
+    /// Sends `messages` (body, application properties) and returns once the broker accepted
+    /// each. They go back to back, the outcomes awaited after (thousands of messages take
+    /// milliseconds, not a round trip each).
+    pub async fn send<K: Into<String>>(&mut self, messages: Vec<Outgoing<K>>) {
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for (body, properties) in messages {
+            let mut application = ApplicationProperties::builder();
+            for (key, value) in properties {
+                application = application.insert(key, SimpleValue::String(value));
+            }
+            let message = Message::builder()
+                .application_properties(application.build())
+                .data(Binary::from(body))
+                .build();
+            outcomes.push(self.sender.send_batchable(message).await.expect("send"));
+        }
+        for outcome in outcomes {
+            let outcome = outcome.await.expect("outcome");
+            outcome.accepted_or("not accepted").expect("accepted");
+        }
+    }
+
+    /// Says goodbye: the link, the session, the connection. How the broker takes the
+    /// goodbyes does not matter once every message is accepted, and they must not hang the
+    /// caller, so this gives up after 5 s. (fe2o3-amqp 0.18's session engine can wait for a
+    /// remote `end` that never comes once its links are gone: a bench hung here.)
+    pub async fn close(mut self) {
+        let goodbyes = async {
+            let _ = self.sender.close().await;
+            let _ = self.session.end().await;
+            let _ = self.connection.close().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), goodbyes).await;
+    }
 }
 
 /// A TCP relay in front of the broker whose connections a test can cut, as a network (or a

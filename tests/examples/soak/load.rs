@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use iotrules_tests::mosquitto::Peer;
 use iotrules_tests::pulsar_broker::{MessageId, PulsarBroker};
+use iotrules_tests::rabbitmq::Publisher;
 
 use crate::Settings;
 use crate::ledger::{Class, Ledger, Link, Offer};
 use crate::messages::{
     alibaba_message, alibaba_properties, mqtt_message, tamper_sign, tuya_keys, tuya_message,
 };
-use crate::peers::AmqpPublisher;
 
 /// What the load tasks share.
 pub(crate) struct Load {
@@ -227,7 +227,7 @@ pub(crate) async fn tuya_load(load: Arc<Load>, broker: Arc<PulsarBroker>) {
     }
 }
 
-pub(crate) async fn alibaba_load(load: Arc<Load>, mut publisher: AmqpPublisher) {
+pub(crate) async fn alibaba_load(load: Arc<Load>, mut publisher: Publisher) {
     let mut schedule = Schedule::new(Link::Ali, &load);
     while let Some(due) = schedule.next(&load).await {
         let mut batch = Vec::new();

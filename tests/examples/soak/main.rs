@@ -59,7 +59,7 @@ use crate::ledger::{Class, LINKS, Ledger, Link, Seen, StampedLetters, digest};
 use crate::load::{Load, alibaba_load, mqtt_load, tuya_load};
 use crate::messages::{mqtt_message, tuya_keys};
 use crate::outcome::{analyse, order, pulsar_acked, total_pulsar};
-use crate::peers::{AmqpPublisher, Relay, session_leftovers};
+use crate::peers::{Relay, session_leftovers};
 use crate::service::{Service, ServiceHandle, amqp_users, service_config};
 
 /// The pinned clock: the AMQP login's timestamp (RabbitMQ knows the exact password).
@@ -185,7 +185,12 @@ fn run(settings: Settings) -> Result<bool, String> {
     eprintln!("soak: starting RabbitMQ");
     let rabbit = rabbitmq::Broker::start(&amqp_users());
     let relay = Arc::new(peers_runtime.block_on(Relay::start(rabbit.amqp_port)));
-    let amqp_publisher = peers_runtime.block_on(AmqpPublisher::open(rabbit));
+    let amqp_publisher = peers_runtime.block_on(rabbitmq::Publisher::open(
+        rabbit,
+        "iotrules-soak-publisher",
+        "soak-publisher",
+        QUEUE,
+    ));
     let mosquitto = Arc::new(Mosquitto::start_with(
         &[(LOCAL.0.to_owned(), LOCAL.1.to_owned())],
         true,

@@ -1,17 +1,14 @@
-//! The soak's own peers: the relay in front of RabbitMQ, a lasting AMQP publisher, and a
-//! look into the MQTT link's session.
+//! The soak's own peers: the relay in front of RabbitMQ, and a look into the MQTT link's
+//! session.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fe2o3_amqp::types::messaging::{ApplicationProperties, Message};
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue};
 use iotrules_tests::mosquitto::Mosquitto;
-use iotrules_tests::rabbitmq;
 use tokio::sync::watch;
 
-use crate::{LOCAL, QUEUE};
+use crate::LOCAL;
 
 /// A TCP relay in front of RabbitMQ that can be taken down: its connections are cut and new
 /// ones refused until it is up again, which is what the connector sees of a node restart.
@@ -60,69 +57,6 @@ impl Relay {
 
     pub(crate) fn bring_up(&self) {
         self.down.store(false, Ordering::SeqCst);
-    }
-}
-
-/// A message for RabbitMQ: its body and application properties.
-pub(crate) type Outgoing = (Vec<u8>, Vec<(&'static str, String)>);
-
-/// An AMQP 1.0 sender to the soak's queue that stays open (the harness's `publish` opens a
-/// connection per call).
-pub(crate) struct AmqpPublisher {
-    pub(crate) _connection: fe2o3_amqp::connection::ConnectionHandle<()>,
-    pub(crate) _session: fe2o3_amqp::session::SessionHandle<()>,
-    pub(crate) sender: fe2o3_amqp::Sender,
-}
-
-impl AmqpPublisher {
-    pub(crate) async fn open(broker: &rabbitmq::Broker) -> AmqpPublisher {
-        let url = format!(
-            "amqp://{}:{}@127.0.0.1:{}",
-            rabbitmq::PUBLISHER.0,
-            rabbitmq::PUBLISHER.1,
-            broker.amqp_port
-        );
-        let mut connection = fe2o3_amqp::Connection::builder()
-            .container_id("iotrules-soak-publisher")
-            .hostname(format!("vhost:{}", rabbitmq::VHOST).as_str())
-            .open(url.as_str())
-            .await
-            .expect("the publisher connects to RabbitMQ");
-        let mut session = fe2o3_amqp::Session::begin(&mut connection)
-            .await
-            .expect("session");
-        let sender =
-            fe2o3_amqp::Sender::attach(&mut session, "soak-publisher", format!("/queue/{QUEUE}"))
-                .await
-                .expect("attach the publisher");
-        AmqpPublisher {
-            _connection: connection,
-            _session: session,
-            sender,
-        }
-    }
-
-    /// Sends `messages` back to back and waits until the broker accepted each.
-    pub(crate) async fn send(&mut self, messages: Vec<Outgoing>) {
-        let mut outcomes = Vec::with_capacity(messages.len());
-        for (body, properties) in messages {
-            let mut application = ApplicationProperties::builder();
-            for (key, value) in properties {
-                application = application.insert(key, SimpleValue::String(value));
-            }
-            let message = Message::builder()
-                .application_properties(application.build())
-                .data(Binary::from(body))
-                .build();
-            outcomes.push(self.sender.send_batchable(message).await.expect("send"));
-        }
-        for outcome in outcomes {
-            outcome
-                .await
-                .expect("outcome")
-                .accepted_or("not accepted")
-                .expect("RabbitMQ accepts the message");
-        }
     }
 }
 
