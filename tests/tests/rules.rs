@@ -34,18 +34,25 @@ fn rules_dir(text: &str) -> tempfile::TempDir {
     dir
 }
 
-/// The one rule of `text`, instantiated.
-fn runtime(harness: &Harness, text: &str) -> RuleRuntime {
-    let dir = rules_dir(text);
-    let set = RuleSet::load_dir(dir.path(), &harness.registry).unwrap_or_else(|e| {
+/// The rules of `dir`, over the plugins of `harness`; fails the test with every error the
+/// files have.
+fn load(dir: &Path, harness: &Harness) -> RuleSet {
+    RuleSet::load_dir(dir, &harness.registry).unwrap_or_else(|errors| {
         panic!(
             "{}",
-            e.iter()
+            errors
+                .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("\n")
         )
-    });
+    })
+}
+
+/// The one rule of `text`, instantiated.
+fn runtime(harness: &Harness, text: &str) -> RuleRuntime {
+    let dir = rules_dir(text);
+    let set = load(dir.path(), harness);
     let mut runtimes = set.instantiate(&harness.registry).expect("instantiate");
     assert_eq!(runtimes.len(), 1);
     runtimes.remove(0)
@@ -68,15 +75,7 @@ fn the_example_rules_load_against_the_example_plugins() {
         ("normalize-units", "normalize-units"),
         ("motion-light", "motion-light"),
     ]);
-    let set = RuleSet::load_dir(&example_rules(), &harness.registry).unwrap_or_else(|e| {
-        panic!(
-            "{}",
-            e.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
+    let set = load(&example_rules(), &harness);
     let names: Vec<&str> = set.rules().iter().map(|r| r.name()).collect();
     assert_eq!(
         names,
@@ -227,10 +226,16 @@ fn each_step_sees_the_event_as_the_previous_step_left_it() {
     );
 }
 
-/// A rule of `panic` then `sequence`, with `on_error`.
-fn failing(harness: &Harness, on_error: OnError) -> RuleRuntime {
-    runtime(
-        harness,
+/// A rule of `motion-light`, `panic` then `sequence`, with `on_error`; and the harness its
+/// plugins are loaded in, to keep while the rule runs.
+fn failing(on_error: OnError) -> (Harness, RuleRuntime) {
+    let harness = harness(&[
+        ("motion-light", "motion-light"),
+        ("panic", "testing/panic"),
+        ("sequence", "testing/sequence"),
+    ]);
+    let rule = runtime(
+        &harness,
         &format!(
             "[[rule]]\nname = \"failing\"\non_error = \"{}\"\ncommands.via = \"tuya-openapi\"\n\
              [[rule.step]]\nplugin = \"motion-light\"\n\
@@ -239,21 +244,13 @@ fn failing(harness: &Harness, on_error: OnError) -> RuleRuntime {
              [[rule.step]]\nplugin = \"sequence\"\n",
             on_error.as_str()
         ),
-    )
-}
-
-fn failing_harness() -> Harness {
-    harness(&[
-        ("motion-light", "motion-light"),
-        ("panic", "testing/panic"),
-        ("sequence", "testing/sequence"),
-    ])
+    );
+    (harness, rule)
 }
 
 #[test]
 fn a_failing_step_dead_letters_the_event_by_default_without_its_commands() {
-    let harness = failing_harness();
-    let mut rule = failing(&harness, OnError::DeadLetter);
+    let (_harness, mut rule) = failing(OnError::DeadLetter);
     let input = pir(1, "pir");
     let result = rule.run(&input);
     assert_eq!(result.outcome, RuleOutcome::DeadLetter);
@@ -276,8 +273,7 @@ fn a_failing_step_dead_letters_the_event_by_default_without_its_commands() {
 
 #[test]
 fn skip_step_records_the_error_and_goes_on_with_the_event_unchanged() {
-    let harness = failing_harness();
-    let mut rule = failing(&harness, OnError::SkipStep);
+    let (_harness, mut rule) = failing(OnError::SkipStep);
     let input = pir(1, "pir");
     let result = rule.run(&input);
     let RuleOutcome::Passed(output) = &result.outcome else {
@@ -296,8 +292,7 @@ fn skip_step_records_the_error_and_goes_on_with_the_event_unchanged() {
 
 #[test]
 fn drop_on_error_stops_the_rule_and_reports_the_error() {
-    let harness = failing_harness();
-    let mut rule = failing(&harness, OnError::Drop);
+    let (_harness, mut rule) = failing(OnError::Drop);
     let input = pir(1, "pir");
     let result = rule.run(&input);
     assert_eq!(result.outcome, RuleOutcome::DroppedOnError);
