@@ -27,6 +27,7 @@ use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterio
 use iotrules::plan::Plan;
 use iotrules_tests::mosquitto::{Mosquitto, Peer};
 use iotrules_tests::service::{CONFIG_HEAD, Spawned, lay_out, spawn, wait_started};
+use iotrules_tests::service_config::{echo_back, mqtt_table};
 use iotrules_tests::wait_for;
 use tokio::sync::watch;
 
@@ -37,26 +38,6 @@ const BATCH: u64 = 2_000;
 const BATCH_QOS0: u64 = 100_000;
 const LOGIN: (&str, &str) = ("bench", "bench-password");
 
-const RULE: &str = r#"
-[[rule]]
-name = "echo"
-when = { source = "z", vendor = "mqtt" }
-commands.via = "z"
-
-[[rule.step]]
-plugin = "echo"
-config = { command = "set" }
-
-[[rule]]
-name = "echo-qos0"
-when = { source = "q", vendor = "mqtt" }
-commands.via = "q"
-
-[[rule.step]]
-plugin = "echo"
-config = { command = "set" }
-"#;
-
 /// Starts the service with the links `z` (QoS 1) and `q` (QoS 0) on `url`; returns its stop
 /// switch (the service runs
 /// on `runtime` until the bench ends).
@@ -65,32 +46,29 @@ fn start_service(
     dir: &std::path::Path,
     url: &str,
 ) -> watch::Sender<bool> {
-    lay_out(dir, &[("echo", "testing/echo")], RULE);
-    let text = format!(
-        r#"{CONFIG_HEAD}
-[[connector]]
-name = "z"
-kind = "mqtt"
-url = "{url}"
-username = "{}"
-password = "{}"
-subscribe = ["zigbee2mqtt/+"]
-device_topic = "zigbee2mqtt/{{device}}"
-publish_topic = "zigbee2mqtt/{{device}}/set"
-
-[[connector]]
-name = "q"
-kind = "mqtt"
-url = "{url}"
-username = "{}"
-password = "{}"
-qos = 0
-subscribe = ["qos0/+"]
-device_topic = "qos0/{{device}}"
-publish_topic = "qos0/{{device}}/set"
-"#,
-        LOGIN.0, LOGIN.1, LOGIN.0, LOGIN.1
-    );
+    let rules = echo_back("echo", "z") + &echo_back("echo-qos0", "q");
+    lay_out(dir, &[("echo", "testing/echo")], &rules);
+    let text = [
+        CONFIG_HEAD,
+        &mqtt_table(
+            "z",
+            url,
+            LOGIN,
+            "zigbee2mqtt/+",
+            "zigbee2mqtt/{device}",
+            "zigbee2mqtt/{device}/set",
+        ),
+        &mqtt_table(
+            "q",
+            url,
+            LOGIN,
+            "qos0/+",
+            "qos0/{device}",
+            "qos0/{device}/set",
+        ),
+        "qos = 0\n",
+    ]
+    .concat();
     let file = dir.join("iotrules.toml");
     std::fs::write(&file, &text).unwrap();
     let plan = Plan::parse(&file, &text).expect("config");

@@ -1,5 +1,5 @@
-//! Config text for a service under load (the soak and the flood): the two connectors both
-//! run, with the credentials their peers expect.
+//! Config text for a service under load (the soak and the flood, the MQTT tests and bench):
+//! the connectors they run, with the credentials their peers expect, and their echo rules.
 
 /// The Tuya access id and key the load seals its Pulsar messages with.
 pub const TUYA_ID: &str = "soak4accessid00";
@@ -26,19 +26,50 @@ sign = "enforce"
 /// A generic `mqtt` link named `m` on the mosquitto at `url`: it takes the devices' messages
 /// on `in/{device}` and sends their commands to `out/{device}`.
 pub fn mqtt_link(url: &str) -> String {
+    mqtt_table("m", url, LOCAL, "in/#", "in/{device}", "out/{device}")
+}
+
+/// A generic `mqtt` link `name` on the broker at `url`, logged in as `login` (username,
+/// password), subscribed to `subscribe`, with its `device_topic` and `publish_topic`. The
+/// table stays open: settings of its own may follow.
+pub fn mqtt_table(
+    name: &str,
+    url: &str,
+    login: (&str, &str),
+    subscribe: &str,
+    device_topic: &str,
+    publish_topic: &str,
+) -> String {
     format!(
         r#"
 [[connector]]
-name = "m"
+name = "{name}"
 kind = "mqtt"
 url = "{url}"
 username = "{user}"
 password = "{password}"
-subscribe = ["in/#"]
-device_topic = "in/{{device}}"
-publish_topic = "out/{{device}}"
+subscribe = ["{subscribe}"]
+device_topic = "{device_topic}"
+publish_topic = "{publish_topic}"
 "#,
-        user = LOCAL.0,
-        password = LOCAL.1,
+        user = login.0,
+        password = login.1,
+    )
+}
+
+/// A rule `name` answering every event of the MQTT link `link` on the link itself, with the
+/// `echo` plugin's command `set` (params `{"seq": N}`).
+pub fn echo_back(name: &str, link: &str) -> String {
+    format!(
+        r#"
+[[rule]]
+name = "{name}"
+when = {{ source = "{link}", vendor = "mqtt" }}
+commands.via = "{link}"
+
+[[rule.step]]
+plugin = "echo"
+config = {{ command = "set" }}
+"#
     )
 }

@@ -17,7 +17,7 @@ use iotrules::status::ConnectorState;
 use iotrules_tests::mosquitto::{Mosquitto, Peer};
 use iotrules_tests::mqtt_proxy::Proxy;
 use iotrules_tests::service::TestService;
-use iotrules_tests::service_config::{LOCAL, mqtt_link};
+use iotrules_tests::service_config::{LOCAL, echo_back, mqtt_link, mqtt_table};
 use iotrules_tests::{runtime, wait_for, wait_within};
 
 /// The pinned clock (2023-11-14T22:13:20Z): Alibaba's timestamp and Huawei's hour stamp.
@@ -79,19 +79,13 @@ fn users() -> Vec<(String, String)> {
 
 /// A generic `mqtt` link sharing zigbee2mqtt-style topics in group `iot`.
 fn generic(name: &str, url: &str) -> String {
-    format!(
-        r#"
-[[connector]]
-name = "{name}"
-kind = "mqtt"
-url = "{url}"
-username = "{}"
-password = "{}"
-subscribe = ["$share/iot/zigbee2mqtt/+"]
-device_topic = "zigbee2mqtt/{{device}}"
-publish_topic = "zigbee2mqtt/{{device}}/set"
-"#,
-        LOCAL.0, LOCAL.1
+    mqtt_table(
+        name,
+        url,
+        LOCAL,
+        "$share/iot/zigbee2mqtt/+",
+        "zigbee2mqtt/{device}",
+        "zigbee2mqtt/{device}/set",
     )
 }
 
@@ -482,24 +476,15 @@ config = {{ command = "set" }}
     service.stop();
 }
 
-/// The rule answering each event of the link `m` with one command on the link (the `echo`
-/// plugin: `{"seq": N}`), for the load tests.
-const ECHO_LINK_RULE: &str = r#"
-[[rule]]
-name = "echo"
-when = { source = "m", vendor = "mqtt" }
-commands.via = "m"
-
-[[rule.step]]
-plugin = "echo"
-config = { command = "set" }
-"#;
-
 /// The service with a generic link `m` on the broker at `url` (with `extra` settings),
-/// taking `in/{device}` and answering each event on `out/{device}` ([`ECHO_LINK_RULE`]);
+/// taking `in/{device}` and answering each event on `out/{device}` (the `echo` plugin:
+/// `{"seq": N}`);
 /// returned once the link runs.
 fn echo_service(url: &str, extra: &str) -> Service {
-    let service = Service::start(&format!("{}{extra}\n", mqtt_link(url)), ECHO_LINK_RULE);
+    let service = Service::start(
+        &format!("{}{extra}\n", mqtt_link(url)),
+        &echo_back("echo", "m"),
+    );
     service.wait_running("m");
     service
 }
