@@ -33,14 +33,14 @@ use serde::Deserialize;
 
 pub use self::recording::{Recorded, run};
 
-use super::{Configured, Connector, Context, Kind, Start, TuyaKeys};
+use super::{Connector, Context, Kind, Start, TuyaKeys};
 use crate::config::{ConfigError, Expanded, Table};
-use crate::dialect::DialectName;
+use crate::dialect::{Dialect, DialectName};
 
 /// The `replay` kind.
 pub const KIND: Kind = Kind {
     names: &["replay"],
-    read,
+    read: |table| super::configured(ReplaySettings::read(table)),
 };
 
 /// A `replay` connector's own keys (besides the Tuya dialects' [`TuyaKeys`]).
@@ -65,33 +65,41 @@ struct ReplayConfig {
     offset_file: Option<Expanded>,
 }
 
-fn read(table: &Table) -> Result<Configured, ConfigError> {
-    let (config, tuya) = table.read_both::<ReplayConfig, TuyaKeys>()?;
-    let dialect = super::dialect_name(table, &[], config.dialect)?.build(
-        tuya.sign,
-        config.body_base64,
-        || tuya.keys(table),
-        || super::topic_template(table, &config.device_topic),
-    )?;
-    let Some(file) = &config.file else {
-        return Err(table.invalid("a replay connector needs `file`"));
-    };
-    if !(config.rate.is_finite() && config.rate >= 0.0) {
-        return Err(table.invalid("rate must be 0 (unlimited) or more"));
+impl ReplaySettings {
+    /// Checks a `replay` connector's table and derives its settings.
+    pub fn from_config(table: &Table) -> Result<Self, ConfigError> {
+        Self::read(table).map(|(_, settings)| settings)
     }
-    if config.repeat && config.offset_file.is_some() {
-        return Err(table.invalid(
-            "`loop` and `offset_file` do not go together: a looping replay has no position to \
+
+    /// The dialect and the settings of a `replay` connector's table.
+    fn read(table: &Table) -> Result<(Dialect, Self), ConfigError> {
+        let (config, tuya) = table.read_both::<ReplayConfig, TuyaKeys>()?;
+        let dialect = super::dialect_name(table, &[], config.dialect)?.build(
+            tuya.sign,
+            config.body_base64,
+            || tuya.keys(table),
+            || super::topic_template(table, &config.device_topic),
+        )?;
+        let Some(file) = &config.file else {
+            return Err(table.invalid("a replay connector needs `file`"));
+        };
+        if !(config.rate.is_finite() && config.rate >= 0.0) {
+            return Err(table.invalid("rate must be 0 (unlimited) or more"));
+        }
+        if config.repeat && config.offset_file.is_some() {
+            return Err(table.invalid(
+                "`loop` and `offset_file` do not go together: a looping replay has no position to \
              resume",
-        ));
+            ));
+        }
+        let settings = ReplaySettings {
+            file: table.path(file),
+            rate: config.rate,
+            repeat: config.repeat,
+            offset_file: config.offset_file.as_ref().map(|f| table.path(f)),
+        };
+        Ok((dialect, settings))
     }
-    let settings = ReplaySettings {
-        file: table.path(file),
-        rate: config.rate,
-        repeat: config.repeat,
-        offset_file: config.offset_file.as_ref().map(|f| table.path(f)),
-    };
-    Ok((dialect, Box::new(settings)))
 }
 
 impl Connector for ReplaySettings {
@@ -147,4 +155,47 @@ pub struct ReplaySummary {
     pub bad_lines: u64,
     /// Messages sent again after the pipeline asked for a retry.
     pub retried: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn settings(keys: &str) -> Result<ReplaySettings, ConfigError> {
+        let text = format!(
+            "[[connector]]\nname = \"r\"\nkind = \"replay\"\ndialect = \"huawei\"\n{keys}\n"
+        );
+        let config = Config::parse(std::path::Path::new("/srv/iot/iotrules.toml"), &text)?;
+        ReplaySettings::from_config(&config.connectors[0])
+    }
+
+    #[test]
+    fn a_replay_reads_its_renamed_loop_key_its_rate_and_its_files() {
+        let looping = settings("file = \"a.jsonl\"\nloop = true\nrate = 2.5").unwrap();
+        assert!(looping.repeat);
+        assert_eq!(looping.rate, 2.5);
+        assert_eq!(looping.file, std::path::Path::new("/srv/iot/a.jsonl"));
+        let resuming = settings("file = \"a.jsonl\"\noffset_file = \"a.offset\"").unwrap();
+        assert!(!resuming.repeat);
+        assert_eq!(
+            resuming.files(),
+            [
+                (PathBuf::from("/srv/iot/a.jsonl"), "a replay file"),
+                (PathBuf::from("/srv/iot/a.offset"), "a replay offset file"),
+            ]
+        );
+        let both = settings("file = \"a\"\nloop = true\noffset_file = \"o\"").unwrap_err();
+        assert!(both.to_string().contains("do not go together"), "{both}");
+        let negative = settings("file = \"a\"\nrate = -1").unwrap_err();
+        assert!(
+            negative.to_string().contains("rate must be 0"),
+            "{negative}"
+        );
+        let missing = settings("rate = 1").unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "connector \"r\": a replay connector needs `file`"
+        );
+    }
 }
