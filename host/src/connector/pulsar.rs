@@ -145,13 +145,15 @@ impl PulsarSettings {
             "tuya-business" => &[DialectName::TuyaBusiness],
             _ => &[DialectName::Tuya, DialectName::TuyaBusiness],
         };
+        let keys = tuya.keys(table)?;
         let dialect = super::dialect_name(table, carried, config.dialect)?.build(
             tuya.sign,
             false,
-            || tuya.keys(table),
+            || Ok(keys.clone()),
             || Err(table.invalid("the Tuya dialects take no `device_topic`")),
         )?;
-        Ok((dialect, PulsarSettings::derive(table, &config, &tuya)?))
+        table.required(&tuya.access_id, "access_id")?;
+        Ok((dialect, PulsarSettings::derive(table, &config, keys)?))
     }
 }
 
@@ -171,12 +173,9 @@ impl Connector for PulsarSettings {
 }
 
 impl PulsarSettings {
-    /// Checks a Tuya connector's table and derives its settings.
-    fn derive(table: &Table, config: &PulsarConfig, tuya: &TuyaKeys) -> Result<Self, ConfigError> {
-        let access_id = table.required(&tuya.access_id, "access_id")?;
-        let access_key = table.required_secret(&tuya.access_key, "access_key")?;
-        let keys = tuya::Keys::new(access_id, access_key)
-            .map_err(|e| table.invalid(format!("access_key: {e}")))?;
+    /// Derives the settings from the connector's own keys and its Tuya `keys` (whose access
+    /// id the caller checked is given).
+    fn derive(table: &Table, config: &PulsarConfig, keys: tuya::Keys) -> Result<Self, ConfigError> {
         let url = match (&config.url, &config.region) {
             (Some(url), _) => {
                 let url = url.as_str();

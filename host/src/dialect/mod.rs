@@ -701,13 +701,6 @@ impl std::str::FromStr for DialectName {
     }
 }
 
-impl std::fmt::Debug for Dialect {
-    /// The dialect's name only: a decoder holds keys.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Dialect({})", self.name())
-    }
-}
-
 /// Decodes messages of one vendor dialect into events.
 ///
 /// One per connector, built from its configuration (keys are expanded once here, not per
