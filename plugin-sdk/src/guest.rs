@@ -9,7 +9,7 @@ use std::sync::Once;
 
 use crate::bindings::iotrules::plugin::host as imports;
 use crate::bindings::iotrules::plugin::types::EventView as HostView;
-use crate::{Config, Ctx, EventView, Host, Level, Outcome, Plugin};
+use crate::{Config, Ctx, EventView, Host, Level, Outcome, Plugin, Twin};
 
 /// The host, reached through the component's imports.
 struct WasmHost;
@@ -37,6 +37,22 @@ impl Host for WasmHost {
 
     fn state_delete(&mut self, key: &str) {
         imports::state_delete(key);
+    }
+
+    fn set_timer(&mut self, name: &str, at_ms: u64) -> Result<(), String> {
+        imports::set_timer(name, at_ms)
+    }
+
+    fn cancel_timer(&mut self, name: &str) {
+        imports::cancel_timer(name);
+    }
+
+    fn timer(&self, name: &str) -> Option<u64> {
+        imports::timer(name)
+    }
+
+    fn twin(&self, id: &str) -> Option<Twin> {
+        imports::device_twin(id)
     }
 }
 

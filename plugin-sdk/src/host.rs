@@ -9,7 +9,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Level;
+use crate::{Level, Twin};
 
 /// The host functions of the WIT `host` interface, one method each.
 ///
@@ -36,6 +36,30 @@ pub trait Host {
 
     /// Removes the state stored under `key`.
     fn state_delete(&mut self, key: &str);
+
+    /// Sets the current device's timer `name` to be due at `at_ms`; the host may refuse,
+    /// with a reason. A host without timers refuses every one.
+    fn set_timer(&mut self, name: &str, at_ms: u64) -> Result<(), String> {
+        let _ = (name, at_ms);
+        Err("this host has no timers".to_owned())
+    }
+
+    /// Cancels the current device's timer `name`, if set.
+    fn cancel_timer(&mut self, name: &str) {
+        let _ = name;
+    }
+
+    /// When the current device's timer `name` is due, if it is set.
+    fn timer(&self, name: &str) -> Option<u64> {
+        let _ = name;
+        None
+    }
+
+    /// The host's twin of device `id`, if it has one.
+    fn twin(&self, id: &str) -> Option<Twin> {
+        let _ = id;
+        None
+    }
 }
 
 /// A plugin's access to the host during one `handle` call.
@@ -134,6 +158,40 @@ impl<'h> Ctx<'h> {
         self.host
             .state_set(key, value)
             .map_err(|reason| format!("state `{key}`: the host refused the write: {reason}"))
+    }
+
+    /// Sets the timer `name` of the current event's device to be due at `at_ms` (Unix ms, on
+    /// [`Ctx::now_ms`]'s clock), replacing its time if it is already set. When it is due, the
+    /// host calls this step's `handle` with an event of [`Kind::Timer`](crate::Kind::Timer)
+    /// whose `action` is `name` (see [`EventView::timer`](crate::EventView::timer)). Like
+    /// state, it takes effect only if this call returns `Ok`, and survives restarts and
+    /// reloads. An error names the timer and the host's reason (a bad name, the step's quota).
+    pub fn set_timer(&mut self, name: &str, at_ms: u64) -> Result<(), String> {
+        self.host
+            .set_timer(name, at_ms)
+            .map_err(|reason| format!("timer `{name}`: the host refused it: {reason}"))
+    }
+
+    /// Sets the timer `name` to be due `delay_ms` from now.
+    pub fn set_timer_in(&mut self, name: &str, delay_ms: u64) -> Result<(), String> {
+        let at = self.now_ms().saturating_add(delay_ms);
+        self.set_timer(name, at)
+    }
+
+    /// Cancels the current event's device's timer `name`, if it is set.
+    pub fn cancel_timer(&mut self, name: &str) {
+        self.host.cancel_timer(name);
+    }
+
+    /// When the current event's device's timer `name` is due, if it is set.
+    pub fn timer(&self, name: &str) -> Option<u64> {
+        self.host.timer(name)
+    }
+
+    /// The host's twin of device `id`: its last value of every property, online or not, when
+    /// last seen. Any device, not only the current event's.
+    pub fn twin(&self, id: &str) -> Option<Twin> {
+        self.host.twin(id)
     }
 }
 

@@ -108,7 +108,7 @@ mod view;
 
 pub use bindings::iotrules::plugin::host::Level;
 pub use bindings::iotrules::plugin::types::{
-    Changes, Command, Device, Event, Kind, Outcome, Property, Value, Verdict,
+    Changes, Command, Device, Event, Kind, Outcome, Property, Twin, TwinProperty, Value, Verdict,
 };
 pub use config::Config;
 pub use host::{Ctx, Host};
@@ -135,7 +135,7 @@ static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_all
 pub mod prelude {
     pub use crate::{
         Changes, Command, Config, Ctx, Device, Event, EventView, Kind, Level, Outcome, Plugin,
-        Property, Value, Verdict,
+        Property, Twin, TwinProperty, Value, Verdict,
     };
 }
 

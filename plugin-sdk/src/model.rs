@@ -174,6 +174,7 @@ impl Kind {
             Kind::CommandReply => "command-reply",
             Kind::Message => "message",
             Kind::Other => "other",
+            Kind::Timer => "timer",
         }
     }
 }

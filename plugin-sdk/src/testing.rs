@@ -1,8 +1,9 @@
 //! Run a plugin natively, in plain `cargo test`: a fake host and an event builder.
 //!
-//! [`TestHost`] keeps state in memory, has a clock that only moves when the test moves it, and
-//! records log lines. [`TestHost::handle`] calls a plugin the way the real host does,
-//! including throwing away the state writes of a call that returns an error.
+//! [`TestHost`] keeps state and timers in memory, has a clock that only moves when the test
+//! moves it, and records log lines. [`TestHost::handle`] calls a plugin the way the real host
+//! does, including throwing away the state and timer writes of a call that returns an error;
+//! [`TestHost::fire_due`] calls it with the timers the clock has reached, as the host does.
 //!
 //! ```
 //! use iotrules_plugin_sdk::prelude::*;
@@ -29,7 +30,8 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    Config, Ctx, Device, Event, EventView, Host, Kind, Level, Outcome, Plugin, Property, Value,
+    Config, Ctx, Device, Event, EventView, Host, Kind, Level, Outcome, Plugin, Property, Twin,
+    Value,
 };
 
 /// The clock a new [`TestHost`] starts at: 2024-01-01T00:00:00Z.
@@ -40,8 +42,27 @@ pub const START_MS: u64 = 1_704_067_200_000;
 pub struct TestHost {
     now_ms: u64,
     state: BTreeMap<String, Vec<u8>>,
+    /// Pending timers by (device, name): when due, and the event that set it (for the
+    /// timer event's device, source and vendor).
+    timers: BTreeMap<(String, String), (u64, Event)>,
+    /// The event of the call in progress: whose device timers are for.
+    current: Option<Event>,
+    twins: BTreeMap<String, Twin>,
     logs: Vec<(Level, String)>,
     refuse_writes: Option<String>,
+}
+
+/// A timer that came due in [`TestHost::fire_due`], with what the plugin made of it.
+#[derive(Debug, Clone)]
+pub struct Fired {
+    /// The device it was set for.
+    pub device: String,
+    /// Its name.
+    pub name: String,
+    /// When it was due.
+    pub at_ms: u64,
+    /// The plugin's answer to the timer event.
+    pub outcome: Result<Outcome, String>,
 }
 
 impl Default for TestHost {
@@ -56,6 +77,9 @@ impl TestHost {
         TestHost {
             now_ms: START_MS,
             state: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            current: None,
+            twins: BTreeMap::new(),
             logs: Vec::new(),
             refuse_writes: None,
         }
@@ -75,12 +99,58 @@ impl TestHost {
     /// Gives a plugin one event, as the host's `handle` does: if the plugin returns an error,
     /// its state writes during the call are discarded.
     pub fn handle<P: Plugin>(&mut self, plugin: &mut P, event: &Event) -> Result<Outcome, String> {
-        let before = self.state.clone();
+        let before = (self.state.clone(), self.timers.clone());
+        self.current = Some(event.clone());
         let result = plugin.handle(&EventView::of(event), &mut Ctx::new(self));
+        self.current = None;
         if result.is_err() {
-            self.state = before;
+            (self.state, self.timers) = before;
         }
         result
+    }
+
+    /// Calls the plugin with every timer due at the clock's time, earliest first (as the host
+    /// does: each is removed as it fires, and may be set again by the call), until none is
+    /// due. Move the clock first with [`TestHost::advance_ms`].
+    pub fn fire_due<P: Plugin>(&mut self, plugin: &mut P) -> Vec<Fired> {
+        let mut fired = Vec::new();
+        while let Some((key, at)) = self
+            .timers
+            .iter()
+            .filter(|(_, (at, _))| *at <= self.now_ms)
+            .min_by_key(|(_, (at, _))| *at)
+            .map(|(key, (at, _))| (key.clone(), *at))
+        {
+            let Some((_, setter)) = self.timers.remove(&key) else {
+                break;
+            };
+            let event = timer_event(&setter, &key.1, at);
+            let outcome = self.handle(plugin, &event);
+            if outcome.is_err() {
+                // The host drops a timer whose call failed: it fires once.
+                self.timers.remove(&key);
+            }
+            fired.push(Fired {
+                device: key.0,
+                name: key.1,
+                at_ms: at,
+                outcome,
+            });
+        }
+        fired
+    }
+
+    /// The pending timers: (device, name) → when due.
+    pub fn timers(&self) -> BTreeMap<(String, String), u64> {
+        self.timers
+            .iter()
+            .map(|(key, (at, _))| (key.clone(), *at))
+            .collect()
+    }
+
+    /// Sets the twin [`Ctx::twin`] returns for its device.
+    pub fn set_twin(&mut self, twin: Twin) {
+        self.twins.insert(twin.device.id.clone(), twin);
     }
 
     /// The clock, Unix ms.
@@ -151,6 +221,59 @@ impl Host for TestHost {
 
     fn state_delete(&mut self, key: &str) {
         self.state.remove(key);
+    }
+
+    fn set_timer(&mut self, name: &str, at_ms: u64) -> Result<(), String> {
+        if let Some(reason) = &self.refuse_writes {
+            return Err(reason.clone());
+        }
+        if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+            return Err("a timer's name is 1 to 256 bytes with no control character".to_owned());
+        }
+        let Some(event) = &self.current else {
+            return Err("there is no event, so no device, to set a timer for".to_owned());
+        };
+        self.timers.insert(
+            (event.device.id.clone(), name.to_owned()),
+            (at_ms, event.clone()),
+        );
+        Ok(())
+    }
+
+    fn cancel_timer(&mut self, name: &str) {
+        if let Some(event) = &self.current {
+            self.timers
+                .remove(&(event.device.id.clone(), name.to_owned()));
+        }
+    }
+
+    fn timer(&self, name: &str) -> Option<u64> {
+        let event = self.current.as_ref()?;
+        self.timers
+            .get(&(event.device.id.clone(), name.to_owned()))
+            .map(|(at, _)| *at)
+    }
+
+    fn twin(&self, id: &str) -> Option<Twin> {
+        self.twins.get(id).cloned()
+    }
+}
+
+/// The event the host hands a step when its timer `name`, set while handling `setter`, is
+/// due at `at_ms`: kind [`Kind::Timer`], action `name`, the setter's device, source and
+/// vendor, no properties, payload `{}`.
+pub fn timer_event(setter: &Event, name: &str, at_ms: u64) -> Event {
+    Event {
+        id: format!("timer:{}:{name}:{at_ms}", setter.device.id),
+        source: setter.source.clone(),
+        vendor: setter.vendor.clone(),
+        kind: Kind::Timer,
+        action: name.to_owned(),
+        device: setter.device.clone(),
+        time_ms: at_ms,
+        properties: Vec::new(),
+        payload: "{}".to_owned(),
+        attributes: vec![("timer".to_owned(), name.to_owned())],
     }
 }
 

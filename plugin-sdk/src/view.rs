@@ -119,6 +119,11 @@ impl<'a> EventView<'a> {
         *self.field(&self.kind, |e| &e.kind, HostView::kind)
     }
 
+    /// The timer's name when this is a timer coming due (kind [`Kind::Timer`]), else `None`.
+    pub fn timer(&self) -> Option<&str> {
+        (self.kind() == Kind::Timer).then(|| self.action())
+    }
+
     /// `event.action`: the vendor's own name for what happened.
     pub fn action(&self) -> &str {
         self.field(&self.action, |e| &e.action, HostView::action)
