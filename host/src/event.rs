@@ -195,10 +195,15 @@ pub enum Kind {
     Message,
     /// Anything else the vendor sends (user, home, room, scene events, …): kept, not interpreted.
     Other,
+    /// A timer a rule step set came due: not from a vendor, made by the host and handed only
+    /// to the step that set it (then the rule's later steps). `action` is the timer's name.
+    Timer,
 }
 
 impl Kind {
-    /// Every kind, in the order error messages list them.
+    /// Every kind an event from a connector can have, in the order error messages list them:
+    /// what a rule's `when` and a rule test's input may name. Not [`Kind::Timer`], which
+    /// only the host makes and hands only to the step that set the timer.
     pub const ALL: [Kind; 9] = [
         Kind::Properties,
         Kind::Online,
@@ -223,6 +228,7 @@ impl Kind {
             Kind::CommandReply => "command-reply",
             Kind::Message => "message",
             Kind::Other => "other",
+            Kind::Timer => "timer",
         }
     }
 }

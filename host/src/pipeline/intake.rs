@@ -22,6 +22,8 @@ pub(super) struct Job {
     pub(super) event: Event,
     pub(super) origin: Origin,
     pub(super) pending: Pending,
+    /// Set when the event is a timer that came due, for the step that set it.
+    pub(super) timer: Option<super::timers::Fire>,
 }
 
 /// Where a delivery came from, kept with its event for dead letters.
@@ -35,7 +37,7 @@ pub(super) struct Origin {
 
 /// A connector's resolved counters.
 pub(super) struct ConnectorCounters {
-    events_in: Arc<Counter>,
+    pub(super) events_in: Arc<Counter>,
     pub(super) events_out: Arc<Counter>,
     refused: Arc<Counter>,
     duplicate: Arc<Counter>,
@@ -44,7 +46,7 @@ pub(super) struct ConnectorCounters {
 }
 
 impl ConnectorCounters {
-    fn new(metrics: &Metrics, connector: &str) -> Self {
+    pub(super) fn new(metrics: &Metrics, connector: &str) -> Self {
         let dropped = |reason| metrics.events_dropped.with(&[connector, reason]);
         ConnectorCounters {
             events_in: metrics.events_in.with(&[connector]),
@@ -272,6 +274,7 @@ impl Inlet {
             event,
             origin,
             pending,
+            timer: None,
         });
         Ok(())
     }

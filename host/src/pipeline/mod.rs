@@ -30,6 +30,7 @@ mod delivery;
 mod intake;
 mod report;
 mod settle;
+mod timers;
 mod worker;
 
 use std::sync::Arc;
@@ -83,6 +84,9 @@ pub struct Pipeline {
     shared: Arc<Shared>,
     senders: Vec<mpsc::Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
+    /// Stops the timer task, which holds senders to every worker.
+    timers_stop: tokio::sync::watch::Sender<bool>,
+    timers: tokio::task::JoinHandle<()>,
 }
 
 /// What a pipeline needs besides its settings.
@@ -148,10 +152,22 @@ impl Pipeline {
             );
             senders.push(sender);
         }
+        let loaded = shared.registry.timers().load(&**shared.registry.state());
+        if loaded > 0 {
+            tracing::info!(timers = loaded, "Pending timers loaded from the store");
+        }
+        let (timers_stop, stop) = tokio::sync::watch::channel(false);
+        let timers = shared.runtime.spawn(timers::run(
+            shared.clone(),
+            senders.iter().map(mpsc::Sender::downgrade).collect(),
+            stop,
+        ));
         Ok(Pipeline {
             shared,
             senders,
             workers,
+            timers_stop,
+            timers,
         })
     }
 
@@ -179,7 +195,13 @@ impl Pipeline {
             shared,
             senders,
             workers,
+            timers_stop,
+            timers,
         } = self;
+        // The timer task first: it holds senders to the workers. A timer it took but had not
+        // queued stays in the store and fires at the next start.
+        let _ = timers_stop.send(true);
+        let _ = timers.await;
         drop(senders);
         let deadline = tokio::time::Instant::now() + timeout;
         let joined = tokio::task::spawn_blocking(move || {

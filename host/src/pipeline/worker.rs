@@ -11,11 +11,14 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use super::intake::{Job, Origin};
+use super::timers::Fire;
 use super::report::{CommandRefused, ConditionFailed, StepFailed};
 use super::settle::{self, Queued, Settler, Unsettled, letter};
 use crate::event::{Command, Event};
 use crate::metrics::{Counter, Histogram, Metrics};
-use crate::rules::{EventScope, OnError, RefusedCommand, RuleOutcome, RuleRuntime, RuleSet};
+use crate::rules::{
+    EventScope, OnError, RefusedCommand, RuleOutcome, RuleResult, RuleRuntime, RuleSet,
+};
 use crate::store::DeadLetterRecord;
 
 /// The most events a worker takes from its queue at once: a bound on how long an event can
@@ -164,7 +167,10 @@ impl Worker {
                 .collect();
             for rule in 0..self.runtimes.len() {
                 for ((job, scope), run) in batch.iter().zip(&scopes).zip(&mut runs) {
-                    self.run_rule(rule, job, scope, run, trace_on);
+                    match &job.timer {
+                        None => self.run_rule(rule, job, scope, run, trace_on),
+                        Some(fire) => self.fire(rule, fire, job, run, trace_on),
+                    }
                 }
             }
         }
@@ -215,6 +221,40 @@ impl Worker {
         run.matched += 1;
         counters.matches.inc();
         let result = runtime.run(event);
+        self.record(index, job, run, result, trace_on);
+    }
+
+    /// Hands rule number `index` the timer of `job` if the timer is one of its steps'. A
+    /// timer whose step is gone from the rules this worker runs is deleted (the timer task
+    /// drops those it sees first).
+    fn fire(&mut self, index: usize, fire: &Fire, job: &Job, run: &mut Run, trace_on: bool) {
+        let runtime = &mut self.runtimes[index];
+        if runtime.rule().name != fire.rule {
+            return;
+        }
+        if runtime.step_plugin(fire.step) != Some(&*fire.plugin) {
+            return;
+        }
+        let Some(result) = runtime.fire(fire.step, &job.event, &fire.key) else {
+            return;
+        };
+        run.matched += 1;
+        self.rule_counters[index].matches.inc();
+        self.record(index, job, run, result, trace_on);
+    }
+
+    /// Adds what rule number `index` made of an event to its `run`.
+    fn record(
+        &mut self,
+        index: usize,
+        job: &Job,
+        run: &mut Run,
+        result: RuleResult<'_>,
+        trace_on: bool,
+    ) {
+        let Job { event, origin, .. } = job;
+        let counters = &self.rule_counters[index];
+        let rule = self.runtimes[index].rule().clone();
         for version in &result.versions {
             self.plugin_calls
                 .entry(version.plugin.clone())
@@ -295,6 +335,7 @@ impl Worker {
             event,
             origin,
             pending,
+            timer,
         } = job;
         let Run {
             commands,
@@ -324,6 +365,15 @@ impl Worker {
                 if matched == 0 { "; no rule" } else { "" },
                 trace
             );
+        }
+        if let Some(fire) = timer
+            && matched == 0
+        {
+            // No step of the rules this worker runs took it: its step is gone.
+            self.shared
+                .registry
+                .state()
+                .apply(&fire.namespace, vec![(fire.key, None)]);
         }
         if passed {
             origin.counters.events_out.inc();

@@ -1,17 +1,20 @@
-//! The host's event model ↔ the WIT types of both world versions. Everything coming back
+//! The host's event model ↔ the WIT types of every world version. Everything coming back
 //! from a guest is checked: JSON text must be JSON, the vendor must be known.
 //!
-//! 0.2.0 (`v2`) types are owned: the host hands them out one field at a time from the
-//! `event-view` methods. 0.1.0 (`v1`) borrows the host's strings for the whole event it
-//! lowers into every call; what a 0.1.0 guest sends back is moved into the 0.2.0 types and
-//! checked by the same code.
+//! 0.3.0 ([`v3`]) and 0.2.0 ([`v2`]) types are owned: the host hands them out one field at a
+//! time from the `event-view` methods. Their `types` interfaces differ only by 0.3.0's
+//! `timer` kind, so one source (`convert/world.rs`) serves both, included in each module;
+//! a 0.2.0 plugin is never handed a timer (only a step that set one gets it), and would see
+//! it as `other`. 0.1.0 (`v1`) borrows the host's strings for the whole event it lowers into
+//! every call; what a 0.1.0 guest sends back is moved into the 0.2.0 types and checked by
+//! the same code.
 
 use super::bindings::iotrules_v1 as v1;
-use super::bindings::iotrules_v2 as v2;
-use super::{Outcome, Verdict};
-use crate::event::{Command, Device, Event, Json, Kind, Property, Value, Vendor};
+use super::bindings::iotrules_v2 as wit_v2;
+use super::Outcome;
+use crate::event::{Event, Json, Kind, Property, Value};
 use v1::Kind as V1Kind;
-use v2::Kind as V2Kind;
+use wit_v2::Kind as V2Kind;
 
 /// Runs `f` with `event` as the 0.1.0 WIT type, borrowing its strings.
 pub(crate) fn with_v1_event<R>(event: &Event, f: impl FnOnce(v1::EventParam<'_>) -> R) -> R {
@@ -55,9 +58,10 @@ fn property_to_v1(property: &Property) -> v1::PropertyParam<'_> {
     }
 }
 
-/// The same nine kinds in the host's model and in both WIT versions, matched by name.
+/// The kinds of the host's model and of the WIT versions, matched by name; `$extra` arms
+/// cover what one side has and the other does not (`timer`, new in 0.3.0).
 macro_rules! convert_kind {
-    ($kind:expr, $from:ident => $to:ident) => {
+    ($kind:expr, $from:ident => $to:ident $(, $extra:pat => $into:expr)*) => {
         match $kind {
             $from::Properties => $to::Properties,
             $from::Online => $to::Online,
@@ -68,100 +72,103 @@ macro_rules! convert_kind {
             $from::CommandReply => $to::CommandReply,
             $from::Message => $to::Message,
             $from::Other => $to::Other,
+            $($extra => $into,)*
         }
     };
 }
 
 fn kind_to_v1(kind: Kind) -> V1Kind {
-    convert_kind!(kind, Kind => V1Kind)
-}
-
-pub(crate) fn kind_to_v2(kind: Kind) -> V2Kind {
-    convert_kind!(kind, Kind => V2Kind)
-}
-
-fn kind_from_v2(kind: V2Kind) -> Kind {
-    convert_kind!(kind, V2Kind => Kind)
+    convert_kind!(kind, Kind => V1Kind, Kind::Timer => V1Kind::Other)
 }
 
 fn kind_v1_to_v2(kind: V1Kind) -> V2Kind {
     convert_kind!(kind, V1Kind => V2Kind)
 }
 
-pub(crate) fn device_to_v2(device: &Device) -> v2::Device {
-    v2::Device {
-        id: device.id.clone(),
-        product: device.product.clone(),
-        name: device.name.clone(),
+/// The 0.3.0 world's types.
+pub(crate) mod v3 {
+    use super::super::bindings::iotrules_v3 as wit;
+    use super::super::{Outcome, Verdict};
+    use super::json;
+    use crate::event::{Command, Device, Event, Json, Kind, Property, Value, Vendor};
+    use wit::Kind as WitKind;
+
+    pub(crate) fn kind_to(kind: Kind) -> WitKind {
+        convert_kind!(kind, Kind => WitKind, Kind::Timer => WitKind::Timer)
+    }
+
+    fn kind_from(kind: WitKind) -> Kind {
+        convert_kind!(kind, WitKind => Kind, WitKind::Timer => Kind::Timer)
+    }
+
+    include!("convert/world.rs");
+
+    /// A device's twin, for `device-twin`.
+    pub(crate) fn twin_to(twin: &crate::twin::Twin) -> wit::Twin {
+        wit::Twin {
+            device: device_to(&twin.device),
+            online: twin.online,
+            last_seen_ms: twin.last_seen_ms,
+            online_changed_ms: twin.online_changed_ms,
+            properties: twin
+                .properties
+                .iter()
+                .map(|property| wit::TwinProperty {
+                    code: property.code.to_string(),
+                    value: value_to(&property.value),
+                    time_ms: property.time_ms,
+                    service: property.service.as_deref().map(str::to_owned),
+                })
+                .collect(),
+        }
     }
 }
 
-pub(crate) fn property_to_v2(property: &Property) -> v2::Property {
-    v2::Property {
-        code: property.code.clone(),
-        value: match &property.value {
-            Value::Null => v2::Value::Null,
-            Value::Boolean(b) => v2::Value::Boolean(*b),
-            Value::Integer(i) => v2::Value::Integer(*i),
-            Value::Float(f) => v2::Value::Float(*f),
-            Value::Text(s) => v2::Value::Text(s.clone()),
-            Value::Json(json) => v2::Value::Json(json.as_str().to_owned()),
-        },
-        time_ms: property.time_ms,
-        service: property.service.clone(),
+/// The 0.2.0 world's types.
+pub(crate) mod v2 {
+    use super::super::bindings::iotrules_v2 as wit;
+    use super::super::{Outcome, Verdict};
+    use super::json;
+    use crate::event::{Command, Device, Event, Json, Kind, Property, Value, Vendor};
+    use wit::Kind as WitKind;
+
+    pub(crate) fn kind_to(kind: Kind) -> WitKind {
+        convert_kind!(kind, Kind => WitKind, Kind::Timer => WitKind::Other)
     }
-}
 
-pub(crate) fn attributes_to_v2(event: &Event) -> Vec<(String, String)> {
-    event
-        .attributes
-        .iter()
-        .map(|(name, value)| (name.clone(), value.clone()))
-        .collect()
-}
-
-/// The whole event, for `event-view.whole`.
-pub(crate) fn event_to_v2(event: &Event) -> v2::Event {
-    v2::Event {
-        id: event.id.clone(),
-        source: event.source.clone(),
-        vendor: event.vendor.as_str().to_owned(),
-        kind: kind_to_v2(event.kind),
-        action: event.action.clone(),
-        device: device_to_v2(&event.device),
-        time_ms: event.time_ms,
-        properties: event.properties.iter().map(property_to_v2).collect(),
-        payload: event.payload.as_str().to_owned(),
-        attributes: attributes_to_v2(event),
+    fn kind_from(kind: WitKind) -> Kind {
+        convert_kind!(kind, WitKind => Kind)
     }
+
+    include!("convert/world.rs");
 }
 
-fn device_v1_to_v2(device: v1::DeviceResult) -> v2::Device {
-    v2::Device {
+fn device_v1_to_v2(device: v1::DeviceResult) -> wit_v2::Device {
+    wit_v2::Device {
         id: device.id,
         product: device.product,
         name: device.name,
     }
 }
 
-fn property_v1_to_v2(property: v1::PropertyResult) -> v2::Property {
-    v2::Property {
+fn property_v1_to_v2(property: v1::PropertyResult) -> wit_v2::Property {
+    wit_v2::Property {
         code: property.code,
         value: match property.value {
-            v1::ValueResult::Null => v2::Value::Null,
-            v1::ValueResult::Boolean(b) => v2::Value::Boolean(b),
-            v1::ValueResult::Integer(i) => v2::Value::Integer(i),
-            v1::ValueResult::Float(f) => v2::Value::Float(f),
-            v1::ValueResult::Text(s) => v2::Value::Text(s),
-            v1::ValueResult::Json(s) => v2::Value::Json(s),
+            v1::ValueResult::Null => wit_v2::Value::Null,
+            v1::ValueResult::Boolean(b) => wit_v2::Value::Boolean(b),
+            v1::ValueResult::Integer(i) => wit_v2::Value::Integer(i),
+            v1::ValueResult::Float(f) => wit_v2::Value::Float(f),
+            v1::ValueResult::Text(s) => wit_v2::Value::Text(s),
+            v1::ValueResult::Json(s) => wit_v2::Value::Json(s),
         },
         time_ms: property.time_ms,
         service: property.service,
     }
 }
 
-fn event_v1_to_v2(event: v1::EventResult) -> v2::Event {
-    v2::Event {
+fn event_v1_to_v2(event: v1::EventResult) -> wit_v2::Event {
+    wit_v2::Event {
         id: event.id,
         source: event.source,
         vendor: event.vendor,
@@ -182,14 +189,14 @@ fn event_v1_to_v2(event: v1::EventResult) -> v2::Event {
 /// A 0.1.0 guest's answer, checked like a 0.2.0 one.
 pub(crate) fn outcome_from_v1(outcome: v1::Outcome, original: &Event) -> Result<Outcome, String> {
     let verdict = match outcome.verdict {
-        v1::Verdict::Keep => v2::Verdict::Keep,
-        v1::Verdict::Drop => v2::Verdict::Drop,
-        v1::Verdict::Replace(event) => v2::Verdict::Replace(event_v1_to_v2(event)),
+        v1::Verdict::Keep => wit_v2::Verdict::Keep,
+        v1::Verdict::Drop => wit_v2::Verdict::Drop,
+        v1::Verdict::Replace(event) => wit_v2::Verdict::Replace(event_v1_to_v2(event)),
     };
     let commands = outcome
         .commands
         .into_iter()
-        .map(|command| v2::Command {
+        .map(|command| wit_v2::Command {
             via: command.via,
             device: device_v1_to_v2(command.device),
             name: command.name,
@@ -197,135 +204,11 @@ pub(crate) fn outcome_from_v1(outcome: v1::Outcome, original: &Event) -> Result<
             reply_to: command.reply_to,
         })
         .collect();
-    outcome_from_v2(v2::Outcome { verdict, commands }, original)
-}
-
-fn device_from_v2(device: v2::Device) -> Device {
-    Device {
-        id: device.id,
-        product: device.product,
-        name: device.name,
-    }
-}
-
-fn property_from_v2(property: v2::Property) -> Result<Property, String> {
-    let value = match property.value {
-        v2::Value::Null => Value::Null,
-        v2::Value::Boolean(b) => Value::Boolean(b),
-        v2::Value::Integer(i) => Value::Integer(i),
-        v2::Value::Float(f) => Value::Float(f),
-        v2::Value::Text(s) => Value::Text(s),
-        v2::Value::Json(text) => Value::Json(json(&format!("property `{}`", property.code), text)?),
-    };
-    Ok(Property {
-        code: property.code,
-        value,
-        time_ms: property.time_ms,
-        service: property.service,
-    })
-}
-
-fn properties_from_v2(properties: Vec<v2::Property>) -> Result<Vec<Property>, String> {
-    properties.into_iter().map(property_from_v2).collect()
+    v2::outcome_from(wit_v2::Outcome { verdict, commands }, original)
 }
 
 fn json(what: &str, text: String) -> Result<Json, String> {
     Json::from_text(text).map_err(|e| format!("{what} is not JSON: {e}"))
-}
-
-/// A payload the plugin sent back: `original`'s, unparsed, when it is the same text (the
-/// common case), else parsed.
-fn payload_from_v2(payload: String, original: Option<&Event>, what: &str) -> Result<Json, String> {
-    match original {
-        Some(original) if original.payload.as_str() == payload => Ok(original.payload.clone()),
-        _ => json(what, payload),
-    }
-}
-
-/// `original` is the event the plugin was given: a payload it passed back unchanged (the
-/// common case) is not parsed again.
-fn event_from_v2(event: v2::Event, original: Option<&Event>) -> Result<Event, String> {
-    let vendor = match event.vendor.as_str() {
-        "tuya" => Vendor::Tuya,
-        "alibaba" => Vendor::Alibaba,
-        "huawei" => Vendor::Huawei,
-        "mqtt" => Vendor::Mqtt,
-        other => {
-            return Err(format!(
-                "replacement event has unknown vendor `{}`",
-                crate::dialect::clip(other)
-            ));
-        }
-    };
-    Ok(Event {
-        id: event.id,
-        source: event.source,
-        vendor,
-        kind: kind_from_v2(event.kind),
-        action: event.action,
-        device: device_from_v2(event.device),
-        time_ms: event.time_ms,
-        properties: properties_from_v2(event.properties)?,
-        payload: payload_from_v2(event.payload, original, "replacement event payload")?,
-        attributes: event.attributes.into_iter().collect(),
-    })
-}
-
-/// `original` with an `update` verdict's changes made.
-fn updated(changes: v2::Changes, original: &Event) -> Result<Event, String> {
-    Ok(Event {
-        id: original.id.clone(),
-        source: original.source.clone(),
-        vendor: original.vendor,
-        kind: changes.kind.map_or(original.kind, kind_from_v2),
-        action: changes.action.unwrap_or_else(|| original.action.clone()),
-        device: changes
-            .device
-            .map_or_else(|| original.device.clone(), device_from_v2),
-        time_ms: changes.time_ms.unwrap_or(original.time_ms),
-        properties: match changes.properties {
-            Some(properties) => properties_from_v2(properties)?,
-            None => original.properties.clone(),
-        },
-        payload: match changes.payload {
-            Some(payload) => payload_from_v2(payload, Some(original), "updated payload")?,
-            None => original.payload.clone(),
-        },
-        attributes: match changes.attributes {
-            Some(attributes) => attributes.into_iter().collect(),
-            None => original.attributes.clone(),
-        },
-    })
-}
-
-fn command_from_v2(command: v2::Command) -> Result<Command, String> {
-    Ok(Command {
-        params: json(
-            &format!("params of command `{}`", command.name),
-            command.params,
-        )?,
-        via: command.via,
-        device: device_from_v2(command.device),
-        name: command.name,
-        reply_to: command.reply_to,
-    })
-}
-
-pub(crate) fn outcome_from_v2(outcome: v2::Outcome, original: &Event) -> Result<Outcome, String> {
-    let verdict = match outcome.verdict {
-        v2::Verdict::Keep => Verdict::Keep,
-        v2::Verdict::Drop => Verdict::Drop,
-        v2::Verdict::Replace(event) => {
-            Verdict::Replace(Box::new(event_from_v2(event, Some(original))?))
-        }
-        v2::Verdict::Update(changes) => Verdict::Replace(Box::new(updated(changes, original)?)),
-    };
-    let commands = outcome
-        .commands
-        .into_iter()
-        .map(command_from_v2)
-        .collect::<Result<_, _>>()?;
-    Ok(Outcome { verdict, commands })
 }
 
 #[cfg(test)]
@@ -406,36 +289,36 @@ mod tests {
     #[test]
     fn an_event_survives_the_round_trip_through_the_wit_types() {
         let event = sample();
-        assert_eq!(event_from_v2(event_to_v2(&event), None).unwrap(), event);
+        assert_eq!(v2::event_from(v2::event_to(&event), None).unwrap(), event);
         assert_eq!(
-            event_from_v2(event_to_v2(&event), Some(&event)).unwrap(),
+            v2::event_from(v2::event_to(&event), Some(&event)).unwrap(),
             event
         );
         // What a 0.1.0 guest that hands the event back unchanged returns.
-        let back = event_from_v2(event_v1_to_v2(echoed(&event)), Some(&event)).unwrap();
+        let back = v2::event_from(event_v1_to_v2(echoed(&event)), Some(&event)).unwrap();
         assert_eq!(back, event);
     }
 
     #[test]
     fn an_update_changes_only_the_fields_it_names() {
         let original = sample();
-        let changes = v2::Changes {
+        let changes = wit_v2::Changes {
             kind: None,
             action: Some("renamed".into()),
             device: None,
             time_ms: Some(99),
-            properties: Some(vec![property_to_v2(&Property::new(
+            properties: Some(vec![v2::property_to(&Property::new(
                 "on",
                 Value::Boolean(false),
             ))]),
             payload: None,
             attributes: None,
         };
-        let outcome = v2::Outcome {
-            verdict: v2::Verdict::Update(changes),
+        let outcome = wit_v2::Outcome {
+            verdict: wit_v2::Verdict::Update(changes),
             commands: Vec::new(),
         };
-        let Verdict::Replace(updated) = outcome_from_v2(outcome, &original).unwrap().verdict else {
+        let Verdict::Replace(updated) = v2::outcome_from(outcome, &original).unwrap().verdict else {
             panic!("an update passes on a changed event");
         };
         let mut expected = original.clone();
@@ -444,7 +327,7 @@ mod tests {
         expected.properties = vec![Property::new("on", Value::Boolean(false))];
         assert_eq!(*updated, expected);
 
-        let broken = v2::Changes {
+        let broken = wit_v2::Changes {
             kind: None,
             action: None,
             device: None,
@@ -459,15 +342,15 @@ mod tests {
 
     #[test]
     fn malformed_guest_output_is_refused_with_what_was_wrong() {
-        let mut v2_event = event_to_v2(&sample());
+        let mut v2_event = v2::event_to(&sample());
         v2_event.vendor = "acme".into();
-        assert!(event_from_v2(v2_event, None).unwrap_err().contains("acme"));
+        assert!(v2::event_from(v2_event, None).unwrap_err().contains("acme"));
 
         // A changed payload is checked even when the original was JSON.
         let original = sample();
         let mut v1_event = echoed(&original);
         v1_event.payload = "{broken".into();
-        let error = event_from_v2(event_v1_to_v2(v1_event), Some(&original)).unwrap_err();
+        let error = v2::event_from(event_v1_to_v2(v1_event), Some(&original)).unwrap_err();
         assert!(error.contains("payload is not JSON"), "{error}");
 
         let command = wit::Command {

@@ -11,12 +11,12 @@ use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{v1, v2};
+use super::bindings::{v1, v2, v3};
 use super::runtime::Runtime;
-use super::state::{PendingWrites, StateQuota, StateStore};
-use super::{Chain, Outcome, PluginError, convert};
+use super::state::{PendingWrites, StateQuota};
+use super::timers::{TimerRecord, check_name, is_timer_key, timer_key};
+use super::{Chain, Outcome, PluginError, Services, convert};
 use crate::event::Event;
-use crate::time::Clock;
 
 /// Per-step limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,20 +61,20 @@ pub(crate) struct HostState {
     table: ResourceTable,
     limiter: MemoryCap,
     plugin: Arc<str>,
-    state: Arc<dyn StateStore>,
+    services: Services,
     namespace: Arc<str>,
     pending: PendingWrites,
     quota: StateQuota,
-    clock: Clock,
     stderr: MemoryOutputPipe,
     /// The last panic report the guest logged during the current call (the SDK's panic hook
     /// logs one before the panic traps).
     panic: Option<String>,
-    /// The event of the 0.2.0 `handle` call in progress, which `event-view` reads.
+    /// The event of the 0.2.0 or 0.3.0 `handle` call in progress, which `event-view` reads
+    /// and whose device timers are set for.
     viewed: Viewed,
 }
 
-/// The host side of a 0.2.0 plugin's `event-view` resource: the event of the call in
+/// The host side of a 0.2.0 or 0.3.0 plugin's `event-view` resource: the event of the call in
 /// progress, which the plugin reads through `HostState`. Every call's view has the same
 /// handle (there is only ever one event in a call), so there is nothing to allocate per call.
 pub struct EventView;
@@ -137,20 +137,96 @@ impl HostState {
         }
     }
 
+    /// A key of the plugin's (not one of the host's timer keys) read from the call's
+    /// pending writes, then the store.
     fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
-        if let Some(pending) = self.pending.get(&key) {
+        if is_timer_key(&key) {
+            return None;
+        }
+        self.read(&key)
+    }
+
+    fn read(&self, key: &str) -> Option<Vec<u8>> {
+        if let Some(pending) = self.pending.get(key) {
             return pending.map(<[u8]>::to_vec);
         }
-        self.state.get(&self.namespace, &key)
+        self.services.state.get(&self.namespace, key)
     }
 
     fn state_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        self.pending
-            .set(&*self.state, &self.namespace, self.quota, key, value)
+        if is_timer_key(&key) {
+            return Err(format!(
+                "keys starting with `{}` are the host's (they hold timers)",
+                super::TIMER_PREFIX
+            ));
+        }
+        self.pending.set(
+            &*self.services.state,
+            &self.namespace,
+            self.quota,
+            key,
+            value,
+        )
     }
 
     fn state_delete(&mut self, key: String) {
-        self.pending.delete(&*self.state, &self.namespace, key);
+        if !is_timer_key(&key) {
+            self.pending
+                .delete(&*self.services.state, &self.namespace, key);
+        }
+    }
+
+    /// `set-timer`: a write of the timer's record under its key, with the call's state.
+    fn set_timer(&mut self, name: String, at_ms: u64) -> wasmtime::Result<Result<(), String>> {
+        if let Err(reason) = check_name(&name) {
+            return Ok(Err(reason));
+        }
+        let Some(event) = self.viewed.0 else {
+            return Ok(Err(
+                "there is no event, so no device, to set a timer for: set timers from handle"
+                    .to_owned(),
+            ));
+        };
+        // SAFETY: as in `viewed`.
+        let event = unsafe { event.as_ref() };
+        let key = timer_key(&event.device.id, &name);
+        let record = TimerRecord {
+            name,
+            at_ms,
+            device: event.device.clone(),
+            source: event.source.clone(),
+            vendor: event.vendor,
+            plugin: self.plugin.to_string(),
+        };
+        let value = serde_json::to_vec(&record)?;
+        Ok(self.pending.set(
+            &*self.services.state,
+            &self.namespace,
+            self.quota,
+            key,
+            value,
+        ))
+    }
+
+    /// The key of the current event's device's timer `name`, if there is an event.
+    fn timer_key(&self, name: &str) -> Option<String> {
+        // SAFETY: as in `viewed`.
+        let event = unsafe { self.viewed.0?.as_ref() };
+        Some(timer_key(&event.device.id, name))
+    }
+
+    fn cancel_timer(&mut self, name: String) {
+        if let Some(key) = self.timer_key(&name) {
+            self.pending
+                .delete(&*self.services.state, &self.namespace, key);
+        }
+    }
+
+    fn timer(&self, name: String) -> Option<u64> {
+        let value = self.read(&self.timer_key(&name)?)?;
+        serde_json::from_slice::<TimerRecord>(&value)
+            .ok()
+            .map(|record| record.at_ms)
     }
 
     /// The event the 0.2.0 `handle` call in progress is about.
@@ -166,9 +242,10 @@ impl HostState {
     }
 }
 
-/// The `host` interface, the same in both WIT versions but for the generated types.
+/// The `host` interface: the same functions in every WIT version but for the generated types,
+/// and `$more`, those a version added.
 macro_rules! host_interface {
-    ($version:ident) => {
+    ($version:ident $($more:tt)*) => {
         impl $version::iotrules::plugin::host::Host for HostState {
             fn log(
                 &mut self,
@@ -187,7 +264,7 @@ macro_rules! host_interface {
             }
 
             fn now_ms(&mut self) -> wasmtime::Result<u64> {
-                Ok(self.clock.now_ms())
+                Ok(self.services.clock.now_ms())
             }
 
             fn state_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
@@ -206,6 +283,8 @@ macro_rules! host_interface {
                 HostState::state_delete(self, key);
                 Ok(())
             }
+
+            $($more)*
         }
     };
 }
@@ -225,12 +304,39 @@ macro_rules! host_level {
 
 host_interface!(v1);
 host_interface!(v2);
+host_interface!(v3
+    fn set_timer(&mut self, name: String, at_ms: u64) -> wasmtime::Result<Result<(), String>> {
+        HostState::set_timer(self, name, at_ms)
+    }
+
+    fn cancel_timer(&mut self, name: String) -> wasmtime::Result<()> {
+        HostState::cancel_timer(self, name);
+        Ok(())
+    }
+
+    fn timer(&mut self, name: String) -> wasmtime::Result<Option<u64>> {
+        Ok(HostState::timer(self, name))
+    }
+
+    fn device_twin(
+        &mut self,
+        id: String,
+    ) -> wasmtime::Result<Option<v3::iotrules::plugin::types::Twin>> {
+        Ok(self.services.twins.with(&id, convert::v3::twin_to))
+    }
+);
 
 impl v1::iotrules::plugin::types::Host for HostState {}
 
 impl v2::iotrules::plugin::types::Host for HostState {}
 
-impl v2::iotrules::plugin::types::HostEventView for HostState {
+impl v3::iotrules::plugin::types::Host for HostState {}
+
+/// The `event-view` resource of the worlds that have one (0.2.0 and 0.3.0): the same methods
+/// over each version's types.
+macro_rules! event_view {
+    ($version:ident) => {
+impl $version::iotrules::plugin::types::HostEventView for HostState {
     fn id(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
         Ok(self.viewed()?.id.clone())
     }
@@ -246,8 +352,8 @@ impl v2::iotrules::plugin::types::HostEventView for HostState {
     fn kind(
         &mut self,
         _: Resource<EventView>,
-    ) -> wasmtime::Result<v2::iotrules::plugin::types::Kind> {
-        Ok(convert::kind_to_v2(self.viewed()?.kind))
+    ) -> wasmtime::Result<$version::iotrules::plugin::types::Kind> {
+        Ok(convert::$version::kind_to(self.viewed()?.kind))
     }
 
     fn action(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
@@ -257,8 +363,8 @@ impl v2::iotrules::plugin::types::HostEventView for HostState {
     fn device(
         &mut self,
         _: Resource<EventView>,
-    ) -> wasmtime::Result<v2::iotrules::plugin::types::Device> {
-        Ok(convert::device_to_v2(&self.viewed()?.device))
+    ) -> wasmtime::Result<$version::iotrules::plugin::types::Device> {
+        Ok(convert::$version::device_to(&self.viewed()?.device))
     }
 
     fn time_ms(&mut self, _: Resource<EventView>) -> wasmtime::Result<u64> {
@@ -268,12 +374,12 @@ impl v2::iotrules::plugin::types::HostEventView for HostState {
     fn properties(
         &mut self,
         _: Resource<EventView>,
-    ) -> wasmtime::Result<Vec<v2::iotrules::plugin::types::Property>> {
+    ) -> wasmtime::Result<Vec<$version::iotrules::plugin::types::Property>> {
         Ok(self
             .viewed()?
             .properties
             .iter()
-            .map(convert::property_to_v2)
+            .map(convert::$version::property_to)
             .collect())
     }
 
@@ -281,13 +387,13 @@ impl v2::iotrules::plugin::types::HostEventView for HostState {
         &mut self,
         _: Resource<EventView>,
         code: String,
-    ) -> wasmtime::Result<Option<v2::iotrules::plugin::types::Property>> {
+    ) -> wasmtime::Result<Option<$version::iotrules::plugin::types::Property>> {
         let event = self.viewed()?;
         Ok(event
             .properties
             .iter()
             .find(|property| property.code == code)
-            .map(convert::property_to_v2))
+            .map(convert::$version::property_to))
     }
 
     fn payload(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
@@ -295,7 +401,7 @@ impl v2::iotrules::plugin::types::HostEventView for HostState {
     }
 
     fn attributes(&mut self, _: Resource<EventView>) -> wasmtime::Result<Vec<(String, String)>> {
-        Ok(convert::attributes_to_v2(self.viewed()?))
+        Ok(convert::$version::attributes_to(self.viewed()?))
     }
 
     fn attribute(
@@ -309,8 +415,8 @@ impl v2::iotrules::plugin::types::HostEventView for HostState {
     fn whole(
         &mut self,
         _: Resource<EventView>,
-    ) -> wasmtime::Result<v2::iotrules::plugin::types::Event> {
-        Ok(convert::event_to_v2(self.viewed()?))
+    ) -> wasmtime::Result<$version::iotrules::plugin::types::Event> {
+        Ok(convert::$version::event_to(self.viewed()?))
     }
 
     fn drop(&mut self, _: Resource<EventView>) -> wasmtime::Result<()> {
@@ -318,6 +424,11 @@ impl v2::iotrules::plugin::types::HostEventView for HostState {
         Ok(())
     }
 }
+    };
+}
+
+event_view!(v2);
+event_view!(v3);
 
 /// Caps linear memory, remembering a refused growth so the trap can be named.
 struct MemoryCap {
@@ -353,7 +464,9 @@ impl ResourceLimiter for MemoryCap {
 
 /// A compiled plugin, type-checked against the WIT world it was built for.
 pub(crate) enum Pre {
-    /// The current world: `handle` reads the event through an `event-view`.
+    /// The current world: 0.2.0 with timers and twins.
+    V3(v3::PluginPre<HostState>),
+    /// 0.2.0: `handle` reads the event through an `event-view`.
     V2(v2::PluginPre<HostState>),
     /// 0.1.0: `handle` gets the whole event.
     V1(v1::PluginPre<HostState>),
@@ -361,6 +474,7 @@ pub(crate) enum Pre {
 
 /// A live instance's exports.
 enum Bindings {
+    V3(v3::Plugin),
     V2(v2::Plugin),
     V1(v1::Plugin),
 }
@@ -377,16 +491,15 @@ impl Instance {
     /// Instantiates `pre` in a fresh store and calls `init(config)` (with no config, only
     /// instantiates: enough to prove the component links and starts).
     #[allow(clippy::too_many_arguments)]
-    pub fn start(
+    pub(crate) fn start(
         runtime: &Arc<Runtime>,
         pre: &Pre,
         plugin: &Arc<str>,
         config: Option<&str>,
         limits: Limits,
         grants: &Grants,
-        state: Arc<dyn StateStore>,
+        services: &Services,
         namespace: &Arc<str>,
-        clock: Clock,
     ) -> Result<Self, PluginError> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = wasi_context(grants, stderr.clone()).map_err(|error| PluginError::Init {
@@ -401,11 +514,10 @@ impl Instance {
                 refused: None,
             },
             plugin: plugin.clone(),
-            state,
+            services: services.clone(),
             namespace: namespace.clone(),
             pending: PendingWrites::default(),
             quota: limits.state,
-            clock,
             stderr,
             panic: None,
             viewed: Viewed::default(),
@@ -415,6 +527,7 @@ impl Instance {
         store.epoch_deadline_trap();
         store.set_epoch_deadline(runtime.deadline_ticks(limits.deadline));
         let bindings = match pre {
+            Pre::V3(pre) => pre.instantiate(&mut store).map(Bindings::V3),
             Pre::V2(pre) => pre.instantiate(&mut store).map(Bindings::V2),
             Pre::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),
         }
@@ -434,6 +547,7 @@ impl Instance {
     fn init(&mut self, config: &str) -> Result<(), PluginError> {
         self.arm();
         let result = match &self.bindings {
+            Bindings::V3(plugin) => plugin.call_init(&mut self.store, config),
             Bindings::V2(plugin) => plugin.call_init(&mut self.store, config),
             Bindings::V1(plugin) => plugin.call_init(&mut self.store, config),
         };
@@ -458,16 +572,33 @@ impl Instance {
 
     /// Runs `handle` on one event. After an `Err` other than [`PluginError::Failed`] the
     /// instance is spent (a trapped component cannot be entered again): drop it.
-    pub fn handle(&mut self, event: &Event) -> Result<Outcome, PluginError> {
+    ///
+    /// `timer` is the state key of the step's timer whose event this is: deleted with the
+    /// call's writes, unless the call sets the timer again.
+    pub fn handle(&mut self, event: &Event, timer: Option<&str>) -> Result<Outcome, PluginError> {
         self.arm();
+        if let Some(key) = timer {
+            let data = self.store.data_mut();
+            data.pending
+                .delete(&*data.services.state, &data.namespace, key.to_owned());
+        }
         let result = match &self.bindings {
-            Bindings::V2(plugin) => {
+            Bindings::V3(plugin) => {
                 self.store.data_mut().viewed = Viewed(Some(NonNull::from(event)));
                 // Every call's view has the same handle: the host knows which event it is.
                 let result = plugin.call_handle(&mut self.store, Resource::new_borrow(0));
                 self.store.data_mut().viewed = Viewed(None);
-                result
-                    .map(|handled| handled.map(|outcome| convert::outcome_from_v2(outcome, event)))
+                result.map(|handled| {
+                    handled.map(|outcome| convert::v3::outcome_from(outcome, event))
+                })
+            }
+            Bindings::V2(plugin) => {
+                self.store.data_mut().viewed = Viewed(Some(NonNull::from(event)));
+                let result = plugin.call_handle(&mut self.store, Resource::new_borrow(0));
+                self.store.data_mut().viewed = Viewed(None);
+                result.map(|handled| {
+                    handled.map(|outcome| convert::v2::outcome_from(outcome, event))
+                })
             }
             Bindings::V1(plugin) => {
                 convert::with_v1_event(event, |input| plugin.call_handle(&mut self.store, input))
@@ -513,11 +644,21 @@ impl Instance {
         self.store.set_epoch_deadline(ticks);
     }
 
+    /// Applies the call's writes; the timers it set or cancelled go into the schedule once
+    /// the store has them, so a timer due at once is fired with its entry there to delete.
     fn commit(&mut self) {
         let data = self.store.data_mut();
         let writes = data.pending.take();
         if !writes.is_empty() {
-            data.state.apply(&data.namespace, writes);
+            let timers: Vec<_> = writes
+                .iter()
+                .filter(|(key, _)| is_timer_key(key))
+                .cloned()
+                .collect();
+            data.services.state.apply(&data.namespace, writes);
+            if !timers.is_empty() {
+                data.services.timers.apply(&data.namespace, &timers);
+            }
         }
     }
 

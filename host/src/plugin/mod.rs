@@ -21,6 +21,7 @@ mod instance;
 mod registry;
 mod runtime;
 mod state;
+pub mod timers;
 mod watch;
 
 pub use grants::{GrantPolicy, system_dir};
@@ -30,19 +31,41 @@ pub use registry::{DEFAULT_QUARANTINE_AFTER, Registry, ReloadReport, Step, Versi
 pub use runtime::{Runtime, RuntimeConfig};
 pub use state::{Durable, StateUsage};
 pub use state::{MAX_SETS_PER_CALL, MemoryStateStore, StateQuota, StateStore};
+pub use timers::{Schedule, TIMER_PREFIX, TimerRecord};
 pub use watch::{DEFAULT_DEBOUNCE, Watcher};
+
+use std::sync::Arc;
+
+/// What the host offers every plugin instance through its imports: state, timers, the device
+/// twins and the clock. Shared by all the instances of a registry.
+#[derive(Clone)]
+pub(crate) struct Services {
+    pub(crate) state: Arc<dyn StateStore>,
+    pub(crate) timers: Arc<Schedule>,
+    pub(crate) twins: Arc<crate::twin::Twins>,
+    pub(crate) clock: crate::time::Clock,
+}
 
 use std::fmt;
 use std::time::Duration;
 
 use crate::event::{Command, Event};
 
-/// The guest interfaces, generated from the WIT worlds: the current one (0.2.0,
-/// `plugin-sdk/wit`) and 0.1.0 (`host/wit/plugin-0.1.0`), whose plugins still run.
+/// The guest interfaces, generated from the WIT worlds: the current one (0.3.0,
+/// `plugin-sdk/wit`), and 0.2.0 and 0.1.0 (`host/wit/plugin-0.2.0`, `host/wit/plugin-0.1.0`),
+/// whose plugins still run.
 pub(crate) mod bindings {
-    pub(crate) mod v2 {
+    pub(crate) mod v3 {
         wasmtime::component::bindgen!({
             path: "../plugin-sdk/wit",
+            world: "plugin",
+            imports: { default: trappable },
+            with: { "iotrules:plugin/types.event-view": super::super::instance::EventView },
+        });
+    }
+    pub(crate) mod v2 {
+        wasmtime::component::bindgen!({
+            path: "wit/plugin-0.2.0",
             world: "plugin",
             imports: { default: trappable },
             with: { "iotrules:plugin/types.event-view": super::super::instance::EventView },
@@ -62,6 +85,7 @@ pub(crate) mod bindings {
 
     pub(crate) use v1::iotrules::plugin::types as iotrules_v1;
     pub(crate) use v2::iotrules::plugin::types as iotrules_v2;
+    pub(crate) use v3::iotrules::plugin::types as iotrules_v3;
 }
 
 /// What a plugin decided about an event.
@@ -97,7 +121,7 @@ pub enum PluginError {
     /// Not a component wasmtime can compile (a core module, garbage, a truncated file).
     #[error("plugin `{plugin}`: not a valid WebAssembly component: {reason}")]
     Compile { plugin: String, reason: String },
-    /// A component, but not of the `iotrules:plugin` world (0.2.0, or 0.1.0): a missing export or
+    /// A component, but not of the `iotrules:plugin` world (0.3.0, 0.2.0 or 0.1.0): a missing export or
     /// import it asks for that the host does not offer.
     #[error("plugin `{plugin}`: does not implement the iotrules:plugin world: {reason}")]
     WrongWorld { plugin: String, reason: String },

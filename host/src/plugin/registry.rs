@@ -12,14 +12,17 @@ use sha2::{Digest, Sha256};
 use super::grants::GrantPolicy;
 use super::instance::{Grants, Instance, Limits, Pre};
 use super::runtime::Runtime;
+use super::Services;
 use super::state::{MemoryStateStore, StateStore};
+use super::timers::Schedule;
+use crate::twin::{DEFAULT_MAX_DEVICES, Twins};
 use super::{Outcome, PluginError};
 use crate::event::Event;
 use crate::sync::lock;
 use crate::time::Clock;
 
 /// The plugin world a component built with this repository's SDK implements.
-pub(crate) const CURRENT_WORLD: &str = "0.2.0";
+pub(crate) const CURRENT_WORLD: &str = "0.3.0";
 
 /// How many failures in a row quarantine a version, unless configured otherwise.
 pub const DEFAULT_QUARANTINE_AFTER: u32 = 5;
@@ -58,11 +61,12 @@ impl Version {
         self.quarantined.get().cloned()
     }
 
-    /// The version of the `iotrules:plugin` world the component implements: `0.2.0`
-    /// ([`CURRENT_WORLD`]), or `0.1.0` for one built with an older SDK.
+    /// The version of the `iotrules:plugin` world the component implements: `0.3.0`
+    /// ([`CURRENT_WORLD`]), or `0.2.0` or `0.1.0` for one built with an older SDK.
     pub fn world(&self) -> &'static str {
         match self.pre {
-            Pre::V2(_) => CURRENT_WORLD,
+            Pre::V3(_) => CURRENT_WORLD,
+            Pre::V2(_) => "0.2.0",
             Pre::V1(_) => "0.1.0",
         }
     }
@@ -133,10 +137,10 @@ pub enum ReloadReport {
 pub struct Registry {
     runtime: Arc<Runtime>,
     dir: PathBuf,
-    state: Arc<dyn StateStore>,
+    /// State, timers, twins and clock, which every instance's host functions reach.
+    services: Services,
     slots: RwLock<HashMap<String, Arc<Slot>>>,
     quarantine_after: u32,
-    clock: Clock,
     next_version: AtomicU64,
     subscribers: Arc<Mutex<Vec<mpsc::Sender<ReloadReport>>>>,
     /// Serializes loads, so two reloads of one file cannot swap out of order.
@@ -151,10 +155,14 @@ impl Registry {
         Registry {
             runtime,
             dir: dir.into(),
-            state,
+            services: Services {
+                state,
+                timers: Arc::new(Schedule::new()),
+                twins: Arc::new(Twins::new(DEFAULT_MAX_DEVICES)),
+                clock: Clock::System,
+            },
             slots: RwLock::new(HashMap::new()),
             quarantine_after: DEFAULT_QUARANTINE_AFTER,
-            clock: Clock::System,
             next_version: AtomicU64::new(1),
             subscribers: Arc::default(),
             loading: Mutex::new(()),
@@ -164,7 +172,23 @@ impl Registry {
 
     /// Where the plugins' state is kept.
     pub fn state(&self) -> &Arc<dyn StateStore> {
-        &self.state
+        &self.services.state
+    }
+
+    /// The plugins' pending timers.
+    pub fn timers(&self) -> &Arc<Schedule> {
+        &self.services.timers
+    }
+
+    /// The device twins plugins read.
+    pub fn twins(&self) -> &Arc<Twins> {
+        &self.services.twins
+    }
+
+    /// Plugins read these twins (the service's, bounded by its config).
+    pub fn with_twins(mut self, twins: Arc<Twins>) -> Self {
+        self.services.twins = twins;
+        self
     }
 
     /// The grants the rules using these plugins may not give (the config's secrets; by
@@ -187,7 +211,7 @@ impl Registry {
 
     /// The clock every instance's `now-ms` reads (the system clock unless set).
     pub(crate) fn with_clock(mut self, clock: Clock) -> Self {
-        self.clock = clock;
+        self.services.clock = clock;
         self
     }
 
@@ -354,7 +378,11 @@ impl Registry {
         let configs: Vec<Arc<str>> = slot
             .map(|slot| lock(&slot.configs).keys().cloned().collect())
             .unwrap_or_default();
-        let scratch: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
+        let scratch = Services {
+            state: Arc::new(MemoryStateStore::new()),
+            timers: Arc::new(Schedule::new()),
+            ..self.services.clone()
+        };
         let namespace: Arc<str> = Arc::from("trial");
         let limits = Limits::default();
         if configs.is_empty() {
@@ -365,9 +393,8 @@ impl Registry {
                 None,
                 limits,
                 &Grants::default(),
-                scratch,
+                &scratch,
                 &namespace,
-                self.clock.clone(),
             )?;
             return Ok(());
         }
@@ -379,9 +406,8 @@ impl Registry {
                 Some(&config),
                 limits,
                 &Grants::default(),
-                scratch.clone(),
+                &scratch,
                 &namespace,
-                self.clock.clone(),
             )?;
         }
         Ok(())
@@ -417,11 +443,10 @@ impl Registry {
             config: Arc::from(config),
             limits,
             grants,
-            state: self.state.clone(),
+            services: self.services.clone(),
             namespace: Arc::from(namespace),
             instance: None,
             quarantine_after: self.quarantine_after,
-            clock: self.clock.clone(),
             subscribers: self.subscribers.clone(),
         };
         let version = step.slot.current();
@@ -473,11 +498,10 @@ pub struct Step {
     config: Arc<str>,
     limits: Limits,
     grants: Grants,
-    state: Arc<dyn StateStore>,
+    services: Services,
     namespace: Arc<str>,
     instance: Option<(Arc<Version>, Instance)>,
     quarantine_after: u32,
-    clock: Clock,
     subscribers: Arc<Mutex<Vec<mpsc::Sender<ReloadReport>>>>,
 }
 
@@ -495,6 +519,28 @@ impl Step {
     /// only this call; the next call starts a fresh instance if this one trapped. After
     /// `quarantine_after` failures in a row the version is quarantined until its file changes.
     pub fn handle(&mut self, event: &Event) -> Result<StepOutcome, PluginError> {
+        self.call(event, None)
+    }
+
+    /// Hands the step the event of its timer stored under `key`, which came due: the timer is
+    /// deleted in the call's commit (unless the call sets it again), or on its own if the
+    /// call fails, so it fires once.
+    pub fn fire(&mut self, event: &Event, key: &str) -> Result<StepOutcome, PluginError> {
+        let called = self.call(event, Some(key));
+        if called.is_err() {
+            self.services
+                .state
+                .apply(&self.namespace, vec![(key.to_owned(), None)]);
+        }
+        called
+    }
+
+    /// The state namespace of the step: `{rule}/{step}`.
+    pub fn namespace(&self) -> &Arc<str> {
+        &self.namespace
+    }
+
+    fn call(&mut self, event: &Event, timer: Option<&str>) -> Result<StepOutcome, PluginError> {
         // A guard, not a clone: the steps on every worker share the version, and a reference
         // count changed per call would bounce its cache line between them.
         let version = self.slot.current.load();
@@ -516,7 +562,7 @@ impl Step {
         let Some((_, instance)) = self.instance.as_mut() else {
             unreachable!("an instance was just started");
         };
-        match instance.handle(event) {
+        match instance.handle(event, timer) {
             Ok(outcome) => {
                 // Written only when there is something to reset, for the same reason.
                 if version.failures.load(Ordering::Relaxed) != 0 {
@@ -548,9 +594,8 @@ impl Step {
             Some(&self.config),
             self.limits,
             &self.grants,
-            self.state.clone(),
+            &self.services,
             &self.namespace,
-            self.clock.clone(),
         )
     }
 

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::{v1, v2};
+use super::bindings::{v1, v2, v3};
 use super::instance::{HostState, Pre};
 use super::{Chain, PluginError};
 
@@ -76,6 +76,7 @@ impl Runtime {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        v3::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
         v2::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
         v1::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
 
@@ -113,7 +114,7 @@ impl Runtime {
     }
 
     /// Compiles (or loads from the cache) a component and type-checks it against the world:
-    /// the current one (0.2.0), else 0.1.0.
+    /// the current one (0.3.0), else 0.2.0, else 0.1.0.
     pub(crate) fn prepare(&self, plugin: &str, bytes: &[u8]) -> Result<Pre, PluginError> {
         let component = self.component(plugin, bytes)?;
         let wrong_world = |error: wasmtime::Error| PluginError::WrongWorld {
@@ -124,19 +125,25 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
-        match v2::PluginPre::new(pre.clone()) {
-            Ok(pre) => Ok(Pre::V2(pre)),
-            Err(current) => match v1::PluginPre::new(pre) {
-                Ok(pre) => Ok(Pre::V1(pre)),
-                Err(old) => Err(PluginError::WrongWorld {
-                    plugin: plugin.to_owned(),
-                    reason: format!(
-                        "as iotrules:plugin@0.2.0: {}; as 0.1.0: {}",
-                        Chain(&current),
-                        Chain(&old)
-                    ),
-                }),
-            },
+        let current = match v3::PluginPre::new(pre.clone()) {
+            Ok(pre) => return Ok(Pre::V3(pre)),
+            Err(error) => error,
+        };
+        let previous = match v2::PluginPre::new(pre.clone()) {
+            Ok(pre) => return Ok(Pre::V2(pre)),
+            Err(error) => error,
+        };
+        match v1::PluginPre::new(pre) {
+            Ok(pre) => Ok(Pre::V1(pre)),
+            Err(old) => Err(PluginError::WrongWorld {
+                plugin: plugin.to_owned(),
+                reason: format!(
+                    "as iotrules:plugin@0.3.0: {}; as 0.2.0: {}; as 0.1.0: {}",
+                    Chain(&current),
+                    Chain(&previous),
+                    Chain(&old)
+                ),
+            }),
         }
     }
 

@@ -26,6 +26,8 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Mutex;
 
+use super::timers::is_timer_key;
+
 /// The longest state key, in bytes.
 pub(crate) const MAX_KEY_BYTES: usize = 1024;
 /// The largest state value, in bytes.
@@ -82,6 +84,11 @@ pub trait StateStore: Send + Sync {
     fn durable(&self) -> Option<Durable> {
         None
     }
+
+    /// Every stored timer entry of every namespace (keys under
+    /// [`TIMER_PREFIX`](super::timers::TIMER_PREFIX)): namespace, key, value. Read once, at
+    /// start.
+    fn timers(&self) -> Vec<(String, String, Vec<u8>)>;
 }
 
 /// Resolves once the state writes applied up to a point are committed (or dropped as
@@ -176,6 +183,17 @@ impl StateStore for MemoryStateStore {
             .get(namespace)?
             .get(key)
             .map(|v| key.len() + v.len())
+    }
+
+    fn timers(&self) -> Vec<(String, String, Vec<u8>)> {
+        let entries = self.lock();
+        let mut timers = Vec::new();
+        for (namespace, space) in entries.iter() {
+            for (key, value) in space.iter().filter(|(key, _)| is_timer_key(key)) {
+                timers.push((namespace.clone(), key.clone(), value.clone()));
+            }
+        }
+        timers
     }
 }
 

@@ -130,6 +130,33 @@ impl RuleRuntime {
     /// it; a `drop` verdict ends the run; commands accumulate. A failing step is handled by
     /// the rule's [`OnError`] policy.
     pub fn run<'e>(&mut self, event: &'e Event) -> RuleResult<'e> {
+        self.run_from(0, event, None)
+    }
+
+    /// Hands step `index` (from 0) the event of its timer stored under `key` that came due,
+    /// then runs the steps after it on what it passes on, as [`RuleRuntime::run`] does. The
+    /// rule's `when` and `if` are not asked: the timer is addressed to the step. `None` when
+    /// the rule has no such step.
+    pub fn fire<'e>(
+        &mut self,
+        index: usize,
+        event: &'e Event,
+        key: &str,
+    ) -> Option<RuleResult<'e>> {
+        (index < self.steps.len()).then(|| self.run_from(index, event, Some(key)))
+    }
+
+    /// The plugin of step `index` (from 0).
+    pub fn step_plugin(&self, index: usize) -> Option<&str> {
+        self.steps.get(index).map(Step::plugin)
+    }
+
+    fn run_from<'e>(
+        &mut self,
+        start: usize,
+        event: &'e Event,
+        timer: Option<&str>,
+    ) -> RuleResult<'e> {
         let rule = &self.rule;
         let mut current = Cow::Borrowed(event);
         let mut commands = Vec::new();
@@ -144,10 +171,14 @@ impl RuleRuntime {
             versions,
             refused,
         };
-        for (index, (step, spec)) in self.steps.iter_mut().zip(&rule.steps).enumerate() {
+        let steps = self.steps.iter_mut().zip(&rule.steps).enumerate();
+        for (index, (step, spec)) in steps.skip(start) {
             let number = index + 1;
             let started = Instant::now();
-            let handled = step.handle(&current);
+            let handled = match timer {
+                Some(key) if index == start => step.fire(&current, key),
+                _ => step.handle(&current),
+            };
             let elapsed = started.elapsed();
             match handled {
                 Ok(StepOutcome { outcome, version }) => {

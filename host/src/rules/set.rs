@@ -200,6 +200,22 @@ impl RuleSet {
     }
 
     /// Every rule, enabled or not, in file and then file order.
+    /// The steps of the enabled rules by state namespace (`{rule}/{step}`): the rule, the
+    /// step's index from 0, and its plugin. A timer belongs to the step of its namespace if
+    /// that step runs the plugin that set it.
+    pub fn steps_by_namespace(&self) -> HashMap<String, (Arc<str>, usize, Arc<str>)> {
+        let mut steps = HashMap::new();
+        for rule in self.rules.iter().filter(|rule| rule.enabled) {
+            for (index, spec) in rule.steps.iter().enumerate() {
+                steps.insert(
+                    format!("{}/{}", rule.name, index + 1),
+                    (rule.name.clone(), index, spec.plugin.clone()),
+                );
+            }
+        }
+        steps
+    }
+
     pub fn rules(&self) -> &[Arc<Rule>] {
         &self.rules
     }

@@ -348,6 +348,21 @@ impl StateStore for SqliteStateStore {
         }
     }
 
+    fn timers(&self) -> Vec<(String, String, Vec<u8>)> {
+        self.flush();
+        match timers(&self.shared.store.conn()) {
+            Ok(timers) => timers,
+            Err(error) => {
+                tracing::error!(
+                    store = %self.shared.store.path().display(),
+                    %error,
+                    "Cannot read the stored timers; none will fire until the next start"
+                );
+                Vec::new()
+            }
+        }
+    }
+
     fn durable(&self) -> Option<Durable> {
         let last = lock(&self.shared.queue).last;
         let done = self.shared.done.subscribe();
@@ -453,6 +468,20 @@ fn load(conn: &Connection, namespace: &str) -> rusqlite::Result<HashMap<String, 
     let mut select =
         conn.prepare_cached("SELECT key, value FROM plugin_state WHERE namespace = ?")?;
     let rows = select.query_map([namespace], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    rows.collect()
+}
+
+/// Every timer entry of every namespace: the keys from `@timer/` up to (not including)
+/// `@timer0`, `0` being the character after `/`.
+fn timers(conn: &Connection) -> rusqlite::Result<Vec<(String, String, Vec<u8>)>> {
+    let mut select = conn.prepare_cached(
+        "SELECT namespace, key, value FROM plugin_state WHERE key >= ?1 AND key < ?2",
+    )?;
+    let prefix = crate::plugin::TIMER_PREFIX;
+    let end = format!("{}0", &prefix[..prefix.len() - 1]);
+    let rows = select.query_map([prefix, end.as_str()], |row| {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+    })?;
     rows.collect()
 }
 
