@@ -48,6 +48,8 @@ pub struct Captured {
     pub device: String,
     pub name: String,
     pub seq: Option<u64>,
+    /// The whole params.
+    pub params: serde_json::Value,
 }
 
 /// A command path that records every command and confirms it, or holds the confirmations
@@ -117,6 +119,7 @@ impl CommandPath for Capture {
                 device: command.device.id.clone(),
                 name: command.name.clone(),
                 seq: params.get("seq").and_then(serde_json::Value::as_u64),
+                params,
             });
             match self.held.lock().unwrap().as_mut() {
                 Some(held) => held.push(done),

@@ -57,8 +57,11 @@ pub(super) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let schedule = shared.registry.timers().clone();
+    let clock = shared.registry.clock().clone();
     let counters = Arc::new(ConnectorCounters::new(&shared.metrics, TIMER_CONNECTOR));
     let mut set: Option<Arc<RuleSet>> = None;
+    // Woken by every reload, so the timers of removed steps go at once, not when due.
+    let mut reloads = shared.rules.swapped();
     let mut steps = HashMap::new();
     loop {
         if *stop.borrow() {
@@ -70,7 +73,7 @@ pub(super) async fn run(
             sweep(&shared, &steps);
             set = Some(current);
         }
-        let now = crate::time::now_ms();
+        let now = clock.now_ms();
         let due = schedule.take_due(now, BATCH);
         let full = due.len() == BATCH;
         for timer in due {
@@ -138,12 +141,13 @@ pub(super) async fn run(
         let sleep = schedule
             .next_due()
             .map_or(RECHECK, |at| {
-                Duration::from_millis(at.saturating_sub(crate::time::now_ms()))
+                Duration::from_millis(at.saturating_sub(clock.now_ms()))
             })
             .min(RECHECK);
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             _ = schedule.changed() => {}
+            _ = reloads.changed() => {}
             _ = stop.changed() => return,
         }
     }
@@ -191,12 +195,13 @@ fn delete(shared: &Shared, timer: &Timer) {
 fn retry_acker(shared: &Shared, timer: &Timer) -> Acker {
     let registry = shared.registry.clone();
     let timer = timer.clone();
+    let clock = registry.clock().clone();
     Acker::new(move |how| {
         if how != Settle::Retry || registry.timers().contains(&timer.namespace, &timer.key) {
             return;
         }
         let mut record = timer.record;
-        record.at_ms = crate::time::now_ms() + RETRY_DELAY_MS;
+        record.at_ms = clock.now_ms() + RETRY_DELAY_MS;
         if let Ok(value) = serde_json::to_vec(&record) {
             registry
                 .state()

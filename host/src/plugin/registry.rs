@@ -114,7 +114,7 @@ pub enum ReloadReport {
         plugin: String,
         version: u64,
         sha256: String,
-        /// The plugin world it was built for: `0.2.0`, or `0.1.0` (see [`Version::world`]).
+        /// The plugin world it was built for: `0.3.0`, `0.2.0` or `0.1.0` (see [`Version::world`]).
         world: &'static str,
         /// From reading the file to the swap: compile (or cache load), instantiate, init.
         took: Duration,
@@ -213,6 +213,11 @@ impl Registry {
     pub(crate) fn with_clock(mut self, clock: Clock) -> Self {
         self.services.clock = clock;
         self
+    }
+
+    /// The clock plugins read, which timers are due by.
+    pub fn clock(&self) -> &Clock {
+        &self.services.clock
     }
 
     pub fn dir(&self) -> &Path {

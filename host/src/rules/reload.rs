@@ -39,6 +39,8 @@ pub struct Rules {
     current: ArcSwap<RuleSet>,
     generation: Mutex<u64>,
     subscribers: Mutex<Vec<mpsc::Sender<ReloadResult>>>,
+    /// Says the generation of every set swapped in, to async waiters (the timer task).
+    swapped: tokio::sync::watch::Sender<u64>,
 }
 
 impl Rules {
@@ -52,6 +54,7 @@ impl Rules {
             current: ArcSwap::from_pointee(set),
             generation: Mutex::new(1),
             subscribers: Mutex::default(),
+            swapped: tokio::sync::watch::Sender::new(1),
         })
     }
 
@@ -69,6 +72,11 @@ impl Rules {
     /// The generation of [`Rules::current`]; workers compare it to rebuild their runtimes.
     pub(crate) fn generation(&self) -> u64 {
         *lock(&self.generation)
+    }
+
+    /// Changes when a new set is swapped in.
+    pub(crate) fn swapped(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swapped.subscribe()
     }
 
     /// The rules directory.
@@ -93,6 +101,7 @@ impl Rules {
                 *generation += 1;
                 let summary = summarize(&self.current.load(), &set, *generation);
                 self.current.store(Arc::new(set));
+                self.swapped.send_replace(*generation);
                 tracing::info!(
                     generation = summary.generation,
                     added = summary.added.len(),
