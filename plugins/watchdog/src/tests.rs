@@ -264,7 +264,11 @@ fn only_online_ends_an_offline_spell() {
     let (name, alert, _) = alert(&fired);
     assert_eq!(name, "recovered-offline");
     assert_eq!(payload(&alert)["recovered_from"], "watchdog.offline");
-    assert_eq!(payload(&alert)["duration_s"], 120, "offline at 0 s, online at 120 s");
+    assert_eq!(
+        payload(&alert)["duration_s"],
+        120,
+        "offline at 0 s, online at 120 s"
+    );
 }
 
 #[test]
