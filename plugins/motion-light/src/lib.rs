@@ -34,10 +34,23 @@
 //!   `command` code with the `on` value). Any other value of that datapoint means off.
 //! - `respect_manual` (default `true`): leave lights alone that were on before the motion.
 //!   With `false`, motion takes over every light, and the end of motion switches all off.
+//! - `quiet_s` (seconds, > 0): also end the motion when a sensor has not reported presence for
+//!   this long. Most PIR sensors report motion and never "no motion"; with `quiet_s` each
+//!   presence report (re-)arms a timer of the sensor's, and when it fires the sensor counts as
+//!   seeing no one, as if it had reported `absent`. An `absent` report still ends the motion
+//!   at once, and cancels the sensor's timer. Without `quiet_s`, only `absent` ends it.
+//!
+//! ```toml
+//! config = { sensors = ["vdevo-pir-1"], lights = ["vdevo-light-1"], quiet_s = 300 }
+//! ```
 //!
 //! With several sensors, the lights go off when the last sensor that saw someone reports no
-//! one. A light switched off by hand while on for motion is forgotten and not switched again
-//! until the next motion.
+//! one (or falls quiet). A light switched off by hand while on for motion is forgotten and not
+//! switched again until the next motion.
+//!
+//! The quiet timer is named `quiet`, per sensor. Its event (kind `timer`) passes on unchanged
+//! like every other, carrying the switch-off commands. A timer armed before `quiet_s` was
+//! removed from the config still ends its sensor's motion when it fires.
 
 use std::collections::BTreeSet;
 
@@ -46,6 +59,9 @@ use serde::{Deserialize, Serialize};
 
 /// The single state key: the plugin's memory is small and changes as a whole.
 const STATE_KEY: &str = "lights";
+
+/// The sensor's timer that ends its motion after `quiet_s` without a presence report.
+const QUIET_TIMER: &str = "quiet";
 
 /// The rule step's configuration.
 #[derive(Debug, Deserialize)]
@@ -76,6 +92,8 @@ struct Settings {
     light_on: Option<serde_json::Value>,
     #[serde(default = "default_respect_manual")]
     respect_manual: bool,
+    #[serde(default)]
+    quiet_s: Option<u64>,
 }
 
 fn default_datapoint() -> String {
@@ -233,6 +251,22 @@ impl MotionLight {
         }
         commands
     }
+
+    /// A sensor's quiet timer fired: it has seen no one for `quiet_s`, as if it said so.
+    fn quiet(&self, event: &EventView, ctx: &mut Ctx) -> Result<Outcome, String> {
+        let before: Memory = ctx.get_state(STATE_KEY)?.unwrap_or_default();
+        let mut memory = before.clone();
+        let sensor = event.device_key();
+        let commands = self.no_one(&sensor, &mut memory);
+        ctx.debug(format_args!(
+            "motion-light: {sensor}: no motion reported within the quiet time; sending {} command(s)",
+            commands.len()
+        ));
+        if memory != before {
+            ctx.set_state(STATE_KEY, &memory)?;
+        }
+        Ok(Outcome::keep().with_commands(commands))
+    }
 }
 
 impl Plugin for MotionLight {
@@ -246,6 +280,12 @@ impl Plugin for MotionLight {
         }
         if settings.lights.is_empty() {
             return Err("config: `lights`: name at least one light to switch".to_owned());
+        }
+        if settings.quiet_s == Some(0) {
+            return Err(
+                "config: `quiet_s`: give the seconds without motion before the lights go off (more than 0), or leave it out"
+                    .to_owned(),
+            );
         }
         if settings.present.is_empty() || settings.absent.is_empty() {
             return Err("config: `present` and `absent` each need at least one value".to_owned());
@@ -295,6 +335,9 @@ impl Plugin for MotionLight {
     }
 
     fn handle(&mut self, event: &EventView, ctx: &mut Ctx) -> Result<Outcome, String> {
+        if event.timer() == Some(QUIET_TIMER) {
+            return self.quiet(event, ctx);
+        }
         if event.kind() != Kind::Properties {
             return Ok(Outcome::keep());
         }
@@ -318,8 +361,16 @@ impl Plugin for MotionLight {
         if let Some(value) = sensor_value {
             let sensor = event.device_key();
             match self.presence(&value) {
-                Some(Presence::Someone) => commands = self.someone(sensor, &mut memory),
-                Some(Presence::NoOne) => commands = self.no_one(&sensor, &mut memory),
+                Some(Presence::Someone) => {
+                    commands = self.someone(sensor, &mut memory);
+                    if let Some(quiet_s) = self.settings.quiet_s {
+                        ctx.set_timer_in(QUIET_TIMER, quiet_s.saturating_mul(1000))?;
+                    }
+                }
+                Some(Presence::NoOne) => {
+                    commands = self.no_one(&sensor, &mut memory);
+                    ctx.cancel_timer(QUIET_TIMER);
+                }
                 None => ctx.debug(format_args!(
                     "motion-light: {sensor}: `{}` = {value} means neither presence nor absence; ignored",
                     self.settings.datapoint
@@ -345,7 +396,7 @@ iotrules_plugin_sdk::export_plugin!(MotionLight);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iotrules_plugin_sdk::testing::{TestHost, event};
+    use iotrules_plugin_sdk::testing::{Fired, TestHost, event};
 
     const CONFIG: &str = r#"{
         "sensors": ["pir-1", "pir-2"],
@@ -393,6 +444,37 @@ mod tests {
         fn send(&mut self, ev: Event) -> Vec<(String, String)> {
             sent(&self.host.handle(&mut self.plugin, &ev).unwrap())
         }
+
+        /// Moves the clock and fires the timers then due.
+        fn wait_s(&mut self, seconds: u64) -> Vec<Fired> {
+            self.host.advance_ms(seconds * 1000);
+            self.host.fire_due(&mut self.plugin)
+        }
+
+        /// When the sensor's quiet timer is due, if it is set.
+        fn quiet_due(&self, sensor: &str) -> Option<u64> {
+            self.host
+                .timers()
+                .get(&(sensor.to_owned(), QUIET_TIMER.to_owned()))
+                .copied()
+        }
+    }
+
+    /// Five minutes of quiet ends the motion.
+    const QUIET: &str = r#"{
+        "sensors": ["pir-1", "pir-2"],
+        "lights": ["light-1", "light-2"],
+        "quiet_s": 300
+    }"#;
+
+    /// The commands the one timer that fired sent, checking it was the sensor's quiet timer.
+    fn sent_by_quiet(fired: &[Fired], sensor: &str) -> Vec<(String, String)> {
+        assert_eq!(fired.len(), 1, "one timer fired: {fired:?}");
+        assert_eq!(
+            (fired[0].device.as_str(), fired[0].name.as_str()),
+            (sensor, QUIET_TIMER)
+        );
+        sent(fired[0].outcome.as_ref().unwrap())
     }
 
     #[test]
@@ -575,6 +657,112 @@ mod tests {
     }
 
     #[test]
+    fn quiet_time_switches_off_after_the_last_motion_report() {
+        let mut rig = Rig::new(QUIET);
+        let start = rig.host.now();
+        assert_eq!(rig.send(pir("pir-1", "pir")).len(), 2);
+        assert_eq!(rig.quiet_due("pir-1"), Some(start + 300_000));
+        assert!(rig.wait_s(200).is_empty());
+        // Motion again re-arms the timer from now: no commands, a later switch-off.
+        assert!(rig.send(pir("pir-1", "pir")).is_empty());
+        assert_eq!(rig.quiet_due("pir-1"), Some(start + 500_000));
+        assert!(
+            rig.wait_s(299).is_empty(),
+            "300 s after the first report, not the last"
+        );
+        let fired = rig.wait_s(1);
+        assert_eq!(fired[0].at_ms, start + 500_000);
+        assert_eq!(
+            sent_by_quiet(&fired, "pir-1"),
+            [off("light-1"), off("light-2")]
+        );
+        assert!(rig.host.timers().is_empty(), "it fires once");
+        assert_eq!(rig.host.state::<Memory>(STATE_KEY), Some(Memory::default()));
+        // The next motion starts over.
+        assert_eq!(rig.send(pir("pir-1", "pir")).len(), 2);
+    }
+
+    #[test]
+    fn the_quiet_timers_event_passes_on_unchanged() {
+        let mut rig = Rig::new(QUIET);
+        rig.send(pir("pir-1", "pir"));
+        let fired = rig.wait_s(300);
+        let outcome = fired[0].outcome.as_ref().unwrap();
+        assert!(outcome.is_keep());
+        assert_eq!(outcome.commands[0].name, "switch_led");
+        assert!(rig.host.logged(Level::Debug, "within the quiet time"));
+    }
+
+    #[test]
+    fn quiet_time_leaves_a_light_on_by_hand_alone() {
+        let mut rig = Rig::new(QUIET);
+        rig.send(light("light-2", true));
+        assert_eq!(rig.send(pir("pir-1", "pir")), [on("light-1")]);
+        assert_eq!(sent_by_quiet(&rig.wait_s(300), "pir-1"), [off("light-1")]);
+        // Motion while a light is on by hand still arms the timer, which then switches nothing.
+        rig.send(light("light-1", true));
+        rig.send(light("light-2", true));
+        assert!(rig.send(pir("pir-1", "pir")).is_empty());
+        assert!(sent_by_quiet(&rig.wait_s(300), "pir-1").is_empty());
+    }
+
+    #[test]
+    fn an_absent_report_switches_off_at_once_and_cancels_the_timer() {
+        let mut rig = Rig::new(QUIET);
+        rig.send(pir("pir-1", "pir"));
+        rig.host.advance_ms(10_000);
+        assert_eq!(
+            rig.send(pir("pir-1", "none")),
+            [off("light-1"), off("light-2")]
+        );
+        assert_eq!(rig.quiet_due("pir-1"), None);
+        assert!(rig.wait_s(600).is_empty());
+    }
+
+    #[test]
+    fn with_quiet_time_the_lights_stay_on_until_every_sensor_is_quiet() {
+        let mut rig = Rig::new(QUIET);
+        rig.send(pir("pir-1", "pir"));
+        rig.host.advance_ms(100_000);
+        assert!(rig.send(pir("pir-2", "pir")).is_empty());
+        // pir-1 falls quiet while pir-2 still sees someone.
+        assert!(sent_by_quiet(&rig.wait_s(200), "pir-1").is_empty());
+        assert_eq!(
+            sent_by_quiet(&rig.wait_s(100), "pir-2"),
+            [off("light-1"), off("light-2")]
+        );
+    }
+
+    #[test]
+    fn a_pending_quiet_timer_survives_a_restart() {
+        let mut rig = Rig::new(QUIET);
+        rig.send(pir("pir-1", "pir"));
+        rig.plugin = rig.host.init(QUIET).unwrap();
+        assert_eq!(sent_by_quiet(&rig.wait_s(300), "pir-1").len(), 2);
+    }
+
+    #[test]
+    fn without_quiet_time_no_timer_is_set() {
+        let mut rig = Rig::new(CONFIG);
+        rig.send(pir("pir-1", "pir"));
+        assert!(rig.host.timers().is_empty());
+        assert!(rig.wait_s(86_400).is_empty());
+    }
+
+    #[test]
+    fn a_refused_timer_fails_the_event_without_commands_or_state() {
+        let mut rig = Rig::new(QUIET);
+        rig.host.refuse_state_writes("quota");
+        let err = rig
+            .host
+            .handle(&mut rig.plugin, &pir("pir-1", "pir"))
+            .unwrap_err();
+        assert_eq!(err, "timer `quiet`: the host refused it: quota");
+        assert!(rig.host.timers().is_empty());
+        assert_eq!(rig.host.state::<Memory>(STATE_KEY), None);
+    }
+
+    #[test]
     fn bad_configs_are_refused_naming_the_field() {
         let refuse = |config: &str| MotionLight::init(&Config::new(config)).err().unwrap();
         assert_eq!(
@@ -596,6 +784,14 @@ mod tests {
         assert_eq!(
             refuse(r#"{"sensors": ["p"], "lights": ["l"], "present": ["x"], "absent": ["x"]}"#),
             r#"config: `present` and `absent` both contain "x""#
+        );
+        assert!(
+            refuse(r#"{"sensors": ["p"], "lights": ["l"], "quiet_s": 0}"#)
+                .starts_with("config: `quiet_s`: give the seconds")
+        );
+        assert_eq!(
+            refuse(r#"{"sensors": ["p"], "lights": ["l"], "quiet_s": -5}"#),
+            "config: `quiet_s`: invalid value: integer `-5`, expected u64"
         );
         assert!(
             refuse(r#"{"sensors": ["p"], "lights": ["l"], "light": "x"}"#)
