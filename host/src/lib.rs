@@ -27,6 +27,6 @@ pub mod status;
 pub mod store;
 mod sync;
 pub mod time;
-pub mod twin;
 pub mod tls;
+pub mod twin;
 pub mod watch;

@@ -243,7 +243,10 @@ impl Twins {
 
     /// Runs `f` on the device's twin without copying it.
     pub fn with<R>(&self, id: &str, f: impl FnOnce(&Twin) -> R) -> Option<R> {
-        lock(self.shard(id)).devices.get(id).map(|(_, twin)| f(twin))
+        lock(self.shard(id))
+            .devices
+            .get(id)
+            .map(|(_, twin)| f(twin))
     }
 
     /// Puts a twin back as it was stored (at start), unless the device is already known.
@@ -353,7 +356,12 @@ mod tests {
             100,
             &[("t", Value::Float(20.5)), ("h", Value::Integer(40))],
         ));
-        twins.update(&event("d", Kind::Properties, 200, &[("t", Value::Float(21.0))]));
+        twins.update(&event(
+            "d",
+            Kind::Properties,
+            200,
+            &[("t", Value::Float(21.0))],
+        ));
         let twin = twins.get("d").expect("twin");
         assert_eq!(twin.last_seen_ms, 200);
         assert_eq!(twin.property("t").unwrap().value, Value::Float(21.0));
@@ -367,8 +375,18 @@ mod tests {
     #[test]
     fn a_late_report_does_not_overwrite_a_newer_value() {
         let twins = Twins::new(10);
-        twins.update(&event("d", Kind::Properties, 200, &[("t", Value::Integer(2))]));
-        twins.update(&event("d", Kind::Properties, 100, &[("t", Value::Integer(1))]));
+        twins.update(&event(
+            "d",
+            Kind::Properties,
+            200,
+            &[("t", Value::Integer(2))],
+        ));
+        twins.update(&event(
+            "d",
+            Kind::Properties,
+            100,
+            &[("t", Value::Integer(1))],
+        ));
         let twin = twins.get("d").unwrap();
         assert_eq!(twin.property("t").unwrap().value, Value::Integer(2));
         assert_eq!(twin.last_seen_ms, 200);
@@ -386,7 +404,10 @@ mod tests {
         assert_eq!(twins.get("d").unwrap().online, Some(false), "older");
         twins.update(&event("d", Kind::Online, 300, &[]));
         let twin = twins.get("d").unwrap();
-        assert_eq!((twin.online, twin.online_changed_ms), (Some(true), Some(300)));
+        assert_eq!(
+            (twin.online, twin.online_changed_ms),
+            (Some(true), Some(300))
+        );
     }
 
     #[test]
@@ -421,12 +442,22 @@ mod tests {
     #[test]
     fn a_restored_twin_reads_back_and_an_update_carries_on_from_it() {
         let twins = Twins::new(10);
-        twins.update(&event("d", Kind::Properties, 100, &[("t", Value::Integer(1))]));
+        twins.update(&event(
+            "d",
+            Kind::Properties,
+            100,
+            &[("t", Value::Integer(1))],
+        ));
         let stored = serde_json::to_vec(&twins.get("d").unwrap()).unwrap();
         let restored = Twins::new(10);
         restored.restore(serde_json::from_slice(&stored).unwrap());
         assert_eq!(restored.get("d"), twins.get("d"));
-        restored.update(&event("d", Kind::Properties, 200, &[("u", Value::Integer(2))]));
+        restored.update(&event(
+            "d",
+            Kind::Properties,
+            200,
+            &[("u", Value::Integer(2))],
+        ));
         assert_eq!(restored.get("d").unwrap().properties.len(), 2);
     }
 }

@@ -213,3 +213,153 @@ fn a_test_naming_an_unknown_rule_is_refused_with_its_position() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_timer_examples_rule_tests_pass_with_the_real_plugins() {
+    let output = iotrules_test(&repo().join("examples/rules"), &[]);
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        text(&output.stderr)
+    );
+    assert!(
+        stdout.contains(" passed; 0 failed; 0 filtered out"),
+        "{stdout}"
+    );
+}
+
+/// The timer of `testing/alarm` (set by every event, due `delay_ms` later), in rule tests.
+const ALARM_RULES: &str = r#"
+[[rule]]
+name = "alarm"
+commands.via = "out"
+
+[[rule.step]]
+plugin = "alarm"
+config = { delay_ms = 60000, cancel_on_seq = 9 }
+"#;
+
+/// A rules directory of [`ALARM_RULES`] and `tests`, over the plugins with `testing/alarm`
+/// installed as `alarm`.
+fn alarm_dir(tests: &str) -> (tempfile::TempDir, tempfile::TempDir) {
+    let rules = tempfile::tempdir().expect("temp dir");
+    std::fs::write(rules.path().join("alarm.toml"), ALARM_RULES).expect("rules");
+    std::fs::write(rules.path().join("alarm.test.toml"), tests).expect("tests");
+    let plugins = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(
+        plugins_dir().join("testing/alarm.wasm"),
+        plugins.path().join("alarm.wasm"),
+    )
+    .expect("install alarm");
+    (rules, plugins)
+}
+
+fn plugins_dir() -> PathBuf {
+    plugins()
+}
+
+fn run_alarm(tests: &str) -> (bool, String) {
+    let (rules, plugins) = alarm_dir(tests);
+    let output = Command::new(env!("CARGO_BIN_EXE_iotrules"))
+        .arg("test")
+        .arg("--rules")
+        .arg(rules.path())
+        .arg("--plugins")
+        .arg(plugins.path())
+        .output()
+        .expect("iotrules runs");
+    (output.status.success(), text(&output.stdout))
+}
+
+#[test]
+fn a_wait_moves_the_clock_and_a_timer_expectation_checks_the_firing() {
+    let (passed, stdout) = run_alarm(
+        r#"
+[[test]]
+name = "the alarm fires a minute after the last event, once"
+[[test.input]]
+vendor = "huawei"
+device = "d1"
+properties = { seq = 1 }
+[[test.input]]
+after_s = 59.999
+[[test.input.expect]]
+fired = []
+[[test.input]]
+after_s = 0.001
+[[test.input.expect]]
+fired = ["alarm"]
+[[test.input.expect]]
+timer = "alarm"
+device = "d1"
+verdict = "replace"
+commands = [{ device = "d1", name = "fired", params = { seq = 1, timer = "alarm", due = 1763884860000, count = 1 }, via = "out" }]
+event = { kind = "timer", attributes = { alarm-count = "1" } }
+[[test.input]]
+after_s = 3600
+[[test.input.expect]]
+fired = []
+
+[[test]]
+name = "an event re-arms it and a cancel stops it"
+[[test.input]]
+vendor = "huawei"
+device = "d1"
+properties = { seq = 1 }
+[[test.input]]
+after_s = 50
+vendor = "huawei"
+device = "d1"
+properties = { seq = 2 }
+[[test.input.expect]]
+fired = []
+[[test.input]]
+after_s = 50
+vendor = "huawei"
+device = "d1"
+properties = { seq = 9 }
+[[test.input.expect]]
+fired = []
+[[test.input]]
+after_s = 600
+[[test.input.expect]]
+fired = []
+"#,
+    );
+    assert!(passed, "{stdout}");
+    assert!(stdout.contains("2 passed; 0 failed"), "{stdout}");
+}
+
+#[test]
+fn a_timer_that_does_not_fire_fails_the_test_naming_what_did() {
+    let (passed, stdout) = run_alarm(
+        r#"
+[[test]]
+name = "expects the alarm too early"
+[[test.input]]
+vendor = "huawei"
+device = "d1"
+properties = { seq = 1 }
+[[test.input]]
+after_s = 30
+[[test.input.expect]]
+timer = "alarm"
+[[test.input]]
+after_s = 30
+[[test.input.expect]]
+fired = []
+"#,
+    );
+    assert!(!passed, "{stdout}");
+    assert!(
+        stdout.contains("input 2")
+            && stdout.contains("timer \"alarm\" did not fire during this input (fired: none)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("input 3") && stdout.contains("+ fired = [\"alarm\"]"),
+        "{stdout}"
+    );
+}

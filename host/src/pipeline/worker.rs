@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use super::intake::{Job, Origin};
-use super::timers::Fire;
 use super::report::{CommandRefused, ConditionFailed, StepFailed};
 use super::settle::{self, Queued, Settler, Unsettled, letter};
+use super::timers::Fire;
 use crate::event::{Command, Event};
 use crate::metrics::{Counter, Histogram, Metrics};
 use crate::rules::{

@@ -9,9 +9,9 @@
 //! every call; what a 0.1.0 guest sends back is moved into the 0.2.0 types and checked by
 //! the same code.
 
+use super::Outcome;
 use super::bindings::iotrules_v1 as v1;
 use super::bindings::iotrules_v2 as wit_v2;
-use super::Outcome;
 use crate::event::{Event, Json, Kind, Property, Value};
 use v1::Kind as V1Kind;
 use wit_v2::Kind as V2Kind;
@@ -214,6 +214,8 @@ fn json(what: &str, text: String) -> Result<Json, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Device, Vendor};
+    use crate::plugin::Verdict;
     use crate::plugin::bindings::iotrules_v1 as wit;
 
     fn sample() -> Event {
@@ -318,7 +320,8 @@ mod tests {
             verdict: wit_v2::Verdict::Update(changes),
             commands: Vec::new(),
         };
-        let Verdict::Replace(updated) = v2::outcome_from(outcome, &original).unwrap().verdict else {
+        let Verdict::Replace(updated) = v2::outcome_from(outcome, &original).unwrap().verdict
+        else {
             panic!("an update passes on a changed event");
         };
         let mut expected = original.clone();
@@ -336,7 +339,7 @@ mod tests {
             payload: Some("{broken".into()),
             attributes: None,
         };
-        let error = super::updated(broken, &original).unwrap_err();
+        let error = v2::updated(broken, &original).unwrap_err();
         assert!(error.contains("updated payload is not JSON"), "{error}");
     }
 

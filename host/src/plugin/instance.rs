@@ -336,94 +336,97 @@ impl v3::iotrules::plugin::types::Host for HostState {}
 /// over each version's types.
 macro_rules! event_view {
     ($version:ident) => {
-impl $version::iotrules::plugin::types::HostEventView for HostState {
-    fn id(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
-        Ok(self.viewed()?.id.clone())
-    }
+        impl $version::iotrules::plugin::types::HostEventView for HostState {
+            fn id(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
+                Ok(self.viewed()?.id.clone())
+            }
 
-    fn source(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
-        Ok(self.viewed()?.source.clone())
-    }
+            fn source(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
+                Ok(self.viewed()?.source.clone())
+            }
 
-    fn vendor(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
-        Ok(self.viewed()?.vendor.as_str().to_owned())
-    }
+            fn vendor(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
+                Ok(self.viewed()?.vendor.as_str().to_owned())
+            }
 
-    fn kind(
-        &mut self,
-        _: Resource<EventView>,
-    ) -> wasmtime::Result<$version::iotrules::plugin::types::Kind> {
-        Ok(convert::$version::kind_to(self.viewed()?.kind))
-    }
+            fn kind(
+                &mut self,
+                _: Resource<EventView>,
+            ) -> wasmtime::Result<$version::iotrules::plugin::types::Kind> {
+                Ok(convert::$version::kind_to(self.viewed()?.kind))
+            }
 
-    fn action(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
-        Ok(self.viewed()?.action.clone())
-    }
+            fn action(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
+                Ok(self.viewed()?.action.clone())
+            }
 
-    fn device(
-        &mut self,
-        _: Resource<EventView>,
-    ) -> wasmtime::Result<$version::iotrules::plugin::types::Device> {
-        Ok(convert::$version::device_to(&self.viewed()?.device))
-    }
+            fn device(
+                &mut self,
+                _: Resource<EventView>,
+            ) -> wasmtime::Result<$version::iotrules::plugin::types::Device> {
+                Ok(convert::$version::device_to(&self.viewed()?.device))
+            }
 
-    fn time_ms(&mut self, _: Resource<EventView>) -> wasmtime::Result<u64> {
-        Ok(self.viewed()?.time_ms)
-    }
+            fn time_ms(&mut self, _: Resource<EventView>) -> wasmtime::Result<u64> {
+                Ok(self.viewed()?.time_ms)
+            }
 
-    fn properties(
-        &mut self,
-        _: Resource<EventView>,
-    ) -> wasmtime::Result<Vec<$version::iotrules::plugin::types::Property>> {
-        Ok(self
-            .viewed()?
-            .properties
-            .iter()
-            .map(convert::$version::property_to)
-            .collect())
-    }
+            fn properties(
+                &mut self,
+                _: Resource<EventView>,
+            ) -> wasmtime::Result<Vec<$version::iotrules::plugin::types::Property>> {
+                Ok(self
+                    .viewed()?
+                    .properties
+                    .iter()
+                    .map(convert::$version::property_to)
+                    .collect())
+            }
 
-    fn property(
-        &mut self,
-        _: Resource<EventView>,
-        code: String,
-    ) -> wasmtime::Result<Option<$version::iotrules::plugin::types::Property>> {
-        let event = self.viewed()?;
-        Ok(event
-            .properties
-            .iter()
-            .find(|property| property.code == code)
-            .map(convert::$version::property_to))
-    }
+            fn property(
+                &mut self,
+                _: Resource<EventView>,
+                code: String,
+            ) -> wasmtime::Result<Option<$version::iotrules::plugin::types::Property>> {
+                let event = self.viewed()?;
+                Ok(event
+                    .properties
+                    .iter()
+                    .find(|property| property.code == code)
+                    .map(convert::$version::property_to))
+            }
 
-    fn payload(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
-        Ok(self.viewed()?.payload.as_str().to_owned())
-    }
+            fn payload(&mut self, _: Resource<EventView>) -> wasmtime::Result<String> {
+                Ok(self.viewed()?.payload.as_str().to_owned())
+            }
 
-    fn attributes(&mut self, _: Resource<EventView>) -> wasmtime::Result<Vec<(String, String)>> {
-        Ok(convert::$version::attributes_to(self.viewed()?))
-    }
+            fn attributes(
+                &mut self,
+                _: Resource<EventView>,
+            ) -> wasmtime::Result<Vec<(String, String)>> {
+                Ok(convert::$version::attributes_to(self.viewed()?))
+            }
 
-    fn attribute(
-        &mut self,
-        _: Resource<EventView>,
-        name: String,
-    ) -> wasmtime::Result<Option<String>> {
-        Ok(self.viewed()?.attributes.get(&name).cloned())
-    }
+            fn attribute(
+                &mut self,
+                _: Resource<EventView>,
+                name: String,
+            ) -> wasmtime::Result<Option<String>> {
+                Ok(self.viewed()?.attributes.get(&name).cloned())
+            }
 
-    fn whole(
-        &mut self,
-        _: Resource<EventView>,
-    ) -> wasmtime::Result<$version::iotrules::plugin::types::Event> {
-        Ok(convert::$version::event_to(self.viewed()?))
-    }
+            fn whole(
+                &mut self,
+                _: Resource<EventView>,
+            ) -> wasmtime::Result<$version::iotrules::plugin::types::Event> {
+                Ok(convert::$version::event_to(self.viewed()?))
+            }
 
-    fn drop(&mut self, _: Resource<EventView>) -> wasmtime::Result<()> {
-        // The guest only ever borrows the view; there is nothing to free.
-        Ok(())
-    }
-}
+            fn drop(&mut self, _: Resource<EventView>) -> wasmtime::Result<()> {
+                // The guest only ever borrows the view; there is nothing to free.
+                Ok(())
+            }
+        }
     };
 }
 
@@ -588,17 +591,15 @@ impl Instance {
                 // Every call's view has the same handle: the host knows which event it is.
                 let result = plugin.call_handle(&mut self.store, Resource::new_borrow(0));
                 self.store.data_mut().viewed = Viewed(None);
-                result.map(|handled| {
-                    handled.map(|outcome| convert::v3::outcome_from(outcome, event))
-                })
+                result
+                    .map(|handled| handled.map(|outcome| convert::v3::outcome_from(outcome, event)))
             }
             Bindings::V2(plugin) => {
                 self.store.data_mut().viewed = Viewed(Some(NonNull::from(event)));
                 let result = plugin.call_handle(&mut self.store, Resource::new_borrow(0));
                 self.store.data_mut().viewed = Viewed(None);
-                result.map(|handled| {
-                    handled.map(|outcome| convert::v2::outcome_from(outcome, event))
-                })
+                result
+                    .map(|handled| handled.map(|outcome| convert::v2::outcome_from(outcome, event)))
             }
             Bindings::V1(plugin) => {
                 convert::with_v1_event(event, |input| plugin.call_handle(&mut self.store, input))

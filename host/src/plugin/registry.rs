@@ -9,17 +9,17 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
+use super::Services;
 use super::grants::GrantPolicy;
 use super::instance::{Grants, Instance, Limits, Pre};
 use super::runtime::Runtime;
-use super::Services;
 use super::state::{MemoryStateStore, StateStore};
 use super::timers::Schedule;
-use crate::twin::{DEFAULT_MAX_DEVICES, Twins};
 use super::{Outcome, PluginError};
 use crate::event::Event;
 use crate::sync::lock;
 use crate::time::Clock;
+use crate::twin::{DEFAULT_MAX_DEVICES, Twins};
 
 /// The plugin world a component built with this repository's SDK implements.
 pub(crate) const CURRENT_WORLD: &str = "0.3.0";

@@ -67,7 +67,9 @@ impl TimerRecord {
             payload: Json::from_text("{}".to_owned()).unwrap_or_else(|_| Json::null()),
             attributes: Default::default(),
         };
-        event.attributes.insert(ATTR_TIMER.to_owned(), self.name.clone());
+        event
+            .attributes
+            .insert(ATTR_TIMER.to_owned(), self.name.clone());
         event
     }
 }
@@ -190,10 +192,7 @@ impl Schedule {
     /// Applies a call's committed writes of timer keys: a value sets, `None` cancels.
     pub(crate) fn apply(&self, namespace: &Arc<str>, writes: &[(String, Option<Vec<u8>>)]) {
         for (key, value) in writes.iter().filter(|(key, _)| is_timer_key(key)) {
-            match value
-                .as_deref()
-                .map(serde_json::from_slice::<TimerRecord>)
-            {
+            match value.as_deref().map(serde_json::from_slice::<TimerRecord>) {
                 Some(Ok(record)) => self.set(namespace.clone(), key.clone(), record),
                 // Written by the host itself from a record: cannot fail to read back.
                 Some(Err(_)) | None => self.remove(namespace, key),
@@ -312,7 +311,11 @@ mod tests {
     fn names_are_checked() {
         assert!(check_name("off").is_ok());
         assert_eq!(check_name("").unwrap_err(), "a timer needs a name");
-        assert!(check_name(&"x".repeat(257)).unwrap_err().contains("257 bytes"));
+        assert!(
+            check_name(&"x".repeat(257))
+                .unwrap_err()
+                .contains("257 bytes")
+        );
         assert!(check_name("a\nb").unwrap_err().contains("control"));
     }
 
@@ -371,7 +374,10 @@ mod tests {
         store.apply("a/1", vec![(timer_key("lamp", "off"), Some(value.clone()))]);
         store.apply("b/2", vec![(timer_key("lamp", "off"), Some(value))]);
         store.apply("b/2", vec![("plain".into(), Some(b"1".to_vec()))]);
-        store.apply("b/2", vec![(timer_key("x", "y"), Some(b"not json".to_vec()))]);
+        store.apply(
+            "b/2",
+            vec![(timer_key("x", "y"), Some(b"not json".to_vec()))],
+        );
         let schedule = Schedule::new();
         assert_eq!(schedule.load(&store), 2);
         let dropped = schedule.drop_unless(|p| &*p.namespace == "a/1");

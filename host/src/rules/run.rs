@@ -107,6 +107,24 @@ pub struct RefusedCommand {
 }
 
 impl RuleResult<'_> {
+    /// The same result, owning its event.
+    pub fn into_owned(self) -> RuleResult<'static> {
+        let outcome = match self.outcome {
+            RuleOutcome::Passed(event) => RuleOutcome::Passed(Cow::Owned(event.into_owned())),
+            RuleOutcome::Dropped { step } => RuleOutcome::Dropped { step },
+            RuleOutcome::DeadLetter => RuleOutcome::DeadLetter,
+            RuleOutcome::DroppedOnError => RuleOutcome::DroppedOnError,
+        };
+        RuleResult {
+            rule: self.rule,
+            outcome,
+            commands: self.commands,
+            errors: self.errors,
+            versions: self.versions,
+            refused: self.refused,
+        }
+    }
+
     /// The event to pass on, unless the rule stopped it.
     pub fn event(&self) -> Option<&Event> {
         match &self.outcome {

@@ -20,6 +20,7 @@ pub(crate) const MATCHED: &str = "matched";
 pub(crate) const COMMANDS: &str = "commands";
 pub(crate) const ERRORS: &str = "errors";
 pub(crate) const EVENT: &str = "event";
+pub(crate) const FIRED: &str = "fired";
 pub(crate) const DEVICE: &str = "device";
 pub(crate) const PROPERTIES: &str = "properties";
 pub(crate) const SERVICES: &str = "services";
@@ -28,7 +29,7 @@ pub(crate) const ATTRIBUTES: &str = "attributes";
 pub(crate) const PASS: &str = "pass";
 
 /// The order the fields of a document are rendered in.
-const ORDER: [&str; 6] = [VERDICT, STEP, MATCHED, COMMANDS, ERRORS, EVENT];
+const ORDER: [&str; 7] = [VERDICT, STEP, MATCHED, FIRED, COMMANDS, ERRORS, EVENT];
 
 /// How a rule treated one input.
 pub(crate) enum RuleRun<'r, 'e> {
@@ -38,6 +39,12 @@ pub(crate) enum RuleRun<'r, 'e> {
     IfError(&'r str),
     /// The rule ran its steps.
     Ran(&'r RuleResult<'e>),
+    /// A timer of the rule fired: its steps ran on the timer's event, which the result owns;
+    /// `kept` says whether it passed on as it came (the result cannot borrow it to say so).
+    Fired {
+        result: &'r RuleResult<'e>,
+        kept: bool,
+    },
 }
 
 impl RuleRun<'_, '_> {
@@ -46,10 +53,10 @@ impl RuleRun<'_, '_> {
         match self {
             RuleRun::NoMatch => "did not take the input".to_owned(),
             RuleRun::IfError(reason) => format!("could not evaluate its `if`: {reason}"),
-            RuleRun::Ran(result) => {
+            RuleRun::Ran(result) | RuleRun::Fired { result, .. } => {
                 let mut line = match &result.outcome {
                     RuleOutcome::Dropped { step } => format!("drop at step {step}"),
-                    outcome => verdict(outcome).to_owned(),
+                    _ => self.verdict().unwrap_or_default().to_owned(),
                 };
                 let commands = result.commands.len();
                 if commands > 0 {
@@ -60,6 +67,20 @@ impl RuleRun<'_, '_> {
                 }
                 format!("ran: {line}")
             }
+        }
+    }
+}
+
+impl RuleRun<'_, '_> {
+    /// The verdict's name, when the rule ran.
+    fn verdict(&self) -> Option<&'static str> {
+        match self {
+            RuleRun::Ran(result) => Some(verdict(&result.outcome)),
+            RuleRun::Fired { result, kept } => Some(match &result.outcome {
+                RuleOutcome::Passed(_) if *kept => "keep",
+                outcome => verdict(outcome),
+            }),
+            RuleRun::NoMatch | RuleRun::IfError(_) => None,
         }
     }
 }
@@ -96,8 +117,8 @@ pub(crate) fn actual(run: &RuleRun<'_, '_>, matched: &[&str]) -> Json {
             error.insert("message".into(), (*reason).into());
             doc.insert(ERRORS.into(), Json::Array(vec![Json::Object(error)]));
         }
-        RuleRun::Ran(result) => {
-            doc.insert(VERDICT.into(), verdict(&result.outcome).into());
+        RuleRun::Ran(result) | RuleRun::Fired { result, .. } => {
+            doc.insert(VERDICT.into(), run.verdict().unwrap_or_default().into());
             if let RuleOutcome::Dropped { step } = result.outcome {
                 doc.insert(STEP.into(), step.into());
             }
@@ -324,6 +345,10 @@ pub(crate) fn render(doc: &Json) -> String {
                 for (i, item) in items.iter().enumerate() {
                     let _ = writeln!(out, "{key}[{i}] = {item}");
                 }
+            }
+            // The names of the timers fired, on one line: `fired = ["quiet"]`.
+            (FIRED, value) => {
+                let _ = writeln!(out, "{key} = {value}");
             }
             _ => flatten(key, value, &mut out),
         }

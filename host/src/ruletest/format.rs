@@ -127,6 +127,12 @@ pub(crate) struct ExpectDoc {
     pub(crate) commands: Option<Vec<CommandDoc>>,
     pub(crate) errors: Option<Vec<ErrorDoc>>,
     pub(crate) event: Option<EventDoc>,
+    /// The expectation is about the firing of this timer during the input, not its event.
+    pub(crate) timer: Option<Spanned<String>>,
+    /// With `timer`: the device it was set for.
+    pub(crate) device: Option<Spanned<String>>,
+    /// Every timer that fired during the input, by name, in order.
+    pub(crate) fired: Option<Vec<String>>,
 }
 
 /// What a rule made of an input.

@@ -9,8 +9,8 @@ use serde_json::{Map, Value as Json};
 use toml::Spanned;
 
 use super::check::{
-    ATTRIBUTES, COMMANDS, DEVICE, ERRORS, EVENT, MATCHED, PAYLOAD, PROPERTIES, SERVICES, STEP,
-    VERDICT,
+    ATTRIBUTES, COMMANDS, DEVICE, ERRORS, EVENT, FIRED, MATCHED, PAYLOAD, PROPERTIES, SERVICES,
+    STEP, VERDICT,
 };
 use super::format::{
     CommandDoc, DeviceDoc, ErrorDoc, EventDoc, ExpectDoc, FileDoc, InputDoc, RawDoc, TestDoc,
@@ -78,7 +78,8 @@ pub(crate) struct Input {
     pub(crate) position: Position,
     /// How far the test clock moves before it.
     pub(crate) after_ms: u64,
-    pub(crate) source: Source,
+    /// Its event; `None` for a wait, which only moves the clock and fires what is due.
+    pub(crate) source: Option<Source>,
     pub(crate) expectations: Vec<Expectation>,
 }
 
@@ -130,6 +131,8 @@ impl Raw {
 pub(crate) struct Expectation {
     pub(crate) position: Position,
     pub(crate) rule: Option<Arc<str>>,
+    /// Set when it is about a timer's firing: the timer's name, and its device if given.
+    pub(crate) timer: Option<(String, Option<String>)>,
     pub(crate) expected: Json,
 }
 
@@ -420,9 +423,12 @@ impl Builder<'_> {
                         ),
                     );
                 }
-                self.raw(name, raw).map(|raw| Source::Raw(Box::new(raw)))
+                self.raw(name, raw)
+                    .map(|raw| Some(Source::Raw(Box::new(raw))))
             }
-            None => self.event(name, number, start, doc),
+            // Nothing but the clock: a wait.
+            None if doc.event_fields().is_empty() => Some(None),
+            None => self.event(name, number, start, doc).map(Some),
         };
         let mut expectations = Vec::new();
         for expect in expects {
@@ -588,13 +594,31 @@ impl Builder<'_> {
             || doc.step.is_some()
             || doc.commands.is_some()
             || doc.errors.is_some()
-            || doc.event.is_some();
-        if !about_a_rule && doc.matched.is_none() {
+            || doc.event.is_some()
+            || doc.timer.is_some();
+        if !about_a_rule && doc.matched.is_none() && doc.fired.is_none() {
             self.error(
                 start,
                 name,
-                "an expectation needs something to check: verdict, commands, errors, event or \
-                 matched",
+                "an expectation needs something to check: verdict, commands, errors, event, \
+                 matched, timer or fired",
+            );
+        }
+        if let Some(device) = &doc.device
+            && doc.timer.is_none()
+        {
+            self.error(
+                device.span().start,
+                name,
+                "`device` goes with `timer`: the device the timer was set for",
+            );
+        }
+        if let (Some(timer), Some(_)) = (&doc.timer, &doc.matched) {
+            self.error(
+                timer.span().start,
+                name,
+                "`matched` is about the input's event, not a timer: put it in another \
+                 expectation",
             );
         }
         let rule = match &doc.rule {
@@ -615,7 +639,8 @@ impl Builder<'_> {
             }
             None => match context.rules {
                 Some([only]) => Some(only.clone()),
-                _ if about_a_rule => {
+                // A timer's firing names its rule; `rule` only narrows it.
+                _ if about_a_rule && doc.timer.is_none() => {
                     self.error(
                         start,
                         name,
@@ -665,12 +690,21 @@ impl Builder<'_> {
         if let Some(event) = &doc.event {
             expected.insert(EVENT.into(), event_expectation(event));
         }
+        if let Some(fired) = &doc.fired {
+            expected.insert(
+                FIRED.into(),
+                fired.iter().map(|n| Json::from(n.as_str())).collect(),
+            );
+        }
         if self.errors.len() > errors_before {
             return None;
         }
         Some(Expectation {
             position: self.at(start),
             rule,
+            timer: doc
+                .timer
+                .map(|timer| (timer.into_inner(), doc.device.map(Spanned::into_inner))),
             expected: Json::Object(expected),
         })
     }

@@ -1,17 +1,21 @@
 //! Running a test: fresh plugin state and instances, the test clock, every input through
 //! the rules that take it, and every expectation checked.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use serde_json::Value as Json;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::START_MS;
-use super::check::{self, RuleRun};
+use super::check::{self, FIRED, RuleRun};
 use super::load::{RuleTest, Source};
 use crate::event::Event;
 use crate::plugin::{MemoryStateStore, Registry, Runtime};
-use crate::rules::{Position, RuleResult, RuleSet};
+use crate::rules::{Position, RuleOutcome, RuleResult, RuleRuntime, RuleSet};
 use crate::time::Clock;
 
 /// Runs tests against the plugins of one directory. Its registry keeps state in memory,
@@ -55,6 +59,8 @@ impl Runner {
             failures: Vec::new(),
         };
         self.state.clear();
+        self.registry.timers().clear();
+        self.registry.twins().clear();
         let mut now = START_MS;
         self.clock.store(now, Ordering::Relaxed);
         let mut runtimes = match set.instantiate(&self.registry) {
@@ -71,20 +77,26 @@ impl Runner {
         };
         runtimes.retain(|runtime| test.runs(runtime.rule().name()));
 
+        let steps = set.steps_by_namespace();
         for (index, input) in test.inputs.iter().enumerate() {
             let number = index + 1;
             now = now.saturating_add(input.after_ms);
             self.clock.store(now, Ordering::Relaxed);
+            // What came due while the clock moved fires first; then the event; then what the
+            // event's rules set for now or earlier, as the service fires it right after.
+            let mut firings = Vec::new();
+            self.fire_due(&steps, &mut runtimes, now, &mut firings);
             let event = match &input.source {
-                Source::Event { event, timed } => {
+                None => None,
+                Some(Source::Event { event, timed }) => {
                     let mut event = Event::clone(event);
                     if !timed {
                         event.time_ms = now;
                     }
-                    event
+                    Some(event)
                 }
-                Source::Raw(raw) => match raw.decode() {
-                    Ok(event) => event,
+                Some(Source::Raw(raw)) => match raw.decode() {
+                    Ok(event) => Some(event),
                     Err(reason) => {
                         report.failures.push(Failure {
                             position: input.position,
@@ -99,20 +111,79 @@ impl Runner {
             // Which rules take the event, as the service decides it.
             let mut matched = Vec::new();
             let mut if_errors = Vec::new();
-            for outcome in set.evaluate(&event) {
-                match outcome {
-                    Ok(rule) if test.runs(rule.name()) => matched.push(rule.name()),
-                    Err(error) if test.runs(&error.rule) => if_errors.push(error),
-                    _ => {}
+            let mut results: Vec<RuleResult<'_>> = Vec::new();
+            if let Some(event) = &event {
+                self.registry.twins().update(event);
+                for outcome in set.evaluate(event) {
+                    match outcome {
+                        Ok(rule) if test.runs(rule.name()) => matched.push(rule.name()),
+                        Err(error) if test.runs(&error.rule) => if_errors.push(error),
+                        _ => {}
+                    }
                 }
+                results = runtimes
+                    .iter_mut()
+                    .filter(|runtime| matched.contains(&runtime.rule().name()))
+                    .map(|runtime| runtime.run(event))
+                    .collect();
             }
-            let results: Vec<RuleResult<'_>> = runtimes
-                .iter_mut()
-                .filter(|runtime| matched.contains(&runtime.rule().name()))
-                .map(|runtime| runtime.run(&event))
+            self.fire_due(&steps, &mut runtimes, now, &mut firings);
+            let fired: Vec<Json> = firings
+                .iter()
+                .map(|firing| Json::from(firing.name.as_str()))
                 .collect();
 
             for expectation in &input.expectations {
+                if let Some((name, device)) = &expectation.timer {
+                    let firing = firings.iter().find(|firing| {
+                        firing.name == *name
+                            && device.as_ref().is_none_or(|d| *d == firing.device)
+                            && expectation
+                                .rule
+                                .as_ref()
+                                .is_none_or(|rule| *rule == firing.result.rule)
+                    });
+                    let Some(firing) = firing else {
+                        report.failures.push(Failure {
+                            position: expectation.position,
+                            context: format!("input {number}"),
+                            detail: format!(
+                                "timer \"{name}\"{} did not fire during this input (fired: {})",
+                                device
+                                    .as_ref()
+                                    .map(|d| format!(" of device {d}"))
+                                    .unwrap_or_default(),
+                                if fired.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    Json::Array(fired.clone()).to_string()
+                                }
+                            ),
+                        });
+                        continue;
+                    };
+                    let run = RuleRun::Fired {
+                        result: &firing.result,
+                        kept: firing.kept,
+                    };
+                    let mut actual = check::actual(&run, &[]);
+                    if let Json::Object(doc) = &mut actual {
+                        doc.insert(FIRED.into(), Json::Array(fired.clone()));
+                    }
+                    if let Some(mismatch) = check::compare(&expectation.expected, &actual) {
+                        report.failures.push(Failure {
+                            position: expectation.position,
+                            context: format!(
+                                "input {number}, timer \"{name}\" of device {} in rule \"{}\": it {}",
+                                firing.device,
+                                firing.result.rule,
+                                run.summary()
+                            ),
+                            detail: mismatch.diff(),
+                        });
+                    }
+                    continue;
+                }
                 let run = match &expectation.rule {
                     None => RuleRun::NoMatch,
                     Some(rule) => {
@@ -125,7 +196,10 @@ impl Runner {
                         }
                     }
                 };
-                let actual = check::actual(&run, &matched);
+                let mut actual = check::actual(&run, &matched);
+                if let Json::Object(doc) = &mut actual {
+                    doc.insert(FIRED.into(), Json::Array(fired.clone()));
+                }
                 let Some(mismatch) = check::compare(&expectation.expected, &actual) else {
                     continue;
                 };
@@ -142,6 +216,57 @@ impl Runner {
         }
         report
     }
+
+    /// Fires every timer due at `now`, earliest first, through the step that set it (of the
+    /// rules the test runs), until none is due; a firing may set another. Stops, reporting
+    /// nothing more, after [`MAX_FIRINGS`] in one go: a plugin that keeps setting a timer in
+    /// the past would otherwise never let the test end.
+    fn fire_due(
+        &self,
+        steps: &HashMap<String, (Arc<str>, usize, Arc<str>)>,
+        runtimes: &mut [RuleRuntime],
+        now: u64,
+        firings: &mut Vec<Firing>,
+    ) {
+        let schedule = self.registry.timers();
+        for _ in 0..MAX_FIRINGS {
+            let Some(timer) = schedule.take_due(now, 1).pop() else {
+                return;
+            };
+            let Some((rule, step, plugin)) = steps.get(&*timer.namespace) else {
+                continue;
+            };
+            if **plugin != *timer.record.plugin {
+                continue;
+            }
+            let Some(runtime) = runtimes.iter_mut().find(|r| r.rule().name() == &**rule) else {
+                continue;
+            };
+            let event = timer.record.event();
+            let Some(result) = runtime.fire(*step, &event, &timer.key) else {
+                continue;
+            };
+            let kept = matches!(result.outcome, RuleOutcome::Passed(Cow::Borrowed(_)));
+            firings.push(Firing {
+                name: timer.record.name.clone(),
+                device: timer.record.device.id.clone(),
+                result: result.into_owned(),
+                kept,
+            });
+        }
+    }
+}
+
+/// The most timers one input may fire.
+const MAX_FIRINGS: usize = 10_000;
+
+/// A timer that fired during an input, and what its rule made of it.
+struct Firing {
+    name: String,
+    device: String,
+    result: RuleResult<'static>,
+    /// Whether its rule passed the timer's event on as it came.
+    kept: bool,
 }
 
 /// How one test went.

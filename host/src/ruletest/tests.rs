@@ -73,7 +73,7 @@ time_ms = 1700000000000"#,
         "verdict = \"keep\"",
     );
     let tests = tests(&text);
-    let Source::Event { event, timed } = &tests[0].inputs[0].source else {
+    let Some(Source::Event { event, timed }) = &tests[0].inputs[0].source else {
         panic!("not an event");
     };
     assert!(timed);
@@ -108,7 +108,7 @@ fn an_input_without_optional_fields_gets_the_documented_defaults() {
     ));
     let input = &tests[0].inputs[0];
     assert_eq!(input.after_ms, 1500);
-    let Source::Event { event, timed } = &input.source else {
+    let Some(Source::Event { event, timed }) = &input.source else {
         panic!("not an event");
     };
     assert!(!timed, "the test clock sets the time");
@@ -522,11 +522,47 @@ fn the_actual_event_splits_properties_by_service() {
         "vendor = \"huawei\"\ndevice = \"m\"\nproperties = { a = 1 }\nservices = { Energy = { p = 2.5 } }",
         "verdict = \"keep\"",
     ));
-    let Source::Event { event, .. } = &tests[0].inputs[0].source else {
+    let Some(Source::Event { event, .. }) = &tests[0].inputs[0].source else {
         panic!("not an event");
     };
     let doc = check::event_doc(event);
     assert_eq!(doc["properties"], json!({ "a": 1 }));
     assert_eq!(doc["services"], json!({ "Energy": { "p": 2.5 } }));
     assert_eq!(doc["device"], json!({ "id": "m" }));
+}
+
+#[test]
+fn an_input_with_nothing_but_the_clock_is_a_wait() {
+    let tests = tests(&one_input("after_s = 30", "fired = []"));
+    let input = &tests[0].inputs[0];
+    assert!(input.source.is_none(), "a wait has no event");
+    assert_eq!(input.after_ms, 30_000);
+    assert_eq!(
+        input.expectations[0].expected,
+        serde_json::json!({ "fired": [] })
+    );
+}
+
+#[test]
+fn a_timer_expectation_names_the_timer_and_maybe_its_device() {
+    let tests = tests(&one_input(
+        "after_s = 30",
+        "timer = \"quiet\"\ndevice = \"pir\"\ncommands = []",
+    ));
+    let expectation = &tests[0].inputs[0].expectations[0];
+    assert_eq!(
+        expectation.timer,
+        Some(("quiet".to_owned(), Some("pir".to_owned())))
+    );
+    assert_eq!(expectation.rule.as_deref(), Some("lamp"));
+    let error = one_error(&one_input("after_s = 1", "device = \"pir\"\nfired = []"));
+    assert!(error.contains("`device` goes with `timer`"), "{error}");
+    let error = one_error(&one_input(
+        "after_s = 1",
+        "timer = \"quiet\"\nmatched = [\"lamp\"]",
+    ));
+    assert!(
+        error.contains("`matched` is about the input's event"),
+        "{error}"
+    );
 }
