@@ -634,35 +634,42 @@ fn the_event_view_serves_every_field_as_the_event_holds_it() {
 }
 
 #[test]
-fn a_plugin_built_for_the_0_1_0_world_runs_beside_current_ones() {
+fn plugins_built_for_the_0_1_0_and_0_2_0_worlds_run_beside_current_ones() {
     let harness = Harness::new();
     loaded(&harness.load("legacy", "testing/legacy"));
+    loaded(&harness.load("legacy-v2", "testing/legacy-v2"));
     loaded(&harness.load("echo", "testing/echo"));
     let world = |plugin: &str| harness.registry.slot(plugin).unwrap().current().world();
-    assert_eq!((world("legacy"), world("echo")), ("0.1.0", "0.2.0"));
+    assert_eq!(
+        (world("legacy"), world("legacy-v2"), world("echo")),
+        ("0.1.0", "0.2.0", "0.3.0")
+    );
     let mut legacy = step(&harness, "legacy", "{}", Limits::default());
+    let mut legacy_v2 = step(&harness, "legacy-v2", "{}", Limits::default());
     let mut current = step(&harness, "echo", "{}", Limits::default());
     for original in varied_events() {
-        let old = legacy
-            .handle(&original)
-            .expect("the 0.1.0 plugin handles the event");
         let new = current
             .handle(&original)
-            .expect("the 0.2.0 plugin handles the event");
-        assert_eq!(
-            old.outcome.commands, new.outcome.commands,
-            "both send the same echo command"
-        );
-        let Verdict::Replace(passed_on) = old.outcome.verdict else {
-            panic!("legacy replaces every event");
-        };
-        let mut expected = original.clone();
-        expected
-            .attributes
-            .insert("legacy-world".into(), "0.1.0".into());
-        assert_eq!(
-            *passed_on, expected,
-            "the whole event went in and came back"
-        );
+            .expect("the 0.3.0 plugin handles the event");
+        for (step, world) in [(&mut legacy, "0.1.0"), (&mut legacy_v2, "0.2.0")] {
+            let old = step
+                .handle(&original)
+                .unwrap_or_else(|e| panic!("the {world} plugin handles the event: {e}"));
+            assert_eq!(
+                old.outcome.commands, new.outcome.commands,
+                "{world}: both send the same echo command"
+            );
+            let Verdict::Replace(passed_on) = old.outcome.verdict else {
+                panic!("{world}: legacy replaces every event");
+            };
+            let mut expected = original.clone();
+            expected
+                .attributes
+                .insert("legacy-world".into(), world.into());
+            assert_eq!(
+                *passed_on, expected,
+                "{world}: the whole event went in and came back"
+            );
+        }
     }
 }

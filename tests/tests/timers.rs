@@ -178,13 +178,20 @@ fn a_timer_is_handled_in_order_with_the_events_of_its_device() {
             .filter(|c| c.name == "seen")
             .map(|c| c.seq.unwrap())
             .collect();
-        assert_eq!(seen, (0..EACH).collect::<Vec<_>>(), "{device}: events in order");
+        assert_eq!(
+            seen,
+            (0..EACH).collect::<Vec<_>>(),
+            "{device}: events in order"
+        );
         let at = commands
             .iter()
             .position(|c| c.name == "fired")
             .expect("fired");
         let last_seen = commands[at].seq.expect("seq");
-        assert!(last_seen >= 5, "{device}: fired before the event that set it");
+        assert!(
+            last_seen >= 5,
+            "{device}: fired before the event that set it"
+        );
         assert_eq!(
             commands[at - 1].seq,
             Some(last_seen),
@@ -230,7 +237,10 @@ fn a_timer_due_while_the_service_was_down_fires_at_start_and_only_once() {
     first.drain(&runtime);
     drop(first);
     std::thread::sleep(Duration::from_millis(1300));
-    assert!(fired(&capture).is_empty(), "the service was down when it came due");
+    assert!(
+        fired(&capture).is_empty(),
+        "the service was down when it came due"
+    );
 
     let mut second = start(&runtime, Harness::over(sqlite(&file)), &rules, &capture, 2);
     wait_for("the timer fired at start", || !fired(&capture).is_empty());
@@ -269,7 +279,11 @@ fn a_plugin_reload_keeps_the_pending_timers() {
         ),
         "{report:?}"
     );
-    assert_eq!(test.harness.registry.timers().len(), 1, "kept by the reload");
+    assert_eq!(
+        test.harness.registry.timers().len(),
+        1,
+        "kept by the reload"
+    );
     wait_for("the timer fired on the new version", || {
         !fired(&capture).is_empty()
     });
@@ -344,7 +358,11 @@ config = { name = "cancels", set_on_seq = 1, cancel_on_seq = 2, delay_ms = 400 }
 "#;
     let mut test = start(&runtime, Harness::new(), rules, &capture, 1);
     send(&runtime, &test, "dev-a", &[1]);
-    assert_eq!(test.harness.registry.timers().len(), 1, "only the call that succeeded");
+    assert_eq!(
+        test.harness.registry.timers().len(),
+        1,
+        "only the call that succeeded"
+    );
     send(&runtime, &test, "dev-a", &[2]);
     assert!(test.harness.registry.timers().is_empty(), "cancelled");
     std::thread::sleep(Duration::from_millis(800));
