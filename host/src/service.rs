@@ -210,6 +210,9 @@ pub async fn run(
             }
         }
     };
+    if ending == Ending::Finished {
+        linger(&observed, &pipeline, &config.clock, &mut stop).await;
+    }
     let _ = shutdown_tx.send(true);
     while connectors.join_next().await.is_some() {}
     let timeout = Duration::from_secs(config.pipeline.shutdown_timeout_s);
@@ -223,6 +226,43 @@ pub async fn run(
         admin.stop().await;
     }
     Ok((ending, observed))
+}
+
+/// How long a run whose connectors all finished still serves the timers coming due.
+pub const LINGER: Duration = Duration::from_secs(10);
+
+/// Once every connector has finished (a replay at the end of its file), the service still
+/// fires the timers due within [`LINGER`], so that a replay shows what its rules' timers do;
+/// later ones stay in the store and fire in a later run. Ends at once on a stop request, and
+/// after `LINGER` of wall time whatever the clock says (a pinned clock never reaches them).
+async fn linger(
+    observed: &Observed,
+    pipeline: &Pipeline,
+    clock: &crate::time::Clock,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let until = clock.now_ms().saturating_add(LINGER.as_millis() as u64);
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let timers = observed.registry.timers();
+    let mut said = false;
+    loop {
+        let soon = timers.next_due().is_some_and(|at| at <= until);
+        if !soon && pipeline.in_flight() == 0 {
+            return;
+        }
+        if soon && !said {
+            tracing::info!(
+                "Every connector finished; firing the timers due in the next {} s",
+                LINGER.as_secs()
+            );
+            said = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Counts plugin and rule reloads into the metrics and records refusals as errors.

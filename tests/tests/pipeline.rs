@@ -946,9 +946,15 @@ fn the_demo_runs_end_to_end_with_the_counts_its_recording_promises() {
     assert!(output.status.success(), "{stderr}");
 
     // The hallway lamp: on when the PIR sees someone, off when it no longer does; nothing
-    // for the lamp switched on by hand.
+    // for the lamp switched on by hand. Then, after the replays ended, the thermostat
+    // watchdog's timer: offline for two seconds.
     let commands = json_lines(&stdout);
-    assert_eq!(commands.len(), 2, "{stdout}");
+    assert_eq!(commands.len(), 3, "{stdout}");
+    let alert = &commands[2];
+    assert_eq!(alert["path"], "on-call");
+    assert_eq!(alert["command"], "alert");
+    assert_eq!(alert["params"]["alert"], "watchdog.offline");
+    assert_eq!(alert["params"]["device"], "a1DemoPk.thermostat-1");
     for (command, on) in commands.iter().zip([true, false]) {
         assert_eq!(command["path"], "tuya-openapi");
         assert_eq!(command["device"], "vdevo-hallway-lamp");
@@ -959,11 +965,14 @@ fn the_demo_runs_end_to_end_with_the_counts_its_recording_promises() {
     // The totals of examples/recorded/README.md (fast replay).
     for expected in [
         "connector tuya-demo: 12 received, 1 refused, 1 duplicates, 2 taken by no rule, 0 dropped by rules, 8 passed on",
-        "connector alibaba-demo: 11 received, 0 refused, 1 duplicates, 4 taken by no rule, 3 dropped by rules, 3 passed on",
+        "connector alibaba-demo: 11 received, 0 refused, 1 duplicates, 2 taken by no rule, 3 dropped by rules, 5 passed on",
+        "connector timer: 1 received, 0 refused, 0 duplicates, 0 taken by no rule, 0 dropped by rules, 1 passed on",
         "connector huawei-demo: 10 received, 0 refused, 0 duplicates, 5 taken by no rule, 4 dropped by rules, 1 passed on",
         "rule hallway-motion-light: 8 matched, 8 passed, 0 dropped",
         "rule thermostat-temperature: 6 matched, 3 passed, 3 dropped",
         "rule meter-power: 5 matched, 1 passed, 4 dropped",
+        "rule thermostat-offline: 3 matched, 3 passed, 0 dropped",
+        "command path on-call: 1 sent, 0 failed",
         "command path tuya-openapi: 2 sent, 0 failed",
         "dead letters stored: 1",
     ] {

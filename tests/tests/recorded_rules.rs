@@ -185,7 +185,7 @@ impl Replay {
 /// the rules, as the pipeline does.
 fn replay(sign_mode: SignMode, dedup: bool) -> Replay {
     let harness = Harness::new();
-    for name in ["deadband", "normalize-units", "motion-light"] {
+    for name in ["deadband", "normalize-units", "motion-light", "watchdog"] {
         let report = harness.load(name, name);
         assert!(
             matches!(report, ReloadReport::Loaded { .. }),
@@ -250,7 +250,7 @@ fn recorded_streams_make_every_demo_rule_act_as_the_readme_says() {
         ("tuya.jsonl:26", light),
         ("tuya.jsonl:28", light),
         ("tuya.jsonl:30", light),
-        ("alibaba.jsonl:5", "no rule"),
+        ("alibaba.jsonl:5", "thermostat-offline: passed"),
         (
             "alibaba.jsonl:7",
             "thermostat-temperature: passed as temperature=21.0 PowerSwitch=1",
@@ -269,7 +269,8 @@ fn recorded_streams_make_every_demo_rule_act_as_the_readme_says() {
         ),
         ("alibaba.jsonl:22", "duplicate of 1992400000000000005"),
         ("alibaba.jsonl:24", "no rule"),
-        ("alibaba.jsonl:26", "no rule"),
+        // Arms the watchdog's timer, which fires in the service two seconds later.
+        ("alibaba.jsonl:26", "thermostat-offline: passed"),
         ("huawei.jsonl:6", "no rule"),
         ("huawei.jsonl:8", "no rule"),
         ("huawei.jsonl:10", "no rule"),
@@ -295,6 +296,7 @@ fn recorded_streams_make_every_demo_rule_act_as_the_readme_says() {
         [
             ("hallway-motion-light", 8, 0),
             ("meter-power", 1, 4),
+            ("thermostat-offline", 2, 0),
             ("thermostat-temperature", 3, 3),
         ]
     );
@@ -318,7 +320,7 @@ fn recorded_streams_make_every_demo_rule_act_as_the_readme_says() {
     assert_eq!(replay.transcript.len(), 33, "messages");
     assert_eq!(count("refused"), 1);
     assert_eq!(count("duplicate"), 2);
-    assert_eq!(count("no rule"), 11);
+    assert_eq!(count("no rule"), 9);
 }
 
 #[test]
