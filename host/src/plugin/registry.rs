@@ -209,8 +209,9 @@ impl Registry {
         self
     }
 
-    /// The clock every instance's `now-ms` reads (the system clock unless set).
-    pub(crate) fn with_clock(mut self, clock: Clock) -> Self {
+    /// The clock every instance's `now-ms` reads and timers are due by (the system clock
+    /// unless set).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
         self.services.clock = clock;
         self
     }
