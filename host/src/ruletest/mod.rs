@@ -35,7 +35,11 @@
 //! options).
 //!
 //! Time: each test has a clock that starts at [`START_MS`] and moves only when an input says
-//! `after_s = N` (seconds, before that input). Plugins read it through `now-ms`, as in the
+//! `after_s = N` (seconds, before that input). Timers fire on it: when an input moves the
+//! clock, every timer due by then fires (earliest first, through the step that set it) before
+//! the input's event, and what the event's rules set for that moment or earlier fires right
+//! after it. An input with nothing but `after_s` is a wait: it moves the clock and fires what
+//! is due. Plugins read it through `now-ms`, as in the
 //! service they read the host's clock; an event's `time_ms` is the clock's reading unless the
 //! input gives its own. State: each test starts with empty plugin state and freshly started
 //! plugins; state carries from one input to the next within the test. Plugins are never
@@ -57,6 +61,12 @@
 //!   and `attributes` at least the keys given.
 //! - `matched`: the names of all the rules that took the input, in rule order (no `rule`
 //!   needed).
+//! - `fired`: the names of every timer fired during the input, in order (no `rule` needed).
+//!
+//! An expectation with `timer = "name"` is about that timer's firing during the input, not
+//! the input's event: the fields above (but `matched`) check what its rule made of the timer's
+//! event; `device` picks the device, `rule` the rule (neither needed). A timer that did not
+//! fire is a failure naming those that did.
 //!
 //! Pieces: [`load_dir`] finds and checks the test files against the loaded [`RuleSet`];
 //! [`Runner`] runs one test with its own state and clock; the checks and the diff of a
