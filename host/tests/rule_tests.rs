@@ -203,7 +203,7 @@ fn a_test_naming_an_unknown_rule_is_refused_with_its_position() {
     assert!(
         stderr.contains(&format!(
             "{}:3:10: test \"t\": unknown rule \"hallway-motion-lite\" (rules: \
-             hallway-motion-light, thermostat-temperature, meter-power)",
+             hallway-motion-light, thermostat-temperature, meter-power, thermostat-offline)",
             dir.path().join("typo.test.toml").display()
         )),
         "{stderr}"
