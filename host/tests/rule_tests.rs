@@ -21,6 +21,11 @@ fn plugins() -> PathBuf {
 
 /// `iotrules test --rules RULES --plugins plugins/dist ARGS…`, run from a scratch directory.
 fn iotrules_test(rules: &Path, args: &[&str]) -> Output {
+    iotrules_test_with(rules, &plugins(), args)
+}
+
+/// `iotrules test --rules RULES --plugins PLUGINS ARGS…`, run from a scratch directory.
+fn iotrules_test_with(rules: &Path, plugins: &Path, args: &[&str]) -> Output {
     let cwd = tempfile::tempdir().expect("temp dir");
     Command::new(env!("CARGO_BIN_EXE_iotrules"))
         .current_dir(cwd.path())
@@ -28,7 +33,7 @@ fn iotrules_test(rules: &Path, args: &[&str]) -> Output {
         .arg("--rules")
         .arg(rules)
         .arg("--plugins")
-        .arg(plugins())
+        .arg(plugins)
         .args(args)
         .output()
         .expect("iotrules runs")
@@ -249,27 +254,16 @@ fn alarm_dir(tests: &str) -> (tempfile::TempDir, tempfile::TempDir) {
     std::fs::write(rules.path().join("alarm.test.toml"), tests).expect("tests");
     let plugins = tempfile::tempdir().expect("temp dir");
     std::fs::copy(
-        plugins_dir().join("testing/alarm.wasm"),
+        plugins().join("testing/alarm.wasm"),
         plugins.path().join("alarm.wasm"),
     )
     .expect("install alarm");
     (rules, plugins)
 }
 
-fn plugins_dir() -> PathBuf {
-    plugins()
-}
-
 fn run_alarm(tests: &str) -> (bool, String) {
     let (rules, plugins) = alarm_dir(tests);
-    let output = Command::new(env!("CARGO_BIN_EXE_iotrules"))
-        .arg("test")
-        .arg("--rules")
-        .arg(rules.path())
-        .arg("--plugins")
-        .arg(plugins.path())
-        .output()
-        .expect("iotrules runs");
+    let output = iotrules_test_with(rules.path(), plugins.path(), &[]);
     (output.status.success(), text(&output.stdout))
 }
 
