@@ -214,6 +214,8 @@ fn json(what: &str, text: String) -> Result<Json, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Device, Vendor};
+    use crate::plugin::Verdict;
     use crate::plugin::bindings::iotrules_v1 as wit;
 
     fn sample() -> Event {
@@ -336,7 +338,7 @@ mod tests {
             payload: Some("{broken".into()),
             attributes: None,
         };
-        let error = super::updated(broken, &original).unwrap_err();
+        let error = v2::updated(broken, &original).unwrap_err();
         assert!(error.contains("updated payload is not JSON"), "{error}");
     }
 
