@@ -11,11 +11,12 @@ use super::check::{self, RuleRun};
 use super::load::{RuleTest, Source};
 use crate::event::Event;
 use crate::plugin::{MemoryStateStore, Registry, Runtime};
-use crate::rules::{Position, RuleResult, RuleSet};
+use crate::rules::{EventScope, Position, RuleResult, RuleSet};
 use crate::time::Clock;
 
-/// Runs tests against the plugins of one directory. Its registry keeps state in memory,
-/// reads the test clock, and never quarantines a plugin (a test that makes a plugin fail
+/// Runs tests against the plugins of one directory. Its registry keeps state and the device
+/// twin in memory (each test starts with neither), reads the test clock, and never
+/// quarantines a plugin (a test that makes a plugin fail
 /// must not change what the next test sees).
 pub struct Runner {
     registry: Registry,
@@ -55,6 +56,7 @@ impl Runner {
             failures: Vec::new(),
         };
         self.state.clear();
+        self.registry.twins().clear();
         let mut now = START_MS;
         self.clock.store(now, Ordering::Relaxed);
         let mut runtimes = match set.instantiate(&self.registry) {
@@ -96,10 +98,14 @@ impl Runner {
                 },
             };
 
-            // Which rules take the event, as the service decides it.
+            // Which rules take the event, as the service decides it: with the event in its
+            // device's twin first.
+            let twins = self.registry.twins();
+            twins.update(&event);
+            let twins = twins.enabled().then_some(twins);
             let mut matched = Vec::new();
             let mut if_errors = Vec::new();
-            for outcome in set.evaluate(&event) {
+            for outcome in set.evaluate_in(EventScope::new(&event).with_twins(twins)) {
                 match outcome {
                     Ok(rule) if test.runs(rule.name()) => matched.push(rule.name()),
                     Err(error) if test.runs(&error.rule) => if_errors.push(error),
