@@ -190,13 +190,13 @@ fn past_the_bound_evicted_devices_leave_memory_and_the_store_and_are_counted() {
     let state = Arc::new(SqliteStateStore::new(Arc::new(
         Store::open(&file).expect("store"),
     )));
-    // 32 devices: two per shard.
+    // 32 devices (give or take one per shard of 16: see `iotrules::twin`).
     let twins = Arc::new(Twins::new(32));
     let mut test = pipeline(&runtime, Harness::over_with_twins(state, twins.clone()), 2);
     submit_all(&runtime, &test, reports(DEVICES, 1));
 
     let kept = twins.len();
-    assert!(kept <= 32, "{kept}");
+    assert!(kept <= 32 + 16, "{kept}");
     let evictions = test.metrics.twin_evictions.get();
     assert_eq!(evictions, DEVICES - kept as u64);
     assert_eq!(test.metrics.twin_devices.get(), kept as u64);

@@ -412,9 +412,9 @@ impl VariableResolver for EventScope<'_> {
             "twin" => self
                 .twin
                 .get_or_init(|| {
-                    let twin = self.twins.and_then(|twins| {
-                        twins.with(&self.event.device.id, |twin| twin_value(twin))
-                    });
+                    let twin = self
+                        .twins
+                        .and_then(|twins| twins.with(&self.event.device.id, twin_value));
                     twin.unwrap_or_else(|| Box::new(CelNull))
                 })
                 .as_ref(),
