@@ -200,7 +200,7 @@ impl Default for DeadLettersConfig {
 pub struct TwinConfig {
     /// Devices kept at most; past it the device updated longest ago is evicted (from memory
     /// and the store). 0 turns the twin off: nothing is kept or stored, and conditions and
-    /// plugins see no twin. A twin of six properties takes about half a KiB in memory.
+    /// plugins see no twin. A twin of six properties takes about 0.9 KiB in memory.
     pub max_devices: usize,
 }
 
