@@ -17,6 +17,11 @@
 //! `BENCH_PROFILE=N` prints CPU time per event instead (see [`profile`]), and beside it the
 //! CPU time of the work itself on the same messages in the same run: decode and the three
 //! plugin calls, one after another in one thread, with the same kind of state store.
+//!
+//! The device twin is on, as in the service (every event updates its device's twin and the
+//! batch's twins are committed with the plugin state); the same run measures a pipeline with
+//! the twin off beside it (`…-twin-off`, and a second line of `BENCH_PROFILE`), so its cost
+//! is the difference of two figures taken under the same load of the machine.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -35,6 +40,7 @@ use iotrules::plugin::{Grants, Limits, Registry, Runtime, RuntimeConfig, Step};
 use iotrules::rules::Rules;
 use iotrules::status::{ConnectorStatus, Connectors, LastErrors};
 use iotrules::store::{SqliteStateStore, Store};
+use iotrules::twin::{DEFAULT_MAX_DEVICES, Twins};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -97,7 +103,8 @@ struct Bench {
 }
 
 impl Bench {
-    fn new() -> Self {
+    /// A pipeline with the device twin on (the service's default bound) or off.
+    fn new(twin: bool) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(
                 std::env::var("BENCH_IO_THREADS")
@@ -131,7 +138,11 @@ impl Bench {
         } else {
             Arc::new(SqliteStateStore::new(store.clone()))
         };
-        let registry = Arc::new(Registry::new(plugin_runtime, plugins.path(), state));
+        let max_devices = if twin { DEFAULT_MAX_DEVICES } else { 0 };
+        let registry = Arc::new(
+            Registry::new(plugin_runtime, plugins.path(), state)
+                .with_twins(Arc::new(Twins::new(max_devices))),
+        );
         registry.load_all().expect("plugins");
         let rules_dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(rules_dir.path().join("bench.toml"), RULES).expect("rules");
@@ -248,7 +259,14 @@ fn cpu_time() -> (Duration, Duration) {
 /// busy machine disturbs far less than throughput. Also the run to profile with `perf record`
 /// or `valgrind --tool=callgrind`.
 fn profile(batches: u64) {
-    let bench = Bench::new();
+    for twin in [true, false] {
+        profile_one(batches, twin);
+    }
+}
+
+/// [`profile`] of one pipeline, with the twin on or off.
+fn profile_one(batches: u64, twin: bool) {
+    let bench = Bench::new(twin);
     bench.replay(&bench.record(0), 0.0);
     let files: Vec<PathBuf> = (1..=batches)
         .map(|batch| {
@@ -267,8 +285,9 @@ fn profile(batches: u64) {
     let events = (BATCH * batches) as f64;
     let per_event = |d: Duration| d.as_secs_f64() * 1e6 / events;
     println!(
-        "pipeline/profile: {events} events, CPU {:.1} µs/event (user {:.1}, system {:.1}), \
-         {:.0} events/s wall",
+        "pipeline/profile (twin {}): {events} events, CPU {:.1} µs/event (user {:.1}, system \
+         {:.1}), {:.0} events/s wall",
+        if twin { "on" } else { "off" },
         per_event((user_after - user) + (system_after - system)),
         per_event(user_after - user),
         per_event(system_after - system),
@@ -367,23 +386,31 @@ fn throughput(c: &mut Criterion) {
         profile(batches.parse().expect("BENCH_PROFILE: a number of batches"));
         return;
     }
-    let bench = Bench::new();
+    let bench = Bench::new(true);
     let mut group = c.benchmark_group("pipeline");
     group.sample_size(10);
     group.throughput(Throughput::Elements(BATCH));
     let mut batch = 0;
-    group.bench_function("replay-decode-3-rules-log-2-workers", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                batch += 1;
-                let file = bench.record(batch);
-                total += bench.replay(&file, 0.0);
-            }
-            total
-        })
-    });
+    // The twin's cost: the same pipeline without it, measured in the same run.
+    let twin_off = Bench::new(false);
+    for (name, bench) in [
+        ("replay-decode-3-rules-log-2-workers", &bench),
+        ("replay-decode-3-rules-log-2-workers-twin-off", &twin_off),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    batch += 1;
+                    let file = bench.record(batch);
+                    total += bench.replay(&file, 0.0);
+                }
+                total
+            })
+        });
+    }
     group.finish();
+    drop(twin_off);
 
     // Latency at half load: submit at half the measured rate, time each event from
     // submission to its acknowledgement.

@@ -1,15 +1,18 @@
-//! The admin HTTP server: `/metrics` (Prometheus), `/healthz`, `/status` (JSON).
+//! The admin HTTP server: `/metrics` (Prometheus), `/healthz`, `/status` (JSON), and the
+//! device twins: `/devices` (a page of every device's summary) and `/devices/{id}` (one
+//! device's whole twin).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
@@ -69,7 +72,7 @@ pub async fn serve(address: SocketAddr, observed: Arc<Observed>) -> std::io::Res
             tracing::error!("The admin server stopped: {error}");
         }
     });
-    tracing::info!("Admin API on http://{address} (/metrics, /healthz, /status)");
+    tracing::info!("Admin API on http://{address} (/metrics, /healthz, /status, /devices)");
     if let Some(warning) = exposure_warning(address) {
         tracing::warn!(%address, "{warning}");
     }
@@ -81,8 +84,8 @@ pub async fn serve(address: SocketAddr, observed: Arc<Observed>) -> std::io::Res
 }
 
 /// What to tell the operator when the admin API is reachable from other hosts: it has no
-/// authentication, and `/status` names the connectors, their identities (access ids,
-/// usernames, topics), the rules and the recent errors.
+/// authentication, `/status` names the connectors, their identities (access ids, usernames,
+/// topics), the rules and the recent errors, and `/devices` every device's last values.
 fn exposure_warning(address: SocketAddr) -> Option<String> {
     (!address.ip().is_loopback()).then(|| {
         "The admin API listens beyond loopback: it has no authentication, and /status shows \
@@ -98,7 +101,89 @@ pub(crate) fn router(observed: Arc<Observed>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/status", get(status))
+        .route("/devices", get(devices))
+        .route("/devices/{id}", get(device))
         .with_state(observed)
+}
+
+/// How many devices `/devices` lists when the request does not say.
+const DEFAULT_DEVICES_LIMIT: usize = 1000;
+/// The most devices one `/devices` page lists: a bound on the answer's size (about 150 bytes
+/// a device).
+const MAX_DEVICES_LIMIT: usize = 10_000;
+
+/// `/devices?limit=N&after=ID`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevicesQuery {
+    /// At most this many (at most [`MAX_DEVICES_LIMIT`]).
+    limit: Option<usize>,
+    /// Those whose id sorts after this one: the `next_after` of the previous page.
+    after: Option<String>,
+}
+
+/// `/devices`: a page of the devices' summaries, sorted by id.
+#[derive(Serialize)]
+struct Devices {
+    /// How many devices have a twin.
+    total: usize,
+    /// The bound on devices (`[twin] max_devices`; 0: the twin is off).
+    max_devices: usize,
+    /// The limit applied to this page.
+    limit: usize,
+    devices: Vec<crate::twin::DeviceSummary>,
+    /// The `after` of the next page, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_after: Option<String>,
+}
+
+/// A JSON error answer.
+fn json_error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+async fn devices(
+    State(observed): State<Arc<Observed>>,
+    query: Result<Query<DevicesQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{}; /devices takes `limit` (up to {MAX_DEVICES_LIMIT}) and `after` (a \
+                     device id)",
+                    rejection.body_text()
+                ),
+            );
+        }
+    };
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_DEVICES_LIMIT)
+        .min(MAX_DEVICES_LIMIT);
+    let twins = observed.registry.twins();
+    let page = twins.page(query.after.as_deref(), limit);
+    let next_after = (page.after > page.devices.len())
+        .then(|| page.devices.last().map(|device| device.id.clone()))
+        .flatten();
+    Json(Devices {
+        total: page.total,
+        max_devices: twins.max_devices(),
+        limit,
+        devices: page.devices,
+        next_after,
+    })
+    .into_response()
+}
+
+/// `/devices/{id}`: the device's whole twin; 404 when the host has none.
+async fn device(State(observed): State<Arc<Observed>>, Path(id): Path<String>) -> Response {
+    match observed.registry.twins().get(&id) {
+        Some(twin) => Json(twin).into_response(),
+        None => json_error(StatusCode::NOT_FOUND, format!("no twin of device \"{id}\"")),
+    }
 }
 
 async fn metrics(State(observed): State<Arc<Observed>>) -> Response {

@@ -230,6 +230,10 @@ pub struct Metrics {
     pub events_held: Gauge,
     /// Time from receipt to acknowledgement.
     pub event_latency: Histogram,
+    /// Devices the twin holds.
+    pub twin_devices: Gauge,
+    /// Devices evicted from the twin to stay within `[twin] max_devices`.
+    pub twin_evictions: Counter,
 }
 
 impl Default for Metrics {
@@ -318,6 +322,8 @@ impl Default for Metrics {
             in_flight: Gauge::default(),
             events_held: Gauge::default(),
             event_latency: Histogram::default(),
+            twin_devices: Gauge::default(),
+            twin_evictions: Counter::default(),
         }
     }
 }
@@ -357,6 +363,19 @@ impl Metrics {
             "# HELP iotrules_events_held Messages held because their dead letters cannot be \
              stored\n# TYPE iotrules_events_held gauge\niotrules_events_held {}",
             self.events_held.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP iotrules_twin_devices Devices the twin holds\n\
+             # TYPE iotrules_twin_devices gauge\niotrules_twin_devices {}",
+            self.twin_devices.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP iotrules_twin_evictions_total Devices evicted from the twin to stay within \
+             [twin] max_devices\n# TYPE iotrules_twin_evictions_total counter\n\
+             iotrules_twin_evictions_total {}",
+            self.twin_evictions.get()
         );
         let latency = Family::<Histogram>::new(
             "iotrules_event_seconds",

@@ -74,8 +74,11 @@ pub fn load_core(
         ..RuntimeConfig::default()
     })
     .context("cannot start the plugin runtime")?;
+    let twins = Arc::new(crate::twin::Twins::new(config.twin.max_devices));
     let registry = Arc::new(
-        Registry::new(runtime, &config.plugins, state).with_grant_policy(plan.grant_policy()),
+        Registry::new(runtime, &config.plugins, state)
+            .with_grant_policy(plan.grant_policy())
+            .with_twins(twins),
     );
     let reports = registry.load_all().with_context(|| {
         format!(

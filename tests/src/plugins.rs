@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use iotrules::event::{Device, Event, Json, Kind, Property, Value, Vendor};
 use iotrules::plugin::{MemoryStateStore, Registry, Runtime, RuntimeConfig, StateStore};
+use iotrules::twin::Twins;
 
 /// `plugins/dist` of this repository.
 pub fn dist_dir() -> PathBuf {
@@ -86,7 +87,21 @@ impl Harness {
         Self::build(store, iotrules::plugin::DEFAULT_QUARANTINE_AFTER)
     }
 
+    /// Like [`Harness::over`], with the device twins `twins` (the service's, of its
+    /// configured bound) instead of the registry's default ones.
+    pub fn over_with_twins(store: Arc<dyn StateStore>, twins: Arc<Twins>) -> Self {
+        Self::build_with(
+            store,
+            iotrules::plugin::DEFAULT_QUARANTINE_AFTER,
+            Some(twins),
+        )
+    }
+
     fn build(store: Arc<dyn StateStore>, failures: u32) -> Self {
+        Self::build_with(store, failures, None)
+    }
+
+    fn build_with(store: Arc<dyn StateStore>, failures: u32, twins: Option<Arc<Twins>>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let cache = tempfile::tempdir().expect("temp dir");
         let runtime = Runtime::new(RuntimeConfig {
@@ -94,8 +109,12 @@ impl Harness {
             ..RuntimeConfig::default()
         })
         .expect("runtime");
-        let registry =
-            Arc::new(Registry::new(runtime, dir.path(), store).with_quarantine_after(failures));
+        let mut registry =
+            Registry::new(runtime, dir.path(), store).with_quarantine_after(failures);
+        if let Some(twins) = twins {
+            registry = registry.with_twins(twins);
+        }
+        let registry = Arc::new(registry);
         Harness {
             dir,
             cache,

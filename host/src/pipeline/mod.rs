@@ -15,7 +15,9 @@
 //!   whose `when` and `if` take the event runs, independently of the others. A worker takes
 //!   what is queued in batches (up to 32 events, never waiting for more) and runs them rule by
 //!   rule, so that one plugin's code and memory stay in the caches across the batch. Commands
-//!   are queued on their paths in the order the rules emitted them.
+//!   are queued on their paths in the order the rules emitted them. Before a batch's rules
+//!   run, its events update the device twin (`crate::twin`), whose changes are stored with
+//!   the plugin state's group commit, so an event is acknowledged only once they are.
 //! - [`settle`]: the delivery is acknowledged only when every matching rule has finished,
 //!   every command has been confirmed by its path, and every dead letter is stored. An event
 //!   with nothing to wait for is settled by its worker at once; the others go to their
@@ -139,6 +141,19 @@ impl Pipeline {
             },
             attempts: std::sync::Mutex::new(Attempts::default()),
         });
+        // The twins are back before the first event updates them.
+        let twins = shared.registry.twins();
+        let loaded = twins.load(&**shared.registry.state());
+        if loaded.restored + loaded.unreadable + loaded.evicted > 0 {
+            tracing::info!(
+                devices = loaded.restored,
+                unreadable = loaded.unreadable,
+                evicted = loaded.evicted,
+                max_devices = twins.max_devices(),
+                "Device twins loaded from the store"
+            );
+        }
+        shared.metrics.twin_devices.set(twins.len() as u64);
         let mut senders = Vec::new();
         let mut workers = Vec::new();
         for index in 0..settings.workers.max(1) {

@@ -19,10 +19,48 @@ use crate::sync::lock;
 /// How long the log stays quiet about one kind of trouble in one place after telling it.
 pub(super) const WINDOW: Duration = Duration::from_secs(10);
 
+/// How long the log stays quiet about the twin's evictions after telling them.
+pub(super) const EVICTION_WINDOW: Duration = Duration::from_secs(60);
+
 /// Where reports go: the recent errors of `/status`, and the log through a limiter.
 pub(super) struct Reports {
     errors: Arc<LastErrors>,
     windows: Mutex<HashMap<(&'static str, Arc<str>), Window>>,
+    /// The twin's evictions, which every worker reports into one log.
+    evictions: Mutex<Evictions>,
+}
+
+/// When the twin's evictions were last logged, and how many there were since.
+#[derive(Debug, Default)]
+struct Evictions {
+    logged: Option<Instant>,
+    since: u64,
+}
+
+/// What to log of the twin's evictions.
+#[derive(Debug, PartialEq)]
+enum EvictionLine {
+    /// The first eviction of the process.
+    First(u64),
+    /// Evictions since the last line, a window or more ago.
+    Since(u64),
+}
+
+impl Evictions {
+    /// Counts `evicted` more; the line to log if one is due.
+    fn admit(&mut self, evicted: u64, now: Instant) -> Option<EvictionLine> {
+        self.since += evicted;
+        let line = match self.logged {
+            None => EvictionLine::First(self.since),
+            Some(logged) if now.duration_since(logged) >= EVICTION_WINDOW => {
+                EvictionLine::Since(self.since)
+            }
+            Some(_) => return None,
+        };
+        self.logged = Some(now);
+        self.since = 0;
+        Some(line)
+    }
 }
 
 /// One kind of trouble in one place: when it was last logged, and what was not logged since.
@@ -36,6 +74,7 @@ impl Reports {
         Reports {
             errors,
             windows: Mutex::new(HashMap::new()),
+            evictions: Mutex::new(Evictions::default()),
         }
     }
 
@@ -213,6 +252,38 @@ impl DeadLetterStoreFailed<'_> {
     }
 }
 
+/// The twin evicted devices to stay within its bound: counted every time, logged the first
+/// time with the bound and how to raise it, then at most once per [`EVICTION_WINDOW`] with
+/// the count since (never per event: a full twin evicts on every new device).
+pub(super) struct TwinEvicted<'a> {
+    pub(super) evicted: usize,
+    pub(super) max_devices: usize,
+    pub(super) counter: &'a Counter,
+}
+
+impl TwinEvicted<'_> {
+    pub(super) fn emit(&self, reports: &Reports) {
+        let evicted = self.evicted as u64;
+        self.counter.add(evicted);
+        let line = lock(&reports.evictions).admit(evicted, Instant::now());
+        match line {
+            Some(EvictionLine::First(evicted)) => tracing::warn!(
+                max_devices = self.max_devices,
+                evicted,
+                "The device twin is full: it now evicts the devices updated longest ago, which \
+                 conditions and plugins no longer see; raise `max_devices` in `[twin]` to keep \
+                 more"
+            ),
+            Some(EvictionLine::Since(evicted)) => tracing::warn!(
+                max_devices = self.max_devices,
+                evicted,
+                "The device twin evicted devices since the last report (`[twin] max_devices`)"
+            ),
+            None => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +303,19 @@ mod tests {
         assert_eq!(reports.admit("failed", "a", start), Some(0), "another kind");
         assert_eq!(reports.admit("refused", "a", start + WINDOW), Some(2));
         assert_eq!(reports.admit("refused", "a", start + WINDOW), None);
+    }
+
+    #[test]
+    fn evictions_are_told_at_once_then_once_a_window_with_the_count_since() {
+        let mut evictions = Evictions::default();
+        let start = Instant::now();
+        assert_eq!(evictions.admit(2, start), Some(EvictionLine::First(2)));
+        assert_eq!(evictions.admit(1, start + EVICTION_WINDOW / 2), None);
+        assert_eq!(evictions.admit(3, start + EVICTION_WINDOW / 2), None);
+        assert_eq!(
+            evictions.admit(1, start + EVICTION_WINDOW),
+            Some(EvictionLine::Since(5))
+        );
+        assert_eq!(evictions.admit(1, start + EVICTION_WINDOW), None);
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use super::intake::{Job, Origin};
-use super::report::{CommandRefused, ConditionFailed, StepFailed};
+use super::report::{CommandRefused, ConditionFailed, StepFailed, TwinEvicted};
 use super::settle::{self, Queued, Settler, Unsettled, letter};
 use super::timers::Fire;
 use crate::event::{Command, Event};
@@ -20,6 +20,7 @@ use crate::rules::{
     EventScope, OnError, RefusedCommand, RuleOutcome, RuleResult, RuleRuntime, RuleSet,
 };
 use crate::store::DeadLetterRecord;
+use crate::twin;
 
 /// The most events a worker takes from its queue at once: a bound on how long an event can
 /// wait for the others of its batch (that many events' rules). Measured with `bench pipeline`
@@ -160,10 +161,13 @@ impl Worker {
     fn handle(&mut self, batch: &mut Vec<Job>) {
         let trace_on = tracing::enabled!(target: "iotrules::event", tracing::Level::DEBUG);
         let mut runs: Vec<Run> = batch.iter().map(|_| Run::default()).collect();
+        self.update_twins(batch);
         {
+            let twins = Arc::clone(self.shared.registry.twins());
+            let twins = twins.enabled().then_some(&twins);
             let scopes: Vec<EventScope<'_>> = batch
                 .iter()
-                .map(|job| EventScope::new(&job.event))
+                .map(|job| EventScope::new(&job.event).with_twins(twins))
                 .collect();
             for rule in 0..self.runtimes.len() {
                 for ((job, scope), run) in batch.iter().zip(&scopes).zip(&mut runs) {
@@ -177,6 +181,65 @@ impl Worker {
         for (job, run) in batch.drain(..).zip(runs) {
             self.finish(job, run, trace_on);
         }
+    }
+
+    /// Updates the twin from the batch's events (its timers are the host's own, not news of
+    /// a device) before any rule runs, so conditions and plugins see each event in its
+    /// device's twin; then queues, in one state write, the latest twin of every device the
+    /// batch changed and the removal of those it evicted. That write is queued before the
+    /// events ask what to wait for (`finish`), so no event is acknowledged before the twin
+    /// it changed is in the store.
+    ///
+    /// Two workers may write one device's twin only under `order = "connector"` with a
+    /// device on two connectors; the store then keeps the later write, which may be a moment
+    /// older than the twin in memory until the device's next event.
+    fn update_twins(&mut self, batch: &[Job]) {
+        let twins = self.shared.registry.twins();
+        if !twins.enabled() {
+            return;
+        }
+        let mut touched: Vec<&str> = Vec::with_capacity(batch.len());
+        let mut evicted = Vec::new();
+        for job in batch.iter().filter(|job| job.timer.is_none()) {
+            if !twin::updates_twin(&job.event) {
+                continue;
+            }
+            evicted.extend(twins.update(&job.event).evicted);
+            let id = job.event.device.id.as_str();
+            if !touched.contains(&id) {
+                touched.push(id);
+            }
+        }
+        if touched.is_empty() {
+            return;
+        }
+        let mut writes = Vec::with_capacity(touched.len() + evicted.len());
+        for id in touched {
+            // Gone when a later event of the batch evicted it: its removal follows.
+            match twins.with(id, serde_json::to_vec) {
+                Some(Ok(json)) => writes.push((id.to_owned(), Some(json))),
+                Some(Err(error)) => {
+                    tracing::error!(device = id, %error, "Cannot store a device twin");
+                }
+                None => {}
+            }
+        }
+        let metrics = &self.shared.metrics;
+        if !evicted.is_empty() {
+            TwinEvicted {
+                evicted: evicted.len(),
+                max_devices: twins.max_devices(),
+                counter: &metrics.twin_evictions,
+            }
+            .emit(&self.shared.reports);
+            // A device evicted here and back since (its own worker's event) keeps its entry.
+            let gone = evicted
+                .into_iter()
+                .filter(|id| twins.with(id, |_| ()).is_none());
+            writes.extend(gone.map(|id| (id, None)));
+        }
+        metrics.twin_devices.set(twins.len() as u64);
+        self.shared.registry.state().apply(twin::NAMESPACE, writes);
     }
 
     /// Runs rule number `index` on one event, adding what it made of it to `run`.

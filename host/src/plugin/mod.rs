@@ -30,7 +30,9 @@ pub use registry::StepOutcome;
 pub use registry::{DEFAULT_QUARANTINE_AFTER, Registry, ReloadReport, Step, Version};
 pub use runtime::{Runtime, RuntimeConfig};
 pub use state::{Durable, StateUsage};
-pub use state::{MAX_SETS_PER_CALL, MemoryStateStore, StateQuota, StateStore};
+pub use state::{
+    HOST_NAMESPACE_PREFIX, MAX_SETS_PER_CALL, MemoryStateStore, StateQuota, StateStore,
+};
 pub use timers::{Schedule, TIMER_PREFIX, TimerRecord};
 pub use watch::{DEFAULT_DEBOUNCE, Watcher};
 

@@ -85,11 +85,21 @@ pub trait StateStore: Send + Sync {
         None
     }
 
-    /// Every stored timer entry of every namespace (keys under
+    /// Every stored timer entry of every step's namespace (keys under
     /// [`TIMER_PREFIX`](super::timers::TIMER_PREFIX)): namespace, key, value. Read once, at
-    /// start.
+    /// start. The host's own namespaces (those starting with [`HOST_NAMESPACE_PREFIX`]) are
+    /// left out: their keys are not the steps' and may look like timers.
     fn timers(&self) -> Vec<(String, String, Vec<u8>)>;
+
+    /// Hands `each` every entry of `namespace` as stored, key and value, without going
+    /// through a cache or filling one. For a host namespace whose entries the host holds in
+    /// memory itself (the device twins), read once at start: a cache would hold them twice.
+    fn read_uncached(&self, namespace: &str, each: &mut dyn FnMut(&str, &[u8]));
 }
+
+/// The first character of the namespaces the host keeps its own data in (the twins'
+/// `@twin`), which no step's `{rule}/{step}` namespace is; its timers are never among them.
+pub const HOST_NAMESPACE_PREFIX: char = '@';
 
 /// Resolves once the state writes applied up to a point are committed (or dropped as
 /// failed, which the store reports itself): what the pipeline waits for before it
@@ -188,12 +198,22 @@ impl StateStore for MemoryStateStore {
     fn timers(&self) -> Vec<(String, String, Vec<u8>)> {
         let entries = self.lock();
         let mut timers = Vec::new();
-        for (namespace, space) in entries.iter() {
+        let steps = entries
+            .iter()
+            .filter(|(namespace, _)| !namespace.starts_with(HOST_NAMESPACE_PREFIX));
+        for (namespace, space) in steps {
             for (key, value) in space.iter().filter(|(key, _)| is_timer_key(key)) {
                 timers.push((namespace.clone(), key.clone(), value.clone()));
             }
         }
         timers
+    }
+
+    fn read_uncached(&self, namespace: &str, each: &mut dyn FnMut(&str, &[u8])) {
+        let entries = self.lock();
+        for (key, value) in entries.get(namespace).into_iter().flatten() {
+            each(key, value);
+        }
     }
 }
 
@@ -548,5 +568,21 @@ mod tests {
                 bytes: 150
             }
         );
+    }
+
+    #[test]
+    fn timers_leave_out_the_host_namespaces_and_an_uncached_read_gives_a_namespace() {
+        let store = MemoryStateStore::new();
+        let timer = format!("{}dev/t", super::super::timers::TIMER_PREFIX);
+        store.apply("rule/1", vec![(timer.clone(), Some(b"{}".to_vec()))]);
+        store.apply("@twin", vec![(timer.clone(), Some(b"{}".to_vec()))]);
+        let timers = store.timers();
+        assert_eq!(timers.len(), 1);
+        assert_eq!(timers[0].0, "rule/1");
+        let mut read = Vec::new();
+        store.read_uncached("@twin", &mut |key, value| {
+            read.push((key.to_owned(), value.len()))
+        });
+        assert_eq!(read, [(timer, 2)]);
     }
 }

@@ -1,12 +1,24 @@
 //! A rule's `if`: a CEL expression compiled once at load and evaluated per event.
 //!
-//! Expressions see three variables:
+//! Expressions see four variables:
 //!
 //! - `event`: the normalized event as a map: `id`, `source`, `vendor`, `kind` (kebab-case),
 //!   `action`, `device` (`id`, `product`, `name`), `time_ms`, `properties` (a list of maps
 //!   `code`, `value`, `time_ms`, `service`) and `attributes` (a map of strings);
 //! - `props`: the properties by code (the first of a code), for `props.temperature > 30`;
-//! - `payload`: the vendor body, parsed JSON.
+//! - `payload`: the vendor body, parsed JSON;
+//! - `twin`: the device twin of the event's device (`crate::twin`), which the event has
+//!   already updated, as a map: `online` (a boolean, or `null` before any `online` or
+//!   `offline` event), `last_seen_ms`, `online_changed_ms` (or `null`), `device` (`id`,
+//!   `product`, `name`) and `props` (the last value of every property by code). It is `null`
+//!   when the twin is off (`[twin] max_devices = 0`) or the event has none (a timer, a
+//!   command, no device id).
+//!
+//! and one function of the host's besides CEL's own: `twin_of("device-id")`, another
+//! device's twin as the same map, or `null` when the host has none (`twin_of(
+//! "hall-motion") != null && twin_of("hall-motion").props.occupied`). It reads the twin as
+//! the events handled so far left it; a device on another worker may be a few events ahead
+//! or behind the current event.
 //!
 //! Values are typed: booleans, integers, floats, strings and `null`; property values that are
 //! JSON arrays or objects become CEL lists and maps. A field the event lacks is an evaluation
@@ -15,6 +27,8 @@
 //! Building these values is the expensive part of a condition, so it is done lazily, at most
 //! once per event and variable, in an [`EventScope`] that every rule evaluated on the event
 //! shares; an event that no rule with an `if` matches structurally never builds anything.
+//! `twin_of` builds its map on each call (it is registered only for the conditions that call
+//! it).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock, OnceLock};
@@ -28,9 +42,13 @@ use cel::context::VariableResolver;
 use cel::{Context, Env, Program};
 
 use crate::event::{Event, Value};
+use crate::twin::{Twin, Twins};
 
 /// The variables an expression may use.
-pub(crate) const VARIABLES: [&str; 3] = ["event", "props", "payload"];
+pub(crate) const VARIABLES: [&str; 4] = ["event", "props", "payload", "twin"];
+
+/// The function that reads another device's twin.
+const TWIN_OF: &str = "twin_of";
 
 /// How deep an expression's syntax tree may nest (`a && b && c` is two levels, each
 /// parenthesized call one more): far beyond hand-written conditions, far below what
@@ -63,6 +81,8 @@ static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
 pub(crate) struct Condition {
     source: String,
     program: Program,
+    /// Whether it calls [`TWIN_OF`], which is then registered for each evaluation.
+    calls_twin_of: bool,
 }
 
 impl std::fmt::Debug for Condition {
@@ -139,7 +159,11 @@ impl Condition {
                 .offset_for(id)
                 .map(|(start, _)| start as usize)
         };
-        if let Some((id, name)) = calls.into_iter().find(|(_, name)| !is_function(name)) {
+        let calls_twin_of = calls.iter().any(|(_, name)| name == TWIN_OF);
+        if let Some((id, name)) = calls
+            .into_iter()
+            .find(|(_, name)| name != TWIN_OF && !is_function(name))
+        {
             return Err(CompileError {
                 offset: position(id),
                 reason: format!("unknown function '{name}'"),
@@ -159,6 +183,7 @@ impl Condition {
         Ok(Condition {
             source: source.to_owned(),
             program,
+            calls_twin_of,
         })
     }
 
@@ -172,6 +197,16 @@ impl Condition {
     pub(crate) fn evaluate(&self, scope: &EventScope<'_>) -> Result<bool, String> {
         let mut context = Context::with_env(ENV.clone());
         context.set_variable_resolver(scope);
+        if self.calls_twin_of {
+            let twins = scope.twins.cloned();
+            // Not declared by the standard environment, so it cannot conflict.
+            let _ = context.add_function(TWIN_OF, move |id: Arc<String>| -> cel::Value {
+                let value = twins.as_ref().and_then(|twins| twins.with(&id, twin_value));
+                value.map_or(cel::Value::Null, |value| {
+                    cel::Value::try_from(value.as_ref()).unwrap_or(cel::Value::Null)
+                })
+            });
+        }
         match self.program.execute(&context) {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!(
@@ -321,20 +356,31 @@ fn free_variables(
 /// rule evaluated on the event. Strings borrow from the event rather than being copied.
 pub struct EventScope<'e> {
     event: &'e Event,
+    /// The twins `twin` and `twin_of` read; none when the twin is off.
+    twins: Option<&'e Arc<Twins>>,
     event_value: OnceLock<Box<dyn Val + 'e>>,
     props: OnceLock<Box<dyn Val + 'e>>,
     payload: OnceLock<Box<dyn Val + 'e>>,
+    twin: OnceLock<Box<dyn Val + 'e>>,
 }
 
 impl<'e> EventScope<'e> {
-    /// A scope for `event`; nothing is built until an expression asks.
+    /// A scope for `event`, without twins; nothing is built until an expression asks.
     pub fn new(event: &'e Event) -> Self {
         EventScope {
             event,
+            twins: None,
             event_value: OnceLock::new(),
             props: OnceLock::new(),
             payload: OnceLock::new(),
+            twin: OnceLock::new(),
         }
+    }
+
+    /// The scope reading `twin` and `twin_of` from `twins` (`None`: every twin is `null`).
+    pub fn with_twins(mut self, twins: Option<&'e Arc<Twins>>) -> Self {
+        self.twins = twins;
+        self
     }
 
     /// The event the scope describes.
@@ -344,7 +390,7 @@ impl<'e> EventScope<'e> {
 
     /// How many of the variables have been built (for tests and benchmarks).
     pub fn built(&self) -> usize {
-        [&self.event_value, &self.props, &self.payload]
+        [&self.event_value, &self.props, &self.payload, &self.twin]
             .iter()
             .filter(|cell| cell.get().is_some())
             .count()
@@ -362,6 +408,15 @@ impl VariableResolver for EventScope<'_> {
             "payload" => self
                 .payload
                 .get_or_init(|| json_value(self.event.payload.to_value()))
+                .as_ref(),
+            "twin" => self
+                .twin
+                .get_or_init(|| {
+                    let twin = self
+                        .twins
+                        .and_then(|twins| twins.with(&self.event.device.id, twin_value));
+                    twin.unwrap_or_else(|| Box::new(CelNull))
+                })
                 .as_ref(),
             _ => return None,
         };
@@ -429,6 +484,55 @@ fn event_value(event: &Event) -> Boxed<'_> {
 /// Unix milliseconds fit an `int` for the next 292 million years; past that, saturate.
 fn int<'e>(u: u64) -> Boxed<'e> {
     Box::new(CelInt::from(i64::try_from(u).unwrap_or(i64::MAX)))
+}
+
+/// A twin as CEL, copied out of it (the twin is read under its shard's lock).
+fn twin_value(twin: &Twin) -> Boxed<'static> {
+    let owned = |s: Option<&String>| match s {
+        Some(s) => Box::new(CelString::from(s.clone())) as Boxed<'static>,
+        None => Box::new(CelNull),
+    };
+    let device = map([
+        ("id", owned(Some(&twin.device.id))),
+        ("product", owned(twin.device.product.as_ref())),
+        ("name", owned(twin.device.name.as_ref())),
+    ]);
+    // Sorted by code then service: the first of a code is kept, as `props` does.
+    let mut props: HashMap<CelMapKey<'static>, Boxed<'static>> = HashMap::new();
+    for property in &twin.properties {
+        props
+            .entry(CelMapKey::from(property.code.to_string()))
+            .or_insert_with(|| owned_value(&property.value));
+    }
+    map([
+        (
+            "online",
+            twin.online.map_or_else(
+                || Box::new(CelNull) as Boxed<'static>,
+                |online| Box::new(CelBool::from(online)),
+            ),
+        ),
+        ("last_seen_ms", int(twin.last_seen_ms)),
+        (
+            "online_changed_ms",
+            twin.online_changed_ms
+                .map_or_else(|| Box::new(CelNull) as Boxed<'static>, int),
+        ),
+        ("device", device),
+        ("props", Box::new(CelMap::from(props))),
+    ])
+}
+
+/// [`value`], copied rather than borrowed.
+fn owned_value(value: &Value) -> Boxed<'static> {
+    match value {
+        Value::Text(s) => Box::new(CelString::from(s.clone())),
+        Value::Json(json) => json_value(json.to_value()),
+        Value::Null => Box::new(CelNull),
+        Value::Boolean(b) => Box::new(CelBool::from(*b)),
+        Value::Integer(i) => Box::new(CelInt::from(*i)),
+        Value::Float(f) => Box::new(CelDouble::from(*f)),
+    }
 }
 
 fn props_value(event: &Event) -> Boxed<'_> {

@@ -237,7 +237,14 @@ impl RuleSet {
         &'s self,
         event: &'e Event,
     ) -> impl Iterator<Item = Result<&'s Arc<Rule>, ConditionError>> + use<'s, 'e> {
-        let scope = EventScope::new(event);
+        self.evaluate_in(EventScope::new(event))
+    }
+
+    /// [`RuleSet::evaluate`] in a scope of the caller's (one that reads the twins).
+    pub fn evaluate_in<'s, 'e>(
+        &'s self,
+        scope: EventScope<'e>,
+    ) -> impl Iterator<Item = Result<&'s Arc<Rule>, ConditionError>> + use<'s, 'e> {
         self.rules
             .iter()
             .filter_map(move |rule| match rule.matches(&scope) {

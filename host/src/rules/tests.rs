@@ -9,6 +9,7 @@ use crate::event::{Device, Event, Json, Kind, Property, Value, Vendor};
 use crate::plugin::{MemoryStateStore, Registry, Runtime, RuntimeConfig};
 use crate::rules::reload::ReloadSummary;
 use crate::rules::rule::ConditionError;
+use crate::twin::Twins;
 
 /// Parses one file named `rules/t.toml`.
 fn parse(text: &str) -> Result<RuleSet, Vec<RuleError>> {
@@ -605,6 +606,88 @@ fn matching_applies_when_then_if_and_reports_condition_errors() {
         set.matching(&online).map(|r| r.name()).collect::<Vec<_>>(),
         ["r", "offline"]
     );
+}
+
+/// `expr` on [`event`] with `twins` (fed the event first, as the workers do).
+fn twin_condition(expr: &str, twins: &Arc<Twins>) -> Result<bool, ConditionError> {
+    let set = parse(&rule(&format!("if = '{expr}'"))).unwrap_or_else(|e| panic!("{e:?}"));
+    let event = event();
+    twins.update(&event);
+    let scope = EventScope::new(&event).with_twins(Some(twins));
+    set.rules()[0].matches(&scope)
+}
+
+#[test]
+fn conditions_see_the_event_s_device_twin_with_the_event_in_it() {
+    let twins = Arc::new(Twins::new(100));
+    let mut earlier = event();
+    earlier.kind = Kind::Online;
+    earlier.time_ms -= 50;
+    earlier.properties = vec![Property::new("humidity", Value::Integer(40))];
+    twins.update(&earlier);
+    for expr in [
+        "twin.online == true",
+        "twin.online_changed_ms == 1763884800050",
+        "twin.last_seen_ms == event.time_ms",
+        "twin.device.id == \"vdevo-hallway-pir\" && twin.device.product == \"keyPir001\"",
+        "twin.device.name == null",
+        "twin.props.humidity == 40",
+        "twin.props.temperature == 31.5 && twin.props.pir == \"pir\"",
+        "twin.props.schedule.on[1] == 30",
+        "twin.props.power_w > 1000.0",
+        "!has(twin.props.missing)",
+    ] {
+        assert_eq!(twin_condition(expr, &twins), Ok(true), "{expr}");
+    }
+}
+
+#[test]
+fn twin_of_reads_another_device_s_twin_or_null() {
+    let twins = Arc::new(Twins::new(100));
+    let mut hall = event();
+    hall.device = Device::new("hall-motion");
+    hall.properties = vec![Property::new("occupied", Value::Boolean(true))];
+    twins.update(&hall);
+    for expr in [
+        "twin_of(\"hall-motion\").props.occupied",
+        "twin_of(\"hall-motion\").device.id == \"hall-motion\"",
+        "twin_of(\"hall-motion\").online == null",
+        "twin_of(\"nobody\") == null",
+        "twin_of(event.device.id).props.battery_percentage == 87",
+    ] {
+        assert_eq!(twin_condition(expr, &twins), Ok(true), "{expr}");
+    }
+    let error = twin_condition("twin_of(1) == null", &twins).unwrap_err();
+    assert!(error.reason.contains("want 'Arc<String>'"), "{error}");
+}
+
+#[test]
+fn without_twins_twin_and_twin_of_are_null() {
+    let set = parse(&rule("if = 'twin == null && twin_of(\"x\") == null'")).unwrap();
+    assert_eq!(set.rules()[0].matches_event(&event()), Ok(true));
+    let off = Arc::new(Twins::new(0));
+    assert_eq!(
+        twin_condition("twin == null && twin_of(event.device.id) == null", &off),
+        Ok(true)
+    );
+}
+
+#[test]
+fn the_twin_is_built_once_per_event_and_only_when_asked() {
+    let twins = Arc::new(Twins::new(100));
+    let event = event();
+    twins.update(&event);
+    let set = parse(&format!(
+        "{}\n{}",
+        rule("if = 'twin.props.pir == \"pir\"'"),
+        rule("if = 'twin.online == null'").replace("\"r\"", "\"r2\""),
+    ))
+    .unwrap();
+    let scope = EventScope::new(&event).with_twins(Some(&twins));
+    assert_eq!(scope.built(), 0);
+    assert!(set.rules()[0].matches(&scope).unwrap());
+    assert!(set.rules()[1].matches(&scope).unwrap());
+    assert_eq!(scope.built(), 1, "the twin only, once");
 }
 
 fn empty_registry(dir: &Path) -> Registry {

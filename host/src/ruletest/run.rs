@@ -15,11 +15,12 @@ use super::check::{self, FIRED, RuleRun};
 use super::load::{RuleTest, Source};
 use crate::event::Event;
 use crate::plugin::{MemoryStateStore, Registry, Runtime};
-use crate::rules::{Position, RuleOutcome, RuleResult, RuleRuntime, RuleSet};
+use crate::rules::{EventScope, Position, RuleOutcome, RuleResult, RuleRuntime, RuleSet};
 use crate::time::Clock;
 
-/// Runs tests against the plugins of one directory. Its registry keeps state in memory,
-/// reads the test clock, and never quarantines a plugin (a test that makes a plugin fail
+/// Runs tests against the plugins of one directory. Its registry keeps state and the device
+/// twin in memory (each test starts with neither), reads the test clock, and never
+/// quarantines a plugin (a test that makes a plugin fail
 /// must not change what the next test sees).
 pub struct Runner {
     registry: Registry,
@@ -108,13 +109,16 @@ impl Runner {
                 },
             };
 
-            // Which rules take the event, as the service decides it.
+            // Which rules take the event, as the service decides it: with the event in its
+            // device's twin first.
             let mut matched = Vec::new();
             let mut if_errors = Vec::new();
             let mut results: Vec<RuleResult<'_>> = Vec::new();
             if let Some(event) = &event {
-                self.registry.twins().update(event);
-                for outcome in set.evaluate(event) {
+                let twins = self.registry.twins();
+                twins.update(event);
+                let twins = twins.enabled().then_some(twins);
+                for outcome in set.evaluate_in(EventScope::new(event).with_twins(twins)) {
                     match outcome {
                         Ok(rule) if test.runs(rule.name()) => matched.push(rule.name()),
                         Err(error) if test.runs(&error.rule) => if_errors.push(error),

@@ -363,6 +363,20 @@ impl StateStore for SqliteStateStore {
         }
     }
 
+    /// Straight from the file, after what is queued is committed; logged (and nothing
+    /// handed) if it cannot be read.
+    fn read_uncached(&self, namespace: &str, each: &mut dyn FnMut(&str, &[u8])) {
+        self.flush();
+        if let Err(error) = scan(&self.shared.store.conn(), namespace, each) {
+            tracing::error!(
+                store = %self.shared.store.path().display(),
+                namespace,
+                %error,
+                "Cannot read the host's stored data; it starts empty"
+            );
+        }
+    }
+
     fn durable(&self) -> Option<Durable> {
         let last = lock(&self.shared.queue).last;
         let done = self.shared.done.subscribe();
@@ -471,18 +485,38 @@ fn load(conn: &Connection, namespace: &str) -> rusqlite::Result<HashMap<String, 
     rows.collect()
 }
 
-/// Every timer entry of every namespace: the keys from `@timer/` up to (not including)
-/// `@timer0`, `0` being the character after `/`.
+/// Every timer entry of every step's namespace: the keys from `@timer/` up to (not
+/// including) `@timer0`, `0` being the character after `/`, outside the host's namespaces.
 fn timers(conn: &Connection) -> rusqlite::Result<Vec<(String, String, Vec<u8>)>> {
     let mut select = conn.prepare_cached(
-        "SELECT namespace, key, value FROM plugin_state WHERE key >= ?1 AND key < ?2",
+        "SELECT namespace, key, value FROM plugin_state WHERE key >= ?1 AND key < ?2 \
+         AND substr(namespace, 1, 1) <> ?3",
     )?;
     let prefix = crate::plugin::TIMER_PREFIX;
     let end = format!("{}0", &prefix[..prefix.len() - 1]);
-    let rows = select.query_map([prefix, end.as_str()], |row| {
+    let host = crate::plugin::HOST_NAMESPACE_PREFIX.to_string();
+    let rows = select.query_map([prefix, end.as_str(), host.as_str()], |row| {
         Ok((row.get(0)?, row.get(1)?, row.get(2)?))
     })?;
     rows.collect()
+}
+
+/// Hands `each` every entry of `namespace`, one row at a time (a namespace of a hundred
+/// thousand twins is never all in memory as bytes at once).
+fn scan(
+    conn: &Connection,
+    namespace: &str,
+    each: &mut dyn FnMut(&str, &[u8]),
+) -> rusqlite::Result<()> {
+    let mut select =
+        conn.prepare_cached("SELECT key, value FROM plugin_state WHERE namespace = ?")?;
+    let mut rows = select.query([namespace])?;
+    while let Some(row) = rows.next()? {
+        let key = row.get_ref(0)?.as_str()?;
+        let value = row.get_ref(1)?.as_bytes()?;
+        each(key, value);
+    }
+    Ok(())
 }
 
 /// Applies one call's writes in order.
@@ -753,5 +787,41 @@ mod tests {
         assert_eq!(on_disk(&store, "ns", "a").as_deref(), Some(&b"1"[..]));
         assert_eq!(on_disk(&store, "ns", "b"), None);
         assert_eq!(on_disk(&store, "ns", "c").as_deref(), Some(&b"3"[..]));
+    }
+
+    #[test]
+    fn an_uncached_read_sees_every_committed_entry_and_loads_nothing_into_the_cache() {
+        let (_store, state) = state();
+        state.apply("@twin", vec![set("a", b"1"), set("b", b"2")]);
+        state.apply("@twin", vec![("a".into(), None), set("c", b"3")]);
+        let mut read = Vec::new();
+        state.read_uncached("@twin", &mut |key, value| {
+            read.push((key.to_owned(), value.to_vec()));
+        });
+        read.sort();
+        assert_eq!(
+            read,
+            [
+                ("b".to_owned(), b"2".to_vec()),
+                ("c".to_owned(), b"3".to_vec())
+            ]
+        );
+        assert!(
+            lock(&state.space("@twin")).entries.is_none(),
+            "the namespace is not cached"
+        );
+        assert!(lock(&state.spaces).get("other").is_none());
+    }
+
+    #[test]
+    fn timers_are_read_from_the_steps_namespaces_only() {
+        let (_store, state) = state();
+        let timer = format!("{}dev/t", crate::plugin::TIMER_PREFIX);
+        state.apply("rule/1", vec![set(&timer, b"{}")]);
+        // A device whose id looks like a timer key, in the host's twin namespace.
+        state.apply("@twin", vec![set(&timer, b"{}")]);
+        let timers = state.timers();
+        assert_eq!(timers.len(), 1, "{timers:?}");
+        assert_eq!(timers[0].0, "rule/1");
     }
 }
