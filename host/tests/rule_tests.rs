@@ -252,13 +252,13 @@ fn alarm_dir(tests: &str) -> (tempfile::TempDir, tempfile::TempDir) {
     let rules = tempfile::tempdir().expect("temp dir");
     std::fs::write(rules.path().join("alarm.toml"), ALARM_RULES).expect("rules");
     std::fs::write(rules.path().join("alarm.test.toml"), tests).expect("tests");
-    let plugins = tempfile::tempdir().expect("temp dir");
+    let installed = tempfile::tempdir().expect("temp dir");
     std::fs::copy(
         plugins().join("testing/alarm.wasm"),
-        plugins.path().join("alarm.wasm"),
+        installed.path().join("alarm.wasm"),
     )
     .expect("install alarm");
-    (rules, plugins)
+    (rules, installed)
 }
 
 fn run_alarm(tests: &str) -> (bool, String) {
