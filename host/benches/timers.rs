@@ -234,8 +234,8 @@ fn pending_memory() {
             if sqlite { "sqlite" } else { "memory" },
             before as f64 / 1024.0,
             after as f64 / 1024.0,
-            (after - before) as f64 / 1024.0,
-            (after - before) * 1024 / PENDING
+            (after as f64 - before as f64) / 1024.0,
+            after.saturating_sub(before) * 1024 / PENDING
         );
     }
 }

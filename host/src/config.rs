@@ -193,6 +193,9 @@ impl Default for DeadLettersConfig {
     }
 }
 
+/// The devices the twin keeps unless `[twin] max_devices` says otherwise.
+pub const DEFAULT_TWIN_DEVICES: usize = 100_000;
+
 /// `[twin]`: the device twin the host keeps from every event (`crate::twin`), which rule
 /// conditions, plugins and `/devices` read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -207,7 +210,7 @@ pub struct TwinConfig {
 impl Default for TwinConfig {
     fn default() -> Self {
         TwinConfig {
-            max_devices: crate::twin::DEFAULT_MAX_DEVICES,
+            max_devices: DEFAULT_TWIN_DEVICES,
         }
     }
 }

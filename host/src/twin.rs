@@ -29,7 +29,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Device, Event, Kind, Value};
-use crate::plugin::StateStore;
 use crate::sync::lock;
 
 /// How many shards the map is cut into: a few per worker, so two workers rarely wait for the
@@ -37,7 +36,7 @@ use crate::sync::lock;
 const SHARDS: usize = 16;
 
 /// The default bound on devices.
-pub const DEFAULT_MAX_DEVICES: usize = 100_000;
+pub const DEFAULT_MAX_DEVICES: usize = crate::config::DEFAULT_TWIN_DEVICES;
 
 /// The state namespace the twins are stored in, key = device id. Plugin steps' namespaces are
 /// `{rule}/{step}`, so this one (no `/`) is never a step's; the SQLite store never caches it,
@@ -193,6 +192,70 @@ pub struct Twins {
 pub struct Updated {
     /// The ids of the devices evicted.
     pub evicted: Vec<String>,
+}
+
+/// A twin as stored, read without copying its names: they are interned into the shard's as
+/// the twin is built (see [`Twins::load`]).
+#[derive(Deserialize)]
+struct StoredTwin<'a> {
+    #[serde(borrow)]
+    device: StoredDevice<'a>,
+    #[serde(default)]
+    online: Option<bool>,
+    last_seen_ms: u64,
+    #[serde(default)]
+    online_changed_ms: Option<u64>,
+    #[serde(borrow)]
+    properties: Vec<StoredProperty<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StoredDevice<'a> {
+    #[serde(borrow, default)]
+    product: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct StoredProperty<'a> {
+    #[serde(borrow)]
+    code: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    service: Option<std::borrow::Cow<'a, str>>,
+    value: Value,
+    time_ms: u64,
+}
+
+impl StoredTwin<'_> {
+    /// The twin of device `id` (the store's key, which a later delete names), its names
+    /// interned into `names`.
+    fn into_twin(self, id: &str, names: &mut HashSet<Arc<str>>) -> Twin {
+        let mut properties: Vec<TwinProperty> = self
+            .properties
+            .into_iter()
+            .map(|property| TwinProperty {
+                code: intern(names, &property.code),
+                service: property.service.map(|service| intern(names, &service)),
+                value: property.value,
+                time_ms: property.time_ms,
+            })
+            .collect();
+        properties.sort_by(|a, b| {
+            (&*a.code, a.service.as_deref()).cmp(&(&*b.code, b.service.as_deref()))
+        });
+        Twin {
+            device: Device {
+                id: id.to_owned(),
+                product: self.device.product.map(String::from),
+                name: self.device.name.map(String::from),
+            },
+            online: self.online,
+            last_seen_ms: self.last_seen_ms,
+            online_changed_ms: self.online_changed_ms,
+            properties,
+        }
+    }
 }
 
 /// What [`Twins::load`] found in the store.
@@ -386,26 +449,35 @@ impl Twins {
         updated
     }
 
-    /// Restores the twins stored in `state` (at start, before any event): the ones seen
-    /// longest ago first, so that when more are stored than the bound keeps (it was lowered)
-    /// the newest stay; those that do not are deleted from the store. A stored twin that does
-    /// not parse is logged at ERROR with its device and skipped (it is overwritten at the
-    /// device's next event). Nothing is read when the twin is off.
-    ///
-    /// The store reads the namespace past its cache ([`StateStore::read_uncached`]): the
-    /// twins are held here, once.
-    pub fn load(&self, state: &dyn StateStore) -> Loaded {
+    /// Restores the stored twins (at start, before any event) that `rows` hands over, each
+    /// a device id and its stored JSON: the plugin state store reads its [`NAMESPACE`] past
+    /// its cache, so the twins are held here, once. When more are stored than the bound
+    /// keeps (it was lowered), the newest stay: the ids of the others are returned, for the
+    /// caller to delete from the store. A stored twin that does not parse is logged at ERROR
+    /// with its device and skipped (it is overwritten at the device's next event). Nothing is
+    /// read when the twin is off.
+    pub fn load(&self, rows: impl FnOnce(&mut dyn FnMut(&str, &[u8]))) -> (Loaded, Vec<String>) {
         let mut loaded = Loaded::default();
         if !self.enabled() {
-            return loaded;
+            return (loaded, Vec::new());
         }
-        let mut twins = Vec::new();
-        state.read_uncached(NAMESPACE, &mut |device, value| {
-            match serde_json::from_slice::<Twin>(value) {
-                Ok(mut twin) => {
-                    // The key is what the store (and a later delete) knows it by.
-                    device.clone_into(&mut twin.device.id);
-                    twins.push(twin);
+        // Each row goes straight into its shard, its names interned as it is parsed: no list
+        // of every twin, no copy of a code per device, nothing for the allocator to keep
+        // after the start. The order of eviction (last seen) is set once all are in.
+        rows(
+            &mut |device, value| match serde_json::from_slice::<StoredTwin<'_>>(value) {
+                Ok(stored) => {
+                    let mut shard = lock(self.shard(device));
+                    let shard = &mut *shard;
+                    if shard.devices.contains_key(device) {
+                        return;
+                    }
+                    let twin = stored.into_twin(device, &mut shard.names);
+                    shard
+                        .devices
+                        .insert(device.to_owned(), (twin.last_seen_ms, twin));
+                    self.devices.fetch_add(1, Ordering::Relaxed);
+                    loaded.restored += 1;
                 }
                 Err(error) => {
                     loaded.unreadable += 1;
@@ -416,23 +488,61 @@ impl Twins {
                          device's next event replaces it"
                     );
                 }
-            }
-        });
-        twins.sort_by_key(|twin| twin.last_seen_ms);
-        let mut evicted = Vec::new();
-        for twin in twins {
-            evicted.extend(self.restore(twin).evicted);
-            loaded.restored += 1;
-        }
+            },
+        );
+        let evicted = self.order_by_last_seen();
         loaded.restored = loaded.restored.saturating_sub(evicted.len());
         loaded.evicted = evicted.len();
-        if !evicted.is_empty() {
-            state.apply(
-                NAMESPACE,
-                evicted.into_iter().map(|device| (device, None)).collect(),
-            );
+        (loaded, evicted)
+    }
+
+    /// After a load: every shard's eviction order by the devices' last-seen times (the
+    /// sequence numbers the load left are those times), renumbered from the global sequence;
+    /// then the devices seen longest ago, over all shards, evicted down to the bound. Returns
+    /// the ids evicted.
+    fn order_by_last_seen(&self) -> Vec<String> {
+        let mut all: Vec<(u64, usize, String)> = Vec::new();
+        let over = self.len().saturating_sub(self.max_devices);
+        for (index, shard) in self.shards.iter().enumerate() {
+            let mut shard = lock(shard);
+            let shard = &mut *shard;
+            let mut seen: Vec<(u64, &String)> = shard
+                .devices
+                .iter()
+                .map(|(id, (last_seen, _))| (*last_seen, id))
+                .collect();
+            seen.sort_unstable();
+            let mut order = BTreeMap::new();
+            let mut renumbered = Vec::with_capacity(seen.len());
+            for (last_seen, id) in seen {
+                let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+                order.insert(sequence, id.clone());
+                renumbered.push((id.clone(), sequence));
+                if over > 0 {
+                    all.push((last_seen, index, id.clone()));
+                }
+            }
+            for (id, sequence) in renumbered {
+                if let Some((seq, _)) = shard.devices.get_mut(&id) {
+                    *seq = sequence;
+                }
+            }
+            shard.order = order;
         }
-        loaded
+        if over == 0 {
+            return Vec::new();
+        }
+        all.sort_unstable();
+        let mut evicted = Vec::with_capacity(over);
+        for (_, index, id) in all.into_iter().take(over) {
+            let mut shard = lock(&self.shards[index]);
+            if let Some((sequence, _)) = shard.devices.remove(&id) {
+                shard.order.remove(&sequence);
+                self.devices.fetch_sub(1, Ordering::Relaxed);
+                evicted.push(id);
+            }
+        }
+        evicted
     }
 
     /// How many devices have a twin.
@@ -511,6 +621,20 @@ impl Twins {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin::StateStore;
+
+    /// Loads `twins` from `store` as the pipeline does at start: deleting what the bound
+    /// leaves out.
+    fn load_from(twins: &Twins, store: &crate::plugin::MemoryStateStore) -> Loaded {
+        let (loaded, evicted) = twins.load(|each| store.read_uncached(NAMESPACE, each));
+        if !evicted.is_empty() {
+            store.apply(
+                NAMESPACE,
+                evicted.into_iter().map(|id| (id, None)).collect(),
+            );
+        }
+        loaded
+    }
     use crate::event::{Json, Property, Vendor};
 
     fn event(device: &str, kind: Kind, time_ms: u64, properties: &[(&str, Value)]) -> Event {
@@ -747,7 +871,7 @@ mod tests {
         );
 
         let twins = Twins::new(100);
-        let loaded = twins.load(&store);
+        let loaded = load_from(&twins, &store);
         assert_eq!(
             loaded,
             Loaded {
@@ -776,12 +900,17 @@ mod tests {
             .collect();
         let store = store_of(&stored);
         let twins = Twins::new(SHARDS);
-        let loaded = twins.load(&store);
+        let loaded = load_from(&twins, &store);
         assert_eq!(loaded.restored + loaded.evicted, stored.len());
         assert_eq!(loaded.restored, twins.len());
+        assert_eq!(twins.len(), SHARDS, "the bound, over all shards");
         assert_eq!(store.len(NAMESPACE), twins.len(), "the evicted are deleted");
-        // `d0` is the newest of all: whichever shard it is in keeps it.
-        assert!(twins.get("d0").is_some());
+        // The newest of all are kept, whichever shards they are in.
+        let mut kept: Vec<String> = twins.all().into_iter().map(|t| t.device.id).collect();
+        kept.sort();
+        let mut newest: Vec<String> = (0..SHARDS).map(|i| format!("d{i}")).collect();
+        newest.sort();
+        assert_eq!(kept, newest);
         for twin in twins.all() {
             assert!(store.get(NAMESPACE, &twin.device.id).is_some());
         }
@@ -793,7 +922,7 @@ mod tests {
         source.update(&event("a", Kind::Online, 10, &[]));
         let store = store_of(&source.all());
         let twins = Twins::new(0);
-        assert_eq!(twins.load(&store), Loaded::default());
+        assert_eq!(load_from(&twins, &store), Loaded::default());
         assert!(twins.is_empty());
     }
 }

@@ -143,7 +143,13 @@ impl Pipeline {
         });
         // The twins are back before the first event updates them.
         let twins = shared.registry.twins();
-        let loaded = twins.load(&**shared.registry.state());
+        let state = shared.registry.state();
+        let (loaded, evicted) =
+            twins.load(|each| state.read_uncached(crate::twin::NAMESPACE, each));
+        if !evicted.is_empty() {
+            let deletes = evicted.into_iter().map(|device| (device, None)).collect();
+            state.apply(crate::twin::NAMESPACE, deletes);
+        }
         if loaded.restored + loaded.unreadable + loaded.evicted > 0 {
             tracing::info!(
                 devices = loaded.restored,
