@@ -400,3 +400,122 @@ config = { set_on_seq = 1, delay_ms = 100, fail_on_timer = true }
     assert!(fired(&capture).is_empty());
     test.drain(&runtime);
 }
+
+/// A service directory for the `iotrules` binary: the alarm rule with `config`, its commands
+/// printed by a `log` path, and a replay of one event (device `dev-a`, `seq` 1) that
+/// remembers how far it got.
+struct KilledService {
+    dir: tempfile::TempDir,
+}
+
+impl KilledService {
+    fn new(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        iotrules_tests::service::lay_out(
+            dir.path(),
+            &[("alarm", "testing/alarm")],
+            &alarm_rule(config),
+        );
+        let line = serde_json::json!({ "payload": huawei_body("dev-a", 1) }).to_string();
+        std::fs::write(dir.path().join("huawei.jsonl"), line + "\n").expect("recording");
+        let text = format!(
+            r#"{}
+[pipeline]
+workers = 2
+
+[[connector]]
+name = "replayed"
+kind = "replay"
+dialect = "huawei"
+file = "huawei.jsonl"
+offset_file = "state/offset.json"
+
+[[command_path]]
+name = "out"
+kind = "log"
+"#,
+            iotrules_tests::service::CONFIG_HEAD
+        );
+        std::fs::write(dir.path().join("iotrules.toml"), text).expect("config");
+        KilledService { dir }
+    }
+
+    fn command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(iotrules_tests::pipeline::binary());
+        command
+            .args(["run", "--config"])
+            .arg(self.dir.path().join("iotrules.toml"))
+            .stderr(std::process::Stdio::null());
+        command
+    }
+
+    /// Starts the service, waits until the replayed event is acknowledged (so the timer its
+    /// call set is in the store), and kills it (SIGKILL) at once; returns what it printed.
+    fn run_and_kill(&self) -> String {
+        let out = self.dir.path().join("first.out");
+        let mut child = self
+            .command()
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .spawn()
+            .expect("start iotrules");
+        let offset = self.dir.path().join("state/offset.json");
+        wait_for("the event acknowledged", || {
+            std::fs::read_to_string(&offset).is_ok_and(|o| o.contains("\"next_line\": 2"))
+        });
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+        std::fs::read_to_string(out).expect("stdout")
+    }
+
+    /// Runs the service to its end (the replay has nothing left; it lingers for the timers
+    /// due within 10 s); returns what it printed.
+    fn run(&self) -> String {
+        let output = self.command().output().expect("run iotrules");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn timers_in_store(&self) -> Vec<(String, String)> {
+        stored_timers(&self.dir.path().join("state/iotrules.db"))
+    }
+}
+
+/// The `fired` commands the log path printed.
+fn fired_lines(stdout: &str) -> usize {
+    stdout
+        .lines()
+        .filter(|line| line.contains("\"command\":\"fired\""))
+        .count()
+}
+
+#[test]
+fn a_timer_fires_once_after_the_service_is_killed_before_it_is_due() {
+    let service = KilledService::new("{ set_on_seq = 1, delay_ms = 4000 }");
+    let first = service.run_and_kill();
+    assert_eq!(fired_lines(&first), 0, "killed before it was due: {first}");
+    assert_eq!(
+        service.timers_in_store().len(),
+        1,
+        "the timer is in the file"
+    );
+    let second = service.run();
+    assert_eq!(
+        fired_lines(&second),
+        1,
+        "fired once after the restart: {second}"
+    );
+    assert!(service.timers_in_store().is_empty());
+    assert_eq!(fired_lines(&service.run()), 0, "and never again");
+}
+
+#[test]
+fn a_timer_due_while_the_service_was_killed_fires_once_at_the_next_start() {
+    let service = KilledService::new("{ set_on_seq = 1, delay_ms = 1500 }");
+    let first = service.run_and_kill();
+    assert_eq!(fired_lines(&first), 0, "{first}");
+    std::thread::sleep(Duration::from_millis(1800));
+    let second = service.run();
+    assert_eq!(fired_lines(&second), 1, "fired once at start: {second}");
+    assert!(service.timers_in_store().is_empty());
+    assert_eq!(fired_lines(&service.run()), 0, "and never again");
+}
