@@ -17,6 +17,8 @@
 //! - [`Ctx`]: the host's log, clock and per-step state (typed as JSON through `serde`).
 //! - [`Config`]: the rule step's configuration, parsed with `serde`, with errors that name
 //!   the field.
+//! - [`select`]: the devices a step watches, by id pattern (`*`, `?`) or product, as the
+//!   `devices` and `products` config keys name them.
 //! - [`testing`]: a [`TestHost`](testing::TestHost) and an event builder, so plugin unit
 //!   tests run natively with `cargo test`.
 //!
@@ -103,6 +105,7 @@ mod config;
 mod guest;
 mod host;
 mod model;
+pub mod select;
 pub mod testing;
 mod view;
 

@@ -60,12 +60,9 @@
 //! State: per watched device at most four pending timers, and one key (`alerts/<device>`,
 //! a few dozen bytes) while an alert is open or a recovery is due; nothing per event.
 
-mod select;
-
 use iotrules_plugin_sdk::prelude::*;
+use iotrules_plugin_sdk::select::Devices;
 use serde::{Deserialize, Serialize};
-
-use select::Selection;
 
 /// The action of the alert raised when a device comes back.
 const RECOVERED: &str = "watchdog.recovered";
@@ -226,7 +223,7 @@ impl Alert<'_> {
 
 struct Watchdog {
     settings: Settings,
-    selection: Selection,
+    watched: Devices,
 }
 
 /// The state key of a device's alerts.
@@ -350,7 +347,7 @@ impl Watchdog {
         } else {
             let Some(limit_s) = self
                 .limit_s(check)
-                .filter(|_| self.selection.includes(device))
+                .filter(|_| self.watched.includes(device))
             else {
                 ctx.debug(format_args!(
                     "watchdog: {}: `{name}` fired, but the device or the check is no longer configured; dropped",
@@ -416,21 +413,18 @@ impl Plugin for Watchdog {
                 );
             }
         }
-        let selection = Selection {
-            devices: std::mem::take(&mut settings.devices),
-            products: std::mem::take(&mut settings.products),
-        };
-        Ok(Watchdog {
-            settings,
-            selection,
-        })
+        let watched = Devices::new(
+            std::mem::take(&mut settings.devices),
+            std::mem::take(&mut settings.products),
+        );
+        Ok(Watchdog { settings, watched })
     }
 
     fn handle(&mut self, event: &EventView, ctx: &mut Ctx) -> Result<Outcome, String> {
         if let Some(name) = event.timer() {
             return self.fired(name, event, ctx);
         }
-        if !self.selection.includes(event.device()) {
+        if !self.watched.includes(event.device()) {
             return Ok(Outcome::keep());
         }
         self.seen(event, ctx)

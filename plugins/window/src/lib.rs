@@ -67,17 +67,16 @@
 mod buckets;
 mod command;
 mod held;
-mod select;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use iotrules_plugin_sdk::prelude::*;
+use iotrules_plugin_sdk::select::Devices;
 use serde::Deserialize;
 
 use buckets::{Bucket, Closed, Shape};
 use command::CommandSettings;
 use held::{HeldSettings, Holding};
-use select::Selection;
 
 /// The timer that closes a device's next window.
 const WINDOW_TIMER: &str = "window";
@@ -178,7 +177,7 @@ enum Mode {
 
 struct Window {
     mode: Mode,
-    selection: Selection,
+    watched: Devices,
     pass: bool,
     command: Option<CommandSettings>,
 }
@@ -505,10 +504,7 @@ impl Plugin for Window {
         }
         Ok(Window {
             mode,
-            selection: Selection {
-                devices: settings.devices,
-                products: settings.products,
-            },
+            watched: Devices::new(settings.devices, settings.products),
             pass: settings.pass,
             command: settings.command,
         })
@@ -528,7 +524,7 @@ impl Plugin for Window {
                 }
             };
         }
-        if !self.selection.includes(event.device()) {
+        if !self.watched.includes(event.device()) {
             return Ok(Outcome::keep());
         }
         match &self.mode {
