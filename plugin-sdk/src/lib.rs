@@ -19,6 +19,8 @@
 //!   the field.
 //! - [`select`]: the devices a step watches, by id pattern (`*`, `?`) or product, as the
 //!   `devices` and `products` config keys name them.
+//! - [`command`]: the `command` config table, a command to send with each event a step
+//!   emits.
 //! - [`testing`]: a [`TestHost`](testing::TestHost) and an event builder, so plugin unit
 //!   tests run natively with `cargo test`.
 //!
@@ -100,6 +102,7 @@
 extern crate self as iotrules_plugin_sdk;
 
 pub mod bindings;
+pub mod command;
 mod config;
 #[cfg(target_arch = "wasm32")]
 mod guest;

@@ -65,17 +65,16 @@
 //! open by the new shape.
 
 mod buckets;
-mod command;
 mod held;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use iotrules_plugin_sdk::command::CommandTemplate;
 use iotrules_plugin_sdk::prelude::*;
 use iotrules_plugin_sdk::select::Devices;
 use serde::Deserialize;
 
 use buckets::{Bucket, Closed, Shape};
-use command::CommandSettings;
 use held::{HeldSettings, Holding};
 
 /// The timer that closes a device's next window.
@@ -112,7 +111,7 @@ struct Settings {
     #[serde(default = "default_pass")]
     pass: bool,
     #[serde(default)]
-    command: Option<CommandSettings>,
+    command: Option<CommandTemplate>,
 }
 
 fn default_pass() -> bool {
@@ -179,7 +178,7 @@ struct Window {
     mode: Mode,
     watched: Devices,
     pass: bool,
-    command: Option<CommandSettings>,
+    command: Option<CommandTemplate>,
 }
 
 /// A duration as the default output names write it: `30s`, `5m`, `1h`.
@@ -500,7 +499,7 @@ impl Plugin for Window {
             }
         };
         if let Some(command) = &settings.command {
-            command.check()?;
+            command.check("command")?;
         }
         Ok(Window {
             mode,
