@@ -17,6 +17,10 @@
 //! - [`Ctx`]: the host's log, clock and per-step state (typed as JSON through `serde`).
 //! - [`Config`]: the rule step's configuration, parsed with `serde`, with errors that name
 //!   the field.
+//! - [`select`]: the devices a step watches, by id pattern (`*`, `?`) or product, as the
+//!   `devices` and `products` config keys name them.
+//! - [`command`]: the `command` config table, a command to send with each event a step
+//!   emits.
 //! - [`testing`]: a [`TestHost`](testing::TestHost) and an event builder, so plugin unit
 //!   tests run natively with `cargo test`.
 //!
@@ -98,11 +102,13 @@
 extern crate self as iotrules_plugin_sdk;
 
 pub mod bindings;
+pub mod command;
 mod config;
 #[cfg(target_arch = "wasm32")]
 mod guest;
 mod host;
 mod model;
+pub mod select;
 pub mod testing;
 mod view;
 

@@ -60,12 +60,10 @@
 //! State: per watched device at most four pending timers, and one key (`alerts/<device>`,
 //! a few dozen bytes) while an alert is open or a recovery is due; nothing per event.
 
-mod select;
-
+use iotrules_plugin_sdk::command::CommandTemplate;
 use iotrules_plugin_sdk::prelude::*;
+use iotrules_plugin_sdk::select::Devices;
 use serde::{Deserialize, Serialize};
-
-use select::Selection;
 
 /// The action of the alert raised when a device comes back.
 const RECOVERED: &str = "watchdog.recovered";
@@ -85,22 +83,7 @@ struct Settings {
     #[serde(default)]
     recovered: bool,
     #[serde(default)]
-    command: Option<CommandSettings>,
-}
-
-/// The `command` table: what to send with each alert.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CommandSettings {
-    name: String,
-    #[serde(default)]
-    via: Option<String>,
-    #[serde(default)]
-    device: Option<String>,
-    #[serde(default)]
-    product: Option<String>,
-    #[serde(default)]
-    params: serde_json::Map<String, serde_json::Value>,
+    command: Option<CommandTemplate>,
 }
 
 /// The two things the watchdog checks.
@@ -226,7 +209,7 @@ impl Alert<'_> {
 
 struct Watchdog {
     settings: Settings,
-    selection: Selection,
+    watched: Devices,
 }
 
 /// The state key of a device's alerts.
@@ -245,22 +228,8 @@ impl Watchdog {
 
     /// The configured command, carrying the alert.
     fn command(&self, alert: &Alert) -> Option<Command> {
-        let settings = self.settings.command.as_ref()?;
-        let device = match &settings.device {
-            Some(id) => Device {
-                id: id.clone(),
-                product: settings.product.clone(),
-                name: None,
-            },
-            None => alert.device.clone(),
-        };
-        let mut params = settings.params.clone();
-        params.extend(alert.fields());
-        let command = Command::new(device, settings.name.as_str()).params(params);
-        Some(match &settings.via {
-            Some(via) => command.via(via.as_str()),
-            None => command,
-        })
+        let template = self.settings.command.as_ref()?;
+        Some(template.command(alert.device, alert.fields()))
     }
 
     /// The device is back from an alerted spell: note it for the recovered alert, or forget
@@ -350,7 +319,7 @@ impl Watchdog {
         } else {
             let Some(limit_s) = self
                 .limit_s(check)
-                .filter(|_| self.selection.includes(device))
+                .filter(|_| self.watched.includes(device))
             else {
                 ctx.debug(format_args!(
                     "watchdog: {}: `{name}` fired, but the device or the check is no longer configured; dropped",
@@ -406,31 +375,20 @@ impl Plugin for Watchdog {
             );
         }
         if let Some(command) = &settings.command {
-            if command.name.is_empty() {
-                return Err("config: `command.name`: name the command to send".to_owned());
-            }
-            if command.product.is_some() && command.device.is_none() {
-                return Err(
-                    "config: `command.product`: goes with `command.device`; without it the command goes to the watched device, with its own product"
-                        .to_owned(),
-                );
-            }
+            command.check("command")?;
         }
-        let selection = Selection {
-            devices: std::mem::take(&mut settings.devices),
-            products: std::mem::take(&mut settings.products),
-        };
-        Ok(Watchdog {
-            settings,
-            selection,
-        })
+        let watched = Devices::new(
+            std::mem::take(&mut settings.devices),
+            std::mem::take(&mut settings.products),
+        );
+        Ok(Watchdog { settings, watched })
     }
 
     fn handle(&mut self, event: &EventView, ctx: &mut Ctx) -> Result<Outcome, String> {
         if let Some(name) = event.timer() {
             return self.fired(name, event, ctx);
         }
-        if !self.selection.includes(event.device()) {
+        if !self.watched.includes(event.device()) {
             return Ok(Outcome::keep());
         }
         self.seen(event, ctx)

@@ -65,19 +65,17 @@
 //! open by the new shape.
 
 mod buckets;
-mod command;
 mod held;
-mod select;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use iotrules_plugin_sdk::command::CommandTemplate;
 use iotrules_plugin_sdk::prelude::*;
+use iotrules_plugin_sdk::select::Devices;
 use serde::Deserialize;
 
 use buckets::{Bucket, Closed, Shape};
-use command::CommandSettings;
 use held::{HeldSettings, Holding};
-use select::Selection;
 
 /// The timer that closes a device's next window.
 const WINDOW_TIMER: &str = "window";
@@ -113,7 +111,7 @@ struct Settings {
     #[serde(default = "default_pass")]
     pass: bool,
     #[serde(default)]
-    command: Option<CommandSettings>,
+    command: Option<CommandTemplate>,
 }
 
 fn default_pass() -> bool {
@@ -178,9 +176,9 @@ enum Mode {
 
 struct Window {
     mode: Mode,
-    selection: Selection,
+    watched: Devices,
     pass: bool,
-    command: Option<CommandSettings>,
+    command: Option<CommandTemplate>,
 }
 
 /// A duration as the default output names write it: `30s`, `5m`, `1h`.
@@ -501,14 +499,11 @@ impl Plugin for Window {
             }
         };
         if let Some(command) = &settings.command {
-            command.check()?;
+            command.check("command")?;
         }
         Ok(Window {
             mode,
-            selection: Selection {
-                devices: settings.devices,
-                products: settings.products,
-            },
+            watched: Devices::new(settings.devices, settings.products),
             pass: settings.pass,
             command: settings.command,
         })
@@ -528,7 +523,7 @@ impl Plugin for Window {
                 }
             };
         }
-        if !self.selection.includes(event.device()) {
+        if !self.watched.includes(event.device()) {
             return Ok(Outcome::keep());
         }
         match &self.mode {
