@@ -506,28 +506,25 @@ impl Twins {
         for (index, shard) in self.shards.iter().enumerate() {
             let mut shard = lock(shard);
             let shard = &mut *shard;
-            let mut seen: Vec<(u64, &String)> = shard
+            let mut seen: Vec<(u64, String)> = shard
                 .devices
                 .iter()
-                .map(|(id, (last_seen, _))| (*last_seen, id))
+                .map(|(id, (last_seen, _))| (*last_seen, id.clone()))
                 .collect();
             seen.sort_unstable();
             let mut order = BTreeMap::new();
-            let mut renumbered = Vec::with_capacity(seen.len());
             for (last_seen, id) in seen {
                 let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-                order.insert(sequence, id.clone());
-                renumbered.push((id.clone(), sequence));
-                if over > 0 {
-                    all.push((last_seen, index, id.clone()));
-                }
-            }
-            for (id, sequence) in renumbered {
                 if let Some((seq, _)) = shard.devices.get_mut(&id) {
                     *seq = sequence;
                 }
+                if over > 0 {
+                    all.push((last_seen, index, id.clone()));
+                }
+                order.insert(sequence, id);
             }
             shard.order = order;
+            shard.devices.shrink_to_fit();
         }
         if over == 0 {
             return Vec::new();
