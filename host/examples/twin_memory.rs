@@ -8,7 +8,8 @@
 //!
 //! With `STORE`, also writes the twins to that SQLite store's `@twin` namespace (through the
 //! plugin state store, as the workers do), so that `iotrules run` on it starts with `N`
-//! twins to load: the service's resident memory with a full twin.
+//! twins to load: the service's resident memory with a full twin. `… N STORE load` only loads
+//! what STORE holds, as the service does at start, and prints what that costs.
 
 use std::sync::Arc;
 
@@ -67,8 +68,28 @@ fn main() {
         .next()
         .map_or(100_000, |n| n.parse().expect("N: a number of devices"));
     let store = args.next();
-
     let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+
+    // `twin_memory N STORE load`: only load the twins STORE holds, as the service does at
+    // start, and say what that costs.
+    if let (Some(path), Some("load")) = (&store, args.next().as_deref()) {
+        let state = SqliteStateStore::new(Arc::new(Store::open(path).expect("store")));
+        let before = rss();
+        let twins = Twins::new(devices as usize);
+        let (loaded, _) = twins.load(|each| state.read_uncached(NAMESPACE, each));
+        let after = rss();
+        println!(
+            "twin_memory: loaded {} twins from {path}: RSS {:.1} MiB before, {:.1} MiB after: \
+             {:.1} MiB, {} bytes per device",
+            loaded.restored,
+            mib(before),
+            mib(after),
+            mib(after.saturating_sub(before)),
+            after.saturating_sub(before) / (loaded.restored as u64).max(1)
+        );
+        return;
+    }
+
     let before = rss();
     let twins = Twins::new(devices as usize);
     for round in 0..2 {

@@ -185,6 +185,9 @@ pub struct Twins {
     /// How many devices the shards hold, kept as they change so that the gauge read after
     /// every batch takes no lock.
     devices: AtomicUsize,
+    /// Held by a worker while it reads the twins it stores and queues their write (see
+    /// [`Twins::persisting`]).
+    persist: Mutex<()>,
 }
 
 /// What an update did besides updating: the devices it evicted to stay in bounds.
@@ -278,6 +281,7 @@ impl Twins {
             hasher: Default::default(),
             sequence: Default::default(),
             devices: Default::default(),
+            persist: Mutex::new(()),
         }
     }
 
@@ -540,6 +544,14 @@ impl Twins {
             }
         }
         evicted
+    }
+
+    /// Held while a worker reads the twins it stores and queues their write, and the removal
+    /// of those it evicted: one worker at a time, so a device one evicts while another stores
+    /// it reaches the store in the order memory changed (written, then removed; or not
+    /// written at all).
+    pub fn persisting(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.persist)
     }
 
     /// How many devices have a twin.

@@ -74,6 +74,7 @@ fn the_example_rules_load_against_the_example_plugins() {
         ("deadband", "deadband"),
         ("normalize-units", "normalize-units"),
         ("motion-light", "motion-light"),
+        ("watchdog", "watchdog"),
     ]);
     let set = load(&example_rules(), &harness);
     let names: Vec<&str> = set.rules().iter().map(|r| r.name()).collect();
@@ -82,11 +83,12 @@ fn the_example_rules_load_against_the_example_plugins() {
         [
             "hallway-motion-light",
             "thermostat-temperature",
-            "meter-power"
+            "meter-power",
+            "thermostat-offline"
         ]
     );
     let runtimes = set.instantiate(&harness.registry).expect("instantiate");
-    assert_eq!(runtimes.len(), 3);
+    assert_eq!(runtimes.len(), 4);
 
     // The Alibaba thermostat, as its decoder normalizes it.
     let thermostat = Event {

@@ -213,6 +213,11 @@ impl Worker {
         if touched.is_empty() {
             return;
         }
+        // From reading the twins to queueing their write, one worker at a time: a device
+        // another worker evicts meanwhile is either read here before its removal is queued
+        // (which then follows this write) or not found here at all, so the store never keeps
+        // a twin memory has dropped.
+        let _persisting = twins.persisting();
         let mut writes = Vec::with_capacity(touched.len() + evicted.len());
         for id in touched {
             // Gone when a later event of the batch evicted it: its removal follows.
