@@ -234,16 +234,15 @@ impl StoredTwin<'_> {
     /// The twin of device `id` (the store's key, which a later delete names), its names
     /// interned into `names`.
     fn into_twin(self, id: &str, names: &mut HashSet<Arc<str>>) -> Twin {
-        let mut properties: Vec<TwinProperty> = self
-            .properties
-            .into_iter()
-            .map(|property| TwinProperty {
-                code: intern(names, &property.code),
-                service: property.service.map(|service| intern(names, &service)),
-                value: property.value,
-                time_ms: property.time_ms,
-            })
-            .collect();
+        // A new list of the exact size: collecting in place would keep the parser's list, of
+        // larger elements and spare room, for the life of the twin (a third more memory).
+        let mut properties: Vec<TwinProperty> = Vec::with_capacity(self.properties.len());
+        properties.extend(self.properties.into_iter().map(|property| TwinProperty {
+            code: intern(names, &property.code),
+            service: property.service.map(|service| intern(names, &service)),
+            value: property.value,
+            time_ms: property.time_ms,
+        }));
         properties.sort_by(|a, b| {
             (&*a.code, a.service.as_deref()).cmp(&(&*b.code, b.service.as_deref()))
         });
