@@ -182,3 +182,55 @@ shutdown_timeout_s = 1
         }
     }
 }
+
+/// A service directory for the `iotrules` binary: the built `plugins` and the rule file
+/// `rules` laid out as [`lay_out`] does, a recording of Huawei push bodies that connector
+/// `replayed` replays (remembering how far it got in `state/offset.json`), and a config whose
+/// command path `out` takes the table lines [`ReplayDir::config`] is given.
+pub struct ReplayDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl ReplayDir {
+    pub fn new(plugins: &[(&str, &str)], rules: &str, bodies: &[String]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        lay_out(dir.path(), plugins, rules);
+        let recorded: Vec<String> = bodies
+            .iter()
+            .map(|body| serde_json::json!({ "payload": body }).to_string())
+            .collect();
+        std::fs::write(dir.path().join("huawei.jsonl"), recorded.join("\n") + "\n")
+            .expect("recording");
+        ReplayDir { dir }
+    }
+
+    /// Writes the config, command path `out` taking `path` (its `kind` and settings), and
+    /// returns its file.
+    pub fn config(&self, path: &str) -> std::path::PathBuf {
+        let config = self.dir.path().join("iotrules.toml");
+        let text = format!(
+            r#"{CONFIG_HEAD}
+[pipeline]
+workers = 2
+
+[[connector]]
+name = "replayed"
+kind = "replay"
+dialect = "huawei"
+file = "huawei.jsonl"
+offset_file = "state/offset.json"
+
+[[command_path]]
+name = "out"
+{path}
+"#
+        );
+        std::fs::write(&config, text).expect("config");
+        config
+    }
+
+    /// The replay's offset file, once written.
+    pub fn offset(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("state/offset.json")).ok()
+    }
+}

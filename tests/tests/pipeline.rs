@@ -15,7 +15,7 @@ use iotrules::store::{SqliteStateStore, Store};
 use iotrules_tests::http::Webhook;
 use iotrules_tests::pipeline::{Acks, Capture, TestPipeline, binary, huawei_body};
 use iotrules_tests::plugins::Harness;
-use iotrules_tests::service::{CONFIG_HEAD, lay_out};
+use iotrules_tests::service::ReplayDir;
 use iotrules_tests::{ECHO_RULE, runtime, wait_for};
 
 fn settings(workers: usize, queue: usize, max_in_flight: usize) -> PipelineConfig {
@@ -685,50 +685,12 @@ fn bad_rule_files_are_refused_with_their_reason_while_the_old_rules_keep_serving
 
 /// A service directory: the echo plugin, one rule sending to path `out`, `lines` Huawei
 /// messages to replay with an offset file, and a config whose `out` path is `path`.
-struct ServiceDir {
-    dir: tempfile::TempDir,
-}
-
-impl ServiceDir {
-    fn new(lines: u64) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        lay_out(dir.path(), &[("echo", "testing/echo")], ECHO_RULE);
-        let recorded: Vec<String> = (1..=lines)
-            .map(|seq| {
-                serde_json::json!({ "payload": huawei_body(&format!("dev-{}", seq % 3), seq) })
-                    .to_string()
-            })
-            .collect();
-        std::fs::write(dir.path().join("huawei.jsonl"), recorded.join("\n") + "\n").unwrap();
-        ServiceDir { dir }
-    }
-
-    fn config(&self, path: &str) -> std::path::PathBuf {
-        let config = self.dir.path().join("iotrules.toml");
-        let text = format!(
-            r#"{CONFIG_HEAD}
-[pipeline]
-workers = 2
-
-[[connector]]
-name = "replayed"
-kind = "replay"
-dialect = "huawei"
-file = "huawei.jsonl"
-offset_file = "state/offset.json"
-
-[[command_path]]
-name = "out"
-{path}
-"#
-        );
-        std::fs::write(&config, text).unwrap();
-        config
-    }
-
-    fn offset(&self) -> Option<String> {
-        std::fs::read_to_string(self.dir.path().join("state/offset.json")).ok()
-    }
+/// The echo rule over a recording of `lines` numbered Huawei reports (devices `dev-0`…`dev-2`).
+fn service_dir(lines: u64) -> ReplayDir {
+    let bodies: Vec<String> = (1..=lines)
+        .map(|seq| huawei_body(&format!("dev-{}", seq % 3), seq))
+        .collect();
+    ReplayDir::new(&[("echo", "testing/echo")], ECHO_RULE, &bodies)
 }
 
 /// The values of the JSON lines `output` holds (a command per line of the log path, a dead
@@ -780,7 +742,7 @@ fn free_address() -> std::net::SocketAddr {
 #[test]
 fn a_crash_before_the_ack_redelivers_on_the_next_start_and_nothing_after_it() {
     let runtime = runtime();
-    let service = ServiceDir::new(20);
+    let service = service_dir(20);
     // First run: the webhook never answers, so nothing is confirmed, so nothing is acked.
     let silent = Webhook::start(runtime.handle(), false);
     let config = service.config(&format!(
@@ -842,7 +804,7 @@ fn a_crash_before_the_ack_redelivers_on_the_next_start_and_nothing_after_it() {
 
 #[test]
 fn the_log_path_prints_every_command_and_the_summary_counts_them() {
-    let service = ServiceDir::new(12);
+    let service = service_dir(12);
     let config = service.config("kind = \"log\"");
     let output = iotrules(&["run"], &config);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -867,7 +829,7 @@ fn the_log_path_prints_every_command_and_the_summary_counts_them() {
 
 #[test]
 fn check_reports_every_problem_with_its_place_and_fails() {
-    let service = ServiceDir::new(1);
+    let service = service_dir(1);
     let config = service.config("kind = \"log\"");
     let ok = iotrules(&["check"], &config);
     assert!(
@@ -1012,7 +974,7 @@ fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
 
 #[test]
 fn the_admin_api_reports_metrics_health_and_status_and_sigterm_stops_cleanly() {
-    let service = ServiceDir::new(10);
+    let service = service_dir(10);
     let address = free_address();
     let config = service.config(&format!(
         "kind = \"log\"\n\n[admin]\nlisten = \"{address}\""
@@ -1079,7 +1041,7 @@ fn the_admin_api_reports_metrics_health_and_status_and_sigterm_stops_cleanly() {
 
 #[test]
 fn commands_a_path_gives_up_on_become_dead_letters_and_replay_once_it_works() {
-    let service = ServiceDir::new(5);
+    let service = service_dir(5);
     // Nothing listens on this port: every command fails, every event becomes a dead letter
     // (kind `command`), and the deliveries are acknowledged.
     let closed = free_address();

@@ -405,46 +405,25 @@ config = { set_on_seq = 1, delay_ms = 100, fail_on_timer = true }
 /// printed by a `log` path, and a replay of one event (device `dev-a`, `seq` 1) that
 /// remembers how far it got.
 struct KilledService {
-    dir: tempfile::TempDir,
+    replay: iotrules_tests::service::ReplayDir,
 }
 
 impl KilledService {
     fn new(config: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        iotrules_tests::service::lay_out(
-            dir.path(),
+        let replay = iotrules_tests::service::ReplayDir::new(
             &[("alarm", "testing/alarm")],
             &alarm_rule(config),
+            &[huawei_body("dev-a", 1)],
         );
-        let line = serde_json::json!({ "payload": huawei_body("dev-a", 1) }).to_string();
-        std::fs::write(dir.path().join("huawei.jsonl"), line + "\n").expect("recording");
-        let text = format!(
-            r#"{}
-[pipeline]
-workers = 2
-
-[[connector]]
-name = "replayed"
-kind = "replay"
-dialect = "huawei"
-file = "huawei.jsonl"
-offset_file = "state/offset.json"
-
-[[command_path]]
-name = "out"
-kind = "log"
-"#,
-            iotrules_tests::service::CONFIG_HEAD
-        );
-        std::fs::write(dir.path().join("iotrules.toml"), text).expect("config");
-        KilledService { dir }
+        replay.config("kind = \"log\"");
+        KilledService { replay }
     }
 
     fn command(&self) -> std::process::Command {
         let mut command = std::process::Command::new(iotrules_tests::pipeline::binary());
         command
             .args(["run", "--config"])
-            .arg(self.dir.path().join("iotrules.toml"))
+            .arg(self.replay.dir.path().join("iotrules.toml"))
             .stderr(std::process::Stdio::null());
         command
     }
@@ -452,15 +431,16 @@ kind = "log"
     /// Starts the service, waits until the replayed event is acknowledged (so the timer its
     /// call set is in the store), and kills it (SIGKILL) at once; returns what it printed.
     fn run_and_kill(&self) -> String {
-        let out = self.dir.path().join("first.out");
+        let out = self.replay.dir.path().join("first.out");
         let mut child = self
             .command()
             .stdout(std::fs::File::create(&out).expect("stdout file"))
             .spawn()
             .expect("start iotrules");
-        let offset = self.dir.path().join("state/offset.json");
         wait_for("the event acknowledged", || {
-            std::fs::read_to_string(&offset).is_ok_and(|o| o.contains("\"next_line\": 2"))
+            self.replay
+                .offset()
+                .is_some_and(|o| o.contains("\"next_line\": 2"))
         });
         child.kill().expect("kill -9");
         let _ = child.wait();
@@ -476,7 +456,7 @@ kind = "log"
     }
 
     fn timers_in_store(&self) -> Vec<(String, String)> {
-        stored_timers(&self.dir.path().join("state/iotrules.db"))
+        stored_timers(&self.replay.dir.path().join("state/iotrules.db"))
     }
 }
 
