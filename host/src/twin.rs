@@ -290,7 +290,7 @@ impl Twins {
     }
 
     /// Whether the twin is kept at all (`max_devices` above 0). When it is not, updates and
-    /// restores keep nothing, and the workers neither update nor store it.
+    /// loads keep nothing, and the workers neither update nor store it.
     pub fn enabled(&self) -> bool {
         self.max_devices > 0
     }
@@ -417,39 +417,6 @@ impl Twins {
             .devices
             .get(id)
             .map(|(_, twin)| f(twin))
-    }
-
-    /// Puts a twin back as it was stored (at start), unless the device is already known;
-    /// like a new device, it may evict one to stay within the bound.
-    pub fn restore(&self, twin: Twin) -> Updated {
-        let mut updated = Updated::default();
-        if !self.enabled() {
-            return updated;
-        }
-        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let mut shard = lock(self.shard(&twin.device.id));
-        let shard = &mut *shard;
-        if shard.devices.contains_key(&twin.device.id) {
-            return updated;
-        }
-        self.make_room(shard, &mut updated.evicted);
-        let mut twin = twin;
-        for property in &mut twin.properties {
-            property.code = intern(&mut shard.names, &property.code);
-            property.service = property
-                .service
-                .as_deref()
-                .map(|service| intern(&mut shard.names, service));
-        }
-        twin.properties.sort_by(|a, b| {
-            (&*a.code, a.service.as_deref()).cmp(&(&*b.code, b.service.as_deref()))
-        });
-        shard.order.insert(sequence, twin.device.id.clone());
-        shard
-            .devices
-            .insert(twin.device.id.clone(), (sequence, twin));
-        self.devices.fetch_add(1, Ordering::Relaxed);
-        updated
     }
 
     /// Restores the stored twins (at start, before any event) that `rows` hands over, each
@@ -778,9 +745,9 @@ mod tests {
             100,
             &[("t", Value::Integer(1))],
         ));
-        let stored = serde_json::to_vec(&twins.get("d").unwrap()).unwrap();
+        let store = store_of(&twins.all());
         let restored = Twins::new(10);
-        restored.restore(serde_json::from_slice(&stored).unwrap());
+        load_from(&restored, &store);
         assert_eq!(restored.get("d"), twins.get("d"));
         restored.update(&event(
             "d",
@@ -801,7 +768,8 @@ mod tests {
             1,
             &[("t", Value::Integer(1))],
         ));
-        twins.restore(Twin::new(Device::new("e")));
+        let store = store_of(&[Twin::new(Device::new("e"))]);
+        assert_eq!(load_from(&twins, &store), Loaded::default());
         assert!(twins.is_empty());
         assert_eq!(twins.get("d"), None);
     }

@@ -262,11 +262,6 @@ impl Schedule {
         self.len() == 0
     }
 
-    /// The pending timers, earliest first (for `iotrules test` and the admin server).
-    pub fn pending(&self) -> Vec<Pending> {
-        lock(&self.inner).by_due.values().cloned().collect()
-    }
-
     /// Forgets every timer (a rule test starts each test from nothing).
     pub fn clear(&self) {
         let mut inner = lock(&self.inner);
@@ -361,8 +356,8 @@ mod tests {
                 (key.clone(), Some(value)),
             ],
         );
-        assert_eq!(schedule.pending().len(), 1);
-        assert_eq!(schedule.pending()[0].record.at_ms, 500);
+        assert_eq!(schedule.len(), 1);
+        assert_eq!(schedule.next_due(), Some(500));
         schedule.apply(&ns, &[(key, None)]);
         assert!(schedule.is_empty());
     }
