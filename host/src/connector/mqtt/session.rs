@@ -84,6 +84,9 @@ impl Sessions for LinkSessions<'_> {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
+/// How long leaving a connection on purpose waits for the broker to close it.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// The MQTT side of one connection: the socket, the buffers and the packet codec.
 struct Wire {
     stream: Box<dyn Stream>,
@@ -119,6 +122,22 @@ impl Wire {
             .flush()
             .await
             .map_err(|e| format!("cannot write to the broker: {e}"))
+    }
+
+    /// Leaves the connection so that what was written reaches the broker: DISCONNECT, the
+    /// write side shut, and whatever the broker still sends read and dropped until it closes
+    /// (at most [`CLOSE_WAIT`]). Dropping a socket with unread bytes in it resets the
+    /// connection, and a broker that sees the reset may lose the PUBACKs it had not yet read,
+    /// then send those publishes again at the next connection: duplicates.
+    async fn close(&mut self) {
+        if self.send(Packet::Disconnect).await.is_err() || self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let mut scratch = [0u8; 8192];
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            while matches!(self.stream.read(&mut scratch).await, Ok(read) if read > 0) {}
+        })
+        .await;
     }
 
     /// The next complete packet already read, if any.
@@ -511,6 +530,8 @@ impl Session {
                 && self.received.is_empty()
                 && self.unsettled == 0
             {
+                // The PUBACKs just written must reach the broker, or it sends those again too.
+                self.wire.close().await;
                 return Ended::lost(format!(
                     "reconnecting: {} QoS 1 publishes did not fit the inbound buffer \
                      (buffer_bytes = {}), and the broker sends them again at the next \
