@@ -22,6 +22,10 @@
 //! memory only, would let a plugin see state that a restart silently takes away; with this
 //! choice what a plugin reads is, within one commit, what a restart would give it.
 //!
+//! The host's own namespaces (the twins', see [`HOST_NAMESPACE_PREFIX`]) are only read from
+//! the file, after what is queued is committed ([`StateStore::read_uncached`]): their writes
+//! go to the writer without a copy kept for readers.
+//!
 //! Each namespace has its own lock, held while a call's writes are queued and while a
 //! commit's outcome is applied to it, so two calls of the same step reach the disk and the
 //! cache in the order they were made; reads of other namespaces are not held up.
@@ -35,7 +39,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::watch;
 
 use super::Store;
-use crate::plugin::{Durable, StateStore, StateUsage};
+use crate::plugin::{Durable, HOST_NAMESPACE_PREFIX, StateStore, StateUsage};
 use crate::sync::lock;
 
 /// A write: the key and its new value, `None` to delete it.
@@ -329,8 +333,14 @@ impl StateStore for SqliteStateStore {
         let mut queue = lock(&self.shared.queue);
         queue.last += 1;
         let number = queue.last;
-        for (key, value) in &writes {
-            space.wait(number, key, value.clone());
+        // The host's own namespaces (the twins) are read from the file, after the commit
+        // (`read_uncached`), never through the cache: their writes are not copied for readers.
+        // A twin write per event waits for every commit, and that copy was the largest part
+        // of what a flood held in the state queue.
+        if !namespace.starts_with(HOST_NAMESPACE_PREFIX) {
+            for (key, value) in &writes {
+                space.wait(number, key, value.clone());
+            }
         }
         // The writer sleeps only on an empty queue: waking it for every call would cost a
         // system call per call while it is busy committing the previous batch.
@@ -494,7 +504,7 @@ fn timers(conn: &Connection) -> rusqlite::Result<Vec<(String, String, Vec<u8>)>>
     )?;
     let prefix = crate::plugin::TIMER_PREFIX;
     let end = format!("{}0", &prefix[..prefix.len() - 1]);
-    let host = crate::plugin::HOST_NAMESPACE_PREFIX.to_string();
+    let host = HOST_NAMESPACE_PREFIX.to_string();
     let rows = select.query_map([prefix, end.as_str(), host.as_str()], |row| {
         Ok((row.get(0)?, row.get(1)?, row.get(2)?))
     })?;
@@ -811,6 +821,30 @@ mod tests {
             "the namespace is not cached"
         );
         assert!(lock(&state.spaces).get("other").is_none());
+    }
+
+    #[test]
+    fn a_host_namespace_write_is_held_once_until_its_commit_not_copied_for_readers() {
+        let (store, state) = state();
+        // Hold the writer back: it waits for the connection while this holds it.
+        let blocker = store.conn();
+        state.apply("@twin", vec![set("dev", b"{\"twin\":1}")]);
+        state.apply("rule/1", vec![set("k", b"v")]);
+        assert!(
+            lock(&state.space("@twin")).waiting.is_empty(),
+            "a twin waiting for its commit has no second copy for readers"
+        );
+        assert_eq!(
+            lock(&state.space("rule/1")).waiting.len(),
+            1,
+            "a step's write is visible to its next call before the commit"
+        );
+        drop(blocker);
+        let mut read = Vec::new();
+        state.read_uncached("@twin", &mut |key, value| {
+            read.push((key.to_owned(), value.to_vec()));
+        });
+        assert_eq!(read, [("dev".to_owned(), b"{\"twin\":1}".to_vec())]);
     }
 
     #[test]

@@ -22,6 +22,9 @@ const COMMAND_BYTES: u64 = 512;
 /// queue's): the map's entry and control byte at its load factor, and the queue's entry at
 /// up to twice its length.
 const DEDUP_ENTRY_OVERHEAD: u64 = 128;
+/// A device's twin as the store is given it (JSON, with its key and the queued write): the
+/// flood's largest, an MQTT device's six properties with their times, is about 460 B.
+const TWIN_BYTES: u64 = 1024;
 /// Commands an MQTT link's connection takes ahead of its window (`REQUESTS_QUEUED` in
 /// `host/src/connector/mqtt.rs`).
 const LINK_REQUESTS_QUEUED: u64 = 256;
@@ -114,6 +117,17 @@ pub(crate) fn items(plan: &Plan, offered: &Offered) -> Result<Vec<Item>, String>
             pipeline.max_in_flight
         ),
     });
+    if config.twin.max_devices > 0 {
+        // The twins themselves are in the idle size (the warm-up reaches every device); what
+        // a flood adds is their writes waiting for the group commit: at most one per event
+        // in flight (a worker writes a device's twin once per batch, and no event is
+        // acknowledged before its twin's write is committed).
+        items.push(Item {
+            what: "twin writes awaiting commit".into(),
+            bytes: pipeline.max_in_flight as u64 * TWIN_BYTES,
+            how: format!("max_in_flight {} x {TWIN_BYTES} B", pipeline.max_in_flight),
+        });
+    }
     let per_id = 2 * offered.id_bytes.next_multiple_of(16) + DEDUP_ENTRY_OVERHEAD;
     items.push(Item {
         what: "dedup ids".into(),
