@@ -16,7 +16,10 @@
 //!
 //! `BENCH_PROFILE=N` prints CPU time per event instead (see [`profile`]), and beside it the
 //! CPU time of the work itself on the same messages in the same run: decode and the three
-//! plugin calls, one after another in one thread, with the same kind of state store.
+//! plugin calls, one after another in one thread, with the same kind of state store. With
+//! `BENCH_ALONE_THREADS=1` it also runs that work in two threads at once and prints what that
+//! costs per event against one thread: the part of the pipeline's figure that using both
+//! cores costs on this machine by itself.
 //!
 //! The device twin is on, as in the service (every event updates its device's twin and the
 //! batch's twins are committed with the plugin state); the same run measures a pipeline with
@@ -324,24 +327,29 @@ fn alone(bench: &Bench, files: &[PathBuf]) -> Duration {
     };
     let registry = Registry::new(plugin_runtime, bench.dir.path(), state);
     registry.load_all().expect("plugins");
-    let mut steps = [
-        (
-            "deadband",
-            r#"{"datapoints":["temp_current"],"threshold":0.5}"#,
-            "temperature",
-        ),
-        (
-            "normalize-units",
-            r#"{"mappings":[{"from":"bright_value_v2","to":"brightness","range":{"from":[10,1000],"to":[0,100]},"round":0}]}"#,
-            "brightness",
-        ),
-        ("echo", "{}", "echo"),
-    ]
-    .map(|(plugin, config, rule)| {
-        registry
-            .step(plugin, config, Limits::default(), Grants::default(), rule)
-            .expect("step")
-    });
+    // The three rules' steps; `suffix` names their state apart from another set's.
+    let steps_for = |suffix: &str| {
+        [
+            (
+                "deadband",
+                r#"{"datapoints":["temp_current"],"threshold":0.5}"#,
+                "temperature",
+            ),
+            (
+                "normalize-units",
+                r#"{"mappings":[{"from":"bright_value_v2","to":"brightness","range":{"from":[10,1000],"to":[0,100]},"round":0}]}"#,
+                "brightness",
+            ),
+            ("echo", "{}", "echo"),
+        ]
+        .map(|(plugin, config, rule)| {
+            let rule = format!("{rule}{suffix}");
+            registry
+                .step(plugin, config, Limits::default(), Grants::default(), &rule)
+                .expect("step")
+        })
+    };
+    let mut steps = steps_for("");
     let dialect = Dialect::Tuya(Decoder::new(bench.keys.clone(), SignMode::Enforce));
     let run = |payloads: &[String], steps: &mut [Step]| {
         for payload in payloads {
@@ -376,7 +384,31 @@ fn alone(bench: &Bench, files: &[PathBuf]) -> Duration {
         durable.flush();
     }
     let (user_after, system_after) = cpu_time();
-    (user_after - user) + (system_after - system)
+    let one = (user_after - user) + (system_after - system);
+    if std::env::var_os("BENCH_ALONE_THREADS").is_some() {
+        // The same work in two threads at once, each on every message with steps of its own:
+        // what running on both cores costs by itself on this machine.
+        let mut second = steps_for("-2");
+        run(&payloads[0], &mut second);
+        let (user, system) = cpu_time();
+        std::thread::scope(|scope| {
+            for steps in [&mut steps, &mut second] {
+                scope.spawn(|| {
+                    for batch in &payloads {
+                        run(batch, steps);
+                    }
+                });
+            }
+        });
+        let (user_after, system_after) = cpu_time();
+        let two = (user_after - user) + (system_after - system);
+        println!(
+            "pipeline/profile: the work alone in two threads at once takes {:.2}x the CPU per \
+             event of one thread",
+            two.as_secs_f64() / 2.0 / one.as_secs_f64()
+        );
+    }
+    one
 }
 
 fn throughput(c: &mut Criterion) {
