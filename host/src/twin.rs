@@ -163,6 +163,16 @@ struct Shard {
     order: BTreeMap<u64, String>,
     /// The property codes and services seen, shared by every twin of the shard.
     names: HashSet<Arc<str>>,
+    /// The devices whose twin changed (or went) since the store last took the changes.
+    changed: HashSet<String>,
+}
+
+impl Shard {
+    fn mark_changed(&mut self, id: &str) {
+        if !self.changed.contains(id) {
+            self.changed.insert(id.to_owned());
+        }
+    }
 }
 
 /// The shared copy of a property code or service name.
@@ -185,9 +195,6 @@ pub struct Twins {
     /// How many devices the shards hold, kept as they change so that the gauge read after
     /// every batch takes no lock.
     devices: AtomicUsize,
-    /// Held by a worker while it reads the twins it stores and queues their write (see
-    /// [`Twins::persisting`]).
-    persist: Mutex<()>,
 }
 
 /// What an update did besides updating: the devices it evicted to stay in bounds.
@@ -280,7 +287,6 @@ impl Twins {
             hasher: Default::default(),
             sequence: Default::default(),
             devices: Default::default(),
-            persist: Mutex::new(()),
         }
     }
 
@@ -307,6 +313,7 @@ impl Twins {
             if shard.devices.remove(&oldest).is_some() {
                 self.devices.fetch_sub(1, Ordering::Relaxed);
             }
+            shard.mark_changed(&oldest);
             evicted.push(oldest);
         }
     }
@@ -348,6 +355,9 @@ impl Twins {
             shard.order.remove(&previous);
         }
         shard.order.insert(sequence, event.device.id.clone());
+        if !shard.changed.contains(event.device.id.as_str()) {
+            shard.changed.insert(event.device.id.clone());
+        }
         if event.device.product.is_some() {
             twin.device.product.clone_from(&event.device.product);
         }
@@ -512,14 +522,6 @@ impl Twins {
         evicted
     }
 
-    /// Held while a worker reads the twins it stores and queues their write, and the removal
-    /// of those it evicted: one worker at a time, so a device one evicts while another stores
-    /// it reaches the store in the order memory changed (written, then removed; or not
-    /// written at all).
-    pub fn persisting(&self) -> std::sync::MutexGuard<'_, ()> {
-        lock(&self.persist)
-    }
-
     /// How many devices have a twin.
     pub fn len(&self) -> usize {
         self.devices.load(Ordering::Relaxed)
@@ -589,7 +591,40 @@ impl Twins {
                 .fetch_sub(shard.devices.len(), Ordering::Relaxed);
             shard.devices.clear();
             shard.order.clear();
+            shard.changed.clear();
         }
+    }
+}
+
+/// The store keeps the twins in [`NAMESPACE`]: each changed device's twin as JSON, or its
+/// removal when it was evicted. The store asks at each commit, so a device that changed many
+/// times since is serialized and written once, as it is at that moment; a twin evicted and
+/// back since is written, one evicted for good removed, whatever order the workers saw.
+impl crate::plugin::HostData for Twins {
+    fn take_changes(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut changes = Vec::new();
+        for shard in &self.shards {
+            let mut shard = lock(shard);
+            let shard = &mut *shard;
+            if shard.changed.is_empty() {
+                continue;
+            }
+            changes.reserve(shard.changed.len());
+            for id in shard.changed.drain() {
+                let value = match shard.devices.get(&id) {
+                    Some((_, twin)) => match serde_json::to_vec(twin) {
+                        Ok(json) => Some(json),
+                        Err(error) => {
+                            tracing::error!(device = id, %error, "Cannot store a device twin");
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                changes.push((id, value));
+            }
+        }
+        changes
     }
 }
 
@@ -653,6 +688,88 @@ mod tests {
         assert_eq!(twin.property("h").unwrap().time_ms, 100);
         let codes: Vec<_> = twin.properties.iter().map(|p| &*p.code).collect();
         assert_eq!(codes, ["h", "t"], "sorted by code");
+    }
+
+    /// What the store would be handed now, sorted by device; values parsed back.
+    fn changes(twins: &Twins) -> Vec<(String, Option<Twin>)> {
+        use crate::plugin::HostData;
+        let mut changes: Vec<_> = twins
+            .take_changes()
+            .into_iter()
+            .map(|(id, json)| {
+                let twin = json.map(|json| serde_json::from_slice(&json).expect("a twin"));
+                (id, twin)
+            })
+            .collect();
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        changes
+    }
+
+    #[test]
+    fn each_changed_twin_is_handed_to_the_store_once_as_it_is_then_and_an_evicted_one_as_gone() {
+        let twins = Twins::new(2);
+        twins.update(&event(
+            "a",
+            Kind::Properties,
+            100,
+            &[("t", Value::Integer(1))],
+        ));
+        twins.update(&event(
+            "a",
+            Kind::Properties,
+            200,
+            &[("t", Value::Integer(2))],
+        ));
+        twins.update(&event(
+            "b",
+            Kind::Properties,
+            100,
+            &[("t", Value::Integer(1))],
+        ));
+        let first = changes(&twins);
+        assert_eq!(
+            first.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"],
+            "one entry per device"
+        );
+        let a = first[0].1.as_ref().expect("a is kept");
+        assert_eq!(
+            a.property("t").unwrap().value,
+            Value::Integer(2),
+            "its latest"
+        );
+        assert!(changes(&twins).is_empty(), "nothing changed since");
+        // Past the bound, new devices evict: each change is the device as memory has it now,
+        // a twin for one kept, a removal for one evicted.
+        let mut evicted = Vec::new();
+        for n in 0..40 {
+            let device = format!("d{n}");
+            let update = event(
+                &device,
+                Kind::Properties,
+                300 + n,
+                &[("t", Value::Integer(3))],
+            );
+            evicted.extend(twins.update(&update).evicted);
+        }
+        assert!(!evicted.is_empty(), "the bound of 2 evicted");
+        let second = changes(&twins);
+        for (id, twin) in &second {
+            assert_eq!(
+                twin.as_ref(),
+                twins.get(id).as_ref(),
+                "{id} as memory has it"
+            );
+        }
+        for id in &evicted {
+            assert!(second.iter().any(|(changed, _)| changed == id), "{id}");
+        }
+        let mut expected: Vec<String> = (0..40).map(|n| format!("d{n}")).collect();
+        expected.extend(evicted.iter().filter(|id| !id.starts_with('d')).cloned());
+        expected.sort();
+        let mut ids: Vec<String> = second.into_iter().map(|(id, _)| id).collect();
+        ids.sort();
+        assert_eq!(ids, expected, "each device changed once, and nothing else");
     }
 
     #[test]

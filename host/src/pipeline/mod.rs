@@ -159,6 +159,9 @@ impl Pipeline {
                 "Device twins loaded from the store"
             );
         }
+        if twins.enabled() {
+            state.keep(crate::twin::NAMESPACE, twins.clone());
+        }
         shared.metrics.twin_devices.set(twins.len() as u64);
         let mut senders = Vec::new();
         let mut workers = Vec::new();

@@ -185,66 +185,38 @@ impl Worker {
 
     /// Updates the twin from the batch's events (its timers are the host's own, not news of
     /// a device) before any rule runs, so conditions and plugins see each event in its
-    /// device's twin; then queues, in one state write, the latest twin of every device the
-    /// batch changed and the removal of those it evicted. That write is queued before the
-    /// events ask what to wait for (`finish`), so no event is acknowledged before the twin
-    /// it changed is in the store.
-    ///
-    /// Two workers may write one device's twin only under `order = "connector"` with a
-    /// device on two connectors; the store then keeps the later write, which may be a moment
-    /// older than the twin in memory until the device's next event.
+    /// device's twin; then tells the store the twins changed. The store writes every twin
+    /// changed (and removes every one evicted) with its next commit, each as it is then; the
+    /// events ask what to wait for after that (`finish`), so no event is acknowledged before
+    /// the twin it changed is in the store.
     fn update_twins(&mut self, batch: &[Job]) {
         let twins = self.shared.registry.twins();
         if !twins.enabled() {
             return;
         }
-        let mut touched: Vec<&str> = Vec::with_capacity(batch.len());
-        let mut evicted = Vec::new();
+        let mut updated = false;
+        let mut evicted = 0;
         for job in batch.iter().filter(|job| job.timer.is_none()) {
             if !twin::updates_twin(&job.event) {
                 continue;
             }
-            evicted.extend(twins.update(&job.event).evicted);
-            let id = job.event.device.id.as_str();
-            if !touched.contains(&id) {
-                touched.push(id);
-            }
+            evicted += twins.update(&job.event).evicted.len();
+            updated = true;
         }
-        if touched.is_empty() {
+        if !updated {
             return;
         }
-        // From reading the twins to queueing their write, one worker at a time: a device
-        // another worker evicts meanwhile is either read here before its removal is queued
-        // (which then follows this write) or not found here at all, so the store never keeps
-        // a twin memory has dropped.
-        let _persisting = twins.persisting();
-        let mut writes = Vec::with_capacity(touched.len() + evicted.len());
-        for id in touched {
-            // Gone when a later event of the batch evicted it: its removal follows.
-            match twins.with(id, serde_json::to_vec) {
-                Some(Ok(json)) => writes.push((id.to_owned(), Some(json))),
-                Some(Err(error)) => {
-                    tracing::error!(device = id, %error, "Cannot store a device twin");
-                }
-                None => {}
-            }
-        }
         let metrics = &self.shared.metrics;
-        if !evicted.is_empty() {
+        if evicted > 0 {
             TwinEvicted {
-                evicted: evicted.len(),
+                evicted,
                 max_devices: twins.max_devices(),
                 counter: &metrics.twin_evictions,
             }
             .emit(&self.shared.reports);
-            // A device evicted here and back since (its own worker's event) keeps its entry.
-            let gone = evicted
-                .into_iter()
-                .filter(|id| twins.with(id, |_| ()).is_none());
-            writes.extend(gone.map(|id| (id, None)));
         }
         metrics.twin_devices.set(twins.len() as u64);
-        self.shared.registry.state().apply(twin::NAMESPACE, writes);
+        self.shared.registry.state().changed(twin::NAMESPACE);
     }
 
     /// Runs rule number `index` on one event, adding what it made of it to `run`.

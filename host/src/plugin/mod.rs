@@ -29,7 +29,7 @@ pub use instance::{Grants, Limits};
 pub use registry::StepOutcome;
 pub use registry::{DEFAULT_QUARANTINE_AFTER, Registry, ReloadReport, Step, Version};
 pub use runtime::{Runtime, RuntimeConfig};
-pub use state::{Durable, StateUsage};
+pub use state::{Durable, HostData, StateUsage};
 pub use state::{
     HOST_NAMESPACE_PREFIX, MAX_SETS_PER_CALL, MemoryStateStore, StateQuota, StateStore,
 };

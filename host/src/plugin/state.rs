@@ -24,9 +24,10 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::timers::is_timer_key;
+use crate::sync::lock;
 
 /// The longest state key, in bytes.
 pub(crate) const MAX_KEY_BYTES: usize = 1024;
@@ -95,6 +96,23 @@ pub trait StateStore: Send + Sync {
     /// through a cache or filling one. For a host namespace whose entries the host holds in
     /// memory itself (the device twins), read once at start: a cache would hold them twice.
     fn read_uncached(&self, namespace: &str, each: &mut dyn FnMut(&str, &[u8]));
+
+    /// Keeps the host namespace `namespace` as `data` holds it: from now on the store asks
+    /// `data` for its changes (see [`changed`](Self::changed)) and writes them there.
+    fn keep(&self, namespace: &str, data: Arc<dyn HostData>);
+
+    /// Says that the data kept in `namespace` changed: the changes made so far are written
+    /// with the next commit, which [`durable`](Self::durable) asked from now on waits for.
+    /// Changes of many calls go in one write per entry: each entry as it is at the commit.
+    fn changed(&self, namespace: &str);
+}
+
+/// Data the host holds in memory itself and has a store keep (the device twins): the store
+/// asks it, when it writes, what changed since it last asked.
+pub trait HostData: Send + Sync + std::fmt::Debug {
+    /// The entries changed since the last call, each as it is now: key and value, `None`
+    /// for an entry that is gone.
+    fn take_changes(&self) -> Vec<(String, Option<Vec<u8>>)>;
 }
 
 /// The first character of the namespaces the host keeps its own data in (the twins'
@@ -124,9 +142,13 @@ impl Durable {
 }
 
 /// State in memory, lost when the process exits.
+///
+/// The host data it keeps (see [`StateStore::keep`]) is already in memory: it is copied in
+/// only when read back ([`StateStore::read_uncached`]), not at every change.
 #[derive(Debug, Default)]
 pub struct MemoryStateStore {
     entries: Mutex<HashMap<String, HashMap<String, Vec<u8>>>>,
+    kept: Mutex<HashMap<String, Arc<dyn HostData>>>,
 }
 
 impl MemoryStateStore {
@@ -210,11 +232,22 @@ impl StateStore for MemoryStateStore {
     }
 
     fn read_uncached(&self, namespace: &str, each: &mut dyn FnMut(&str, &[u8])) {
+        let kept = lock(&self.kept).get(namespace).cloned();
+        if let Some(kept) = kept {
+            self.apply(namespace, kept.take_changes());
+        }
         let entries = self.lock();
         for (key, value) in entries.get(namespace).into_iter().flatten() {
             each(key, value);
         }
     }
+
+    fn keep(&self, namespace: &str, data: Arc<dyn HostData>) {
+        lock(&self.kept).insert(namespace.to_owned(), data);
+    }
+
+    /// Nothing to do: the changes are taken when the namespace is read back.
+    fn changed(&self, _namespace: &str) {}
 }
 
 /// One key's pending write.

@@ -39,7 +39,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::watch;
 
 use super::Store;
-use crate::plugin::{Durable, HOST_NAMESPACE_PREFIX, StateStore, StateUsage};
+use crate::plugin::{Durable, HOST_NAMESPACE_PREFIX, HostData, StateStore, StateUsage};
 use crate::sync::lock;
 
 /// A write: the key and its new value, `None` to delete it.
@@ -160,6 +160,9 @@ struct Call {
     namespace: String,
     space: Arc<Mutex<Space>>,
     writes: Vec<Write>,
+    /// For a namespace of kept host data ([`StateStore::changed`]): its writes are its data's
+    /// changes, taken when the writer takes the call.
+    kept: bool,
 }
 
 /// The calls waiting for the writer.
@@ -174,6 +177,8 @@ struct Queue {
 /// What the writer thread shares with the callers.
 struct Shared {
     store: Arc<Store>,
+    /// The host data kept in its namespaces ([`StateStore::keep`]).
+    kept: Mutex<HashMap<String, Arc<dyn HostData>>>,
     queue: Mutex<Queue>,
     wake: Condvar,
     /// The number of the last call whose writes are committed or dropped.
@@ -207,6 +212,7 @@ impl SqliteStateStore {
     pub fn new(store: Arc<Store>) -> Self {
         let shared = Arc::new(Shared {
             store,
+            kept: Mutex::new(HashMap::new()),
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             done: watch::Sender::new(0),
@@ -350,9 +356,35 @@ impl StateStore for SqliteStateStore {
             namespace: namespace.to_owned(),
             space: Arc::clone(&space_lock),
             writes,
+            kept: false,
         });
         drop(queue);
         drop(space);
+        if wake {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    fn keep(&self, namespace: &str, data: Arc<dyn HostData>) {
+        lock(&self.shared.kept).insert(namespace.to_owned(), data);
+    }
+
+    /// Queues a call whose writes the writer takes from the kept data when it takes the
+    /// call: whatever changed up to then, each entry once, as it is then.
+    fn changed(&self, namespace: &str) {
+        let space = self.space(namespace);
+        let mut queue = lock(&self.shared.queue);
+        queue.last += 1;
+        let number = queue.last;
+        let wake = queue.calls.is_empty();
+        queue.calls.push(Call {
+            number,
+            namespace: namespace.to_owned(),
+            space,
+            writes: Vec::new(),
+            kept: true,
+        });
+        drop(queue);
         if wake {
             self.shared.wake.notify_one();
         }
@@ -425,6 +457,8 @@ fn write_batches(shared: &Shared) {
             }
             std::mem::take(&mut queue.calls)
         };
+        let mut calls = calls;
+        take_kept_changes(shared, &mut calls);
         let last = calls.last().map_or(0, |call| call.number);
         let saved = save_batch(&mut shared.store.conn(), &calls);
         for (call, saved) in calls.into_iter().zip(saved) {
@@ -446,6 +480,21 @@ fn write_batches(shared: &Shared) {
         shared.done.send_replace(last);
         *lock(&shared.done_lock) = last;
         shared.done_signal.notify_all();
+    }
+}
+
+/// Fills the calls of kept host data with the changes their data has now. Every such call
+/// was queued after the changes it stands for were made, so taking them now covers them;
+/// later calls of the same namespace in the batch find what changed since, usually nothing.
+fn take_kept_changes(shared: &Shared, calls: &mut [Call]) {
+    if !calls.iter().any(|call| call.kept) {
+        return;
+    }
+    let kept = lock(&shared.kept);
+    for call in calls.iter_mut().filter(|call| call.kept) {
+        if let Some(data) = kept.get(&call.namespace) {
+            call.writes = data.take_changes();
+        }
     }
 }
 
@@ -845,6 +894,55 @@ mod tests {
             read.push((key.to_owned(), value.to_vec()));
         });
         assert_eq!(read, [("dev".to_owned(), b"{\"twin\":1}".to_vec())]);
+    }
+
+    /// Host data whose changes are set by the test; counts how often it was asked.
+    #[derive(Debug, Default)]
+    struct Changes {
+        pending: Mutex<Vec<Write>>,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl HostData for Changes {
+        fn take_changes(&self) -> Vec<Write> {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::mem::take(&mut *lock(&self.pending))
+        }
+    }
+
+    #[test]
+    fn kept_host_data_is_taken_as_it_is_at_the_commit_and_durable_covers_it() {
+        let (store, state) = state();
+        let data = Arc::new(Changes::default());
+        state.keep("@twin", data.clone());
+        let durable = {
+            // Hold the writer back while the data changes three times.
+            let _held = store.conn();
+            *lock(&data.pending) = vec![set("a", b"1"), set("b", b"1")];
+            state.changed("@twin");
+            state.changed("@twin");
+            lock(&data.pending).push(("b".into(), None));
+            state.changed("@twin");
+            state.durable().expect("the changes wait for their commit")
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(durable.wait());
+        assert_eq!(on_disk(&store, "@twin", "a").as_deref(), Some(&b"1"[..]));
+        assert_eq!(on_disk(&store, "@twin", "b"), None, "the last change of b");
+        assert!(
+            data.asked.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+            "asked at the commit"
+        );
+        assert!(lock(&data.pending).is_empty(), "every change taken");
+        // Data changed without `changed` is not written until it is said.
+        lock(&data.pending).push(set("c", b"1"));
+        state.flush();
+        assert_eq!(on_disk(&store, "@twin", "c"), None);
+        state.changed("@twin");
+        state.flush();
+        assert_eq!(on_disk(&store, "@twin", "c").as_deref(), Some(&b"1"[..]));
     }
 
     #[test]
