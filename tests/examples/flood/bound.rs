@@ -22,7 +22,7 @@ const COMMAND_BYTES: u64 = 512;
 /// queue's): the map's entry and control byte at its load factor, and the queue's entry at
 /// up to twice its length.
 const DEDUP_ENTRY_OVERHEAD: u64 = 128;
-/// A device's twin as the store is given it (JSON, with its key and the queued write): the
+/// A device's twin as the store is given it (JSON, with its key): the
 /// flood's largest, an MQTT device's six properties with their times, is about 460 B.
 const TWIN_BYTES: u64 = 1024;
 /// Commands an MQTT link's connection takes ahead of its window (`REQUESTS_QUEUED` in
@@ -119,9 +119,9 @@ pub(crate) fn items(plan: &Plan, offered: &Offered) -> Result<Vec<Item>, String>
     });
     if config.twin.max_devices > 0 {
         // The twins themselves are in the idle size (the warm-up reaches every device); what
-        // a flood adds is their writes waiting for the group commit: at most one per event
-        // in flight (a worker writes a device's twin once per batch, and no event is
-        // acknowledged before its twin's write is committed).
+        // a flood adds is the commit's copy of the twins changed since the last: the state
+        // writer serializes each changed device once, and every one of them was changed by
+        // an event still in flight (none is acknowledged before that commit).
         items.push(Item {
             what: "twin writes awaiting commit".into(),
             bytes: pipeline.max_in_flight as u64 * TWIN_BYTES,
