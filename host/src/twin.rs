@@ -16,9 +16,11 @@
 //! the next new devices bring it back. A bound of 0 turns the twin off: no update keeps
 //! anything.
 //!
-//! It is durable: the workers write the twins their batch changed to the plugin state store,
-//! in the host's namespace [`NAMESPACE`] (one entry per device, the [`Twin`] as JSON), with
-//! the same group commit as plugin state, and [`Twins::load`] reads them back at start.
+//! It is durable: the plugin state store keeps it ([`crate::plugin::HostData`]) in the host's
+//! namespace [`NAMESPACE`], one entry per device, the [`Twin`] as JSON. Updates mark the
+//! devices they change; at each group commit the store takes the marked devices' twins as
+//! they are then (a removal for one evicted), and the workers acknowledge no event before
+//! the commit that follows its update. [`Twins::load`] reads them back at start.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
