@@ -598,12 +598,13 @@ impl Twins {
     }
 }
 
-/// The store keeps the twins in [`NAMESPACE`]: each changed device's twin as JSON, or its
-/// removal when it was evicted. The store asks at each commit, so a device that changed many
-/// times since is serialized and written once, as it is at that moment; a twin evicted and
-/// back since is written, one evicted for good removed, whatever order the workers saw.
-impl crate::plugin::HostData for Twins {
-    fn take_changes(&self) -> Vec<(String, Option<Vec<u8>>)> {
+impl Twins {
+    /// What the store is to write in [`NAMESPACE`] since it last asked: each changed
+    /// device's twin as JSON, or its removal when it was evicted. The store asks at each
+    /// commit, so a device that changed many times since is serialized and written once, as
+    /// it is at that moment; a twin evicted and back since is written, one evicted for good
+    /// removed, whatever order the workers saw.
+    pub fn take_changes(&self) -> Vec<(String, Option<Vec<u8>>)> {
         let mut changes = Vec::new();
         for shard in &self.shards {
             let mut shard = lock(shard);
@@ -694,7 +695,6 @@ mod tests {
 
     /// What the store would be handed now, sorted by device; values parsed back.
     fn changes(twins: &Twins) -> Vec<(String, Option<Twin>)> {
-        use crate::plugin::HostData;
         let mut changes: Vec<_> = twins
             .take_changes()
             .into_iter()

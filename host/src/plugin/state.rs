@@ -115,6 +115,12 @@ pub trait HostData: Send + Sync + std::fmt::Debug {
     fn take_changes(&self) -> Vec<(String, Option<Vec<u8>>)>;
 }
 
+impl HostData for crate::twin::Twins {
+    fn take_changes(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        crate::twin::Twins::take_changes(self)
+    }
+}
+
 /// The first character of the namespaces the host keeps its own data in (the twins'
 /// `@twin`), which no step's `{rule}/{step}` namespace is; its timers are never among them.
 pub const HOST_NAMESPACE_PREFIX: char = '@';
