@@ -335,6 +335,7 @@ impl Twins {
         let mut shard = lock(self.shard(&event.device.id));
         let shard = &mut *shard;
         let mut updated = Updated::default();
+        shard.mark_changed(&event.device.id);
         let (twin, previous) = match shard.devices.get_mut(&event.device.id) {
             Some((seq, twin)) => {
                 let previous = std::mem::replace(seq, sequence);
@@ -357,9 +358,6 @@ impl Twins {
             shard.order.remove(&previous);
         }
         shard.order.insert(sequence, event.device.id.clone());
-        if !shard.changed.contains(event.device.id.as_str()) {
-            shard.changed.insert(event.device.id.clone());
-        }
         if event.device.product.is_some() {
             twin.device.product.clone_from(&event.device.product);
         }
@@ -596,9 +594,7 @@ impl Twins {
             shard.changed.clear();
         }
     }
-}
 
-impl Twins {
     /// What the store is to write in [`NAMESPACE`] since it last asked: each changed
     /// device's twin as JSON, or its removal when it was evicted. The store asks at each
     /// commit, so a device that changed many times since is serialized and written once, as

@@ -341,8 +341,6 @@ impl StateStore for SqliteStateStore {
         let number = queue.last;
         // The host's own namespaces (the twins) are read from the file, after the commit
         // (`read_uncached`), never through the cache: their writes are not copied for readers.
-        // A twin write per event waits for every commit, and that copy was the largest part
-        // of what a flood held in the state queue.
         if !namespace.starts_with(HOST_NAMESPACE_PREFIX) {
             for (key, value) in &writes {
                 space.wait(number, key, value.clone());
@@ -434,7 +432,7 @@ const GATHER: Duration = Duration::from_micros(200);
 /// the store is dropped and the queue is empty.
 fn write_batches(shared: &Shared) {
     loop {
-        let calls = {
+        let mut calls = {
             let mut queue = lock(&shared.queue);
             let mut woken = false;
             while queue.calls.is_empty() && !queue.closed {
@@ -457,7 +455,6 @@ fn write_batches(shared: &Shared) {
             }
             std::mem::take(&mut queue.calls)
         };
-        let mut calls = calls;
         take_kept_changes(shared, &mut calls);
         let last = calls.last().map_or(0, |call| call.number);
         let saved = save_batch(&mut shared.store.conn(), &calls);
