@@ -11,6 +11,8 @@
 //! instead, to see what the SQLite commits cost. After it, the bench replays
 //! at half that rate (or at `BENCH_RATE` events/s) and prints the latency percentiles per
 //! event, receipt to acknowledgement, with the twin on and then off at the same rate.
+//! `BENCH_LATENCY=N` (with `BENCH_RATE`) measures only that, `N` rounds of both, the twin on
+//! first in odd rounds and off first in even ones, so that the order is not read as the cost.
 //! `BENCH_PLUGINS=DIR` reads the plugins from `DIR`
 //! instead of `plugins/dist`; `BENCH_IO_THREADS=N` gives the async runtime `N` threads instead
 //! of the service's default 2.
@@ -420,6 +422,31 @@ fn throughput(c: &mut Criterion) {
         return;
     }
     let bench = Bench::new(true);
+    if let Ok(rounds) = std::env::var("BENCH_LATENCY") {
+        let rate = std::env::var("BENCH_RATE")
+            .expect("BENCH_LATENCY needs BENCH_RATE")
+            .parse()
+            .expect("BENCH_RATE: events per second");
+        let twin_off = Bench::new(false);
+        let rounds: u64 = rounds.parse().expect("BENCH_LATENCY: a number of rounds");
+        for round in 0..rounds {
+            let mut pair = [(" (twin on)", &bench), (" (twin off)", &twin_off)];
+            if round % 2 == 1 {
+                pair.reverse();
+            }
+            for (index, (label, bench)) in pair.into_iter().enumerate() {
+                let batch = 2 * round + index as u64 + 1;
+                print_latency(
+                    &format!("round {}{label}", round + 1),
+                    bench,
+                    batch,
+                    rate,
+                    None,
+                );
+            }
+        }
+        return;
+    }
     let mut group = c.benchmark_group("pipeline");
     group.sample_size(10);
     group.throughput(Throughput::Elements(BATCH));
@@ -457,19 +484,31 @@ fn throughput(c: &mut Criterion) {
     };
     for (label, bench) in [("", &bench), (" (twin off)", &twin_off)] {
         batch += 1;
-        let mut latencies = latencies(bench, batch, rate);
-        latencies.sort_unstable();
-        let at =
-            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-        println!(
-            "pipeline/latency at half load{label} ({rate:.0} events/s of {full:.0}): p50 {:?}, \
-             p99 {:?}, p99.9 {:?}, max {:?}",
-            at(0.5),
-            at(0.99),
-            at(0.999),
-            latencies[latencies.len() - 1]
+        print_latency(
+            &format!("at half load{label}"),
+            bench,
+            batch,
+            rate,
+            Some(full),
         );
     }
+}
+
+/// Submits batch `batch` to `bench` at `rate` events/s and prints the percentiles of the time
+/// from submission to acknowledgement (`full`: the maximum rate it is a part of).
+fn print_latency(label: &str, bench: &Bench, batch: u64, rate: f64, full: Option<f64>) {
+    let mut latencies = latencies(bench, batch, rate);
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let of = full.map_or(String::new(), |full| format!(" of {full:.0}"));
+    println!(
+        "pipeline/latency {label} ({rate:.0} events/s{of}): p50 {:?}, p99 {:?}, p99.9 {:?}, \
+         max {:?}",
+        at(0.5),
+        at(0.99),
+        at(0.999),
+        latencies[latencies.len() - 1]
+    );
 }
 
 /// Submits batch `batch` to `bench` at `rate` events/s; the time from each submission to
