@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use iotrules::config::PipelineConfig;
+use iotrules::pipeline::{Acker, Delivery};
 use iotrules::store::{SqliteStateStore, Store};
 use iotrules_tests::http::Webhook;
 use iotrules_tests::pipeline::{Acks, Capture, TestPipeline, binary, huawei_body};
@@ -521,6 +522,106 @@ config = { keys = 1, bytes = 8 }
         .expect("count");
     assert_eq!(written, EVENTS as i64, "every event's write is in the file");
     assert_eq!(acks.retried(), 0);
+    drop(ingest);
+    test.drain(&runtime);
+}
+
+#[test]
+fn a_delivery_without_an_ack_waits_for_no_commit_until_the_store_is_a_budget_behind() {
+    // A transport that takes no acknowledgement (MQTT QoS 0): there is nothing to send too
+    // early, so its event is settled without waiting for its state's commit, unless the
+    // store is max_in_flight calls behind. Then it waits too, so the writes nobody waits
+    // for stay bounded.
+    const MAX_IN_FLIGHT: usize = 64;
+    const ACKED: u64 = 10;
+    const FREE: u64 = 200;
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("iotrules.db");
+    let store = Arc::new(Store::open(&file).expect("store"));
+    let state = Arc::new(SqliteStateStore::new(store));
+    let mut test = TestPipeline::start_in(
+        Harness::over(state.clone()),
+        &["testing/hoard"],
+        r#"
+[[rule]]
+name = "hoard"
+
+[[rule.step]]
+plugin = "hoard"
+config = { keys = 1, bytes = 8 }
+"#,
+        settings(2, 16, MAX_IN_FLIGHT),
+        Capture::open("out"),
+        runtime.handle(),
+    );
+    let other = rusqlite::Connection::open(&file).expect("second connection");
+    other
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+
+    let acks = Arc::new(Acks::default());
+    let ingest = ingest(&test);
+    for seq in 0..ACKED {
+        let delivery = acks.delivery(huawei_body(&format!("acked-{}", seq % 4), seq));
+        runtime.block_on(ingest.submit(delivery)).expect("submit");
+    }
+    let free = |seq: u64| Delivery {
+        payload: huawei_body(&format!("free-{}", seq % 4), seq).into_bytes(),
+        properties: Vec::new(),
+        acker: Acker::none(),
+    };
+    for seq in 0..20 {
+        runtime.block_on(ingest.submit(free(seq))).expect("submit");
+    }
+    wait_for("the free events settled, the acked ones held", || {
+        test.pipeline().in_flight() == ACKED as usize
+    });
+    assert_eq!(
+        acks.acked(),
+        0,
+        "acknowledged before its state was committed"
+    );
+
+    // More of them than the budget: once the store is that far behind, they wait, the
+    // in-flight budget fills and the source is held up.
+    let submitted = Arc::new(AtomicUsize::new(20));
+    let source = {
+        let ingest = ingest.clone();
+        let submitted = submitted.clone();
+        let handle = runtime.handle().clone();
+        std::thread::spawn(move || {
+            for seq in 20..FREE {
+                handle.block_on(ingest.submit(free(seq))).expect("submit");
+                submitted.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    wait_for("the in-flight budget full", || {
+        test.pipeline().in_flight() == MAX_IN_FLIGHT
+    });
+    assert!(
+        submitted.load(Ordering::SeqCst) < FREE as usize,
+        "the source was never held up"
+    );
+
+    other.execute_batch("COMMIT").expect("release the lock");
+    source.join().expect("source");
+    wait_for("every acked event acked", || acks.acked() == ACKED as usize);
+    wait_for("nothing in flight", || test.pipeline().in_flight() == 0);
+    state.flush();
+    let written: i64 = other
+        .query_row(
+            "SELECT count(*) FROM plugin_state WHERE key LIKE '%/0'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("count");
+    assert_eq!(
+        written,
+        (ACKED + FREE) as i64,
+        "every event's write is in the file"
+    );
     drop(ingest);
     test.drain(&runtime);
 }

@@ -28,6 +28,11 @@ impl Acker {
         Acker(None)
     }
 
+    /// Whether settling it tells the transport nothing (a delivery it does not redeliver).
+    pub fn settles_nothing(&self) -> bool {
+        self.0.is_none()
+    }
+
     /// Settles the delivery.
     pub fn settle(mut self, how: Settle) {
         if let Some(settle) = self.0.take() {

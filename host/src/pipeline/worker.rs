@@ -12,10 +12,11 @@ use tokio::sync::mpsc;
 use super::Shared;
 use super::intake::{Job, Origin};
 use super::report::{CommandRefused, ConditionFailed, StepFailed, TwinEvicted};
-use super::settle::{self, Queued, Settler, Unsettled, letter};
+use super::settle::{self, Pending, Queued, Settler, Unsettled, letter};
 use super::timers::Fire;
 use crate::event::{Command, Event};
 use crate::metrics::{Counter, Histogram, Metrics};
+use crate::plugin::Durable;
 use crate::rules::{
     EventScope, OnError, RefusedCommand, RuleOutcome, RuleResult, RuleRuntime, RuleSet,
 };
@@ -422,7 +423,7 @@ impl Worker {
         } else {
             origin.counters.dropped_by_rules.inc();
         }
-        let durable = self.shared.registry.state().durable();
+        let durable = self.durable(&pending);
         if commands.is_empty() && letters.is_empty() && durable.is_none() {
             settle::finish(&self.shared, pending, Ok(()));
             return;
@@ -439,6 +440,20 @@ impl Worker {
                 durable,
             },
         );
+    }
+
+    /// What the event is to wait for before it is settled: the commit of the state written so
+    /// far, which its acknowledgement must not come before. A delivery whose transport takes
+    /// no acknowledgement (MQTT QoS 0) has nothing that could come too early, so it waits only
+    /// when the store is more than `max_in_flight` calls behind: that keeps the writes nobody
+    /// waits for within the same bound as those the events in flight wait for.
+    fn durable(&self, pending: &Pending) -> Option<Durable> {
+        let state = self.shared.registry.state();
+        if pending.acker.settles_nothing() && state.backlog() < u64::from(self.shared.max_in_flight)
+        {
+            return None;
+        }
+        state.durable()
     }
 
     /// Queues each command on its path, in order. A command without a known path fails at

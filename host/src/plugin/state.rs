@@ -86,6 +86,12 @@ pub trait StateStore: Send + Sync {
         None
     }
 
+    /// How many calls applied so far are not durable yet (0 for a store that writes as it
+    /// applies): what a caller that does not wait for [`durable`](Self::durable) bounds by.
+    fn backlog(&self) -> u64 {
+        0
+    }
+
     /// Every stored timer entry of every step's namespace (keys under
     /// [`TIMER_PREFIX`](super::timers::TIMER_PREFIX)): namespace, key, value. Read once, at
     /// start. The host's own namespaces (those starting with [`HOST_NAMESPACE_PREFIX`]) are

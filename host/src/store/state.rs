@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 use tokio::sync::watch;
@@ -171,7 +171,30 @@ struct Queue {
     calls: Vec<Call>,
     /// The number of the last call queued.
     last: u64,
+    /// The number of the last call someone waits for ([`StateStore::durable`], a flush).
+    waited: u64,
+    /// The namespaces of kept data with a call in `calls`: a change made before the writer
+    /// takes the calls is written by that call, so another one for it would add nothing.
+    kept_queued: Vec<String>,
+    /// Whether the writer lets calls nobody waits for gather (see [`LAZY`]): whoever starts
+    /// waiting then wakes it.
+    lazy: bool,
     closed: bool,
+}
+
+impl Queue {
+    /// Notes that someone waits for every call queued so far; true when the writer is to be
+    /// woken for it.
+    fn wait_for_last(&mut self) -> bool {
+        self.waited = self.last;
+        self.lazy
+    }
+
+    /// True when a call just queued is to wake the writer: the first after a pause, or the
+    /// one that fills what the writer lets gather.
+    fn wakes_writer(&self) -> bool {
+        self.calls.len() == 1 || (self.lazy && self.calls.len() == LAZY_CALLS)
+    }
 }
 
 /// What the writer thread shares with the callers.
@@ -238,7 +261,13 @@ impl SqliteStateStore {
 
     /// Waits until every write queued so far is committed or dropped.
     pub fn flush(&self) {
-        let last = lock(&self.shared.queue).last;
+        let last = {
+            let mut queue = lock(&self.shared.queue);
+            if queue.wait_for_last() {
+                self.shared.wake.notify_one();
+            }
+            queue.last
+        };
         let mut done = lock(&self.shared.done_lock);
         while *done < last && self.writer.is_some() {
             done = self
@@ -346,9 +375,6 @@ impl StateStore for SqliteStateStore {
                 space.wait(number, key, value.clone());
             }
         }
-        // The writer sleeps only on an empty queue: waking it for every call would cost a
-        // system call per call while it is busy committing the previous batch.
-        let wake = queue.calls.is_empty();
         queue.calls.push(Call {
             number,
             namespace: namespace.to_owned(),
@@ -356,6 +382,9 @@ impl StateStore for SqliteStateStore {
             writes,
             kept: false,
         });
+        // Woken only when it sleeps on an empty queue (or gathers a full one): waking it for
+        // every call would cost a system call per call while it is busy committing.
+        let wake = queue.wakes_writer();
         drop(queue);
         drop(space);
         if wake {
@@ -372,9 +401,12 @@ impl StateStore for SqliteStateStore {
     fn changed(&self, namespace: &str) {
         let space = self.space(namespace);
         let mut queue = lock(&self.shared.queue);
+        if queue.kept_queued.iter().any(|queued| queued == namespace) {
+            return;
+        }
+        queue.kept_queued.push(namespace.to_owned());
         queue.last += 1;
         let number = queue.last;
-        let wake = queue.calls.is_empty();
         queue.calls.push(Call {
             number,
             namespace: namespace.to_owned(),
@@ -382,6 +414,7 @@ impl StateStore for SqliteStateStore {
             writes: Vec::new(),
             kept: true,
         });
+        let wake = queue.wakes_writer();
         drop(queue);
         if wake {
             self.shared.wake.notify_one();
@@ -417,20 +450,42 @@ impl StateStore for SqliteStateStore {
         }
     }
 
-    fn durable(&self) -> Option<Durable> {
+    fn backlog(&self) -> u64 {
         let last = lock(&self.shared.queue).last;
+        last.saturating_sub(*self.shared.done.borrow())
+    }
+
+    fn durable(&self) -> Option<Durable> {
         let done = self.shared.done.subscribe();
-        let waiting = *done.borrow() < last;
-        waiting.then(|| Durable::new(last, done))
+        let mut queue = lock(&self.shared.queue);
+        let last = queue.last;
+        if *done.borrow() >= last {
+            return None;
+        }
+        if queue.wait_for_last() {
+            self.shared.wake.notify_one();
+        }
+        drop(queue);
+        Some(Durable::new(last, done))
     }
 }
 
 /// How long the writer, woken by a call, waits for more before it commits.
 const GATHER: Duration = Duration::from_micros(200);
 
+/// How long the writer lets calls that nobody waits for gather before it commits them (the
+/// writes of deliveries no transport acknowledges, as MQTT's QoS 0: their events are settled
+/// without waiting). A commit costs tens of microseconds whatever it holds; committing such a
+/// stream as it comes costs a share of a core for nothing.
+const LAZY: Duration = Duration::from_millis(50);
+
+/// The most calls the writer lets gather that way.
+const LAZY_CALLS: usize = 1024;
+
 /// The writer thread: commits whatever calls are queued, one transaction at a time, until
 /// the store is dropped and the queue is empty.
 fn write_batches(shared: &Shared) {
+    let mut committed = 0;
     loop {
         let mut calls = {
             let mut queue = lock(&shared.queue);
@@ -445,7 +500,22 @@ fn write_batches(shared: &Shared) {
             if queue.calls.is_empty() {
                 return;
             }
-            if woken && !queue.closed {
+            let deadline = Instant::now() + LAZY;
+            let mut gathered = false;
+            while !queue.closed && queue.waited <= committed && queue.calls.len() < LAZY_CALLS {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                gathered = true;
+                queue.lazy = true;
+                queue = shared
+                    .wake
+                    .wait_timeout(queue, left)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0;
+                queue.lazy = false;
+            }
+            if woken && !gathered && !queue.closed {
                 // Woken by the first call after a pause: let the calls of the next moment
                 // join it, so that a steady stream is committed in batches instead of one
                 // transaction (and one wake-up) per call.
@@ -453,10 +523,12 @@ fn write_batches(shared: &Shared) {
                 std::thread::sleep(GATHER);
                 queue = lock(&shared.queue);
             }
+            queue.kept_queued.clear();
             std::mem::take(&mut queue.calls)
         };
         take_kept_changes(shared, &mut calls);
         let last = calls.last().map_or(0, |call| call.number);
+        committed = last;
         let saved = save_batch(&mut shared.store.conn(), &calls);
         for (call, saved) in calls.into_iter().zip(saved) {
             if let Err(error) = &saved {
@@ -905,6 +977,43 @@ mod tests {
             self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             std::mem::take(&mut *lock(&self.pending))
         }
+    }
+
+    #[test]
+    fn changes_of_kept_data_queue_one_call_until_the_writer_takes_it() {
+        let (store, state) = state();
+        let data = Arc::new(Changes::default());
+        state.keep("@twin", data.clone());
+        {
+            // Held back, the writer has taken at most the first call and waits with it.
+            let _held = store.conn();
+            for n in 0..100 {
+                lock(&data.pending).push(set(&format!("k{n}"), b"1"));
+                state.changed("@twin");
+            }
+            assert!(state.backlog() <= 2, "{} calls behind", state.backlog());
+        }
+        state.flush();
+        assert_eq!(state.backlog(), 0);
+        for n in [0, 99] {
+            assert_eq!(
+                on_disk(&store, "@twin", &format!("k{n}")),
+                Some(b"1".to_vec())
+            );
+        }
+    }
+
+    #[test]
+    fn writes_nobody_waits_for_are_committed_all_the_same() {
+        let (store, state) = state();
+        state.apply("rule/1", vec![set("k", b"v")]);
+        // Nothing asks for `durable` or a flush: the writer commits on its own.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while on_disk(&store, "rule/1", "k").is_none() {
+            assert!(std::time::Instant::now() < deadline, "never committed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(state.backlog(), 0);
     }
 
     #[test]
