@@ -500,13 +500,25 @@ fn write_batches(shared: &Shared) {
             if queue.calls.is_empty() {
                 return;
             }
+            if woken && !queue.closed {
+                // Woken by the first call after a pause: let the calls of the next moment
+                // join it, so that a steady stream is committed in batches instead of one
+                // transaction (and one wake-up) per call.
+                drop(queue);
+                std::thread::sleep(GATHER);
+                queue = lock(&shared.queue);
+            }
+            // Nobody waits for these calls, nor for an earlier commit (no event in flight
+            // waits for the store): let them gather, until someone starts waiting.
             let deadline = Instant::now() + LAZY;
-            let mut gathered = false;
-            while !queue.closed && queue.waited <= committed && queue.calls.len() < LAZY_CALLS {
+            while !queue.closed
+                && queue.waited <= committed
+                && shared.done.receiver_count() == 0
+                && queue.calls.len() < LAZY_CALLS
+            {
                 let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                     break;
                 };
-                gathered = true;
                 queue.lazy = true;
                 queue = shared
                     .wake
@@ -514,14 +526,6 @@ fn write_batches(shared: &Shared) {
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .0;
                 queue.lazy = false;
-            }
-            if woken && !gathered && !queue.closed {
-                // Woken by the first call after a pause: let the calls of the next moment
-                // join it, so that a steady stream is committed in batches instead of one
-                // transaction (and one wake-up) per call.
-                drop(queue);
-                std::thread::sleep(GATHER);
-                queue = lock(&shared.queue);
             }
             queue.kept_queued.clear();
             std::mem::take(&mut queue.calls)
