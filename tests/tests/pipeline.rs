@@ -467,19 +467,20 @@ fn a_message_whose_dead_letter_cannot_be_stored_goes_back_with_pauses_then_is_he
     test.drain(&runtime);
 }
 
-#[test]
-fn no_event_is_acked_before_the_state_its_plugins_wrote_is_in_the_store() {
-    // Plugin state is committed in groups, after the calls that wrote it: the events that
-    // wrote wait for that commit. Another process (`iotrules dead-letters purge`, a backup)
-    // holds the file's write lock for a while: nothing may be acknowledged meanwhile.
-    const EVENTS: u64 = 20;
-    let runtime = runtime();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("iotrules.db");
+/// A pipeline of 2 workers whose one rule writes a state key per event (`hoard`), its state
+/// in a store in `dir`, and a second connection to that file holding its write lock, as
+/// another process (`iotrules dead-letters purge`, a backup) may: no commit gets through
+/// until the test commits that connection.
+fn hoarding_while_locked(
+    runtime: &tokio::runtime::Runtime,
+    dir: &Path,
+    max_in_flight: usize,
+) -> (TestPipeline, Arc<SqliteStateStore>, rusqlite::Connection) {
+    let file = dir.join("iotrules.db");
     let store = Arc::new(Store::open(&file).expect("store"));
     let state = Arc::new(SqliteStateStore::new(store));
-    let mut test = TestPipeline::start_in(
-        Harness::over(state),
+    let test = TestPipeline::start_in(
+        Harness::over(state.clone()),
         &["testing/hoard"],
         r#"
 [[rule]]
@@ -489,7 +490,7 @@ name = "hoard"
 plugin = "hoard"
 config = { keys = 1, bytes = 8 }
 "#,
-        settings(2, 16, 64),
+        settings(2, 16, max_in_flight),
         Capture::open("out"),
         runtime.handle(),
     );
@@ -497,6 +498,18 @@ config = { keys = 1, bytes = 8 }
     other
         .execute_batch("BEGIN IMMEDIATE")
         .expect("take the write lock");
+    (test, state, other)
+}
+
+#[test]
+fn no_event_is_acked_before_the_state_its_plugins_wrote_is_in_the_store() {
+    // Plugin state is committed in groups, after the calls that wrote it: the events that
+    // wrote wait for that commit. Another process (`iotrules dead-letters purge`, a backup)
+    // holds the file's write lock for a while: nothing may be acknowledged meanwhile.
+    const EVENTS: u64 = 20;
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut test, _state, other) = hoarding_while_locked(&runtime, dir.path(), 64);
 
     let acks = Arc::new(Acks::default());
     let ingest = ingest(&test);
@@ -537,28 +550,7 @@ fn a_delivery_without_an_ack_waits_for_no_commit_until_the_store_is_a_budget_beh
     const FREE: u64 = 200;
     let runtime = runtime();
     let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("iotrules.db");
-    let store = Arc::new(Store::open(&file).expect("store"));
-    let state = Arc::new(SqliteStateStore::new(store));
-    let mut test = TestPipeline::start_in(
-        Harness::over(state.clone()),
-        &["testing/hoard"],
-        r#"
-[[rule]]
-name = "hoard"
-
-[[rule.step]]
-plugin = "hoard"
-config = { keys = 1, bytes = 8 }
-"#,
-        settings(2, 16, MAX_IN_FLIGHT),
-        Capture::open("out"),
-        runtime.handle(),
-    );
-    let other = rusqlite::Connection::open(&file).expect("second connection");
-    other
-        .execute_batch("BEGIN IMMEDIATE")
-        .expect("take the write lock");
+    let (mut test, state, other) = hoarding_while_locked(&runtime, dir.path(), MAX_IN_FLIGHT);
 
     let acks = Arc::new(Acks::default());
     let ingest = ingest(&test);
