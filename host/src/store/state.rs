@@ -8,7 +8,9 @@
 //! transaction (each call in its own savepoint), so that a busy pipeline pays for one commit
 //! per batch instead of one per call. [`StateStore::durable`] tells the pipeline how long to
 //! wait before it acknowledges an event whose calls wrote: no event is acknowledged before
-//! the state it produced is in the file.
+//! the state it produced is in the file. While nobody waits (the writes of messages no
+//! transport acknowledges, as MQTT's QoS 0), the writer lets calls gather for up to [`LAZY`]
+//! instead; whoever starts waiting wakes it.
 //!
 //! # The cache mirrors what is on disk, never more
 //!
@@ -399,11 +401,11 @@ impl StateStore for SqliteStateStore {
     /// Queues a call whose writes the writer takes from the kept data when it takes the
     /// call: whatever changed up to then, each entry once, as it is then.
     fn changed(&self, namespace: &str) {
-        let space = self.space(namespace);
         let mut queue = lock(&self.shared.queue);
         if queue.kept_queued.iter().any(|queued| queued == namespace) {
             return;
         }
+        let space = self.space(namespace);
         queue.kept_queued.push(namespace.to_owned());
         queue.last += 1;
         let number = queue.last;
@@ -485,7 +487,6 @@ const LAZY_CALLS: usize = 1024;
 /// The writer thread: commits whatever calls are queued, one transaction at a time, until
 /// the store is dropped and the queue is empty.
 fn write_batches(shared: &Shared) {
-    let mut committed = 0;
     loop {
         let mut calls = {
             let mut queue = lock(&shared.queue);
@@ -512,7 +513,7 @@ fn write_batches(shared: &Shared) {
             // waits for the store): let them gather, until someone starts waiting.
             let deadline = Instant::now() + LAZY;
             while !queue.closed
-                && queue.waited <= committed
+                && queue.waited <= *shared.done.borrow()
                 && shared.done.receiver_count() == 0
                 && queue.calls.len() < LAZY_CALLS
             {
@@ -532,7 +533,6 @@ fn write_batches(shared: &Shared) {
         };
         take_kept_changes(shared, &mut calls);
         let last = calls.last().map_or(0, |call| call.number);
-        committed = last;
         let saved = save_batch(&mut shared.store.conn(), &calls);
         for (call, saved) in calls.into_iter().zip(saved) {
             if let Err(error) = &saved {
@@ -1012,9 +1012,9 @@ mod tests {
         let (store, state) = state();
         state.apply("rule/1", vec![set("k", b"v")]);
         // Nothing asks for `durable` or a flush: the writer commits on its own.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while on_disk(&store, "rule/1", "k").is_none() {
-            assert!(std::time::Instant::now() < deadline, "never committed");
+            assert!(Instant::now() < deadline, "never committed");
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(state.backlog(), 0);
