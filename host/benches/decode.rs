@@ -5,7 +5,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iotrules::dialect::tuya::{BusinessDecoder, Decoder, Keys, Mode};
-use iotrules::dialect::{Dialect, RawMessage, SignMode, alibaba, huawei};
+use iotrules::dialect::{Dialect, RawMessage, SignMode, alibaba, huawei, json};
 use std::hint::black_box;
 
 /// The allocator of the `iotrules` binary, so the figures are the service's.
@@ -20,6 +20,9 @@ const STATUS: &str = r#"{"dataId":"16QmtsL4F28GzL2cEpVZzAQl","devId":"vdevxJ4SXR
 const BUSINESS: &str = r#"{"bizCode":"device","eventType":"dp_report","data":{"devId":"BI1oOZSHCoHPbzRKZuQO","productId":"BdVti9n4dte2et68","dataId":"tVkAKqiaJ42cL0n95KDk03","namespace":"3XTNGcymwgnKR5BLmFg8QysGFbuN3","status":[{"code":"switch_1","value":"true","time":1631545543536}]}}"#;
 
 const ALIBABA: &str = r#"{"iotId":"4z819VQHk6VSLmmBJfrf00107ee200","requestId":"2","productKey":"a1FlqIQ****","deviceName":"device1","gmtCreate":1510799670074,"deviceType":"Ammeter","items":{"Power":{"value":"on","time":1510799670074},"Position":{"time":1510292697470,"value":{"latitude":39.9,"longitude":116.38}}},"checkFailedData":{}}"#;
+
+/// A zigbee2mqtt light's state, as a generic `mqtt` link receives it.
+const ZIGBEE: &str = r#"{"state":"ON","brightness":128,"color_temp":370,"linkquality":87,"update":{"state":"idle"},"color":{"x":0.3,"y":0.32}}"#;
 
 const HUAWEI: &str = r#"{"resource":"device.property","event":"report","event_time":"20151212T121212Z","request_id":"3fe58d5e-8697-4849-a165-7db128f7e776","notify_data":{"header":{"app_id":"d4922d8a-6c8e-4396-852c-164aefa6638f","device_id":"d4922d8a-6c8e-4396-852c-164aefa6638f","node_id":"ABC123456789","product_id":"ABC123456789","gateway_id":"d4922d8a-6c8e-4396-852c-164aefa6638f"},"body":{"services":[{"service_id":"Battery","properties":{"batteryLevel":57,"voltage":3.7},"event_time":"20151212T121212Z"}]}}}"#;
 
@@ -94,6 +97,15 @@ fn decode(c: &mut Criterion) {
         &Dialect::Huawei(huawei::Decoder::new()),
         HUAWEI.as_bytes(),
         &[],
+    );
+
+    let template = json::TopicTemplate::parse("zigbee2mqtt/{device}").expect("template");
+    bench(
+        c,
+        "mqtt-json",
+        &Dialect::Json(json::Decoder::new(template)),
+        ZIGBEE.as_bytes(),
+        &[("topic".to_owned(), "zigbee2mqtt/lamp-1".to_owned())],
     );
 }
 

@@ -131,32 +131,162 @@ impl Decoder {
         event
             .attributes
             .insert(ATTR_TOPIC.to_owned(), topic.to_owned());
-        body_as_payload(message.payload, &mut event);
-        if let Ok(serde_json::Value::Object(fields)) =
-            serde_json::from_str::<serde_json::Value>(event.payload.as_str())
-        {
-            event.kind = Kind::Properties;
-            event.properties = fields
-                .into_iter()
-                .filter_map(|(code, value)| scalar(value).map(|v| Property::new(code, v)))
-                .collect();
+        let json = std::str::from_utf8(message.payload)
+            .ok()
+            .and_then(|text| Some((text, serde_json::from_str::<TopLevel>(text).ok()?)));
+        match json {
+            Some((text, TopLevel(fields))) => {
+                event.payload = Json::from_parsed(text.to_owned());
+                if let Some(properties) = fields {
+                    event.kind = Kind::Properties;
+                    event.properties = properties;
+                }
+            }
+            None => body_as_payload(message.payload, &mut event),
         }
         Ok(event)
     }
 }
 
-/// A scalar JSON value as a property value; `None` for arrays and objects.
-fn scalar(value: serde_json::Value) -> Option<Value> {
-    Some(match value {
-        serde_json::Value::Null => Value::Null,
-        serde_json::Value::Bool(b) => Value::Boolean(b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => Value::Integer(i),
-            None => Value::Float(n.as_f64()?),
-        },
-        serde_json::Value::String(text) => Value::Text(text),
-        _ => return None,
-    })
+/// A payload read as JSON in one pass: the scalar fields of an object as properties, or
+/// `None` for any other JSON value. The properties are what a `serde_json::Value` would hold
+/// (ordered by name, the last of a repeated name kept), without building one.
+struct TopLevel(Option<Vec<Property>>);
+
+impl<'de> serde::Deserialize<'de> for TopLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TopLevelVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for TopLevelVisitor {
+            type Value = TopLevel;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TopLevel, A::Error> {
+                let mut fields: Vec<(String, Option<Value>)> = Vec::new();
+                while let Some(code) = map.next_key::<String>()? {
+                    fields.push((code, map.next_value::<Scalar>()?.0));
+                }
+                // Newest first, so that of a repeated name the stable sort keeps the last
+                // one in front, where `dedup_by` keeps it.
+                fields.reverse();
+                fields.sort_by(|a, b| a.0.cmp(&b.0));
+                fields.dedup_by(|later, kept| later.0 == kept.0);
+                let properties = fields
+                    .into_iter()
+                    .filter_map(|(code, value)| Some(Property::new(code, value?)))
+                    .collect();
+                Ok(TopLevel(Some(properties)))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<TopLevel, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(TopLevel(None))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<TopLevel, E> {
+                Ok(TopLevel(None))
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<TopLevel, E> {
+                Ok(TopLevel(None))
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<TopLevel, E> {
+                Ok(TopLevel(None))
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<TopLevel, E> {
+                Ok(TopLevel(None))
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<TopLevel, E> {
+                Ok(TopLevel(None))
+            }
+
+            fn visit_unit<E>(self) -> Result<TopLevel, E> {
+                Ok(TopLevel(None))
+            }
+        }
+
+        d.deserialize_any(TopLevelVisitor)
+    }
+}
+
+/// A field's value as a property value; `None` for arrays and objects, which are skipped.
+struct Scalar(Option<Value>);
+
+impl<'de> serde::Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for ScalarVisitor {
+            type Value = Scalar;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+
+            fn visit_unit<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar(Some(Value::Null)))
+            }
+
+            fn visit_bool<E>(self, b: bool) -> Result<Scalar, E> {
+                Ok(Scalar(Some(Value::Boolean(b))))
+            }
+
+            fn visit_i64<E>(self, i: i64) -> Result<Scalar, E> {
+                Ok(Scalar(Some(Value::Integer(i))))
+            }
+
+            fn visit_u64<E>(self, u: u64) -> Result<Scalar, E> {
+                Ok(Scalar(Some(
+                    i64::try_from(u).map_or(Value::Float(u as f64), Value::Integer),
+                )))
+            }
+
+            fn visit_f64<E>(self, f: f64) -> Result<Scalar, E> {
+                Ok(Scalar(Some(Value::Float(f))))
+            }
+
+            fn visit_str<E>(self, text: &str) -> Result<Scalar, E> {
+                Ok(Scalar(Some(Value::Text(text.to_owned()))))
+            }
+
+            fn visit_string<E>(self, text: String) -> Result<Scalar, E> {
+                Ok(Scalar(Some(Value::Text(text))))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Scalar, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Scalar(None))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Scalar, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Scalar(None))
+            }
+        }
+
+        d.deserialize_any(ScalarVisitor)
+    }
 }
 
 /// The topic and payload of `command` on an `mqtt` link publishing on `topic` (a template of
@@ -208,6 +338,65 @@ mod tests {
         );
         assert!(event.payload.as_str().contains("\"color\""));
         assert_eq!(event.attribute("topic"), Some("zigbee2mqtt/lamp-1"));
+    }
+
+    /// The properties as a `serde_json::Value` of the payload holds them: what the one-pass
+    /// reading must answer.
+    fn as_a_value_holds_them(payload: &str) -> Option<Vec<Property>> {
+        let serde_json::Value::Object(fields) = serde_json::from_str(payload).ok()? else {
+            return None;
+        };
+        let scalar = |value| {
+            Some(match value {
+                serde_json::Value::Null => Value::Null,
+                serde_json::Value::Bool(b) => Value::Boolean(b),
+                serde_json::Value::Number(n) => match n.as_i64() {
+                    Some(i) => Value::Integer(i),
+                    None => Value::Float(n.as_f64()?),
+                },
+                serde_json::Value::String(text) => Value::Text(text),
+                _ => return None,
+            })
+        };
+        Some(
+            fields
+                .into_iter()
+                .filter_map(|(code, value)| Some(Property::new(code, scalar(value)?)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn fields_are_read_in_one_pass_as_a_json_value_would_hold_them() {
+        for payload in [
+            r#"{"state":"ON","brightness":128,"temp":21.5,"color":{"x":0.3}}"#,
+            r#"{"b":1,"a":2,"b":3}"#,
+            r#"{"b":1,"a":2,"b":[1,2]}"#,
+            r#"{"b":{"c":1},"b":"text"}"#,
+            r#"{"big":18446744073709551615,"neg":-9223372036854775808,"e":1e3,"n":null}"#,
+            r#"{"esc":"a\"b\u00e9","t":true,"f":false,"list":[{"x":1}],"":0}"#,
+            r#"{}"#,
+        ] {
+            let event = decode("z2m/{device}", "z2m/lamp", payload).unwrap();
+            assert_eq!(event.kind, Kind::Properties, "{payload}");
+            assert_eq!(
+                Some(event.properties),
+                as_a_value_holds_them(payload),
+                "{payload}"
+            );
+            assert_eq!(event.payload.as_str(), payload);
+        }
+        for (payload, kind, content) in [
+            ("[1,{\"a\":2}]", Kind::Message, None),
+            ("12", Kind::Message, None),
+            ("\"on\"", Kind::Message, None),
+            ("{\"a\":1} x", Kind::Message, Some("text")),
+            ("{\"a\":", Kind::Message, Some("text")),
+        ] {
+            let event = decode("z2m/{device}", "z2m/lamp", payload).unwrap();
+            assert_eq!((event.kind, event.attribute("content")), (kind, content), "{payload}");
+            assert!(event.properties.is_empty(), "{payload}");
+        }
     }
 
     #[test]
