@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{DecodeError, RawMessage, body_as_payload, receipt_id};
+use super::{DecodeError, RawMessage, body_as_payload, receipt_id, skip_map, skip_seq};
 use crate::event::{ATTR_TOPIC, Device, Event, Json, Kind, Property, Value, Vendor};
 
 /// The placeholder of the device id in a topic template.
@@ -184,11 +184,8 @@ impl<'de> serde::Deserialize<'de> for TopLevel {
                 Ok(TopLevel(Some(properties)))
             }
 
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<TopLevel, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<TopLevel, A::Error> {
+                skip_seq(seq)?;
                 Ok(TopLevel(None))
             }
 
@@ -265,22 +262,13 @@ impl<'de> serde::Deserialize<'de> for Scalar {
                 Ok(Scalar(Some(Value::Text(text))))
             }
 
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Scalar, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Scalar, A::Error> {
+                skip_seq(seq)?;
                 Ok(Scalar(None))
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Scalar, A::Error> {
-                while map
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
+                skip_map(map)?;
                 Ok(Scalar(None))
             }
         }
@@ -394,7 +382,11 @@ mod tests {
             ("{\"a\":", Kind::Message, Some("text")),
         ] {
             let event = decode("z2m/{device}", "z2m/lamp", payload).unwrap();
-            assert_eq!((event.kind, event.attribute("content")), (kind, content), "{payload}");
+            assert_eq!(
+                (event.kind, event.attribute("content")),
+                (kind, content),
+                "{payload}"
+            );
             assert!(event.properties.is_empty(), "{payload}");
         }
     }

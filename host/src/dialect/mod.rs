@@ -597,25 +597,37 @@ impl<'de> serde::Deserialize<'de> for LenientU64 {
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
-                mut seq: A,
+                seq: A,
             ) -> Result<LenientU64, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                skip_seq(seq)?;
                 Ok(LenientU64(None))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
-                mut map: A,
+                map: A,
             ) -> Result<LenientU64, A::Error> {
-                while map
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
+                skip_map(map)?;
                 Ok(LenientU64(None))
             }
         }
 
         d.deserialize_any(NumberVisitor)
     }
+}
+
+/// Reads the rest of a JSON array a visitor does not keep.
+pub(crate) fn skip_seq<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// Reads the rest of a JSON object a visitor does not keep.
+pub(crate) fn skip_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map
+        .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+        .is_some()
+    {}
+    Ok(())
 }
 
 impl LenientU64 {
