@@ -31,9 +31,10 @@ pub(super) struct Pending {
 
 /// A command queued on its path, waiting for confirmation.
 pub(super) struct Queued {
-    pub(super) path: String,
-    /// The command's device and name, for the error message.
-    pub(super) command: Command,
+    pub(super) path: Arc<str>,
+    /// The command's device id and name, for the error message.
+    pub(super) device: String,
+    pub(super) name: String,
     /// The rule that emitted it.
     pub(super) rule: Arc<str>,
     pub(super) confirmation: Confirmation,
@@ -184,7 +185,8 @@ async fn settle(shared: &Arc<Shared>, unsettled: Unsettled) {
     }
     for Queued {
         path,
-        command,
+        device,
+        name,
         rule,
         confirmation,
         sent,
@@ -203,10 +205,7 @@ async fn settle(shared: &Arc<Shared>, unsettled: Unsettled) {
                 rule_sent.inc();
             }
             Err(reason) => {
-                let message = format!(
-                    "command {} for device {} not delivered: {reason}",
-                    command.name, command.device.id
-                );
+                let message = format!("command {name} for device {device} not delivered: {reason}");
                 CommandFailed {
                     path: &path,
                     rule: &rule,

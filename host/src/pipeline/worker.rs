@@ -14,6 +14,7 @@ use super::intake::{Job, Origin};
 use super::report::{CommandRefused, ConditionFailed, StepFailed, TwinEvicted};
 use super::settle::{self, Pending, Queued, Settler, Unsettled, letter};
 use super::timers::Fire;
+use crate::command::CommandPath;
 use crate::event::{Command, Event};
 use crate::metrics::{Counter, Histogram, Metrics};
 use crate::plugin::Durable;
@@ -54,6 +55,16 @@ struct RuleCounters {
     dropped_on_error: Arc<Counter>,
 }
 
+/// A command path as a worker looked it up once: the path, its name and
+/// `iotrules_commands_total{path}`: sent, failed.
+#[derive(Clone)]
+struct ResolvedPath {
+    path: Arc<dyn CommandPath>,
+    name: Arc<str>,
+    sent: Arc<Counter>,
+    failed: Arc<Counter>,
+}
+
 pub(super) struct Worker {
     shared: Arc<Shared>,
     /// Waits for the events that have commands or dead letters.
@@ -64,7 +75,8 @@ pub(super) struct Worker {
     /// The counters of `runtimes`' rules, index for index.
     rule_counters: Vec<RuleCounters>,
     plugin_calls: HashMap<Arc<str>, Arc<Histogram>>,
-    commands_sent: HashMap<String, (Arc<Counter>, Arc<Counter>)>,
+    /// The command paths this worker has sent to, by name.
+    paths: HashMap<String, ResolvedPath>,
     /// `iotrules_rule_commands_total` by rule: sent, failed.
     rule_commands: HashMap<Arc<str>, (Arc<Counter>, Arc<Counter>)>,
 }
@@ -79,7 +91,7 @@ impl Worker {
             retry_instantiate_at: None,
             rule_counters: Vec::new(),
             plugin_calls: HashMap::new(),
-            commands_sent: HashMap::new(),
+            paths: HashMap::new(),
             rule_commands: HashMap::new(),
         }
     }
@@ -467,47 +479,40 @@ impl Worker {
     ) -> Vec<Queued> {
         let mut confirmations = Vec::with_capacity(commands.len());
         for (rule, command) in commands {
-            let Some(via) = command.via.clone() else {
-                let message = format!(
+            let resolved = match command.via.as_deref() {
+                None => Err(format!(
                     "command {} for device {} names no command path: set `commands.via` on the \
                      rule or step",
                     command.name, command.device.id
-                );
-                letters.push(self.refuse_command(&rule, message, None, origin, &event.id));
-                continue;
+                )),
+                Some(via) => self.path(via).ok_or_else(|| {
+                    format!(
+                        "command {} for device {}: no command path named \"{via}\" \
+                         (configured: {})",
+                        command.name,
+                        command.device.id,
+                        self.shared.paths.names().join(", ")
+                    )
+                }),
             };
-            let Some(path) = self.shared.paths.get(&via).cloned() else {
-                let message = format!(
-                    "command {} for device {}: no command path named \"{via}\" (configured: {})",
-                    command.name,
-                    command.device.id,
-                    self.shared.paths.names().join(", ")
-                );
-                letters.push(self.refuse_command(&rule, message, None, origin, &event.id));
-                continue;
+            let ResolvedPath {
+                path,
+                name,
+                sent,
+                failed,
+            } = match resolved {
+                Ok(resolved) => resolved,
+                Err(message) => {
+                    letters.push(self.refuse_command(&rule, message, None, origin, &event.id));
+                    continue;
+                }
             };
             let (rule_sent, rule_failed) = self.rule_counter(&rule);
-            let (sent, failed) = self
-                .commands_sent
-                .entry(via.clone())
-                .or_insert_with(|| {
-                    (
-                        self.shared.metrics.commands.with(&[&via, "sent"]),
-                        self.shared.metrics.commands.with(&[&via, "failed"]),
-                    )
-                })
-                .clone();
-            let summary = Command {
-                via: None,
-                device: command.device.clone(),
-                name: command.name.clone(),
-                params: crate::event::Json::null(),
-                reply_to: None,
-            };
             confirmations.push(Queued {
+                path: name,
+                device: command.device.id.clone(),
+                name: command.name.clone(),
                 confirmation: self.settler.send(&path, command),
-                path: via,
-                command: summary,
                 rule,
                 sent,
                 failed,
@@ -516,6 +521,23 @@ impl Worker {
             });
         }
         confirmations
+    }
+
+    /// The command path named `via`, looked up once per worker; `None` when there is none.
+    fn path(&mut self, via: &str) -> Option<ResolvedPath> {
+        if let Some(resolved) = self.paths.get(via) {
+            return Some(resolved.clone());
+        }
+        let path = self.shared.paths.get(via)?.clone();
+        let commands = &self.shared.metrics.commands;
+        let resolved = ResolvedPath {
+            path,
+            name: Arc::from(via),
+            sent: commands.with(&[via, "sent"]),
+            failed: commands.with(&[via, "failed"]),
+        };
+        self.paths.insert(via.to_owned(), resolved.clone());
+        Some(resolved)
     }
 
     /// A command of `rule` that is not sent, for `message`: reported, counted as failed for
