@@ -290,10 +290,33 @@ pub(crate) fn command_message(
     if command.name.contains(['+', '#', '\0']) {
         return Err(format!("name \"{}\" cannot go into a topic", command.name));
     }
-    let topic = topic
-        .replace(DEVICE, device)
-        .replace("{name}", &command.name);
-    Ok((topic, command.params.as_str().into()))
+    Ok((
+        fill_topic(topic, device, &command.name),
+        command.params.as_str().into(),
+    ))
+}
+
+/// `template` with its `{device}` and `{name}` filled in, in one pass: a placeholder that the
+/// device id or the name itself holds stays as it is.
+fn fill_topic(template: &str, device: &str, name: &str) -> String {
+    let mut topic = String::with_capacity(template.len() + device.len() + name.len());
+    let mut rest = template;
+    while let Some(at) = rest.find('{') {
+        topic.push_str(&rest[..at]);
+        let from = &rest[at..];
+        rest = if let Some(after) = from.strip_prefix(DEVICE) {
+            topic.push_str(device);
+            after
+        } else if let Some(after) = from.strip_prefix("{name}") {
+            topic.push_str(name);
+            after
+        } else {
+            topic.push('{');
+            &from[1..]
+        };
+    }
+    topic.push_str(rest);
+    topic
 }
 
 #[cfg(test)]
@@ -388,6 +411,18 @@ mod tests {
                 "{payload}"
             );
             assert!(event.properties.is_empty(), "{payload}");
+        }
+    }
+
+    #[test]
+    fn a_command_topic_fills_its_placeholders_once() {
+        for (template, device, name, topic) in [
+            ("z2m/{device}/set", "lamp", "on", "z2m/lamp/set"),
+            ("{device}/{name}/{device}", "a", "b", "a/b/a"),
+            ("x/{other}/{name}{", "d", "n", "x/{other}/n{"),
+            ("z/{device}/{name}", "a{name}", "{device}", "z/a{name}/{device}"),
+        ] {
+            assert_eq!(fill_topic(template, device, name), topic, "{template}");
         }
     }
 
