@@ -420,7 +420,12 @@ mod tests {
             ("z2m/{device}/set", "lamp", "on", "z2m/lamp/set"),
             ("{device}/{name}/{device}", "a", "b", "a/b/a"),
             ("x/{other}/{name}{", "d", "n", "x/{other}/n{"),
-            ("z/{device}/{name}", "a{name}", "{device}", "z/a{name}/{device}"),
+            (
+                "z/{device}/{name}",
+                "a{name}",
+                "{device}",
+                "z/a{name}/{device}",
+            ),
         ] {
             assert_eq!(fill_topic(template, device, name), topic, "{template}");
         }
