@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::future::BoxFuture;
 use iotrules::command::{CommandError, CommandPath, CommandPaths, Confirmer};
 use iotrules::config::PipelineConfig;
 use iotrules::event::Command;
@@ -112,7 +111,7 @@ impl CommandPath for Capture {
         &self.name
     }
 
-    fn enqueue_all(&self, commands: Vec<(Command, Confirmer)>) -> BoxFuture<'_, ()> {
+    fn enqueue_all(&self, commands: Vec<(Command, Confirmer)>) {
         for (command, done) in commands {
             let params: serde_json::Value =
                 serde_json::from_str(command.params.as_str()).expect("params are JSON");
@@ -129,7 +128,6 @@ impl CommandPath for Capture {
                 }
             }
         }
-        Box::pin(std::future::ready(()))
     }
 }
 
