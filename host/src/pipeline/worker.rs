@@ -497,7 +497,7 @@ impl Worker {
             };
             let ResolvedPath {
                 path,
-                name,
+                name: path_name,
                 sent,
                 failed,
             } = match resolved {
@@ -509,7 +509,7 @@ impl Worker {
             };
             let (rule_sent, rule_failed) = self.rule_counter(&rule);
             confirmations.push(Queued {
-                path: name,
+                path: path_name,
                 device: command.device.id.clone(),
                 name: command.name.clone(),
                 confirmation: self.settler.send(&path, command),
