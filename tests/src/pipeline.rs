@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
 use iotrules::command::{CommandError, CommandPath, CommandPaths, Confirmer};
 use iotrules::config::PipelineConfig;
 use iotrules::event::Command;
@@ -111,7 +112,7 @@ impl CommandPath for Capture {
         &self.name
     }
 
-    fn enqueue_all(&self, commands: Vec<(Command, Confirmer)>) {
+    fn enqueue_all(&self, commands: Vec<(Command, Confirmer)>) -> BoxFuture<'_, ()> {
         for (command, done) in commands {
             let params: serde_json::Value =
                 serde_json::from_str(command.params.as_str()).expect("params are JSON");
@@ -128,6 +129,7 @@ impl CommandPath for Capture {
                 }
             }
         }
+        Box::pin(std::future::ready(()))
     }
 }
 

@@ -7,6 +7,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::{
@@ -64,19 +65,21 @@ impl CommandPath for Lanes {
 
     /// Each command goes to its lane's channel in turn, back to back: a lane woken by the
     /// first finds the others there, so the hand-over costs it one wake-up.
-    fn enqueue_all(&self, commands: Vec<(Command, Confirmer)>) {
-        for (command, done) in commands {
-            let lane =
-                (self.hasher.hash_one(&command.device.id) % self.lanes.len() as u64) as usize;
-            if let Err(mpsc::error::SendError(job)) =
-                self.lanes[lane].blocking_send(Job { command, done })
-            {
-                let _ = job.done.send(Err(CommandError {
-                    path: self.name.clone(),
-                    reason: "the path has stopped".into(),
-                }));
+    fn enqueue_all(&self, commands: Vec<(Command, Confirmer)>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for (command, done) in commands {
+                let lane =
+                    (self.hasher.hash_one(&command.device.id) % self.lanes.len() as u64) as usize;
+                if let Err(mpsc::error::SendError(job)) =
+                    self.lanes[lane].send(Job { command, done }).await
+                {
+                    let _ = job.done.send(Err(CommandError {
+                        path: self.name.clone(),
+                        reason: "the path has stopped".into(),
+                    }));
+                }
             }
-        }
+        })
     }
 }
 

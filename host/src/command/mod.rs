@@ -1,14 +1,15 @@
 //! Command paths: where the commands rules and plugins emit go, and how each is confirmed.
 //!
 //! A path is named in the config (`[[command_path]]`) and chosen by a command's `via` (or
-//! its rule's or step's default). Workers [`CommandPath::enqueue_all`] commands in the order
-//! the rules emitted them, a group of events' at a time; a path sends the commands for one device in that order (each device
-//! keeps to one lane), retries a failed attempt with backoff, and reports through the
-//! returned [`Confirmation`] whether the command was delivered (printed, a 2xx answer, a
-//! PUBACK). The pipeline acknowledges an event only when every one of its commands is
-//! confirmed. A full lane makes `enqueue` wait, which holds the worker and, through the
-//! pipeline's bounded queues, the connector: a slow path slows intake rather than growing
-//! memory.
+//! its rule's or step's default). The pipeline queues commands on their path
+//! ([`CommandPath::enqueue_all`]) in the order the rules emitted them, a group of events' at
+//! a time; a path sends the commands for one device in that order (each device keeps to one
+//! lane), retries a failed attempt with backoff, and reports through the returned
+//! [`Confirmation`] whether the command was delivered (printed, a 2xx answer, a PUBACK). The
+//! pipeline acknowledges an event only when every one of its commands is confirmed. A full
+//! lane makes `enqueue_all` wait, which holds the worker's settle task and, once the task is
+//! a few groups behind, the worker, and through the pipeline's bounded queues the connector:
+//! a slow path slows intake rather than growing memory.
 //!
 //! A lane sends one command at a time and waits for its confirmation, unless its transport
 //! keeps order on one connection and confirms each command by its own answer (an MQTT link,
@@ -30,6 +31,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 pub use self::lanes::Lanes;
@@ -60,17 +62,18 @@ pub trait CommandPath: Send + Sync {
     fn name(&self) -> &str;
 
     /// Queues `commands` in order, each behind the earlier commands for its device, and
-    /// answers each through its [`Confirmer`]; waits while a lane is full. Call from a
-    /// worker thread, not from async code.
+    /// answers each through its [`Confirmer`]; waits while a lane is full.
     ///
-    /// A worker hands over the commands of a group of events at once, so that a lane is woken
-    /// once per group rather than once per command.
-    fn enqueue_all(&self, commands: Vec<(Command, Confirmer)>);
+    /// The pipeline hands over the commands of a group of events at once, from its settle
+    /// task: a lane is woken once per group rather than once per command, and by a task of
+    /// the runtime its own task runs on rather than by a worker thread, which would have to
+    /// wake one of the runtime's threads for it.
+    fn enqueue_all(&self, commands: Vec<(Command, Confirmer)>) -> BoxFuture<'_, ()>;
 
-    /// Queues one command, as [`enqueue_all`](Self::enqueue_all).
+    /// Queues one command, as [`enqueue_all`](Self::enqueue_all), from outside async code.
     fn enqueue(&self, command: Command) -> Confirmation {
         let (confirmer, confirmation) = oneshot::channel();
-        self.enqueue_all(vec![(command, confirmer)]);
+        futures::executor::block_on(self.enqueue_all(vec![(command, confirmer)]));
         confirmation
     }
 }

@@ -62,15 +62,28 @@ pub(super) struct Unsettled {
 /// The worker hands events over in groups: those it finished while more jobs were waiting,
 /// up to [`Settler::GROUP`], go together when it runs out of jobs (or the group is full), so a
 /// busy worker wakes the task once per group rather than once per event. The group's commands
-/// go to their paths at the same moment, a path's all in one [`CommandPath::enqueue_all`], so
-/// that a command lane is woken once per group too. The channel is
-/// unbounded on purpose, and bounded in effect: every event in it holds a slot of the
-/// pipeline's in-flight budget (`max_in_flight`), so the worker is never held up by a slow
-/// confirmation of an earlier event.
+/// go with it, and the task queues them on their paths, a path's all in one
+/// [`CommandPath::enqueue_all`]: a command lane is woken once per group too, and by a task of
+/// its own runtime. A worker that woke each lane itself would wake one of the runtime's
+/// threads for it, and measured with `bench pipeline` (`perf record -e sched:sched_wakeup`),
+/// those wake-ups were most of the pipeline's.
+///
+/// The channel holds [`Settler::AHEAD`] groups. A full lane holds up the task (which goes on
+/// settling the events it has), the channel fills, and the worker waits: its next jobs stay
+/// bare jobs in its queue rather than events already run, each with its commands and
+/// confirmations, and intake waits on the worker's queue as it would on a slow worker.
+/// (An unbounded channel, bounded only by the in-flight budget, let the workers fill that
+/// budget with run events: `scripts/flood` peaked 15 MiB higher.)
 pub(super) struct Settler {
-    sender: mpsc::UnboundedSender<Vec<Unsettled>>,
-    group: Vec<Unsettled>,
-    /// The commands of the group's events, by path, in the order they were queued.
+    sender: mpsc::Sender<Group>,
+    group: Group,
+}
+
+/// Events handed over together, and their commands.
+#[derive(Default)]
+struct Group {
+    events: Vec<Unsettled>,
+    /// The commands of the events, by path, in the order they were queued.
     outbox: Vec<(Arc<dyn CommandPath>, Outgoing)>,
 }
 
@@ -82,19 +95,34 @@ impl Settler {
     /// event already done can wait for its worker (that many events' work).
     const GROUP: usize = 32;
 
+    /// The most groups handed over whose commands are not yet on their paths.
+    const AHEAD: usize = 2;
+
     /// Starts the task on the pipeline's runtime. It ends once the worker dropped its
     /// [`Settler`] and every event it was given is settled.
     pub(super) fn start(shared: &Arc<Shared>) -> Settler {
-        let (sender, mut receiver) = mpsc::unbounded_channel::<Vec<Unsettled>>();
+        let (sender, mut receiver) = mpsc::channel::<Group>(Self::AHEAD);
         let shared = shared.clone();
         shared.runtime.clone().spawn(async move {
             let mut settling = FuturesUnordered::new();
             loop {
                 tokio::select! {
                     next = receiver.recv() => match next {
-                        Some(group) => {
-                            for unsettled in group {
+                        Some(Group { events, outbox }) => {
+                            for unsettled in events {
                                 settling.push(settle(&shared, unsettled));
+                            }
+                            let queue = async {
+                                for (path, commands) in outbox {
+                                    path.enqueue_all(commands).await;
+                                }
+                            };
+                            tokio::pin!(queue);
+                            loop {
+                                tokio::select! {
+                                    () = &mut queue => break,
+                                    Some(()) = settling.next(), if !settling.is_empty() => {}
+                                }
                             }
                         }
                         None => break,
@@ -106,49 +134,52 @@ impl Settler {
         });
         Settler {
             sender,
-            group: Vec::with_capacity(Self::GROUP),
-            outbox: Vec::new(),
+            group: Group::default(),
         }
     }
 
     /// Queues `command` for `path`, to go out with the group: its confirmation.
     pub(super) fn send(&mut self, path: &Arc<dyn CommandPath>, command: Command) -> Confirmation {
         let (confirmer, confirmation) = tokio::sync::oneshot::channel();
-        let index = match self
-            .outbox
+        let outbox = &mut self.group.outbox;
+        let index = match outbox
             .iter()
             .position(|(queued, _)| Arc::ptr_eq(queued, path))
         {
             Some(index) => index,
             None => {
-                self.outbox.push((path.clone(), Vec::new()));
-                self.outbox.len() - 1
+                outbox.push((path.clone(), Vec::new()));
+                outbox.len() - 1
             }
         };
-        self.outbox[index].1.push((command, confirmer));
+        outbox[index].1.push((command, confirmer));
         confirmation
     }
 
     /// Takes an event to wait for; hands the group over once it is full.
     pub(super) fn hand_over(&mut self, shared: &Shared, unsettled: Unsettled) {
-        self.group.push(unsettled);
-        if self.group.len() >= Self::GROUP {
+        self.group.events.push(unsettled);
+        if self.group.events.len() >= Self::GROUP {
             self.flush(shared);
         }
     }
 
-    /// Hands over the events kept. Settles them as retries in the (shutdown) case where the
-    /// task is gone.
+    /// Hands over the events kept, with their commands; waits while the task is
+    /// [`AHEAD`](Self::AHEAD) groups behind. Settles them as retries in the (shutdown) case
+    /// where the task is gone: their commands are not sent.
     pub(super) fn flush(&mut self, shared: &Shared) {
-        for (path, commands) in self.outbox.drain(..) {
-            path.enqueue_all(commands);
-        }
-        if self.group.is_empty() {
+        if self.group.events.is_empty() && self.group.outbox.is_empty() {
             return;
         }
-        let group = std::mem::replace(&mut self.group, Vec::with_capacity(Self::GROUP));
-        if let Err(mpsc::error::SendError(group)) = self.sender.send(group) {
-            for unsettled in group {
+        let group = std::mem::replace(
+            &mut self.group,
+            Group {
+                events: Vec::with_capacity(Self::GROUP),
+                outbox: Vec::new(),
+            },
+        );
+        if let Err(mpsc::error::SendError(group)) = self.sender.blocking_send(group) {
+            for unsettled in group.events {
                 finish(shared, unsettled.pending, Err(()));
             }
         }
