@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use iotrules::command::{Failure, Lanes, PathSettings, Transport};
 use iotrules::config::PipelineConfig;
 use iotrules::pipeline::{Acker, Delivery};
 use iotrules::store::{SqliteStateStore, Store};
@@ -214,6 +215,89 @@ fn no_event_is_acked_before_its_commands_are_confirmed_and_intake_waits_when_ful
     test.drain(&runtime);
     assert_eq!(acks.acked(), EVENTS as usize);
     assert_eq!(capture.received().len(), EVENTS as usize);
+    assert_eq!(test.metrics.in_flight.get(), 0);
+}
+
+/// A transport whose every attempt waits until the gate opens, then succeeds.
+struct Gated {
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Transport for Gated {
+    async fn deliver(&self, _command: &iotrules::event::Command) -> Result<(), Failure> {
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|open| *open).await;
+        Ok(())
+    }
+}
+
+#[test]
+fn a_full_command_path_holds_the_workers_rather_than_filling_the_in_flight_budget() {
+    let runtime = runtime();
+    let (gate, open) = tokio::sync::watch::channel(false);
+    // One lane with room for one command behind the one it is sending: full at once.
+    let path = Lanes::start(
+        "out",
+        Gated { open },
+        PathSettings {
+            lanes: 1,
+            queue: 1,
+            timeout: Duration::from_secs(120),
+            retries: 0,
+            rate_per_s: 0.0,
+            window: 1,
+        },
+        runtime.handle(),
+    );
+    const MAX_IN_FLIGHT: usize = 4096;
+    const EVENTS: u64 = 3000;
+    let mut test = TestPipeline::start(
+        &["testing/echo"],
+        ECHO_RULE,
+        settings(2, 8, MAX_IN_FLIGHT),
+        path,
+        runtime.handle(),
+    );
+    let ingest = ingest(&test);
+    let acks = Arc::new(Acks::default());
+    let submitted = Arc::new(AtomicUsize::new(0));
+    let producer = {
+        let (acks, submitted) = (acks.clone(), submitted.clone());
+        runtime.spawn(async move {
+            for seq in 0..EVENTS {
+                let body = huawei_body(&format!("dev-{}", seq % 5), seq);
+                ingest.submit(acks.delivery(body)).await.expect("submit");
+                submitted.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    // Intake stops long before the in-flight budget (which would take every event) is
+    // spent: the workers wait on the full path with their next events still in their
+    // queues. What is held is the workers' queues (8 each), their batches and the groups
+    // waiting for the path (a few times 32 events each), and the lane's two commands.
+    let last = AtomicUsize::new(usize::MAX);
+    wait_for("intake to stop", || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = submitted.load(Ordering::SeqCst);
+        last.swap(now, Ordering::SeqCst) == now
+    });
+    let held = submitted.load(Ordering::SeqCst);
+    assert!(
+        held < 1000,
+        "{held} of {EVENTS} events taken in while the command path was full"
+    );
+    // The one submission still waiting for room in a worker's queue holds its slot too.
+    let in_flight = test.pipeline().in_flight();
+    assert!(
+        (held..=held + 1).contains(&in_flight),
+        "{in_flight} in flight, {held} submitted"
+    );
+    assert_eq!(acks.acked(), 0, "acked before the commands were confirmed");
+
+    gate.send_replace(true);
+    runtime.block_on(producer).expect("producer");
+    test.drain(&runtime);
+    assert_eq!(acks.acked(), EVENTS as usize);
     assert_eq!(test.metrics.in_flight.get(), 0);
 }
 
