@@ -179,26 +179,37 @@ deadline_ms = 300
     }
 }
 
-#[test]
-fn no_event_is_acked_before_its_commands_are_confirmed_and_intake_waits_when_full() {
-    let runtime = runtime();
-    let capture = Capture::closed("out");
-    const MAX_IN_FLIGHT: usize = 32;
-    let mut test = echo_pipeline(&runtime, &capture, settings(2, 4, MAX_IN_FLIGHT));
-    let ingest = ingest(&test);
+/// Submits `events` events of five devices to `test` on `runtime`, one after another as
+/// intake takes them: their acknowledgements, how many were submitted so far, and the task.
+fn produce(
+    runtime: &tokio::runtime::Runtime,
+    test: &TestPipeline,
+    events: u64,
+) -> (Arc<Acks>, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let ingest = ingest(test);
     let acks = Arc::new(Acks::default());
     let submitted = Arc::new(AtomicUsize::new(0));
-    const EVENTS: u64 = 500;
     let producer = {
         let (acks, submitted) = (acks.clone(), submitted.clone());
         runtime.spawn(async move {
-            for seq in 0..EVENTS {
+            for seq in 0..events {
                 let body = huawei_body(&format!("dev-{}", seq % 5), seq);
                 ingest.submit(acks.delivery(body)).await.expect("submit");
                 submitted.fetch_add(1, Ordering::SeqCst);
             }
         })
     };
+    (acks, submitted, producer)
+}
+
+#[test]
+fn no_event_is_acked_before_its_commands_are_confirmed_and_intake_waits_when_full() {
+    let runtime = runtime();
+    let capture = Capture::closed("out");
+    const MAX_IN_FLIGHT: usize = 32;
+    let mut test = echo_pipeline(&runtime, &capture, settings(2, 4, MAX_IN_FLIGHT));
+    const EVENTS: u64 = 500;
+    let (acks, submitted, producer) = produce(&runtime, &test, EVENTS);
     // The path holds every confirmation: intake stops at the in-flight limit.
     wait_for("the in-flight limit", || {
         capture.received().len() == MAX_IN_FLIGHT
@@ -258,19 +269,7 @@ fn a_full_command_path_holds_the_workers_rather_than_filling_the_in_flight_budge
         path,
         runtime.handle(),
     );
-    let ingest = ingest(&test);
-    let acks = Arc::new(Acks::default());
-    let submitted = Arc::new(AtomicUsize::new(0));
-    let producer = {
-        let (acks, submitted) = (acks.clone(), submitted.clone());
-        runtime.spawn(async move {
-            for seq in 0..EVENTS {
-                let body = huawei_body(&format!("dev-{}", seq % 5), seq);
-                ingest.submit(acks.delivery(body)).await.expect("submit");
-                submitted.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-    };
+    let (acks, submitted, producer) = produce(&runtime, &test, EVENTS);
     // Intake stops long before the in-flight budget (which would take every event) is
     // spent: the workers wait on the full path with their next events still in their
     // queues. What is held is the workers' queues (8 each), their batches and the groups
