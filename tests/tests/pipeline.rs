@@ -1324,3 +1324,87 @@ deadline_ms = 300
     assert_eq!(acks.acked(), 3);
     assert_eq!(test.metrics.in_flight.get(), 0, "the in-flight gauge");
 }
+
+#[test]
+fn deferred_events_wait_for_their_connectors_wake_and_dropping_its_handle_wakes() {
+    let runtime = runtime();
+    let capture = Capture::open("out");
+    let mut test = echo_pipeline(&runtime, &capture, settings(2, 64, 1000));
+    let ingest = ingest(&test);
+    let acks = Arc::new(Acks::default());
+    // Each worker has run an event and gone to sleep.
+    runtime.block_on(async {
+        for seq in 0..10 {
+            let body = huawei_body(&format!("dev-{seq}"), seq);
+            ingest.submit(acks.delivery(body)).await.expect("submit");
+        }
+    });
+    wait_for("the first events", || acks.acked() == 10);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let deferring = ingest.deferring();
+    runtime.block_on(async {
+        for seq in 10..30 {
+            let body = huawei_body(&format!("dev-{}", seq % 10), seq);
+            deferring.submit(acks.delivery(body)).await.expect("submit");
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(acks.acked(), 10, "a deferred event ran before the wake");
+    assert!(deferring.owes_wake());
+    deferring.wake_workers();
+    assert!(!deferring.owes_wake());
+    wait_for("the woken events", || acks.acked() == 30);
+
+    runtime.block_on(async {
+        for seq in 30..40 {
+            let body = huawei_body(&format!("dev-{}", seq % 10), seq);
+            deferring.submit(acks.delivery(body)).await.expect("submit");
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(acks.acked(), 30, "a deferred event ran before the wake");
+    drop(deferring);
+    wait_for("the events of the dropped handle", || acks.acked() == 40);
+    drop(ingest);
+    test.drain(&runtime);
+    assert_eq!(capture.received().len(), 40);
+}
+
+#[test]
+fn a_deferred_submission_that_has_to_wait_wakes_the_workers_it_waits_for() {
+    // A worker queue of 2, then an in-flight budget of 8: the submissions fill one, then
+    // the other, and each would wait forever on a worker never woken.
+    for (queue, max_in_flight) in [(2, 1000), (1000, 8)] {
+        let runtime = runtime();
+        let capture = Capture::open("out");
+        let mut test = echo_pipeline(&runtime, &capture, settings(2, queue, max_in_flight));
+        let ingest = ingest(&test);
+        let acks = Arc::new(Acks::default());
+        let submitted = Arc::new(AtomicUsize::new(0));
+        const EVENTS: u64 = 500;
+        let deferring = ingest.deferring();
+        let producer = {
+            let (acks, submitted) = (acks.clone(), submitted.clone());
+            runtime.spawn(async move {
+                for seq in 0..EVENTS {
+                    let body = huawei_body(&format!("dev-{}", seq % 5), seq);
+                    deferring.submit(acks.delivery(body)).await.expect("submit");
+                    submitted.fetch_add(1, Ordering::SeqCst);
+                }
+                // Held, never woken by hand: the last burst waits for the drop below.
+                deferring
+            })
+        };
+        wait_for(
+            &format!("every submission (queue {queue}, in flight {max_in_flight})"),
+            || submitted.load(Ordering::SeqCst) == EVENTS as usize,
+        );
+        let deferring = runtime.block_on(producer).expect("producer");
+        drop(deferring);
+        wait_for("every ack", || acks.acked() == EVENTS as usize);
+        drop(ingest);
+        test.drain(&runtime);
+        assert_eq!(capture.received().len(), EVENTS as usize);
+    }
+}

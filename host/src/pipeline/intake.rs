@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::dedup::Admission;
+use super::queue::Queue;
 use super::report::MessageRefused;
 use super::settle::{self, Pending};
 use super::{Acker, Closed, Delivery, Shared};
@@ -102,7 +103,7 @@ pub struct Ingest(Arc<Inlet>);
 impl Ingest {
     pub(super) fn new(
         shared: Arc<Shared>,
-        senders: Vec<mpsc::Sender<Job>>,
+        senders: Vec<Queue>,
         connector: &str,
         dialect: Dialect,
     ) -> Self {
@@ -117,7 +118,13 @@ impl Ingest {
     /// Takes one delivery; waits while the pipeline is full. The delivery is settled later,
     /// through its acker, when the pipeline is done with it.
     pub async fn submit(&self, delivery: Delivery) -> Result<(), Closed> {
-        self.0.submit(delivery).await
+        self.0.submit(delivery, Wake::Now).await
+    }
+
+    /// A way in that defers waking the workers, for a connector that receives in bursts:
+    /// see [`Deferring`].
+    pub fn deferring(&self) -> Deferring {
+        Deferring(self.clone())
     }
 
     /// Takes a message the connector could not read itself (an AMQP message its client
@@ -134,10 +141,62 @@ impl Ingest {
     }
 }
 
+/// An [`Ingest`] that does not wake a worker for each event it queues: a connector that
+/// receives in bursts submits a burst through it and calls [`Deferring::wake_workers`] once
+/// its source has nothing more ready, so that a worker is woken once per burst rather than
+/// once per event (see `queue.rs`). A submission that has to wait (the pipeline or the
+/// worker's queue full) wakes what is owed first, so nothing waits on a sleeping worker; and
+/// dropping it wakes what is owed, so a connector that stops (or whose session ends) leaves
+/// no event asleep in a queue.
+pub struct Deferring(Ingest);
+
+impl Deferring {
+    /// As [`Ingest::submit`], without waking the worker the event goes to.
+    pub async fn submit(&self, delivery: Delivery) -> Result<(), Closed> {
+        self.0.0.submit(delivery, Wake::Later).await
+    }
+
+    /// True when an event was queued on a worker not woken since.
+    pub fn owes_wake(&self) -> bool {
+        self.0
+            .0
+            .owed
+            .iter()
+            .any(|owed| owed.load(Ordering::Relaxed))
+    }
+
+    /// Wakes the workers that events were queued on (by this connector, through any of its
+    /// [`Deferring`]s) since they were last woken.
+    pub fn wake_workers(&self) {
+        self.0.0.wake_owed();
+    }
+
+    /// The plain way in, for what should not wait.
+    pub fn ingest(&self) -> &Ingest {
+        &self.0
+    }
+}
+
+impl Drop for Deferring {
+    fn drop(&mut self) {
+        self.wake_workers();
+    }
+}
+
+/// When a worker is woken for the event queued on it.
+#[derive(Clone, Copy)]
+enum Wake {
+    Now,
+    /// At the connector's [`Ingest::wake_workers`], or before it waits for the pipeline.
+    Later,
+}
+
 /// What an [`Ingest`] holds.
 struct Inlet {
     shared: Arc<Shared>,
-    senders: Vec<mpsc::Sender<Job>>,
+    senders: Vec<Queue>,
+    /// By worker: an event was queued there and the worker not woken since.
+    owed: Vec<AtomicBool>,
     connector: Arc<str>,
     dialect: Dialect,
     counters: Arc<ConnectorCounters>,
@@ -145,13 +204,9 @@ struct Inlet {
 }
 
 impl Inlet {
-    fn new(
-        shared: Arc<Shared>,
-        senders: Vec<mpsc::Sender<Job>>,
-        connector: &str,
-        dialect: Dialect,
-    ) -> Self {
+    fn new(shared: Arc<Shared>, senders: Vec<Queue>, connector: &str, dialect: Dialect) -> Self {
         Inlet {
+            owed: senders.iter().map(|_| AtomicBool::new(false)).collect(),
             signature: SignatureWatch::new(&shared.metrics, connector, &dialect),
             counters: Arc::new(ConnectorCounters::new(&shared.metrics, connector)),
             shared,
@@ -161,19 +216,28 @@ impl Inlet {
         }
     }
 
-    async fn submit(&self, delivery: Delivery) -> Result<(), Closed> {
+    async fn submit(&self, delivery: Delivery, wake: Wake) -> Result<(), Closed> {
         let permit = self.slot().await?;
-        self.submit_with(delivery, permit, None).await
+        self.submit_with(delivery, permit, None, wake).await
     }
 
-    /// A slot of the in-flight budget, waiting while the pipeline is full.
+    /// A slot of the in-flight budget, waiting while the pipeline is full (and waking the
+    /// workers it owes first: the slots come back as they finish).
     async fn slot(&self) -> Result<OwnedSemaphorePermit, Closed> {
-        self.shared
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Closed)
+        let in_flight = self.shared.in_flight.clone();
+        if let Ok(permit) = in_flight.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        self.wake_owed();
+        in_flight.acquire_owned().await.map_err(|_| Closed)
+    }
+
+    fn wake_owed(&self) {
+        for (queue, owed) in self.senders.iter().zip(&self.owed) {
+            if owed.load(Ordering::Relaxed) && owed.swap(false, Ordering::AcqRel) {
+                queue.ring();
+            }
+        }
     }
 
     async fn refuse(
@@ -183,7 +247,7 @@ impl Inlet {
         message: String,
     ) -> Result<(), Closed> {
         let permit = self.slot().await?;
-        self.submit_with(delivery, permit, Some((kind, message)))
+        self.submit_with(delivery, permit, Some((kind, message)), Wake::Now)
             .await
     }
 
@@ -192,6 +256,7 @@ impl Inlet {
         delivery: Delivery,
         permit: OwnedSemaphorePermit,
         unreadable: Option<(&'static str, String)>,
+        wake: Wake,
     ) -> Result<(), Closed> {
         let shared = &self.shared;
         let received = Instant::now();
@@ -246,7 +311,7 @@ impl Inlet {
         // ends meanwhile (a Pulsar consumer rebuilt under load). Nothing may be left behind
         // then: an id marked in flight that no worker will ever finish would hold every
         // redelivery of the message, with its slot, for the life of the process.
-        let queue = self.senders[worker].reserve().await.map_err(|_| Closed)?;
+        let room = self.senders[worker].reserve(|| self.wake_owed()).await?;
         let mut pending = self.pending(acker, permit, received);
         // Only ids that a copy of the message would carry again are kept.
         if self.dialect.ids_identify_messages() {
@@ -270,12 +335,20 @@ impl Inlet {
                 }
             };
         }
-        queue.send(Job {
+        let job = Job {
             event,
             origin,
             pending,
             timer: None,
-        });
+        };
+        match wake {
+            Wake::Now => room.send(job),
+            Wake::Later => {
+                room.send_unrung(job);
+                // After the job is in: whoever clears this rings for it.
+                self.owed[worker].store(true, Ordering::Release);
+            }
+        }
         Ok(())
     }
 

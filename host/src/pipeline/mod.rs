@@ -7,7 +7,8 @@
 //!   budget (waiting while the pipeline is full: backpressure), decodes the delivery with the
 //!   connector's dialect, holds back a duplicate event id, and queues the event on the worker
 //!   that owns its device. A message that does not decode goes to the dead letters, then is
-//!   acked.
+//!   acked. A connector that receives in bursts queues through a [`Deferring`], which wakes
+//!   a sleeping worker once per burst rather than once per event ([`queue`]).
 //! - [`worker`] (threads, `workers` of them): each owns an instance of every rule's plugin
 //!   chain and takes the events of its devices in arrival order, so events of one device are
 //!   handled one after another, in order, while devices spread over the workers (with
@@ -30,6 +31,7 @@
 mod dedup;
 mod delivery;
 mod intake;
+mod queue;
 mod report;
 mod settle;
 mod timers;
@@ -39,12 +41,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
 use self::dedup::Seen;
 pub use self::delivery::{Acker, Delivery, Settle};
-pub use self::intake::Ingest;
-use self::intake::Job;
+pub use self::intake::{Deferring, Ingest};
+use self::queue::Queue;
 use self::settle::{Attempts, Redelivery};
 use crate::command::CommandPaths;
 use crate::config::{Order, PipelineConfig};
@@ -84,7 +86,7 @@ struct Shared {
 /// The running pipeline: its workers and the way in.
 pub struct Pipeline {
     shared: Arc<Shared>,
-    senders: Vec<mpsc::Sender<Job>>,
+    senders: Vec<Queue>,
     workers: Vec<JoinHandle<()>>,
     /// Stops the timer task, which holds senders to every worker.
     timers_stop: tokio::sync::watch::Sender<bool>,
@@ -166,7 +168,7 @@ impl Pipeline {
         let mut senders = Vec::new();
         let mut workers = Vec::new();
         for index in 0..settings.workers.max(1) {
-            let (sender, receiver) = mpsc::channel(settings.queue.max(1));
+            let (sender, receiver) = queue::queue(settings.queue);
             let settler = settle::Settler::start(&shared);
             let shared = shared.clone();
             workers.push(
@@ -183,7 +185,7 @@ impl Pipeline {
         let (timers_stop, stop) = tokio::sync::watch::channel(false);
         let timers = shared.runtime.spawn(timers::run(
             shared.clone(),
-            senders.iter().map(mpsc::Sender::downgrade).collect(),
+            senders.iter().map(Queue::downgrade).collect(),
             stop,
         ));
         Ok(Pipeline {

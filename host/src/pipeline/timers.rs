@@ -16,9 +16,10 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::intake::{ConnectorCounters, Job, Origin};
+use super::queue::WeakQueue;
 use super::settle::Pending;
 use super::{Acker, Settle, Shared};
 use crate::config::Order;
@@ -53,7 +54,7 @@ pub(super) struct Fire {
 /// Runs until `stop` is set: fires what is due, sweeps the timers of gone steps.
 pub(super) async fn run(
     shared: Arc<Shared>,
-    senders: Vec<mpsc::WeakSender<Job>>,
+    senders: Vec<WeakQueue>,
     mut stop: watch::Receiver<bool>,
 ) {
     let schedule = shared.registry.timers().clone();
@@ -130,9 +131,10 @@ pub(super) async fn run(
             let Some(sender) = senders[worker].upgrade() else {
                 return;
             };
-            if sender.send(job).await.is_err() {
+            let Ok(room) = sender.reserve(|| ()).await else {
                 return;
-            }
+            };
+            room.send(job);
         }
         if full {
             tokio::task::yield_now().await;

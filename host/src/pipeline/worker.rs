@@ -7,10 +7,11 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 
 use super::Shared;
 use super::intake::{Job, Origin};
+use super::queue::Jobs;
 use super::report::{CommandRefused, ConditionFailed, StepFailed, TwinEvicted};
 use super::settle::{self, Pending, Queued, Settler, Unsettled, letter};
 use super::timers::Fire;
@@ -96,21 +97,21 @@ impl Worker {
         }
     }
 
-    pub(super) fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+    pub(super) fn run(mut self, mut jobs: Jobs) {
         let mut batch = Vec::with_capacity(BATCH);
         loop {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
-                Err(mpsc::error::TryRecvError::Empty) => {
+                Err(TryRecvError::Empty) => {
                     // Idle: what waits for settlement goes to the settle task before the
                     // worker sleeps.
                     self.settler.flush(&self.shared);
-                    match jobs.blocking_recv() {
+                    match jobs.recv() {
                         Some(job) => batch.push(job),
                         None => break,
                     }
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Disconnected) => break,
             }
             // Whatever else is already queued joins the batch; nothing is waited for.
             while batch.len() < BATCH
