@@ -30,7 +30,7 @@ use crate::dialect::DialectName::{Alibaba, Huawei};
 use crate::dialect::crypto::SignMethod;
 use crate::dialect::{Dialect, DialectName, alibaba, huawei};
 use crate::endpoint::{Endpoint, Scheme};
-use crate::pipeline;
+use crate::pipeline::{self, Deferring};
 
 /// The idle time-outs Alibaba accepts in the open frame.
 const IDLE_TIMEOUT_S: std::ops::RangeInclusive<u64> = 30..=300;
@@ -616,6 +616,9 @@ impl Link {
         if let Err(e) = self.receiver.set_credit(self.window).await {
             return Ended::lost(format!("cannot grant link credit: {e}"));
         }
+        // A burst of messages is queued on the workers and they are woken once, when the
+        // link has nothing more ready (the last branch).
+        let ingest = context.ingest.deferring();
         loop {
             tokio::select! {
                 biased;
@@ -637,10 +640,11 @@ impl Link {
                     if let Err(error) = self.top_up().await {
                         return Ended::lost(error);
                     }
-                    if let Some(ended) = self.submit(submission, context).await {
+                    if let Some(ended) = self.submit(submission, &ingest, context).await {
                         return ended;
                     }
                 }
+                () = std::future::ready(()), if ingest.owes_wake() => ingest.wake_workers(),
             }
         }
     }
@@ -650,14 +654,14 @@ impl Link {
     async fn submit(
         &mut self,
         submission: Submission,
+        ingest: &Deferring,
         context: &mut super::Context,
     ) -> Option<Ended> {
-        let ingest = context.ingest.clone();
         let submit = async {
             match submission {
                 Submission::Message(delivery) => ingest.submit(delivery).await,
                 Submission::Undecodable(delivery, message) => {
-                    ingest.refuse(delivery, "amqp", message).await
+                    ingest.ingest().refuse(delivery, "amqp", message).await
                 }
             }
         };

@@ -602,7 +602,9 @@ async fn receive(
     partitions: usize,
     pending: &mut Pending,
 ) -> Ended {
-    let ingest = context.ingest.clone();
+    // Messages the crate has ready are queued on the workers without waking them; they are
+    // woken once it has none (the last branch of the loop).
+    let ingest = context.ingest.deferring();
     let mut submitting: Option<Submitting<'_>> = None;
     let started = tokio::time::Instant::now();
     let mut received = false;
@@ -693,6 +695,7 @@ async fn receive(
                     return lost(error, received);
                 }
             }
+            () = std::future::ready(()), if ingest.owes_wake() => ingest.wake_workers(),
         }
     }
 }

@@ -543,6 +543,9 @@ impl Session {
                 let run = self.next_run();
                 let ingest = context.ingest.clone();
                 submitting = Some(Box::pin(async move {
+                    // The run is one burst: the workers are woken once, when it is in (or
+                    // when a submission has to wait), as the run's handle drops.
+                    let ingest = ingest.deferring();
                     for delivery in run {
                         ingest.submit(delivery).await?;
                     }
