@@ -17,7 +17,7 @@ mod retention;
 mod state;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
@@ -180,14 +180,15 @@ pub enum StoreError {
 /// [`dead_letters`]; [`SqliteStateStore`] puts plugin state in the same file.
 #[derive(Debug)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    /// Shared with the checkpoint thread, which empties a long log under its lock.
+    conn: Arc<Mutex<Connection>>,
     path: PathBuf,
     /// The service's limits on the dead letters; `None` for the commands that inspect the
     /// file, which never evict.
     retainer: Option<retention::Retainer>,
     /// Checkpoints the WAL in the background, for the service's store (the commands that
-    /// inspect the file leave it to SQLite). Declared after `conn`, so it stops after the
-    /// connection is closed.
+    /// inspect the file leave it to SQLite). It holds the connection too, which closes
+    /// once both are dropped: after the thread's last checkpoint.
     _checkpointer: Option<checkpoint::Checkpointer>,
 }
 
@@ -207,7 +208,11 @@ impl Store {
             .conn()
             .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(sqlite(path, "turn off automatic checkpoints"))?;
-        store._checkpointer = Some(checkpoint::Checkpointer::start(path)?);
+        store._checkpointer = Some(checkpoint::Checkpointer::start(
+            path,
+            store.conn.clone(),
+            checkpoint::LOG_LIMIT,
+        )?);
         Ok(store)
     }
 
@@ -281,7 +286,7 @@ impl Store {
             .map_err(sqlite(&path, "set synchronous=NORMAL"))?;
         migrate(&mut conn, &path)?;
         Ok(Store {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
             path,
             retainer: None,
             _checkpointer: None,
