@@ -1343,27 +1343,25 @@ fn deferred_events_wait_for_their_connectors_wake_and_dropping_its_handle_wakes(
     std::thread::sleep(Duration::from_millis(200));
 
     let deferring = ingest.deferring();
-    runtime.block_on(async {
-        for seq in 10..30 {
-            let body = huawei_body(&format!("dev-{}", seq % 10), seq);
-            deferring.submit(acks.delivery(body)).await.expect("submit");
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(acks.acked(), 10, "a deferred event ran before the wake");
-    assert!(deferring.owes_wake());
+    // Submits `seqs` through `deferring`, then checks that none ran while they wait.
+    let submit_unwoken = |seqs: std::ops::Range<u64>, deferring: &iotrules::pipeline::Deferring| {
+        let acked = acks.acked();
+        runtime.block_on(async {
+            for seq in seqs {
+                let body = huawei_body(&format!("dev-{}", seq % 10), seq);
+                deferring.submit(acks.delivery(body)).await.expect("submit");
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(acks.acked(), acked, "a deferred event ran before the wake");
+        assert!(deferring.owes_wake());
+    };
+    submit_unwoken(10..30, &deferring);
     deferring.wake_workers();
     assert!(!deferring.owes_wake());
     wait_for("the woken events", || acks.acked() == 30);
 
-    runtime.block_on(async {
-        for seq in 30..40 {
-            let body = huawei_body(&format!("dev-{}", seq % 10), seq);
-            deferring.submit(acks.delivery(body)).await.expect("submit");
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(acks.acked(), 30, "a deferred event ran before the wake");
+    submit_unwoken(30..40, &deferring);
     drop(deferring);
     wait_for("the events of the dropped handle", || acks.acked() == 40);
     drop(ingest);
