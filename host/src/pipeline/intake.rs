@@ -187,7 +187,8 @@ impl Drop for Deferring {
 #[derive(Clone, Copy)]
 enum Wake {
     Now,
-    /// At the connector's [`Ingest::wake_workers`], or before it waits for the pipeline.
+    /// At the connector's [`Deferring::wake_workers`] or the drop of its [`Deferring`], or
+    /// before a submission waits for the pipeline.
     Later,
 }
 
