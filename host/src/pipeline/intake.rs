@@ -8,57 +8,16 @@ use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::dedup::Admission;
+use super::job::{ConnectorCounters, Job, Origin, Pending};
 use super::queue::Queue;
 use super::report::MessageRefused;
-use super::settle::{self, Pending};
+use super::settle;
 use super::{Acker, Closed, Delivery, Shared};
 use crate::config::Order;
 use crate::dialect::tuya::SignatureCheck;
 use crate::dialect::{Dialect, ErrorKind, RawMessage, SignMode};
-use crate::event::{ATTR_SIGNATURE, Event};
+use crate::event::ATTR_SIGNATURE;
 use crate::metrics::{Counter, Metrics};
-
-/// An event on its way to a worker.
-pub(super) struct Job {
-    pub(super) event: Event,
-    pub(super) origin: Origin,
-    pub(super) pending: Pending,
-    /// Set when the event is a timer that came due, for the step that set it.
-    pub(super) timer: Option<super::timers::Fire>,
-}
-
-/// Where a delivery came from, kept with its event for dead letters.
-pub(super) struct Origin {
-    pub(super) connector: Arc<str>,
-    pub(super) vendor: &'static str,
-    pub(super) payload: Vec<u8>,
-    pub(super) properties: Vec<(String, String)>,
-    pub(super) counters: Arc<ConnectorCounters>,
-}
-
-/// A connector's resolved counters.
-pub(super) struct ConnectorCounters {
-    pub(super) events_in: Arc<Counter>,
-    pub(super) events_out: Arc<Counter>,
-    refused: Arc<Counter>,
-    duplicate: Arc<Counter>,
-    pub(super) no_rule: Arc<Counter>,
-    pub(super) dropped_by_rules: Arc<Counter>,
-}
-
-impl ConnectorCounters {
-    pub(super) fn new(metrics: &Metrics, connector: &str) -> Self {
-        let dropped = |reason| metrics.events_dropped.with(&[connector, reason]);
-        ConnectorCounters {
-            events_in: metrics.events_in.with(&[connector]),
-            events_out: metrics.events_out.with(&[connector]),
-            refused: dropped("refused"),
-            duplicate: dropped("duplicate"),
-            no_rule: dropped("no-rule"),
-            dropped_by_rules: dropped("rules"),
-        }
-    }
-}
 
 /// Tuya signature mismatches of one connector: counted, and the first one under `warn`
 /// logged (once: every later one is only counted, and `/status` keeps showing the count).

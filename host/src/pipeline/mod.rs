@@ -25,12 +25,17 @@
 //!   worker's one settle task, which waits for all of them together. A command its path
 //!   gives up on becomes a dead letter (kind `command`); a dead letter that cannot be stored
 //!   makes the delivery go back for another try rather than be lost.
+//! - [`job`]: what the rooms above hand on to each other: a [`job::Job`] (an event on its way
+//!   to its worker), the [`job::Origin`] of its delivery, its [`job::Pending`]
+//!   acknowledgement, and the timer it fires. Every room above stands on it, and it on none
+//!   of them, so the rooms' imports run one way, as the data does.
 //! - Shutdown ([`Pipeline::drain`]): once the connectors stop submitting, the workers
 //!   finish their queues and the pipeline waits for the last acknowledgement.
 
 mod dedup;
 mod delivery;
 mod intake;
+mod job;
 mod queue;
 mod report;
 mod settle;
@@ -74,7 +79,7 @@ struct Shared {
     in_flight: Arc<Semaphore>,
     max_in_flight: u32,
     /// Ids seen, and the copies of those still in flight.
-    seen: Seen<settle::Pending>,
+    seen: Seen<job::Pending>,
     runtime: tokio::runtime::Handle,
     hasher: std::collections::hash_map::RandomState,
     order: Order,

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 
 use super::Closed;
-use super::intake::Job;
+use super::job::Job;
 
 /// A new queue holding up to `capacity` jobs: its sending side, and its worker's side (to
 /// be moved to the worker's thread).

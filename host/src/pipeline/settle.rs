@@ -3,31 +3,21 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 
-use super::dedup::Mark;
-use super::intake::Origin;
+use super::job::{Origin, Pending};
 use super::report::{CommandFailed, DeadLetterStoreFailed};
-use super::{Acker, Settle, Shared};
+use super::{Settle, Shared};
 use crate::command::{CommandPath, Confirmation, Confirmer};
 use crate::event::Command;
 use crate::metrics::Counter;
 use crate::plugin::Durable;
 use crate::store::DeadLetterRecord;
 use crate::sync::lock;
-
-/// The acknowledgement side of a delivery in flight: settling it returns its in-flight slot.
-pub(super) struct Pending {
-    pub(super) acker: Acker,
-    pub(super) _permit: OwnedSemaphorePermit,
-    pub(super) received: Instant,
-    /// Its event id's mark, once the de-duplication marked it in flight.
-    pub(super) dedup: Option<Mark>,
-}
 
 /// A command queued on its path, waiting for confirmation.
 pub(super) struct Queued {

@@ -18,9 +18,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::intake::{ConnectorCounters, Job, Origin};
+use super::job::{ConnectorCounters, Fire, Job, Origin, Pending};
 use super::queue::WeakQueue;
-use super::settle::Pending;
 use super::{Acker, Settle, Shared};
 use crate::config::Order;
 use crate::plugin::timers::Pending as Timer;
@@ -39,17 +38,6 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// How long a timer whose firing could not be settled (a dead letter that could not be
 /// stored) waits before it fires again.
 const RETRY_DELAY_MS: u64 = 1000;
-
-/// Where a job's timer goes: the rule and the step, and the timer's state key.
-pub(super) struct Fire {
-    pub(super) rule: Arc<str>,
-    /// The step's index, from 0.
-    pub(super) step: usize,
-    /// The plugin that set it: a step running another is not its step.
-    pub(super) plugin: Arc<str>,
-    pub(super) namespace: Arc<str>,
-    pub(super) key: String,
-}
 
 /// Runs until `stop` is set: fires what is due, sweeps the timers of gone steps.
 pub(super) async fn run(

@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::error::TryRecvError;
 
 use super::Shared;
-use super::intake::{Job, Origin};
+use super::job::{Fire, Job, Origin, Pending};
 use super::queue::Jobs;
 use super::report::{CommandRefused, ConditionFailed, StepFailed, TwinEvicted};
-use super::settle::{self, Pending, Queued, Settler, Unsettled, letter};
-use super::timers::Fire;
+use super::settle::{self, Queued, Settler, Unsettled, letter};
 use crate::command::CommandPath;
 use crate::event::{Command, Event};
 use crate::metrics::{Counter, Histogram, Metrics};

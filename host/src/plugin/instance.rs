@@ -13,8 +13,9 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{v1, v2, v3};
 use super::runtime::Runtime;
+use super::state::is_timer_key;
 use super::state::{PendingWrites, StateQuota};
-use super::timers::{TimerRecord, check_name, is_timer_key, timer_key};
+use super::timers::{TimerRecord, check_name, timer_key};
 use super::{Chain, Outcome, PluginError, Services, convert};
 use crate::event::Event;
 

@@ -32,8 +32,9 @@ pub use runtime::{Runtime, RuntimeConfig};
 pub use state::{Durable, HostData, StateUsage};
 pub use state::{
     HOST_NAMESPACE_PREFIX, MAX_SETS_PER_CALL, MemoryStateStore, StateQuota, StateStore,
+    TIMER_PREFIX,
 };
-pub use timers::{Schedule, TIMER_PREFIX, TimerRecord};
+pub use timers::{Schedule, TimerRecord};
 pub use watch::{DEFAULT_DEBOUNCE, Watcher};
 
 use std::sync::Arc;

@@ -26,8 +26,16 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex};
 
-use super::timers::is_timer_key;
 use crate::sync::lock;
+
+/// The prefix of the state keys that hold timers. A plugin's `state-set` of such a key is
+/// refused, its `state-get` reads nothing and its `state-delete` does nothing.
+pub const TIMER_PREFIX: &str = "@timer/";
+
+/// Whether a state key is one of the host's timer keys.
+pub fn is_timer_key(key: &str) -> bool {
+    key.starts_with(TIMER_PREFIX)
+}
 
 /// The longest state key, in bytes.
 pub(crate) const MAX_KEY_BYTES: usize = 1024;
@@ -93,7 +101,7 @@ pub trait StateStore: Send + Sync {
     }
 
     /// Every stored timer entry of every step's namespace (keys under
-    /// [`TIMER_PREFIX`](super::timers::TIMER_PREFIX)): namespace, key, value. Read once, at
+    /// [`TIMER_PREFIX`]): namespace, key, value. Read once, at
     /// start. The host's own namespaces (those starting with [`HOST_NAMESPACE_PREFIX`]) are
     /// left out: their keys are not the steps' and may look like timers.
     fn timers(&self) -> Vec<(String, String, Vec<u8>)>;
@@ -618,7 +626,7 @@ mod tests {
     #[test]
     fn timers_leave_out_the_host_namespaces_and_an_uncached_read_gives_a_namespace() {
         let store = MemoryStateStore::new();
-        let timer = format!("{}dev/t", super::super::timers::TIMER_PREFIX);
+        let timer = format!("{}dev/t", TIMER_PREFIX);
         store.apply("rule/1", vec![(timer.clone(), Some(b"{}".to_vec()))]);
         store.apply("@twin", vec![(timer.clone(), Some(b"{}".to_vec()))]);
         let timers = store.timers();

@@ -19,13 +19,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::state::StateStore;
+use super::state::{StateStore, TIMER_PREFIX, is_timer_key};
 use crate::event::{Device, Event, Json, Kind, Vendor};
 use crate::sync::lock;
-
-/// The prefix of the state keys that hold timers. A plugin's `state-set` of such a key is
-/// refused, its `state-get` reads nothing and its `state-delete` does nothing.
-pub const TIMER_PREFIX: &str = "@timer/";
 
 /// The longest timer name, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
@@ -78,11 +74,6 @@ impl TimerRecord {
 /// and name make a distinct key.
 pub fn timer_key(device: &str, name: &str) -> String {
     format!("{TIMER_PREFIX}{}:{device}{name}", device.len())
-}
-
-/// Whether a state key is one of the host's timer keys.
-pub fn is_timer_key(key: &str) -> bool {
-    key.starts_with(TIMER_PREFIX)
 }
 
 /// Checks a timer name a plugin gave.
