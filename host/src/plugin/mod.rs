@@ -17,6 +17,7 @@
 
 mod convert;
 mod grants;
+mod host;
 mod instance;
 mod registry;
 mod runtime;
@@ -63,7 +64,7 @@ pub(crate) mod bindings {
             path: "../plugin-sdk/wit",
             world: "plugin",
             imports: { default: trappable },
-            with: { "iotrules:plugin/types.event-view": super::super::instance::EventView },
+            with: { "iotrules:plugin/types.event-view": super::super::host::EventView },
         });
     }
     pub(crate) mod v2 {
@@ -71,7 +72,7 @@ pub(crate) mod bindings {
             path: "wit/plugin-0.2.0",
             world: "plugin",
             imports: { default: trappable },
-            with: { "iotrules:plugin/types.event-view": super::super::instance::EventView },
+            with: { "iotrules:plugin/types.event-view": super::super::host::EventView },
         });
     }
 

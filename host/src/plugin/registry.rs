@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 
 use super::Services;
 use super::grants::GrantPolicy;
-use super::instance::{Grants, Instance, Limits, Pre};
-use super::runtime::Runtime;
+use super::instance::{Grants, Instance, Limits};
+use super::runtime::{Pre, Runtime};
 use super::state::{MemoryStateStore, StateStore};
 use super::timers::Schedule;
 use super::{Outcome, PluginError};

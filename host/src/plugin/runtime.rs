@@ -12,8 +12,18 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::{v1, v2, v3};
-use super::instance::{HostState, Pre};
+use super::host::HostState;
 use super::{Chain, PluginError};
+
+/// A compiled plugin, type-checked against the WIT world it was built for.
+pub(crate) enum Pre {
+    /// The current world: 0.2.0 with timers and twins.
+    V3(v3::PluginPre<HostState>),
+    /// 0.2.0: `handle` reads the event through an `event-view`.
+    V2(v2::PluginPre<HostState>),
+    /// 0.1.0: `handle` gets the whole event.
+    V1(v1::PluginPre<HostState>),
+}
 
 /// How the engine is set up. The defaults suit a service with tens of plugins and a few
 /// workers.
