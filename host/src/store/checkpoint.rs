@@ -144,14 +144,14 @@ fn checkpoint(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;
 
     use super::*;
 
-    #[test]
-    fn the_log_stays_bounded_while_commits_never_stop() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("busy.db");
+    /// A store file in WAL mode with a table to write, as the service sets it up.
+    fn store(dir: &Path) -> (std::path::PathBuf, Arc<Mutex<Connection>>) {
+        let path = dir.join("busy.db");
         let writer = Arc::new(Mutex::new(Connection::open(&path).expect("open")));
         let mode: String = lock(&writer)
             .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
@@ -163,19 +163,16 @@ mod tests {
                  CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB);",
             )
             .expect("schema");
-        const LIMIT: i64 = 256;
-        let _checkpointer =
-            Checkpointer::start(&path, writer.clone(), LIMIT).expect("checkpointer");
-        let wal = path.with_extension("db-wal");
-        let wal_size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+        (path, writer)
+    }
 
-        // Commits of eight 4 KB rows back to back for two seconds, on the connection the
-        // checkpointer was given (as the service's commits are): never a pause between them
-        // for a passive checkpoint to catch up in.
-        let until = Instant::now() + Duration::from_secs(2);
-        let (mut commits, mut largest) = (0i64, 0u64);
-        while Instant::now() < until {
-            let writer = lock(&writer);
+    /// Commits of eight 4 KB rows back to back on `writer` (as the service's commits are, on
+    /// the connection the checkpointer is given) until `stop`: never a pause between them for
+    /// a checkpoint on another connection to land in.
+    fn commit_until(writer: &Mutex<Connection>, stop: &AtomicBool) {
+        let mut commits = 0i64;
+        while !stop.load(Ordering::Relaxed) {
+            let writer = lock(writer);
             let tx = writer.unchecked_transaction().expect("begin");
             for row in 0..8i64 {
                 tx.execute(
@@ -186,17 +183,77 @@ mod tests {
             }
             tx.commit().expect("commit");
             commits += 1;
-            largest = largest.max(wal_size());
         }
-        // At least a page per row went into the log.
-        let written = commits as u64 * 8 * 4096;
-        assert!(
-            written > 20 << 20,
-            "only {written} bytes written: too few to tell"
-        );
-        assert!(
-            largest < written / 3,
-            "the log reached {largest} bytes of the {written} written: it was never emptied"
-        );
+    }
+
+    fn file_size(path: &Path) -> u64 {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+
+    /// Waits (up to 30 s) until `wal` holds at least `bytes`.
+    fn wait_for_log(wal: &Path, bytes: u64) {
+        let start = Instant::now();
+        while file_size(wal) < bytes {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the log never reached {bytes} bytes"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_past_the_limit_empties_the_log_while_commits_never_stop() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (path, writer) = store(dir.path());
+        let wal = path.with_extension("db-wal");
+        let conn = Connection::open(&path).expect("checkpoint connection");
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| commit_until(&writer, &stop));
+            // Only emptying the log shrinks its file (SQLite otherwise writes it again from
+            // its start, at its full size). Each round lets it pass 16 MiB, far over the
+            // limit of 1 MiB, then checkpoints once: the log must be emptied by that one
+            // checkpoint, not by a later one that finds a gap between two commits. What the
+            // commits write again between the checkpoint and the look at the file is far
+            // less than 8 MiB.
+            for round in 1..=5 {
+                wait_for_log(&wal, 16 << 20);
+                let before = file_size(&wal);
+                checkpoint(&conn, &writer, 256).expect("checkpoint");
+                let after = file_size(&wal);
+                if after >= 8 << 20 {
+                    stop.store(true, Ordering::Relaxed);
+                    panic!(
+                        "round {round}: the checkpoint left the log at {after} bytes (it had \
+                         {before}): it was not emptied while commits went on"
+                    );
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+
+    #[test]
+    fn the_checkpointer_empties_the_log_while_commits_never_stop() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (path, writer) = store(dir.path());
+        let wal = path.with_extension("db-wal");
+        let _checkpointer = Checkpointer::start(&path, writer.clone(), 256).expect("checkpointer");
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| commit_until(&writer, &stop));
+            // The thread checkpoints every interval: within 20 s, the log is seen to shrink.
+            let start = Instant::now();
+            let (mut last, mut emptied) = (0, false);
+            while !emptied && start.elapsed() < Duration::from_secs(20) {
+                let size = file_size(&wal);
+                emptied = size < last;
+                last = size;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            stop.store(true, Ordering::Relaxed);
+            assert!(emptied, "the log was not emptied in 20 s of commits");
+        });
     }
 }
