@@ -17,7 +17,7 @@ use super::{Chain, PluginError};
 
 /// A compiled plugin, type-checked against the WIT world it was built for.
 pub(crate) enum Pre {
-    /// The current world: 0.2.0 with timers and twins.
+    /// The current world: 0.3.0, with timers and twins.
     V3(v3::PluginPre<HostState>),
     /// 0.2.0: `handle` reads the event through an `event-view`.
     V2(v2::PluginPre<HostState>),

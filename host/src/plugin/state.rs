@@ -100,9 +100,8 @@ pub trait StateStore: Send + Sync {
         0
     }
 
-    /// Every stored timer entry of every step's namespace (keys under
-    /// [`TIMER_PREFIX`]): namespace, key, value. Read once, at
-    /// start. The host's own namespaces (those starting with [`HOST_NAMESPACE_PREFIX`]) are
+    /// Every stored timer entry of every step's namespace (keys under [`TIMER_PREFIX`]):
+    /// namespace, key, value. Read once, at start. The host's own namespaces (those starting with [`HOST_NAMESPACE_PREFIX`]) are
     /// left out: their keys are not the steps' and may look like timers.
     fn timers(&self) -> Vec<(String, String, Vec<u8>)>;
 

@@ -144,13 +144,17 @@ fn checkpoint(
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;
 
     use super::*;
 
+    /// The tests' log limit: 256 pages, 1 MiB.
+    const LIMIT: i64 = 256;
+
     /// A store file in WAL mode with a table to write, as the service sets it up.
-    fn store(dir: &Path) -> (std::path::PathBuf, Arc<Mutex<Connection>>) {
+    fn store(dir: &Path) -> (PathBuf, Arc<Mutex<Connection>>) {
         let path = dir.join("busy.db");
         let writer = Arc::new(Mutex::new(Connection::open(&path).expect("open")));
         let mode: String = lock(&writer)
@@ -186,6 +190,24 @@ mod tests {
         }
     }
 
+    /// Runs `look` while another thread commits on `writer` without pause ([`commit_until`]);
+    /// the commits stop when `look` returns or panics, so a failed look fails the test
+    /// rather than leaving it waiting for the committing thread.
+    fn while_committing<T>(writer: &Mutex<Connection>, look: impl FnOnce() -> T) -> T {
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| commit_until(writer, &stop));
+            let _stop = Stop(&stop);
+            look()
+        })
+    }
+
     fn file_size(path: &Path) -> u64 {
         std::fs::metadata(path).map_or(0, |m| m.len())
     }
@@ -208,9 +230,7 @@ mod tests {
         let (path, writer) = store(dir.path());
         let wal = path.with_extension("db-wal");
         let conn = Connection::open(&path).expect("checkpoint connection");
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            scope.spawn(|| commit_until(&writer, &stop));
+        while_committing(&writer, || {
             // Only emptying the log shrinks its file (SQLite otherwise writes it again from
             // its start, at its full size). Each round lets it pass 16 MiB, far over the
             // limit of 1 MiB, then checkpoints once: the log must be emptied by that one
@@ -220,17 +240,14 @@ mod tests {
             for round in 1..=5 {
                 wait_for_log(&wal, 16 << 20);
                 let before = file_size(&wal);
-                checkpoint(&conn, &writer, 256).expect("checkpoint");
+                checkpoint(&conn, &writer, LIMIT).expect("checkpoint");
                 let after = file_size(&wal);
-                if after >= 8 << 20 {
-                    stop.store(true, Ordering::Relaxed);
-                    panic!(
-                        "round {round}: the checkpoint left the log at {after} bytes (it had \
-                         {before}): it was not emptied while commits went on"
-                    );
-                }
+                assert!(
+                    after < 8 << 20,
+                    "round {round}: the checkpoint left the log at {after} bytes (it had \
+                     {before}): it was not emptied while commits went on"
+                );
             }
-            stop.store(true, Ordering::Relaxed);
         });
     }
 
@@ -239,11 +256,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let (path, writer) = store(dir.path());
         let wal = path.with_extension("db-wal");
-        let _checkpointer = Checkpointer::start(&path, writer.clone(), 256).expect("checkpointer");
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            scope.spawn(|| commit_until(&writer, &stop));
-            // The thread checkpoints every interval: within 20 s, the log is seen to shrink.
+        let _checkpointer =
+            Checkpointer::start(&path, writer.clone(), LIMIT).expect("checkpointer");
+        // The thread checkpoints every interval: within 20 s, the log is seen to shrink.
+        let emptied = while_committing(&writer, || {
             let start = Instant::now();
             let (mut last, mut emptied) = (0, false);
             while !emptied && start.elapsed() < Duration::from_secs(20) {
@@ -252,8 +268,8 @@ mod tests {
                 last = size;
                 std::thread::sleep(Duration::from_millis(1));
             }
-            stop.store(true, Ordering::Relaxed);
-            assert!(emptied, "the log was not emptied in 20 s of commits");
+            emptied
         });
+        assert!(emptied, "the log was not emptied in 20 s of commits");
     }
 }
