@@ -15,7 +15,7 @@
 //! first in odd rounds and off first in even ones, so that the order is not read as the cost.
 //! `BENCH_PLUGINS=DIR` reads the plugins from `DIR`
 //! instead of `plugins/dist`; `BENCH_IO_THREADS=N` gives the async runtime `N` threads instead
-//! of the service's default 2.
+//! of the service's default (`iotrules run --io-threads`).
 //!
 //! `BENCH_PROFILE=N` prints CPU time per event instead (see [`profile`]), and beside it the
 //! CPU time of the work itself on the same messages in the same run: decode and the three
@@ -114,7 +114,9 @@ impl Bench {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(
                 std::env::var("BENCH_IO_THREADS")
-                    .map_or(2, |n| n.parse().expect("BENCH_IO_THREADS")),
+                    .map_or(iotrules::service::default_io_threads(), |n| {
+                        n.parse().expect("BENCH_IO_THREADS")
+                    }),
             )
             .enable_all()
             .build()

@@ -16,6 +16,10 @@
 //! granted again only when it is used up, receiver settle mode `first`, each message
 //! `accepted`), and do nothing else. The connector's share of the bare rate is
 //! `alibaba/connections=4 ÷ bare-fe2o3/connections=4`.
+//!
+//! The connector with its pipeline, and the bare receivers in their turn, run on an async
+//! runtime of as many threads as `iotrules run` gives it (`BENCH_IO_THREADS=N`: `N`); the
+//! publisher that fills the queues runs on another.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -160,7 +164,10 @@ impl Bare {
 fn throughput(c: &mut Criterion) {
     // As the binary runs (see the function).
     iotrules::service::disable_transparent_huge_pages();
+    // The publisher runs on one runtime; the connector and its pipeline, and the bare
+    // receivers in their turn, on their own, sized as `iotrules run` sizes it.
     let runtime = iotrules_tests::runtime();
+    let measured = iotrules_tests::measured_runtime();
     let users: Vec<(String, String)> = [1, 4]
         .into_iter()
         .flat_map(|n| settings("amqp://x:1", "q", n).logins)
@@ -175,7 +182,7 @@ fn throughput(c: &mut Criterion) {
             ..PipelineConfig::default()
         },
         Capture::open("out"),
-        runtime.handle(),
+        measured.handle(),
     );
     let dialect =
         iotrules::dialect::Dialect::Alibaba(iotrules::dialect::alibaba::Decoder::new(false));
@@ -209,7 +216,7 @@ fn throughput(c: &mut Criterion) {
                         clock: Clock::Manual(Arc::new(AtomicU64::new(NOW))),
                     };
                     let start = Instant::now();
-                    let task = runtime.spawn(amqp::run(
+                    let task = measured.spawn(amqp::run(
                         settings(&broker.url(), &queue, connections),
                         context,
                     ));
@@ -223,7 +230,7 @@ fn throughput(c: &mut Criterion) {
                     }
                     total += start.elapsed();
                     let _ = stop.send(true);
-                    let _ = runtime.block_on(task);
+                    let _ = measured.block_on(task);
                 }
                 total
             });
@@ -253,7 +260,7 @@ fn throughput(c: &mut Criterion) {
                     .iter()
                     .enumerate()
                     .map(|(index, login)| {
-                        runtime.spawn(
+                        measured.spawn(
                             bare.clone()
                                 .receive(index, (login.username(NOW), login.password(NOW))),
                         )
@@ -270,7 +277,7 @@ fn throughput(c: &mut Criterion) {
                 total += start.elapsed();
                 let _ = stop.send(true);
                 for task in tasks {
-                    let _ = runtime.block_on(task);
+                    let _ = measured.block_on(task);
                 }
             }
             total

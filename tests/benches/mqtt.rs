@@ -17,6 +17,10 @@
 //! [`BATCH_QOS0`] unpaced messages: nothing is acknowledged, so the link's rate is its
 //! pipeline's and its socket's.
 //!
+//! The service runs on an async runtime of its own, of as many threads as `iotrules run`
+//! gives it (`BENCH_IO_THREADS=N`: `N`), apart from the clients' runtime, as it would in a
+//! deployment; mosquitto and the clients are the same for both rows.
+//!
 //! Criterion reports elements/s = messages/s.
 
 use std::sync::Arc;
@@ -39,8 +43,7 @@ const BATCH_QOS0: u64 = 100_000;
 const LOGIN: (&str, &str) = ("bench", "bench-password");
 
 /// Starts the service with the links `z` (QoS 1) and `q` (QoS 0) on `url`; returns its stop
-/// switch (the service runs
-/// on `runtime` until the bench ends).
+/// switch (the service runs on `runtime` until the bench ends).
 fn start_service(
     runtime: &tokio::runtime::Runtime,
     dir: &std::path::Path,
@@ -151,9 +154,11 @@ fn throughput(c: &mut Criterion) {
         false,
         "max_inflight_messages 0\nmax_queued_messages 0",
     );
+    // The clients run on one runtime, the service on its own, sized as `iotrules run` sizes it.
     let runtime = iotrules_tests::runtime();
+    let service_runtime = iotrules_tests::measured_runtime();
     let dir = tempfile::tempdir().expect("temp dir");
-    let stop = start_service(&runtime, dir.path(), &broker.url());
+    let stop = start_service(&service_runtime, dir.path(), &broker.url());
     let (publisher, raw, commands, commands_qos0) = runtime.block_on(async {
         (
             Peer::connect(&broker, "bench-publisher", &[]).await,
@@ -205,6 +210,7 @@ fn throughput(c: &mut Criterion) {
     });
     group.finish();
     let _ = stop.send(true);
+    drop(service_runtime);
 }
 
 criterion_group!(benches, throughput);

@@ -7,6 +7,10 @@
 //!
 //! For where the time goes, `pulsar/transport-only` runs the same messages through a bare
 //! pulsar consumer that acknowledges each on receipt (no decoding, no pipeline).
+//!
+//! The connector with its pipeline, and the bare consumer in its turn, run on an async
+//! runtime of as many threads as `iotrules run` gives it (`BENCH_IO_THREADS=N`: `N`); the
+//! broker runs on another.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,13 +86,20 @@ fn run_batch(
     start.elapsed()
 }
 
-/// The bench's runtime, as the binary runs (see the function), the keys and the broker.
-fn set_up() -> (tokio::runtime::Runtime, Keys, PulsarBroker) {
+/// The bench's runtimes (the broker's, and the measured consumer's, sized as `iotrules run`
+/// sizes it), as the binary runs (see the function), the keys and the broker.
+fn set_up() -> (
+    tokio::runtime::Runtime,
+    tokio::runtime::Runtime,
+    Keys,
+    PulsarBroker,
+) {
     iotrules::service::disable_transparent_huge_pages();
     let runtime = iotrules_tests::runtime();
+    let measured = iotrules_tests::measured_runtime();
     let keys = Keys::new(ACCESS_ID, ACCESS_KEY).expect("keys");
     let broker = broker(&runtime, &keys);
-    (runtime, keys, broker)
+    (runtime, measured, keys, broker)
 }
 
 /// The bench `pulsar/{name}`: batches of [`BATCH`] messages published to `broker`, each
@@ -119,7 +130,7 @@ fn bench_batches(
 }
 
 fn connector(c: &mut Criterion) {
-    let (runtime, keys, broker) = set_up();
+    let (runtime, measured, keys, broker) = set_up();
     let test = TestPipeline::start(
         &["testing/pass"],
         RULES,
@@ -128,7 +139,7 @@ fn connector(c: &mut Criterion) {
             ..PipelineConfig::default()
         },
         Capture::open("unused"),
-        runtime.handle(),
+        measured.handle(),
     );
     let connectors = Arc::new(Connectors::default());
     let status = connectors.add(ConnectorStatus::starting("bench", "tuya-pulsar", "tuya"));
@@ -154,19 +165,19 @@ fn connector(c: &mut Criterion) {
         receiver_queue: 1000,
         buffer_bytes: 64 * 1024 * 1024,
     };
-    let running = runtime.spawn(pulsar::run(settings, context));
+    let running = measured.spawn(pulsar::run(settings, context));
 
     bench_batches(c, "connector-pass-through", &runtime, &broker, &keys);
     let _ = stop.send(true);
-    let _ = runtime.block_on(running);
+    let _ = measured.block_on(running);
 }
 
 fn transport(c: &mut Criterion) {
-    let (runtime, keys, broker) = set_up();
+    let (runtime, measured, keys, broker) = set_up();
     let url = broker.url();
     let topic = keys.topic(Env::Prod);
     let auth = keys.pulsar_auth_data().into_bytes();
-    let consuming = runtime.spawn(async move {
+    let consuming = measured.spawn(async move {
         iotrules::tls::install_provider();
         let client = ::pulsar::Pulsar::builder(url, ::pulsar::TokioExecutor)
             .with_auth(::pulsar::Authentication {

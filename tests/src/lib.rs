@@ -36,6 +36,23 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// The runtime a bench runs the side it measures on (the service, a connector, or the bare
+/// client it is compared with), apart from [`runtime`] where its peers run, as in a
+/// deployment: the service's default number of threads, or `BENCH_IO_THREADS`, as
+/// `iotrules run --io-threads` would give it.
+pub fn measured_runtime() -> tokio::runtime::Runtime {
+    let threads = std::env::var("BENCH_IO_THREADS")
+        .map_or(iotrules::service::default_io_threads(), |n| {
+            n.parse().expect("BENCH_IO_THREADS is a number of threads")
+        });
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("iotrules-io")
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// Waits up to 30 s for `done`, checking every 10 ms; fails the test naming `what` if it
 /// never is.
 pub fn wait_for(what: &str, done: impl Fn() -> bool) {

@@ -28,8 +28,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
 
-    /// Worker threads of the async runtime (connectors, command paths, admin API).
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    /// Worker threads of the async runtime (connectors, command paths, admin API); by
+    /// default one fewer than the cores, at least 1 and at most 2.
+    #[arg(long, default_value_t = service::default_io_threads(), value_name = "N")]
     io_threads: usize,
 }
 
