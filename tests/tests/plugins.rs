@@ -10,6 +10,7 @@ use iotrules::plugin::{
     Verdict,
 };
 use iotrules_tests::plugins::{Harness, built, event, install, retagged, six_properties};
+use iotrules_tests::wait_for;
 
 fn loaded(report: &ReloadReport) {
     assert!(
@@ -63,6 +64,54 @@ fn an_infinite_loop_is_stopped_at_the_deadline() {
         // machine, far below "never".
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_still_serving(&mut next, seq);
+    }
+}
+
+/// The epoch ticker sleeps once no call has run for a while (an idle service does not wake a
+/// thousand times a second for nothing), and a call that starts wakes it: a runaway guest is
+/// still stopped at its deadline.
+#[test]
+fn the_ticker_sleeps_while_idle_and_a_runaway_call_wakes_it_for_its_deadline() {
+    let harness = Harness::new();
+    loaded(&harness.load("spin", "testing/spin"));
+    let limits = Limits {
+        deadline: Duration::from_millis(20),
+        ..Limits::default()
+    };
+    let mut spin = step(&harness, "spin", "{}", limits);
+    let runtime = harness.registry.runtime().clone();
+    wait_for("the idle ticker to sleep", || runtime.ticker_asleep());
+    let asleep_at = runtime.ticks();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(runtime.ticks(), asleep_at, "the ticker ticked while asleep");
+
+    for seq in 0..2 {
+        if seq == 1 {
+            // Asleep again after the first runaway, before the second.
+            wait_for("the ticker to sleep again", || runtime.ticker_asleep());
+        }
+        let before = runtime.ticks();
+        // On a thread of its own, so that a ticker that never wakes fails the test instead of
+        // hanging it.
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let call = std::thread::spawn(move || {
+            let result = spin.handle(&six_properties("d", seq));
+            let _ = sender.send(result.map(|_| ()));
+            spin
+        });
+        let result = receiver
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the runaway call is stopped: the ticker woke for it");
+        assert!(
+            matches!(&result, Err(PluginError::Deadline { plugin, .. }) if plugin == "spin"),
+            "{result:?}"
+        );
+        assert!(
+            runtime.ticks() > before + 20,
+            "{} ticks",
+            runtime.ticks() - before
+        );
+        spin = call.join().expect("the call's thread");
     }
 }
 

@@ -16,6 +16,7 @@ use super::bindings::{v1, v2, v3};
 use super::host::{HostState, MemoryCap, Viewed};
 use super::runtime::{Pre, Runtime};
 use super::state::{PendingWrites, StateQuota, is_timer_key};
+use super::ticker::Calls;
 use super::{Chain, Outcome, PluginError, Services, convert};
 use crate::event::Event;
 
@@ -66,6 +67,8 @@ pub struct Instance {
     bindings: Bindings,
     runtime: Arc<Runtime>,
     limits: Limits,
+    /// Set while the guest runs, so that the epoch ticker runs too.
+    calls: Calls,
 }
 
 impl Instance {
@@ -106,18 +109,22 @@ impl Instance {
         let mut store = Store::new(runtime.engine(), data);
         store.limiter(|data| &mut data.limiter);
         store.epoch_deadline_trap();
+        let calls = runtime.calls();
+        calls.enter();
         store.set_epoch_deadline(runtime.deadline_ticks(limits.deadline));
         let bindings = match pre {
             Pre::V3(pre) => pre.instantiate(&mut store).map(Bindings::V3),
             Pre::V2(pre) => pre.instantiate(&mut store).map(Bindings::V2),
             Pre::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),
-        }
-        .map_err(|error| classify(&store, limits, &error))?;
+        };
+        calls.leave();
+        let bindings = bindings.map_err(|error| classify(&store, limits, &error))?;
         let mut instance = Instance {
             store,
             bindings,
             runtime: runtime.clone(),
             limits,
+            calls,
         };
         if let Some(config) = config {
             instance.init(config)?;
@@ -132,6 +139,7 @@ impl Instance {
             Bindings::V2(plugin) => plugin.call_init(&mut self.store, config),
             Bindings::V1(plugin) => plugin.call_init(&mut self.store, config),
         };
+        self.calls.leave();
         match result {
             Ok(Ok(())) => {
                 self.commit();
@@ -184,6 +192,7 @@ impl Instance {
                     .map(|handled| handled.map(|outcome| convert::outcome_from_v1(outcome, event)))
             }
         };
+        self.calls.leave();
         match result {
             Ok(Ok(Ok(outcome))) => {
                 self.commit();
@@ -216,8 +225,9 @@ impl Instance {
         self.store.data().plugin.to_string()
     }
 
-    /// Starts the deadline for the next call.
+    /// Starts the deadline for the next call, and the ticker if it sleeps.
     fn arm(&mut self) {
+        self.calls.enter();
         self.store.data_mut().panic = None;
         let ticks = self.runtime.deadline_ticks(self.limits.deadline);
         self.store.set_epoch_deadline(ticks);

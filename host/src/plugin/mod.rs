@@ -4,7 +4,8 @@
 //! pieces, from the bottom:
 //!
 //! - [`Runtime`]: one wasmtime `Engine` and `Linker` for the process, the epoch ticker that
-//!   enforces per-call deadlines, and the on-disk cache of compiled components.
+//!   enforces per-call deadlines (and sleeps while no call runs), and the on-disk cache of
+//!   compiled components.
 //! - [`Version`]: one compiled plugin file, type-checked against the world (`PluginPre`).
 //! - [`Instance`]: a live instance of a version with its own store, memory cap and WASI
 //!   context that grants nothing; reused across events.
@@ -22,6 +23,7 @@ mod instance;
 mod registry;
 mod runtime;
 mod state;
+mod ticker;
 pub mod timers;
 mod watch;
 

@@ -3,8 +3,6 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::thread;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -13,6 +11,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::bindings::{v1, v2, v3};
 use super::host::HostState;
+use super::ticker::{Calls, Ticker};
 use super::{Chain, PluginError};
 
 /// A compiled plugin, type-checked against the WIT world it was built for.
@@ -57,7 +56,7 @@ pub struct Runtime {
     linker: Linker<HostState>,
     config: RuntimeConfig,
     /// Dropping it stops the ticker thread.
-    _ticker: mpsc::Sender<()>,
+    ticker: Ticker,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -90,21 +89,12 @@ impl Runtime {
         v2::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
         v1::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
 
-        let (stop, stopped) = mpsc::channel::<()>();
-        let ticking = engine.clone();
-        let tick = config.tick;
-        thread::Builder::new()
-            .name("iotrules-epoch".into())
-            .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
-                    ticking.increment_epoch();
-                }
-            })?;
+        let ticker = Ticker::start(engine.clone(), config.tick)?;
         Ok(Arc::new(Runtime {
             engine,
             linker,
             config,
-            _ticker: stop,
+            ticker,
         }))
     }
 
@@ -114,6 +104,21 @@ impl Runtime {
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+
+    /// Whether the epoch ticker sleeps: no plugin call ran for a while (see [`super::ticker`]).
+    pub fn ticker_asleep(&self) -> bool {
+        self.ticker.asleep()
+    }
+
+    /// Epoch ticks so far.
+    pub fn ticks(&self) -> u64 {
+        self.ticker.ticks()
+    }
+
+    /// A mark for one instance's calls, which wakes the ticker when a call starts.
+    pub(super) fn calls(&self) -> Calls {
+        self.ticker.calls()
     }
 
     /// Epoch ticks that cover at least `deadline`: the call may run up to one tick longer.
