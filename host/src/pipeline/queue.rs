@@ -14,15 +14,14 @@
 //! owes a ring for; and the last sender dropped rings, so a worker wakes to see the queue
 //! closed.
 
-use std::sync::atomic::{AtomicBool, Ordering, fence};
-use std::sync::{Arc, OnceLock};
-use std::thread::Thread;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 
 use super::Closed;
 use super::job::Job;
+use crate::sync::Bell;
 
 /// A new queue holding up to `capacity` jobs: its sending side, and its worker's side (to
 /// be moved to the worker's thread).
@@ -36,31 +35,6 @@ pub(super) fn queue(capacity: usize) -> (Queue, Jobs) {
         },
         Jobs { receiver, bell },
     )
-}
-
-/// How a worker that ran dry is woken.
-#[derive(Default)]
-struct Bell {
-    /// Set by the worker before it looks at its queue a last time and parks; cleared by the
-    /// one ring that wakes it.
-    parked: AtomicBool,
-    /// The worker's thread, set by the worker before it first parks.
-    thread: OnceLock<Thread>,
-}
-
-impl Bell {
-    /// Wakes the worker if it is parked or about to park. Called after a job is queued: the
-    /// fence pairs with the worker's, so that either the worker sees the job or this sees
-    /// the worker parked.
-    fn ring(&self) {
-        fence(Ordering::SeqCst);
-        if self.parked.load(Ordering::Relaxed)
-            && self.parked.swap(false, Ordering::AcqRel)
-            && let Some(thread) = self.thread.get()
-        {
-            thread.unpark();
-        }
-    }
 }
 
 /// The sending side of a worker's queue. Dropping the last one closes the queue and wakes
@@ -178,21 +152,10 @@ impl Jobs {
     /// The next job, parking the thread until one is queued and rung; `None` once the queue
     /// is closed and empty.
     pub(super) fn recv(&mut self) -> Option<Job> {
-        let thread = self.bell.thread.get_or_init(std::thread::current);
-        debug_assert_eq!(thread.id(), std::thread::current().id());
-        loop {
-            self.bell.parked.store(true, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            match self.receiver.try_recv() {
-                Ok(job) => {
-                    self.bell.parked.store(false, Ordering::Relaxed);
-                    return Some(job);
-                }
-                Err(TryRecvError::Disconnected) => return None,
-                // A ring clears `parked` and unparks; a ring that came first leaves the
-                // unpark token, and a spurious wake-up just looks again.
-                Err(TryRecvError::Empty) => std::thread::park(),
-            }
-        }
+        self.bell.wait(|| match self.receiver.try_recv() {
+            Ok(job) => Some(Some(job)),
+            Err(TryRecvError::Disconnected) => Some(None),
+            Err(TryRecvError::Empty) => None,
+        })
     }
 }

@@ -7,17 +7,18 @@
 //! [`IDLE_TICKS`] ticks in a row; the next call to start wakes it. A call's deadline counts
 //! from the epoch at its start, so ticks missed while nothing ran do not matter.
 //!
-//! Nothing can be left running unticked: a call sets its mark, then (after a fence) looks
-//! whether the ticker sleeps; the ticker says it sleeps, then (after a fence) looks at every
-//! mark. One of the two sees the other's mark, so either the call wakes the ticker or the
-//! ticker does not sleep.
+//! Nothing can be left running unticked: the ticker sleeps on a [`Bell`] that a call rings
+//! after it set its mark, so either the call wakes the ticker or the ticker sees the mark
+//! and does not sleep.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::{self, Thread};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
+
+use crate::sync::{Bell, lock};
 
 /// Ticks in a row without a call after which the ticker sleeps: 100 ms at the default tick.
 /// A call that ran between two ticks counts too, so under load it never sleeps.
@@ -32,9 +33,9 @@ const CALLED: u8 = 2;
 /// The ticker thread's side, shared with every instance's [`Calls`].
 #[derive(Debug, Default)]
 struct Shared {
-    asleep: AtomicBool,
+    /// Rung by a call that starts, and to stop.
+    bell: Bell,
     stop: AtomicBool,
-    thread: OnceLock<Thread>,
     marks: Mutex<Vec<Arc<Mark>>>,
     ticks: AtomicU64,
 }
@@ -48,9 +49,7 @@ pub(super) struct Ticker {
 impl Drop for Ticker {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.shared.thread.get() {
-            thread.unpark();
-        }
+        self.shared.bell.ring();
     }
 }
 
@@ -59,17 +58,16 @@ impl Ticker {
     pub(super) fn start(engine: Engine, tick: Duration) -> std::io::Result<Self> {
         let shared = Arc::new(Shared::default());
         let ticking = shared.clone();
-        let handle = thread::Builder::new()
+        thread::Builder::new()
             .name("iotrules-epoch".into())
             .spawn(move || ticking.run(&engine, tick))?;
-        let _ = shared.thread.set(handle.thread().clone());
         Ok(Ticker { shared })
     }
 
     /// A new mark for one instance's calls.
     pub(super) fn calls(&self) -> Calls {
         let mark = Arc::new(Mark::default());
-        let mut marks = self.shared.marks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut marks = lock(&self.shared.marks);
         // The marks of dropped instances go here rather than on the ticker's thread.
         marks.retain(|mark| Arc::strong_count(mark) > 1);
         marks.push(mark.clone());
@@ -86,7 +84,7 @@ impl Ticker {
 
     /// Whether the ticker is asleep (no call for a while).
     pub(super) fn asleep(&self) -> bool {
-        self.shared.asleep.load(Ordering::Relaxed)
+        self.shared.bell.parked()
     }
 }
 
@@ -115,21 +113,14 @@ impl Shared {
                 continue;
             }
             idle = 0;
-            self.asleep.store(true, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            while self.asleep.load(Ordering::Relaxed) && !self.any_call() {
-                thread::park();
-                if self.stop.load(Ordering::Relaxed) {
-                    return;
-                }
-            }
-            self.asleep.store(false, Ordering::Relaxed);
+            self.bell
+                .wait(|| (self.stop.load(Ordering::Relaxed) || self.any_call()).then_some(()));
         }
     }
 
     /// Whether a call runs or ran since the last look; clears the "ran" marks.
     fn any_call(&self) -> bool {
-        let marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        let marks = lock(&self.marks);
         let mut any = false;
         for mark in marks.iter() {
             match mark.0.load(Ordering::Relaxed) {
@@ -165,13 +156,7 @@ impl Calls {
     /// A guest call starts: wakes the ticker if it sleeps.
     pub(super) fn enter(&self) {
         self.mark.0.store(CALLING, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        if self.shared.asleep.load(Ordering::Relaxed)
-            && self.shared.asleep.swap(false, Ordering::Relaxed)
-            && let Some(thread) = self.shared.thread.get()
-        {
-            thread.unpark();
-        }
+        self.shared.bell.ring();
     }
 
     /// The guest call returned.
