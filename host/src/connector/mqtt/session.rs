@@ -689,8 +689,15 @@ impl Session {
     /// Sends `outgoing` and the publishes requested behind it, as many as the window takes,
     /// in one write; each QoS 1 publish waits for its PUBACK in `waiting`, a QoS 0 one is
     /// done once written. On an error the session ends, and with it every publish waiting.
+    ///
+    /// When no more are requested, the session lets the runtime's other tasks run once
+    /// before it writes: the command lanes woken by the same group of events hand theirs
+    /// over meanwhile, and they go in the same write. Without it a write carried 2 publishes
+    /// on average in `bench mqtt` at QoS 0, with it 6, and the link's runtime thread spent
+    /// 10% less CPU per message (a quarter of it had been in `sendto`).
     async fn publish_all(&mut self, outgoing: Outgoing) -> Result<(), String> {
         let mut written = Vec::new();
+        let mut yielded = false;
         let mut next = Some(outgoing);
         while let Some(Outgoing {
             topic,
@@ -709,7 +716,15 @@ impl Session {
                 self.waiting.insert(pkid, done);
             }
             next = if self.waiting.len() < self.window {
-                self.requests.try_recv().ok()
+                match self.requests.try_recv().ok() {
+                    // Once per write: what a yield finds here came with the same group.
+                    None if !yielded => {
+                        yielded = true;
+                        tokio::task::yield_now().await;
+                        self.requests.try_recv().ok()
+                    }
+                    next => next,
+                }
             } else {
                 None
             };
