@@ -174,19 +174,25 @@ mod tests {
         total
     }
 
+    /// Watches `dir` for `*.toml` files on a thread named `thread`: the watcher, and the
+    /// batches it hands over.
+    fn watch(
+        dir: &Path,
+        debounce: Duration,
+        thread: &str,
+    ) -> (DirWatcher, mpsc::Receiver<BTreeSet<PathBuf>>) {
+        let (batches, received) = mpsc::channel();
+        let watcher = DirWatcher::start(dir, "test", debounce, toml, thread, move |batch| {
+            batches.send(batch).unwrap()
+        })
+        .unwrap();
+        (watcher, received)
+    }
+
     #[test]
     fn a_burst_of_changes_is_handed_over_once_when_the_directory_is_quiet() {
         let dir = tempfile::tempdir().unwrap();
-        let (batches, received) = mpsc::channel();
-        let _watcher = DirWatcher::start(
-            dir.path(),
-            "test",
-            Duration::from_millis(300),
-            toml,
-            "watch-burst",
-            move |batch| batches.send(batch).unwrap(),
-        )
-        .unwrap();
+        let (_watcher, received) = watch(dir.path(), Duration::from_millis(300), "watch-burst");
         for name in ["a.toml", "b.toml", "c.toml", "ignored.txt"] {
             std::fs::write(dir.path().join(name), "x = 1").unwrap();
             std::thread::sleep(Duration::from_millis(50));
@@ -209,16 +215,7 @@ mod tests {
     #[test]
     fn the_watching_thread_sleeps_while_the_directory_is_quiet() {
         let dir = tempfile::tempdir().unwrap();
-        let (batches, received) = mpsc::channel();
-        let _watcher = DirWatcher::start(
-            dir.path(),
-            "test",
-            Duration::from_millis(40),
-            toml,
-            "watch-idle",
-            move |batch| batches.send(batch).unwrap(),
-        )
-        .unwrap();
+        let (_watcher, received) = watch(dir.path(), Duration::from_millis(40), "watch-idle");
         std::fs::write(dir.path().join("a.toml"), "x = 1").unwrap();
         received.recv_timeout(Duration::from_secs(10)).unwrap();
         let before = switches("watch-idle");
