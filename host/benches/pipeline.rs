@@ -111,16 +111,13 @@ struct Bench {
 impl Bench {
     /// A pipeline with the device twin on (the service's default bound) or off.
     fn new(twin: bool) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(
-                std::env::var("BENCH_IO_THREADS")
-                    .map_or(iotrules::service::default_io_threads(), |n| {
-                        n.parse().expect("BENCH_IO_THREADS")
-                    }),
-            )
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let runtime = iotrules::service::io_runtime(
+            std::env::var("BENCH_IO_THREADS")
+                .map_or(iotrules::service::default_io_threads(), |n| {
+                    n.parse().expect("BENCH_IO_THREADS")
+                }),
+        )
+        .expect("runtime");
         let plugins = tempfile::tempdir().expect("temp dir");
         for (name, built) in [
             ("deadband", "deadband"),

@@ -444,6 +444,19 @@ pub fn disable_transparent_huge_pages() {
 #[cfg(not(target_os = "linux"))]
 pub fn disable_transparent_huge_pages() {}
 
+/// The async runtime the service's connectors, command paths and admin API run on:
+/// `threads` threads (at least one) named `iotrules-io`, scheduled as throughput threads
+/// (`SCHED_BATCH` on Linux: see `crate::sync::throughput_thread`), as are the rule workers
+/// they hand events to.
+pub fn io_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("iotrules-io")
+        .on_thread_start(crate::sync::throughput_thread)
+        .enable_all()
+        .build()
+}
+
 /// Worker threads of the async runtime (connectors, command paths, admin API) when
 /// `--io-threads` is not given: one fewer than the cores, at least one and at most two.
 ///

@@ -1,4 +1,4 @@
-//! Locking and waking shared by the service's modules.
+//! Locking, waking and thread scheduling shared by the service's modules.
 
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -64,3 +64,38 @@ impl Bell {
         self.parked.load(Ordering::Relaxed)
     }
 }
+
+/// Schedules the calling thread as a throughput thread: Linux's `SCHED_BATCH`, which the
+/// service's event-carrying threads (the async runtime's and the rule workers) run under.
+///
+/// They hand events to each other all the time: the runtime thread reads a burst and wakes a
+/// rule worker, the worker queues the burst's commands and wakes the runtime thread. Under the
+/// default policy a woken thread preempts the one that woke it whenever they share a core, so
+/// on a busy machine each hand-off cost a switch away and back before the waker had finished
+/// its burst, and the bursts stayed small. A batch thread is not run ahead of the thread
+/// that woke it; it runs on an idle core at once, or when the running thread yields its core
+/// or uses up its slice. Its share of the CPU is the same (its nice value is unchanged).
+///
+/// Measured on two cores, side by side with the peer in one run: `bench mqtt` at QoS 0 (the
+/// link → plugin → command round trip, 100 000 messages unpaced) ÷ mosquitto's own pub→sub
+/// 0.484, 0.461 and 0.481 against 0.435 for the same code without it (52.1k messages/s
+/// against 45.3k; the service's CPU per message 12.7–13.4 µs against 16.5–17.5), at QoS 1
+/// 0.566, 0.526 and 0.611 against 0.517; `bench pipeline` 89.0k events/s, durable (76.7k to
+/// 78.5k in earlier sittings). The p99 from receipt to acknowledgement at 35 000 events/s did
+/// not move beyond the noise (a median of 2.15 ms over six rounds against 2.01 ms, the
+/// spreads overlapping).
+///
+/// Lowering one's own thread to `SCHED_BATCH` needs no privilege; where it is refused (a
+/// sandbox filtering the call) the thread keeps its policy and works the same, its hand-offs
+/// costing what they did.
+#[cfg(target_os = "linux")]
+pub(crate) fn throughput_thread() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a live `sched_param` for the duration of the call, and pid 0 is the
+    // calling thread; the call changes nothing else.
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+}
+
+/// Elsewhere threads keep the platform's default policy.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn throughput_thread() {}

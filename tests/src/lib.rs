@@ -45,12 +45,7 @@ pub fn measured_runtime() -> tokio::runtime::Runtime {
         .map_or(iotrules::service::default_io_threads(), |n| {
             n.parse().expect("BENCH_IO_THREADS is a number of threads")
         });
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name("iotrules-io")
-        .enable_all()
-        .build()
-        .expect("runtime")
+    iotrules::service::io_runtime(threads).expect("runtime")
 }
 
 /// Waits up to 30 s for `done`, checking every 10 ms; fails the test naming `what` if it

@@ -1406,3 +1406,52 @@ fn a_deferred_submission_that_has_to_wait_wakes_the_workers_it_waits_for() {
         assert_eq!(capture.received().len(), EVENTS as usize);
     }
 }
+
+/// The threads that hand events to each other run as throughput threads (`SCHED_BATCH`), so
+/// that a woken one does not preempt the one that woke it in the middle of a burst.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_rule_workers_and_the_runtime_threads_run_as_throughput_threads() {
+    const SCHED_BATCH: u32 = 3;
+    /// The scheduling policy in a `/proc/.../stat` line (its 41st field).
+    fn policy(stat: &str) -> Option<u32> {
+        let after_name = &stat[stat.rfind(')')? + 2..];
+        after_name.split(' ').nth(38)?.parse().ok()
+    }
+    let io = iotrules::service::io_runtime(1).expect("runtime");
+    let on_io = io.block_on(async {
+        tokio::spawn(async { std::fs::read_to_string("/proc/thread-self/stat") })
+            .await
+            .expect("task")
+            .expect("stat")
+    });
+    assert_eq!(
+        policy(&on_io),
+        Some(SCHED_BATCH),
+        "a runtime thread: {on_io}"
+    );
+
+    let runtime = runtime();
+    let capture = Capture::open("out");
+    let mut test = echo_pipeline(&runtime, &capture, settings(2, 8, 64));
+    // Every rule worker of this process (other tests' too), once the two started here have
+    // set their policy as they start.
+    let workers = || {
+        let mut policies = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task")
+            .expect("tasks")
+            .flatten()
+        {
+            let read = |file| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
+            if read("comm").trim() == "iotrules-worker" {
+                policies.push(policy(&read("stat")));
+            }
+        }
+        policies
+    };
+    wait_for("two rule workers running as throughput threads", || {
+        let policies = workers();
+        policies.len() >= 2 && policies.iter().all(|p| *p == Some(SCHED_BATCH))
+    });
+    test.drain(&runtime);
+}

@@ -179,7 +179,10 @@ impl Pipeline {
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("iotrules-worker-{index}"))
-                    .spawn(move || worker::Worker::new(shared, settler).run(receiver))?,
+                    .spawn(move || {
+                        crate::sync::throughput_thread();
+                        worker::Worker::new(shared, settler).run(receiver)
+                    })?,
             );
             senders.push(sender);
         }
