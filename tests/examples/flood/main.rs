@@ -26,7 +26,8 @@
 //! It prints a table (idle, peak, end of flood, after the quiet, and the queues' bound
 //! computed from the configuration: see `bound.rs`), the rate achieved, the load of the
 //! machine, and whether every message was answered, and exits non-zero unless the memory is
-//! flat: peak ≤ 1.2 × idle + bound, and no growth over the quiet minute; or if a message was
+//! flat: peak ≤ 1.2 × idle + bound, and no growth over the quiet minute (after it, no more
+//! than the flood's highest reading; over its second half, no rise); or if a message was
 //! lost. The mosquitto keeps no in-flight window and no queue limit, as in the soak: with
 //! them the broker, not the service, would set the pace (and drop what it cannot queue).
 
@@ -350,6 +351,16 @@ fn run(settings: Settings) -> Result<bool, String> {
     let flood_elapsed = started.elapsed();
     let load_after = load_average();
     let end_of_flood = service.memory().rss_kib;
+    // What the flood took the memory to. The reading at its end is one moment of a size that
+    // moves by megabytes from second to second (a run read 123.3 MiB at 50 s and 120.1 at the
+    // end, and the drain of what was still queued took it back to 123.3, where it stayed):
+    // growth after the flood is a rise above what it reached, not above one of its dips.
+    let flood_high = samples
+        .iter()
+        .map(|s| s.rss_kib)
+        .max()
+        .unwrap_or(0)
+        .max(end_of_flood);
     let commands_at_end = commands.count() as u64;
     let offered_in_flood = load.offered - offered_before;
 
@@ -498,10 +509,10 @@ fn run(settings: Settings) -> Result<bool, String> {
             mib(limit)
         ));
     }
-    if after_quiet.rss_kib > end_of_flood + GROWTH_SLACK_KIB {
+    if after_quiet.rss_kib > flood_high + GROWTH_SLACK_KIB {
         failures.push(format!(
-            "RSS grew after the flood: {:.1} MiB at its end, {:.1} MiB {} s later",
-            mib(end_of_flood),
+            "RSS grew after the flood: {:.1} MiB at most during it, {:.1} MiB {} s later",
+            mib(flood_high),
             mib(after_quiet.rss_kib),
             settings.quiet
         ));
