@@ -180,7 +180,7 @@ pub enum StoreError {
 /// [`dead_letters`]; [`SqliteStateStore`] puts plugin state in the same file.
 #[derive(Debug)]
 pub struct Store {
-    /// Shared with the checkpoint thread, which empties a long log under its lock.
+    /// Shared with the checkpoint thread, which has a long log start over under its lock.
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
     /// The service's limits on the dead letters; `None` for the commands that inspect the
