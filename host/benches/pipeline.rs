@@ -12,9 +12,9 @@
 //! that rate (or at `BENCH_RATE` events/s) and prints the latency percentiles per event,
 //! receipt to acknowledgement, and the lowest and highest p99 of its seconds, with the twin on
 //! and then off at the same rate. `BENCH_LATENCY=N` (with `BENCH_RATE`) measures only that,
-//! `N` shorter rounds of both (20 000 events each), the twin on first in odd rounds and off
-//! first in even ones, so that the order is not read as the cost, then the percentiles of all
-//! the rounds' events together.
+//! `N` rounds of both, the twin on first in odd rounds and off first in even ones, so that
+//! the order is not read as the cost, then the percentiles of all the rounds' events
+//! together.
 //! `BENCH_PLUGINS=DIR` reads the plugins from `DIR`
 //! instead of `plugins/dist`; `BENCH_IO_THREADS=N` gives the async runtime `N` threads instead
 //! of the service's default (`iotrules run --io-threads`).
@@ -439,7 +439,7 @@ fn throughput(c: &mut Criterion) {
             }
             for (index, (label, bench, which)) in pair.into_iter().enumerate() {
                 let batch = 2 * round + index as u64 + 1;
-                let timed = latencies(bench, batch, BATCH, rate);
+                let timed = latencies(bench, batch, (rate * LATENCY_SECONDS) as u64, rate);
                 print_latency(&format!("round {}{label}", round + 1), &timed, rate, None);
                 pooled[which].extend(timed);
             }
