@@ -578,12 +578,13 @@ fn take_kept_changes(shared: &Shared, calls: &mut [Call]) {
 /// per call, paid for a failure that hardly ever comes. Only when a write fails is the
 /// transaction rolled back and written again call by call, each in a savepoint, so that the
 /// failure drops only its own call's writes.
+///
+/// Straight through, each key is written once, with the last value the batch gives it
+/// ([`save_last`]): the rows that writing every write in order leaves, for fewer statements.
 fn save_batch(conn: &mut Connection, calls: &[Call]) -> Vec<Result<(), String>> {
     let straight = (|| {
         let tx = conn.transaction()?;
-        for call in calls {
-            save(&tx, &call.namespace, &call.writes)?;
-        }
+        save_last(&tx, calls)?;
         tx.commit()
     })();
     if straight.is_ok() {
@@ -651,15 +652,42 @@ fn scan(
     Ok(())
 }
 
+/// Writes a key's value, replacing the one it had.
+const UPSERT: &str = "INSERT INTO plugin_state (namespace, key, value) VALUES (?, ?, ?) \
+     ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value";
+
+/// Removes a key.
+const DELETE: &str = "DELETE FROM plugin_state WHERE namespace = ? AND key = ?";
+
 /// Applies one call's writes in order.
 fn save(conn: &Connection, namespace: &str, writes: &[Write]) -> rusqlite::Result<()> {
-    let mut upsert = conn.prepare_cached(
-        "INSERT INTO plugin_state (namespace, key, value) VALUES (?, ?, ?) \
-         ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
-    )?;
-    let mut delete =
-        conn.prepare_cached("DELETE FROM plugin_state WHERE namespace = ? AND key = ?")?;
+    let mut upsert = conn.prepare_cached(UPSERT)?;
+    let mut delete = conn.prepare_cached(DELETE)?;
     for (key, value) in writes {
+        match value {
+            Some(value) => upsert.execute(params![namespace, key, value])?,
+            None => delete.execute(params![namespace, key])?,
+        };
+    }
+    Ok(())
+}
+
+/// Writes each key that `calls` write once, with the last value they give it, in key order.
+/// A batch holds the writes of every event since the last commit, and a device that reported
+/// twice meanwhile has its keys written twice: at full rate (`bench pipeline`, the twin on), a
+/// commit held 65 writes of 52 keys.
+fn save_last(conn: &Connection, calls: &[Call]) -> rusqlite::Result<()> {
+    let mut last: HashMap<(&str, &str), &Option<Vec<u8>>> = HashMap::new();
+    for call in calls {
+        for (key, value) in &call.writes {
+            last.insert((&call.namespace, key), value);
+        }
+    }
+    let mut last: Vec<_> = last.into_iter().collect();
+    last.sort_unstable_by_key(|(key, _)| *key);
+    let mut upsert = conn.prepare_cached(UPSERT)?;
+    let mut delete = conn.prepare_cached(DELETE)?;
+    for ((namespace, key), value) in last {
         match value {
             Some(value) => upsert.execute(params![namespace, key, value])?,
             None => delete.execute(params![namespace, key])?,
@@ -919,6 +947,47 @@ mod tests {
         assert_eq!(on_disk(&store, "ns", "a").as_deref(), Some(&b"1"[..]));
         assert_eq!(on_disk(&store, "ns", "b"), None);
         assert_eq!(on_disk(&store, "ns", "c").as_deref(), Some(&b"3"[..]));
+    }
+
+    #[test]
+    fn a_key_written_by_several_calls_of_one_commit_is_written_once_with_its_last_value() {
+        let (store, state) = state();
+        assert_eq!(state.get("ns", "a"), None, "loaded");
+        // Counts the rows the commits insert, update and delete.
+        store
+            .conn()
+            .execute_batch(
+                "CREATE TABLE row_writes (n INTEGER);
+                 CREATE TRIGGER count_insert AFTER INSERT ON plugin_state
+                     BEGIN INSERT INTO row_writes VALUES (1); END;
+                 CREATE TRIGGER count_update AFTER UPDATE ON plugin_state
+                     BEGIN INSERT INTO row_writes VALUES (1); END;
+                 CREATE TRIGGER count_delete AFTER DELETE ON plugin_state
+                     BEGIN INSERT INTO row_writes VALUES (1); END;",
+            )
+            .expect("triggers");
+        {
+            // Held: the calls are committed together, in one transaction.
+            let _held = store.conn();
+            state.apply("ns", vec![set("a", b"1"), set("b", b"1")]);
+            state.apply("ns", vec![set("a", b"2")]);
+            state.apply("ns", vec![set("a", b"3"), ("b".into(), None)]);
+            state.apply("other", vec![set("a", b"x")]);
+        }
+        state.flush();
+        let row_writes: i64 = store
+            .conn()
+            .query_row("SELECT count(*) FROM row_writes", [], |row| row.get(0))
+            .expect("count");
+        // `a` inserted once with its last value, `b` never stored (its last write removes
+        // it), the other namespace's `a` inserted: not the six row writes of every call.
+        assert_eq!(row_writes, 2);
+        assert_eq!(on_disk(&store, "ns", "a").as_deref(), Some(&b"3"[..]));
+        assert_eq!(on_disk(&store, "ns", "b"), None);
+        assert_eq!(on_disk(&store, "other", "a").as_deref(), Some(&b"x"[..]));
+        assert_eq!(state.get("ns", "a").as_deref(), Some(&b"3"[..]));
+        assert_eq!(state.get("ns", "b"), None);
+        assert_eq!(state.usage("ns"), StateUsage { keys: 1, bytes: 2 });
     }
 
     #[test]
