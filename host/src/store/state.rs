@@ -32,7 +32,7 @@
 //! commit's outcome is applied to it, so two calls of the same step reach the disk and the
 //! cache in the order they were made; reads of other namespaces are not held up.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -661,15 +661,12 @@ const DELETE: &str = "DELETE FROM plugin_state WHERE namespace = ? AND key = ?";
 
 /// Applies one call's writes in order.
 fn save(conn: &Connection, namespace: &str, writes: &[Write]) -> rusqlite::Result<()> {
-    let mut upsert = conn.prepare_cached(UPSERT)?;
-    let mut delete = conn.prepare_cached(DELETE)?;
-    for (key, value) in writes {
-        match value {
-            Some(value) => upsert.execute(params![namespace, key, value])?,
-            None => delete.execute(params![namespace, key])?,
-        };
-    }
-    Ok(())
+    write_rows(
+        conn,
+        writes
+            .iter()
+            .map(|(key, value)| ((namespace, key.as_str()), value)),
+    )
 }
 
 /// Writes each key that `calls` write once, with the last value they give it, in key order.
@@ -677,17 +674,23 @@ fn save(conn: &Connection, namespace: &str, writes: &[Write]) -> rusqlite::Resul
 /// twice meanwhile has its keys written twice: at full rate (`bench pipeline`, the twin on), a
 /// commit held 65 writes of 52 keys.
 fn save_last(conn: &Connection, calls: &[Call]) -> rusqlite::Result<()> {
-    let mut last: HashMap<(&str, &str), &Option<Vec<u8>>> = HashMap::new();
+    let mut last: BTreeMap<(&str, &str), &Option<Vec<u8>>> = BTreeMap::new();
     for call in calls {
         for (key, value) in &call.writes {
             last.insert((&call.namespace, key), value);
         }
     }
-    let mut last: Vec<_> = last.into_iter().collect();
-    last.sort_unstable_by_key(|(key, _)| *key);
+    write_rows(conn, last)
+}
+
+/// Writes each (namespace, key) its value, or removes it for `None`, in the order given.
+fn write_rows<'a>(
+    conn: &Connection,
+    rows: impl IntoIterator<Item = ((&'a str, &'a str), &'a Option<Vec<u8>>)>,
+) -> rusqlite::Result<()> {
     let mut upsert = conn.prepare_cached(UPSERT)?;
     let mut delete = conn.prepare_cached(DELETE)?;
-    for ((namespace, key), value) in last {
+    for ((namespace, key), value) in rows {
         match value {
             Some(value) => upsert.execute(params![namespace, key, value])?,
             None => delete.execute(params![namespace, key])?,
