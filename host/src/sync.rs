@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread::Thread;
+use std::time::Instant;
 
 /// Locks `mutex`, using the data of a poisoned lock as is. Every critical section in this
 /// crate leaves its data consistent at each step (one insert, remove or assignment at a
@@ -46,6 +47,19 @@ impl Bell {
     /// called from one thread. A ring that came before the park leaves the unpark token, and
     /// a spurious wake-up just looks again.
     pub(crate) fn wait<T>(&self, mut ready: impl FnMut() -> Option<T>) -> T {
+        loop {
+            if let Some(given) = self.wait_until(None, &mut ready) {
+                return given;
+            }
+        }
+    }
+
+    /// As [`Bell::wait`], but gives up at `until` (never if `None`), and then gives `None`.
+    pub(crate) fn wait_until<T>(
+        &self,
+        until: Option<Instant>,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
         let thread = self.thread.get_or_init(std::thread::current);
         debug_assert_eq!(thread.id(), std::thread::current().id());
         loop {
@@ -53,9 +67,19 @@ impl Bell {
             fence(Ordering::SeqCst);
             if let Some(given) = ready() {
                 self.parked.store(false, Ordering::Relaxed);
-                return given;
+                return Some(given);
             }
-            std::thread::park();
+            match until {
+                None => std::thread::park(),
+                Some(until) => {
+                    let now = Instant::now();
+                    if now >= until {
+                        self.parked.store(false, Ordering::Relaxed);
+                        return None;
+                    }
+                    std::thread::park_timeout(until - now);
+                }
+            }
         }
     }
 

@@ -67,9 +67,9 @@ fn an_infinite_loop_is_stopped_at_the_deadline() {
     }
 }
 
-/// The epoch ticker sleeps once no call has run for a while (an idle service does not wake a
-/// thousand times a second for nothing), and a call that starts wakes it: a runaway guest is
-/// still stopped at its deadline.
+/// The epoch ticker sleeps while no call runs (an idle service does not wake a thousand times
+/// a second for nothing), and a call that starts wakes it: a runaway guest is still stopped
+/// at its deadline, not before.
 #[test]
 fn the_ticker_sleeps_while_idle_and_a_runaway_call_wakes_it_for_its_deadline() {
     let harness = Harness::new();
@@ -95,11 +95,12 @@ fn the_ticker_sleeps_while_idle_and_a_runaway_call_wakes_it_for_its_deadline() {
         // hanging it.
         let (sender, receiver) = std::sync::mpsc::channel();
         let call = std::thread::spawn(move || {
+            let started = Instant::now();
             let result = spin.handle(&six_properties("d", seq));
-            let _ = sender.send(result.map(|_| ()));
+            let _ = sender.send((result.map(|_| ()), started.elapsed()));
             spin
         });
-        let result = receiver
+        let (result, ran) = receiver
             .recv_timeout(Duration::from_secs(10))
             .expect("the runaway call is stopped: the ticker woke for it");
         assert!(
@@ -107,12 +108,88 @@ fn the_ticker_sleeps_while_idle_and_a_runaway_call_wakes_it_for_its_deadline() {
             "{result:?}"
         );
         assert!(
-            runtime.ticks() > before + 20,
-            "{} ticks",
-            runtime.ticks() - before
+            ran >= limits.deadline,
+            "stopped after {ran:?}, before its deadline"
+        );
+        assert!(
+            runtime.ticks() > before,
+            "stopped without the epoch advancing"
         );
         spin = call.join().expect("the call's thread");
     }
+}
+
+/// Calls that finish within their deadline never have the epoch advanced under them: the
+/// ticker wakes for a deadline only, and a busy plugin is not interrupted to look at the time.
+#[test]
+fn calls_that_finish_in_time_leave_the_epoch_where_it_was() {
+    let harness = Harness::new();
+    let mut next = healthy(&harness);
+    let runtime = harness.registry.runtime().clone();
+    let before = runtime.ticks();
+    let started = Instant::now();
+    let mut seq = 0;
+    // Long enough for a ticker advancing every millisecond to have advanced hundreds of times.
+    while started.elapsed() < Duration::from_millis(500) {
+        assert_still_serving(&mut next, seq);
+        seq += 1;
+    }
+    assert_eq!(
+        runtime.ticks(),
+        before,
+        "the epoch advanced over {seq} calls in time"
+    );
+}
+
+/// A call whose deadline comes before the one the ticker sleeps for wakes it: a runaway with
+/// a short deadline is stopped at its own, while one with a long deadline still runs.
+#[test]
+fn a_shorter_deadline_than_the_one_the_ticker_waits_for_is_kept() {
+    let harness = Harness::new();
+    loaded(&harness.load("spin", "testing/spin"));
+    let long = Limits {
+        deadline: Duration::from_secs(3),
+        ..Limits::default()
+    };
+    let short = Limits {
+        deadline: Duration::from_millis(20),
+        ..Limits::default()
+    };
+    let mut slow = harness
+        .registry
+        .step("spin", "{}", long, Grants::default(), "slow")
+        .expect("step");
+    let mut fast = step(&harness, "spin", "{}", short);
+    let (slow_done, slow_result) = std::sync::mpsc::channel();
+    let slow_call = std::thread::spawn(move || {
+        let _ = slow_done.send(slow.handle(&six_properties("slow", 0)).map(|_| ()));
+    });
+    // The slow call runs, and the ticker sleeps until its deadline.
+    std::thread::sleep(Duration::from_millis(100));
+    let (fast_done, fast_result) = std::sync::mpsc::channel();
+    let fast_call = std::thread::spawn(move || {
+        let _ = fast_done.send(fast.handle(&six_properties("fast", 0)).map(|_| ()));
+    });
+    let fast = fast_result
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the fast call is stopped");
+    assert!(
+        matches!(&fast, Err(PluginError::Deadline { deadline, .. }) if *deadline == short.deadline),
+        "{fast:?}"
+    );
+    assert!(
+        slow_result.try_recv().is_err(),
+        "the short deadline was kept only when the long one passed"
+    );
+    let slow = slow_result
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the slow call is stopped");
+    assert!(
+        matches!(&slow, Err(PluginError::Deadline { deadline, .. }) if *deadline == long.deadline),
+        "{slow:?}"
+    );
+    fast_call.join().expect("the fast call's thread");
+    slow_call.join().expect("the slow call's thread");
 }
 
 #[test]

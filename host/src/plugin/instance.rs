@@ -65,9 +65,10 @@ enum Bindings {
 pub struct Instance {
     store: Store<HostState>,
     bindings: Bindings,
-    runtime: Arc<Runtime>,
+    /// Keeps the runtime's ticker running while the instance lives.
+    _runtime: Arc<Runtime>,
     limits: Limits,
-    /// Set while the guest runs, so that the epoch ticker runs too.
+    /// Marked while the guest runs, with when its deadline passes, for the epoch ticker.
     calls: Calls,
 }
 
@@ -108,10 +109,11 @@ impl Instance {
         };
         let mut store = Store::new(runtime.engine(), data);
         store.limiter(|data| &mut data.limiter);
-        store.epoch_deadline_trap();
         let calls = runtime.calls();
-        calls.enter();
-        store.set_epoch_deadline(runtime.deadline_ticks(limits.deadline));
+        let on_epoch = calls.share();
+        store.epoch_deadline_callback(move |_| Ok(on_epoch.on_epoch()));
+        calls.enter(limits.deadline);
+        store.set_epoch_deadline(1);
         let bindings = match pre {
             Pre::V3(pre) => pre.instantiate(&mut store).map(Bindings::V3),
             Pre::V2(pre) => pre.instantiate(&mut store).map(Bindings::V2),
@@ -122,7 +124,7 @@ impl Instance {
         let mut instance = Instance {
             store,
             bindings,
-            runtime: runtime.clone(),
+            _runtime: runtime.clone(),
             limits,
             calls,
         };
@@ -227,10 +229,9 @@ impl Instance {
 
     /// Starts the deadline for the next call, and the ticker if it sleeps.
     fn arm(&mut self) {
-        self.calls.enter();
+        self.calls.enter(self.limits.deadline);
         self.store.data_mut().panic = None;
-        let ticks = self.runtime.deadline_ticks(self.limits.deadline);
-        self.store.set_epoch_deadline(ticks);
+        self.store.set_epoch_deadline(1);
     }
 
     /// Applies the call's writes; the timers it set or cancelled go into the schedule once

@@ -3,7 +3,6 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -30,8 +29,6 @@ pub(crate) enum Pre {
 pub struct RuntimeConfig {
     /// Where compiled components are kept between runs (`None`: compile on every start).
     pub cache_dir: Option<PathBuf>,
-    /// The epoch tick: deadlines are enforced to within one tick.
-    pub tick: Duration,
     /// The largest memory cap any step may ask for; it sizes the pooling allocator's slots.
     pub max_memory_bytes: usize,
     /// How many plugin instances may be alive at once (pooling allocator slots).
@@ -42,7 +39,6 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             cache_dir: None,
-            tick: Duration::from_millis(1),
             max_memory_bytes: 256 << 20,
             max_instances: 256,
         }
@@ -89,7 +85,7 @@ impl Runtime {
         v2::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
         v1::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
 
-        let ticker = Ticker::start(engine.clone(), config.tick)?;
+        let ticker = Ticker::start(engine.clone())?;
         Ok(Arc::new(Runtime {
             engine,
             linker,
@@ -106,12 +102,12 @@ impl Runtime {
         &self.config
     }
 
-    /// Whether the epoch ticker sleeps: no plugin call ran for a while (see [`super::ticker`]).
+    /// Whether the epoch ticker sleeps until a plugin call starts (see [`super::ticker`]).
     pub fn ticker_asleep(&self) -> bool {
         self.ticker.asleep()
     }
 
-    /// Epoch ticks so far.
+    /// Epoch advances so far: one each time the ticker found a call past its deadline.
     pub fn ticks(&self) -> u64 {
         self.ticker.ticks()
     }
@@ -119,13 +115,6 @@ impl Runtime {
     /// A mark for one instance's calls, which wakes the ticker when a call starts.
     pub(super) fn calls(&self) -> Calls {
         self.ticker.calls()
-    }
-
-    /// Epoch ticks that cover at least `deadline`: the call may run up to one tick longer.
-    pub(crate) fn deadline_ticks(&self, deadline: Duration) -> u64 {
-        let tick = self.config.tick.as_nanos().max(1);
-        let ticks = deadline.as_nanos().div_ceil(tick);
-        u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
     }
 
     /// Compiles (or loads from the cache) a component and type-checks it against the world:
@@ -334,7 +323,6 @@ mod tests {
             cache_dir: Some(cache_dir.to_owned()),
             max_instances: 2,
             max_memory_bytes: 1 << 20,
-            ..RuntimeConfig::default()
         })
         .unwrap()
     }

@@ -1,43 +1,54 @@
-//! The epoch ticker: advances the engine's epoch every tick while a plugin call may be
-//! running, so that per-call deadlines can interrupt a guest, and sleeps while none is.
+//! The epoch ticker: interrupts a guest call that runs past its deadline, and sleeps the rest
+//! of the time.
 //!
-//! A tick a millisecond is a thousand wake-ups a second of a thread that does nothing, all
-//! day, on a service that idles between bursts. So each instance has a [`Mark`] it sets
-//! while the guest runs, and the ticker goes to sleep once it has seen no call for
-//! [`IDLE_TICKS`] ticks in a row; the next call to start wakes it. A call's deadline counts
-//! from the epoch at its start, so ticks missed while nothing ran do not matter.
+//! Wasmtime has the guest check the engine's epoch at its function entries and loop heads; a
+//! store whose deadline epoch the engine has reached calls back into the host. Advancing the
+//! epoch every millisecond (as this did) kept a thread waking a thousand times a second while
+//! events flowed, to interrupt calls that take microseconds: measured with `bench pipeline`
+//! that thread's wake-ups cost about 4% of the process's CPU per event, most of it in the
+//! rule workers it took a core from. So the epoch now advances only when a call is late.
 //!
-//! Nothing can be left running unticked: the ticker sleeps on a [`Bell`] that a call rings
-//! after it set its mark, so either the call wakes the ticker or the ticker sees the mark
-//! and does not sleep.
+//! Each call marks on its instance's [`Mark`] the moment its deadline passes, and sets its
+//! store to call back at the next advance of the epoch. The ticker sleeps until the earliest
+//! deadline of the calls running when it last looked; a call that starts with an earlier one
+//! than that wakes it. When it finds a call past its deadline, it advances the epoch: every
+//! call running at that moment calls back, and the callback reads the clock. The late call
+//! traps; any other goes on, set to call back at the next advance. The ticker looks again
+//! every [`RETRY`] while a late call has not stopped (a guest inside a host call checks the
+//! epoch only once back in its own code).
+//!
+//! A deadline is thus kept to within the timer's precision rather than to a tick, and with
+//! no call running the ticker sleeps until one starts.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use wasmtime::Engine;
+use wasmtime::{Engine, UpdateDeadline};
 
 use crate::sync::{Bell, lock};
 
-/// Ticks in a row without a call after which the ticker sleeps: 100 ms at the default tick.
-/// A call that ran between two ticks counts too, so under load it never sleeps.
-const IDLE_TICKS: u32 = 100;
+/// How often the ticker advances the epoch again while a late call has not stopped.
+const RETRY: Duration = Duration::from_millis(1);
 
-/// A mark's states.
-const IDLE: u8 = 0;
-const CALLING: u8 = 1;
-/// A call ran since the ticker last looked.
-const CALLED: u8 = 2;
+/// A mark's value while its instance runs no call.
+const IDLE: u64 = 0;
 
 /// The ticker thread's side, shared with every instance's [`Calls`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
-    /// Rung by a call that starts, and to stop.
+    /// Rung by a call due before the ticker's next look, and to stop.
     bell: Bell,
     stop: AtomicBool,
     marks: Mutex<Vec<Arc<Mark>>>,
+    /// When the ticker looks next, as [`Shared::now`] counts; `u64::MAX` while it sleeps
+    /// until a call starts.
+    next_look: AtomicU64,
+    /// Epoch advances so far.
     ticks: AtomicU64,
+    /// What deadlines count from.
+    start: Instant,
 }
 
 /// The ticker; dropping it stops its thread.
@@ -54,13 +65,20 @@ impl Drop for Ticker {
 }
 
 impl Ticker {
-    /// Starts the thread that advances `engine`'s epoch every `tick` while calls run.
-    pub(super) fn start(engine: Engine, tick: Duration) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared::default());
+    /// Starts the thread that advances `engine`'s epoch when a call is late.
+    pub(super) fn start(engine: Engine) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            bell: Bell::default(),
+            stop: AtomicBool::new(false),
+            marks: Mutex::new(Vec::new()),
+            next_look: AtomicU64::new(u64::MAX),
+            ticks: AtomicU64::new(0),
+            start: Instant::now(),
+        });
         let ticking = shared.clone();
         thread::Builder::new()
             .name("iotrules-epoch".into())
-            .spawn(move || ticking.run(&engine, tick))?;
+            .spawn(move || ticking.run(&engine))?;
         Ok(Ticker { shared })
     }
 
@@ -77,73 +95,72 @@ impl Ticker {
         }
     }
 
-    /// Ticks so far (the engine's epoch, as far as this runtime advanced it).
+    /// Epoch advances so far: one each time the ticker found a call past its deadline.
     pub(super) fn ticks(&self) -> u64 {
         self.shared.ticks.load(Ordering::Relaxed)
     }
 
-    /// Whether the ticker is asleep (no call for a while).
+    /// Whether the ticker sleeps until a call starts: none was running when it last looked.
     pub(super) fn asleep(&self) -> bool {
-        self.shared.bell.parked()
+        self.shared.bell.parked() && self.shared.next_look.load(Ordering::SeqCst) == u64::MAX
     }
 }
 
 impl Shared {
-    /// Ticks until the [`Ticker`] is dropped.
-    fn run(&self, engine: &Engine, tick: Duration) {
-        let mut idle = 0;
-        loop {
-            // A wake-up can come early (a call that found the ticker asleep just as it woke by
-            // itself leaves its unpark behind): a tick is never shorter than `tick`.
-            let due = Instant::now() + tick;
-            loop {
-                if self.stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let now = Instant::now();
-                if now >= due {
-                    break;
-                }
-                thread::park_timeout(due - now);
-            }
-            engine.increment_epoch();
-            self.ticks.fetch_add(1, Ordering::Relaxed);
-            idle = if self.any_call() { 0 } else { idle + 1 };
-            if idle < IDLE_TICKS {
-                continue;
-            }
-            idle = 0;
-            self.bell
-                .wait(|| (self.stop.load(Ordering::Relaxed) || self.any_call()).then_some(()));
+    /// Nanoseconds since the ticker started; never [`IDLE`] once a call adds its deadline.
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs until the [`Ticker`] is dropped.
+    fn run(&self, engine: &Engine) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = self.now();
+            let (late, earliest) = self.look(now);
+            let next = if late {
+                engine.increment_epoch();
+                self.ticks.fetch_add(1, Ordering::Relaxed);
+                now.saturating_add(nanos(RETRY))
+            } else {
+                earliest
+            };
+            // Said before the last look in `wait`, so that a call starting after it either is
+            // seen there or sees this and rings.
+            self.next_look.store(next, Ordering::SeqCst);
+            let until = (next != u64::MAX).then(|| self.start + Duration::from_nanos(next));
+            self.bell.wait_until(until, || {
+                let woken = self.stop.load(Ordering::Relaxed) || self.look(now).1 < next;
+                woken.then_some(())
+            });
         }
     }
 
-    /// Whether a call runs or ran since the last look; clears the "ran" marks.
-    fn any_call(&self) -> bool {
-        let marks = lock(&self.marks);
-        let mut any = false;
-        for mark in marks.iter() {
-            match mark.0.load(Ordering::Relaxed) {
+    /// Whether a call runs past its deadline at `now`, and the earliest deadline after `now`
+    /// of the calls running (`u64::MAX` if none).
+    fn look(&self, now: u64) -> (bool, u64) {
+        let mut late = false;
+        let mut earliest = u64::MAX;
+        for mark in lock(&self.marks).iter() {
+            match mark.0.load(Ordering::SeqCst) {
                 IDLE => {}
-                CALLED => {
-                    // A call that started meanwhile keeps its CALLING: the exchange fails.
-                    let _ =
-                        mark.0
-                            .compare_exchange(CALLED, IDLE, Ordering::Relaxed, Ordering::Relaxed);
-                    any = true;
-                }
-                _ => any = true,
+                due if due <= now => late = true,
+                due => earliest = earliest.min(due),
             }
         }
-        any
+        (late, earliest)
     }
 }
 
-/// One instance's mark, on a cache line of its own: the instance's thread writes it at every
-/// call, the ticker reads it once a tick.
+/// Nanoseconds in `duration`, at most `u64::MAX`.
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One instance's mark: when its running call's deadline passes, or [`IDLE`]. On a cache
+/// line of its own: the instance's thread writes it at every call.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Mark(AtomicU8);
+struct Mark(AtomicU64);
 
 /// An instance's handle on the ticker.
 #[derive(Debug)]
@@ -153,14 +170,35 @@ pub(super) struct Calls {
 }
 
 impl Calls {
-    /// A guest call starts: wakes the ticker if it sleeps.
-    pub(super) fn enter(&self) {
-        self.mark.0.store(CALLING, Ordering::Relaxed);
-        self.shared.bell.ring();
+    /// A guest call starts that may run for `deadline`: marks when it is late, and wakes
+    /// the ticker if that is before its next look.
+    pub(super) fn enter(&self, deadline: Duration) {
+        let due = self.shared.now().saturating_add(nanos(deadline)).max(1);
+        self.mark.0.store(due, Ordering::SeqCst);
+        if due < self.shared.next_look.load(Ordering::SeqCst) {
+            self.shared.bell.ring();
+        }
     }
 
     /// The guest call returned.
     pub(super) fn leave(&self) {
-        self.mark.0.store(CALLED, Ordering::Release);
+        self.mark.0.store(IDLE, Ordering::Release);
+    }
+
+    /// What the store's epoch callback does (set with a deadline of one advance): trap if
+    /// the running call is past its deadline, else wait for the next advance.
+    pub(super) fn on_epoch(&self) -> UpdateDeadline {
+        match self.mark.0.load(Ordering::Relaxed) {
+            due if due != IDLE && self.shared.now() >= due => UpdateDeadline::Interrupt,
+            _ => UpdateDeadline::Continue(1),
+        }
+    }
+
+    /// A handle for the store's epoch callback.
+    pub(super) fn share(&self) -> Calls {
+        Calls {
+            mark: self.mark.clone(),
+            shared: self.shared.clone(),
+        }
     }
 }
