@@ -227,7 +227,8 @@ impl Instance {
         self.store.data().plugin.to_string()
     }
 
-    /// Starts the deadline for the next call, and the ticker if it sleeps.
+    /// Starts the deadline for the next call: the store calls back at the epoch's next
+    /// advance, and the ticker is woken if the deadline comes before its next look.
     fn arm(&mut self) {
         self.calls.enter(self.limits.deadline);
         self.store.data_mut().panic = None;

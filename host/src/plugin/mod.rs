@@ -4,7 +4,7 @@
 //! pieces, from the bottom:
 //!
 //! - [`Runtime`]: one wasmtime `Engine` and `Linker` for the process, the epoch ticker that
-//!   enforces per-call deadlines (and sleeps while no call runs), and the on-disk cache of
+//!   enforces per-call deadlines (waking only when a running call's deadline comes), and the on-disk cache of
 //!   compiled components.
 //! - [`Version`]: one compiled plugin file, type-checked against the world (`PluginPre`).
 //! - [`Instance`]: a live instance of a version with its own store, memory cap and WASI
