@@ -120,7 +120,7 @@ impl Shared {
             let next = if late {
                 engine.increment_epoch();
                 self.ticks.fetch_add(1, Ordering::Relaxed);
-                now.saturating_add(nanos(RETRY))
+                now.saturating_add(nanos(RETRY)).min(earliest)
             } else {
                 earliest
             };
