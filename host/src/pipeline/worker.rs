@@ -306,14 +306,18 @@ impl Worker {
         trace_on: bool,
     ) {
         let Job { event, origin, .. } = job;
-        let counters = &self.rule_counters[index];
-        let rule = self.runtimes[index].rule().clone();
         for version in &result.versions {
-            self.plugin_calls
-                .entry(version.plugin.clone())
-                .or_insert_with(|| self.shared.metrics.plugin_calls.with(&[&version.plugin]))
-                .observe(version.elapsed);
+            match self.plugin_calls.get(&*version.plugin) {
+                Some(calls) => calls.observe(version.elapsed),
+                None => {
+                    let calls = self.shared.metrics.plugin_calls.with(&[&version.plugin]);
+                    calls.observe(version.elapsed);
+                    self.plugin_calls.insert(version.plugin.clone(), calls);
+                }
+            }
         }
+        let counters = &self.rule_counters[index];
+        let rule = self.runtimes[index].rule();
         for error in &result.errors {
             StepFailed {
                 rule: &rule.name,
