@@ -4,8 +4,8 @@
 //! pieces, from the bottom:
 //!
 //! - [`Runtime`]: one wasmtime `Engine` and `Linker` for the process, the epoch ticker that
-//!   enforces per-call deadlines (waking only when a running call's deadline comes), and the on-disk cache of
-//!   compiled components.
+//!   enforces per-call deadlines (waking only when a running call's deadline comes), and the
+//!   on-disk cache of compiled components.
 //! - [`Version`]: one compiled plugin file, type-checked against the world (`PluginPre`).
 //! - [`Instance`]: a live instance of a version with its own store, memory cap and WASI
 //!   context that grants nothing; reused across events.
