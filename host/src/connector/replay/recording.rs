@@ -409,7 +409,7 @@ impl Reader {
                 }
                 break;
             }
-            let (take, ends) = match buffer.iter().position(|&b| b == b'\n') {
+            let (take, ends) = match memchr::memchr(b'\n', buffer) {
                 Some(at) => (at + 1, true),
                 None => (buffer.len(), false),
             };
