@@ -20,8 +20,9 @@
 //! of the service's default (`iotrules run --io-threads`).
 //!
 //! `BENCH_PROFILE=N` prints CPU time per event instead (see [`profile`]), and beside it the
-//! CPU time of the work itself on the same messages in the same run: decode and the three
-//! plugin calls, one after another in one thread, with the same kind of state store. With
+//! CPU time of the work itself on the same messages in the same run, batch by batch after the
+//! pipeline's: decode and the three plugin calls, one after another in one thread, with the
+//! same kind of state store. With
 //! `BENCH_ALONE_THREADS=1` it also runs that work in two threads at once and prints what that
 //! costs per event against one thread: the part of the pipeline's figure that using both
 //! cores costs on this machine by itself.
@@ -272,6 +273,11 @@ fn profile(batches: u64) {
 }
 
 /// [`profile`] of one pipeline, with the twin on or off.
+///
+/// The work alone runs on each batch right after the pipeline replayed it, batch by batch,
+/// so that the two figures of the ratio are taken under the same load of the machine. Taken
+/// one after the other, all the pipeline's batches and then all the work's, the work alone
+/// moved by up to a fifth between two runs of one build, and the ratio with it.
 fn profile_one(batches: u64, twin: bool) {
     let bench = Bench::new(twin);
     bench.replay(&bench.record(0), 0.0);
@@ -283,56 +289,114 @@ fn profile_one(batches: u64, twin: bool) {
             kept
         })
         .collect();
-    let (user, system) = cpu_time();
+    let mut alone = Alone::new(&bench, &files);
+    let (mut user, mut system) = (Duration::ZERO, Duration::ZERO);
+    let mut work = Duration::ZERO;
     let mut wall = Duration::ZERO;
-    for file in &files {
+    let mut ratios = Vec::with_capacity(files.len());
+    for (index, file) in files.iter().enumerate() {
+        let (user_before, system_before) = cpu_time();
         wall += bench.replay(file, 0.0);
+        let (user_after, system_after) = cpu_time();
+        user += user_after - user_before;
+        system += system_after - system_before;
+        let batch_work = alone.run(index);
+        work += batch_work;
+        let batch = (user_after - user_before) + (system_after - system_before);
+        ratios.push(batch.as_secs_f64() / batch_work.as_secs_f64());
     }
-    let (user_after, system_after) = cpu_time();
     let events = (BATCH * batches) as f64;
     let per_event = |d: Duration| d.as_secs_f64() * 1e6 / events;
     println!(
         "pipeline/profile (twin {}): {events} events, CPU {:.1} µs/event (user {:.1}, system \
          {:.1}), {:.0} events/s wall",
         if twin { "on" } else { "off" },
-        per_event((user_after - user) + (system_after - system)),
-        per_event(user_after - user),
-        per_event(system_after - system),
+        per_event(user + system),
+        per_event(user),
+        per_event(system),
         events / wall.as_secs_f64()
     );
-    let work = alone(&bench, &files);
-    let pipeline = (user_after - user) + (system_after - system);
+    // The batches' ratios, each of a pipeline's batch and the work on it a moment later: a
+    // burst of another tenant's load spoils the pair it falls in, not the median.
+    ratios.sort_by(f64::total_cmp);
+    let quantile = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
     println!(
         "pipeline/profile: the work alone (decode + the 3 plugin calls, one thread, same \
-         messages) {:.1} µs/event; pipeline ÷ work {:.2}",
+         messages, each batch right after the pipeline's) {:.1} µs/event; pipeline ÷ work {:.2} \
+         (batch by batch: median {:.2}, quartiles {:.2}–{:.2})",
         per_event(work),
-        pipeline.as_secs_f64() / work.as_secs_f64()
+        (user + system).as_secs_f64() / work.as_secs_f64(),
+        quantile(0.5),
+        quantile(0.25),
+        quantile(0.75),
     );
+    if std::env::var_os("BENCH_ALONE_THREADS").is_some() {
+        alone.in_two_threads(work);
+    }
 }
 
-/// The CPU time of the work itself on the messages of `files`, without the pipeline: each
+/// The work itself on the messages of a bench's recordings, without the pipeline: each
 /// decoded, then handed to the three rules' plugins in turn, in this thread, with plugin state
 /// kept as the pipeline's is (in SQLite, or in memory with `BENCH_STATE=memory`). Reading the
 /// recordings is left out, as the connector's part.
-fn alone(bench: &Bench, files: &[PathBuf]) -> Duration {
-    let cache = tempfile::tempdir().expect("temp dir");
-    let plugin_runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(cache.path().to_owned()),
-        ..RuntimeConfig::default()
-    })
-    .expect("plugin runtime");
-    // The state kept as the pipeline keeps it: committing what the plugins write is part of
-    // their work.
-    let store = Arc::new(Store::open(cache.path().join("alone.db")).expect("store"));
-    let durable = (!memory_state()).then(|| Arc::new(SqliteStateStore::new(store)));
-    let state: Arc<dyn iotrules::plugin::StateStore> = match &durable {
-        Some(durable) => durable.clone(),
-        None => Arc::new(iotrules::plugin::MemoryStateStore::new()),
-    };
-    let registry = Registry::new(plugin_runtime, bench.dir.path(), state);
-    registry.load_all().expect("plugins");
-    // The three rules' steps; `suffix` names their state apart from another set's.
-    let steps_for = |suffix: &str| {
+struct Alone {
+    /// Holds the compiled plugins' cache and the store.
+    _dir: tempfile::TempDir,
+    registry: Registry,
+    durable: Option<Arc<SqliteStateStore>>,
+    steps: [Step; 3],
+    dialect: Dialect,
+    /// The messages of each recording.
+    payloads: Vec<Vec<String>>,
+}
+
+impl Alone {
+    /// Ready to run on `files`, warmed up as the pipeline was, on the first of them.
+    fn new(bench: &Bench, files: &[PathBuf]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugin_runtime = Runtime::new(RuntimeConfig {
+            cache_dir: Some(dir.path().to_owned()),
+            ..RuntimeConfig::default()
+        })
+        .expect("plugin runtime");
+        // The state kept as the pipeline keeps it: committing what the plugins write is part
+        // of their work.
+        let store = Arc::new(Store::open(dir.path().join("alone.db")).expect("store"));
+        let durable = (!memory_state()).then(|| Arc::new(SqliteStateStore::new(store)));
+        let state: Arc<dyn iotrules::plugin::StateStore> = match &durable {
+            Some(durable) => durable.clone(),
+            None => Arc::new(iotrules::plugin::MemoryStateStore::new()),
+        };
+        let registry = Registry::new(plugin_runtime, bench.dir.path(), state);
+        registry.load_all().expect("plugins");
+        let payloads: Vec<Vec<String>> = files
+            .iter()
+            .map(|file| {
+                std::fs::read_to_string(file)
+                    .expect("recording")
+                    .lines()
+                    .map(|line| {
+                        let line: serde_json::Value = serde_json::from_str(line).expect("line");
+                        line["payload"].as_str().expect("payload").to_owned()
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut steps = Self::steps(&registry, "");
+        let dialect = Dialect::Tuya(Decoder::new(bench.keys.clone(), SignMode::Enforce));
+        each(&dialect, &payloads[0], &mut steps);
+        Alone {
+            _dir: dir,
+            registry,
+            durable,
+            steps,
+            dialect,
+            payloads,
+        }
+    }
+
+    /// The three rules' steps; `suffix` names their state apart from another set's.
+    fn steps(registry: &Registry, suffix: &str) -> [Step; 3] {
         [
             (
                 "deadband",
@@ -352,58 +416,41 @@ fn alone(bench: &Bench, files: &[PathBuf]) -> Duration {
                 .step(plugin, config, Limits::default(), Grants::default(), &rule)
                 .expect("step")
         })
-    };
-    let mut steps = steps_for("");
-    let dialect = Dialect::Tuya(Decoder::new(bench.keys.clone(), SignMode::Enforce));
-    let run = |payloads: &[String], steps: &mut [Step]| {
-        for payload in payloads {
-            let event = dialect
-                .decode(&RawMessage::new("bench", payload.as_bytes()))
-                .expect("decode");
-            for step in steps.iter_mut() {
-                std::hint::black_box(step.handle(&event).expect("handled"));
-            }
+    }
+
+    /// The CPU time of the work on recording `index`, its state committed.
+    fn run(&mut self, index: usize) -> Duration {
+        let (user, system) = cpu_time();
+        each(&self.dialect, &self.payloads[index], &mut self.steps);
+        self.flush();
+        let (user_after, system_after) = cpu_time();
+        (user_after - user) + (system_after - system)
+    }
+
+    fn flush(&self) {
+        if let Some(durable) = &self.durable {
+            durable.flush();
         }
-    };
-    let payloads: Vec<Vec<String>> = files
-        .iter()
-        .map(|file| {
-            std::fs::read_to_string(file)
-                .expect("recording")
-                .lines()
-                .map(|line| {
-                    let line: serde_json::Value = serde_json::from_str(line).expect("line");
-                    line["payload"].as_str().expect("payload").to_owned()
-                })
-                .collect()
-        })
-        .collect();
-    // Warm up, as the pipeline was, on the first recording.
-    run(&payloads[0], &mut steps);
-    let (user, system) = cpu_time();
-    for batch in &payloads {
-        run(batch, &mut steps);
     }
-    if let Some(durable) = &durable {
-        durable.flush();
-    }
-    let (user_after, system_after) = cpu_time();
-    let one = (user_after - user) + (system_after - system);
-    if std::env::var_os("BENCH_ALONE_THREADS").is_some() {
-        // The same work in two threads at once, each on every message with steps of its own:
-        // what running on both cores costs by itself on this machine.
-        let mut second = steps_for("-2");
-        run(&payloads[0], &mut second);
+
+    /// Runs the work on every recording in two threads at once, each with steps of its own,
+    /// and prints what that costs per event against `one`, the CPU time of one thread on
+    /// them: what running on both cores costs by itself on this machine.
+    fn in_two_threads(&mut self, one: Duration) {
+        let mut second = Self::steps(&self.registry, "-2");
+        each(&self.dialect, &self.payloads[0], &mut second);
         let (user, system) = cpu_time();
         std::thread::scope(|scope| {
-            for steps in [&mut steps, &mut second] {
-                scope.spawn(|| {
-                    for batch in &payloads {
-                        run(batch, steps);
+            for steps in [&mut self.steps, &mut second] {
+                let (dialect, payloads) = (&self.dialect, &self.payloads);
+                scope.spawn(move || {
+                    for batch in payloads {
+                        each(dialect, batch, steps);
                     }
                 });
             }
         });
+        self.flush();
         let (user_after, system_after) = cpu_time();
         let two = (user_after - user) + (system_after - system);
         println!(
@@ -412,7 +459,18 @@ fn alone(bench: &Bench, files: &[PathBuf]) -> Duration {
             two.as_secs_f64() / 2.0 / one.as_secs_f64()
         );
     }
-    one
+}
+
+/// Decodes each of `payloads` and runs `steps` on it, one after the other.
+fn each(dialect: &Dialect, payloads: &[String], steps: &mut [Step]) {
+    for payload in payloads {
+        let event = dialect
+            .decode(&RawMessage::new("bench", payload.as_bytes()))
+            .expect("decode");
+        for step in steps.iter_mut() {
+            std::hint::black_box(step.handle(&event).expect("handled"));
+        }
+    }
 }
 
 fn throughput(c: &mut Criterion) {
