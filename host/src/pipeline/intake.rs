@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::dedup::Admission;
-use super::job::{ConnectorCounters, Job, Origin, Pending};
+use super::job::{Connector, Job, Origin, Pending};
 use super::queue::Queue;
 use super::report::MessageRefused;
 use super::settle;
@@ -71,7 +71,7 @@ impl Ingest {
 
     /// The connector's name.
     pub fn connector(&self) -> &str {
-        &self.0.connector
+        &self.0.connector.name
     }
 
     /// Takes one delivery; waits while the pipeline is full. The delivery is settled later,
@@ -157,9 +157,8 @@ struct Inlet {
     senders: Vec<Queue>,
     /// By worker: an event was queued there and the worker not woken since.
     owed: Vec<AtomicBool>,
-    connector: Arc<str>,
+    connector: Arc<Connector>,
     dialect: Dialect,
-    counters: Arc<ConnectorCounters>,
     signature: Option<SignatureWatch>,
 }
 
@@ -168,10 +167,9 @@ impl Inlet {
         Inlet {
             owed: senders.iter().map(|_| AtomicBool::new(false)).collect(),
             signature: SignatureWatch::new(&shared.metrics, connector, &dialect),
-            counters: Arc::new(ConnectorCounters::new(&shared.metrics, connector)),
+            connector: Arc::new(Connector::new(&shared.metrics, connector)),
             shared,
             senders,
-            connector: Arc::from(connector),
             dialect,
         }
     }
@@ -220,7 +218,7 @@ impl Inlet {
     ) -> Result<(), Closed> {
         let shared = &self.shared;
         let received = Instant::now();
-        self.counters.events_in.inc();
+        self.connector.events_in.inc();
         let Delivery {
             payload,
             properties,
@@ -231,7 +229,6 @@ impl Inlet {
             vendor: self.dialect.name(),
             payload,
             properties,
-            counters: self.counters.clone(),
         };
         if let Some((kind, message)) = unreadable {
             let pending = self.pending(acker, permit, received);
@@ -239,7 +236,8 @@ impl Inlet {
             return Ok(());
         }
         let decoded = self.dialect.decode(
-            &RawMessage::new(&self.connector, &origin.payload).with_properties(&origin.properties),
+            &RawMessage::new(&self.connector.name, &origin.payload)
+                .with_properties(&origin.properties),
         );
         let event = match decoded {
             Ok(event) => {
@@ -247,7 +245,7 @@ impl Inlet {
                     && watch.mode == SignMode::Warn
                     && event.attribute(ATTR_SIGNATURE) == Some(SignatureCheck::Mismatch.as_str())
                 {
-                    watch.passed(&self.connector);
+                    watch.passed(&self.connector.name);
                 }
                 event
             }
@@ -264,7 +262,7 @@ impl Inlet {
         };
         let worker = match self.shared.order {
             Order::Device => self.worker_for(&event.device.id),
-            Order::Connector => self.worker_for(&self.connector),
+            Order::Connector => self.worker_for(&self.connector.name),
         };
         // Room on the worker's queue first, before the event is recorded anywhere: this is
         // the one wait after the slot, and a connector drops this future when its session
@@ -281,10 +279,10 @@ impl Inlet {
                     pending
                 }
                 duplicate => {
-                    self.counters.duplicate.inc();
+                    self.connector.duplicate.inc();
                     tracing::debug!(
                         target: "iotrules::event",
-                        connector = &*self.connector,
+                        connector = &*self.connector.name,
                         id = %event.id,
                         "Duplicate event dropped"
                     );
@@ -329,10 +327,10 @@ impl Inlet {
     /// of `kind`, then settled.
     fn refused(&self, pending: Pending, origin: Origin, kind: &str, message: String) {
         MessageRefused {
-            connector: &self.connector,
+            connector: &self.connector.name,
             kind,
             error: &message,
-            counter: &self.counters.refused,
+            counter: &self.connector.refused,
         }
         .emit(&self.shared.reports);
         let letter = settle::letter(&origin, kind, message, None);

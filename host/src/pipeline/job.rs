@@ -25,15 +25,15 @@ pub(super) struct Job {
 
 /// Where a delivery came from, kept with its event for dead letters.
 pub(super) struct Origin {
-    pub(super) connector: Arc<str>,
+    pub(super) connector: Arc<Connector>,
     pub(super) vendor: &'static str,
     pub(super) payload: Vec<u8>,
     pub(super) properties: Vec<(String, String)>,
-    pub(super) counters: Arc<ConnectorCounters>,
 }
 
-/// A connector's resolved counters.
-pub(super) struct ConnectorCounters {
+/// A connector's name and resolved counters, one reference per event for all of them.
+pub(super) struct Connector {
+    pub(super) name: Arc<str>,
     pub(super) events_in: Arc<Counter>,
     pub(super) events_out: Arc<Counter>,
     pub(super) refused: Arc<Counter>,
@@ -42,10 +42,11 @@ pub(super) struct ConnectorCounters {
     pub(super) dropped_by_rules: Arc<Counter>,
 }
 
-impl ConnectorCounters {
+impl Connector {
     pub(super) fn new(metrics: &Metrics, connector: &str) -> Self {
         let dropped = |reason| metrics.events_dropped.with(&[connector, reason]);
-        ConnectorCounters {
+        Connector {
+            name: Arc::from(connector),
             events_in: metrics.events_in.with(&[connector]),
             events_out: metrics.events_out.with(&[connector]),
             refused: dropped("refused"),

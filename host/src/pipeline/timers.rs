@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::job::{ConnectorCounters, Fire, Job, Origin, Pending};
+use super::job::{Connector, Fire, Job, Origin, Pending};
 use super::queue::WeakQueue;
 use super::{Acker, Settle, Shared};
 use crate::config::Order;
@@ -47,7 +47,7 @@ pub(super) async fn run(
 ) {
     let schedule = shared.registry.timers().clone();
     let clock = shared.registry.clock().clone();
-    let counters = Arc::new(ConnectorCounters::new(&shared.metrics, TIMER_CONNECTOR));
+    let counters = Arc::new(Connector::new(&shared.metrics, TIMER_CONNECTOR));
     let mut set: Option<Arc<RuleSet>> = None;
     // Woken by every reload, so the timers of removed steps go at once, not when due.
     let mut reloads = shared.rules.swapped();
@@ -101,11 +101,10 @@ pub(super) async fn run(
             let job = Job {
                 event: timer.record.event(),
                 origin: Origin {
-                    connector: Arc::from(TIMER_CONNECTOR),
+                    connector: counters.clone(),
                     vendor: TIMER_CONNECTOR,
                     payload: serde_json::to_vec(&timer.record).unwrap_or_default(),
                     properties: vec![("namespace".to_owned(), timer.namespace.to_string())],
-                    counters: counters.clone(),
                 },
                 pending: Pending {
                     acker: retry_acker(&shared, &timer),
