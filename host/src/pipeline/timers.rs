@@ -47,7 +47,7 @@ pub(super) async fn run(
 ) {
     let schedule = shared.registry.timers().clone();
     let clock = shared.registry.clock().clone();
-    let counters = Arc::new(Connector::new(&shared.metrics, TIMER_CONNECTOR));
+    let connector = Arc::new(Connector::new(&shared.metrics, TIMER_CONNECTOR));
     let mut set: Option<Arc<RuleSet>> = None;
     // Woken by every reload, so the timers of removed steps go at once, not when due.
     let mut reloads = shared.rules.swapped();
@@ -96,12 +96,12 @@ pub(super) async fn run(
                 Order::Connector => &timer.record.source,
             };
             let worker = (shared.hasher.hash_one(key) % senders.len() as u64) as usize;
-            counters.events_in.inc();
+            connector.events_in.inc();
             shared.metrics.in_flight.inc();
             let job = Job {
                 event: timer.record.event(),
                 origin: Origin {
-                    connector: counters.clone(),
+                    connector: connector.clone(),
                     vendor: TIMER_CONNECTOR,
                     payload: serde_json::to_vec(&timer.record).unwrap_or_default(),
                     properties: vec![("namespace".to_owned(), timer.namespace.to_string())],
