@@ -1302,11 +1302,19 @@ deadline_ms = 300
     let ingest = ingest(&test);
     let acks = Arc::new(Acks::default());
     runtime.block_on(async {
-        // The worker spins on the first, the second fills its queue of one.
-        for seq in [1, 2] {
-            let body = huawei_body("dev", seq);
-            ingest.submit(acks.delivery(body)).await.expect("submit");
-        }
+        // The worker spins on the first, the second fills its queue of one. The second is
+        // submitted once the worker has surely taken the first alone: a worker takes what is
+        // queued with the event it wakes for, and a second submitted at once could be pushed
+        // in the moment between (it was, on a loaded machine), leaving the queue empty.
+        ingest
+            .submit(acks.delivery(huawei_body("dev", 1)))
+            .await
+            .expect("submit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ingest
+            .submit(acks.delivery(huawei_body("dev", 2)))
+            .await
+            .expect("submit");
         let waited = tokio::time::timeout(
             Duration::from_millis(50),
             ingest.submit(acks.delivery(huawei_body("dev", 3))),
