@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::error::TryRecvError;
 
 use super::Shared;
-use super::job::{Fire, Job, Origin, Pending};
+use super::job::{Connector, Fire, Job, Origin, Pending};
 use super::queue::Jobs;
 use super::report::{CommandRefused, ConditionFailed, StepFailed, TwinEvicted};
 use super::settle::{self, Queued, Route, Settler, Unsettled, letter};
@@ -52,6 +52,9 @@ struct RuleCounters {
     dropped: CounterTally,
     dead_letter: CounterTally,
     dropped_on_error: CounterTally,
+    /// `iotrules_plugin_call_seconds` of each step's plugin, step for step: found by the
+    /// step's number rather than by hashing its plugin's name on every call.
+    calls: Vec<HistogramTally>,
 }
 
 impl RuleCounters {
@@ -64,6 +67,9 @@ impl RuleCounters {
             &mut self.dropped_on_error,
         ] {
             tally.flush();
+        }
+        for calls in &mut self.calls {
+            calls.flush();
         }
     }
 }
@@ -81,8 +87,6 @@ pub(super) struct Worker {
     retry_instantiate_at: Option<Instant>,
     /// The counters of `runtimes`' rules, index for index.
     rule_counters: Vec<RuleCounters>,
-    /// `iotrules_plugin_call_seconds` by plugin, gathered over a batch.
-    plugin_calls: HashMap<Arc<str>, HistogramTally>,
     /// The routes this worker has sent on, by rule.
     routes: Routes,
     /// `iotrules_rule_commands_total` by rule: sent, failed.
@@ -98,7 +102,6 @@ impl Worker {
             runtimes: Vec::new(),
             retry_instantiate_at: None,
             rule_counters: Vec::new(),
-            plugin_calls: HashMap::new(),
             routes: HashMap::new(),
             rule_commands: HashMap::new(),
         }
@@ -153,7 +156,7 @@ impl Worker {
                 let metrics = &self.shared.metrics;
                 self.rule_counters = runtimes
                     .iter()
-                    .map(|runtime| rule_counters(metrics, runtime.rule().name()))
+                    .map(|runtime| rule_counters(metrics, runtime))
                     .collect();
                 self.runtimes = runtimes;
                 self.set = Some(set);
@@ -200,6 +203,7 @@ impl Worker {
             }
         }
         // Before any event of the batch is settled: whoever sees one settled sees it counted.
+        count_outcomes(batch, &runs);
         self.flush_tallies();
         for (job, run) in batch.drain(..).zip(runs) {
             self.finish(job, run, trace_on);
@@ -214,9 +218,6 @@ impl Worker {
     fn flush_tallies(&mut self) {
         for counters in &mut self.rule_counters {
             counters.flush();
-        }
-        for calls in self.plugin_calls.values_mut() {
-            calls.flush();
         }
     }
 
@@ -266,9 +267,10 @@ impl Worker {
         trace_on: bool,
     ) {
         let Job { event, origin, .. } = job;
-        let runtime = &mut self.runtimes[index];
+        // Borrowed, not cloned: the rule is shared by every worker's runtime, and a clone
+        // would write its count, on a line the other core reads, for every event.
+        let rule = self.runtimes[index].rule();
         let counters = &mut self.rule_counters[index];
-        let rule = runtime.rule().clone();
         let takes = match rule.matches(scope) {
             Ok(takes) => takes,
             Err(error) => {
@@ -297,7 +299,7 @@ impl Worker {
         }
         run.matched += 1;
         counters.matches.inc();
-        let result = runtime.run(event);
+        let result = self.runtimes[index].run(event);
         self.record(index, job, run, result, trace_on);
     }
 
@@ -330,19 +332,14 @@ impl Worker {
         trace_on: bool,
     ) {
         let Job { event, origin, .. } = job;
+        let counters = &mut self.rule_counters[index];
         for version in &result.versions {
-            match self.plugin_calls.get_mut(&*version.plugin) {
-                Some(calls) => calls.observe(version.elapsed),
-                None => {
-                    let calls = self.shared.metrics.plugin_calls.with(&[&version.plugin]);
-                    let mut calls = HistogramTally::new(calls);
-                    calls.observe(version.elapsed);
-                    self.plugin_calls.insert(version.plugin.clone(), calls);
-                }
+            if let Some(calls) = counters.calls.get_mut(version.step - 1) {
+                calls.observe(version.elapsed);
             }
         }
-        let counters = &mut self.rule_counters[index];
-        let rule = self.runtimes[index].rule();
+        let runtime = &self.runtimes[index];
+        let rule = runtime.rule();
         for error in &result.errors {
             StepFailed {
                 rule: &rule.name,
@@ -400,13 +397,13 @@ impl Worker {
             result
                 .commands
                 .into_iter()
-                .map(|command| (rule.name.clone(), command)),
+                .map(|command| (runtime.name().clone(), command)),
         );
         run.refused.extend(
             result
                 .refused
                 .into_iter()
-                .map(|command| (rule.name.clone(), command)),
+                .map(|command| (runtime.name().clone(), command)),
         );
     }
 
@@ -424,7 +421,7 @@ impl Worker {
             refused,
             mut letters,
             matched,
-            passed,
+            passed: _,
             trace,
         } = run;
         for (rule, refused) in refused {
@@ -456,13 +453,6 @@ impl Worker {
                 .registry
                 .state()
                 .apply(&fire.namespace, vec![(fire.key, None)]);
-        }
-        if passed {
-            origin.connector.events_out.inc();
-        } else if matched == 0 {
-            origin.connector.no_rule.inc();
-        } else {
-            origin.connector.dropped_by_rules.inc();
         }
         let durable = self.durable(&pending);
         if commands.is_empty() && letters.is_empty() && durable.is_none() {
@@ -607,14 +597,63 @@ impl Worker {
     }
 }
 
-fn rule_counters(metrics: &Metrics, rule: &str) -> RuleCounters {
+/// Counts what became of each event of a batch on its connector's counters: passed on, taken
+/// by no rule, or dropped by the rules. The events of one connector in a row are added at
+/// once, usually the whole batch: both workers and the intake count on these counters, and
+/// an add per event was a write per event to a line that moves between the cores.
+fn count_outcomes(batch: &[Job], runs: &[Run]) {
+    fn add(connector: &Connector, [passed, no_rule, dropped]: [u64; 3]) {
+        for (counter, n) in [
+            (&connector.events_out, passed),
+            (&connector.no_rule, no_rule),
+            (&connector.dropped_by_rules, dropped),
+        ] {
+            if n > 0 {
+                counter.add(n);
+            }
+        }
+    }
+    let mut counting: Option<(&Connector, [u64; 3])> = None;
+    for (job, run) in batch.iter().zip(runs) {
+        let connector = &*job.origin.connector;
+        let outcome = if run.passed {
+            0
+        } else if run.matched == 0 {
+            1
+        } else {
+            2
+        };
+        match &mut counting {
+            Some((current, counts)) if std::ptr::eq(*current, connector) => counts[outcome] += 1,
+            _ => {
+                if let Some((current, counts)) = counting.take() {
+                    add(current, counts);
+                }
+                let mut counts = [0; 3];
+                counts[outcome] = 1;
+                counting = Some((connector, counts));
+            }
+        }
+    }
+    if let Some((current, counts)) = counting {
+        add(current, counts);
+    }
+}
+
+fn rule_counters(metrics: &Metrics, runtime: &RuleRuntime) -> RuleCounters {
+    let rule = &*runtime.rule().name;
     let outcome = |outcome| CounterTally::new(metrics.rule_outcomes.with(&[rule, outcome]));
+    let calls = (0..)
+        .map_while(|step| runtime.step_plugin(step))
+        .map(|plugin| HistogramTally::new(metrics.plugin_calls.with(&[plugin])))
+        .collect();
     RuleCounters {
         matches: CounterTally::new(metrics.rule_matches.with(&[rule])),
         passed: outcome("passed"),
         dropped: outcome("dropped"),
         dead_letter: outcome("dead-letter"),
         dropped_on_error: outcome("dropped-on-error"),
+        calls,
     }
 }
 

@@ -14,6 +14,12 @@ use crate::plugin::{PluginError, Step, StepOutcome, Verdict};
 pub struct RuleRuntime {
     rule: Arc<Rule>,
     steps: Vec<Step>,
+    /// The rule's name and each step's plugin name, copied for this runtime alone: every
+    /// result carries them, and a clone of the rule's own `Arc`s, which every worker's
+    /// runtime shares, would write their counts on lines that move between the cores with
+    /// each event.
+    name: Arc<str>,
+    plugins: Vec<Arc<str>>,
 }
 
 /// How a rule's run on an event ended.
@@ -136,7 +142,23 @@ impl RuleResult<'_> {
 
 impl RuleRuntime {
     pub fn new(rule: Arc<Rule>, steps: Vec<Step>) -> Self {
-        RuleRuntime { rule, steps }
+        let name = Arc::from(&*rule.name);
+        let plugins = rule
+            .steps
+            .iter()
+            .map(|spec| Arc::from(&*spec.plugin))
+            .collect();
+        RuleRuntime {
+            rule,
+            steps,
+            name,
+            plugins,
+        }
+    }
+
+    /// The rule's name, as its results carry it.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
     }
 
     /// The rule this runs.
@@ -182,15 +204,15 @@ impl RuleRuntime {
         let mut versions = Vec::with_capacity(self.steps.len());
         let mut refused = Vec::new();
         let finish = |outcome, commands, errors, versions, refused| RuleResult {
-            rule: rule.name.clone(),
+            rule: self.name.clone(),
             outcome,
             commands,
             errors,
             versions,
             refused,
         };
-        let steps = self.steps.iter_mut().zip(&rule.steps).enumerate();
-        for (index, (step, spec)) in steps.skip(start) {
+        let steps = self.steps.iter_mut().zip(&rule.steps).zip(&self.plugins);
+        for (index, ((step, spec), plugin)) in steps.enumerate().skip(start) {
             let number = index + 1;
             let started = Instant::now();
             let handled = match timer {
@@ -202,7 +224,7 @@ impl RuleRuntime {
                 Ok(StepOutcome { outcome, version }) => {
                     versions.push(StepVersion {
                         step: number,
-                        plugin: spec.plugin.clone(),
+                        plugin: plugin.clone(),
                         version: Some(version),
                         elapsed,
                     });
@@ -246,13 +268,13 @@ impl RuleRuntime {
                 Err(error) => {
                     versions.push(StepVersion {
                         step: number,
-                        plugin: spec.plugin.clone(),
+                        plugin: plugin.clone(),
                         version: step.version(),
                         elapsed,
                     });
                     errors.push(StepError {
                         step: number,
-                        plugin: spec.plugin.clone(),
+                        plugin: plugin.clone(),
                         error,
                     });
                     let outcome = match rule.on_error {
