@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -163,6 +163,10 @@ struct Shard {
     devices: HashMap<String, (u64, Twin)>,
     /// Update sequence → device: the first is the one updated longest ago.
     order: BTreeMap<u64, String>,
+    /// The next update's number in `order`. Each shard counts its own, under its lock: the
+    /// order only ranks a shard's devices against each other, and one count shared by the
+    /// shards was a write per event to a line both workers write.
+    sequence: u64,
     /// The property codes and services seen, shared by every twin of the shard.
     names: HashSet<Arc<str>>,
     /// The devices whose twin changed (or went) since the store last took the changes.
@@ -193,7 +197,6 @@ pub struct Twins {
     shards: Vec<Mutex<Shard>>,
     max_devices: usize,
     hasher: std::collections::hash_map::RandomState,
-    sequence: AtomicU64,
     /// How many devices the shards hold, kept as they change so that the gauge read after
     /// every batch takes no lock.
     devices: AtomicUsize,
@@ -287,7 +290,6 @@ impl Twins {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             max_devices,
             hasher: Default::default(),
-            sequence: Default::default(),
             devices: Default::default(),
         }
     }
@@ -331,9 +333,10 @@ impl Twins {
         if !updates_twin(event) || !self.enabled() {
             return Updated::default();
         }
-        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
         let mut shard = lock(self.shard(&event.device.id));
         let shard = &mut *shard;
+        let sequence = shard.sequence;
+        shard.sequence += 1;
         let mut updated = Updated::default();
         shard.mark_changed(&event.device.id);
         let (twin, previous) = match shard.devices.get_mut(&event.device.id) {
@@ -477,7 +480,7 @@ impl Twins {
     }
 
     /// After a load: every shard's eviction order by the devices' last-seen times (the
-    /// sequence numbers the load left are those times), renumbered from the global sequence;
+    /// sequence numbers the load left are those times), renumbered from the shard's sequence;
     /// then the devices seen longest ago, over all shards, evicted down to the bound. Returns
     /// the ids evicted.
     fn order_by_last_seen(&self) -> Vec<String> {
@@ -494,7 +497,8 @@ impl Twins {
             seen.sort_unstable();
             let mut order = BTreeMap::new();
             for (last_seen, id) in seen {
-                let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+                let sequence = shard.sequence;
+                shard.sequence += 1;
                 if let Some((seq, _)) = shard.devices.get_mut(&id) {
                     *seq = sequence;
                 }
