@@ -9,8 +9,15 @@
 //! does; a copy of an id already done is acknowledged.
 //!
 //! Each id is hashed once, on admission: the hash picks the shard and finds the entry, and
-//! the first copy carries a [`Mark`] (the hash and the entry's serial number) to finish it by,
-//! so the hot path allocates one key and hashes one string per event.
+//! the first copy carries a [`Mark`] (the hash, the entry's serial number and its place in the
+//! table) to finish it by, so the hot path allocates one key and hashes one string per event.
+//!
+//! An entry is found again by its place in the table, checked by its serial number or stamp,
+//! and by its hash only when the table has grown since and moved it. The table holds the
+//! ids of a whole window (100 000 of them by default, megabytes), so a search by hash reads
+//! a line of the table's control bytes and then the entry, each usually a cache miss: going
+//! to the place directly saves one of the two, for the first copy's finish and for its id's
+//! end in the memory.
 
 use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
@@ -19,6 +26,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::OccupiedEntry;
 
 use crate::sync::lock;
 
@@ -84,11 +92,13 @@ pub(super) enum Admission<C> {
     Done(C),
 }
 
-/// How a first copy finds its entry again: the id's hash, and the entry's serial number.
+/// How a first copy finds its entry again: the id's hash, the entry's serial number, and
+/// where the entry was put in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Mark {
     hash: u64,
     serial: u64,
+    bucket: usize,
 }
 
 /// One shard: the ids remembered for a window, up to a capacity (the oldest go first), and
@@ -120,6 +130,8 @@ struct Remembered {
     at: Instant,
     hash: u64,
     stamp: u64,
+    /// Where its entry was in the table when it was remembered.
+    bucket: usize,
 }
 
 impl<C> Dedup<C> {
@@ -142,24 +154,28 @@ impl<C> Dedup<C> {
         }
         self.expire(now);
         let stamp = self.next;
-        let serial = match self.entries.find_mut(hash, |entry| *entry.id == *id) {
-            Some(entry) => match (&entry.stamp, &mut entry.held) {
-                (Some(_), Some(held)) => {
-                    held.push(copy);
-                    return Admission::Held;
+        let (serial, bucket) = match self.entries.find_entry(hash, |entry| *entry.id == *id) {
+            Ok(found) => {
+                let bucket = found.bucket_index();
+                let entry = found.into_mut();
+                match (&entry.stamp, &mut entry.held) {
+                    (Some(_), Some(held)) => {
+                        held.push(copy);
+                        return Admission::Held;
+                    }
+                    (Some(_), None) => return Admission::Done(copy),
+                    // In flight and no longer remembered (the window passed, or the capacity
+                    // pushed it out while it waited): a copy now is taken for a first, as one
+                    // arriving after the id was forgotten would be.
+                    (None, _) => {
+                        entry.stamp = Some(stamp);
+                        entry.held.get_or_insert_with(Vec::new);
+                        (entry.serial, bucket)
+                    }
                 }
-                (Some(_), None) => return Admission::Done(copy),
-                // In flight and no longer remembered (the window passed, or the capacity
-                // pushed it out while it waited): a copy now is taken for a first, as one
-                // arriving after the id was forgotten would be.
-                (None, _) => {
-                    entry.stamp = Some(stamp);
-                    entry.held.get_or_insert_with(Vec::new);
-                    entry.serial
-                }
-            },
-            None => {
-                self.entries.insert_unique(
+            }
+            Err(absent) => {
+                let inserted = absent.into_table().insert_unique(
                     hash,
                     Entry {
                         id: id.into(),
@@ -170,7 +186,7 @@ impl<C> Dedup<C> {
                     },
                     |entry| entry.hash,
                 );
-                stamp
+                (stamp, inserted.bucket_index())
             }
         };
         self.next += 1;
@@ -178,6 +194,7 @@ impl<C> Dedup<C> {
             at: now,
             hash,
             stamp,
+            bucket,
         });
         self.remembered += 1;
         while self.remembered > self.capacity {
@@ -186,14 +203,20 @@ impl<C> Dedup<C> {
             };
             self.unremember(&oldest);
         }
-        Admission::First(copy, Some(Mark { hash, serial }))
+        Admission::First(
+            copy,
+            Some(Mark {
+                hash,
+                serial,
+                bucket,
+            }),
+        )
     }
 
     fn finished(&mut self, mark: Mark, retry: bool) -> Vec<C> {
-        let Ok(mut found) = self
-            .entries
-            .find_entry(mark.hash, |entry| entry.serial == mark.serial)
-        else {
+        let Some(mut found) = find(&mut self.entries, mark.hash, mark.bucket, |entry| {
+            entry.serial == mark.serial
+        }) else {
             return Vec::new();
         };
         let entry = found.get_mut();
@@ -228,9 +251,9 @@ impl<C> Dedup<C> {
         if self.order.len() > 2 * self.capacity.max(16) {
             let entries = &self.entries;
             self.order.retain(|record| {
-                entries
-                    .find(record.hash, |entry| entry.stamp == Some(record.stamp))
-                    .is_some()
+                let remembered = |entry: &Entry<C>| entry.stamp == Some(record.stamp);
+                entries.get_bucket(record.bucket).is_some_and(remembered)
+                    || entries.find(record.hash, remembered).is_some()
             });
         }
     }
@@ -238,10 +261,9 @@ impl<C> Dedup<C> {
     /// Ends `record`'s memory of its id, if the id still has it; the entry goes unless its
     /// first copy is in flight.
     fn unremember(&mut self, record: &Remembered) {
-        let Ok(mut found) = self
-            .entries
-            .find_entry(record.hash, |entry| entry.stamp == Some(record.stamp))
-        else {
+        let Some(mut found) = find(&mut self.entries, record.hash, record.bucket, |entry| {
+            entry.stamp == Some(record.stamp)
+        }) else {
             return;
         };
         self.remembered -= 1;
@@ -251,6 +273,20 @@ impl<C> Dedup<C> {
             found.remove();
         }
     }
+}
+
+/// The entry of `entries` that `is` names: the one at `bucket` if it is that one, or else the
+/// one found by `hash` (the table grew, and moved it, since `bucket` was taken).
+fn find<C>(
+    entries: &mut HashTable<Entry<C>>,
+    hash: u64,
+    bucket: usize,
+    is: impl Fn(&Entry<C>) -> bool,
+) -> Option<OccupiedEntry<'_, Entry<C>>> {
+    if entries.get_bucket(bucket).is_some_and(&is) {
+        return entries.get_bucket_entry(bucket).ok();
+    }
+    entries.find_entry(hash, is).ok()
 }
 
 #[cfg(test)]
@@ -374,6 +410,63 @@ mod tests {
         assert!(dedup.0.finished(again, false).is_empty());
         assert!(!dedup.first_time("a", start + Duration::from_secs(5)));
         assert!(dedup.first_time("a", start + Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn a_first_copy_finishes_by_its_place_and_by_its_hash_once_the_table_moved_it() {
+        let now = Instant::now();
+        let mut dedup = Shard::new(MINUTE, 10_000);
+        let ids: Vec<String> = (0..1000).map(|n| format!("id-{n}")).collect();
+        let marks: Vec<Mark> = ids.iter().map(|id| dedup.mark(id, now, 0)).collect();
+        // The table grew while the ids came: the first ones' places are stale.
+        let moved = marks
+            .iter()
+            .filter(|mark| {
+                dedup
+                    .0
+                    .entries
+                    .get_bucket(mark.bucket)
+                    .map(|entry| entry.serial)
+                    != Some(mark.serial)
+            })
+            .count();
+        assert!(
+            moved > 0 && moved < marks.len(),
+            "{moved} of {} moved",
+            marks.len()
+        );
+        for (n, (id, mark)) in ids.iter().zip(&marks).enumerate() {
+            assert!(matches!(
+                dedup.admit(id, now, n as u32 + 1),
+                Admission::Held
+            ));
+            assert_eq!(dedup.0.finished(*mark, false), vec![n as u32 + 1], "{id}");
+            assert!(
+                matches!(dedup.admit(id, now, 0), Admission::Done(0)),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_mark_whose_place_another_entry_took_finishes_only_its_own() {
+        let now = Instant::now();
+        let mut dedup = Shard::new(MINUTE, 100);
+        let a = dedup.mark("a", now, 0);
+        let b = dedup.mark("b", now, 0);
+        assert!(matches!(dedup.admit("a", now, 1), Admission::Held));
+        assert!(matches!(dedup.admit("b", now, 2), Admission::Held));
+        // As if b had taken the place where a was put.
+        let stale = Mark {
+            bucket: b.bucket,
+            ..a
+        };
+        assert_eq!(dedup.0.finished(stale, false), vec![1]);
+        assert!(
+            matches!(dedup.admit("b", now, 3), Admission::Held),
+            "b is still in flight"
+        );
+        assert_eq!(dedup.0.finished(b, false), vec![2, 3]);
     }
 
     #[test]
