@@ -30,7 +30,10 @@
 //! The device twin is on, as in the service (every event updates its device's twin and the
 //! batch's twins are committed with the plugin state); the same run measures a pipeline with
 //! the twin off beside it (`…-twin-off`, and a second line of `BENCH_PROFILE`), so its cost
-//! is the difference of two figures taken under the same load of the machine.
+//! is the difference of two figures taken under the same load of the machine. With the twin
+//! on, `BENCH_PROFILE` also gives the ratio to the work with the twin's part in it (each
+//! event's twin updated, the twins committed with the plugin state, in the same thread): the
+//! rest is what the pipeline itself costs.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -289,11 +292,16 @@ fn profile_one(batches: u64, twin: bool) {
             kept
         })
         .collect();
-    let mut alone = Alone::new(&bench, &files);
+    let mut alone = Alone::new(&bench, &files, false);
+    // With the twin on, also the work with the twin's own part in it: what is left over is
+    // the pipeline's.
+    let mut alone_twin = twin.then(|| Alone::new(&bench, &files, true));
     let (mut user, mut system) = (Duration::ZERO, Duration::ZERO);
     let mut work = Duration::ZERO;
+    let mut work_twin = Duration::ZERO;
     let mut wall = Duration::ZERO;
     let mut ratios = Vec::with_capacity(files.len());
+    let mut ratios_twin = Vec::with_capacity(files.len());
     for (index, file) in files.iter().enumerate() {
         let (user_before, system_before) = cpu_time();
         wall += bench.replay(file, 0.0);
@@ -304,6 +312,11 @@ fn profile_one(batches: u64, twin: bool) {
         work += batch_work;
         let batch = (user_after - user_before) + (system_after - system_before);
         ratios.push(batch.as_secs_f64() / batch_work.as_secs_f64());
+        if let Some(alone_twin) = &mut alone_twin {
+            let batch_work = alone_twin.run(index);
+            work_twin += batch_work;
+            ratios_twin.push(batch.as_secs_f64() / batch_work.as_secs_f64());
+        }
     }
     let events = (BATCH * batches) as f64;
     let per_event = |d: Duration| d.as_secs_f64() * 1e6 / events;
@@ -318,18 +331,34 @@ fn profile_one(batches: u64, twin: bool) {
     );
     // The batches' ratios, each of a pipeline's batch and the work on it a moment later: a
     // burst of another tenant's load spoils the pair it falls in, not the median.
-    ratios.sort_by(f64::total_cmp);
-    let quantile = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+    let quartiles = |ratios: &mut Vec<f64>| {
+        ratios.sort_by(f64::total_cmp);
+        let quantile = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+        format!(
+            "median {:.2}, quartiles {:.2}–{:.2}",
+            quantile(0.5),
+            quantile(0.25),
+            quantile(0.75)
+        )
+    };
     println!(
         "pipeline/profile: the work alone (decode + the 3 plugin calls, one thread, same \
          messages, each batch right after the pipeline's) {:.1} µs/event; pipeline ÷ work {:.2} \
-         (batch by batch: median {:.2}, quartiles {:.2}–{:.2})",
+         (batch by batch: {})",
         per_event(work),
         (user + system).as_secs_f64() / work.as_secs_f64(),
-        quantile(0.5),
-        quantile(0.25),
-        quantile(0.75),
+        quartiles(&mut ratios),
     );
+    if twin {
+        println!(
+            "pipeline/profile: the work alone with the twin's part (each event's twin updated, \
+             the twins committed with the plugin state) {:.1} µs/event; pipeline ÷ that work \
+             {:.2} (batch by batch: {})",
+            per_event(work_twin),
+            (user + system).as_secs_f64() / work_twin.as_secs_f64(),
+            quartiles(&mut ratios_twin),
+        );
+    }
     if std::env::var_os("BENCH_ALONE_THREADS").is_some() {
         alone.in_two_threads(work);
     }
@@ -348,11 +377,16 @@ struct Alone {
     dialect: Dialect,
     /// The messages of each recording.
     payloads: Vec<Vec<String>>,
+    /// With the twin: the twins the work updates, kept in its store as the pipeline keeps
+    /// them.
+    twins: Option<Arc<Twins>>,
 }
 
 impl Alone {
-    /// Ready to run on `files`, warmed up as the pipeline was, on the first of them.
-    fn new(bench: &Bench, files: &[PathBuf]) -> Self {
+    /// Ready to run on `files`, warmed up as the pipeline was, on the first of them; with
+    /// `twin`, the work updates each event's device twin too, and commits the twins with the
+    /// plugin state, as the pipeline's workers and store do.
+    fn new(bench: &Bench, files: &[PathBuf], twin: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let plugin_runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(dir.path().to_owned()),
@@ -367,6 +401,11 @@ impl Alone {
             Some(durable) => durable.clone(),
             None => Arc::new(iotrules::plugin::MemoryStateStore::new()),
         };
+        let twins = twin.then(|| {
+            let twins = Arc::new(Twins::new(DEFAULT_MAX_DEVICES));
+            state.keep(iotrules::twin::NAMESPACE, twins.clone());
+            twins
+        });
         let registry = Registry::new(plugin_runtime, bench.dir.path(), state);
         registry.load_all().expect("plugins");
         let payloads: Vec<Vec<String>> = files
@@ -382,17 +421,19 @@ impl Alone {
                     .collect()
             })
             .collect();
-        let mut steps = Self::steps(&registry, "");
+        let steps = Self::steps(&registry, "");
         let dialect = Dialect::Tuya(Decoder::new(bench.keys.clone(), SignMode::Enforce));
-        each(&dialect, &payloads[0], &mut steps);
-        Alone {
+        let mut alone = Alone {
             _dir: dir,
             registry,
             durable,
             steps,
             dialect,
             payloads,
-        }
+            twins,
+        };
+        alone.each(0);
+        alone
     }
 
     /// The three rules' steps; `suffix` names their state apart from another set's.
@@ -421,10 +462,29 @@ impl Alone {
     /// The CPU time of the work on recording `index`, its state committed.
     fn run(&mut self, index: usize) -> Duration {
         let (user, system) = cpu_time();
-        each(&self.dialect, &self.payloads[index], &mut self.steps);
+        self.each(index);
         self.flush();
         let (user_after, system_after) = cpu_time();
         (user_after - user) + (system_after - system)
+    }
+
+    /// The work on recording `index`: see [`each`]; with the twin, each event updates its
+    /// device's twin first, and the store is told of the changes every [`TWIN_BATCH`] events,
+    /// as a worker tells it once per batch.
+    fn each(&mut self, index: usize) {
+        let Some(twins) = &self.twins else {
+            each(&self.dialect, &self.payloads[index], &mut self.steps);
+            return;
+        };
+        let state = self.registry.state();
+        for payloads in self.payloads[index].chunks(TWIN_BATCH) {
+            for payload in payloads {
+                let event = decode(&self.dialect, payload);
+                twins.update(&event);
+                handle(&event, &mut self.steps);
+            }
+            state.changed(iotrules::twin::NAMESPACE);
+        }
     }
 
     fn flush(&self) {
@@ -461,15 +521,27 @@ impl Alone {
     }
 }
 
+/// How many events the work alone updates twins for between two notices to the store: a
+/// worker's batch at most.
+const TWIN_BATCH: usize = 32;
+
 /// Decodes each of `payloads` and runs `steps` on it, one after the other.
 fn each(dialect: &Dialect, payloads: &[String], steps: &mut [Step]) {
     for payload in payloads {
-        let event = dialect
-            .decode(&RawMessage::new("bench", payload.as_bytes()))
-            .expect("decode");
-        for step in steps.iter_mut() {
-            std::hint::black_box(step.handle(&event).expect("handled"));
-        }
+        handle(&decode(dialect, payload), steps);
+    }
+}
+
+fn decode(dialect: &Dialect, payload: &str) -> iotrules::event::Event {
+    dialect
+        .decode(&RawMessage::new("bench", payload.as_bytes()))
+        .expect("decode")
+}
+
+/// Runs `steps` on `event`, one after the other.
+fn handle(event: &iotrules::event::Event, steps: &mut [Step]) {
+    for step in steps.iter_mut() {
+        std::hint::black_box(step.handle(event).expect("handled"));
     }
 }
 
