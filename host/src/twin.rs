@@ -615,7 +615,7 @@ impl Twins {
             changes.reserve(shard.changed.len());
             for id in shard.changed.drain() {
                 let value = match shard.devices.get(&id) {
-                    Some((_, twin)) => match serde_json::to_vec(twin) {
+                    Some((_, twin)) => match stored(twin) {
                         Ok(json) => Some(json),
                         Err(error) => {
                             tracing::error!(device = id, %error, "Cannot store a device twin");
@@ -629,6 +629,24 @@ impl Twins {
         }
         changes
     }
+}
+
+/// A twin as the store keeps it: its JSON, written into a buffer of about its size from the
+/// start. `serde_json::to_vec` starts from 128 bytes and doubles: a twin of three properties
+/// (274 bytes in `bench pipeline`) took three allocations and two copies, on the thread that
+/// commits, for every device changed in every commit, and was held at twice its size until
+/// the commit.
+fn stored(twin: &Twin) -> serde_json::Result<Vec<u8>> {
+    let size = 128
+        + twin.device.id.len()
+        + twin
+            .properties
+            .iter()
+            .map(|property| 64 + property.code.len())
+            .sum::<usize>();
+    let mut json = Vec::with_capacity(size);
+    serde_json::to_writer(&mut json, twin)?;
+    Ok(json)
 }
 
 #[cfg(test)]
