@@ -357,10 +357,12 @@ impl Twins {
                 (twin, None)
             }
         };
-        if let Some(previous) = previous {
-            shard.order.remove(&previous);
-        }
-        shard.order.insert(sequence, event.device.id.clone());
+        // The device moves to the end of the order under the id it already had there: a copy
+        // of the id only for a device new to the shard, not one made and one freed per update.
+        let id = previous
+            .and_then(|previous| shard.order.remove(&previous))
+            .unwrap_or_else(|| event.device.id.clone());
+        shard.order.insert(sequence, id);
         if event.device.product.is_some() {
             twin.device.product.clone_from(&event.device.product);
         }
@@ -871,6 +873,26 @@ mod tests {
         for id in &evicted {
             assert!(twins.get(id).is_none());
         }
+    }
+
+    #[test]
+    fn an_update_moves_its_device_behind_the_others_of_its_shard() {
+        let twins = Twins::new(2);
+        // Three devices of one shard.
+        let first = twins.shard("d0");
+        let ids: Vec<String> = (0..)
+            .map(|i| format!("d{i}"))
+            .filter(|id| std::ptr::eq(twins.shard(id), first))
+            .take(3)
+            .collect();
+        let update = |id: &str, time: u64| twins.update(&event(id, Kind::Properties, time, &[]));
+        assert!(update(&ids[0], 1).evicted.is_empty());
+        assert!(update(&ids[1], 2).evicted.is_empty());
+        // The first, seen again, is now the newest: the second goes.
+        assert!(update(&ids[0], 3).evicted.is_empty());
+        assert_eq!(update(&ids[2], 4).evicted, [ids[1].clone()]);
+        assert_eq!(update(&ids[1], 5).evicted, [ids[0].clone()]);
+        assert!(twins.get(&ids[2]).is_some() && twins.get(&ids[1]).is_some());
     }
 
     #[test]
