@@ -54,12 +54,14 @@ pub struct Captured {
 }
 
 /// A command path that records every command and confirms it, or holds the confirmations
-/// while closed.
+/// while closed (of one device's commands only, for [`Capture::holding`]).
 #[derive(Default)]
 pub struct Capture {
     name: String,
     received: Mutex<Vec<Captured>>,
     held: Mutex<Option<Vec<Confirmer>>>,
+    /// Only this device's commands are held, when set.
+    device: Option<String>,
 }
 
 impl Capture {
@@ -76,6 +78,17 @@ impl Capture {
         Arc::new(Capture {
             name: name.to_owned(),
             held: Mutex::new(Some(Vec::new())),
+            ..Capture::default()
+        })
+    }
+
+    /// A path that holds the confirmations of `device`'s commands until
+    /// [`Capture::release`], and confirms the others at once.
+    pub fn holding(name: &str, device: &str) -> Arc<Self> {
+        Arc::new(Capture {
+            name: name.to_owned(),
+            held: Mutex::new(Some(Vec::new())),
+            device: Some(device.to_owned()),
             ..Capture::default()
         })
     }
@@ -122,9 +135,13 @@ impl CommandPath for Capture {
                 seq: params.get("seq").and_then(serde_json::Value::as_u64),
                 params,
             });
+            let holds = self
+                .device
+                .as_ref()
+                .is_none_or(|device| *device == command.device.id);
             match self.held.lock().unwrap().as_mut() {
-                Some(held) => held.push(done),
-                None => {
+                Some(held) if holds => held.push(done),
+                _ => {
                     let _ = done.send(Ok(()));
                 }
             }

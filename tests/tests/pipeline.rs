@@ -229,6 +229,46 @@ fn no_event_is_acked_before_its_commands_are_confirmed_and_intake_waits_when_ful
     assert_eq!(test.metrics.in_flight.get(), 0);
 }
 
+#[test]
+fn a_command_still_unconfirmed_holds_up_only_its_own_event() {
+    let runtime = runtime();
+    let capture = Capture::holding("out", "dev-slow");
+    let mut test = echo_pipeline(&runtime, &capture, settings(1, 64, 64));
+    let ingest = ingest(&test);
+    let acks = Arc::new(Acks::default());
+    // Submitted without waking the one worker, then woken once: they run as one batch, the
+    // held one first.
+    const OTHERS: usize = 20;
+    let deferring = ingest.deferring();
+    runtime.block_on(async {
+        let slow = huawei_body("dev-slow", 0);
+        deferring.submit(acks.delivery(slow)).await.expect("submit");
+        for seq in 1..=OTHERS {
+            let body = huawei_body(&format!("dev-{}", seq % 4), seq as u64);
+            deferring.submit(acks.delivery(body)).await.expect("submit");
+        }
+    });
+    deferring.wake_workers();
+    wait_for("the events after the held one acked", || {
+        acks.acked() == OTHERS
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        acks.acked(),
+        OTHERS,
+        "acked before its command was confirmed"
+    );
+    assert_eq!(test.pipeline().in_flight(), 1);
+
+    capture.release();
+    drop(deferring);
+    drop(ingest);
+    test.drain(&runtime);
+    assert_eq!(acks.acked(), OTHERS + 1);
+    assert_eq!(acks.retried(), 0);
+    assert_eq!(capture.received().len(), OTHERS + 1);
+}
+
 /// A transport whose every attempt waits until the gate opens, then succeeds.
 struct Gated {
     open: tokio::sync::watch::Receiver<bool>,

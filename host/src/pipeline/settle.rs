@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::job::{Origin, Pending};
 use super::report::{CommandFailed, DeadLetterStoreFailed};
 use super::{Settle, Shared};
-use crate::command::{CommandPath, Confirmation, Confirmer};
+use crate::command::{CommandError, CommandPath, Confirmation, Confirmer};
 use crate::event::Command;
 use crate::metrics::Counter;
 use crate::plugin::Durable;
@@ -46,19 +46,28 @@ pub(super) struct Route {
 }
 
 /// An event its worker is done with that still waits for its commands, its dead letters or
-/// the commit of the plugin state it wrote.
+/// the commit of the plugin state written up to the end of its batch (its [`Part`]'s).
 pub(super) struct Unsettled {
     pub(super) pending: Pending,
     pub(super) origin: Origin,
     pub(super) event_id: String,
     pub(super) queued: Vec<Queued>,
     pub(super) letters: Vec<DeadLetterRecord>,
-    /// The plugin state its calls wrote, until it is in the store.
-    pub(super) durable: Option<Durable>,
+    /// Whether it waits for that commit: a delivery that takes no acknowledgement (MQTT QoS
+    /// 0) does not while the store keeps up.
+    pub(super) waits: bool,
 }
 
 /// A worker's settle task: one task waits for every event of the worker that has commands,
 /// dead letters or state to commit, instead of a task spawned per event.
+///
+/// The events of one batch wait together, for one commit: the worker takes one [`Durable`]
+/// at the end of the batch, when every state write of its events is queued, and the task
+/// waits for it once and then settles the batch's events in order, each at once when its
+/// commands are already confirmed (the usual case by the time the commit is in), else on
+/// its own. Each event took a `Durable` of its own before: a subscription to the writer's
+/// commits taken and dropped per event, one waiter per event for the writer to wake, and one
+/// future per event to poll, on lines that all three threads write.
 ///
 /// The worker hands events over in groups: those it finished while more jobs were waiting,
 /// up to [`Settler::GROUP`], go together when it runs out of jobs (or the group is full), so a
@@ -78,14 +87,25 @@ pub(super) struct Unsettled {
 pub(super) struct Settler {
     sender: mpsc::Sender<Group>,
     group: Group,
+    /// The events of the batch running, handed over before it ended.
+    open: Vec<Unsettled>,
 }
 
-/// Events handed over together, and their commands.
+/// Events handed over together, batch by batch, and their commands.
 #[derive(Default)]
 struct Group {
-    events: Vec<Unsettled>,
+    parts: Vec<Part>,
+    /// How many events the parts hold.
+    events: usize,
     /// The commands of the events, by path, in the order they were queued.
     outbox: Vec<(Arc<dyn CommandPath>, Outgoing)>,
+}
+
+/// The events of one batch, and the commit of the state written up to its end, which none of
+/// them is acknowledged before.
+struct Part {
+    events: Vec<Unsettled>,
+    durable: Option<Durable>,
 }
 
 /// Commands for one path, each with the way to confirm it.
@@ -109,9 +129,9 @@ impl Settler {
             loop {
                 tokio::select! {
                     next = receiver.recv() => match next {
-                        Some(Group { events, outbox }) => {
-                            for unsettled in events {
-                                settling.push(settle(&shared, unsettled));
+                        Some(Group { parts, outbox, .. }) => {
+                            for part in parts {
+                                settling.push(settle_part(&shared, part));
                             }
                             let queue = async {
                                 for (path, commands) in outbox {
@@ -136,6 +156,7 @@ impl Settler {
         Settler {
             sender,
             group: Group::default(),
+            open: Vec::with_capacity(Self::GROUP),
         }
     }
 
@@ -157,33 +178,132 @@ impl Settler {
         confirmation
     }
 
-    /// Takes an event to wait for; hands the group over once it is full.
+    /// Takes an event of the batch running to wait for; hands the group over once it is
+    /// full, the batch's events so far waiting for every state write queued until then.
     pub(super) fn hand_over(&mut self, shared: &Shared, unsettled: Unsettled) {
-        self.group.events.push(unsettled);
-        if self.group.events.len() >= Self::GROUP {
+        self.open.push(unsettled);
+        if self.group.events + self.open.len() >= Self::GROUP {
+            let durable = shared.registry.state().durable();
+            self.end_batch(durable);
             self.flush(shared);
         }
+    }
+
+    /// Ends the batch running: its events handed over wait for `durable`, taken once all
+    /// their state writes were queued.
+    pub(super) fn end_batch(&mut self, durable: Option<Durable>) {
+        if self.open.is_empty() {
+            return;
+        }
+        let events = std::mem::replace(&mut self.open, Vec::with_capacity(Self::GROUP));
+        self.group.events += events.len();
+        self.group.parts.push(Part { events, durable });
     }
 
     /// Hands over the events kept, with their commands; waits while the task is
     /// [`AHEAD`](Self::AHEAD) groups behind. Settles them as retries in the (shutdown) case
     /// where the task is gone: their commands are not sent.
     pub(super) fn flush(&mut self, shared: &Shared) {
-        if self.group.events.is_empty() && self.group.outbox.is_empty() {
+        if !self.open.is_empty() {
+            // Not reached from a worker, which ends each batch before it flushes.
+            let durable = shared.registry.state().durable();
+            self.end_batch(durable);
+        }
+        if self.group.parts.is_empty() && self.group.outbox.is_empty() {
             return;
         }
-        let group = std::mem::replace(
-            &mut self.group,
-            Group {
-                events: Vec::with_capacity(Self::GROUP),
-                outbox: Vec::new(),
-            },
-        );
+        let group = std::mem::take(&mut self.group);
         if let Err(mpsc::error::SendError(group)) = self.sender.blocking_send(group) {
-            for unsettled in group.events {
+            for unsettled in group.parts.into_iter().flat_map(|part| part.events) {
                 finish(shared, unsettled.pending, Err(()));
             }
         }
+    }
+}
+
+/// Waits for a batch's commit, then settles its events in order: at once each one whose
+/// commands are all answered, the others each on its own (one slow command path holds up
+/// only the events with commands on it).
+async fn settle_part(shared: &Arc<Shared>, part: Part) {
+    let Part {
+        mut events,
+        durable,
+    } = part;
+    if durable.is_none() || events.iter().all(|unsettled| unsettled.waits) {
+        settle_after(shared, events, durable).await;
+        return;
+    }
+    let free: Vec<_> = events
+        .extract_if(.., |unsettled| !unsettled.waits)
+        .collect();
+    futures::join!(
+        settle_after(shared, free, None),
+        settle_after(shared, events, durable)
+    );
+}
+
+/// [`settle_part`] of `events` once `durable` is in.
+async fn settle_after(shared: &Arc<Shared>, events: Vec<Unsettled>, durable: Option<Durable>) {
+    if let Some(durable) = durable {
+        durable.wait().await;
+    }
+    let mut later = Vec::new();
+    for unsettled in events {
+        if unsettled
+            .queued
+            .iter()
+            .any(|queued| queued.confirmation.is_empty())
+        {
+            later.push(settle(shared, unsettled));
+            continue;
+        }
+        let Unsettled {
+            pending,
+            origin,
+            event_id,
+            queued,
+            mut letters,
+            waits: _,
+        } = unsettled;
+        for Queued {
+            route,
+            device,
+            name,
+            mut confirmation,
+        } in queued
+        {
+            // Not empty: answered, so `try_recv` takes the answer.
+            let answer = confirmation.try_recv().map_err(|_| ());
+            answered(
+                shared,
+                &route,
+                &device,
+                &name,
+                answer,
+                &origin,
+                &event_id,
+                &mut letters,
+            );
+        }
+        if letters.is_empty() {
+            finish(shared, pending, Ok(()));
+        } else {
+            // Storing them may take a while (and holds the event while the store refuses).
+            later.push(settle(
+                shared,
+                Unsettled {
+                    pending,
+                    origin,
+                    event_id,
+                    queued: Vec::new(),
+                    letters,
+                    waits: true,
+                },
+            ));
+        }
+    }
+    if !later.is_empty() {
+        futures::future::join_all(later).await;
     }
 }
 
@@ -195,11 +315,8 @@ async fn settle(shared: &Arc<Shared>, unsettled: Unsettled) {
         event_id,
         queued,
         mut letters,
-        durable,
+        waits: _,
     } = unsettled;
-    if let Some(durable) = durable {
-        durable.wait().await;
-    }
     for Queued {
         route,
         device,
@@ -207,34 +324,54 @@ async fn settle(shared: &Arc<Shared>, unsettled: Unsettled) {
         confirmation,
     } in queued
     {
-        let result = match confirmation.await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(_) => Err(format!(
-                "command path \"{}\" stopped before confirming",
-                route.path
-            )),
-        };
-        match result {
-            Ok(()) => {
-                route.sent.inc();
-                route.rule_sent.inc();
-            }
-            Err(reason) => {
-                let message = format!("command {name} for device {device} not delivered: {reason}");
-                CommandFailed {
-                    path: &route.path,
-                    rule: &route.rule,
-                    error: &message,
-                    counters: [&route.failed, &route.rule_failed],
-                }
-                .emit(&shared.reports);
-                let mut letter = letter(&origin, "command", message, Some(&event_id));
-                letter.rule = Some(route.rule.to_string());
-                letters.push(letter);
-            }
-        }
+        let answer = confirmation.await.map_err(|_| ());
+        answered(
+            shared,
+            &route,
+            &device,
+            &name,
+            answer,
+            &origin,
+            &event_id,
+            &mut letters,
+        );
     }
     conclude(shared, pending, letters, &origin).await;
+}
+
+/// Counts a command's answer (`Err` when its path stopped before answering); one that was
+/// not delivered is reported and becomes a dead letter of its event.
+#[allow(clippy::too_many_arguments)]
+fn answered(
+    shared: &Shared,
+    route: &Route,
+    device: &str,
+    name: &str,
+    answer: Result<Result<(), CommandError>, ()>,
+    origin: &Origin,
+    event_id: &str,
+    letters: &mut Vec<DeadLetterRecord>,
+) {
+    let reason = match answer {
+        Ok(Ok(())) => {
+            route.sent.inc();
+            route.rule_sent.inc();
+            return;
+        }
+        Ok(Err(error)) => error.to_string(),
+        Err(()) => format!("command path \"{}\" stopped before confirming", route.path),
+    };
+    let message = format!("command {name} for device {device} not delivered: {reason}");
+    CommandFailed {
+        path: &route.path,
+        rule: &route.rule,
+        error: &message,
+        counters: [&route.failed, &route.rule_failed],
+    }
+    .emit(&shared.reports);
+    let mut letter = letter(origin, "command", message, Some(event_id));
+    letter.rule = Some(route.rule.to_string());
+    letters.push(letter);
 }
 
 /// Settles a delivery, and the copies of it that arrived while it was in flight: acked when

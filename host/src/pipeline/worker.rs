@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::error::TryRecvError;
 
 use super::Shared;
-use super::job::{Connector, Fire, Job, Origin, Pending};
+use super::job::{Connector, Fire, Job, Origin};
 use super::queue::Jobs;
 use super::report::{CommandRefused, ConditionFailed, StepFailed, TwinEvicted};
 use super::settle::{self, Queued, Route, Settler, Unsettled, letter};
@@ -205,9 +205,16 @@ impl Worker {
         // Before any event of the batch is settled: whoever sees one settled sees it counted.
         count_outcomes(batch, &runs);
         self.flush_tallies();
-        for (job, run) in batch.drain(..).zip(runs) {
-            self.finish(job, run, trace_on);
+        for (job, run) in batch.iter_mut().zip(&mut runs) {
+            self.conclude(job, run, trace_on);
         }
+        // Every state write of the batch is queued now: one wait covers all its events.
+        let (durable, relaxed) = self.durable(batch);
+        for (job, run) in batch.drain(..).zip(runs) {
+            let waits = durable.is_some() && !(relaxed && job.pending.acker.settles_nothing());
+            self.finish(job, run, waits);
+        }
+        self.settler.end_batch(durable);
     }
 
     /// Adds what the batch gathered to the rules' counters and the plugins' call histograms.
@@ -407,31 +414,24 @@ impl Worker {
         );
     }
 
-    /// An event every rule has run on: its commands are queued, and it is settled at once
-    /// when nothing is left to wait for, or handed to the settle task.
-    fn finish(&mut self, job: Job, run: Run, trace_on: bool) {
+    /// An event every rule has run on, before the batch's wait is taken: its refused
+    /// commands become dead letters, it is traced, and a timer no step took is removed.
+    fn conclude(&mut self, job: &mut Job, run: &mut Run, trace_on: bool) {
         let Job {
             event,
             origin,
-            pending,
             timer,
+            ..
         } = job;
-        let Run {
-            commands,
-            refused,
-            mut letters,
-            matched,
-            passed: _,
-            trace,
-        } = run;
-        for (rule, refused) in refused {
+        for (rule, refused) in run.refused.drain(..) {
             let command = &refused.command;
             let message = format!(
                 "command {} for device {} not sent: {}",
                 command.name, command.device.id, refused.reason
             );
             let step = u32::try_from(refused.step).ok();
-            letters.push(self.refuse_command(&rule, message, step, &origin, &event.id));
+            let letter = self.refuse_command(&rule, message, step, origin, &event.id);
+            run.letters.push(letter);
         }
         if trace_on {
             tracing::debug!(
@@ -440,13 +440,13 @@ impl Worker {
                 origin.connector.name,
                 event.kind.as_str(),
                 event.device.id,
-                properties_text(&event),
-                if matched == 0 { "; no rule" } else { "" },
-                trace
+                properties_text(event),
+                if run.matched == 0 { "; no rule" } else { "" },
+                run.trace
             );
         }
-        if let Some(fire) = timer
-            && matched == 0
+        if run.matched == 0
+            && let Some(fire) = timer.take()
         {
             // No step of the rules this worker runs took it: its step is gone.
             self.shared
@@ -454,8 +454,24 @@ impl Worker {
                 .state()
                 .apply(&fire.namespace, vec![(fire.key, None)]);
         }
-        let durable = self.durable(&pending);
-        if commands.is_empty() && letters.is_empty() && durable.is_none() {
+    }
+
+    /// An event every rule has run on: its commands are queued, and it is settled at once
+    /// when nothing is left to wait for, or handed to the settle task. `waits`: it waits for
+    /// the batch's commit.
+    fn finish(&mut self, job: Job, run: Run, waits: bool) {
+        let Job {
+            event,
+            origin,
+            pending,
+            timer: _,
+        } = job;
+        let Run {
+            commands,
+            mut letters,
+            ..
+        } = run;
+        if commands.is_empty() && letters.is_empty() && !waits {
             settle::finish(&self.shared, pending, Ok(()));
             return;
         }
@@ -468,23 +484,26 @@ impl Worker {
                 event_id: event.id,
                 queued,
                 letters,
-                durable,
+                waits,
             },
         );
     }
 
-    /// What the event is to wait for before it is settled: the commit of the state written so
-    /// far, which its acknowledgement must not come before. A delivery whose transport takes
-    /// no acknowledgement (MQTT QoS 0) has nothing that could come too early, so it waits only
-    /// when the store is more than `max_in_flight` calls behind: that keeps the writes nobody
-    /// waits for within the same bound as those the events in flight wait for.
-    fn durable(&self, pending: &Pending) -> Option<Durable> {
+    /// What the batch's events are to wait for before they are settled: the commit of the
+    /// state written so far, which their acknowledgements must not come before; and whether
+    /// those whose transport takes no acknowledgement (MQTT QoS 0) are spared it. They have
+    /// nothing that could come too early, so they wait only when the store is more than
+    /// `max_in_flight` calls behind: that keeps the writes nobody waits for within the same
+    /// bound as those the events in flight wait for.
+    fn durable(&self, batch: &[Job]) -> (Option<Durable>, bool) {
         let state = self.shared.registry.state();
-        if pending.acker.settles_nothing() && state.backlog() < u64::from(self.shared.max_in_flight)
-        {
-            return None;
+        let settles_nothing = |job: &Job| job.pending.acker.settles_nothing();
+        let relaxed = batch.iter().any(settles_nothing)
+            && state.backlog() < u64::from(self.shared.max_in_flight);
+        if relaxed && batch.iter().all(settles_nothing) {
+            return (None, true);
         }
-        state.durable()
+        (state.durable(), relaxed)
     }
 
     /// Queues each command on its path, in order. A command without a known path fails at
