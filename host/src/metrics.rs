@@ -51,9 +51,16 @@ impl Gauge {
 
     /// Takes one away (never below zero).
     pub(crate) fn dec(&self) {
+        self.sub(1);
+    }
+
+    /// Takes `n` away (never below zero).
+    pub(crate) fn sub(&self, n: u64) {
         let _ = self
             .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
     }
 
     /// The value.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::job::{Origin, Pending};
 use super::report::{CommandFailed, DeadLetterStoreFailed};
@@ -248,6 +248,7 @@ async fn settle_after(shared: &Arc<Shared>, events: Vec<Unsettled>, durable: Opt
         durable.wait().await;
     }
     let mut later = Vec::new();
+    let mut acked = Acked::new(shared);
     for unsettled in events {
         if unsettled
             .queued
@@ -286,7 +287,7 @@ async fn settle_after(shared: &Arc<Shared>, events: Vec<Unsettled>, durable: Opt
             );
         }
         if letters.is_empty() {
-            finish(shared, pending, Ok(()));
+            acked.push(pending);
         } else {
             // Storing them may take a while (and holds the event while the store refuses).
             later.push(settle(
@@ -302,8 +303,58 @@ async fn settle_after(shared: &Arc<Shared>, events: Vec<Unsettled>, durable: Opt
             ));
         }
     }
+    drop(acked);
     if !later.is_empty() {
         futures::future::join_all(later).await;
+    }
+}
+
+/// Deliveries acknowledged one after the other whose in-flight slots go back together, when
+/// it is dropped: one release of the budget's semaphore (a lock, and a write to the count
+/// that intake takes slots from) and one change of the in-flight gauge for all of them,
+/// instead of one each.
+struct Acked<'a> {
+    shared: &'a Shared,
+    slots: Option<OwnedSemaphorePermit>,
+    count: u64,
+}
+
+impl<'a> Acked<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        Acked {
+            shared,
+            slots: None,
+            count: 0,
+        }
+    }
+
+    /// [`finish`]es `pending` as acknowledged, keeping its slot.
+    fn push(&mut self, pending: Pending) {
+        let Pending {
+            acker,
+            _permit: slot,
+            received,
+            dedup,
+        } = pending;
+        let shared = self.shared;
+        let copies = dedup.map_or_else(Vec::new, |mark| shared.seen.finished(mark, false));
+        acker.settle(Settle::Ack);
+        shared.metrics.event_latency.observe(received.elapsed());
+        self.count += 1;
+        match &mut self.slots {
+            Some(slots) => slots.merge(slot),
+            None => self.slots = Some(slot),
+        }
+        for copy in copies {
+            self.push(copy);
+        }
+    }
+}
+
+impl Drop for Acked<'_> {
+    fn drop(&mut self) {
+        self.shared.metrics.in_flight.sub(self.count);
+        drop(self.slots.take());
     }
 }
 
