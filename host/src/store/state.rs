@@ -181,6 +181,9 @@ struct Queue {
     /// Whether the writer lets calls nobody waits for gather (see [`LAZY`]): whoever starts
     /// waiting then wakes it.
     lazy: bool,
+    /// Whether the writer, woken by a call, lets the calls of the next moment join it (see
+    /// [`GATHER`]): whoever starts waiting then wakes it too.
+    gathering: bool,
     closed: bool,
 }
 
@@ -189,7 +192,7 @@ impl Queue {
     /// woken for it.
     fn wait_for_last(&mut self) -> bool {
         self.waited = self.last;
-        self.lazy
+        self.lazy || self.gathering
     }
 
     /// True when a call just queued is to wake the writer: the first after a pause, or the
@@ -472,7 +475,8 @@ impl StateStore for SqliteStateStore {
     }
 }
 
-/// How long the writer, woken by a call, waits for more before it commits.
+/// How long the writer, woken by a call, waits for more before it commits, unless someone
+/// starts waiting for the calls sooner.
 const GATHER: Duration = Duration::from_micros(200);
 
 /// How long the writer lets calls that nobody waits for gather before it commits them (the
@@ -501,13 +505,26 @@ fn write_batches(shared: &Shared) {
             if queue.calls.is_empty() {
                 return;
             }
-            if woken && !queue.closed {
+            if woken {
                 // Woken by the first call after a pause: let the calls of the next moment
                 // join it, so that a steady stream is committed in batches instead of one
-                // transaction (and one wake-up) per call.
-                drop(queue);
-                std::thread::sleep(GATHER);
-                queue = lock(&shared.queue);
+                // transaction (and one wake-up) per call; until someone waits for them. A
+                // worker waits once its batch is done, when the batch's calls are all queued:
+                // they go in this commit, rather than those of its first 200 µs in this one
+                // and the rest in the next.
+                let deadline = Instant::now() + GATHER;
+                while !queue.closed && queue.waited <= *shared.done.borrow() {
+                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                        break;
+                    };
+                    queue.gathering = true;
+                    queue = shared
+                        .wake
+                        .wait_timeout(queue, left)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .0;
+                    queue.gathering = false;
+                }
             }
             // Nobody waits for these calls, nor for an earlier commit (no event in flight
             // waits for the store): let them gather, until someone starts waiting.
