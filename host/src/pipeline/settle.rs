@@ -258,49 +258,14 @@ async fn settle_after(shared: &Arc<Shared>, events: Vec<Unsettled>, durable: Opt
             later.push(settle(shared, unsettled));
             continue;
         }
-        let Unsettled {
-            pending,
-            origin,
-            event_id,
-            queued,
-            mut letters,
-            waits: _,
-        } = unsettled;
-        for Queued {
-            route,
-            device,
-            name,
-            mut confirmation,
-        } in queued
-        {
-            // Not empty: answered, so `try_recv` takes the answer.
-            let answer = confirmation.try_recv().map_err(|_| ());
-            answered(
-                shared,
-                &route,
-                &device,
-                &name,
-                answer,
-                &origin,
-                &event_id,
-                &mut letters,
-            );
-        }
-        if letters.is_empty() {
-            acked.push(pending);
+        // None empty: all answered, so `try_recv` takes each answer.
+        let unsettled =
+            take_answers(shared, unsettled, async |mut answer| answer.try_recv().ok()).await;
+        if unsettled.letters.is_empty() {
+            acked.push(unsettled.pending);
         } else {
             // Storing them may take a while (and holds the event while the store refuses).
-            later.push(settle(
-                shared,
-                Unsettled {
-                    pending,
-                    origin,
-                    event_id,
-                    queued: Vec::new(),
-                    letters,
-                    waits: true,
-                },
-            ));
+            later.push(settle(shared, unsettled));
         }
     }
     drop(acked);
@@ -360,69 +325,58 @@ impl Drop for Acked<'_> {
 
 /// Waits for an event's commands, then stores its dead letters and settles it.
 async fn settle(shared: &Arc<Shared>, unsettled: Unsettled) {
-    let Unsettled {
-        pending,
-        origin,
-        event_id,
-        queued,
-        mut letters,
-        waits: _,
-    } = unsettled;
+    let unsettled = take_answers(shared, unsettled, async |answer| answer.await.ok()).await;
+    conclude(
+        shared,
+        unsettled.pending,
+        unsettled.letters,
+        &unsettled.origin,
+    )
+    .await;
+}
+
+/// Takes the answer of each of an event's commands from `answer` (`None` when its path
+/// stopped before answering) and counts it; one that was not delivered is reported and
+/// becomes a dead letter of the event. Gives the event back with its commands answered.
+async fn take_answers(
+    shared: &Shared,
+    mut unsettled: Unsettled,
+    mut answer: impl AsyncFnMut(Confirmation) -> Option<Result<(), CommandError>>,
+) -> Unsettled {
     for Queued {
         route,
         device,
         name,
         confirmation,
-    } in queued
+    } in std::mem::take(&mut unsettled.queued)
     {
-        let answer = confirmation.await.map_err(|_| ());
-        answered(
-            shared,
-            &route,
-            &device,
-            &name,
-            answer,
-            &origin,
-            &event_id,
-            &mut letters,
-        );
-    }
-    conclude(shared, pending, letters, &origin).await;
-}
-
-/// Counts a command's answer (`Err` when its path stopped before answering); one that was
-/// not delivered is reported and becomes a dead letter of its event.
-#[allow(clippy::too_many_arguments)]
-fn answered(
-    shared: &Shared,
-    route: &Route,
-    device: &str,
-    name: &str,
-    answer: Result<Result<(), CommandError>, ()>,
-    origin: &Origin,
-    event_id: &str,
-    letters: &mut Vec<DeadLetterRecord>,
-) {
-    let reason = match answer {
-        Ok(Ok(())) => {
-            route.sent.inc();
-            route.rule_sent.inc();
-            return;
+        let reason = match answer(confirmation).await {
+            Some(Ok(())) => {
+                route.sent.inc();
+                route.rule_sent.inc();
+                continue;
+            }
+            Some(Err(error)) => error.to_string(),
+            None => format!("command path \"{}\" stopped before confirming", route.path),
+        };
+        let message = format!("command {name} for device {device} not delivered: {reason}");
+        CommandFailed {
+            path: &route.path,
+            rule: &route.rule,
+            error: &message,
+            counters: [&route.failed, &route.rule_failed],
         }
-        Ok(Err(error)) => error.to_string(),
-        Err(()) => format!("command path \"{}\" stopped before confirming", route.path),
-    };
-    let message = format!("command {name} for device {device} not delivered: {reason}");
-    CommandFailed {
-        path: &route.path,
-        rule: &route.rule,
-        error: &message,
-        counters: [&route.failed, &route.rule_failed],
+        .emit(&shared.reports);
+        let mut letter = letter(
+            &unsettled.origin,
+            "command",
+            message,
+            Some(&unsettled.event_id),
+        );
+        letter.rule = Some(route.rule.to_string());
+        unsettled.letters.push(letter);
     }
-    .emit(&shared.reports);
-    let mut letter = letter(origin, "command", message, Some(event_id));
-    letter.rule = Some(route.rule.to_string());
-    letters.push(letter);
+    unsettled
 }
 
 /// Settles a delivery, and the copies of it that arrived while it was in flight: acked when

@@ -33,7 +33,7 @@
 //! cache in the order they were made; reads of other namespaces are not held up.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -512,39 +512,27 @@ fn write_batches(shared: &Shared) {
                 // worker waits once its batch is done, when the batch's calls are all queued:
                 // they go in this commit, rather than those of its first 200 µs in this one
                 // and the rest in the next.
-                let deadline = Instant::now() + GATHER;
-                while !queue.closed && queue.waited <= *shared.done.borrow() {
-                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                        break;
-                    };
-                    queue.gathering = true;
-                    queue = shared
-                        .wake
-                        .wait_timeout(queue, left)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .0;
-                    queue.gathering = false;
-                }
+                queue = wait_while(
+                    shared,
+                    queue,
+                    GATHER,
+                    |queue| &mut queue.gathering,
+                    |queue| queue.waited <= *shared.done.borrow(),
+                );
             }
             // Nobody waits for these calls, nor for an earlier commit (no event in flight
             // waits for the store): let them gather, until someone starts waiting.
-            let deadline = Instant::now() + LAZY;
-            while !queue.closed
-                && queue.waited <= *shared.done.borrow()
-                && shared.done.receiver_count() == 0
-                && queue.calls.len() < LAZY_CALLS
-            {
-                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                    break;
-                };
-                queue.lazy = true;
-                queue = shared
-                    .wake
-                    .wait_timeout(queue, left)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .0;
-                queue.lazy = false;
-            }
+            queue = wait_while(
+                shared,
+                queue,
+                LAZY,
+                |queue| &mut queue.lazy,
+                |queue| {
+                    queue.waited <= *shared.done.borrow()
+                        && shared.done.receiver_count() == 0
+                        && queue.calls.len() < LAZY_CALLS
+                },
+            );
             queue.kept_queued.clear();
             std::mem::take(&mut queue.calls)
         };
@@ -571,6 +559,31 @@ fn write_batches(shared: &Shared) {
         *lock(&shared.done_lock) = last;
         shared.done_signal.notify_all();
     }
+}
+
+/// Lets the writer wait on its queue while `more` holds, for `limit` at most or until the queue
+/// closes, with `flag` set meanwhile so that callers know to wake it.
+fn wait_while<'a>(
+    shared: &'a Shared,
+    mut queue: MutexGuard<'a, Queue>,
+    limit: Duration,
+    flag: fn(&mut Queue) -> &mut bool,
+    more: impl Fn(&Queue) -> bool,
+) -> MutexGuard<'a, Queue> {
+    let deadline = Instant::now() + limit;
+    while !queue.closed && more(&queue) {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        *flag(&mut queue) = true;
+        queue = shared
+            .wake
+            .wait_timeout(queue, left)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0;
+        *flag(&mut queue) = false;
+    }
+    queue
 }
 
 /// Fills the calls of kept host data with the changes their data has now. Every such call
