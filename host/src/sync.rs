@@ -14,6 +14,15 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// [`lock`] if nobody holds `mutex` now, else `None`.
+pub(crate) fn try_lock<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match mutex.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 /// How a thread that sleeps until there is something for it (a worker whose queue ran dry,
 /// the plugin runtime's idle ticker) is woken: it parks in [`Bell::wait`], and whoever gives
 /// it something rings.

@@ -89,7 +89,9 @@ pub trait StateStore: Send + Sync {
     }
 
     /// Something to wait for before every write applied so far is durable, or `None` when
-    /// they already are (a store that writes as it applies, or keeps nothing).
+    /// they already are (a store that writes as it applies, or keeps nothing). A store may
+    /// make them durable in the caller's thread first, when that is quicker than handing them
+    /// to a thread of its own: it is called from threads that may block, never from a task.
     fn durable(&self) -> Option<Durable> {
         None
     }

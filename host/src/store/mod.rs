@@ -302,6 +302,12 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The connection if nobody holds it now (a dead-letter write, a checkpoint that has the
+    /// log start over), for an operation that has somewhere else to go rather than wait.
+    fn try_conn(&self) -> Option<MutexGuard<'_, Connection>> {
+        crate::sync::try_lock(&self.conn)
+    }
+
     /// Maps a SQLite error from `op` on this store.
     fn error(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
         sqlite(&self.path, op)
