@@ -45,10 +45,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::watch;
 
-use super::Store;
+use super::{BUSY_TIMEOUT, Store};
 use crate::plugin::{Durable, HOST_NAMESPACE_PREFIX, HostData, StateStore, StateUsage};
 use crate::sync::{lock, try_lock};
 
@@ -491,8 +491,11 @@ impl StateStore for SqliteStateStore {
         {
             // Holding `committing`, nobody else has calls taken and not done: this commit
             // takes every call queued until now, the last one the caller waits for included.
-            commit_queued(shared, &committing, &mut conn);
-            return None;
+            // Unless another process holds the file's write lock (`iotrules dead-letters
+            // purge`, a backup): the writer thread waits for it, not the caller.
+            if commit_queued(shared, &committing, &mut conn, false) {
+                return None;
+            }
         }
         let done = shared.done.subscribe();
         let mut queue = lock(&shared.queue);
@@ -554,13 +557,32 @@ fn write_batches(shared: &Shared) {
         }
         drop(queue);
         let committing = lock(&shared.committing);
-        commit_queued(shared, &committing, &mut shared.store.conn());
+        commit_queued(shared, &committing, &mut shared.store.conn(), true);
     }
 }
 
 /// Commits every call queued, in one transaction, and marks them done. `_committing` is
-/// [`Shared::committing`], held until they are.
-fn commit_queued(shared: &Shared, _committing: &MutexGuard<'_, ()>, conn: &mut Connection) {
+/// [`Shared::committing`], held until they are. Without `wait`, takes nothing and returns
+/// false when another connection holds the file's write lock, instead of waiting for it up
+/// to the busy timeout.
+fn commit_queued(
+    shared: &Shared,
+    _committing: &MutexGuard<'_, ()>,
+    conn: &mut Connection,
+    wait: bool,
+) -> bool {
+    // Begun before the calls are taken, so that those of a caller that does not wait stay
+    // queued for the writer.
+    let began = begin(conn, wait);
+    if !wait
+        && let Err(error) = &began
+        && matches!(
+            error.sqlite_error_code(),
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+        )
+    {
+        return false;
+    }
     let mut calls = {
         let mut queue = lock(&shared.queue);
         queue.kept_queued.clear();
@@ -568,10 +590,11 @@ fn commit_queued(shared: &Shared, _committing: &MutexGuard<'_, ()>, conn: &mut C
         std::mem::take(&mut queue.calls)
     };
     let Some(last) = calls.last().map(|call| call.number) else {
-        return;
+        end(conn);
+        return true;
     };
     take_kept_changes(shared, &mut calls);
-    let saved = save_batch(conn, &calls);
+    let saved = save_batch(conn, &calls, began.is_ok());
     for (call, saved) in calls.into_iter().zip(saved) {
         if let Err(error) = &saved {
             // Keys and values are the plugin's data and may be sensitive: only counts.
@@ -591,6 +614,26 @@ fn commit_queued(shared: &Shared, _committing: &MutexGuard<'_, ()>, conn: &mut C
     shared.done.send_replace(last);
     *lock(&shared.done_lock) = last;
     shared.done_signal.notify_all();
+    true
+}
+
+/// Begins the write transaction, waiting for the file's write lock up to the busy timeout
+/// if `wait`, else not at all.
+fn begin(conn: &Connection, wait: bool) -> rusqlite::Result<()> {
+    if wait {
+        return conn.execute_batch("BEGIN IMMEDIATE");
+    }
+    conn.busy_timeout(Duration::ZERO)?;
+    let began = conn.execute_batch("BEGIN IMMEDIATE");
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    began
+}
+
+/// Ends the transaction left open, if any, changing nothing.
+fn end(conn: &Connection) {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
 }
 
 /// Fills the calls of kept host data with the changes their data has now. Every such call
@@ -618,14 +661,18 @@ fn take_kept_changes(shared: &Shared, calls: &mut [Call]) {
 ///
 /// Straight through, each key is written once, with the last value the batch gives it
 /// ([`save_last`]): the rows that writing every write in order leaves, for fewer statements.
-fn save_batch(conn: &mut Connection, calls: &[Call]) -> Vec<Result<(), String>> {
-    let straight = (|| {
-        let tx = conn.transaction()?;
-        save_last(&tx, calls)?;
-        tx.commit()
-    })();
-    if straight.is_ok() {
-        return calls.iter().map(|_| Ok(())).collect();
+///
+/// `began`: the transaction to write straight through in is open ([`begin`]); if not, or if
+/// that fails, the calls are written call by call.
+fn save_batch(conn: &mut Connection, calls: &[Call], began: bool) -> Vec<Result<(), String>> {
+    if began {
+        if save_last(conn, calls)
+            .and_then(|()| conn.execute_batch("COMMIT"))
+            .is_ok()
+        {
+            return calls.iter().map(|_| Ok(())).collect();
+        }
+        end(conn);
     }
     let mut outcomes = Vec::with_capacity(calls.len());
     let committed = (|| {
@@ -936,6 +983,30 @@ mod tests {
         assert_eq!(on_disk(&store, "other", "j").as_deref(), Some(&b"2"[..]));
         assert_eq!(state.get("ns", "k").as_deref(), Some(&b"1"[..]));
         assert_eq!(state.backlog(), 0);
+    }
+
+    #[test]
+    fn a_caller_leaves_the_wait_for_another_process_s_write_lock_to_the_writer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("iotrules.db");
+        let store = Arc::new(Store::open(&file).expect("store"));
+        let state = SqliteStateStore::new(Arc::clone(&store));
+        let other = Connection::open(&file).expect("second connection");
+        other
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("take the write lock");
+        state.apply("ns", vec![set("k", b"1")]);
+        // Committing in the caller's thread would hold it for the busy timeout, then drop
+        // the writes: it hands them to the writer, which waits for the lock.
+        let durable = state
+            .durable()
+            .expect("the writes wait for the lock, not the caller");
+        other.execute_batch("COMMIT").expect("release the lock");
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(durable.wait());
+        assert_eq!(on_disk(&store, "ns", "k").as_deref(), Some(&b"1"[..]));
     }
 
     #[test]
