@@ -215,6 +215,9 @@ impl Worker {
             self.finish(job, run, waits);
         }
         self.settler.end_batch(durable);
+        // Its events go to be settled now, not once the next batch is done too: with its
+        // commit already in (see `durable`), most of them are acknowledged at once.
+        self.settler.flush(&self.shared);
     }
 
     /// Adds what the batch gathered to the rules' counters and the plugins' call histograms.
