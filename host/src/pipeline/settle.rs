@@ -62,16 +62,17 @@ pub(super) struct Unsettled {
 /// dead letters or state to commit, instead of a task spawned per event.
 ///
 /// The events of one batch wait together, for one commit: the worker takes one [`Durable`]
-/// at the end of the batch, when every state write of its events is queued, and the task
-/// waits for it once and then settles the batch's events in order, each at once when its
+/// at the end of the batch, when every state write of its events is queued (usually none:
+/// the worker commits the writes itself then, see the state store), and the task waits for
+/// it once and then settles the batch's events in order, each at once when its
 /// commands are already confirmed (the usual case by the time the commit is in), else on
 /// its own. Each event took a `Durable` of its own before: a subscription to the writer's
 /// commits taken and dropped per event, one waiter per event for the writer to wake, and one
 /// future per event to poll, on lines that all three threads write.
 ///
-/// The worker hands events over in groups: those it finished while more jobs were waiting,
-/// up to [`Settler::GROUP`], go together when it runs out of jobs (or the group is full), so a
-/// busy worker wakes the task once per group rather than once per event. The group's commands
+/// The worker hands events over in groups: a batch's events go together when the batch ends
+/// (a longer batch of timers every [`Settler::GROUP`] events), so a busy worker wakes the
+/// task once per batch rather than once per event. The group's commands
 /// go with it, and the task queues them on their paths, a path's all in one
 /// [`CommandPath::enqueue_all`]: a command lane is woken once per group too, and by a task of
 /// its own runtime. A worker that woke each lane itself would wake one of the runtime's
