@@ -487,13 +487,13 @@ impl StateStore for SqliteStateStore {
             return None;
         }
         if let Some(committing) = try_lock(&shared.committing)
-            && let Some(mut conn) = shared.store.try_conn()
+            && let Some(conn) = shared.store.try_conn()
         {
             // Holding `committing`, nobody else has calls taken and not done: this commit
             // takes every call queued until now, the last one the caller waits for included.
             // Unless another process holds the file's write lock (`iotrules dead-letters
             // purge`, a backup): the writer thread waits for it, not the caller.
-            if commit_queued(shared, &committing, &mut conn, false) {
+            if commit_queued(shared, &committing, conn, false) {
                 return None;
             }
         }
@@ -557,7 +557,7 @@ fn write_batches(shared: &Shared) {
         }
         drop(queue);
         let committing = lock(&shared.committing);
-        commit_queued(shared, &committing, &mut shared.store.conn(), true);
+        commit_queued(shared, &committing, shared.store.conn(), true);
     }
 }
 
@@ -568,12 +568,12 @@ fn write_batches(shared: &Shared) {
 fn commit_queued(
     shared: &Shared,
     _committing: &MutexGuard<'_, ()>,
-    conn: &mut Connection,
+    mut conn: MutexGuard<'_, Connection>,
     wait: bool,
 ) -> bool {
     // Begun before the calls are taken, so that those of a caller that does not wait stay
     // queued for the writer.
-    let began = begin(conn, wait);
+    let began = begin(&conn, wait);
     if !wait
         && let Err(error) = &began
         && matches!(
@@ -590,11 +590,14 @@ fn commit_queued(
         std::mem::take(&mut queue.calls)
     };
     let Some(last) = calls.last().map(|call| call.number) else {
-        end(conn);
+        end(&conn);
         return true;
     };
     take_kept_changes(shared, &mut calls);
-    let saved = save_batch(conn, &calls, began.is_ok());
+    let saved = save_batch(&mut conn, &calls, began.is_ok());
+    // Before any namespace's lock: a reader loading its namespace holds that lock and waits
+    // for the connection.
+    drop(conn);
     for (call, saved) in calls.into_iter().zip(saved) {
         if let Err(error) = &saved {
             // Keys and values are the plugin's data and may be sensitive: only counts.
