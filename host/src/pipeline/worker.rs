@@ -7,8 +7,6 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::error::TryRecvError;
-
 use super::Shared;
 use super::job::{Connector, Fire, Job, Origin};
 use super::queue::Jobs;
@@ -110,18 +108,11 @@ impl Worker {
     pub(super) fn run(mut self, mut jobs: Jobs) {
         let mut batch = Vec::with_capacity(BATCH);
         loop {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(TryRecvError::Empty) => {
-                    // Idle: what waits for settlement goes to the settle task before the
-                    // worker sleeps.
-                    self.settler.flush(&self.shared);
-                    match jobs.recv() {
-                        Some(job) => batch.push(job),
-                        None => break,
-                    }
-                }
-                Err(TryRecvError::Disconnected) => break,
+            // Each batch's events went to the settle task when it ended (`handle`): nothing
+            // waits for the worker while it sleeps.
+            match jobs.recv() {
+                Some(job) => batch.push(job),
+                None => break,
             }
             // Whatever else is already queued joins the batch; nothing is waited for.
             while batch.len() < BATCH

@@ -628,7 +628,11 @@ fn begin(conn: &Connection, wait: bool) -> rusqlite::Result<()> {
     }
     conn.busy_timeout(Duration::ZERO)?;
     let began = conn.execute_batch("BEGIN IMMEDIATE");
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    if let Err(error) = conn.busy_timeout(BUSY_TIMEOUT) {
+        // Not left open: the calls are then written call by call, each in a transaction.
+        end(conn);
+        return Err(error);
+    }
     began
 }
 
