@@ -67,6 +67,44 @@ fn an_infinite_loop_is_stopped_at_the_deadline() {
     }
 }
 
+/// The deadline counts what the call runs, not the time its thread is kept off the CPU: a
+/// guest that is asleep (as one is whose core the kernel gives to another thread on a busy
+/// machine) past its deadline, then runs a few microseconds of its own code, checking the
+/// epoch as it goes, is not stopped for it. One that stays off the CPU for more than four
+/// deadlines is.
+#[test]
+fn a_call_kept_off_the_cpu_past_its_deadline_is_stopped_only_after_four_deadlines() {
+    let harness = Harness::new();
+    loaded(&harness.load("nap", "testing/nap"));
+    let mut next = healthy(&harness);
+    let limits = Limits {
+        deadline: Duration::from_millis(20),
+        ..Limits::default()
+    };
+    let runtime = harness.registry.runtime().clone();
+    let mut napper = step(&harness, "nap", r#"{"ms": 60}"#, limits);
+    for seq in 0..2 {
+        let before = runtime.ticks();
+        let started = Instant::now();
+        let handled = napper.handle(&six_properties("d", seq));
+        let ran = started.elapsed();
+        assert!(handled.is_ok(), "stopped after {ran:?}: {handled:?}");
+        assert!(ran >= Duration::from_millis(60), "{ran:?}");
+        // The ticker found the call late and advanced the epoch under it: the guest's own code
+        // after its sleep was asked whether to stop, and went on.
+        assert!(runtime.ticks() > before, "the epoch never advanced");
+    }
+    let mut sleeper = step(&harness, "nap", r#"{"ms": 200}"#, limits);
+    let started = Instant::now();
+    let error = sleeper.handle(&six_properties("d", 2)).unwrap_err();
+    assert!(
+        matches!(&error, PluginError::Deadline { plugin, deadline } if plugin == "nap" && *deadline == limits.deadline),
+        "{error:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_still_serving(&mut next, 0);
+}
+
 /// The epoch ticker sleeps while no call runs (an idle service does not wake a thousand times
 /// a second for nothing), and a call that starts wakes it: a runaway guest is still stopped
 /// at its deadline, not before.

@@ -16,7 +16,7 @@ use super::bindings::{v1, v2, v3};
 use super::host::{HostState, MemoryCap, Viewed};
 use super::runtime::{Pre, Runtime};
 use super::state::{PendingWrites, StateQuota, is_timer_key};
-use super::ticker::Calls;
+use super::ticker::{Calls, Overdue};
 use super::{Chain, Outcome, PluginError, Services, convert};
 use crate::event::Event;
 
@@ -111,7 +111,8 @@ impl Instance {
         store.limiter(|data| &mut data.limiter);
         let calls = runtime.calls();
         let on_epoch = calls.share();
-        store.epoch_deadline_callback(move |_| Ok(on_epoch.on_epoch()));
+        let (deadline, mut overdue) = (limits.deadline, Overdue::default());
+        store.epoch_deadline_callback(move |_| Ok(on_epoch.on_epoch(deadline, &mut overdue)));
         calls.enter(limits.deadline);
         store.set_epoch_deadline(1);
         let bindings = match pre {

@@ -20,6 +20,16 @@
 //!
 //! A deadline is thus kept to within the timer's precision rather than to a tick, and with
 //! no call running the ticker sleeps until one starts.
+//!
+//! A deadline bounds what a plugin does, not what the machine does to it. The clock runs on
+//! while the kernel gives the call's core to another thread: under the `flood` load on two
+//! cores, a `deadband` call that takes microseconds was once stopped at its 50-ms deadline,
+//! and its events went to the dead letters. So a call found past its deadline by the clock is
+//! stopped only once its own thread has spent [`OVERDUE_CPU`] of CPU since (a runaway loop,
+//! a few milliseconds later than the clock alone would have stopped it), or once it is
+//! [`OFF_CPU_DEADLINES`] deadlines old by the clock (a guest that waits, in `wasi:io/poll` or a
+//! slow host call, holds its worker that long at most). The thread's CPU clock is read only
+//! then, in the callback of a late call, never on a call in time.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +42,13 @@ use crate::sync::{Bell, lock};
 
 /// How often the ticker advances the epoch again while a late call has not stopped.
 const RETRY: Duration = Duration::from_millis(1);
+
+/// The CPU time a call found past its deadline may still spend before it is stopped: time to
+/// finish for a call that was only kept off its core, not for a loop.
+const OVERDUE_CPU: Duration = Duration::from_millis(2);
+
+/// How many of its deadlines a call may take by the clock, however little of it it ran.
+pub(super) const OFF_CPU_DEADLINES: u32 = 4;
 
 /// A mark's value while its instance runs no call.
 const IDLE: u64 = 0;
@@ -152,6 +169,30 @@ impl Shared {
     }
 }
 
+/// What a store's epoch callback remembers of its late call: its mark (the moment its
+/// deadline passed, which tells one call from the next) and the CPU time of its thread when
+/// the callback first found it late.
+#[derive(Debug, Default)]
+pub(super) struct Overdue {
+    since: Option<(u64, Duration)>,
+}
+
+/// The CPU time the calling thread has used, or `None` if the clock cannot be read.
+fn thread_cpu_time() -> Option<Duration> {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given and nothing else.
+    let read = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) };
+    (read == 0).then(|| {
+        Duration::new(
+            u64::try_from(time.tv_sec).unwrap_or(0),
+            u32::try_from(time.tv_nsec).unwrap_or(0),
+        )
+    })
+}
+
 /// Nanoseconds in `duration`, at most `u64::MAX`.
 fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
@@ -186,12 +227,35 @@ impl Calls {
         self.mark.0.store(IDLE, Ordering::Release);
     }
 
-    /// What the store's epoch callback does (set with a deadline of one advance): trap if
-    /// the running call is past its deadline, else wait for the next advance.
-    pub(super) fn on_epoch(&self) -> UpdateDeadline {
-        match self.mark.0.load(Ordering::Relaxed) {
-            due if due != IDLE && self.shared.now() >= due => UpdateDeadline::Interrupt,
-            _ => UpdateDeadline::Continue(1),
+    /// What the store's epoch callback does (set with a deadline of one advance) for calls
+    /// of `deadline`: trap if the running call is past it and either ran [`OVERDUE_CPU`]
+    /// since it was first found so (`overdue`, kept by the callback between advances) or is
+    /// [`OFF_CPU_DEADLINES`] deadlines old; else wait for the next advance.
+    pub(super) fn on_epoch(&self, deadline: Duration, overdue: &mut Overdue) -> UpdateDeadline {
+        let due = self.mark.0.load(Ordering::Relaxed);
+        let now = self.shared.now();
+        if due == IDLE || now < due {
+            return UpdateDeadline::Continue(1);
+        }
+        let off_cpu_bound = nanos(deadline).saturating_mul(u64::from(OFF_CPU_DEADLINES - 1));
+        if now >= due.saturating_add(off_cpu_bound) {
+            return UpdateDeadline::Interrupt;
+        }
+        let Some(cpu) = thread_cpu_time() else {
+            return UpdateDeadline::Interrupt;
+        };
+        match overdue.since {
+            Some((call, found)) if call == due => {
+                if cpu.saturating_sub(found) >= OVERDUE_CPU {
+                    UpdateDeadline::Interrupt
+                } else {
+                    UpdateDeadline::Continue(1)
+                }
+            }
+            _ => {
+                overdue.since = Some((due, cpu));
+                UpdateDeadline::Continue(1)
+            }
         }
     }
 
