@@ -48,7 +48,7 @@ const RETRY: Duration = Duration::from_millis(1);
 const OVERDUE_CPU: Duration = Duration::from_millis(2);
 
 /// How many of its deadlines a call may take by the clock, however little of it it ran.
-pub(super) const OFF_CPU_DEADLINES: u32 = 4;
+const OFF_CPU_DEADLINES: u32 = 4;
 
 /// A mark's value while its instance runs no call.
 const IDLE: u64 = 0;
@@ -244,18 +244,15 @@ impl Calls {
         let Some(cpu) = thread_cpu_time() else {
             return UpdateDeadline::Interrupt;
         };
-        match overdue.since {
-            Some((call, found)) if call == due => {
-                if cpu.saturating_sub(found) >= OVERDUE_CPU {
-                    UpdateDeadline::Interrupt
-                } else {
-                    UpdateDeadline::Continue(1)
-                }
-            }
-            _ => {
-                overdue.since = Some((due, cpu));
-                UpdateDeadline::Continue(1)
-            }
+        // The CPU clock when this call was first found late.
+        let (_, found) = match overdue.since {
+            Some(since @ (call, _)) if call == due => since,
+            _ => *overdue.since.insert((due, cpu)),
+        };
+        if cpu.saturating_sub(found) >= OVERDUE_CPU {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Continue(1)
         }
     }
 
