@@ -60,6 +60,11 @@ publish_topic = "{publish_topic}"
 /// A rule `name` answering every event of the MQTT link `link` on the link itself, with the
 /// `echo` plugin's command `set` (params `{"seq": N}`).
 pub fn echo_back(name: &str, link: &str) -> String {
+    echo_back_with(name, link, "")
+}
+
+/// [`echo_back`] with `step` added to its step's settings (`deadline_ms = 2000`, say).
+pub fn echo_back_with(name: &str, link: &str, step: &str) -> String {
     format!(
         r#"
 [[rule]]
@@ -70,6 +75,7 @@ commands.via = "{link}"
 [[rule.step]]
 plugin = "echo"
 config = {{ command = "set" }}
+{step}
 "#
     )
 }

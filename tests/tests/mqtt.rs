@@ -17,7 +17,7 @@ use iotrules::status::ConnectorState;
 use iotrules_tests::mosquitto::{Mosquitto, Peer};
 use iotrules_tests::mqtt_proxy::Proxy;
 use iotrules_tests::service::TestService;
-use iotrules_tests::service_config::{LOCAL, echo_back, mqtt_link, mqtt_table};
+use iotrules_tests::service_config::{LOCAL, echo_back_with, mqtt_link, mqtt_table};
 use iotrules_tests::{runtime, wait_for, wait_within};
 
 /// The pinned clock (2023-11-14T22:13:20Z): Alibaba's timestamp and Huawei's hour stamp.
@@ -483,7 +483,10 @@ config = {{ command = "set" }}
 fn echo_service(url: &str, extra: &str) -> Service {
     let service = Service::start(
         &format!("{}{extra}\n", mqtt_link(url)),
-        &echo_back("echo", "m"),
+        // These tests count the link's commands: a step stopped at the default 50-ms deadline
+        // on a CI machine starved of CPU would dead-letter its event and lose its command for
+        // a reason that is not the link's.
+        &echo_back_with("echo", "m", "deadline_ms = 2000"),
     );
     service.wait_running("m");
     service
@@ -924,6 +927,11 @@ fn a_broker_restart_with_a_window_in_flight_sends_it_again_in_order_and_loses_no
         })
     });
     assert!(proxy.connections() >= 2, "the link never reconnected");
+    // The broker forwards a command before the link has its PUBACK: the last ones may have
+    // arrived and still not be counted as sent.
+    wait_for("the last commands confirmed", || {
+        service.commands("m", "sent") >= inputs + DEVICES as u64
+    });
     let in_order: Vec<u64> = (0..=PER_DEVICE).collect();
     for (device, seqs) in answered_seqs(&commands) {
         let mut firsts = Vec::new();
