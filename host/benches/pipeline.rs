@@ -11,7 +11,8 @@
 //! instead, to see what the SQLite commits cost. After it, the bench submits for 5 s at half
 //! that rate (or at `BENCH_RATE` events/s) and prints the latency percentiles per event,
 //! receipt to acknowledgement, and the lowest and highest p99 of its seconds, with the twin on
-//! and then off at the same rate. `BENCH_LATENCY=N` (with `BENCH_RATE`) measures only that,
+//! and then off at the same rate; beside them the process's CPU per event over the round and
+//! the cores that kept busy, since on two cores a tail grows with the load it is taken under. `BENCH_LATENCY=N` (with `BENCH_RATE`) measures only that,
 //! `N` rounds of both, the twin on first in odd rounds and off first in even ones, so that
 //! the order is not read as the cost, then the percentiles of all the rounds' events
 //! together.
@@ -561,7 +562,7 @@ fn throughput(c: &mut Criterion) {
         let twin_off = Bench::new(false);
         let rounds: u64 = rounds.parse().expect("BENCH_LATENCY: a number of rounds");
         // Every round's events, by pipeline, for the percentiles of all of them at the end.
-        let mut pooled = [Vec::new(), Vec::new()];
+        let mut pooled = [Round::default(), Round::default()];
         for round in 0..rounds {
             let mut pair = [(" (twin on)", &bench, 0), (" (twin off)", &twin_off, 1)];
             if round % 2 == 1 {
@@ -571,7 +572,7 @@ fn throughput(c: &mut Criterion) {
                 let batch = 2 * round + index as u64 + 1;
                 let timed = latencies(bench, batch, (rate * LATENCY_SECONDS) as u64, rate);
                 print_latency(&format!("round {}{label}", round + 1), &timed, rate, None);
-                pooled[which].extend(timed);
+                pooled[which].pool(timed);
             }
         }
         for (label, timed) in [" (twin on)", " (twin off)"].into_iter().zip(pooled) {
@@ -631,7 +632,8 @@ const LATENCY_SECONDS: f64 = 5.0;
 /// Prints the percentiles of the time from submission to acknowledgement of `timed`
 /// (submission time, latency; in order of submission), submitted at `rate` events/s (`full`:
 /// the maximum rate it is a part of), and the lowest and highest p99 of its whole seconds.
-fn print_latency(label: &str, timed: &[(Duration, Duration)], rate: f64, full: Option<f64>) {
+fn print_latency(label: &str, round: &Round, rate: f64, full: Option<f64>) {
+    let timed = &round.timed;
     let p99_by_second: Vec<Duration> = timed
         .chunk_by(|(a, _), (b, _)| a.as_secs() == b.as_secs())
         .filter(|second| second.len() as f64 >= rate * 0.9)
@@ -650,8 +652,11 @@ fn print_latency(label: &str, timed: &[(Duration, Duration)], rate: f64, full: O
     };
     println!(
         "pipeline/latency {label} ({rate:.0} events/s{of}, {} events): p50 {p50:?}, p99 \
-         {p99:?}, p99.9 {p999:?}, max {max:?}{by_second}",
-        timed.len()
+         {p99:?}, p99.9 {p999:?}, max {max:?}{by_second}; CPU {:.1} µs/event, {:.2} cores \
+         busy",
+        timed.len(),
+        round.cpu.as_secs_f64() * 1e6 / timed.len() as f64,
+        round.cpu.as_secs_f64() / round.wall.as_secs_f64(),
     );
 }
 
@@ -666,7 +671,7 @@ fn percentiles(latencies: impl Iterator<Item = Duration>) -> [Duration; 4] {
 /// Submits `events` messages numbered for `batch` to `bench` at `rate` events/s; for each,
 /// in order of submission, when it was submitted (from the first) and the time from its
 /// submission to its acknowledgement.
-fn latencies(bench: &Bench, batch: u64, events: u64, rate: f64) -> Vec<(Duration, Duration)> {
+fn latencies(bench: &Bench, batch: u64, events: u64, rate: f64) -> Round {
     let timed = Arc::new(Mutex::new(Vec::with_capacity(events as usize)));
     let ingest = bench.ingest();
     let messages: Vec<Vec<u8>> = (0..events)
@@ -681,6 +686,8 @@ fn latencies(bench: &Bench, batch: u64, events: u64, rate: f64) -> Vec<(Duration
         })
         .collect();
     let period = Duration::from_secs_f64(1.0 / rate);
+    let (user, system) = cpu_time();
+    let started = Instant::now();
     bench.runtime.block_on(async {
         let start = Instant::now();
         let mut next = tokio::time::Instant::now();
@@ -704,9 +711,33 @@ fn latencies(bench: &Bench, batch: u64, events: u64, rate: f64) -> Vec<(Duration
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
+    let wall = started.elapsed();
+    let (user_after, system_after) = cpu_time();
     let mut timed = std::mem::take(&mut *timed.lock().unwrap());
     timed.sort_unstable_by_key(|(submitted, _)| *submitted);
-    timed
+    Round {
+        timed,
+        cpu: (user_after - user) + (system_after - system),
+        wall,
+    }
+}
+
+/// One latency round: each event's submission time and latency ([`latencies`]), and the
+/// process's CPU time and the wall time it took, to read the load the tail was taken under.
+#[derive(Default)]
+struct Round {
+    timed: Vec<(Duration, Duration)>,
+    cpu: Duration,
+    wall: Duration,
+}
+
+impl Round {
+    /// Adds `other`'s events and times to these.
+    fn pool(&mut self, other: Round) {
+        self.timed.extend(other.timed);
+        self.cpu += other.cpu;
+        self.wall += other.wall;
+    }
 }
 
 criterion_group!(benches, throughput);
