@@ -12,8 +12,8 @@
 //! that rate (or at `BENCH_RATE` events/s) and prints the latency percentiles per event,
 //! receipt to acknowledgement, and the lowest and highest p99 of its seconds, with the twin on
 //! and then off at the same rate; beside them the process's CPU per event over the round and
-//! the cores that kept busy, since on two cores a tail grows with the load it is taken under. `BENCH_LATENCY=N` (with `BENCH_RATE`) measures only that,
-//! `N` rounds of both, the twin on first in odd rounds and off first in even ones, so that
+//! the cores that kept busy, since on two cores a tail grows with the load it is taken under.
+//! `BENCH_LATENCY=N` (with `BENCH_RATE`) measures only that, `N` rounds of both, the twin on first in odd rounds and off first in even ones, so that
 //! the order is not read as the cost, then the percentiles of all the rounds' events
 //! together.
 //! `BENCH_PLUGINS=DIR` reads the plugins from `DIR`
@@ -629,9 +629,9 @@ fn throughput(c: &mut Criterion) {
 /// the spread of its seconds printed beside it.
 const LATENCY_SECONDS: f64 = 5.0;
 
-/// Prints the percentiles of the time from submission to acknowledgement of `timed`
-/// (submission time, latency; in order of submission), submitted at `rate` events/s (`full`:
-/// the maximum rate it is a part of), and the lowest and highest p99 of its whole seconds.
+/// Prints the percentiles of the time from submission to acknowledgement of `round`'s events,
+/// submitted at `rate` events/s (`full`: the maximum rate it is a part of), the lowest and
+/// highest p99 of its whole seconds, and the CPU it took per event and the cores it kept busy.
 fn print_latency(label: &str, round: &Round, rate: f64, full: Option<f64>) {
     let timed = &round.timed;
     let p99_by_second: Vec<Duration> = timed

@@ -1224,19 +1224,19 @@ fn the_admin_api_reports_metrics_health_and_status_and_sigterm_stops_cleanly() {
     let missing = || {
         let (status, metrics) = http_get(address, "/metrics");
         assert_eq!(status, 200);
-        let missing: Vec<&str> = names
+        let absent: Vec<&str> = names
             .into_iter()
             .filter(|name| !metrics.contains(name))
             .collect();
-        (missing, metrics)
+        (absent, metrics)
     };
     wait_within(
         Duration::from_secs(30),
         Duration::from_millis(20),
         || missing().0.is_empty(),
         || {
-            let (missing, metrics) = missing();
-            format!("missing {missing:?} in:\n{metrics}")
+            let (absent, metrics) = missing();
+            format!("missing {absent:?} in:\n{metrics}")
         },
     );
     let (status, health) = http_get(address, "/healthz");

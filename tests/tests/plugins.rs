@@ -28,8 +28,13 @@ fn step(harness: &Harness, plugin: &str, config: &str, limits: Limits) -> Step {
 
 /// The healthy plugin that runs after every failure, to prove the service goes on.
 fn healthy(harness: &Harness) -> Step {
+    healthy_within(harness, Limits::default())
+}
+
+/// [`healthy`] with `limits`.
+fn healthy_within(harness: &Harness, limits: Limits) -> Step {
     loaded(&harness.load("sequence", "testing/sequence"));
-    step(harness, "sequence", "{}", Limits::default())
+    step(harness, "sequence", "{}", limits)
 }
 
 fn assert_still_serving(step: &mut Step, seq: u64) {
@@ -162,7 +167,6 @@ fn the_ticker_sleeps_while_idle_and_a_runaway_call_wakes_it_for_its_deadline() {
 #[test]
 fn calls_that_finish_in_time_leave_the_epoch_where_it_was() {
     let harness = Harness::new();
-    loaded(&harness.load("sequence", "testing/sequence"));
     // A deadline no call here comes near, even with its thread kept off a loaded CI machine's
     // cores for a while: the default 50 ms is one such pause away, and a call late by the
     // clock rightly has the epoch advanced for it (then runs on; see the test above).
@@ -170,7 +174,7 @@ fn calls_that_finish_in_time_leave_the_epoch_where_it_was() {
         deadline: Duration::from_secs(30),
         ..Limits::default()
     };
-    let mut next = step(&harness, "sequence", "{}", limits);
+    let mut next = healthy_within(&harness, limits);
     let runtime = harness.registry.runtime().clone();
     let before = runtime.ticks();
     let started = Instant::now();
