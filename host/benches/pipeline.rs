@@ -12,10 +12,14 @@
 //! that rate (or at `BENCH_RATE` events/s) and prints the latency percentiles per event,
 //! receipt to acknowledgement, and the lowest and highest p99 of its seconds, with the twin on
 //! and then off at the same rate; beside them the process's CPU per event over the round and
-//! the cores that kept busy, since on two cores a tail grows with the load it is taken under.
+//! the cores that kept busy, since on two cores a tail grows with the load it is taken under,
+//! and the bytes the process wrote per event (the store's log and its checkpoints; the
+//! checkpoint of one round's last writes can land in the next round).
 //! `BENCH_LATENCY=N` (with `BENCH_RATE`) measures only that, `N` rounds of both, the twin on first in odd rounds and off first in even ones, so that
 //! the order is not read as the cost, then the percentiles of all the rounds' events
 //! together.
+//! The messages come from 64 devices, or `BENCH_DEVICES=N`: the twin writes the row of each
+//! device that changed in a commit, and a fleet's rows are spread over the file's pages.
 //! `BENCH_PLUGINS=DIR` reads the plugins from `DIR`
 //! instead of `plugins/dist`; `BENCH_IO_THREADS=N` gives the async runtime `N` threads instead
 //! of the service's default (`iotrules run --io-threads`).
@@ -60,7 +64,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ACCESS_KEY: &str = "benchKEY0123456789abcdefghijklmn";
 const BATCH: u64 = 20_000;
-const DEVICES: u64 = 64;
+
+/// How many devices the messages come from: 64, or `BENCH_DEVICES`.
+fn devices() -> u64 {
+    static DEVICES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *DEVICES.get_or_init(|| {
+        std::env::var("BENCH_DEVICES").map_or(64, |n| n.parse().expect("BENCH_DEVICES"))
+    })
+}
 
 const RULES: &str = r#"
 [[rule]]
@@ -96,7 +107,7 @@ fn dist() -> PathBuf {
 
 /// A status report of `device`, numbered `seq` (a unique `dataId`, so no duplicates).
 fn message(keys: &Keys, batch: u64, seq: u64) -> String {
-    let device = seq % DEVICES;
+    let device = seq % devices();
     let body = format!(
         r#"{{"dataId":"b{batch}-{seq}","devId":"vdev-bench-{device}","productKey":"benchpk","status":[{{"code":"temp_current","t":1631545543536,"value":{}}},{{"code":"bright_value_v2","t":1631545543536,"value":{}}},{{"code":"seq","t":1631545543536,"value":{seq}}}]}}"#,
         200 + seq % 7,
@@ -264,6 +275,18 @@ fn cpu_time() -> (Duration, Duration) {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
     (time(usage.ru_utime), time(usage.ru_stime))
+}
+
+/// The bytes the process has handed to `write` and its kind so far (`wchar` of
+/// `/proc/self/io`): the store's log and its checkpoints, nearly all of it. `None` where that
+/// file is not there to read.
+fn written() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("wchar: "))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// `BENCH_PROFILE=N`: instead of criterion, replays `N` batches after one to warm up and
@@ -650,10 +673,16 @@ fn print_latency(label: &str, round: &Round, rate: f64, full: Option<f64>) {
         }
         _ => String::new(),
     };
+    let written = round.written.map_or(String::new(), |bytes| {
+        format!(
+            ", {:.2} KB written/event",
+            bytes as f64 / 1024.0 / timed.len() as f64
+        )
+    });
     println!(
         "pipeline/latency {label} ({rate:.0} events/s{of}, {} events): p50 {p50:?}, p99 \
          {p99:?}, p99.9 {p999:?}, max {max:?}{by_second}; CPU {:.1} µs/event, {:.2} cores \
-         busy",
+         busy{written}",
         timed.len(),
         round.cpu.as_secs_f64() * 1e6 / timed.len() as f64,
         round.cpu.as_secs_f64() / round.wall.as_secs_f64(),
@@ -687,6 +716,7 @@ fn latencies(bench: &Bench, batch: u64, events: u64, rate: f64) -> Round {
         .collect();
     let period = Duration::from_secs_f64(1.0 / rate);
     let (user, system) = cpu_time();
+    let written_before = written();
     let started = Instant::now();
     bench.runtime.block_on(async {
         let start = Instant::now();
@@ -713,12 +743,16 @@ fn latencies(bench: &Bench, batch: u64, events: u64, rate: f64) -> Round {
     });
     let wall = started.elapsed();
     let (user_after, system_after) = cpu_time();
+    let written = written()
+        .zip(written_before)
+        .map(|(after, before)| after - before);
     let mut timed = std::mem::take(&mut *timed.lock().unwrap());
     timed.sort_unstable_by_key(|(submitted, _)| *submitted);
     Round {
         timed,
         cpu: (user_after - user) + (system_after - system),
         wall,
+        written,
     }
 }
 
@@ -729,11 +763,20 @@ struct Round {
     timed: Vec<(Duration, Duration)>,
     cpu: Duration,
     wall: Duration,
+    /// The bytes written meanwhile ([`written`]), if known.
+    written: Option<u64>,
 }
 
 impl Round {
     /// Adds `other`'s events and times to these.
     fn pool(&mut self, other: Round) {
+        self.written = if self.timed.is_empty() {
+            other.written
+        } else {
+            self.written
+                .zip(other.written)
+                .map(|(these, its)| these + its)
+        };
         self.timed.extend(other.timed);
         self.cpu += other.cpu;
         self.wall += other.wall;
