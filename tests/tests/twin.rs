@@ -81,17 +81,17 @@ fn property(twin: &Twin, code: &str) -> Value {
         .clone()
 }
 
-/// The twins stored in `file`, read past any cache.
+/// The twins stored in `file`, read past any cache, as a start of the service reads them.
 fn stored(file: &Path) -> HashMap<String, Twin> {
     let state = SqliteStateStore::new(Arc::new(Store::open(file).expect("open")));
-    let mut twins = HashMap::new();
-    state.read_uncached(NAMESPACE, &mut |device, json| {
-        twins.insert(
-            device.to_owned(),
-            serde_json::from_slice(json).expect("twin"),
-        );
-    });
+    let twins = Twins::new(usize::MAX);
+    let (loaded, _) = twins.load(|each| state.read_uncached(NAMESPACE, each));
+    assert_eq!(loaded.unreadable, 0, "every stored twin reads back");
     twins
+        .all()
+        .into_iter()
+        .map(|twin| (twin.device.id.clone(), twin))
+        .collect()
 }
 
 #[test]
