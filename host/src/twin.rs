@@ -742,7 +742,7 @@ impl Twins {
     }
 }
 
-/// A twin as the store keeps it: a [`CompactTwin`], written into a buffer of about its size
+/// A twin as the store keeps it (what [`Twins::load`] reads back): a [`CompactTwin`], written into a buffer of about its size
 /// from the start. `serde_json::to_vec` starts from 128 bytes and doubles: a twin of three
 /// properties took three allocations and two copies, on the thread that commits, for every
 /// device changed in every commit, and was held at twice its size until the commit.
@@ -753,7 +753,7 @@ impl Twins {
 /// `bench pipeline` (64 devices, three properties each) a twin is 108 bytes against the
 /// object's 274, and at half load the process wrote 1.08–1.10 KB per event with the twin on
 /// against 1.46–1.52 (0.54–0.57 with it off), in six alternating runs of the two builds.
-fn stored(twin: &Twin) -> serde_json::Result<Vec<u8>> {
+pub fn stored(twin: &Twin) -> serde_json::Result<Vec<u8>> {
     let size = 48
         + twin
             .properties
