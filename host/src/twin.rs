@@ -899,6 +899,25 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_stored_twin_is_an_error_never_a_panic() {
+        let bytes = stored(&full_twin()).unwrap();
+        let mut damaged = 0;
+        for end in 0..bytes.len() {
+            damaged += usize::from(StoredTwin::parse(&bytes[..end]).is_err());
+        }
+        assert_eq!(damaged, bytes.len(), "every cut short is an error");
+        for at in 0..bytes.len() {
+            for byte in [b'[', b']', b'"', b',', b'0', b'-', b'\\', 0xff] {
+                let mut changed = bytes.clone();
+                changed[at] = byte;
+                // Either reads as some twin or is an error; nothing else may happen.
+                let _ = StoredTwin::parse(&changed)
+                    .map(|twin| twin.into_twin("d", &mut HashSet::new()));
+            }
+        }
+    }
+
+    #[test]
     fn the_compact_form_is_under_half_the_objects_size() {
         let twins = Twins::new(10);
         twins.update(&event(
