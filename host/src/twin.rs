@@ -287,17 +287,17 @@ impl Serialize for Compact<'_> {
     }
 }
 
+/// A twin's properties written as a [`CompactTwin`]'s list.
 struct CompactProperties<'a>(&'a Twin);
 
 impl Serialize for CompactProperties<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
         let twin = self.0;
-        let mut properties = serializer.serialize_seq(Some(twin.properties.len()))?;
-        for property in &twin.properties {
-            properties.serialize_element(&CompactEntry(property, twin.last_seen_ms))?;
-        }
-        properties.end()
+        serializer.collect_seq(
+            twin.properties
+                .iter()
+                .map(|property| CompactEntry(property, twin.last_seen_ms)),
+        )
     }
 }
 
