@@ -15,6 +15,8 @@
 //! the cores that kept busy, since on two cores a tail grows with the load it is taken under,
 //! and the bytes the process wrote per event (the store's log and its checkpoints; the
 //! checkpoint of one round's last writes can land in the next round).
+//! The events of a latency round come in a burst at each millisecond, or every `BENCH_TICK_US`
+//! microseconds (see [`tick`]).
 //! `BENCH_LATENCY=N` (with `BENCH_RATE`) measures only that, `N` rounds of both, the twin on first in odd rounds and off first in even ones, so that
 //! the order is not read as the cost, then the percentiles of all the rounds' events
 //! together.
@@ -718,12 +720,16 @@ fn latencies(bench: &Bench, batch: u64, events: u64, rate: f64) -> Round {
     let (user, system) = cpu_time();
     let written_before = written();
     let started = Instant::now();
+    let tick = tick();
     bench.runtime.block_on(async {
         let start = Instant::now();
-        let mut next = tokio::time::Instant::now();
-        for payload in messages {
-            tokio::time::sleep_until(next).await;
-            next += period;
+        let first = tokio::time::Instant::now();
+        for (seq, payload) in messages.into_iter().enumerate() {
+            let due = period.mul_f64(seq as f64);
+            match tick {
+                None => tokio::time::sleep_until(first + due).await,
+                Some(tick) => sleep_to_tick(start, due, tick),
+            }
             let timed = timed.clone();
             let submitted = Instant::now();
             let delivery = Delivery {
@@ -754,6 +760,25 @@ fn latencies(bench: &Bench, batch: u64, events: u64, rate: f64) -> Round {
         wall,
         written,
     }
+}
+
+/// `BENCH_TICK_US=N`: the latency rounds submit every `N` µs the events due by then, instead
+/// of at each tick of the async runtime's timer, whose resolution is a millisecond: at
+/// 27 000 events/s that is a burst of 27 events each millisecond. Events that come closer to
+/// one by one, as over a socket, are batched less on their way through the workers and the
+/// commits, and cost more CPU each; this shows how much.
+fn tick() -> Option<Duration> {
+    let micros = std::env::var("BENCH_TICK_US").ok()?;
+    let micros = micros.parse().expect("BENCH_TICK_US: microseconds");
+    Some(Duration::from_micros(micros).max(Duration::from_micros(1)))
+}
+
+/// Blocks the submitting thread until the first multiple of `tick` after `start` that is not
+/// before `due` after it (later by the thread's timer slack, 50 µs unless changed).
+fn sleep_to_tick(start: Instant, due: Duration, tick: Duration) {
+    let ticks = due.as_nanos().div_ceil(tick.as_nanos());
+    let wake = start + tick.mul_f64(ticks as f64);
+    std::thread::sleep(wake.saturating_duration_since(Instant::now()));
 }
 
 /// One latency round: each event's submission time and latency ([`latencies`]), and the
