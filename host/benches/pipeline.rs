@@ -32,7 +32,10 @@
 //! same kind of state store. With
 //! `BENCH_ALONE_THREADS=1` it also runs that work in two threads at once and prints what that
 //! costs per event against one thread: the part of the pipeline's figure that using both
-//! cores costs on this machine by itself.
+//! cores costs on this machine by itself. Under `valgrind --tool=callgrind`, which runs one
+//! thread at a time and whose CPU time follows the instructions run, the same ratio is one of
+//! instructions: what the pipeline adds in code, apart from what the machine's caches, cores
+//! and scheduler make that code cost (`BENCH_PROFILE=1`: a few minutes).
 //!
 //! The device twin is on, as in the service (every event updates its device's twin and the
 //! batch's twins are committed with the plugin state); the same run measures a pipeline with
