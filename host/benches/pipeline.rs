@@ -726,11 +726,10 @@ fn latencies(bench: &Bench, batch: u64, events: u64, rate: f64) -> Round {
     let tick = tick();
     bench.runtime.block_on(async {
         let start = Instant::now();
-        let first = tokio::time::Instant::now();
         for (seq, payload) in messages.into_iter().enumerate() {
             let due = period.mul_f64(seq as f64);
             match tick {
-                None => tokio::time::sleep_until(first + due).await,
+                None => tokio::time::sleep_until((start + due).into()).await,
                 Some(tick) => sleep_to_tick(start, due, tick),
             }
             let timed = timed.clone();

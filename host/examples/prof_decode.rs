@@ -18,13 +18,13 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(20000);
-    let (mode, em) = match std::env::args().nth(2).as_deref() {
-        Some("gcm") => (Mode::Gcm, "aes_gcm"),
-        _ => (Mode::Ecb, "aes_ecb"),
+    let mode = match std::env::args().nth(2).as_deref() {
+        Some("gcm") => Mode::Gcm,
+        _ => Mode::Ecb,
     };
     let (sealed, _) = keys.seal_iot_core(4, 1631545543537, STATUS.as_bytes(), mode, [7; 12]);
     let d = Decoder::new(keys, SignMode::Enforce);
-    let props = [("em".to_owned(), em.to_owned())];
+    let props = [("em".to_owned(), mode.as_str().to_owned())];
     let m = RawMessage::new("bench", sealed.as_bytes()).with_properties(&props);
     let start = std::time::Instant::now();
     for _ in 0..n {
