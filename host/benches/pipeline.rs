@@ -26,10 +26,10 @@
 //! instead of `plugins/dist`; `BENCH_IO_THREADS=N` gives the async runtime `N` threads instead
 //! of the service's default (`iotrules run --io-threads`).
 //!
-//! `BENCH_PROFILE=N` prints CPU time per event instead (see [`profile`]), and beside it the
-//! CPU time of the work itself on the same messages in the same run, batch by batch after the
-//! pipeline's: decode and the three plugin calls, one after another in one thread, with the
-//! same kind of state store. With
+//! `BENCH_PROFILE=N` prints CPU time per event instead (see [`profile`]) and the plugin
+//! state's commits per event, and beside them the CPU time of the work itself on the same
+//! messages in the same run, batch by batch after the pipeline's: decode and the three plugin
+//! calls, one after another in one thread, with the same kind of state store. With
 //! `BENCH_ALONE_THREADS=1` it also runs that work in two threads at once and prints what that
 //! costs per event against one thread: the part of the pipeline's figure that using both
 //! cores costs on this machine by itself. Under `valgrind --tool=callgrind`, which runs one
@@ -127,6 +127,8 @@ struct Bench {
     pipeline: Pipeline,
     keys: Keys,
     dir: tempfile::TempDir,
+    /// The plugin state's store, unless it is in memory.
+    durable: Option<Arc<SqliteStateStore>>,
     _cache: tempfile::TempDir,
     _rules: tempfile::TempDir,
 }
@@ -161,10 +163,10 @@ impl Bench {
         // Plugin state in SQLite, as the service keeps it (deadband writes on every kept event).
         let store = Arc::new(Store::open(cache.path().join("iotrules.db")).expect("store"));
         // BENCH_STATE=memory: state in memory instead, to see what SQLite costs.
-        let state: Arc<dyn iotrules::plugin::StateStore> = if memory_state() {
-            Arc::new(iotrules::plugin::MemoryStateStore::new())
-        } else {
-            Arc::new(SqliteStateStore::new(store.clone()))
+        let durable = (!memory_state()).then(|| Arc::new(SqliteStateStore::new(store.clone())));
+        let state: Arc<dyn iotrules::plugin::StateStore> = match &durable {
+            Some(durable) => durable.clone(),
+            None => Arc::new(iotrules::plugin::MemoryStateStore::new()),
         };
         let max_devices = if twin { DEFAULT_MAX_DEVICES } else { 0 };
         let registry = Arc::new(
@@ -213,9 +215,15 @@ impl Bench {
             pipeline,
             keys: Keys::new("benchAccessId", ACCESS_KEY).expect("key"),
             dir: plugins,
+            durable,
             _cache: cache,
             _rules: rules_dir,
         }
+    }
+
+    /// How many times the plugin state was committed so far (0 with state in memory).
+    fn commits(&self) -> u64 {
+        self.durable.as_ref().map_or(0, |durable| durable.commits())
     }
 
     fn ingest(&self) -> Ingest {
@@ -331,9 +339,12 @@ fn profile_one(batches: u64, twin: bool) {
     let mut wall = Duration::ZERO;
     let mut ratios = Vec::with_capacity(files.len());
     let mut ratios_twin = Vec::with_capacity(files.len());
+    let mut commits = 0;
     for (index, file) in files.iter().enumerate() {
         let (user_before, system_before) = cpu_time();
+        let commits_before = bench.commits();
         wall += bench.replay(file, 0.0);
+        commits += bench.commits() - commits_before;
         let (user_after, system_after) = cpu_time();
         user += user_after - user_before;
         system += system_after - system_before;
@@ -351,12 +362,13 @@ fn profile_one(batches: u64, twin: bool) {
     let per_event = |d: Duration| d.as_secs_f64() * 1e6 / events;
     println!(
         "pipeline/profile (twin {}): {events} events, CPU {:.1} µs/event (user {:.1}, system \
-         {:.1}), {:.0} events/s wall",
+         {:.1}), {:.0} events/s wall, {:.3} commits/event",
         if twin { "on" } else { "off" },
         per_event(user + system),
         per_event(user),
         per_event(system),
-        events / wall.as_secs_f64()
+        events / wall.as_secs_f64(),
+        commits as f64 / events
     );
     // The batches' ratios, each of a pipeline's batch and the work on it a moment later: a
     // burst of another tenant's load spoils the pair it falls in, not the median.

@@ -305,6 +305,10 @@ pub struct Metrics {
     /// Dead letters the store evicted to stay within its limits, by reason (`age`, `rows`,
     /// `bytes`: the limit that was passed).
     pub dead_letters_evicted: Family<Counter>,
+    /// Transactions that wrote plugin state and device twins to the store, each holding
+    /// the writes of every call queued since the one before (no labels; absent with state in
+    /// memory). Over `iotrules_events_in_total`: how many events share a commit.
+    pub state_commits: Family<Counter>,
     /// Reloads, by what (`rules`, `plugin`) and result (`ok`, `refused`).
     pub reloads: Family<Counter>,
     /// Connection attempts, by connector and result (`ok`, `failed`: refused, dropped or
@@ -392,6 +396,11 @@ impl Default for Metrics {
                 "Dead letters evicted to stay within the store's limits",
                 &["reason"],
             ),
+            state_commits: Family::new(
+                "iotrules_state_commits_total",
+                "Transactions that wrote plugin state and device twins to the store",
+                &[],
+            ),
             reloads: Family::new(
                 "iotrules_reloads_total",
                 "Rule and plugin reloads",
@@ -437,6 +446,7 @@ impl Metrics {
             &self.dead_letters,
             &self.signature_mismatches,
             &self.dead_letters_evicted,
+            &self.state_commits,
             &self.reloads,
             &self.connects,
             &self.buffer_full,

@@ -117,6 +117,7 @@ pub async fn run(
     } = core;
     let metrics = Arc::new(Metrics::default());
     dead_letters.register_metrics(&metrics);
+    registry.state().register_metrics(&metrics);
     let errors = Arc::new(LastErrors::default());
     for error in &plugin_errors {
         tracing::error!("Plugin refused: {error}");

@@ -120,6 +120,10 @@ pub trait StateStore: Send + Sync {
     /// with the next commit, which [`durable`](Self::durable) asked from now on waits for.
     /// Changes of many calls go in one write per entry: each entry as it is at the commit.
     fn changed(&self, namespace: &str);
+
+    /// Counts into `metrics` what the store counts (its commits), including what it
+    /// counted before.
+    fn register_metrics(&self, _metrics: &crate::metrics::Metrics) {}
 }
 
 /// Data the host holds in memory itself and has a store keep (the device twins): the store

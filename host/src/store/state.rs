@@ -49,6 +49,7 @@ use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::watch;
 
 use super::{BUSY_TIMEOUT, Store};
+use crate::metrics::{Counter, Metrics};
 use crate::plugin::{Durable, HOST_NAMESPACE_PREFIX, HostData, StateStore, StateUsage};
 use crate::sync::{lock, try_lock};
 
@@ -234,6 +235,8 @@ struct Shared {
     /// Signalled with `done`, for [`SqliteStateStore::flush`].
     done_lock: Mutex<u64>,
     done_signal: Condvar,
+    /// Transactions that wrote calls (`iotrules_state_commits_total`).
+    commits: Arc<Counter>,
 }
 
 /// [`StateStore`] in the store's SQLite file, cached in memory, written by group commit.
@@ -267,6 +270,7 @@ impl SqliteStateStore {
             done: watch::Sender::new(0),
             done_lock: Mutex::new(0),
             done_signal: Condvar::new(),
+            commits: Arc::default(),
         });
         let writer = {
             let shared = Arc::clone(&shared);
@@ -283,6 +287,11 @@ impl SqliteStateStore {
             spaces: Mutex::new(HashMap::new()),
             writer,
         }
+    }
+
+    /// How many transactions have written calls so far.
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.get()
     }
 
     /// Waits until every write queued so far is committed or dropped.
@@ -474,6 +483,12 @@ impl StateStore for SqliteStateStore {
         }
     }
 
+    fn register_metrics(&self, metrics: &Metrics) {
+        metrics
+            .state_commits
+            .adopt(&[], self.shared.commits.clone());
+    }
+
     fn backlog(&self) -> u64 {
         let last = lock(&self.shared.queue).last;
         last.saturating_sub(*self.shared.done.borrow())
@@ -595,6 +610,7 @@ fn commit_queued(
     };
     take_kept_changes(shared, &mut calls);
     let saved = save_batch(&mut conn, &calls, began.is_ok());
+    shared.commits.inc();
     // Before any namespace's lock: a reader loading its namespace holds that lock and waits
     // for the connection.
     drop(conn);
