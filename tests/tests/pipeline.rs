@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use iotrules::command::{Failure, Lanes, PathSettings, Transport};
 use iotrules::config::PipelineConfig;
-use iotrules::pipeline::{Acker, Delivery};
+use iotrules::pipeline::{Acker, Delivery, Settle};
 use iotrules::store::{SqliteStateStore, Store};
 use iotrules_tests::http::Webhook;
 use iotrules_tests::pipeline::{Acks, Capture, TestPipeline, binary, huawei_body};
@@ -590,17 +590,14 @@ fn a_message_whose_dead_letter_cannot_be_stored_goes_back_with_pauses_then_is_he
     test.drain(&runtime);
 }
 
-/// A pipeline of 2 workers whose one rule writes a state key per event (`hoard`), its state
-/// in a store in `dir`, and a second connection to that file holding its write lock, as
-/// another process (`iotrules dead-letters purge`, a backup) may: no commit gets through
-/// until the test commits that connection.
-fn hoarding_while_locked(
+/// A pipeline with `settings` whose one rule writes a state key per event (`hoard`: the
+/// event's id and `/0`), its state in `iotrules.db` in `dir`.
+fn hoarding(
     runtime: &tokio::runtime::Runtime,
     dir: &Path,
-    max_in_flight: usize,
-) -> (TestPipeline, Arc<SqliteStateStore>, rusqlite::Connection) {
-    let file = dir.join("iotrules.db");
-    let store = Arc::new(Store::open(&file).expect("store"));
+    settings: PipelineConfig,
+) -> (TestPipeline, Arc<SqliteStateStore>) {
+    let store = Arc::new(Store::open(dir.join("iotrules.db")).expect("store"));
     let state = Arc::new(SqliteStateStore::new(store));
     let test = TestPipeline::start_in(
         Harness::over(state.clone()),
@@ -613,11 +610,23 @@ name = "hoard"
 plugin = "hoard"
 config = { keys = 1, bytes = 8 }
 "#,
-        settings(2, 16, max_in_flight),
+        settings,
         Capture::open("out"),
         runtime.handle(),
     );
-    let other = rusqlite::Connection::open(&file).expect("second connection");
+    (test, state)
+}
+
+/// A pipeline of 2 workers as [`hoarding`], and a second connection to that file holding its write lock, as
+/// another process (`iotrules dead-letters purge`, a backup) may: no commit gets through
+/// until the test commits that connection.
+fn hoarding_while_locked(
+    runtime: &tokio::runtime::Runtime,
+    dir: &Path,
+    max_in_flight: usize,
+) -> (TestPipeline, Arc<SqliteStateStore>, rusqlite::Connection) {
+    let (test, state) = hoarding(runtime, dir, settings(2, 16, max_in_flight));
+    let other = rusqlite::Connection::open(dir.join("iotrules.db")).expect("second connection");
     other
         .execute_batch("BEGIN IMMEDIATE")
         .expect("take the write lock");
@@ -737,6 +746,85 @@ fn a_delivery_without_an_ack_waits_for_no_commit_until_the_store_is_a_budget_beh
         (ACKED + FREE) as i64,
         "every event's write is in the file"
     );
+    drop(ingest);
+    test.drain(&runtime);
+}
+
+#[test]
+fn a_worker_behind_lets_its_batches_share_a_commit_and_acks_none_before_it() {
+    // One worker, woken once for 400 events: it takes them 32 at a time, and at the end of a
+    // batch it has run it asks for their commit. While 128 or more events wait behind it, up
+    // to four batches share one: 7 commits here (batches 1-4, 5-8, then the last five one
+    // each, under 128 behind) where a commit per batch makes 13. Every acknowledgement is
+    // checked against the file as it comes: with n events acknowledged, the writes of at
+    // least n events are committed (each event writes a key of its own).
+    const EVENTS: u64 = 400;
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut test, state) = hoarding(&runtime, dir.path(), settings(1, 512, 1024));
+    let reader = rusqlite::Connection::open(dir.path().join("iotrules.db")).expect("reader");
+    let reader = Arc::new(std::sync::Mutex::new(reader));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let early = Arc::new(AtomicUsize::new(0));
+    let delivery = |seq: u64| {
+        let (reader, acked, early) = (reader.clone(), acked.clone(), early.clone());
+        Delivery {
+            payload: huawei_body(&format!("dev-{}", seq % 8), seq).into_bytes(),
+            properties: Vec::new(),
+            acker: Acker::new(move |how| {
+                if matches!(how, Settle::Retry) {
+                    // Counted as early: nothing here is to be sent back.
+                    early.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                let reader = reader.lock().expect("reader");
+                let acked = acked.fetch_add(1, Ordering::SeqCst) + 1;
+                let written: i64 = reader
+                    .query_row(
+                        "SELECT count(*) FROM plugin_state WHERE key LIKE '%/0'",
+                        [],
+                        |row| row.get(0),
+                    )
+                    .expect("count");
+                if written < acked as i64 {
+                    early.fetch_add(1, Ordering::SeqCst);
+                }
+            }),
+        }
+    };
+    let ingest = ingest(&test);
+    // The worker has run one event and gone to sleep.
+    runtime
+        .block_on(ingest.submit(delivery(0)))
+        .expect("submit");
+    wait_for("the first event", || acked.load(Ordering::SeqCst) == 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let commits_before = state.commits();
+
+    let deferring = ingest.deferring();
+    runtime.block_on(async {
+        for seq in 1..=EVENTS {
+            deferring.submit(delivery(seq)).await.expect("submit");
+        }
+    });
+    deferring.wake_workers();
+    wait_for("every event acked", || {
+        acked.load(Ordering::SeqCst) == EVENTS as usize + 1
+    });
+    let commits = state.commits() - commits_before;
+    assert_eq!(
+        early.load(Ordering::SeqCst),
+        0,
+        "acknowledged before its commit, or sent back"
+    );
+    // One more than the 7 for a commit of the store's own thread, should the machine stall
+    // the worker past the 50 ms it lets writes nobody waits for gather.
+    assert!(
+        (1..=8).contains(&commits),
+        "{commits} commits for {} batches",
+        EVENTS.div_ceil(32)
+    );
+    drop(deferring);
     drop(ingest);
     test.drain(&runtime);
 }

@@ -144,6 +144,11 @@ pub(super) struct Jobs {
 }
 
 impl Jobs {
+    /// How many jobs are queued.
+    pub(super) fn len(&self) -> usize {
+        self.receiver.len()
+    }
+
     /// The next job if one is queued.
     pub(super) fn try_recv(&mut self) -> Result<Job, TryRecvError> {
         self.receiver.try_recv()

@@ -71,8 +71,9 @@ pub(super) struct Unsettled {
 /// future per event to poll, on lines that all three threads write.
 ///
 /// The worker hands events over in groups: a batch's events go together when the batch ends
-/// (a longer batch of timers every [`Settler::GROUP`] events), so a busy worker wakes the
-/// task once per batch rather than once per event. The group's commands
+/// (a longer batch of timers every [`Settler::GROUP`] events; several batches' together,
+/// with one commit, while the worker is behind), so a busy worker wakes the task once per
+/// batch rather than once per event. The group's commands
 /// go with it, and the task queues them on their paths, a path's all in one
 /// [`CommandPath::enqueue_all`]: a command lane is woken once per group too, and by a task of
 /// its own runtime. A worker that woke each lane itself would wake one of the runtime's
@@ -88,7 +89,8 @@ pub(super) struct Unsettled {
 pub(super) struct Settler {
     sender: mpsc::Sender<Group>,
     group: Group,
-    /// The events of the batch running, handed over before it ended.
+    /// The events handed over since the last batch ended: the running batch's, and those of
+    /// the batches put off before it.
     open: Vec<Unsettled>,
 }
 
@@ -114,8 +116,9 @@ type Outgoing = Vec<(Command, Confirmer)>;
 
 impl Settler {
     /// The most events a worker keeps before it hands them over: a bound on how long an
-    /// event already done can wait for its worker (that many events' work).
-    const GROUP: usize = 32;
+    /// event already done can wait for its worker (that many events' work). Four batches:
+    /// a worker behind puts off its commits until a group is full (see `Worker::handle`).
+    pub(super) const GROUP: usize = 128;
 
     /// The most groups handed over whose commands are not yet on their paths.
     const AHEAD: usize = 2;
@@ -188,6 +191,11 @@ impl Settler {
             self.end_batch(durable);
             self.flush(shared);
         }
+    }
+
+    /// How many events were handed over since the last batch ended.
+    pub(super) fn kept(&self) -> usize {
+        self.open.len()
     }
 
     /// Ends the batch running: its events handed over wait for `durable`, taken once all
