@@ -209,6 +209,21 @@ impl Settler {
         self.group.parts.push(Part { events, durable });
     }
 
+    /// Hands over the commands queued so far, not their events (those of a batch put off,
+    /// see `Worker::handle`): a command need not wait for its event's commit, only its
+    /// event's acknowledgement does. Waits as [`flush`](Self::flush) does; if the task is
+    /// gone, the commands are dropped unsent and their events go back when flushed.
+    pub(super) fn send_commands(&mut self) {
+        if self.group.outbox.is_empty() {
+            return;
+        }
+        let outbox = std::mem::take(&mut self.group.outbox);
+        let _ = self.sender.blocking_send(Group {
+            outbox,
+            ..Group::default()
+        });
+    }
+
     /// Hands over the events kept, with their commands; waits while the task is
     /// [`AHEAD`](Self::AHEAD) groups behind. Settles them as retries in the (shutdown) case
     /// where the task is gone: their commands are not sent.

@@ -183,7 +183,7 @@ impl Worker {
     /// The batch's events wait for the commit of its state writes, which the worker asks for
     /// at the end of the batch; but while `backlogged` (the worker is [`BACKLOG`] jobs behind)
     /// it hands them over without asking, up to a [`Settler::GROUP`], and the commit asked for
-    /// at the end of a later batch covers them too. A commit costs about the same whether it
+    /// at the end of a later batch covers them too (their commands go out at once). A commit costs about the same whether it
     /// holds one batch or four, and a worker that keeps up commits at every batch anyway: the
     /// events put off wait for at most three more batches' work, less than the jobs queued
     /// behind them wait. Measured with `bench pipeline` (`BENCH_PROFILE=5`, twin on, eight
@@ -216,9 +216,12 @@ impl Worker {
         for (job, run) in batch.iter_mut().zip(&mut runs) {
             self.conclude(job, run, trace_on);
         }
-        // Put off while another batch fits in the group: the events handed over wait for the
-        // commit that ends it.
-        let put_off = backlogged && self.settler.kept() + batch.len() + BATCH <= Settler::GROUP;
+        // Put off while another batch fits in the group, if there is anything to commit: the
+        // events handed over wait for the commit that ends it. (With nothing written, most
+        // events are settled at once, as they always are.)
+        let put_off = backlogged
+            && self.settler.kept() + batch.len() + BATCH <= Settler::GROUP
+            && self.shared.registry.state().backlog() > 0;
         // Every state write of the batch is queued now: one wait covers all its events.
         let (durable, relaxed) = self.durable(batch, put_off);
         let waits_for_commit = put_off || durable.is_some();
@@ -227,6 +230,7 @@ impl Worker {
             self.finish(job, run, waits);
         }
         if put_off {
+            self.settler.send_commands();
             return;
         }
         self.settler.end_batch(durable);
