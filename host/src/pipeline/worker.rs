@@ -188,8 +188,10 @@ impl Worker {
     /// events put off wait for at most three more batches' work, less than the jobs queued
     /// behind them wait. Measured with `bench pipeline` (`BENCH_PROFILE=5`, twin on, eight
     /// runs of each build, alternately), a saturated pipeline made 0.024 commits per event
-    /// instead of 0.037 and spent 21.6 µs of CPU per event instead of 23.6 (medians); at half
-    /// that rate the latencies were the same, since no queue grows that long there.
+    /// instead of 0.037 and spent 21.6 µs of CPU per event instead of 23.6 (medians). At
+    /// 30 760 events/s the latencies were the same through the noise. At 46 000/s, where a
+    /// stall of the machine can let a queue reach [`BACKLOG`], the p99 was higher in three of
+    /// four alternating runs: a threshold nearer a full queue is the next thing to measure.
     fn handle(&mut self, batch: &mut Vec<Job>, backlogged: bool) {
         let trace_on = tracing::enabled!(target: "iotrules::event", tracing::Level::DEBUG);
         let mut runs: Vec<Run> = batch.iter().map(|_| Run::default()).collect();
