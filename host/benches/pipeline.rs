@@ -163,11 +163,7 @@ impl Bench {
         // Plugin state in SQLite, as the service keeps it (deadband writes on every kept event).
         let store = Arc::new(Store::open(cache.path().join("iotrules.db")).expect("store"));
         // BENCH_STATE=memory: state in memory instead, to see what SQLite costs.
-        let durable = (!memory_state()).then(|| Arc::new(SqliteStateStore::new(store.clone())));
-        let state: Arc<dyn iotrules::plugin::StateStore> = match &durable {
-            Some(durable) => durable.clone(),
-            None => Arc::new(iotrules::plugin::MemoryStateStore::new()),
-        };
+        let (durable, state) = state_store(store.clone());
         let max_devices = if twin { DEFAULT_MAX_DEVICES } else { 0 };
         let registry = Arc::new(
             Registry::new(plugin_runtime, plugins.path(), state)
@@ -274,6 +270,22 @@ impl Bench {
 /// `BENCH_STATE=memory`: plugin state in memory instead of SQLite.
 fn memory_state() -> bool {
     std::env::var("BENCH_STATE").is_ok_and(|v| v == "memory")
+}
+
+/// Plugin state in `store`, or in memory with `BENCH_STATE=memory`: the SQLite store, if it
+/// is one, and the store as the registry takes it.
+fn state_store(
+    store: Arc<Store>,
+) -> (
+    Option<Arc<SqliteStateStore>>,
+    Arc<dyn iotrules::plugin::StateStore>,
+) {
+    let durable = (!memory_state()).then(|| Arc::new(SqliteStateStore::new(store)));
+    let state: Arc<dyn iotrules::plugin::StateStore> = match &durable {
+        Some(durable) => durable.clone(),
+        None => Arc::new(iotrules::plugin::MemoryStateStore::new()),
+    };
+    (durable, state)
 }
 
 /// CPU time of the whole process (every thread), user and system.
@@ -437,11 +449,7 @@ impl Alone {
         // The state kept as the pipeline keeps it: committing what the plugins write is part
         // of their work.
         let store = Arc::new(Store::open(dir.path().join("alone.db")).expect("store"));
-        let durable = (!memory_state()).then(|| Arc::new(SqliteStateStore::new(store)));
-        let state: Arc<dyn iotrules::plugin::StateStore> = match &durable {
-            Some(durable) => durable.clone(),
-            None => Arc::new(iotrules::plugin::MemoryStateStore::new()),
-        };
+        let (durable, state) = state_store(store);
         let twins = twin.then(|| {
             let twins = Arc::new(Twins::new(DEFAULT_MAX_DEVICES));
             state.keep(iotrules::twin::NAMESPACE, twins.clone());
