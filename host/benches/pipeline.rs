@@ -11,15 +11,17 @@
 //! instead, to see what the SQLite commits cost. After it, the bench submits for 5 s at half
 //! that rate (or at `BENCH_RATE` events/s) and prints the latency percentiles per event,
 //! receipt to acknowledgement, and the lowest and highest p99 of its seconds, with the twin on
-//! and then off at the same rate; beside them the process's CPU per event over the round and
-//! the cores that kept busy, since on two cores a tail grows with the load it is taken under,
-//! and the bytes the process wrote per event (the store's log and its checkpoints; the
-//! checkpoint of one round's last writes can land in the next round).
+//! and then off at the same rate, and then the same for the bare path ([`Bare`]: the same
+//! work with the fewest hand-offs, the floor this machine sets under any pipeline's tail);
+//! beside them the process's CPU per event over the round and the cores that kept busy, since
+//! on two cores a tail grows with the load it is taken under, the bytes the process wrote per
+//! event (the store's log and its checkpoints; the checkpoint of one round's last writes can
+//! land in the next round), and the plugin state's commits per event.
 //! The events of a latency round come in a burst at each millisecond, or every `BENCH_TICK_US`
 //! microseconds (see [`tick`]).
-//! `BENCH_LATENCY=N` (with `BENCH_RATE`) measures only that, `N` rounds of both, the twin on first in odd rounds and off first in even ones, so that
-//! the order is not read as the cost, then the percentiles of all the rounds' events
-//! together.
+//! `BENCH_LATENCY=N` (with `BENCH_RATE`) measures only that, `N` rounds of the four, each of
+//! them first in turn so that the order is not read as the cost, then the percentiles of all
+//! the rounds' events together.
 //! The messages come from 64 devices, or `BENCH_DEVICES=N`: the twin writes the row of each
 //! device that changed in a commit, and a fleet's rows are spread over the file's pages.
 //! `BENCH_PLUGINS=DIR` reads the plugins from `DIR`
@@ -574,6 +576,127 @@ impl Alone {
 /// worker's batch at most.
 const TWIN_BATCH: usize = 32;
 
+/// The floor under the pipeline's tail, taken side by side with it: the same work on the
+/// same events with the fewest hand-offs that keep its guarantees. The submitting thread
+/// decodes each message (as the pipeline's intake does, in the connector's task) and sends
+/// it down a bounded channel to one of two threads by its device; each thread takes what is
+/// queued (a batch at most), updates the twins (with the twin on) and runs the three plugin
+/// steps on each event, commits the batch's state, and then calls each event's
+/// acknowledgement itself. No de-duplication, no command path (the commands are dropped), no
+/// settle task: what the pipeline's tail has over this one is the pipeline's.
+struct Bare {
+    /// `None` once dropped, to close the channels.
+    senders: Option<Vec<std::sync::mpsc::SyncSender<Bared>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    dialect: Dialect,
+    hasher: std::collections::hash_map::RandomState,
+    durable: Option<Arc<SqliteStateStore>>,
+    /// Holds the compiled plugins' cache and the store.
+    _dir: tempfile::TempDir,
+}
+
+/// An event and its acknowledgement.
+type Bared = (iotrules::event::Event, Box<dyn FnOnce() + Send>);
+
+impl Bare {
+    /// Two threads with the plugins of `bench` and state in a store of their own (as the
+    /// pipeline's, SQLite unless `BENCH_STATE=memory`), with the twin on or off.
+    fn new(bench: &Bench, twin: bool) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugin_runtime = Runtime::new(RuntimeConfig {
+            cache_dir: Some(dir.path().to_owned()),
+            ..RuntimeConfig::default()
+        })
+        .expect("plugin runtime");
+        let store = Arc::new(Store::open(dir.path().join("bare.db")).expect("store"));
+        let (durable, state) = state_store(store);
+        let twins = twin.then(|| {
+            let twins = Arc::new(Twins::new(DEFAULT_MAX_DEVICES));
+            state.keep(iotrules::twin::NAMESPACE, twins.clone());
+            twins
+        });
+        let registry = Arc::new(Registry::new(plugin_runtime, bench.dir.path(), state));
+        registry.load_all().expect("plugins");
+        let (senders, threads) = (0..2)
+            .map(|worker| {
+                let (sender, receiver) = std::sync::mpsc::sync_channel::<Bared>(QUEUE);
+                let mut steps = Alone::steps(&registry, &format!("-{worker}"));
+                let (registry, twins) = (registry.clone(), twins.clone());
+                let thread = std::thread::Builder::new()
+                    .name(format!("bare-{worker}"))
+                    .spawn(move || {
+                        let mut batch = Vec::with_capacity(TWIN_BATCH);
+                        while let Ok(job) = receiver.recv() {
+                            batch.push(job);
+                            while batch.len() < TWIN_BATCH
+                                && let Ok(job) = receiver.try_recv()
+                            {
+                                batch.push(job);
+                            }
+                            for (event, _) in &batch {
+                                if let Some(twins) = &twins {
+                                    twins.update(event);
+                                }
+                                handle(event, &mut steps);
+                            }
+                            let state = registry.state();
+                            if twins.is_some() {
+                                state.changed(iotrules::twin::NAMESPACE);
+                            }
+                            if let Some(durable) = state.durable() {
+                                futures::executor::block_on(durable.wait());
+                            }
+                            for (_, acknowledge) in batch.drain(..) {
+                                acknowledge();
+                            }
+                        }
+                    })
+                    .expect("bare thread");
+                (sender, thread)
+            })
+            .unzip();
+        Bare {
+            senders: Some(senders),
+            threads,
+            dialect: Dialect::Tuya(Decoder::new(bench.keys.clone(), SignMode::Enforce)),
+            hasher: std::collections::hash_map::RandomState::new(),
+            durable,
+            _dir: dir,
+        }
+    }
+
+    /// Decodes `payload` and queues it on the thread of its device, waiting for room.
+    fn submit(&self, payload: &[u8], acknowledge: Box<dyn FnOnce() + Send>) {
+        use std::hash::BuildHasher;
+        let event = self
+            .dialect
+            .decode(&RawMessage::new("bench", payload))
+            .expect("decode");
+        let senders = self.senders.as_ref().expect("open");
+        let worker = (self.hasher.hash_one(&*event.device.id) % senders.len() as u64) as usize;
+        senders[worker]
+            .send((event, acknowledge))
+            .expect("bare thread");
+    }
+
+    /// How many times its state was committed so far (0 with state in memory).
+    fn commits(&self) -> u64 {
+        self.durable.as_ref().map_or(0, |durable| durable.commits())
+    }
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        drop(self.senders.take());
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The events a bare thread's channel holds: a pipeline worker's queue (`pipeline.queue`).
+const QUEUE: usize = 256;
+
 /// Decodes each of `payloads` and runs `steps` on it, one after the other.
 fn each(dialect: &Dialect, payloads: &[String], steps: &mut [Step]) {
     for payload in payloads {
@@ -608,22 +731,30 @@ fn throughput(c: &mut Criterion) {
             .parse()
             .expect("BENCH_RATE: events per second");
         let twin_off = Bench::new(false);
+        let (bare, bare_off) = (Bare::new(&bench, true), Bare::new(&bench, false));
         let rounds: u64 = rounds.parse().expect("BENCH_LATENCY: a number of rounds");
-        // Every round's events, by pipeline, for the percentiles of all of them at the end.
-        let mut pooled = [Round::default(), Round::default()];
+        let mut targets = [
+            (" (twin on)", &bench, Target::Pipeline(&bench)),
+            (" (twin off)", &twin_off, Target::Pipeline(&twin_off)),
+            (" (bare, twin on)", &bench, Target::Bare(&bare)),
+            (" (bare, twin off)", &bench, Target::Bare(&bare_off)),
+        ];
+        let labels = targets.map(|(label, ..)| label);
+        // Every round's events, by target, for the percentiles of all of them at the end.
+        let mut pooled: [Round; 4] = Default::default();
+        let mut batch = 0;
         for round in 0..rounds {
-            let mut pair = [(" (twin on)", &bench, 0), (" (twin off)", &twin_off, 1)];
-            if round % 2 == 1 {
-                pair.reverse();
-            }
-            for (index, (label, bench, which)) in pair.into_iter().enumerate() {
-                let batch = 2 * round + index as u64 + 1;
-                let timed = latencies(bench, batch, (rate * LATENCY_SECONDS) as u64, rate);
+            for (label, bench, target) in targets {
+                batch += 1;
+                let timed = latencies(bench, target, batch, (rate * LATENCY_SECONDS) as u64, rate);
                 print_latency(&format!("round {}{label}", round + 1), &timed, rate, None);
-                pooled[which].pool(timed);
+                let which = labels.iter().position(|other| *other == label);
+                pooled[which.expect("a target")].pool(timed);
             }
+            // Each target first in turn: the order is not read as the cost.
+            targets.rotate_left(1);
         }
-        for (label, timed) in [" (twin on)", " (twin off)"].into_iter().zip(pooled) {
+        for (label, timed) in labels.into_iter().zip(pooled) {
             print_latency(&format!("all {rounds} rounds{label}"), &timed, rate, None);
         }
         return;
@@ -664,9 +795,15 @@ fn throughput(c: &mut Criterion) {
         Err(_) => full / 2.0,
     };
     let events = (rate * LATENCY_SECONDS) as u64;
-    for (label, bench) in [("", &bench), (" (twin off)", &twin_off)] {
+    let (bare, bare_off) = (Bare::new(&bench, true), Bare::new(&bench, false));
+    for (label, of, target) in [
+        ("", &bench, Target::Pipeline(&bench)),
+        (" (twin off)", &twin_off, Target::Pipeline(&twin_off)),
+        (" (bare, twin on)", &bench, Target::Bare(&bare)),
+        (" (bare, twin off)", &bench, Target::Bare(&bare_off)),
+    ] {
         batch += 1;
-        let timed = latencies(bench, batch, events, rate);
+        let timed = latencies(of, target, batch, events, rate);
         print_latency(&format!("at half load{label}"), &timed, rate, Some(full));
     }
 }
@@ -707,10 +844,11 @@ fn print_latency(label: &str, round: &Round, rate: f64, full: Option<f64>) {
     println!(
         "pipeline/latency {label} ({rate:.0} events/s{of}, {} events): p50 {p50:?}, p99 \
          {p99:?}, p99.9 {p999:?}, max {max:?}{by_second}; CPU {:.1} µs/event, {:.2} cores \
-         busy{written}",
+         busy{written}, {:.3} commits/event",
         timed.len(),
         round.cpu.as_secs_f64() * 1e6 / timed.len() as f64,
         round.cpu.as_secs_f64() / round.wall.as_secs_f64(),
+        round.commits as f64 / timed.len() as f64,
     );
 }
 
@@ -722,10 +860,18 @@ fn percentiles(latencies: impl Iterator<Item = Duration>) -> [Duration; 4] {
     [at(0.5), at(0.99), at(0.999), sorted[sorted.len() - 1]]
 }
 
-/// Submits `events` messages numbered for `batch` to `bench` at `rate` events/s; for each,
-/// in order of submission, when it was submitted (from the first) and the time from its
-/// submission to its acknowledgement.
-fn latencies(bench: &Bench, batch: u64, events: u64, rate: f64) -> Round {
+/// Where a latency round submits its events.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Pipeline(&'a Bench),
+    /// The bare path ([`Bare`]), with the messages and runtime of a bench's.
+    Bare(&'a Bare),
+}
+
+/// Submits `events` messages numbered for `batch` (sealed with `bench`'s keys) to `target`
+/// at `rate` events/s; for each, in order of submission, when it was submitted (from the
+/// first) and the time from its submission to its acknowledgement.
+fn latencies(bench: &Bench, target: Target<'_>, batch: u64, events: u64, rate: f64) -> Round {
     let timed = Arc::new(Mutex::new(Vec::with_capacity(events as usize)));
     let ingest = bench.ingest();
     let messages: Vec<Vec<u8>> = (0..events)
@@ -739,9 +885,14 @@ fn latencies(bench: &Bench, batch: u64, events: u64, rate: f64) -> Round {
                 .to_vec()
         })
         .collect();
+    let commits = || match target {
+        Target::Pipeline(bench) => bench.commits(),
+        Target::Bare(bare) => bare.commits(),
+    };
     let period = Duration::from_secs_f64(1.0 / rate);
     let (user, system) = cpu_time();
     let written_before = written();
+    let commits_before = commits();
     let started = Instant::now();
     let tick = tick();
     bench.runtime.block_on(async {
@@ -754,16 +905,24 @@ fn latencies(bench: &Bench, batch: u64, events: u64, rate: f64) -> Round {
             }
             let timed = timed.clone();
             let submitted = Instant::now();
-            let delivery = Delivery {
-                payload,
-                properties: Vec::new(),
-                acker: Acker::new(move |how| {
-                    assert_eq!(how, Settle::Ack);
-                    let latency = submitted.elapsed();
-                    timed.lock().unwrap().push((submitted - start, latency));
-                }),
+            let acknowledged = move || {
+                let latency = submitted.elapsed();
+                timed.lock().unwrap().push((submitted - start, latency));
             };
-            ingest.submit(delivery).await.expect("submit");
+            match target {
+                Target::Pipeline(_) => {
+                    let delivery = Delivery {
+                        payload,
+                        properties: Vec::new(),
+                        acker: Acker::new(move |how| {
+                            assert_eq!(how, Settle::Ack);
+                            acknowledged();
+                        }),
+                    };
+                    ingest.submit(delivery).await.expect("submit");
+                }
+                Target::Bare(bare) => bare.submit(&payload, Box::new(acknowledged)),
+            }
         }
         while timed.lock().unwrap().len() < events as usize {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -781,6 +940,7 @@ fn latencies(bench: &Bench, batch: u64, events: u64, rate: f64) -> Round {
         cpu: (user_after - user) + (system_after - system),
         wall,
         written,
+        commits: commits() - commits_before,
     }
 }
 
@@ -812,6 +972,8 @@ struct Round {
     wall: Duration,
     /// The bytes written meanwhile ([`written`]), if known.
     written: Option<u64>,
+    /// The plugin state's commits meanwhile.
+    commits: u64,
 }
 
 impl Round {
@@ -827,6 +989,7 @@ impl Round {
         self.timed.extend(other.timed);
         self.cpu += other.cpu;
         self.wall += other.wall;
+        self.commits += other.commits;
     }
 }
 
