@@ -11,15 +11,16 @@
 //! instead, to see what the SQLite commits cost. After it, the bench submits for 5 s at half
 //! that rate (or at `BENCH_RATE` events/s) and prints the latency percentiles per event,
 //! receipt to acknowledgement, and the lowest and highest p99 of its seconds, with the twin on
-//! and then off at the same rate, and then the same for the bare path ([`Bare`]: the same
-//! work with the fewest hand-offs, the floor this machine sets under any pipeline's tail);
+//! and then off at the same rate, and then the same for the bare paths ([`Bare`]: the same
+//! work with the fewest hand-offs, the floor this machine sets under any pipeline's tail, and
+//! the simplest way to keep the pipeline's guarantees with it);
 //! beside them the process's CPU per event over the round and the cores that kept busy, since
 //! on two cores a tail grows with the load it is taken under, the bytes the process wrote per
 //! event (the store's log and its checkpoints; the checkpoint of one round's last writes can
 //! land in the next round), and the plugin state's commits per event.
 //! The events of a latency round come in a burst at each millisecond, or every `BENCH_TICK_US`
 //! microseconds (see [`tick`]).
-//! `BENCH_LATENCY=N` (with `BENCH_RATE`) measures only that, `N` rounds of the four, each of
+//! `BENCH_LATENCY=N` (with `BENCH_RATE`) measures only that, `N` rounds of the six, each of
 //! them first in turn so that the order is not read as the cost, then the percentiles of all
 //! the rounds' events together.
 //! The messages come from 64 devices, or `BENCH_DEVICES=N`: the twin writes the row of each
@@ -52,7 +53,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use iotrules::command::{CommandPaths, Lanes, LogTransport, PathSettings};
+use iotrules::command::{CommandPath, CommandPaths, Lanes, LogTransport, PathSettings};
 use iotrules::config::PipelineConfig;
 use iotrules::connector::replay::{self, ReplaySettings};
 use iotrules::dialect::tuya::{Decoder, Keys, Mode};
@@ -179,19 +180,7 @@ impl Bench {
                 .unwrap_or_else(|e| panic!("rules: {e:#?}")),
         );
         let mut paths = CommandPaths::default();
-        paths.insert(Lanes::start(
-            "log",
-            LogTransport::to_writer("log", Box::new(tokio::io::sink())),
-            PathSettings {
-                lanes: 4,
-                queue: 256,
-                timeout: Duration::from_secs(5),
-                retries: 0,
-                rate_per_s: 0.0,
-                window: 1,
-            },
-            runtime.handle(),
-        ));
+        paths.insert(log_path(runtime.handle()));
         let pipeline = Pipeline::start(
             &PipelineConfig {
                 workers: 2,
@@ -267,6 +256,23 @@ impl Bench {
         assert_eq!(summary.delivered, BATCH);
         start.elapsed()
     }
+}
+
+/// The `log` command path the rules' commands go out on, writing into a sink, on `runtime`.
+fn log_path(runtime: &tokio::runtime::Handle) -> Arc<Lanes> {
+    Lanes::start(
+        "log",
+        LogTransport::to_writer("log", Box::new(tokio::io::sink())),
+        PathSettings {
+            lanes: 4,
+            queue: 256,
+            timeout: Duration::from_secs(5),
+            retries: 0,
+            rate_per_s: 0.0,
+            window: 1,
+        },
+        runtime,
+    )
 }
 
 /// `BENCH_STATE=memory`: plugin state in memory instead of SQLite.
@@ -582,8 +588,13 @@ const TWIN_BATCH: usize = 32;
 /// it down a bounded channel to one of two threads by its device; each thread takes what is
 /// queued (a batch at most), updates the twins (with the twin on) and runs the three plugin
 /// steps on each event, commits the batch's state, and then calls each event's
-/// acknowledgement itself. No de-duplication, no command path (the commands are dropped), no
-/// settle task: what the pipeline's tail has over this one is the pipeline's.
+/// acknowledgement itself. No de-duplication, no settle task, and the commands dropped: the
+/// tail of the work itself at that rate, which no pipeline's can be under.
+///
+/// With `commands`, the thread instead hands the batch's commands to a `log` path of its own
+/// (on the bench's runtime, as the pipeline's), commits, and waits for every command's
+/// confirmation before it acknowledges the batch: the simplest way to keep the pipeline's
+/// guarantees (but de-duplication), with no work done while the commands go out.
 struct Bare {
     /// `None` once dropped, to close the channels.
     senders: Option<Vec<std::sync::mpsc::SyncSender<Bared>>>,
@@ -600,8 +611,9 @@ type Bared = (iotrules::event::Event, Box<dyn FnOnce() + Send>);
 
 impl Bare {
     /// Two threads with the plugins of `bench` and state in a store of their own (as the
-    /// pipeline's, SQLite unless `BENCH_STATE=memory`), with the twin on or off.
-    fn new(bench: &Bench, twin: bool) -> Self {
+    /// pipeline's, SQLite unless `BENCH_STATE=memory`), with the twin on or off, sending the
+    /// commands or not.
+    fn new(bench: &Bench, twin: bool, commands: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let plugin_runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(dir.path().to_owned()),
@@ -617,11 +629,12 @@ impl Bare {
         });
         let registry = Arc::new(Registry::new(plugin_runtime, bench.dir.path(), state));
         registry.load_all().expect("plugins");
+        let path = commands.then(|| log_path(bench.runtime.handle()));
         let (senders, threads) = (0..2)
             .map(|worker| {
                 let (sender, receiver) = std::sync::mpsc::sync_channel::<Bared>(QUEUE);
                 let mut steps = Alone::steps(&registry, &format!("-{worker}"));
-                let (registry, twins) = (registry.clone(), twins.clone());
+                let (registry, twins, path) = (registry.clone(), twins.clone(), path.clone());
                 let thread = std::thread::Builder::new()
                     .name(format!("bare-{worker}"))
                     .spawn(move || {
@@ -633,19 +646,40 @@ impl Bare {
                             {
                                 batch.push(job);
                             }
+                            let mut commands = Vec::new();
+                            let mut confirmations = Vec::new();
                             for (event, _) in &batch {
                                 if let Some(twins) = &twins {
                                     twins.update(event);
                                 }
-                                handle(event, &mut steps);
+                                for step in &mut steps {
+                                    let handled = step.handle(event).expect("handled");
+                                    if path.is_none() {
+                                        continue;
+                                    }
+                                    for command in handled.outcome.commands {
+                                        let (confirmer, confirmation) =
+                                            tokio::sync::oneshot::channel();
+                                        commands.push((command, confirmer));
+                                        confirmations.push(confirmation);
+                                    }
+                                }
                             }
                             let state = registry.state();
                             if twins.is_some() {
                                 state.changed(iotrules::twin::NAMESPACE);
                             }
-                            if let Some(durable) = state.durable() {
-                                futures::executor::block_on(durable.wait());
-                            }
+                            futures::executor::block_on(async {
+                                if let Some(path) = &path {
+                                    path.enqueue_all(commands).await;
+                                }
+                                if let Some(durable) = state.durable() {
+                                    durable.wait().await;
+                                }
+                                for confirmation in confirmations {
+                                    confirmation.await.expect("answered").expect("confirmed");
+                                }
+                            });
                             for (_, acknowledge) in batch.drain(..) {
                                 acknowledge();
                             }
@@ -663,6 +697,13 @@ impl Bare {
             durable,
             _dir: dir,
         }
+    }
+
+    /// The four bare paths on `bench`'s plugins: twin on and off, then the same sending their
+    /// commands.
+    fn all(bench: &Bench) -> [Bare; 4] {
+        [(true, false), (false, false), (true, true), (false, true)]
+            .map(|(twin, commands)| Bare::new(bench, twin, commands))
     }
 
     /// Decodes `payload` and queues it on the thread of its device, waiting for room.
@@ -731,17 +772,12 @@ fn throughput(c: &mut Criterion) {
             .parse()
             .expect("BENCH_RATE: events per second");
         let twin_off = Bench::new(false);
-        let (bare, bare_off) = (Bare::new(&bench, true), Bare::new(&bench, false));
+        let bare = Bare::all(&bench);
         let rounds: u64 = rounds.parse().expect("BENCH_LATENCY: a number of rounds");
-        let mut targets = [
-            (" (twin on)", &bench, Target::Pipeline(&bench)),
-            (" (twin off)", &twin_off, Target::Pipeline(&twin_off)),
-            (" (bare, twin on)", &bench, Target::Bare(&bare)),
-            (" (bare, twin off)", &bench, Target::Bare(&bare_off)),
-        ];
+        let mut targets = latency_targets(&bench, &twin_off, &bare);
         let labels = targets.map(|(label, ..)| label);
         // Every round's events, by target, for the percentiles of all of them at the end.
-        let mut pooled: [Round; 4] = Default::default();
+        let mut pooled: [Round; 6] = Default::default();
         let mut batch = 0;
         for round in 0..rounds {
             for (label, bench, target) in targets {
@@ -795,17 +831,30 @@ fn throughput(c: &mut Criterion) {
         Err(_) => full / 2.0,
     };
     let events = (rate * LATENCY_SECONDS) as u64;
-    let (bare, bare_off) = (Bare::new(&bench, true), Bare::new(&bench, false));
-    for (label, of, target) in [
-        ("", &bench, Target::Pipeline(&bench)),
-        (" (twin off)", &twin_off, Target::Pipeline(&twin_off)),
-        (" (bare, twin on)", &bench, Target::Bare(&bare)),
-        (" (bare, twin off)", &bench, Target::Bare(&bare_off)),
-    ] {
+    let bare = Bare::all(&bench);
+    for (label, of, target) in latency_targets(&bench, &twin_off, &bare) {
         batch += 1;
         let timed = latencies(of, target, batch, events, rate);
         print_latency(&format!("at half load{label}"), &timed, rate, Some(full));
     }
+}
+
+/// What the latency rounds submit to, each with its label and the bench whose messages and
+/// runtime it uses: the pipeline with the twin on and off, then the [`Bare`] paths of
+/// `bare` ([`Bare::all`]).
+fn latency_targets<'a>(
+    on: &'a Bench,
+    off: &'a Bench,
+    bare: &'a [Bare; 4],
+) -> [(&'static str, &'a Bench, Target<'a>); 6] {
+    [
+        (" (twin on)", on, Target::Pipeline(on)),
+        (" (twin off)", off, Target::Pipeline(off)),
+        (" (bare, twin on)", on, Target::Bare(&bare[0])),
+        (" (bare, twin off)", on, Target::Bare(&bare[1])),
+        (" (bare + commands, twin on)", on, Target::Bare(&bare[2])),
+        (" (bare + commands, twin off)", on, Target::Bare(&bare[3])),
+    ]
 }
 
 /// How long the half-load phase submits, in seconds. A p99 is the slowest hundredth of the
