@@ -12,8 +12,8 @@
 //! that rate (or at `BENCH_RATE` events/s) and prints the latency percentiles per event,
 //! receipt to acknowledgement, and the lowest and highest p99 of its seconds, with the twin on
 //! and then off at the same rate, and then the same for the bare paths ([`Bare`]: the same
-//! work with the fewest hand-offs, the floor this machine sets under any pipeline's tail, and
-//! the simplest way to keep the pipeline's guarantees with it);
+//! work with the fewest hand-offs, the floor of the tail on this machine at that rate, and the
+//! simplest way to keep the pipeline's guarantees with it);
 //! beside them the process's CPU per event over the round and the cores that kept busy, since
 //! on two cores a tail grows with the load it is taken under, the bytes the process wrote per
 //! event (the store's log and its checkpoints; the checkpoint of one round's last writes can
@@ -583,13 +583,13 @@ impl Alone {
 const TWIN_BATCH: usize = 32;
 
 /// The floor under the pipeline's tail, taken side by side with it: the same work on the
-/// same events with the fewest hand-offs that keep its guarantees. The submitting thread
+/// same events with the fewest hand-offs. The submitting thread
 /// decodes each message (as the pipeline's intake does, in the connector's task) and sends
 /// it down a bounded channel to one of two threads by its device; each thread takes what is
 /// queued (a batch at most), updates the twins (with the twin on) and runs the three plugin
 /// steps on each event, commits the batch's state, and then calls each event's
 /// acknowledgement itself. No de-duplication, no settle task, and the commands dropped: the
-/// tail of the work itself at that rate, which no pipeline's can be under.
+/// tail of the work itself at that rate, with one hand-off.
 ///
 /// With `commands`, the thread instead hands the batch's commands to a `log` path of its own
 /// (on the bench's runtime, as the pipeline's), commits, and waits for every command's
@@ -637,54 +637,7 @@ impl Bare {
                 let (registry, twins, path) = (registry.clone(), twins.clone(), path.clone());
                 let thread = std::thread::Builder::new()
                     .name(format!("bare-{worker}"))
-                    .spawn(move || {
-                        let mut batch = Vec::with_capacity(TWIN_BATCH);
-                        while let Ok(job) = receiver.recv() {
-                            batch.push(job);
-                            while batch.len() < TWIN_BATCH
-                                && let Ok(job) = receiver.try_recv()
-                            {
-                                batch.push(job);
-                            }
-                            let mut commands = Vec::new();
-                            let mut confirmations = Vec::new();
-                            for (event, _) in &batch {
-                                if let Some(twins) = &twins {
-                                    twins.update(event);
-                                }
-                                for step in &mut steps {
-                                    let handled = step.handle(event).expect("handled");
-                                    if path.is_none() {
-                                        continue;
-                                    }
-                                    for command in handled.outcome.commands {
-                                        let (confirmer, confirmation) =
-                                            tokio::sync::oneshot::channel();
-                                        commands.push((command, confirmer));
-                                        confirmations.push(confirmation);
-                                    }
-                                }
-                            }
-                            let state = registry.state();
-                            if twins.is_some() {
-                                state.changed(iotrules::twin::NAMESPACE);
-                            }
-                            futures::executor::block_on(async {
-                                if let Some(path) = &path {
-                                    path.enqueue_all(commands).await;
-                                }
-                                if let Some(durable) = state.durable() {
-                                    durable.wait().await;
-                                }
-                                for confirmation in confirmations {
-                                    confirmation.await.expect("answered").expect("confirmed");
-                                }
-                            });
-                            for (_, acknowledge) in batch.drain(..) {
-                                acknowledge();
-                            }
-                        }
-                    })
+                    .spawn(move || bare_thread(&receiver, &mut steps, &registry, twins, path))
                     .expect("bare thread");
                 (sender, thread)
             })
@@ -731,6 +684,63 @@ impl Drop for Bare {
         drop(self.senders.take());
         for thread in self.threads.drain(..) {
             let _ = thread.join();
+        }
+    }
+}
+
+/// A thread of a [`Bare`] path: takes what is queued on `receiver` (a batch at most), runs the
+/// work on it, and acknowledges it once its state is committed and, with a `path`, its
+/// commands are confirmed.
+fn bare_thread(
+    receiver: &std::sync::mpsc::Receiver<Bared>,
+    steps: &mut [Step; 3],
+    registry: &Registry,
+    twins: Option<Arc<Twins>>,
+    path: Option<Arc<Lanes>>,
+) {
+    let mut batch = Vec::with_capacity(TWIN_BATCH);
+    while let Ok(job) = receiver.recv() {
+        batch.push(job);
+        while batch.len() < TWIN_BATCH
+            && let Ok(job) = receiver.try_recv()
+        {
+            batch.push(job);
+        }
+        let mut commands = Vec::new();
+        let mut confirmations = Vec::new();
+        for (event, _) in &batch {
+            if let Some(twins) = &twins {
+                twins.update(event);
+            }
+            for step in steps.iter_mut() {
+                let handled = step.handle(event).expect("handled");
+                if path.is_none() {
+                    continue;
+                }
+                for command in handled.outcome.commands {
+                    let (confirmer, confirmation) = tokio::sync::oneshot::channel();
+                    commands.push((command, confirmer));
+                    confirmations.push(confirmation);
+                }
+            }
+        }
+        let state = registry.state();
+        if twins.is_some() {
+            state.changed(iotrules::twin::NAMESPACE);
+        }
+        futures::executor::block_on(async {
+            if let Some(path) = &path {
+                path.enqueue_all(commands).await;
+            }
+            if let Some(durable) = state.durable() {
+                durable.wait().await;
+            }
+            for confirmation in confirmations {
+                confirmation.await.expect("answered").expect("confirmed");
+            }
+        });
+        for (_, acknowledge) in batch.drain(..) {
+            acknowledge();
         }
     }
 }
