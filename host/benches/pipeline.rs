@@ -158,13 +158,8 @@ impl Bench {
             });
         }
         let cache = tempfile::tempdir().expect("temp dir");
-        let plugin_runtime = Runtime::new(RuntimeConfig {
-            cache_dir: Some(cache.path().to_owned()),
-            ..RuntimeConfig::default()
-        })
-        .expect("plugin runtime");
         // Plugin state in SQLite, as the service keeps it (deadband writes on every kept event).
-        let store = Arc::new(Store::open(cache.path().join("iotrules.db")).expect("store"));
+        let (plugin_runtime, store) = runtime_and_store(cache.path());
         // BENCH_STATE=memory: state in memory instead, to see what SQLite costs.
         let (durable, state) = state_store(store.clone());
         let max_devices = if twin { DEFAULT_MAX_DEVICES } else { 0 };
@@ -273,6 +268,17 @@ fn log_path(runtime: &tokio::runtime::Handle) -> Arc<Lanes> {
         },
         runtime,
     )
+}
+
+/// A plugin runtime compiling into `dir`, and a store file in it.
+fn runtime_and_store(dir: &Path) -> (Arc<Runtime>, Arc<Store>) {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(dir.to_owned()),
+        ..RuntimeConfig::default()
+    })
+    .expect("plugin runtime");
+    let store = Arc::new(Store::open(dir.join("iotrules.db")).expect("store"));
+    (runtime, store)
 }
 
 /// `BENCH_STATE=memory`: plugin state in memory instead of SQLite.
@@ -425,6 +431,38 @@ fn profile_one(batches: u64, twin: bool) {
     }
 }
 
+/// The bench's plugins loaded anew, beside the pipeline's, for the work done without it:
+/// their own compiled cache, and their state in a store of their own, kept as the pipeline's
+/// is (SQLite unless `BENCH_STATE=memory`), with the twins in it when the twin is on.
+struct Plugins {
+    /// Holds the compiled plugins' cache and the store.
+    dir: tempfile::TempDir,
+    registry: Registry,
+    durable: Option<Arc<SqliteStateStore>>,
+    twins: Option<Arc<Twins>>,
+}
+
+impl Plugins {
+    fn load(bench: &Bench, twin: bool) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (plugin_runtime, store) = runtime_and_store(dir.path());
+        let (durable, state) = state_store(store);
+        let twins = twin.then(|| {
+            let twins = Arc::new(Twins::new(DEFAULT_MAX_DEVICES));
+            state.keep(iotrules::twin::NAMESPACE, twins.clone());
+            twins
+        });
+        let registry = Registry::new(plugin_runtime, bench.dir.path(), state);
+        registry.load_all().expect("plugins");
+        Plugins {
+            dir,
+            registry,
+            durable,
+            twins,
+        }
+    }
+}
+
 /// The work itself on the messages of a bench's recordings, without the pipeline: each
 /// decoded, then handed to the three rules' plugins in turn, in this thread, with plugin state
 /// kept as the pipeline's is (in SQLite, or in memory with `BENCH_STATE=memory`). Reading the
@@ -448,23 +486,14 @@ impl Alone {
     /// `twin`, the work updates each event's device twin too, and commits the twins with the
     /// plugin state, as the pipeline's workers and store do.
     fn new(bench: &Bench, files: &[PathBuf], twin: bool) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let plugin_runtime = Runtime::new(RuntimeConfig {
-            cache_dir: Some(dir.path().to_owned()),
-            ..RuntimeConfig::default()
-        })
-        .expect("plugin runtime");
         // The state kept as the pipeline keeps it: committing what the plugins write is part
         // of their work.
-        let store = Arc::new(Store::open(dir.path().join("alone.db")).expect("store"));
-        let (durable, state) = state_store(store);
-        let twins = twin.then(|| {
-            let twins = Arc::new(Twins::new(DEFAULT_MAX_DEVICES));
-            state.keep(iotrules::twin::NAMESPACE, twins.clone());
-            twins
-        });
-        let registry = Registry::new(plugin_runtime, bench.dir.path(), state);
-        registry.load_all().expect("plugins");
+        let Plugins {
+            dir,
+            registry,
+            durable,
+            twins,
+        } = Plugins::load(bench, twin);
         let payloads: Vec<Vec<String>> = files
             .iter()
             .map(|file| {
@@ -614,21 +643,13 @@ impl Bare {
     /// pipeline's, SQLite unless `BENCH_STATE=memory`), with the twin on or off, sending the
     /// commands or not.
     fn new(bench: &Bench, twin: bool, commands: bool) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let plugin_runtime = Runtime::new(RuntimeConfig {
-            cache_dir: Some(dir.path().to_owned()),
-            ..RuntimeConfig::default()
-        })
-        .expect("plugin runtime");
-        let store = Arc::new(Store::open(dir.path().join("bare.db")).expect("store"));
-        let (durable, state) = state_store(store);
-        let twins = twin.then(|| {
-            let twins = Arc::new(Twins::new(DEFAULT_MAX_DEVICES));
-            state.keep(iotrules::twin::NAMESPACE, twins.clone());
-            twins
-        });
-        let registry = Arc::new(Registry::new(plugin_runtime, bench.dir.path(), state));
-        registry.load_all().expect("plugins");
+        let Plugins {
+            dir,
+            registry,
+            durable,
+            twins,
+        } = Plugins::load(bench, twin);
+        let registry = Arc::new(registry);
         let path = commands.then(|| log_path(bench.runtime.handle()));
         let (senders, threads) = (0..2)
             .map(|worker| {
