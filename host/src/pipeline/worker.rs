@@ -183,10 +183,10 @@ impl Worker {
     /// The batch's events wait for the commit of its state writes, which the worker asks for
     /// at the end of the batch; but while `backlogged` (the worker is [`BACKLOG`] jobs behind)
     /// it hands them over without asking, up to a [`Settler::GROUP`], and the commit asked for
-    /// at the end of a later batch covers them too (their commands go out at once). A commit costs about the same whether it
-    /// holds one batch or four, and a worker that keeps up commits at every batch anyway: the
-    /// events put off wait for at most three more batches' work, less than the jobs queued
-    /// behind them wait. Measured with `bench pipeline` (`BENCH_PROFILE=5`, twin on, eight
+    /// at the end of a later batch covers them too (their commands go out at once). A commit
+    /// costs about the same whether it holds one batch or four, and a worker that keeps up
+    /// commits at every batch anyway: the events put off wait for at most three more batches'
+    /// work, less than the jobs queued behind them wait. Measured with `bench pipeline` (`BENCH_PROFILE=5`, twin on, eight
     /// runs of each build, alternately), a saturated pipeline made 0.024 commits per event
     /// instead of 0.037 and spent 21.6 µs of CPU per event instead of 23.6 (medians). At
     /// 30 760 events/s the latencies were the same through the noise. At 46 000/s, where a
