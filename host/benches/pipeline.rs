@@ -27,7 +27,8 @@
 //! device that changed in a commit, and a fleet's rows are spread over the file's pages.
 //! `BENCH_PLUGINS=DIR` reads the plugins from `DIR`
 //! instead of `plugins/dist`; `BENCH_IO_THREADS=N` gives the async runtime `N` threads instead
-//! of the service's default (`iotrules run --io-threads`).
+//! of the service's default (`iotrules run --io-threads`); `BENCH_SCHEDULING=latency` runs the
+//! pipeline's threads under that `[pipeline] scheduling` instead of the default.
 //!
 //! `BENCH_PROFILE=N` prints CPU time per event instead (see [`profile`]) and the plugin
 //! state's commits per event, and beside them the CPU time of the work itself on the same
@@ -54,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iotrules::command::{CommandPath, CommandPaths, Lanes, LogTransport, PathSettings};
-use iotrules::config::PipelineConfig;
+use iotrules::config::{PipelineConfig, Scheduling};
 use iotrules::connector::replay::{self, ReplaySettings};
 use iotrules::dialect::tuya::{Decoder, Keys, Mode};
 use iotrules::dialect::{Dialect, RawMessage, SignMode};
@@ -136,6 +137,14 @@ struct Bench {
     _rules: tempfile::TempDir,
 }
 
+/// The `[pipeline] scheduling` measured: the default, or `BENCH_SCHEDULING`.
+fn scheduling() -> Scheduling {
+    std::env::var("BENCH_SCHEDULING").map_or(Scheduling::default(), |mode| {
+        mode.parse()
+            .unwrap_or_else(|e| panic!("BENCH_SCHEDULING: {e}"))
+    })
+}
+
 impl Bench {
     /// A pipeline with the device twin on (the service's default bound) or off.
     fn new(twin: bool) -> Self {
@@ -144,6 +153,7 @@ impl Bench {
                 .map_or(iotrules::service::default_io_threads(), |n| {
                     n.parse().expect("BENCH_IO_THREADS")
                 }),
+            scheduling(),
         )
         .expect("runtime");
         let plugins = tempfile::tempdir().expect("temp dir");
@@ -179,6 +189,7 @@ impl Bench {
         let pipeline = Pipeline::start(
             &PipelineConfig {
                 workers: 2,
+                scheduling: scheduling(),
                 ..PipelineConfig::default()
             },
             Parts {

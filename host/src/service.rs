@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::admin::Observed;
 use crate::command::CommandPaths;
+use crate::config::Scheduling;
 use crate::connector::Context;
 use crate::metrics::Metrics;
 use crate::pipeline::{Parts, Pipeline};
@@ -446,14 +447,16 @@ pub fn disable_transparent_huge_pages() {
 pub fn disable_transparent_huge_pages() {}
 
 /// The async runtime the service's connectors, command paths and admin API run on:
-/// `threads` threads (at least one) named `iotrules-io`, scheduled as throughput threads
-/// (`SCHED_BATCH` on Linux: see `crate::sync::throughput_thread`), as are the rule workers
-/// they hand events to.
-pub fn io_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+/// `threads` threads (at least one) named `iotrules-io`, scheduled as `scheduling` says
+/// (`[pipeline] scheduling`), as are the rule workers they hand events to.
+pub fn io_runtime(
+    threads: usize,
+    scheduling: Scheduling,
+) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .thread_name("iotrules-io")
-        .on_thread_start(crate::sync::throughput_thread)
+        .on_thread_start(move || crate::sync::schedule_thread(scheduling))
         .enable_all()
         .build()
 }

@@ -5,6 +5,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread::Thread;
 use std::time::Instant;
 
+use crate::config::Scheduling;
+
 /// Locks `mutex`, using the data of a poisoned lock as is. Every critical section in this
 /// crate leaves its data consistent at each step (one insert, remove or assignment at a
 /// time), so a panic elsewhere while holding a lock is no reason to stop the service.
@@ -98,16 +100,18 @@ impl Bell {
     }
 }
 
-/// Schedules the calling thread as a throughput thread: Linux's `SCHED_BATCH`, which the
-/// service's event-carrying threads (the async runtime's and the rule workers) run under.
+/// Schedules the calling thread, one of those that carry events (the async runtime's and the
+/// rule workers), as `scheduling` says: under [`Scheduling::Throughput`] Linux's
+/// `SCHED_BATCH`; under [`Scheduling::Latency`] it keeps the normal policy.
 ///
-/// They hand events to each other all the time: the runtime thread reads a burst and wakes a
-/// rule worker, the worker queues the burst's commands and wakes the runtime thread. Under the
-/// default policy a woken thread preempts the one that woke it whenever they share a core, so
-/// on a busy machine each hand-off cost a switch away and back before the waker had finished
-/// its burst, and the bursts stayed small. A batch thread is not run ahead of the thread
-/// that woke it; it runs on an idle core at once, or when the running thread yields its core
-/// or uses up its slice. Its share of the CPU is the same (its nice value is unchanged).
+/// The event-carrying threads hand events to each other all the time: the runtime thread
+/// reads a burst and wakes a rule worker, the worker queues the burst's commands and wakes the
+/// runtime thread. Under the normal policy a woken thread preempts the one that woke it
+/// whenever they share a core, so on a busy machine each hand-off cost a switch away and back
+/// before the waker had finished its burst, and the bursts stayed small. A batch thread is not
+/// run ahead of the thread that woke it; it runs on an idle core at once, or when the running
+/// thread yields its core or uses up its slice. Its share of the CPU is the same (its nice
+/// value is unchanged).
 ///
 /// Measured on two cores, side by side with the peer in one run: `bench mqtt` at QoS 0 (the
 /// link → plugin → command round trip, 100 000 messages unpaced) ÷ mosquitto's own pub→sub
@@ -116,13 +120,16 @@ impl Bell {
 /// 0.566, 0.526 and 0.611 against 0.517; `bench pipeline` 89.0k events/s, durable (76.7k to
 /// 78.5k in earlier sittings). The p99 from receipt to acknowledgement at 35 000 events/s did
 /// not move beyond the noise (a median of 2.15 ms over six rounds against 2.01 ms, the
-/// spreads overlapping).
+/// spreads overlapping). What it costs beside another busy process is in [`Scheduling`].
 ///
 /// Lowering one's own thread to `SCHED_BATCH` needs no privilege; where it is refused (a
 /// sandbox filtering the call) the thread keeps its policy and works the same, its hand-offs
 /// costing what they did.
 #[cfg(target_os = "linux")]
-pub(crate) fn throughput_thread() {
+pub(crate) fn schedule_thread(scheduling: Scheduling) {
+    if scheduling == Scheduling::Latency {
+        return;
+    }
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a live `sched_param` for the duration of the call, and pid 0 is the
     // calling thread; the call changes nothing else.
@@ -131,4 +138,4 @@ pub(crate) fn throughput_thread() {
 
 /// Elsewhere threads keep the platform's default policy.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn throughput_thread() {}
+pub(crate) fn schedule_thread(_: Scheduling) {}

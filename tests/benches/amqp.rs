@@ -179,6 +179,7 @@ fn throughput(c: &mut Criterion) {
         PASS_RULE,
         PipelineConfig {
             workers: 2,
+            scheduling: iotrules_tests::bench_scheduling(),
             ..PipelineConfig::default()
         },
         Capture::open("out"),

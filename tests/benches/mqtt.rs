@@ -74,7 +74,8 @@ fn start_service(
     .concat();
     let file = dir.join("iotrules.toml");
     std::fs::write(&file, &text).unwrap();
-    let plan = Plan::parse(&file, &text).expect("config");
+    let mut plan = Plan::parse(&file, &text).expect("config");
+    plan.config.pipeline.scheduling = iotrules_tests::bench_scheduling();
     let store = Arc::new(iotrules::store::Store::open(&plan.config.store).expect("store"));
     let state = Arc::new(iotrules::store::SqliteStateStore::new(store.clone()));
     let Spawned { stop, started, .. } = spawn(runtime.handle(), plan, store, state);

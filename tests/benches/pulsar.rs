@@ -136,6 +136,7 @@ fn connector(c: &mut Criterion) {
         RULES,
         PipelineConfig {
             workers: 2,
+            scheduling: iotrules_tests::bench_scheduling(),
             ..PipelineConfig::default()
         },
         Capture::open("unused"),

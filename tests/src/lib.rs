@@ -15,6 +15,8 @@ pub mod tls;
 
 use std::time::{Duration, Instant};
 
+use iotrules::config::Scheduling;
+
 /// The rule `echo-all`: every event through the `echo` plugin, its command sent through the
 /// command path `out`.
 pub const ECHO_RULE: &str = r#"
@@ -39,13 +41,22 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// The runtime a bench runs the side it measures on (the service, a connector, or the bare
 /// client it is compared with), apart from [`runtime`] where its peers run, as in a
 /// deployment: the service's default number of threads, or `BENCH_IO_THREADS`, as
-/// `iotrules run --io-threads` would give it.
+/// `iotrules run --io-threads` would give it, scheduled as [`bench_scheduling`] says.
 pub fn measured_runtime() -> tokio::runtime::Runtime {
     let threads = std::env::var("BENCH_IO_THREADS")
         .map_or(iotrules::service::default_io_threads(), |n| {
             n.parse().expect("BENCH_IO_THREADS is a number of threads")
         });
-    iotrules::service::io_runtime(threads).expect("runtime")
+    iotrules::service::io_runtime(threads, bench_scheduling()).expect("runtime")
+}
+
+/// The `[pipeline] scheduling` a bench measures: the default, or `BENCH_SCHEDULING`
+/// (`throughput` or `latency`).
+pub fn bench_scheduling() -> Scheduling {
+    std::env::var("BENCH_SCHEDULING").map_or(Scheduling::default(), |mode| {
+        mode.parse()
+            .unwrap_or_else(|e| panic!("BENCH_SCHEDULING: {e}"))
+    })
 }
 
 /// Waits up to 30 s for `done`, checking every 10 ms; fails the test naming `what` if it

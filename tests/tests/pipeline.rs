@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use iotrules::command::{Failure, Lanes, PathSettings, Transport};
-use iotrules::config::PipelineConfig;
+use iotrules::config::{PipelineConfig, Scheduling};
 use iotrules::pipeline::{Acker, Delivery, Settle};
 use iotrules::store::{SqliteStateStore, Store};
 use iotrules_tests::http::Webhook;
@@ -1553,36 +1553,32 @@ fn a_deferred_submission_that_has_to_wait_wakes_the_workers_it_waits_for() {
     }
 }
 
-/// The threads that hand events to each other run as throughput threads (`SCHED_BATCH`), so
-/// that a woken one does not preempt the one that woke it in the middle of a burst.
+/// The threads that hand events to each other run as throughput threads (`SCHED_BATCH`) by
+/// default, so that a woken one does not preempt the one that woke it in the middle of a
+/// burst; under `scheduling = "latency"` they keep the normal policy.
 #[cfg(target_os = "linux")]
 #[test]
-fn the_rule_workers_and_the_runtime_threads_run_as_throughput_threads() {
+fn the_rule_workers_and_the_runtime_threads_are_scheduled_as_configured() {
+    const SCHED_OTHER: u32 = 0;
     const SCHED_BATCH: u32 = 3;
     /// The scheduling policy in a `/proc/.../stat` line (its 41st field).
     fn policy(stat: &str) -> Option<u32> {
         let after_name = &stat[stat.rfind(')')? + 2..];
         after_name.split(' ').nth(38)?.parse().ok()
     }
-    let io = iotrules::service::io_runtime(1).expect("runtime");
-    let on_io = io.block_on(async {
-        tokio::spawn(async { std::fs::read_to_string("/proc/thread-self/stat") })
-            .await
-            .expect("task")
-            .expect("stat")
-    });
-    assert_eq!(
-        policy(&on_io),
-        Some(SCHED_BATCH),
-        "a runtime thread: {on_io}"
-    );
-
-    let runtime = runtime();
-    let capture = Capture::open("out");
-    let mut test = echo_pipeline(&runtime, &capture, settings(2, 8, 64));
-    // Every rule worker of this process (other tests' too), once the two started here have
-    // set their policy as they start.
-    let workers = || {
+    /// The policy of a thread of an async runtime scheduled as `scheduling`.
+    fn on_runtime(scheduling: Scheduling) -> Option<u32> {
+        let io = iotrules::service::io_runtime(1, scheduling).expect("runtime");
+        let stat = io.block_on(async {
+            tokio::spawn(async { std::fs::read_to_string("/proc/thread-self/stat") })
+                .await
+                .expect("task")
+                .expect("stat")
+        });
+        policy(&stat)
+    }
+    /// The policies of every rule worker of this process (other tests' too).
+    fn workers() -> Vec<Option<u32>> {
         let mut policies = Vec::new();
         for task in std::fs::read_dir("/proc/self/task")
             .expect("tasks")
@@ -1594,10 +1590,33 @@ fn the_rule_workers_and_the_runtime_threads_run_as_throughput_threads() {
             }
         }
         policies
-    };
+    }
+    assert_eq!(on_runtime(Scheduling::Throughput), Some(SCHED_BATCH));
+    assert_eq!(on_runtime(Scheduling::Latency), Some(SCHED_OTHER));
+
+    let runtime = runtime();
+    let capture = Capture::open("out");
+    // The other tests' workers run under the default, so every worker is a batch thread
+    // while this test's latency workers are not yet started.
+    let mut test = echo_pipeline(&runtime, &capture, settings(2, 8, 64));
     wait_for("two rule workers running as throughput threads", || {
         let policies = workers();
         policies.len() >= 2 && policies.iter().all(|p| *p == Some(SCHED_BATCH))
+    });
+    test.drain(&runtime);
+    drop(test);
+
+    let latency = PipelineConfig {
+        scheduling: Scheduling::Latency,
+        ..settings(2, 8, 64)
+    };
+    let mut test = echo_pipeline(&runtime, &capture, latency);
+    wait_for("two rule workers at the normal policy", || {
+        workers()
+            .iter()
+            .filter(|p| **p == Some(SCHED_OTHER))
+            .count()
+            >= 2
     });
     test.drain(&runtime);
 }

@@ -26,7 +26,8 @@ pub fn run(config: PathBuf, ids: Vec<i64>, filter: Filter) -> anyhow::Result<Exi
         println!("No dead letters to replay.");
         return Ok(ExitCode::SUCCESS);
     }
-    let runtime = iotrules::service::io_runtime(2).context("cannot start the async runtime")?;
+    let runtime = iotrules::service::io_runtime(2, plan.config.pipeline.scheduling)
+        .context("cannot start the async runtime")?;
     let outcome = runtime.block_on(replay(&plan, store, letters))?;
     println!(
         "Replayed {} dead letter(s): {} processed and removed, {} stored again with a new \

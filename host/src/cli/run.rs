@@ -38,7 +38,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     super::init_logging(args.log.as_deref(), args.verbose);
     let plan = Plan::load(&args.config)?;
     let (dead_letters, state) = super::open_store(&plan.config)?;
-    let runtime = service::io_runtime(args.io_threads).context("cannot start the async runtime")?;
+    let runtime = service::io_runtime(args.io_threads, plan.config.pipeline.scheduling)
+        .context("cannot start the async runtime")?;
     runtime.block_on(serve(plan, dead_letters, state))
 }
 

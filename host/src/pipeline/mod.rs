@@ -176,11 +176,12 @@ impl Pipeline {
             let (sender, receiver) = queue::queue(settings.queue);
             let settler = settle::Settler::start(&shared);
             let shared = shared.clone();
+            let scheduling = settings.scheduling;
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("iotrules-worker-{index}"))
                     .spawn(move || {
-                        crate::sync::throughput_thread();
+                        crate::sync::schedule_thread(scheduling);
                         worker::Worker::new(shared, settler).run(receiver)
                     })?,
             );
