@@ -1618,5 +1618,12 @@ fn the_rule_workers_and_the_runtime_threads_are_scheduled_as_configured() {
             .count()
             >= 2
     });
+    // And they carry events as the batch threads do.
+    let before = capture.received().len();
+    const EVENTS: u64 = 200;
+    let (acks, _, producer) = produce(&runtime, &test, EVENTS);
+    runtime.block_on(producer).expect("producer");
     test.drain(&runtime);
+    assert_eq!(acks.acked(), EVENTS as usize);
+    assert_eq!(capture.received().len() - before, EVENTS as usize);
 }
