@@ -12,12 +12,11 @@ use std::hint::black_box;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "shared/tuya.rs"]
+mod tuya_messages;
+use tuya_messages::{BUSINESS, STATUS};
+
 const ACCESS_KEY: &str = "benchKEY0123456789abcdefghijklmn";
-
-/// A typical protocol-4 status: three datapoints, like the vendor's own examples.
-const STATUS: &str = r#"{"dataId":"16QmtsL4F28GzL2cEpVZzAQl","devId":"vdevxJ4SXRVxfCQG","productKey":"gXkH1zxF","status":[{"2":"white","code":"work_mode","t":1631545543536,"value":"white"},{"3":"764","code":"bright_value_v2","t":1631545543536,"value":764},{"code":"temp_current","t":1631545543536,"value":23.5,"4":"23.5"}]}"#;
-
-const BUSINESS: &str = r#"{"bizCode":"device","eventType":"dp_report","data":{"devId":"BI1oOZSHCoHPbzRKZuQO","productId":"BdVti9n4dte2et68","dataId":"tVkAKqiaJ42cL0n95KDk03","namespace":"3XTNGcymwgnKR5BLmFg8QysGFbuN3","status":[{"code":"switch_1","value":"true","time":1631545543536}]}}"#;
 
 const ALIBABA: &str = r#"{"iotId":"4z819VQHk6VSLmmBJfrf00107ee200","requestId":"2","productKey":"a1FlqIQ****","deviceName":"device1","gmtCreate":1510799670074,"deviceType":"Ammeter","items":{"Power":{"value":"on","time":1510799670074},"Position":{"time":1510292697470,"value":{"latitude":39.9,"longitude":116.38}}},"checkFailedData":{}}"#;
 
