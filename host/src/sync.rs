@@ -102,7 +102,8 @@ impl Bell {
 
 /// Schedules the calling thread, one of those that carry events (the async runtime's and the
 /// rule workers), as `scheduling` says: under [`Scheduling::Throughput`] Linux's
-/// `SCHED_BATCH`; under [`Scheduling::Latency`] it keeps the normal policy.
+/// `SCHED_BATCH`; under [`Scheduling::Latency`] it keeps the policy it started with, the
+/// normal one unless the service itself was started under another (`chrt`).
 ///
 /// The event-carrying threads hand events to each other all the time: the runtime thread
 /// reads a burst and wakes a rule worker, the worker queues the burst's commands and wakes the
