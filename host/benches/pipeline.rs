@@ -148,12 +148,13 @@ fn scheduling() -> Scheduling {
 impl Bench {
     /// A pipeline with the device twin on (the service's default bound) or off.
     fn new(twin: bool) -> Self {
+        let scheduling = scheduling();
         let runtime = iotrules::service::io_runtime(
             std::env::var("BENCH_IO_THREADS")
                 .map_or(iotrules::service::default_io_threads(), |n| {
                     n.parse().expect("BENCH_IO_THREADS")
                 }),
-            scheduling(),
+            scheduling,
         )
         .expect("runtime");
         let plugins = tempfile::tempdir().expect("temp dir");
@@ -189,7 +190,7 @@ impl Bench {
         let pipeline = Pipeline::start(
             &PipelineConfig {
                 workers: 2,
-                scheduling: scheduling(),
+                scheduling,
                 ..PipelineConfig::default()
             },
             Parts {
