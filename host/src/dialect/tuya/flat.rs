@@ -1,57 +1,72 @@
 //! A quick reader for the common shapes of Tuya JSON: the envelope, one flat object of plain
-//! strings, numbers, booleans and `null`; and the protocol 4 status body, the same with one
-//! array of such objects.
+//! strings, numbers, booleans and `null`; the protocol 4 status body, the same with one array
+//! of such objects; and the Smart Business body, whose `data` object holds such an array.
 //!
 //! serde_json scans a string eight bytes at a time with three tests per word, and the
 //! envelope's sealed field is hundreds of base64 characters; here a table ends short strings
 //! and a vectorized `memchr2` long ones. Only a strict subset of JSON is read: any escape,
-//! nested value, unusual number or stray byte answers `None`, and the caller reads the text
-//! with serde_json instead, whose error then names what is wrong. So this never accepts what
-//! serde_json refuses, and where it answers, it answers what serde_json's reading would (see
-//! the tests here, in `envelope` and in `normalize`).
+//! unusual number, stray byte, or nested value its reader did not ask for answers `None`, and
+//! the caller reads the text with serde_json instead, whose error then names what is wrong.
+//! So this never accepts what serde_json refuses, and where it answers, it answers what
+//! serde_json's reading would (see the tests here, in `envelope` and in `normalize`).
+//!
+//! The read streams: each field goes to a [`Visit`] as it is met, so a body is read straight
+//! into what its reader builds, with no list of fields in between.
 
 use std::borrow::Cow;
 
 /// An object's fields in order, each value as its raw JSON text.
 pub(super) type Fields<'a> = Vec<(Cow<'a, str>, &'a str)>;
 
+/// What a read does with each field of an object, in order.
+pub(super) trait Visit<'a> {
+    /// A field whose value is plain (a string without escapes, a number, `true`, `false` or
+    /// `null`), given as its raw JSON text. `None` gives the text up to serde_json.
+    fn plain(&mut self, key: &'a str, raw: &'a str) -> Option<()>;
+
+    /// A field whose value opens an object or an array at `at` in `text`: reads it, with
+    /// [`object`] or [`array`], and answers the index after it. `None`, unless a reader asks
+    /// for the value, gives the text up.
+    fn nested(&mut self, _key: &'a str, _text: &'a str, _at: usize) -> Option<usize> {
+        None
+    }
+}
+
+/// An object's fields collected in order; none may be nested.
+impl<'a> Visit<'a> for Fields<'a> {
+    fn plain(&mut self, key: &'a str, raw: &'a str) -> Option<()> {
+        self.push((Cow::Borrowed(key), raw));
+        Some(())
+    }
+}
+
 /// The fields of a flat object of plain values; `None` for any other text.
 pub(super) fn fields(text: &str) -> Option<Fields<'_>> {
-    let bytes = text.as_bytes();
-    let (fields, end) = object(text, skip_space(bytes, 0), None)?;
-    (skip_space(bytes, end) == bytes.len()).then_some(fields)
+    let mut fields = Vec::with_capacity(6);
+    read(text, &mut fields)?;
+    Some(fields)
 }
 
-/// The fields of an object of plain values but for `list`, whose value must be an array of
-/// flat objects (a Tuya status body: `{"devId":…,"status":[{…},{…}]}`), and those objects'
-/// fields. `None` for any other text, for a `list` that is not an array, or for two of them.
-pub(super) fn fields_with_list<'a>(
-    text: &'a str,
-    list: &str,
-) -> Option<(Fields<'a>, Vec<Fields<'a>>)> {
+/// Reads `text`, which must be one object and nothing else, with `visit`.
+pub(super) fn read<'a>(text: &'a str, visit: &mut impl Visit<'a>) -> Option<()> {
     let bytes = text.as_bytes();
-    let mut items = None;
-    let (fields, end) = object(text, skip_space(bytes, 0), Some((list, &mut items)))?;
-    (skip_space(bytes, end) == bytes.len()).then_some((fields, items.unwrap_or_default()))
+    let end = object(text, skip_space(bytes, 0), visit)?;
+    (skip_space(bytes, end) == bytes.len()).then_some(())
 }
 
-/// Where a [`fields_with_list`] array goes.
-type List<'k, 'o, 'a> = Option<(&'k str, &'o mut Option<Vec<Fields<'a>>>)>;
-
-/// Reads the object opening at `at`: its fields and the index after it.
-fn object<'a>(
+/// Reads the object opening at `at` with `visit`: the index after it.
+pub(super) fn object<'a>(
     text: &'a str,
     mut at: usize,
-    mut list: List<'_, '_, 'a>,
-) -> Option<(Fields<'a>, usize)> {
+    visit: &mut impl Visit<'a>,
+) -> Option<usize> {
     let bytes = text.as_bytes();
     if bytes.get(at) != Some(&b'{') {
         return None;
     }
     at = skip_space(bytes, at + 1);
-    let mut fields = Vec::with_capacity(6);
     if bytes.get(at) == Some(&b'}') {
-        return Some((fields, at + 1));
+        return Some(at + 1);
     }
     loop {
         let key_end = string_end(bytes, at)?;
@@ -61,45 +76,50 @@ fn object<'a>(
             return None;
         }
         at = skip_space(bytes, at + 1);
-        let value_end = match (bytes.get(at)?, &mut list) {
-            (b'[', Some((name, items))) if key == *name && items.is_none() => {
-                let (read, end) = array(text, at)?;
-                **items = Some(read);
+        let value_end = match bytes.get(at)? {
+            b'{' | b'[' => visit.nested(key, text, at)?,
+            first => {
+                let end = match first {
+                    b'"' => string_end(bytes, at)?,
+                    b'-' | b'0'..=b'9' => number_end(bytes, at)?,
+                    b't' => literal_end(bytes, at, b"true")?,
+                    b'f' => literal_end(bytes, at, b"false")?,
+                    b'n' => literal_end(bytes, at, b"null")?,
+                    _ => return None,
+                };
+                visit.plain(key, &text[at..end])?;
                 end
             }
-            (_, Some((name, _))) if key == *name => return None,
-            (b'"', _) => string_end(bytes, at)?,
-            (b'-' | b'0'..=b'9', _) => number_end(bytes, at)?,
-            (b't', _) => literal_end(bytes, at, b"true")?,
-            (b'f', _) => literal_end(bytes, at, b"false")?,
-            (b'n', _) => literal_end(bytes, at, b"null")?,
-            _ => return None,
         };
-        fields.push((Cow::Borrowed(key), &text[at..value_end]));
         at = skip_space(bytes, value_end);
         match bytes.get(at)? {
             b',' => at = skip_space(bytes, at + 1),
-            b'}' => return Some((fields, at + 1)),
+            b'}' => return Some(at + 1),
             _ => return None,
         }
     }
 }
 
-/// Reads the array of flat objects opening at `at`: their fields and the index after it.
-fn array(text: &str, mut at: usize) -> Option<(Vec<Fields<'_>>, usize)> {
+/// Reads the array opening at `at`, each element with `element`, which is given the index
+/// where the element starts and answers the index after it: the index after the array.
+pub(super) fn array(
+    text: &str,
+    mut at: usize,
+    mut element: impl FnMut(usize) -> Option<usize>,
+) -> Option<usize> {
     let bytes = text.as_bytes();
+    if bytes.get(at) != Some(&b'[') {
+        return None;
+    }
     at = skip_space(bytes, at + 1);
-    let mut items = Vec::with_capacity(8);
     if bytes.get(at) == Some(&b']') {
-        return Some((items, at + 1));
+        return Some(at + 1);
     }
     loop {
-        let (item, end) = object(text, at, None)?;
-        items.push(item);
-        at = skip_space(bytes, end);
+        at = skip_space(bytes, element(at)?);
         match bytes.get(at)? {
             b',' => at = skip_space(bytes, at + 1),
-            b']' => return Some((items, at + 1)),
+            b']' => return Some(at + 1),
             _ => return None,
         }
     }
@@ -241,7 +261,7 @@ pub(super) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::fields;
+    use super::{Fields, Visit, array, fields, object};
 
     fn read(text: &str) -> Option<Vec<(String, String)>> {
         fields(text).map(|fields| {
@@ -284,16 +304,47 @@ mod tests {
         );
     }
 
+    /// A reader that wants `status` as an array of flat objects, and every other field plain.
+    #[derive(Default)]
+    struct Listed<'a> {
+        fields: Fields<'a>,
+        items: Option<Vec<Fields<'a>>>,
+    }
+
+    impl<'a> Visit<'a> for Listed<'a> {
+        fn plain(&mut self, key: &'a str, raw: &'a str) -> Option<()> {
+            (key != "status").then(|| self.fields.push((key.into(), raw)))
+        }
+
+        fn nested(&mut self, key: &'a str, text: &'a str, at: usize) -> Option<usize> {
+            if key != "status" || self.items.is_some() {
+                return None;
+            }
+            let mut items = Vec::new();
+            let end = array(text, at, |at| {
+                let mut item = Vec::new();
+                let end = object(text, at, &mut item)?;
+                items.push(item);
+                Some(end)
+            })?;
+            self.items = Some(items);
+            Some(end)
+        }
+    }
+
+    fn listed(text: &str) -> Option<Listed<'_>> {
+        let mut listed = Listed::default();
+        super::read(text, &mut listed)?;
+        Some(listed)
+    }
+
     #[test]
-    fn one_list_of_flat_objects_is_read_where_it_is_named() {
+    fn a_nested_value_is_read_where_its_reader_asks_for_it() {
         let text = r#"{"devId":"d1","status":[{"code":"a","value":1},{}, {"t":2}],"x":null}"#;
-        let (fields, items) = super::fields_with_list(text, "status").expect("read");
-        let expected: super::Fields<'_> = vec![
-            ("devId".into(), r#""d1""#),
-            ("status".into(), r#"[{"code":"a","value":1},{}, {"t":2}]"#),
-            ("x".into(), "null"),
-        ];
+        let Listed { fields, items } = listed(text).expect("read");
+        let expected: Fields<'_> = vec![("devId".into(), r#""d1""#), ("x".into(), "null")];
         assert_eq!(fields, expected);
+        let items = items.expect("the list was read");
         assert_eq!(items.len(), 3);
         assert_eq!(
             items[0],
@@ -307,15 +358,17 @@ mod tests {
             r#"{"status":[{"a":[]}]}"#,
             r#"{"status":[],"status":[]}"#,
             r#"{"other":[{}]}"#,
+            r#"{"status":{}}"#,
             r#"{"status":[{}],}"#,
             r#"{"status":[{},]}"#,
+            r#"{"status":[{}}"#,
         ] {
-            assert_eq!(super::fields_with_list(text, "status"), None, "{text}");
+            assert!(listed(text).is_none(), "{text}");
         }
         assert_eq!(
             read(r#"{"status":[]}"#),
             None,
-            "no list unless one is named"
+            "no nested value unless its reader asks for it"
         );
     }
 

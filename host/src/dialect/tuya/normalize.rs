@@ -144,33 +144,30 @@ fn is_dp_id(key: &str) -> bool {
     !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit())
 }
 
-impl<'a> StatusItem<'a> {
-    /// One entry read by [`flat`], as the serde reading above reads it; `None` for a `code`
-    /// that is not a string, which serde_json refuses.
-    fn read_flat(fields: flat::Fields<'a>) -> Option<Self> {
-        let mut item = StatusItem::default();
-        for (key, raw) in fields {
-            match key.as_ref() {
-                "code" => item.code = Some(flat::string(raw)?.to_owned()),
-                "value" => item.value = Some(plain_value(raw)?),
-                "t" | "time" => {
-                    item.time_ms = if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-                        // A number: plain digits, or left to serde_json (a negative, a
-                        // fraction, one out of range), which may refuse it.
-                        Some(raw.parse().ok()?)
-                    } else {
-                        LenientU64::from_raw(raw)
-                    };
-                }
-                dp if is_dp_id(dp) => {
-                    item.dp = Some((key, raw));
-                }
-                _ => {}
+/// One entry read by [`flat`], as the serde reading above reads it: `None` for a `code` that
+/// is not a string, which serde_json refuses.
+impl<'a> flat::Visit<'a> for StatusItem<'a> {
+    fn plain(&mut self, key: &'a str, raw: &'a str) -> Option<()> {
+        match key {
+            "code" => self.code = Some(flat::string(raw)?.to_owned()),
+            "value" => self.value = Some(plain_value(raw)?),
+            "t" | "time" => {
+                self.time_ms = if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+                    // A number: plain digits, or left to serde_json (a negative, a
+                    // fraction, one out of range), which may refuse it.
+                    Some(raw.parse().ok()?)
+                } else {
+                    LenientU64::from_raw(raw)
+                };
             }
+            dp if is_dp_id(dp) => self.dp = Some((Cow::Borrowed(key), raw)),
+            _ => {}
         }
-        Some(item)
+        Some(())
     }
+}
 
+impl<'a> StatusItem<'a> {
     fn into_property(self) -> Option<Property> {
         let (dp_id, dp_raw) = self.dp.unzip();
         let value = match (self.value, dp_raw) {
@@ -205,36 +202,62 @@ impl<'a> StatusBody<'a> {
     /// is not plain enough for it or serde_json would refuse it (a duplicate field, a
     /// `code` that is not a string, an integer too large for 64 bits).
     fn read_flat(body: &'a str) -> Option<Self> {
-        let (fields, items) = flat::fields_with_list(body, "status")?;
-        let mut parsed = StatusBody {
-            data_id: None,
-            dev_id: None,
-            product_key: None,
-            status: StatusList(Vec::with_capacity(items.len())),
+        let mut reader = StatusReader {
+            body: StatusBody {
+                data_id: None,
+                dev_id: None,
+                product_key: None,
+                status: StatusList(Vec::with_capacity(8)),
+            },
+            seen: [false; 4],
         };
-        let mut seen = [false; 3];
-        for (key, raw) in fields {
-            let (slot, index) = match key.as_ref() {
-                "dataId" => (&mut parsed.data_id, 0),
-                "devId" => (&mut parsed.dev_id, 1),
-                "productKey" => (&mut parsed.product_key, 2),
-                _ => continue,
-            };
-            if std::mem::replace(&mut seen[index], true) {
-                return None;
-            }
-            *slot = match raw {
-                "null" => None,
-                text => Some(Cow::Borrowed(flat::string(text)?)),
-            };
+        flat::read(body, &mut reader)?;
+        Some(reader.body)
+    }
+}
+
+/// A status body as [`flat`] reads it, and which of its fields it has met: the derived serde
+/// reading refuses a field met twice.
+struct StatusReader<'a> {
+    body: StatusBody<'a>,
+    seen: [bool; 4],
+}
+
+/// Marks a field met: `None` if it was already.
+fn first_meeting(seen: &mut bool) -> Option<()> {
+    (!std::mem::replace(seen, true)).then_some(())
+}
+
+impl<'a> flat::Visit<'a> for StatusReader<'a> {
+    fn plain(&mut self, key: &'a str, raw: &'a str) -> Option<()> {
+        let (slot, index) = match key {
+            "dataId" => (&mut self.body.data_id, 0),
+            "devId" => (&mut self.body.dev_id, 1),
+            "productKey" => (&mut self.body.product_key, 2),
+            // serde_json refuses a `status` that is not a list.
+            "status" => return None,
+            _ => return Some(()),
+        };
+        first_meeting(&mut self.seen[index])?;
+        *slot = match raw {
+            "null" => None,
+            text => Some(Cow::Borrowed(flat::string(text)?)),
+        };
+        Some(())
+    }
+
+    fn nested(&mut self, key: &'a str, text: &'a str, at: usize) -> Option<usize> {
+        if key != "status" {
+            return None;
         }
-        for item in items {
-            parsed
-                .status
-                .0
-                .extend(StatusItem::read_flat(item)?.into_property());
-        }
-        Some(parsed)
+        first_meeting(&mut self.seen[3])?;
+        let status = &mut self.body.status.0;
+        flat::array(text, at, |at| {
+            let mut item = StatusItem::default();
+            let end = flat::object(text, at, &mut item)?;
+            status.extend(item.into_property());
+            Some(end)
+        })
     }
 }
 
@@ -462,7 +485,7 @@ macro_rules! scalars_read_as_empty {
 
 /// A list of items read in one pass straight into properties; anything but an array reads
 /// as empty, and an entry that is not an object, or has no code, is left out.
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Items(Vec<Property>);
 
 impl<'de> Deserialize<'de> for Items {
@@ -547,6 +570,22 @@ impl<'de: 'a, 'a> Deserialize<'de> for Item<'a> {
     }
 }
 
+/// One entry read by [`flat`], as the serde reading above reads it.
+impl<'a> flat::Visit<'a> for Item<'a> {
+    fn plain(&mut self, key: &'a str, raw: &'a str) -> Option<()> {
+        let slot = match key {
+            "code" => &mut self.code,
+            "dpId" => &mut self.dp_id,
+            "value" => &mut self.value,
+            "time" => &mut self.time,
+            "t" => &mut self.t,
+            _ => return Some(()),
+        };
+        *slot = Some(raw);
+        Some(())
+    }
+}
+
 impl Item<'_> {
     fn into_property(self) -> Option<Property> {
         let code = self
@@ -581,6 +620,7 @@ impl Item<'_> {
 
 /// The Smart Business body `{"bizCode","eventType","data":{…}}`, read in one pass: each
 /// field as its raw JSON text (the last one where a key repeats).
+#[derive(Debug, Default, PartialEq)]
 struct BusinessBody<'a> {
     biz_code: Option<&'a str>,
     event_type: Option<&'a str>,
@@ -588,7 +628,7 @@ struct BusinessBody<'a> {
 }
 
 /// `data`; all `None` when it is not an object.
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq)]
 struct BusinessData<'a> {
     dev_id: Option<&'a str>,
     product_id: Option<&'a str>,
@@ -611,11 +651,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for BusinessBody<'a> {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut body = BusinessBody {
-                    biz_code: None,
-                    event_type: None,
-                    data: BusinessData::default(),
-                };
+                let mut body = BusinessBody::default();
                 while let Some(CowStr(key)) = map.next_key::<CowStr<'de>>()? {
                     match key.as_ref() {
                         "bizCode" => body.biz_code = Some(map.next_value::<&RawValue>()?.get()),
@@ -683,14 +719,89 @@ impl<'de: 'a, 'a> Deserialize<'de> for BusinessData<'a> {
     }
 }
 
+impl<'a> BusinessBody<'a> {
+    /// Reads the body: the usual plain shape directly, anything else through serde_json.
+    fn parse(body: &'a str) -> Option<Self> {
+        Self::read_flat(body).or_else(|| serde_json::from_str(body).ok())
+    }
+
+    /// The body read by [`flat`], to what serde_json would read, or `None` where the text is
+    /// not plain enough for it: a value nested anywhere but `data` and `data.status`, an
+    /// entry of `status` that is not a flat object.
+    fn read_flat(body: &'a str) -> Option<Self> {
+        let mut parsed = BusinessBody::default();
+        flat::read(body, &mut parsed)?;
+        Some(parsed)
+    }
+}
+
+impl<'a> flat::Visit<'a> for BusinessBody<'a> {
+    fn plain(&mut self, key: &'a str, raw: &'a str) -> Option<()> {
+        match key {
+            "bizCode" => self.biz_code = Some(raw),
+            "eventType" => self.event_type = Some(raw),
+            // A `data` of another kind reads as empty, and the last one met counts.
+            "data" => self.data = BusinessData::default(),
+            _ => {}
+        }
+        Some(())
+    }
+
+    fn nested(&mut self, key: &'a str, text: &'a str, at: usize) -> Option<usize> {
+        if key != "data" {
+            return None;
+        }
+        let mut data = BusinessData::default();
+        let end = flat::object(text, at, &mut data)?;
+        self.data = data;
+        Some(end)
+    }
+}
+
+impl<'a> flat::Visit<'a> for BusinessData<'a> {
+    fn plain(&mut self, key: &'a str, raw: &'a str) -> Option<()> {
+        let slot = match key {
+            "devId" => &mut self.dev_id,
+            "productId" => &mut self.product_id,
+            "deviceName" => &mut self.device_name,
+            "dataId" => &mut self.data_id,
+            "namespace" => &mut self.namespace,
+            "time" => &mut self.time,
+            // A `status` of another kind reads as an empty list.
+            "status" => {
+                self.status = Some(Items::default());
+                return Some(());
+            }
+            _ => return Some(()),
+        };
+        *slot = Some(raw);
+        Some(())
+    }
+
+    fn nested(&mut self, key: &'a str, text: &'a str, at: usize) -> Option<usize> {
+        if key != "status" {
+            return None;
+        }
+        let mut properties = Vec::with_capacity(4);
+        let end = flat::array(text, at, |at| {
+            let mut item = Item::default();
+            let end = flat::object(text, at, &mut item)?;
+            properties.extend(item.into_property());
+            Some(end)
+        })?;
+        self.status = Some(Items(properties));
+        Some(end)
+    }
+}
+
 /// The Smart Business body `{"bizCode","eventType","data"}`.
 pub fn business(source: &str, envelope: &Envelope, body: Vec<u8>) -> Result<Event, DecodeError> {
     let body = into_text(body)?;
-    let Ok(BusinessBody {
+    let Some(BusinessBody {
         biz_code,
         event_type,
         data,
-    }) = serde_json::from_str(&body)
+    }) = BusinessBody::parse(&body)
     else {
         return Err(root(&body)
             .err()
@@ -875,6 +986,78 @@ mod tests {
             let text = &flat::testing::edited(STATUS, &edits);
             if let Some(quick) = StatusBody::read_flat(text) {
                 let serde = parse_json_str::<StatusBody<'_>>(BODY, text).ok();
+                prop_assert_eq!(Some(quick), serde, "{}", text);
+            }
+        }
+    }
+
+    /// A Smart Business body with every kind of entry: a code, a dp id as a number and as
+    /// text, a value of every plain kind, `time` and `t`, an entry without a code, unknown
+    /// keys at every level, and a `data` met twice (the last one counts).
+    const BUSINESS: &str = r#"{"bizCode":"device","data":{"devId":"old"},"eventType":"dp_report","data":{"devId":"d1","productId":"p1","dataId":"x1","namespace":"ns","time":1631545543536,"deviceName":"lamp","status":[{"code":"switch_1","value":"true","time":1631545543536},{"dpId":7,"value":764,"t":"1700"},{"dpId":"8","value":-2.5e1},{"code":"n","value":null,"extra":false},{"value":1},{"code":"big","value":18446744073709551616,"time":-3}],"other":1},"ts":7}"#;
+
+    #[test]
+    fn the_usual_business_body_is_read_directly_to_what_serde_json_reads() {
+        let quick = BusinessBody::read_flat(BUSINESS).expect("plain enough");
+        let serde: BusinessBody<'_> = serde_json::from_str(BUSINESS).expect("valid");
+        assert_eq!(quick, serde);
+        assert_eq!(quick.data.dev_id, Some(r#""d1""#), "the last `data` counts");
+        let properties = quick.data.status.expect("a status list").0;
+        assert_eq!(
+            properties.len(),
+            5,
+            "every entry with a code or a dp id: {properties:?}"
+        );
+        for (body, status) in [
+            (r#"{"bizCode":"device","data":{"status":null}}"#, Some(0)),
+            (r#"{"bizCode":"device","data":{"status":[]}}"#, Some(0)),
+            (r#"{"bizCode":"device","data":7}"#, None),
+        ] {
+            let quick = BusinessBody::read_flat(body).expect(body);
+            let serde: BusinessBody<'_> = serde_json::from_str(body).expect(body);
+            assert_eq!(quick, serde, "{body}");
+            assert_eq!(
+                quick.data.status.map(|items| items.0.len()),
+                status,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_business_body_with_other_nested_values_is_read_by_serde_json() {
+        for body in [
+            r#"{"bizCode":"device","data":{"devId":"d","location":{"id":"1"}}}"#,
+            r#"{"bizCode":"device","data":{"status":[{"code":"c","value":{"a":1}}]}}"#,
+            r#"{"bizCode":"device","data":{"status":[1,{"code":"c"}]}}"#,
+            r#"{"bizCode":"device","data":{"status":{"code":"c"}}}"#,
+            r#"{"bizCode":"device","data":[]}"#,
+            r#"{"bizCode":"device","extra":[1],"data":{}}"#,
+        ] {
+            assert_eq!(BusinessBody::read_flat(body), None, "{body}");
+            let serde: Result<BusinessBody<'_>, _> = serde_json::from_str(body);
+            assert!(serde.is_ok(), "{body}");
+        }
+        let e = business(
+            "b",
+            &envelope(0),
+            br#"{"bizCode":"device","eventType":"dp_report","data":{"devId":"d","status":[{"code":"c","value":{"a":1}}]}}"#.to_vec(),
+        )
+        .unwrap();
+        assert_eq!(e.properties.len(), 1);
+        assert_eq!(e.properties[0].code, "c");
+    }
+
+    proptest! {
+        /// Business bodies with a few bytes replaced, inserted or removed: wherever the quick
+        /// reader answers, serde_json reads the body to the same fields and properties.
+        #[test]
+        fn the_quick_business_reader_answers_only_what_serde_json_reads_the_same(
+            edits in flat::testing::edits(BUSINESS.len())
+        ) {
+            let text = &flat::testing::edited(BUSINESS, &edits);
+            if let Some(quick) = BusinessBody::read_flat(text) {
+                let serde = serde_json::from_str::<BusinessBody<'_>>(text).ok();
                 prop_assert_eq!(Some(quick), serde, "{}", text);
             }
         }
