@@ -3,10 +3,11 @@
 //! Only primitives live here; which fields go into a signature, and in what order, is each
 //! vendor's business and lives in its module.
 
+use std::sync::Arc;
+
 use aes::Aes128;
 use aes::cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
-use aes_gcm::Aes128Gcm;
-use aes_gcm::aead::{Aead, AeadInOut, Nonce, Tag};
+use aws_lc_rs::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha1::Sha1;
@@ -36,19 +37,26 @@ pub enum CipherError {
 }
 
 /// AES-128 with the key schedule computed once, for ECB and GCM use by one connector.
+///
+/// GCM is aws-lc's, the implementation TLS uses here. For `bench decode`'s Tuya body of 299
+/// bytes it took 0.13 µs where the `aes-gcm` crate took 0.37 µs (sampled with `perf`): that
+/// crate's AVX-512 backend broadcasts the round keys on every call and works in batches of 64
+/// blocks, which a short message never fills. ECB stays with the `aes` crate: its blocks are
+/// independent, so they go through that backend in one call, under 2% of an ECB decode.
 #[derive(Clone)]
 pub(crate) struct Aes128Key {
     ecb: Aes128,
-    gcm: Aes128Gcm,
+    gcm: Arc<LessSafeKey>,
 }
 
 impl Aes128Key {
     /// Prepares both modes for a 16-byte key.
     pub fn new(key: &[u8; 16]) -> Self {
-        let key = Array::from(*key);
+        let gcm = UnboundKey::new(&AES_128_GCM, key)
+            .unwrap_or_else(|_| unreachable!("a 16-byte key is an AES-128-GCM key"));
         Aes128Key {
-            ecb: Aes128::new(&key),
-            gcm: Aes128Gcm::new(&key),
+            ecb: Aes128::new(&Array::from(*key)),
+            gcm: Arc::new(LessSafeKey::new(gcm)),
         }
     }
 
@@ -79,32 +87,35 @@ impl Aes128Key {
     /// AES-128-GCM over Tuya's layout `nonce(12) || ciphertext || tag(16)`, no associated data,
     /// in place: on success `buf` holds the plaintext; on failure its content is unspecified.
     pub(crate) fn decrypt_gcm(&self, buf: &mut Vec<u8>) -> Result<(), CipherError> {
-        let Some(len) = buf.len().checked_sub(GCM_NONCE_LEN + GCM_TAG_LEN) else {
+        if buf.len() < GCM_NONCE_LEN + GCM_TAG_LEN {
             return Err(CipherError::TooShortForGcm);
-        };
-        let (nonce, rest) = buf.split_at_mut(GCM_NONCE_LEN);
-        let (sealed, tag) = rest.split_at_mut(len);
-        let nonce =
-            Nonce::<Aes128Gcm>::try_from(&*nonce).map_err(|_| CipherError::TooShortForGcm)?;
-        let tag = Tag::<Aes128Gcm>::try_from(&*tag).map_err(|_| CipherError::TooShortForGcm)?;
-        self.gcm
-            .decrypt_inout_detached(&nonce, &[], sealed.into(), &tag)
-            .map_err(|_| CipherError::TagMismatch)?;
-        buf.copy_within(GCM_NONCE_LEN..GCM_NONCE_LEN + len, 0);
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&buf[..GCM_NONCE_LEN])
+            .map_err(|_| CipherError::TooShortForGcm)?;
+        // Decrypts after the nonce and moves the plaintext to the front.
+        let len = self
+            .gcm
+            .open_within(nonce, Aad::empty(), buf, GCM_NONCE_LEN..)
+            .map_err(|_| CipherError::TagMismatch)?
+            .len();
         buf.truncate(len);
         Ok(())
     }
 
     /// AES-128-GCM in Tuya's layout, with the caller's nonce (demo data and tests).
     pub(crate) fn encrypt_gcm(&self, nonce: &[u8; GCM_NONCE_LEN], plaintext: &[u8]) -> Vec<u8> {
-        let nonce = Nonce::<Aes128Gcm>::from(*nonce);
-        let sealed = self
+        let mut out = Vec::with_capacity(GCM_NONCE_LEN + plaintext.len() + GCM_TAG_LEN);
+        out.extend_from_slice(nonce);
+        out.extend_from_slice(plaintext);
+        let tag = self
             .gcm
-            .encrypt(&nonce, plaintext)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::empty(),
+                &mut out[GCM_NONCE_LEN..],
+            )
             .unwrap_or_else(|_| unreachable!("GCM encryption of an in-memory buffer cannot fail"));
-        let mut out = Vec::with_capacity(GCM_NONCE_LEN + sealed.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(tag.as_ref());
         out
     }
 }
