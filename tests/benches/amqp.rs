@@ -17,6 +17,12 @@
 //! `accepted`), and do nothing else. The connector's share of the bare rate is
 //! `alibaba/connections=4 ÷ bare-fe2o3/connections=4`.
 //!
+//! Criterion times all of the connector's iterations and then all of the bare ones, and on
+//! this 2-core machine, with RabbitMQ on the same cores, either can land in a busier minute:
+//! their ratio moved from 0.74 to 1.15 between runs. `BENCH_PAIRED=N` measures the share
+//! instead in `N` rounds of one connector iteration and one bare iteration back to back, and
+//! prints each round's ratio and their median (see [`paired`]).
+//!
 //! The connector with its pipeline, and the bare receivers in their turn, run on an async
 //! runtime of as many threads as `iotrules run` gives it (`BENCH_IO_THREADS=N`: `N`); the
 //! publisher that fills the queues runs on another.
@@ -161,143 +167,208 @@ impl Bare {
     }
 }
 
-fn throughput(c: &mut Criterion) {
-    // As the binary runs (see the function).
-    iotrules::service::disable_transparent_huge_pages();
-    // The publisher runs on one runtime; the connector and its pipeline, and the bare
-    // receivers in their turn, on their own, sized as `iotrules run` sizes it.
-    let runtime = iotrules_tests::runtime();
-    let measured = iotrules_tests::measured_runtime();
-    let users: Vec<(String, String)> = [1, 4]
-        .into_iter()
-        .flat_map(|n| settings("amqp://x:1", "q", n).logins)
-        .map(|login| (login.username(NOW), login.password(NOW)))
-        .collect();
-    let broker = Broker::start(&users);
-    let test = TestPipeline::start(
-        &["testing/pass"],
-        PASS_RULE,
-        PipelineConfig {
-            workers: 2,
-            scheduling: iotrules_tests::bench_scheduling(),
-            ..PipelineConfig::default()
-        },
-        Capture::open("out"),
-        measured.handle(),
-    );
-    let dialect =
-        iotrules::dialect::Dialect::Alibaba(iotrules::dialect::alibaba::Decoder::new(false));
-    let connectors = Arc::new(Connectors::default());
-    let mut iteration = 0u64;
+/// The broker, the pipeline and the runtimes that every round of the bench shares. The
+/// fields drop in order: the pipeline before the runtimes.
+struct Rig {
+    test: TestPipeline,
+    broker: &'static Broker,
+    measured: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
+    dialect: iotrules::dialect::Dialect,
+    connectors: Arc<Connectors>,
+    /// Numbers the rounds, so each fills a queue of its own.
+    iteration: u64,
+}
 
+impl Rig {
+    fn start() -> Rig {
+        // As the binary runs (see the function).
+        iotrules::service::disable_transparent_huge_pages();
+        let users: Vec<(String, String)> = [1, 4]
+            .into_iter()
+            .flat_map(|n| settings("amqp://x:1", "q", n).logins)
+            .map(|login| (login.username(NOW), login.password(NOW)))
+            .collect();
+        // The publisher runs on one runtime; the connector and its pipeline, and the bare
+        // receivers in their turn, on their own, sized as `iotrules run` sizes it.
+        let measured = iotrules_tests::measured_runtime();
+        let test = TestPipeline::start(
+            &["testing/pass"],
+            PASS_RULE,
+            PipelineConfig {
+                workers: 2,
+                scheduling: iotrules_tests::bench_scheduling(),
+                ..PipelineConfig::default()
+            },
+            Capture::open("out"),
+            measured.handle(),
+        );
+        Rig {
+            test,
+            broker: Broker::start(&users),
+            measured,
+            runtime: iotrules_tests::runtime(),
+            dialect: iotrules::dialect::Dialect::Alibaba(iotrules::dialect::alibaba::Decoder::new(
+                false,
+            )),
+            connectors: Arc::new(Connectors::default()),
+            iteration: 0,
+        }
+    }
+
+    /// Fills a fresh queue with [`BATCH`] messages (not timed), then times the connector with
+    /// `connections` from connecting to the last acknowledgement.
+    fn connector(&mut self, connections: usize) -> Duration {
+        self.iteration += 1;
+        let queue = format!("bench-{connections}-{}", self.iteration);
+        self.runtime
+            .block_on(self.broker.publish(&queue, messages(self.iteration)));
+        let before = self.test.metrics.event_latency.count();
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let context = Context {
+            ingest: self.test.pipeline().ingest("bench", self.dialect.clone()),
+            status: self.connectors.add(ConnectorStatus::starting(
+                "bench",
+                "alibaba-amqp",
+                "alibaba",
+            )),
+            errors: Arc::new(LastErrors::default()),
+            metrics: self.test.metrics.clone(),
+            shutdown,
+            clock: Clock::Manual(Arc::new(AtomicU64::new(NOW))),
+        };
+        let start = Instant::now();
+        let task = self.measured.spawn(amqp::run(
+            settings(&self.broker.url(), &queue, connections),
+            context,
+        ));
+        while self.test.metrics.event_latency.count() - before < BATCH {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "the batch did not finish: {:?}",
+                self.connectors.all().last()
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let took = start.elapsed();
+        let _ = stop.send(true);
+        let _ = self.measured.block_on(task);
+        took
+    }
+
+    /// Fills a fresh queue with [`BATCH`] messages (not timed), then times `connections` bare
+    /// receivers from connecting to the last acceptance.
+    fn bare(&mut self, connections: usize) -> Duration {
+        let bare_settings = settings("amqp://x:1", "q", connections);
+        self.iteration += 1;
+        let queue = format!("bare-{connections}-{}", self.iteration);
+        self.runtime
+            .block_on(self.broker.publish(&queue, messages(self.iteration)));
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let bare = Bare {
+            url: self.broker.url(),
+            queue,
+            credit: bare_settings.credit,
+            accepted: Arc::new(AtomicU64::new(0)),
+            stop: stopping,
+        };
+        let accepted = bare.accepted.clone();
+        let start = Instant::now();
+        let tasks: Vec<_> = bare_settings
+            .logins
+            .iter()
+            .enumerate()
+            .map(|(index, login)| {
+                self.measured.spawn(
+                    bare.clone()
+                        .receive(index, (login.username(NOW), login.password(NOW))),
+                )
+            })
+            .collect();
+        while accepted.load(Ordering::Relaxed) < BATCH {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "the bare receivers did not finish: {} accepted",
+                accepted.load(Ordering::Relaxed)
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let took = start.elapsed();
+        let _ = stop.send(true);
+        for task in tasks {
+            let _ = self.measured.block_on(task);
+        }
+        took
+    }
+
+    /// What the pipeline counted over the whole run.
+    fn summary(&self) {
+        let metrics = &self.test.metrics;
+        let duplicates: u64 = metrics
+            .events_dropped
+            .members()
+            .iter()
+            .map(|(_, c)| c.get())
+            .sum();
+        eprintln!(
+            "events acknowledged {}, dropped {duplicates}; latency receipt→ack p50 {:?} s, p99 {:?} s",
+            metrics.event_latency.count(),
+            metrics.event_latency.quantile(0.5),
+            metrics.event_latency.quantile(0.99),
+        );
+    }
+}
+
+/// `BENCH_PAIRED=N`: instead of criterion, `N` rounds that each time the connector with four
+/// connections and then the bare receivers, back to back, and print each round's rates and
+/// their ratio, then the median ratio. Criterion times all of one and then all of the other,
+/// so a change in the machine's load between the two moves their ratio; a round's two halves
+/// are seconds apart.
+fn paired(rig: &mut Rig, rounds: usize) {
+    const CONNECTIONS: usize = 4;
+    let rate = |took: Duration| BATCH as f64 / took.as_secs_f64();
+    let mut ratios = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
+        let connector = rate(rig.connector(CONNECTIONS));
+        let bare = rate(rig.bare(CONNECTIONS));
+        ratios.push(connector / bare);
+        eprintln!(
+            "amqp/paired round {round}: connector {connector:.0}/s, bare {bare:.0}/s, ratio {:.3}",
+            connector / bare
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    eprintln!(
+        "amqp/paired: connector ÷ bare over {rounds} rounds, connections={CONNECTIONS}: median {:.3}, lowest {:.3}, highest {:.3}",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1],
+    );
+}
+
+fn throughput(c: &mut Criterion) {
+    let mut rig = Rig::start();
+    if let Ok(rounds) = std::env::var("BENCH_PAIRED") {
+        let rounds = rounds.parse().expect("BENCH_PAIRED: a number of rounds");
+        paired(&mut rig, std::cmp::max(rounds, 1));
+        rig.summary();
+        return;
+    }
     let mut group = c.benchmark_group("amqp");
     group.throughput(Throughput::Elements(BATCH));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     for connections in [1usize, 4] {
         group.bench_function(format!("alibaba/connections={connections}"), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    iteration += 1;
-                    let queue = format!("bench-{connections}-{iteration}");
-                    runtime.block_on(broker.publish(&queue, messages(iteration)));
-                    let before = test.metrics.event_latency.count();
-                    let (stop, shutdown) = tokio::sync::watch::channel(false);
-                    let context = Context {
-                        ingest: test.pipeline().ingest("bench", dialect.clone()),
-                        status: connectors.add(ConnectorStatus::starting(
-                            "bench",
-                            "alibaba-amqp",
-                            "alibaba",
-                        )),
-                        errors: Arc::new(LastErrors::default()),
-                        metrics: test.metrics.clone(),
-                        shutdown,
-                        clock: Clock::Manual(Arc::new(AtomicU64::new(NOW))),
-                    };
-                    let start = Instant::now();
-                    let task = measured.spawn(amqp::run(
-                        settings(&broker.url(), &queue, connections),
-                        context,
-                    ));
-                    while test.metrics.event_latency.count() - before < BATCH {
-                        assert!(
-                            start.elapsed() < Duration::from_secs(120),
-                            "the batch did not finish: {:?}",
-                            connectors.all().last()
-                        );
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                    total += start.elapsed();
-                    let _ = stop.send(true);
-                    let _ = measured.block_on(task);
-                }
-                total
-            });
+            b.iter_custom(|iters| (0..iters).map(|_| rig.connector(connections)).sum());
         });
     }
     let bare_connections = 4usize;
-    let bare_settings = settings("amqp://x:1", "q", bare_connections);
     group.bench_function(format!("bare-fe2o3/connections={bare_connections}"), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                iteration += 1;
-                let queue = format!("bare-{bare_connections}-{iteration}");
-                runtime.block_on(broker.publish(&queue, messages(iteration)));
-                let (stop, stopping) = tokio::sync::watch::channel(false);
-                let bare = Bare {
-                    url: broker.url(),
-                    queue,
-                    credit: bare_settings.credit,
-                    accepted: Arc::new(AtomicU64::new(0)),
-                    stop: stopping,
-                };
-                let accepted = bare.accepted.clone();
-                let start = Instant::now();
-                let tasks: Vec<_> = bare_settings
-                    .logins
-                    .iter()
-                    .enumerate()
-                    .map(|(index, login)| {
-                        measured.spawn(
-                            bare.clone()
-                                .receive(index, (login.username(NOW), login.password(NOW))),
-                        )
-                    })
-                    .collect();
-                while accepted.load(Ordering::Relaxed) < BATCH {
-                    assert!(
-                        start.elapsed() < Duration::from_secs(120),
-                        "the bare receivers did not finish: {} accepted",
-                        accepted.load(Ordering::Relaxed)
-                    );
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                total += start.elapsed();
-                let _ = stop.send(true);
-                for task in tasks {
-                    let _ = measured.block_on(task);
-                }
-            }
-            total
-        });
+        b.iter_custom(|iters| (0..iters).map(|_| rig.bare(bare_connections)).sum());
     });
     group.finish();
-    let duplicates: u64 = test
-        .metrics
-        .events_dropped
-        .members()
-        .iter()
-        .map(|(_, c)| c.get())
-        .sum();
-    eprintln!(
-        "events acknowledged {}, dropped {duplicates}; latency receipt→ack p50 {:?} s, p99 {:?} s",
-        test.metrics.event_latency.count(),
-        test.metrics.event_latency.quantile(0.5),
-        test.metrics.event_latency.quantile(0.99),
-    );
+    rig.summary();
 }
 
 criterion_group!(benches, throughput);
